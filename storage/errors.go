@@ -1,0 +1,40 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrTopicNotFound is returned when no topic has the given name.
+	ErrTopicNotFound = errors.New("storage: topic not found")
+	// ErrTopicExists is returned by CreateTopic when the topic exists with
+	// another config. An identical create succeeds and changes nothing.
+	ErrTopicExists = errors.New("storage: topic exists with a different config")
+	// ErrPartitionNotFound is returned when a partition number is not below
+	// the topic's partition count.
+	ErrPartitionNotFound = errors.New("storage: partition not found")
+	// ErrInvalidConfig is returned, wrapped with the field at fault, when a
+	// topic config or a topic name is not acceptable.
+	ErrInvalidConfig = errors.New("storage: invalid config")
+	// ErrClosed is returned by every call made after Close began, and by
+	// appends to a partition whose topic was deleted meanwhile.
+	ErrClosed = errors.New("storage: closed")
+	// ErrCorrupt is returned when a stored key or value cannot be decoded.
+	ErrCorrupt = errors.New("storage: corrupt record")
+)
+
+// OffsetOutOfRangeError is returned by Read for an offset below the first
+// retained offset or above the head.
+type OffsetOutOfRangeError struct {
+	Offset uint64 // the offset asked for
+	First  uint64 // first retained offset
+	Head   uint64 // offset the next message will get
+}
+
+func (e *OffsetOutOfRangeError) Error() string {
+	if e.Offset < e.First {
+		return fmt.Sprintf("storage: offset %d was removed by retention; first retained offset is %d", e.Offset, e.First)
+	}
+	return fmt.Sprintf("storage: offset %d is beyond the head offset %d", e.Offset, e.Head)
+}

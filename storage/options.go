@@ -1,0 +1,207 @@
+package storage
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/clock"
+)
+
+// FsyncPolicy says when appended data is forced to disk.
+type FsyncPolicy int
+
+const (
+	// FsyncAlways syncs every group commit before any append in it is
+	// answered: an acknowledged append survives power loss.
+	FsyncAlways FsyncPolicy = iota
+	// FsyncNever leaves syncing to the OS. An acknowledged append survives a
+	// process crash (the data is in the page cache) but not power loss.
+	FsyncNever
+)
+
+// String returns "always" or "never".
+func (p FsyncPolicy) String() string {
+	switch p {
+	case FsyncAlways:
+		return "always"
+	case FsyncNever:
+		return "never"
+	}
+	return fmt.Sprintf("FsyncPolicy(%d)", int(p))
+}
+
+// ParseFsyncPolicy parses "always" or "never".
+func ParseFsyncPolicy(s string) (FsyncPolicy, error) {
+	switch s {
+	case "always":
+		return FsyncAlways, nil
+	case "never":
+		return FsyncNever, nil
+	}
+	return 0, fmt.Errorf("fsync policy %q: want always or never: %w", s, ErrInvalidConfig)
+}
+
+// Options configures a Store. Start from DefaultOptions.
+type Options struct {
+	// Dir is the data directory; it is created if missing. Required.
+	Dir string
+	// Fsync is when appends are synced to disk. Default FsyncAlways.
+	Fsync FsyncPolicy
+	// Clock drives publish times, dedup expiry, retention and GC. Default
+	// the wall clock.
+	Clock clock.Clock
+	// Logger receives the store's logs, Badger's among them. Default
+	// slog.Default().
+	Logger *slog.Logger
+	// RetentionInterval is how often retention and dedup expiry run.
+	// Default 10s.
+	RetentionInterval time.Duration
+	// GCInterval is how often Badger's value log is garbage-collected.
+	// Default 5m.
+	GCInterval time.Duration
+	// MaxGroupBytes bounds the bytes of messages one partition writer
+	// commits in one transaction (a group commit). Default 8 MiB; a single
+	// append larger than this is still committed, alone.
+	MaxGroupBytes int
+	// MaxGroupAppends bounds the appends gathered into one group commit.
+	// Default 1024.
+	MaxGroupAppends int
+	// QueueLength is how many appends may wait for a partition's writer
+	// before Append blocks. Default 4096.
+	QueueLength int
+	// MemTableBytes is the size of one Badger memtable. Default 64 MiB.
+	MemTableBytes int64
+	// BlockCacheBytes is the size of Badger's block cache. Default 64 MiB.
+	BlockCacheBytes int64
+}
+
+// DefaultOptions returns the default options for a store in dir.
+func DefaultOptions(dir string) Options {
+	return Options{
+		Dir:               dir,
+		Fsync:             FsyncAlways,
+		Clock:             clock.Real(),
+		Logger:            slog.Default(),
+		RetentionInterval: 10 * time.Second,
+		GCInterval:        5 * time.Minute,
+		MaxGroupBytes:     8 << 20,
+		MaxGroupAppends:   1024,
+		QueueLength:       4096,
+		MemTableBytes:     64 << 20,
+		BlockCacheBytes:   64 << 20,
+	}
+}
+
+// Validate reports the first field that is not acceptable.
+func (o *Options) Validate() error {
+	switch {
+	case o.Dir == "":
+		return fmt.Errorf("Dir is empty: %w", ErrInvalidConfig)
+	case o.Fsync != FsyncAlways && o.Fsync != FsyncNever:
+		return fmt.Errorf("Fsync %v: %w", o.Fsync, ErrInvalidConfig)
+	case o.Clock == nil:
+		return fmt.Errorf("Clock is nil: %w", ErrInvalidConfig)
+	case o.Logger == nil:
+		return fmt.Errorf("Logger is nil: %w", ErrInvalidConfig)
+	case o.RetentionInterval <= 0:
+		return fmt.Errorf("RetentionInterval %v must be positive: %w", o.RetentionInterval, ErrInvalidConfig)
+	case o.GCInterval <= 0:
+		return fmt.Errorf("GCInterval %v must be positive: %w", o.GCInterval, ErrInvalidConfig)
+	case o.MaxGroupBytes <= 0:
+		return fmt.Errorf("MaxGroupBytes %d must be positive: %w", o.MaxGroupBytes, ErrInvalidConfig)
+	case o.MaxGroupAppends <= 0:
+		return fmt.Errorf("MaxGroupAppends %d must be positive: %w", o.MaxGroupAppends, ErrInvalidConfig)
+	case o.QueueLength <= 0:
+		return fmt.Errorf("QueueLength %d must be positive: %w", o.QueueLength, ErrInvalidConfig)
+	case o.MemTableBytes < 1<<20:
+		return fmt.Errorf("MemTableBytes %d must be at least 1 MiB: %w", o.MemTableBytes, ErrInvalidConfig)
+	case o.BlockCacheBytes < 0:
+		return fmt.Errorf("BlockCacheBytes %d is negative: %w", o.BlockCacheBytes, ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Limits on topic configs.
+const (
+	MaxPartitions          = 1024
+	DefaultDedupWindow     = 2 * time.Minute
+	MaxDedupWindow         = 7 * 24 * time.Hour
+	DefaultMaxMessageBytes = 1 << 20
+	MaxMessageBytesLimit   = 4 << 20
+	MaxTopicNameLen        = 200
+)
+
+// TopicConfig is a topic's configuration. Zero fields mean the default;
+// WithDefaults fills them in.
+type TopicConfig struct {
+	// Partitions is the partition count, 1 to 1024. Default 1. Fixed at
+	// creation.
+	Partitions uint32
+	// RetentionMaxAge deletes messages older than this. 0: no limit.
+	RetentionMaxAge time.Duration
+	// RetentionMaxBytes deletes a partition's oldest messages while it holds
+	// more record bytes than this. 0: no limit.
+	RetentionMaxBytes uint64
+	// RetentionMaxMessages deletes a partition's oldest messages while it
+	// holds more than this many. 0: no limit.
+	RetentionMaxMessages uint64
+	// DedupWindow is how long a message id is remembered per partition; a
+	// repeat inside it gets the original offset back. Default 2m, at most 7d.
+	DedupWindow time.Duration
+	// MaxMessageBytes is the largest payload accepted, in bytes. Default
+	// 1 MiB, at most 4 MiB.
+	MaxMessageBytes uint32
+}
+
+// WithDefaults returns c with zero fields set to their defaults.
+func (c TopicConfig) WithDefaults() TopicConfig {
+	if c.Partitions == 0 {
+		c.Partitions = 1
+	}
+	if c.DedupWindow == 0 {
+		c.DedupWindow = DefaultDedupWindow
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	return c
+}
+
+// Validate reports the first field of a defaulted config that is out of
+// range, naming it.
+func (c TopicConfig) Validate() error {
+	switch {
+	case c.Partitions < 1 || c.Partitions > MaxPartitions:
+		return fmt.Errorf("partitions %d must be 1 to %d: %w", c.Partitions, MaxPartitions, ErrInvalidConfig)
+	case c.RetentionMaxAge < 0:
+		return fmt.Errorf("retention max age %v is negative: %w", c.RetentionMaxAge, ErrInvalidConfig)
+	case c.DedupWindow <= 0 || c.DedupWindow > MaxDedupWindow:
+		return fmt.Errorf("dedup window %v must be more than 0 and at most %v: %w", c.DedupWindow, MaxDedupWindow, ErrInvalidConfig)
+	case c.MaxMessageBytes < 1 || c.MaxMessageBytes > MaxMessageBytesLimit:
+		return fmt.Errorf("max message bytes %d must be 1 to %d: %w", c.MaxMessageBytes, MaxMessageBytesLimit, ErrInvalidConfig)
+	}
+	return nil
+}
+
+// ValidateTopicName reports whether name is 1 to 200 characters of
+// [A-Za-z0-9._-].
+func ValidateTopicName(name string) error {
+	if len(name) == 0 || len(name) > MaxTopicNameLen {
+		return fmt.Errorf("topic name %q must be 1 to %d characters: %w", truncate(name, 40), MaxTopicNameLen, ErrInvalidConfig)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("topic name %q has %q at byte %d; allowed are A-Z a-z 0-9 . _ -: %w", truncate(name, 40), c, i, ErrInvalidConfig)
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

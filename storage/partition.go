@@ -1,0 +1,263 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/clock"
+)
+
+// Partition is one partition's write path: a queue of commands and the one
+// goroutine that applies them. The writer gathers whatever is queued into a
+// group, applies it in one Badger transaction, hands the group to the
+// store's syncer (one fsync for every partition's groups), and moves on to
+// the next group while the sync runs. Requests are answered once the sync
+// covering them is done, in the order they were queued.
+type Partition struct {
+	topic string
+	tid   uint32
+	part  uint32
+	db    *badger.DB
+	clk   clock.Clock
+	log   *slog.Logger
+	sync  *syncer
+	opts  *Options
+
+	queueMu sync.RWMutex // guards closed and sends on queue
+	closed  bool
+	queue   chan *request
+	done    chan struct{} // closed when the writer has exited
+
+	// visible is the state as of the last durable group: reads, stats and
+	// retention see only synced data.
+	visible atomic.Pointer[partitionMeta]
+}
+
+// request is a queued command and, once done is closed, its outcome.
+type request struct {
+	cmd  command
+	res  result
+	err  error
+	done chan struct{}
+}
+
+// Pending is an append that was queued and may not be durable yet.
+type Pending struct{ r *request }
+
+// Wait blocks until the append is durable or failed, or ctx ends. A ctx that
+// ends first leaves the append queued: it may still be stored.
+func (p *Pending) Wait(ctx context.Context) ([]AppendResult, error) {
+	select {
+	case <-p.r.done:
+		return p.r.res.appended, p.r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func newPartition(topic string, st partitionState, db *badger.DB, sy *syncer, opts *Options) *Partition {
+	p := &Partition{
+		topic: topic,
+		tid:   st.tid,
+		part:  st.part,
+		db:    db,
+		clk:   opts.Clock,
+		log:   opts.Logger,
+		sync:  sy,
+		opts:  opts,
+		queue: make(chan *request, opts.QueueLength),
+		done:  make(chan struct{}),
+	}
+	m := st.meta
+	p.visible.Store(&m)
+	go p.run(st)
+	return p
+}
+
+// submit queues cmd for the writer. It blocks while the queue is full.
+func (p *Partition) submit(ctx context.Context, cmd command) (*request, error) {
+	r := &request{cmd: cmd, done: make(chan struct{})}
+	p.queueMu.RLock()
+	defer p.queueMu.RUnlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	select {
+	case p.queue <- r:
+		return r, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// do submits cmd and waits for its outcome.
+func (p *Partition) do(ctx context.Context, cmd command) (result, error) {
+	r, err := p.submit(ctx, cmd)
+	if err != nil {
+		return result{}, err
+	}
+	select {
+	case <-r.done:
+		return r.res, r.err
+	case <-ctx.Done():
+		return result{}, ctx.Err()
+	}
+}
+
+// close stops taking commands, lets the writer finish every queued one and
+// waits for it. Safe to call more than once.
+func (p *Partition) close() {
+	p.queueMu.Lock()
+	if !p.closed {
+		p.closed = true
+		close(p.queue)
+	}
+	p.queueMu.Unlock()
+	<-p.done
+}
+
+// run is the writer loop. It owns st.
+func (p *Partition) run(st partitionState) {
+	defer close(p.done)
+	group := make([]*request, 0, p.opts.MaxGroupAppends)
+	cmds := make([]*command, 0, p.opts.MaxGroupAppends)
+	for r := range p.queue {
+		group = append(group[:0], r)
+		size := r.cmd.size
+	gather:
+		for len(group) < p.opts.MaxGroupAppends && size < p.opts.MaxGroupBytes {
+			select {
+			case r, ok := <-p.queue:
+				if !ok {
+					break gather
+				}
+				group = append(group, r)
+				size += r.cmd.size
+			default:
+				break gather
+			}
+		}
+		cmds = cmds[:0]
+		for _, r := range group {
+			cmds = append(cmds, &r.cmd)
+		}
+		st = p.commit(st, group, cmds)
+	}
+}
+
+// commit applies one group in one transaction and passes it to the syncer.
+// A group too big for one transaction is split and each command committed
+// alone.
+func (p *Partition) commit(st partitionState, group []*request, cmds []*command) partitionState {
+	next, results, err := p.applyTxn(st, cmds)
+	if errors.Is(err, badger.ErrTxnTooBig) && len(group) > 1 {
+		for i := range group {
+			st = p.commit(st, group[i:i+1], cmds[i:i+1])
+		}
+		return st
+	}
+	if err != nil {
+		p.log.Error("partition commit failed", "topic", p.topic, "partition", p.part, "err", err)
+		for _, r := range group {
+			r.err = fmt.Errorf("commit: %w", err)
+			close(r.done)
+		}
+		return st
+	}
+	for i, r := range group {
+		r.res = results[i]
+	}
+	meta := next.meta
+	p.sync.enqueue(syncGroup{p: p, meta: &meta, reqs: append([]*request(nil), group...)})
+	return next
+}
+
+func (p *Partition) applyTxn(st partitionState, cmds []*command) (partitionState, []result, error) {
+	txn := p.db.NewTransaction(true)
+	defer txn.Discard()
+	next, results, err := st.apply(txn, cmds, p.clk.Now())
+	if err != nil {
+		return st, nil, err
+	}
+	if err := txn.Commit(); err != nil {
+		return st, nil, err
+	}
+	return next, results, nil
+}
+
+// syncGroup is a committed group waiting for the fsync that makes it durable.
+type syncGroup struct {
+	p    *Partition
+	meta *partitionMeta // the partition's state after the group
+	reqs []*request
+}
+
+// syncer makes committed groups durable: it takes every group waiting, syncs
+// Badger once for all of them (group commit across partitions), then
+// publishes each partition's new state and answers the requests.
+type syncer struct {
+	db     *badger.DB
+	policy FsyncPolicy
+	queue  chan syncGroup
+	done   chan struct{}
+	syncs  atomic.Uint64 // fsyncs done, for benchmarks
+}
+
+func newSyncer(db *badger.DB, policy FsyncPolicy, queueLen int) *syncer {
+	s := &syncer{db: db, policy: policy, queue: make(chan syncGroup, queueLen), done: make(chan struct{})}
+	go s.run()
+	return s
+}
+
+func (s *syncer) enqueue(g syncGroup) { s.queue <- g }
+
+// close waits for every enqueued group to be synced and answered. Only call
+// it after every writer has exited.
+func (s *syncer) close() {
+	close(s.queue)
+	<-s.done
+}
+
+func (s *syncer) run() {
+	defer close(s.done)
+	var batch []syncGroup
+	for g := range s.queue {
+		batch = append(batch[:0], g)
+	gather:
+		for {
+			select {
+			case g, ok := <-s.queue:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, g)
+			default:
+				break gather
+			}
+		}
+		var err error
+		if s.policy == FsyncAlways {
+			// fsync before answering: an acknowledged append survives power
+			// loss, not only a process crash.
+			err = s.db.Sync()
+			s.syncs.Add(1)
+		}
+		for _, g := range batch {
+			if err == nil {
+				g.p.visible.Store(g.meta)
+			}
+			for _, r := range g.reqs {
+				if err != nil {
+					r.err = fmt.Errorf("sync: %w", err)
+				}
+				close(r.done)
+			}
+		}
+	}
+}

@@ -1,0 +1,152 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// deleteLimit bounds the keys one trim or expiry command deletes, so one
+// command never makes a transaction too big or holds up appends for long.
+const deleteLimit = 10000
+
+// EnforceRetention runs one retention pass now: for every partition it
+// deletes the messages the topic's retention limits exclude and forgets the
+// ids older than the dedup window. Deletions go through each partition's
+// writer like appends. The background loop calls it every
+// Options.RetentionInterval.
+func (s *Store) EnforceRetention(ctx context.Context) error {
+	s.topicsMu.RLock()
+	handles := make([]*topicHandle, 0, len(s.topics))
+	for _, h := range s.topics {
+		handles = append(handles, h)
+	}
+	s.topicsMu.RUnlock()
+	var errs []error
+	for _, h := range handles {
+		for _, p := range h.partitions {
+			if err := s.enforcePartition(ctx, h.topic.Config, p); err != nil {
+				errs = append(errs, fmt.Errorf("topic %q partition %d: %w", h.topic.Name, p.part, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Store) enforcePartition(ctx context.Context, cfg TopicConfig, p *Partition) error {
+	to, err := s.trimPoint(p, cfg, s.opts.Clock.Now())
+	if err != nil {
+		return err
+	}
+	for to > p.visible.Load().first {
+		res, err := p.do(ctx, command{kind: cmdTrim, trimTo: to, limit: deleteLimit})
+		if err != nil {
+			return fmt.Errorf("trim to %d: %w", to, err)
+		}
+		if !res.more {
+			break
+		}
+	}
+	for {
+		res, err := p.do(ctx, command{kind: cmdExpireDedup, dedupWindow: cfg.DedupWindow, limit: deleteLimit})
+		if err != nil {
+			return fmt.Errorf("expire dedup entries: %w", err)
+		}
+		if !res.more {
+			return nil
+		}
+	}
+}
+
+// trimPoint returns the first offset the partition should keep under cfg's
+// limits at now. It walks message keys from the oldest, reading no values.
+func (s *Store) trimPoint(p *Partition, cfg TopicConfig, now time.Time) (uint64, error) {
+	vis := p.visible.Load()
+	to := vis.first
+	if n := cfg.RetentionMaxMessages; n > 0 && vis.head-vis.first > n {
+		to = vis.head - n
+	}
+	if cfg.RetentionMaxAge == 0 && cfg.RetentionMaxBytes == 0 {
+		return to, nil
+	}
+	bytes := vis.bytes
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		opts.Prefix = partitionPrefix(kindMessage, p.tid, p.part)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Seek(messageSeekKey(p.tid, p.part, vis.first)); it.Valid(); it.Next() {
+			info, err := decodeMessageKey(it.Item().Key())
+			if err != nil {
+				return err
+			}
+			if info.offset >= vis.head {
+				break
+			}
+			if info.offset >= to {
+				tooOld := cfg.RetentionMaxAge > 0 && now.Sub(info.publishTime) >= cfg.RetentionMaxAge
+				tooBig := cfg.RetentionMaxBytes > 0 && bytes > cfg.RetentionMaxBytes
+				if !tooOld && !tooBig {
+					break
+				}
+				to = info.offset + 1
+			}
+			bytes -= min(bytes, uint64(info.size))
+		}
+		return nil
+	})
+	return to, err
+}
+
+// retentionTick runs a retention pass and schedules the next one.
+func (s *Store) retentionTick() {
+	if !s.startBackground() {
+		return
+	}
+	defer s.bg.Done()
+	if err := s.EnforceRetention(context.Background()); err != nil && !s.isClosing() {
+		s.log.Error("retention pass", "err", err)
+	}
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if !s.closing {
+		s.retention = s.opts.Clock.AfterFunc(s.opts.RetentionInterval, s.retentionTick)
+	}
+}
+
+// gcTick rewrites value-log files that are mostly garbage (deleted or
+// expired messages) and schedules the next run.
+func (s *Store) gcTick() {
+	if !s.startBackground() {
+		return
+	}
+	defer s.bg.Done()
+	for runs := 0; runs < 16 && !s.isClosing(); runs++ {
+		if err := s.db.RunValueLogGC(0.5); err != nil {
+			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+				s.log.Warn("value log gc", "err", err)
+			}
+			break
+		}
+	}
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if !s.closing {
+		s.gc = s.opts.Clock.AfterFunc(s.opts.GCInterval, s.gcTick)
+	}
+}
+
+// startBackground registers a background run unless the store is closing.
+func (s *Store) startBackground() bool {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.bg.Add(1)
+	return true
+}

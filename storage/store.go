@@ -1,0 +1,610 @@
+package storage
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/clock"
+)
+
+// Store is ferry's log: topics of partitions of messages in one Badger
+// database. Open it with Open and release it with Close. All methods are
+// safe for concurrent use.
+type Store struct {
+	opts Options
+	db   *badger.DB
+	log  *slog.Logger
+	sync *syncer
+
+	adminMu sync.Mutex // serializes CreateTopic, UpdateTopic and DeleteTopic
+
+	topicsMu sync.RWMutex // guards topics
+	topics   map[string]*topicHandle
+
+	bgMu      sync.Mutex // guards closing, timers and background work starts
+	closing   bool
+	retention clock.Timer
+	gc        clock.Timer
+	bg        sync.WaitGroup // retention passes, GC runs and topic drops under way
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Topic is a topic's name and effective config.
+type Topic struct {
+	Name       string
+	Config     TopicConfig
+	CreateTime time.Time
+	id         uint32 // keys the topic's data; never reused
+}
+
+// topicHandle is a live topic: its record and its partitions' writers. It
+// is replaced, not changed, when the config is updated.
+type topicHandle struct {
+	topic      Topic
+	partitions []*Partition
+}
+
+// PartitionInfo describes what a partition holds, as of its last sync.
+type PartitionInfo struct {
+	Partition uint32
+	First     uint64 // offset of the oldest retained message
+	Head      uint64 // offset the next message gets
+	Messages  uint64 // Head - First
+	Bytes     uint64 // record bytes retained
+}
+
+// Open opens (or creates) the store in opts.Dir, finds every topic and
+// partition head from one meta key per partition, resumes any unfinished
+// topic drop and starts retention and GC.
+func Open(opts Options) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	bopts := badger.DefaultOptions(opts.Dir).
+		WithLogger(badgerLogger{opts.Logger}).
+		WithSyncWrites(false). // group commit syncs once per group: see syncer
+		WithDetectConflicts(false).
+		WithNumVersionsToKeep(1).
+		WithMemTableSize(opts.MemTableBytes).
+		WithNumMemtables(3).
+		WithBlockCacheSize(opts.BlockCacheBytes).
+		WithValueThreshold(512).
+		WithNumCompactors(2)
+	db, err := badger.Open(bopts)
+	if err != nil {
+		return nil, fmt.Errorf("open badger in %s: %w", opts.Dir, err)
+	}
+	s := &Store{
+		opts:   opts,
+		db:     db,
+		log:    opts.Logger,
+		topics: make(map[string]*topicHandle),
+	}
+	s.sync = newSyncer(db, opts.Fsync, opts.QueueLength)
+	if err := s.load(); err != nil {
+		s.sync.close()
+		_ = db.Close()
+		return nil, err
+	}
+	s.bgMu.Lock()
+	s.retention = s.opts.Clock.AfterFunc(s.opts.RetentionInterval, s.retentionTick)
+	s.gc = s.opts.Clock.AfterFunc(s.opts.GCInterval, s.gcTick)
+	s.bgMu.Unlock()
+	return s, nil
+}
+
+// load reads every topic record and partition meta and starts the writers.
+func (s *Store) load() error {
+	var tombstones []uint32
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = []byte{kindTopic}
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			name := string(item.Key()[1:])
+			var t Topic
+			if err := item.Value(func(v []byte) (err error) {
+				t, err = decodeTopicRecord(name, v)
+				return err
+			}); err != nil {
+				return err
+			}
+			h := &topicHandle{topic: t}
+			for part := range t.Config.Partitions {
+				st := partitionState{tid: t.id, part: part}
+				pi, err := txn.Get(partitionKey(t.id, part))
+				if err != nil {
+					return fmt.Errorf("topic %q partition %d meta: %w", name, part, err)
+				}
+				if err := pi.Value(func(v []byte) (err error) {
+					st.meta, err = decodePartitionMeta(v)
+					return err
+				}); err != nil {
+					return fmt.Errorf("topic %q partition %d: %w", name, part, err)
+				}
+				h.partitions = append(h.partitions, newPartition(name, st, s.db, s.sync, &s.opts))
+			}
+			s.topics[name] = h
+		}
+		it.Close()
+		tsOpts := badger.DefaultIteratorOptions
+		tsOpts.Prefix = []byte{kindTombstone}
+		tsOpts.PrefetchValues = false
+		ts := txn.NewIterator(tsOpts)
+		defer ts.Close()
+		for ts.Rewind(); ts.Valid(); ts.Next() {
+			tid, err := decodeTombstoneKey(ts.Item().Key())
+			if err != nil {
+				return err
+			}
+			tombstones = append(tombstones, tid)
+		}
+		return nil
+	})
+	if err != nil {
+		for _, h := range s.topics {
+			for _, p := range h.partitions {
+				p.close()
+			}
+		}
+		return fmt.Errorf("load topics: %w", err)
+	}
+	for _, tid := range tombstones {
+		s.startDrop(tid)
+	}
+	for name, h := range s.topics {
+		for _, p := range h.partitions {
+			m := p.visible.Load()
+			s.log.Debug("partition recovered", "topic", name, "partition", p.part, "first_offset", m.first, "head_offset", m.head)
+		}
+	}
+	return nil
+}
+
+// Close stops taking requests, finishes every queued write, stops retention
+// and GC, and closes Badger. It is idempotent; ctx bounds the wait for
+// background work.
+func (s *Store) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.bgMu.Lock()
+		s.closing = true
+		s.retention.Stop()
+		s.gc.Stop()
+		s.bgMu.Unlock()
+
+		s.topicsMu.Lock()
+		handles := s.topics
+		s.topics = map[string]*topicHandle{}
+		s.topicsMu.Unlock()
+		for _, h := range handles {
+			for _, p := range h.partitions {
+				p.close()
+			}
+		}
+		s.sync.close()
+
+		bgDone := make(chan struct{})
+		go func() { s.bg.Wait(); close(bgDone) }()
+		select {
+		case <-bgDone:
+		case <-ctx.Done():
+			s.closeErr = fmt.Errorf("wait for background work: %w", ctx.Err())
+		}
+		if err := s.db.Close(); err != nil {
+			s.closeErr = errors.Join(s.closeErr, fmt.Errorf("close badger: %w", err))
+		}
+	})
+	return s.closeErr
+}
+
+// Syncs returns how many fsyncs the store has done, for benchmarks.
+func (s *Store) Syncs() uint64 { return s.sync.syncs.Load() }
+
+// CreateTopic creates a topic. cfg's zero fields take their defaults. If the
+// topic exists with the same effective config, CreateTopic returns it and
+// changes nothing; with another config it returns ErrTopicExists.
+func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (Topic, error) {
+	if err := ValidateTopicName(name); err != nil {
+		return Topic{}, err
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return Topic{}, err
+	}
+	s.adminMu.Lock()
+	defer s.adminMu.Unlock()
+	if h, err := s.handle(name); err == nil {
+		if h.topic.Config == cfg {
+			return h.topic, nil
+		}
+		return Topic{}, fmt.Errorf("topic %q: %w", name, ErrTopicExists)
+	} else if !errors.Is(err, ErrTopicNotFound) {
+		return Topic{}, err
+	}
+
+	t := Topic{Name: name, Config: cfg, CreateTime: s.opts.Clock.Now().UTC().Truncate(time.Microsecond)}
+	err := s.update(func(txn *badger.Txn) error {
+		id, err := nextTopicID(txn)
+		if err != nil {
+			return err
+		}
+		t.id = id
+		if err := txn.Set(topicKey(name), encodeTopicRecord(&t)); err != nil {
+			return err
+		}
+		empty := partitionMeta{}
+		for part := range cfg.Partitions {
+			if err := txn.Set(partitionKey(id, part), empty.encode()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Topic{}, fmt.Errorf("create topic %q: %w", name, err)
+	}
+	h := &topicHandle{topic: t}
+	for part := range cfg.Partitions {
+		h.partitions = append(h.partitions, newPartition(name, partitionState{tid: t.id, part: part}, s.db, s.sync, &s.opts))
+	}
+	s.topicsMu.Lock()
+	defer s.topicsMu.Unlock()
+	if s.isClosing() {
+		for _, p := range h.partitions {
+			p.close()
+		}
+		return Topic{}, ErrClosed
+	}
+	s.topics[name] = h
+	return t, nil
+}
+
+func nextTopicID(txn *badger.Txn) (uint32, error) {
+	id := uint32(1)
+	item, err := txn.Get(nextIDKey())
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+	case err != nil:
+		return 0, err
+	default:
+		err = item.Value(func(v []byte) error {
+			d := decoder{b: v}
+			id = d.u32()
+			return d.end()
+		})
+		if err != nil {
+			return 0, fmt.Errorf("next topic id: %w", err)
+		}
+	}
+	return id, txn.Set(nextIDKey(), binary.BigEndian.AppendUint32(nil, id+1))
+}
+
+// update runs fn in a read-write transaction and syncs it under the fsync
+// policy: topic changes are as durable as appends.
+func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	if err := s.db.Update(fn); err != nil {
+		return err
+	}
+	if s.opts.Fsync == FsyncAlways {
+		return s.db.Sync()
+	}
+	return nil
+}
+
+func (s *Store) isClosing() bool {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	return s.closing
+}
+
+// handle returns the live topic called name.
+func (s *Store) handle(name string) (*topicHandle, error) {
+	s.topicsMu.RLock()
+	defer s.topicsMu.RUnlock()
+	h, ok := s.topics[name]
+	if !ok {
+		if s.closing {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("topic %q: %w", name, ErrTopicNotFound)
+	}
+	return h, nil
+}
+
+func (s *Store) partition(topic string, part uint32) (*topicHandle, *Partition, error) {
+	h, err := s.handle(topic)
+	if err != nil {
+		return nil, nil, err
+	}
+	if part >= uint32(len(h.partitions)) {
+		return nil, nil, fmt.Errorf("topic %q has %d partitions, no partition %d: %w", topic, len(h.partitions), part, ErrPartitionNotFound)
+	}
+	return h, h.partitions[part], nil
+}
+
+// Topic returns the topic called name, or ErrTopicNotFound.
+func (s *Store) Topic(name string) (Topic, error) {
+	h, err := s.handle(name)
+	if err != nil {
+		return Topic{}, err
+	}
+	return h.topic, nil
+}
+
+// Topics returns every topic, ordered by name.
+func (s *Store) Topics() []Topic {
+	s.topicsMu.RLock()
+	ts := make([]Topic, 0, len(s.topics))
+	for _, h := range s.topics {
+		ts = append(ts, h.topic)
+	}
+	s.topicsMu.RUnlock()
+	slices.SortFunc(ts, func(a, b Topic) int {
+		if a.Name < b.Name {
+			return -1
+		} else if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return ts
+}
+
+// UpdateTopic applies change to a copy of the topic's config and stores the
+// result. The partition count cannot change.
+func (s *Store) UpdateTopic(ctx context.Context, name string, change func(*TopicConfig)) (Topic, error) {
+	s.adminMu.Lock()
+	defer s.adminMu.Unlock()
+	h, err := s.handle(name)
+	if err != nil {
+		return Topic{}, err
+	}
+	t := h.topic
+	change(&t.Config)
+	t.Config = t.Config.WithDefaults()
+	if t.Config.Partitions != h.topic.Config.Partitions {
+		return Topic{}, fmt.Errorf("partitions cannot change from %d: ids and keys would move to other partitions and escape dedup: %w",
+			h.topic.Config.Partitions, ErrInvalidConfig)
+	}
+	if err := t.Config.Validate(); err != nil {
+		return Topic{}, err
+	}
+	if err := s.update(func(txn *badger.Txn) error {
+		return txn.Set(topicKey(name), encodeTopicRecord(&t))
+	}); err != nil {
+		return Topic{}, fmt.Errorf("update topic %q: %w", name, err)
+	}
+	s.topicsMu.Lock()
+	s.topics[name] = &topicHandle{topic: t, partitions: h.partitions}
+	s.topicsMu.Unlock()
+	return t, nil
+}
+
+// DeleteTopic deletes a topic. Its writers finish what is queued, the topic
+// record goes in one transaction, and its messages and dedup entries are
+// dropped in the background (resumed at the next Open if interrupted).
+func (s *Store) DeleteTopic(ctx context.Context, name string) error {
+	s.adminMu.Lock()
+	defer s.adminMu.Unlock()
+	h, err := s.handle(name)
+	if err != nil {
+		return err
+	}
+	s.topicsMu.Lock()
+	delete(s.topics, name)
+	s.topicsMu.Unlock()
+	for _, p := range h.partitions {
+		p.close()
+	}
+	tid := h.topic.id
+	err = s.update(func(txn *badger.Txn) error {
+		if err := txn.Delete(topicKey(name)); err != nil {
+			return err
+		}
+		for part := range h.topic.Config.Partitions {
+			if err := txn.Delete(partitionKey(tid, part)); err != nil {
+				return err
+			}
+		}
+		return txn.Set(tombstoneKey(tid), nil)
+	})
+	if err != nil {
+		return fmt.Errorf("delete topic %q: %w", name, err)
+	}
+	s.startDrop(tid)
+	return nil
+}
+
+// startDrop deletes a deleted topic's data in the background, then its
+// tombstone. Badger's DropPrefix would block every other topic's writes
+// meanwhile, so the keys go through a write batch instead.
+func (s *Store) startDrop(tid uint32) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.closing {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		if err := s.dropTopicData(tid); err != nil && !s.isClosing() {
+			s.log.Error("drop deleted topic data", "topic_id", tid, "err", err)
+		}
+	}()
+}
+
+func (s *Store) dropTopicData(tid uint32) error {
+	for _, kind := range []byte{kindMessage, kindDedup, kindExpiry} {
+		for {
+			if s.isClosing() {
+				return ErrClosed
+			}
+			n, err := s.deleteSome(topicPrefix(kind, tid), 10000)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+	return s.update(func(txn *badger.Txn) error { return txn.Delete(tombstoneKey(tid)) })
+}
+
+// deleteSome deletes up to limit keys under prefix and says how many.
+func (s *Store) deleteSome(prefix []byte, limit int) (int, error) {
+	var keys [][]byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		opts.Prefix = prefix
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid() && len(keys) < limit; it.Next() {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		return nil
+	})
+	if err != nil || len(keys) == 0 {
+		return 0, err
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, k := range keys {
+		if err := wb.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), wb.Flush()
+}
+
+// Enqueue queues msgs for appending to a partition and returns without
+// waiting for them to be stored. Appends queued one after another by one
+// goroutine get increasing offsets in that order. Enqueue blocks only while
+// the partition's queue is full.
+func (s *Store) Enqueue(ctx context.Context, topic string, part uint32, msgs []Message) (*Pending, error) {
+	h, p, err := s.partition(topic, part)
+	if err != nil {
+		return nil, err
+	}
+	size := 0
+	for i := range msgs {
+		size += messageRecordSize(&msgs[i])
+	}
+	r, err := p.submit(ctx, command{kind: cmdAppend, msgs: msgs, dedupWindow: h.topic.Config.DedupWindow, size: size})
+	if err != nil {
+		return nil, err
+	}
+	return &Pending{r: r}, nil
+}
+
+// Append appends msgs to a partition and returns once they are durable under
+// the fsync policy: one result per message, in order.
+func (s *Store) Append(ctx context.Context, topic string, part uint32, msgs []Message) ([]AppendResult, error) {
+	pend, err := s.Enqueue(ctx, topic, part, msgs)
+	if err != nil {
+		return nil, err
+	}
+	return pend.Wait(ctx)
+}
+
+// Read returns up to maxMessages messages of a partition from offset from,
+// in offset order, stopping once their payloads reach maxBytes (at least one
+// message is returned if any exists). Reading at the head returns nothing;
+// an offset below the first retained one or beyond the head returns an
+// *OffsetOutOfRangeError.
+func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64, maxMessages, maxBytes int) ([]Message, error) {
+	_, p, err := s.partition(topic, part)
+	if err != nil {
+		return nil, err
+	}
+	vis := p.visible.Load()
+	if from < vis.first || from > vis.head {
+		return nil, &OffsetOutOfRangeError{Offset: from, First: vis.first, Head: vis.head}
+	}
+	if from == vis.head || maxMessages <= 0 {
+		return nil, nil
+	}
+	tid := p.tid
+	var msgs []Message
+	err = s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = partitionPrefix(kindMessage, tid, part)
+		opts.PrefetchSize = min(maxMessages, 100)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		next, bytes := from, 0
+		for it.Seek(messageSeekKey(tid, part, from)); it.Valid(); it.Next() {
+			if len(msgs) == maxMessages || (len(msgs) > 0 && bytes >= maxBytes) || ctx.Err() != nil {
+				break
+			}
+			item := it.Item()
+			info, err := decodeMessageKey(item.Key())
+			if err != nil {
+				return err
+			}
+			if info.offset >= vis.head {
+				break // committed but not yet synced: not visible
+			}
+			if info.offset != next {
+				// Retention removed it since vis was read.
+				cur := p.visible.Load()
+				return &OffsetOutOfRangeError{Offset: next, First: cur.first, Head: cur.head}
+			}
+			m := Message{Partition: part, Offset: info.offset, PublishTime: info.publishTime}
+			if err := item.Value(func(v []byte) error { return decodeMessageRecord(v, &m) }); err != nil {
+				return fmt.Errorf("offset %d: %w", info.offset, err)
+			}
+			msgs = append(msgs, m)
+			bytes += len(m.Payload)
+			next++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return msgs, ctx.Err()
+}
+
+// Partitions returns the state of every partition of a topic, as of each
+// partition's last sync.
+func (s *Store) Partitions(topic string) ([]PartitionInfo, error) {
+	h, err := s.handle(topic)
+	if err != nil {
+		return nil, err
+	}
+	infos := make([]PartitionInfo, len(h.partitions))
+	for i, p := range h.partitions {
+		m := p.visible.Load()
+		infos[i] = PartitionInfo{Partition: p.part, First: m.first, Head: m.head, Messages: m.head - m.first, Bytes: m.bytes}
+	}
+	return infos, nil
+}
+
+// badgerLogger routes Badger's logs into slog; its chatter goes to Debug.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(trimNL(fmt.Sprintf(f, a...)), "component", "badger") }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(trimNL(fmt.Sprintf(f, a...)), "component", "badger") }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(trimNL(fmt.Sprintf(f, a...)), "component", "badger") }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(trimNL(fmt.Sprintf(f, a...)), "component", "badger") }
+
+func trimNL(s string) string {
+	for len(s) > 0 && s[len(s)-1] == '\n' {
+		s = s[:len(s)-1]
+	}
+	return s
+}
