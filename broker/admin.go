@@ -1,0 +1,212 @@
+package broker
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/storage"
+)
+
+// admin implements ferryv1.AdminServiceServer.
+type admin struct {
+	ferryv1.UnimplementedAdminServiceServer
+	store *storage.Store
+}
+
+// CreateTopic creates a topic; an identical create is a no-op.
+func (a *admin) CreateTopic(ctx context.Context, req *ferryv1.CreateTopicRequest) (*ferryv1.CreateTopicResponse, error) {
+	cfg, err := configFromProto(req.GetConfig())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	t, err := a.store.CreateTopic(ctx, req.GetName(), cfg)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.CreateTopicResponse{Topic: topicToProto(t)}, nil
+}
+
+// GetTopic returns a topic with its partitions' stats.
+func (a *admin) GetTopic(ctx context.Context, req *ferryv1.GetTopicRequest) (*ferryv1.GetTopicResponse, error) {
+	if err := storage.ValidateTopicName(req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	t, err := a.store.Topic(req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	infos, err := a.store.Partitions(req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &ferryv1.GetTopicResponse{Topic: topicToProto(t)}
+	for _, pi := range infos {
+		resp.Partitions = append(resp.Partitions, &ferryv1.PartitionStats{
+			Partition:    pi.Partition,
+			FirstOffset:  pi.First,
+			HeadOffset:   pi.Head,
+			MessageCount: pi.Messages,
+			Bytes:        pi.Bytes,
+		})
+	}
+	return resp, nil
+}
+
+// ListTopics returns every topic by name.
+func (a *admin) ListTopics(ctx context.Context, req *ferryv1.ListTopicsRequest) (*ferryv1.ListTopicsResponse, error) {
+	resp := &ferryv1.ListTopicsResponse{}
+	for _, t := range a.store.Topics() {
+		resp.Topics = append(resp.Topics, topicToProto(t))
+	}
+	return resp, nil
+}
+
+// UpdateTopic changes the config fields named in the update mask.
+func (a *admin) UpdateTopic(ctx context.Context, req *ferryv1.UpdateTopicRequest) (*ferryv1.UpdateTopicResponse, error) {
+	if err := storage.ValidateTopicName(req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 0 {
+		return nil, toStatus(invalidf("update_mask is empty; name the config fields to change"))
+	}
+	next, err := configFromProto(req.GetConfig())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	var sets []func(*storage.TopicConfig)
+	for _, p := range paths {
+		switch p {
+		case "retention_max_age":
+			sets = append(sets, func(c *storage.TopicConfig) { c.RetentionMaxAge = next.RetentionMaxAge })
+		case "retention_max_bytes":
+			sets = append(sets, func(c *storage.TopicConfig) { c.RetentionMaxBytes = next.RetentionMaxBytes })
+		case "retention_max_messages":
+			sets = append(sets, func(c *storage.TopicConfig) { c.RetentionMaxMessages = next.RetentionMaxMessages })
+		case "dedup_window":
+			sets = append(sets, func(c *storage.TopicConfig) { c.DedupWindow = next.DedupWindow })
+		case "max_message_bytes":
+			sets = append(sets, func(c *storage.TopicConfig) { c.MaxMessageBytes = next.MaxMessageBytes })
+		case "partitions":
+			return nil, toStatus(invalidf("partitions cannot be changed: ids and keys would move to other partitions and escape dedup; create a new topic"))
+		default:
+			return nil, toStatus(invalidf("update_mask path %q is not a topic config field; use retention_max_age, retention_max_bytes, retention_max_messages, dedup_window or max_message_bytes", p))
+		}
+	}
+	t, err := a.store.UpdateTopic(ctx, req.GetName(), func(c *storage.TopicConfig) {
+		for _, set := range sets {
+			set(c)
+		}
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.UpdateTopicResponse{Topic: topicToProto(t)}, nil
+}
+
+// DeleteTopic deletes a topic and its messages.
+func (a *admin) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopicRequest) (*ferryv1.DeleteTopicResponse, error) {
+	if err := storage.ValidateTopicName(req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := a.store.DeleteTopic(ctx, req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.DeleteTopicResponse{}, nil
+}
+
+// ReadMessages reads a range of a partition's log.
+func (a *admin) ReadMessages(ctx context.Context, req *ferryv1.ReadMessagesRequest) (*ferryv1.ReadMessagesResponse, error) {
+	if err := storage.ValidateTopicName(req.GetTopic()); err != nil {
+		return nil, toStatus(err)
+	}
+	max := int(req.GetMaxMessages())
+	switch {
+	case max == 0:
+		max = DefaultReadMessages
+	case max > MaxReadMessages:
+		return nil, toStatus(invalidf("max_messages %d is over the limit of %d", max, MaxReadMessages))
+	}
+	maxBytes := int(req.GetMaxBytes())
+	if maxBytes == 0 {
+		maxBytes = DefaultReadBytes
+	}
+	msgs, err := a.store.Read(ctx, req.GetTopic(), req.GetPartition(), req.GetFromOffset(), max, maxBytes)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	infos, err := a.store.Partitions(req.GetTopic())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if int(req.GetPartition()) >= len(infos) { // the topic was replaced meanwhile
+		return nil, toStatus(storage.ErrPartitionNotFound)
+	}
+	resp := &ferryv1.ReadMessagesResponse{NextOffset: req.GetFromOffset(), HeadOffset: infos[req.GetPartition()].Head}
+	for i := range msgs {
+		m := &msgs[i]
+		resp.Messages = append(resp.Messages, &ferryv1.Message{
+			Id:          m.ID,
+			Key:         m.Key,
+			Payload:     m.Payload,
+			Headers:     m.Headers,
+			Partition:   m.Partition,
+			Offset:      m.Offset,
+			PublishTime: timestamppb.New(m.PublishTime),
+		})
+		resp.NextOffset = m.Offset + 1
+	}
+	return resp, nil
+}
+
+func configFromProto(c *ferryv1.TopicConfig) (storage.TopicConfig, error) {
+	if c == nil {
+		return storage.TopicConfig{}, nil
+	}
+	cfg := storage.TopicConfig{
+		Partitions:           c.GetPartitions(),
+		RetentionMaxBytes:    c.GetRetentionMaxBytes(),
+		RetentionMaxMessages: c.GetRetentionMaxMessages(),
+		MaxMessageBytes:      c.GetMaxMessageBytes(),
+	}
+	var err error
+	if cfg.RetentionMaxAge, err = durationFromProto("retention_max_age", c.GetRetentionMaxAge()); err != nil {
+		return cfg, err
+	}
+	if cfg.DedupWindow, err = durationFromProto("dedup_window", c.GetDedupWindow()); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func durationFromProto(field string, d *durationpb.Duration) (time.Duration, error) {
+	if d == nil {
+		return 0, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, invalidf("%s: %s", field, err.Error())
+	}
+	if d.AsDuration() < 0 {
+		return 0, invalidf("%s is negative (%v)", field, d.AsDuration())
+	}
+	return d.AsDuration(), nil
+}
+
+func topicToProto(t storage.Topic) *ferryv1.Topic {
+	c := t.Config
+	pc := &ferryv1.TopicConfig{
+		Partitions:           c.Partitions,
+		RetentionMaxBytes:    c.RetentionMaxBytes,
+		RetentionMaxMessages: c.RetentionMaxMessages,
+		DedupWindow:          durationpb.New(c.DedupWindow),
+		MaxMessageBytes:      c.MaxMessageBytes,
+	}
+	if c.RetentionMaxAge > 0 {
+		pc.RetentionMaxAge = durationpb.New(c.RetentionMaxAge)
+	}
+	return &ferryv1.Topic{Name: t.Name, Config: pc, CreateTime: timestamppb.New(t.CreateTime)}
+}

@@ -1,0 +1,18 @@
+// Package broker serves ferry's gRPC API over a storage.Store.
+//
+// A Server owns the store, the gRPC server (PublisherService, AdminService,
+// the standard health service and reflection) and the HTTP server (/healthz,
+// /readyz). Open binds both listeners and opens the store; Serve serves until
+// Shutdown, which stops taking requests, lets in-flight writes finish,
+// closes the store and returns.
+//
+// A publish flows: the gRPC handler validates the whole request (limits in
+// limits.go) before anything is queued, routes each message to a partition
+// (route.go), queues each partition's share with its writer in request
+// order, and answers once every share is durable. PublishStream queues
+// requests as they arrive and answers them in order from a second
+// goroutine, so a client can keep many batches in flight.
+//
+// Errors from storage and validation become gRPC statuses in one place,
+// toStatus in status.go.
+package broker

@@ -1,0 +1,58 @@
+package broker
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/storage"
+)
+
+// Options configures a Server. Start from DefaultOptions.
+type Options struct {
+	// GRPCAddr is the gRPC listen address. Default ":7420"; port 0 picks a
+	// free port (see Server.GRPCAddr).
+	GRPCAddr string
+	// HTTPAddr is the HTTP listen address for /healthz and /readyz. Default
+	// ":7421". Empty disables HTTP.
+	HTTPAddr string
+	// Storage configures the store; its Clock and Logger are set from
+	// this Options' Clock and Logger.
+	Storage storage.Options
+	// ShutdownTimeout bounds Shutdown's wait for open RPCs before they are
+	// cut off. Default 5s.
+	ShutdownTimeout time.Duration
+	// Clock is the time source of the broker and its store. Default the wall
+	// clock.
+	Clock clock.Clock
+	// Logger receives the broker's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultOptions returns the defaults, with data in dir.
+func DefaultOptions(dir string) Options {
+	return Options{
+		GRPCAddr:        ":7420",
+		HTTPAddr:        ":7421",
+		Storage:         storage.DefaultOptions(dir),
+		ShutdownTimeout: 5 * time.Second,
+		Clock:           clock.Real(),
+		Logger:          slog.Default(),
+	}
+}
+
+// Validate reports the first field that is not acceptable.
+func (o *Options) Validate() error {
+	switch {
+	case o.GRPCAddr == "":
+		return fmt.Errorf("GRPCAddr is empty: %w", storage.ErrInvalidConfig)
+	case o.ShutdownTimeout <= 0:
+		return fmt.Errorf("ShutdownTimeout %v must be positive: %w", o.ShutdownTimeout, storage.ErrInvalidConfig)
+	case o.Clock == nil:
+		return fmt.Errorf("Clock is nil: %w", storage.ErrInvalidConfig)
+	case o.Logger == nil:
+		return fmt.Errorf("Logger is nil: %w", storage.ErrInvalidConfig)
+	}
+	return nil
+}

@@ -1,0 +1,162 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/status"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/storage"
+)
+
+// publisher implements ferryv1.PublisherServiceServer.
+type publisher struct {
+	ferryv1.UnimplementedPublisherServiceServer
+	store *storage.Store
+
+	rrMu sync.Mutex // guards rr
+	rr   map[string]*roundRobin
+}
+
+func newPublisher(st *storage.Store) *publisher {
+	return &publisher{store: st, rr: make(map[string]*roundRobin)}
+}
+
+// Publish appends one batch and answers when it is durable.
+func (p *publisher) Publish(ctx context.Context, req *ferryv1.PublishRequest) (*ferryv1.PublishResponse, error) {
+	wait, err := p.enqueue(ctx, req.GetTopic(), req.GetMessages())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	results, err := wait(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.PublishResponse{Results: results}, nil
+}
+
+// PublishStream queues each request as it arrives, in order, and answers
+// them in that order from a second goroutine. A failed request gets an error
+// in its response and the stream goes on.
+func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamServer) error {
+	type inflight struct {
+		seq  uint64
+		wait func(context.Context) ([]*ferryv1.PublishResult, error)
+		err  error
+	}
+	g, ctx := errgroup.WithContext(stream.Context())
+	// A bounded queue: once this many batches await fsync, stop reading and
+	// let gRPC flow control push back on the client.
+	queue := make(chan inflight, 256)
+	g.Go(func() error {
+		defer close(queue)
+		for {
+			req, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			f := inflight{seq: req.GetSequence()}
+			f.wait, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
+			select {
+			case queue <- f:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	})
+	g.Go(func() error {
+		for f := range queue {
+			resp := &ferryv1.PublishStreamResponse{Sequence: f.seq}
+			err := f.err
+			if err == nil {
+				resp.Results, err = f.wait(ctx)
+			}
+			if err != nil {
+				st := status.Convert(toStatus(err))
+				resp.Error = &ferryv1.PublishError{Code: uint32(st.Code()), Message: st.Message()}
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// enqueue validates a batch, routes it, and queues each partition's share
+// with its writer before returning, so batches queued one after another
+// keep their order. The returned wait blocks until all shares are durable.
+func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.PublishMessage) (func(context.Context) ([]*ferryv1.PublishResult, error), error) {
+	if err := storage.ValidateTopicName(topic); err != nil {
+		return nil, err
+	}
+	t, err := p.store.Topic(topic)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateBatch(t, msgs); err != nil {
+		return nil, err
+	}
+	n := t.Config.Partitions
+	rr := p.roundRobin(topic).take()
+	// Split by partition, remembering each message's place in the request.
+	type share struct {
+		msgs  []storage.Message
+		index []int
+		pend  *storage.Pending
+	}
+	shares := make(map[uint32]*share, 1)
+	order := make([]uint32, 0, 1)
+	for i, m := range msgs {
+		part := partitionFor(m, n, rr)
+		sh := shares[part]
+		if sh == nil {
+			sh = &share{}
+			shares[part] = sh
+			order = append(order, part)
+		}
+		sh.msgs = append(sh.msgs, storage.Message{ID: m.Id, Key: m.Key, Payload: m.Payload, Headers: m.Headers})
+		sh.index = append(sh.index, i)
+	}
+	for _, part := range order {
+		sh := shares[part]
+		if sh.pend, err = p.store.Enqueue(ctx, topic, part, sh.msgs); err != nil {
+			// Shares already queued may still be stored; a retry with the
+			// same ids is answered as duplicates.
+			return nil, err
+		}
+	}
+	return func(ctx context.Context) ([]*ferryv1.PublishResult, error) {
+		results := make([]*ferryv1.PublishResult, len(msgs))
+		for _, part := range order {
+			sh := shares[part]
+			res, err := sh.pend.Wait(ctx)
+			if err != nil {
+				return nil, err
+			}
+			for j, r := range res {
+				results[sh.index[j]] = &ferryv1.PublishResult{Partition: part, Offset: r.Offset, Duplicate: r.Duplicate}
+			}
+		}
+		return results, nil
+	}, nil
+}
+
+func (p *publisher) roundRobin(topic string) *roundRobin {
+	p.rrMu.Lock()
+	defer p.rrMu.Unlock()
+	r := p.rr[topic]
+	if r == nil {
+		r = &roundRobin{}
+		p.rr[topic] = r
+	}
+	return r
+}

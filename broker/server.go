@@ -1,0 +1,178 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/storage"
+)
+
+// Server is a running broker: the store, the gRPC server and the HTTP
+// server.
+type Server struct {
+	opts   Options
+	log    *slog.Logger
+	store  *storage.Store
+	grpc   *grpc.Server
+	health *health.Server
+	http   *http.Server
+
+	grpcLis net.Listener
+	httpLis net.Listener
+	ready   atomic.Bool
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+	stopped      chan struct{} // closed when Shutdown has finished
+}
+
+// Open opens the store and binds both listeners; the broker is ready once
+// Open returns. Call Serve to serve and Shutdown to stop.
+func Open(opts Options) (*Server, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	sopts := opts.Storage
+	sopts.Clock = opts.Clock
+	sopts.Logger = opts.Logger
+	grpcLis, err := net.Listen("tcp", opts.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen grpc: %w", err)
+	}
+	var httpLis net.Listener
+	if opts.HTTPAddr != "" {
+		if httpLis, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+			grpcLis.Close()
+			return nil, fmt.Errorf("listen http: %w", err)
+		}
+	}
+	st, err := storage.Open(sopts)
+	if err != nil {
+		grpcLis.Close()
+		if httpLis != nil {
+			httpLis.Close()
+		}
+		return nil, err
+	}
+	s := &Server{
+		opts:    opts,
+		log:     opts.Logger,
+		store:   st,
+		health:  health.NewServer(),
+		grpcLis: grpcLis,
+		httpLis: httpLis,
+		stopped: make(chan struct{}),
+	}
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	ferryv1.RegisterPublisherServiceServer(s.grpc, newPublisher(st))
+	ferryv1.RegisterAdminServiceServer(s.grpc, &admin{store: st})
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	for _, svc := range []string{ferryv1.PublisherService_ServiceDesc.ServiceName, ferryv1.AdminService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	if httpLis != nil {
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+			if !s.ready.Load() {
+				http.Error(w, "not ready", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ready\n"))
+		})
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	}
+	s.ready.Store(true)
+	return s, nil
+}
+
+// GRPCAddr is the address the gRPC server listens on.
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
+
+// HTTPAddr is the address the HTTP server listens on, or nil.
+func (s *Server) HTTPAddr() net.Addr {
+	if s.httpLis == nil {
+		return nil
+	}
+	return s.httpLis.Addr()
+}
+
+// Store returns the server's store.
+func (s *Server) Store() *storage.Store { return s.store }
+
+// Serve serves gRPC and HTTP until Shutdown, then returns once Shutdown has
+// finished. It returns an error if a server fails.
+func (s *Server) Serve() error {
+	var g errgroup.Group
+	g.Go(func() error {
+		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serve grpc: %w", err)
+		}
+		return nil
+	})
+	if s.http != nil {
+		g.Go(func() error {
+			if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve http: %w", err)
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	<-s.stopped
+	return err
+}
+
+// Shutdown stops the broker: it reports NOT_SERVING, stops taking RPCs,
+// waits up to ShutdownTimeout (or ctx) for open ones, lets every queued
+// write finish and closes the store. Idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		defer close(s.stopped)
+		s.ready.Store(false)
+		s.health.Shutdown()
+		done := make(chan struct{})
+		go func() {
+			s.grpc.GracefulStop()
+			close(done)
+		}()
+		wait, cancel := context.WithTimeout(ctx, s.opts.ShutdownTimeout)
+		select {
+		case <-done:
+		case <-wait.Done():
+			s.log.Warn("shutdown: cutting off open RPCs", "timeout", s.opts.ShutdownTimeout)
+			s.grpc.Stop()
+		}
+		cancel()
+		<-done
+		if s.http != nil {
+			if err := s.http.Shutdown(ctx); err != nil {
+				s.http.Close()
+			}
+		}
+		s.shutdownErr = s.store.Close(ctx)
+	})
+	return s.shutdownErr
+}

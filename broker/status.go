@@ -1,0 +1,56 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"syscall"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrymq/ferry/storage"
+)
+
+// toStatus is the one place an error becomes a gRPC status. Messages say
+// what went wrong and, where it helps, what to do.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var invalid *invalidError
+	var oor *storage.OffsetOutOfRangeError
+	switch {
+	case errors.As(err, &invalid):
+		return status.Error(codes.InvalidArgument, invalid.msg)
+	case errors.Is(err, storage.ErrInvalidConfig):
+		return status.Error(codes.InvalidArgument, describe(err, storage.ErrInvalidConfig))
+	case errors.Is(err, storage.ErrTopicNotFound):
+		return status.Error(codes.NotFound, describe(err, storage.ErrTopicNotFound)+" not found; create it first (ferry topic create)")
+	case errors.Is(err, storage.ErrPartitionNotFound):
+		return status.Error(codes.InvalidArgument, describe(err, storage.ErrPartitionNotFound))
+	case errors.Is(err, storage.ErrTopicExists):
+		return status.Error(codes.AlreadyExists, describe(err, storage.ErrTopicExists)+
+			" exists with a different config; delete it first or create it with the same config")
+	case errors.As(err, &oor):
+		return status.Error(codes.OutOfRange, oor.Error())
+	case errors.Is(err, storage.ErrClosed):
+		return status.Error(codes.Unavailable, "the broker is shutting down; retry against another node or after it restarts")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, syscall.ENOSPC):
+		return status.Error(codes.ResourceExhausted, "the broker's disk is full: "+err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// describe is err's message without the sentinel's own words at the end,
+// which the status code already says.
+func describe(err, sentinel error) string {
+	return strings.TrimSuffix(err.Error(), ": "+sentinel.Error())
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymq/ferry/broker"
+	"github.com/ferrymq/ferry/storage"
+)
+
+func newServeCommand() *cobra.Command {
+	o := broker.DefaultOptions("./ferry-data")
+	var (
+		fsync     = "always"
+		logLevel  = "info"
+		logFormat = "text"
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the broker",
+		Long: `Run the broker: gRPC on --grpc-addr, /healthz and /readyz on --http-addr,
+data in --data-dir. SIGTERM or SIGINT stops it gracefully: it stops taking
+requests, finishes the writes under way and closes the store.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if o.Storage.Fsync, err = storage.ParseFsyncPolicy(fsync); err != nil {
+				return err
+			}
+			if o.Logger, err = newLogger(logLevel, logFormat); err != nil {
+				return err
+			}
+			return serve(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.GRPCAddr, "grpc-addr", o.GRPCAddr, "gRPC listen address")
+	f.StringVar(&o.HTTPAddr, "http-addr", o.HTTPAddr, "HTTP listen address for /healthz and /readyz (empty: off)")
+	f.StringVar(&o.Storage.Dir, "data-dir", o.Storage.Dir, "data directory")
+	f.StringVar(&fsync, "fsync", fsync, "when to fsync appends: always (before every ack, grouped) or never (leave it to the OS)")
+	f.DurationVar(&o.Storage.RetentionInterval, "retention-interval", o.Storage.RetentionInterval, "how often retention and dedup expiry run")
+	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "how long shutdown waits for open RPCs")
+	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", logFormat, "text or json")
+	return cmd
+}
+
+func serve(ctx context.Context, o broker.Options) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	srv, err := broker.Open(o)
+	if err != nil {
+		return err
+	}
+	lg := o.Logger
+	httpAddr := ""
+	if a := srv.HTTPAddr(); a != nil {
+		httpAddr = a.String()
+	}
+	lg.Info("ferry serving", "grpc_addr", srv.GRPCAddr().String(), "http_addr", httpAddr,
+		"data_dir", o.Storage.Dir, "fsync", o.Storage.Fsync.String(), "startup", time.Since(start).Round(time.Millisecond).String())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+	select {
+	case <-ctx.Done():
+		lg.Info("shutting down")
+	case err := <-served:
+		// A server failed: stop the rest.
+		_ = srv.Shutdown(context.Background())
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout+5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-served; err != nil {
+		return err
+	}
+	lg.Info("stopped cleanly")
+	return nil
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	hopts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, hopts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+func newTopicCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "topic", Short: "Create, list, inspect and delete topics"}
+	cmd.AddCommand(newTopicCreateCommand(), newTopicListCommand(), newTopicGetCommand(), newTopicDeleteCommand())
+	return cmd
+}
+
+func newTopicCreateCommand() *cobra.Command {
+	var (
+		cfg        ferryv1.TopicConfig
+		age, dedup time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a topic (an identical create is a no-op)",
+		Args:  cobra.ExactArgs(1),
+	}
+	cf := addClientFlags(cmd, true)
+	f := cmd.Flags()
+	f.Uint32Var(&cfg.Partitions, "partitions", 1, "number of partitions, 1 to 1024")
+	f.DurationVar(&age, "retention-age", 0, "delete messages older than this (0: keep)")
+	f.Uint64Var(&cfg.RetentionMaxBytes, "retention-bytes", 0, "per partition, keep at most this many bytes (0: no limit)")
+	f.Uint64Var(&cfg.RetentionMaxMessages, "retention-messages", 0, "per partition, keep at most this many messages (0: no limit)")
+	f.DurationVar(&dedup, "dedup-window", 0, "how long message ids are remembered (0: server default, 2m)")
+	f.Uint32Var(&cfg.MaxMessageBytes, "max-message-bytes", 0, "largest payload in bytes (0: server default, 1 MiB)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		conn, err := cf.dial()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if age != 0 {
+			cfg.RetentionMaxAge = durationpb.New(age)
+		}
+		if dedup != 0 {
+			cfg.DedupWindow = durationpb.New(dedup)
+		}
+		var resp *ferryv1.CreateTopicResponse
+		err = cf.call(cmd.Context(), func(ctx context.Context) (err error) {
+			resp, err = ferryv1.NewAdminServiceClient(conn).CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: args[0], Config: &cfg})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, nil)
+	}
+	return cmd
+}
+
+func newTopicListCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "list", Short: "List topics", Args: cobra.NoArgs}
+	cf := addClientFlags(cmd, true)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		conn, err := cf.dial()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		var resp *ferryv1.ListTopicsResponse
+		err = cf.call(cmd.Context(), func(ctx context.Context) (err error) {
+			resp, err = ferryv1.NewAdminServiceClient(conn).ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for _, t := range resp.Topics {
+			if err := printTopic(cmd.OutOrStdout(), cf.output, t, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return cmd
+}
+
+func newTopicGetCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "get NAME", Short: "Show a topic's config and its partitions' offsets", Args: cobra.ExactArgs(1)}
+	cf := addClientFlags(cmd, true)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		conn, err := cf.dial()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		var resp *ferryv1.GetTopicResponse
+		err = cf.call(cmd.Context(), func(ctx context.Context) (err error) {
+			resp, err = ferryv1.NewAdminServiceClient(conn).GetTopic(ctx, &ferryv1.GetTopicRequest{Name: args[0]})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, resp.Partitions)
+	}
+	return cmd
+}
+
+func newTopicDeleteCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "delete NAME", Short: "Delete a topic and all its messages", Args: cobra.ExactArgs(1)}
+	cf := addClientFlags(cmd, false)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		conn, err := cf.dial()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		err = cf.call(cmd.Context(), func(ctx context.Context) error {
+			_, err := ferryv1.NewAdminServiceClient(conn).DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: args[0]})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "deleted topic %s\n", args[0])
+		return nil
+	}
+	return cmd
+}
+
+// topicJSON is the -o json form of a topic.
+type topicJSON struct {
+	Name                 string          `json:"name"`
+	Partitions           uint32          `json:"partitions"`
+	RetentionMaxAge      string          `json:"retention_max_age,omitempty"`
+	RetentionMaxBytes    uint64          `json:"retention_max_bytes,omitempty"`
+	RetentionMaxMessages uint64          `json:"retention_max_messages,omitempty"`
+	DedupWindow          string          `json:"dedup_window"`
+	MaxMessageBytes      uint32          `json:"max_message_bytes"`
+	CreateTime           time.Time       `json:"create_time"`
+	PartitionStats       []partitionJSON `json:"partition_stats,omitempty"`
+}
+
+type partitionJSON struct {
+	Partition    uint32 `json:"partition"`
+	FirstOffset  uint64 `json:"first_offset"`
+	HeadOffset   uint64 `json:"head_offset"`
+	MessageCount uint64 `json:"message_count"`
+	Bytes        uint64 `json:"bytes"`
+}
+
+func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.PartitionStats) error {
+	c := t.GetConfig()
+	j := topicJSON{
+		Name:                 t.GetName(),
+		Partitions:           c.GetPartitions(),
+		RetentionMaxBytes:    c.GetRetentionMaxBytes(),
+		RetentionMaxMessages: c.GetRetentionMaxMessages(),
+		DedupWindow:          c.GetDedupWindow().AsDuration().String(),
+		MaxMessageBytes:      c.GetMaxMessageBytes(),
+		CreateTime:           t.GetCreateTime().AsTime(),
+	}
+	if c.GetRetentionMaxAge() != nil {
+		j.RetentionMaxAge = c.GetRetentionMaxAge().AsDuration().String()
+	}
+	for _, p := range parts {
+		j.PartitionStats = append(j.PartitionStats, partitionJSON{p.GetPartition(), p.GetFirstOffset(), p.GetHeadOffset(), p.GetMessageCount(), p.GetBytes()})
+	}
+	if output == "json" {
+		return printJSON(w, j)
+	}
+	retention := "none"
+	if j.RetentionMaxAge != "" || j.RetentionMaxBytes != 0 || j.RetentionMaxMessages != 0 {
+		retention = fmt.Sprintf("age=%s bytes=%d messages=%d", orNone(j.RetentionMaxAge), j.RetentionMaxBytes, j.RetentionMaxMessages)
+	}
+	fmt.Fprintf(w, "%s\tpartitions=%d retention=%s dedup_window=%s max_message_bytes=%d\n",
+		j.Name, j.Partitions, retention, j.DedupWindow, j.MaxMessageBytes)
+	for _, p := range j.PartitionStats {
+		fmt.Fprintf(w, "  partition=%d first_offset=%d head_offset=%d messages=%d bytes=%d\n",
+			p.Partition, p.FirstOffset, p.HeadOffset, p.MessageCount, p.Bytes)
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
