@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// ferryBinary is the ferry binary built once per test run by buildFerry.
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// buildFerry builds this package into a temp dir, once per test binary.
+func buildFerry(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ferry-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "ferry")
+		out, err := exec.Command("go", "build", "-o", buildPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// process is a running `ferry serve`.
+type process struct {
+	cmd      *exec.Cmd
+	grpcAddr string
+	exited   chan struct{}
+	exitErr  error
+}
+
+// startFerry runs `ferry serve` on dir with a free port and waits until it
+// logs that it is serving.
+func startFerry(tb testing.TB, dir string, extra ...string) *process {
+	tb.Helper()
+	args := append([]string{"serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "", "--log-format", "json"}, extra...)
+	cmd := exec.Command(buildFerry(tb), args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	p := &process{cmd: cmd, exited: make(chan struct{})}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct {
+				Msg      string `json:"msg"`
+				GRPCAddr string `json:"grpc_addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "ferry serving" {
+				addr <- line.GRPCAddr
+			}
+			if line.Msg != "ferry serving" {
+				tb.Logf("ferry: %s", sc.Bytes())
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	go func() {
+		p.exitErr = cmd.Wait()
+		close(p.exited)
+	}()
+	select {
+	case p.grpcAddr = <-addr:
+	case <-p.exited:
+		tb.Fatalf("ferry serve exited before serving: %v", p.exitErr)
+	case <-time.After(30 * time.Second):
+		p.kill(tb)
+		tb.Fatal("ferry serve did not start within 30s")
+	}
+	tb.Cleanup(func() { p.kill(tb) })
+	return p
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *process) kill(tb testing.TB) {
+	tb.Helper()
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// stop sends SIGTERM and returns how long the process took to exit and its
+// exit error (nil for exit code 0).
+func (p *process) stop(tb testing.TB, limit time.Duration) (time.Duration, error) {
+	tb.Helper()
+	start := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+		return time.Since(start), p.exitErr
+	case <-time.After(limit):
+		p.kill(tb)
+		return time.Since(start), fmt.Errorf("did not exit within %v of SIGTERM", limit)
+	}
+}
+
+func (p *process) dial(tb testing.TB) *grpc.ClientConn {
+	tb.Helper()
+	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// eventually polls cond every 20ms until it holds or the deadline passes.
+func eventually(tb testing.TB, within time.Duration, what string, cond func(ctx context.Context) bool) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	for !cond(ctx) {
+		select {
+		case <-ctx.Done():
+			tb.Fatalf("%s: not within %v", what, within)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
