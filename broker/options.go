@@ -46,13 +46,13 @@ func DefaultOptions(dir string) Options {
 func (o *Options) Validate() error {
 	switch {
 	case o.GRPCAddr == "":
-		return fmt.Errorf("GRPCAddr is empty: %w", storage.ErrInvalidConfig)
+		return fmt.Errorf("option GRPCAddr is empty: %w", storage.ErrInvalidConfig)
 	case o.ShutdownTimeout <= 0:
-		return fmt.Errorf("ShutdownTimeout %v must be positive: %w", o.ShutdownTimeout, storage.ErrInvalidConfig)
+		return fmt.Errorf("option ShutdownTimeout %v must be positive: %w", o.ShutdownTimeout, storage.ErrInvalidConfig)
 	case o.Clock == nil:
-		return fmt.Errorf("Clock is nil: %w", storage.ErrInvalidConfig)
+		return fmt.Errorf("option Clock is nil: %w", storage.ErrInvalidConfig)
 	case o.Logger == nil:
-		return fmt.Errorf("Logger is nil: %w", storage.ErrInvalidConfig)
+		return fmt.Errorf("option Logger is nil: %w", storage.ErrInvalidConfig)
 	}
 	return nil
 }

@@ -97,27 +97,27 @@ func DefaultOptions(dir string) Options {
 func (o *Options) Validate() error {
 	switch {
 	case o.Dir == "":
-		return fmt.Errorf("Dir is empty: %w", ErrInvalidConfig)
+		return fmt.Errorf("option Dir is empty: %w", ErrInvalidConfig)
 	case o.Fsync != FsyncAlways && o.Fsync != FsyncNever:
-		return fmt.Errorf("Fsync %v: %w", o.Fsync, ErrInvalidConfig)
+		return fmt.Errorf("option Fsync %v: %w", o.Fsync, ErrInvalidConfig)
 	case o.Clock == nil:
-		return fmt.Errorf("Clock is nil: %w", ErrInvalidConfig)
+		return fmt.Errorf("option Clock is nil: %w", ErrInvalidConfig)
 	case o.Logger == nil:
-		return fmt.Errorf("Logger is nil: %w", ErrInvalidConfig)
+		return fmt.Errorf("option Logger is nil: %w", ErrInvalidConfig)
 	case o.RetentionInterval <= 0:
-		return fmt.Errorf("RetentionInterval %v must be positive: %w", o.RetentionInterval, ErrInvalidConfig)
+		return fmt.Errorf("option RetentionInterval %v must be positive: %w", o.RetentionInterval, ErrInvalidConfig)
 	case o.GCInterval <= 0:
-		return fmt.Errorf("GCInterval %v must be positive: %w", o.GCInterval, ErrInvalidConfig)
+		return fmt.Errorf("option GCInterval %v must be positive: %w", o.GCInterval, ErrInvalidConfig)
 	case o.MaxGroupBytes <= 0:
-		return fmt.Errorf("MaxGroupBytes %d must be positive: %w", o.MaxGroupBytes, ErrInvalidConfig)
+		return fmt.Errorf("option MaxGroupBytes %d must be positive: %w", o.MaxGroupBytes, ErrInvalidConfig)
 	case o.MaxGroupAppends <= 0:
-		return fmt.Errorf("MaxGroupAppends %d must be positive: %w", o.MaxGroupAppends, ErrInvalidConfig)
+		return fmt.Errorf("option MaxGroupAppends %d must be positive: %w", o.MaxGroupAppends, ErrInvalidConfig)
 	case o.QueueLength <= 0:
-		return fmt.Errorf("QueueLength %d must be positive: %w", o.QueueLength, ErrInvalidConfig)
+		return fmt.Errorf("option QueueLength %d must be positive: %w", o.QueueLength, ErrInvalidConfig)
 	case o.MemTableBytes < 1<<20:
-		return fmt.Errorf("MemTableBytes %d must be at least 1 MiB: %w", o.MemTableBytes, ErrInvalidConfig)
+		return fmt.Errorf("option MemTableBytes %d must be at least 1 MiB: %w", o.MemTableBytes, ErrInvalidConfig)
 	case o.BlockCacheBytes < 0:
-		return fmt.Errorf("BlockCacheBytes %d is negative: %w", o.BlockCacheBytes, ErrInvalidConfig)
+		return fmt.Errorf("option BlockCacheBytes %d is negative: %w", o.BlockCacheBytes, ErrInvalidConfig)
 	}
 	return nil
 }

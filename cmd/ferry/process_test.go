@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -136,18 +135,4 @@ func (p *process) dial(tb testing.TB) *grpc.ClientConn {
 	}
 	tb.Cleanup(func() { conn.Close() })
 	return conn
-}
-
-// eventually polls cond every 20ms until it holds or the deadline passes.
-func eventually(tb testing.TB, within time.Duration, what string, cond func(ctx context.Context) bool) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	for !cond(ctx) {
-		select {
-		case <-ctx.Done():
-			tb.Fatalf("%s: not within %v", what, within)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
