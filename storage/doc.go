@@ -1,0 +1,41 @@
+// Package storage is ferry's durable log: topics split into partitions of
+// messages with dense offsets, kept in one Badger database.
+//
+// # Model
+//
+// A Store owns the Badger database, one Partition per partition of every
+// topic, and a syncer. A Partition owns its write path: a queue of commands
+// (append a batch, trim below an offset, expire old dedup entries) and the
+// one goroutine that applies them. That goroutine gathers everything queued
+// into a group, applies the group with partitionState.apply in one Badger
+// transaction and passes it to the syncer; the syncer fsyncs once for all
+// groups waiting from every partition (group commit) and only then answers
+// their callers and makes the new messages visible to readers. Offsets and
+// dedup decisions are made in apply and nowhere else; apply reads no clock
+// (the time is an argument), so the same commands replayed give the same
+// log — the seam where replication proposes command batches instead.
+//
+// # Durability
+//
+// With FsyncAlways an append is answered after the fsync covering it; with
+// FsyncNever after its transaction commits (it then survives a process crash
+// in the page cache, not a power loss). Badger's Sync syncs the active
+// memtable's WAL and the value log; a memtable rotated out between a commit
+// and the next Sync is written to an SST by Badger's flush, and is not
+// covered by that Sync in the meantime (power loss only, see DESIGN notes).
+//
+// # Reads
+//
+// Read sees a partition as of its last durable group: never a message that
+// could still vanish in a crash. Reads below the first retained offset fail
+// with *OffsetOutOfRangeError.
+//
+// # Retention and dedup
+//
+// A background pass (Options.RetentionInterval on the injected clock)
+// computes each partition's trim point from its message keys alone and
+// queues trim and dedup-expiry commands through the partition's writer, like
+// appends. Value-log GC runs every Options.GCInterval.
+//
+// The key layout is drawn in keys.go and the record formats in record.go.
+package storage
