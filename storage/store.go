@@ -182,6 +182,9 @@ func (s *Store) load() error {
 // background work.
 func (s *Store) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
+		// Admin calls under way finish first; later ones see closing.
+		s.adminMu.Lock()
+		defer s.adminMu.Unlock()
 		s.bgMu.Lock()
 		s.closing = true
 		s.retention.Stop()
@@ -229,6 +232,9 @@ func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (
 	}
 	s.adminMu.Lock()
 	defer s.adminMu.Unlock()
+	if s.isClosing() {
+		return Topic{}, ErrClosed
+	}
 	if h, err := s.handle(name); err == nil {
 		if h.topic.Config == cfg {
 			return h.topic, nil
@@ -264,14 +270,8 @@ func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (
 		h.partitions = append(h.partitions, newPartition(name, partitionState{tid: t.id, part: part}, s.db, s.sync, &s.opts))
 	}
 	s.topicsMu.Lock()
-	defer s.topicsMu.Unlock()
-	if s.isClosing() {
-		for _, p := range h.partitions {
-			p.close()
-		}
-		return Topic{}, ErrClosed
-	}
 	s.topics[name] = h
+	s.topicsMu.Unlock()
 	return t, nil
 }
 
