@@ -82,7 +82,7 @@ func Open(opts Options) (*Store, error) {
 		// the value log: then a group commit fsyncs one file, not two.
 		// Measured with 64 writers of 1 KiB and fsync=always: 31k msgs/s
 		// inline against 6k with a 512 B threshold.
-		WithValueThreshold(1 << 20).
+		WithValueThreshold(min(1<<20, opts.MemTableBytes*15/100)). // Badger caps it at its max batch size
 		WithNumCompactors(2)
 	db, err := badger.Open(bopts)
 	if err != nil {
