@@ -18,7 +18,9 @@ const (
 	MaxBatchBytes       = 4 << 20
 	MaxReadMessages     = 1000
 	DefaultReadMessages = 100
-	DefaultReadBytes    = 4 << 20
+	// DefaultReadBytes keeps a default read well inside a default gRPC
+	// client's 4 MiB receive limit.
+	DefaultReadBytes = 1 << 20
 	// maxRecvMsgBytes is gRPC's own limit: above a full batch, so that an
 	// oversize batch up to twice the limit gets our message, not gRPC's.
 	maxRecvMsgBytes = 2 * MaxBatchBytes

@@ -6,7 +6,6 @@ import (
 	"io"
 	"sync"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -16,14 +15,15 @@ import (
 // publisher implements ferryv1.PublisherServiceServer.
 type publisher struct {
 	ferryv1.UnimplementedPublisherServiceServer
-	store *storage.Store
+	store    *storage.Store
+	draining <-chan struct{} // closed at shutdown
 
 	rrMu sync.Mutex // guards rr
 	rr   map[string]*roundRobin
 }
 
-func newPublisher(st *storage.Store) *publisher {
-	return &publisher{store: st, rr: make(map[string]*roundRobin)}
+func newPublisher(st *storage.Store, draining <-chan struct{}) *publisher {
+	return &publisher{store: st, draining: draining, rr: make(map[string]*roundRobin)}
 }
 
 // Publish appends one batch and answers when it is durable.
@@ -41,54 +41,71 @@ func (p *publisher) Publish(ctx context.Context, req *ferryv1.PublishRequest) (*
 
 // PublishStream queues each request as it arrives, in order, and answers
 // them in that order from a second goroutine. A failed request gets an error
-// in its response and the stream goes on.
+// in its response and the stream goes on. At shutdown the stream ends (OK)
+// as soon as every request queued so far is answered; a request that raced
+// in after that may be stored unanswered, and its retry with the same ids
+// is answered as a duplicate.
 func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamServer) error {
 	type inflight struct {
 		seq  uint64
 		wait func(context.Context) ([]*ferryv1.PublishResult, error)
 		err  error
 	}
-	g, ctx := errgroup.WithContext(stream.Context())
+	ctx := stream.Context()
 	// A bounded queue: once this many batches await fsync, stop reading and
 	// let gRPC flow control push back on the client.
 	queue := make(chan inflight, 256)
-	g.Go(func() error {
+	recvErr := make(chan error, 1)
+	// The receiver ends with the stream: at EOF, on an error, or when this
+	// handler returns and gRPC cancels ctx.
+	go func() {
 		defer close(queue)
 		for {
 			req, err := stream.Recv()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
 			if err != nil {
-				return err
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				recvErr <- err
+				return
 			}
 			f := inflight{seq: req.GetSequence()}
 			f.wait, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
 			select {
 			case queue <- f:
 			case <-ctx.Done():
-				return ctx.Err()
+				recvErr <- ctx.Err()
+				return
 			}
 		}
-	})
-	g.Go(func() error {
-		for f := range queue {
-			resp := &ferryv1.PublishStreamResponse{Sequence: f.seq}
-			err := f.err
-			if err == nil {
-				resp.Results, err = f.wait(ctx)
+	}()
+	for {
+		var f inflight
+		select {
+		case next, ok := <-queue:
+			if !ok {
+				return <-recvErr
 			}
-			if err != nil {
-				st := status.Convert(toStatus(err))
-				resp.Error = &ferryv1.PublishError{Code: uint32(st.Code()), Message: st.Message()}
+			f = next
+		case <-p.draining:
+			if len(queue) == 0 {
+				return nil // shutdown: everything queued is answered
 			}
-			if err := stream.Send(resp); err != nil {
-				return err
-			}
+			continue
 		}
-		return nil
-	})
-	return g.Wait()
+		resp := &ferryv1.PublishStreamResponse{Sequence: f.seq}
+		err := f.err
+		if err == nil {
+			resp.Results, err = f.wait(ctx)
+		}
+		if err != nil {
+			st := status.Convert(toStatus(err))
+			resp.Error = &ferryv1.PublishError{Code: uint32(st.Code()), Message: st.Message()}
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
 }
 
 // enqueue validates a batch, routes it, and queues each partition's share

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -36,6 +35,7 @@ type Server struct {
 	httpLis net.Listener
 	ready   atomic.Bool
 
+	draining     chan struct{} // closed when Shutdown begins: streams finish up
 	shutdownOnce sync.Once
 	shutdownErr  error
 	stopped      chan struct{} // closed when Shutdown has finished
@@ -76,13 +76,14 @@ func Open(opts Options) (*Server, error) {
 		health:  health.NewServer(),
 		grpcLis: grpcLis,
 		httpLis: httpLis,
-		stopped: make(chan struct{}),
+		stopped:  make(chan struct{}),
+		draining: make(chan struct{}),
 	}
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
-	ferryv1.RegisterPublisherServiceServer(s.grpc, newPublisher(st))
+	ferryv1.RegisterPublisherServiceServer(s.grpc, newPublisher(st, s.draining))
 	ferryv1.RegisterAdminServiceServer(s.grpc, &admin{store: st})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -123,36 +124,50 @@ func (s *Server) HTTPAddr() net.Addr {
 func (s *Server) Store() *storage.Store { return s.store }
 
 // Serve serves gRPC and HTTP until Shutdown, then returns once Shutdown has
-// finished. It returns an error if a server fails.
+// finished. If a server fails, Serve shuts the broker down and returns the
+// failure.
 func (s *Server) Serve() error {
-	var g errgroup.Group
-	g.Go(func() error {
+	errc := make(chan error, 2)
+	servers := 1
+	go func() {
 		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("serve grpc: %w", err)
+			errc <- fmt.Errorf("serve grpc: %w", err)
+			return
 		}
-		return nil
-	})
+		errc <- nil
+	}()
 	if s.http != nil {
-		g.Go(func() error {
+		servers++
+		go func() {
 			if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("serve http: %w", err)
+				errc <- fmt.Errorf("serve http: %w", err)
+				return
 			}
-			return nil
-		})
+			errc <- nil
+		}()
 	}
-	err := g.Wait()
+	var first error
+	for range servers {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			s.log.Error("server failed; shutting down", "err", err)
+			go func() { _ = s.Shutdown(context.Background()) }()
+		}
+	}
 	<-s.stopped
-	return err
+	return first
 }
 
 // Shutdown stops the broker: it reports NOT_SERVING, stops taking RPCs,
-// waits up to ShutdownTimeout (or ctx) for open ones, lets every queued
+// ends publish streams once their answered requests are sent, waits up to
+// ShutdownTimeout (or ctx) for other open RPCs, lets every queued
 // write finish and closes the store. Idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		defer close(s.stopped)
 		s.ready.Store(false)
 		s.health.Shutdown()
+		close(s.draining)
 		done := make(chan struct{})
 		go func() {
 			s.grpc.GracefulStop()

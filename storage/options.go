@@ -70,7 +70,10 @@ type Options struct {
 	// QueueLength is how many appends may wait for a partition's writer
 	// before Append blocks. Default 4096.
 	QueueLength int
-	// MemTableBytes is the size of one Badger memtable. Default 64 MiB.
+	// MemTableBytes is the size of one Badger memtable. Default 64 MiB, at
+	// least 32 MiB: Badger caps a transaction at 15% of a memtable, and a
+	// full publish batch (4 MiB of messages plus their dedup entries) must
+	// fit in one.
 	MemTableBytes int64
 	// BlockCacheBytes is the size of Badger's block cache. Default 64 MiB.
 	BlockCacheBytes int64
@@ -114,13 +117,16 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option MaxGroupAppends %d must be positive: %w", o.MaxGroupAppends, ErrInvalidConfig)
 	case o.QueueLength <= 0:
 		return fmt.Errorf("option QueueLength %d must be positive: %w", o.QueueLength, ErrInvalidConfig)
-	case o.MemTableBytes < 1<<20:
-		return fmt.Errorf("option MemTableBytes %d must be at least 1 MiB: %w", o.MemTableBytes, ErrInvalidConfig)
+	case o.MemTableBytes < MinMemTableBytes:
+		return fmt.Errorf("option MemTableBytes %d must be at least %d (32 MiB): %w", o.MemTableBytes, MinMemTableBytes, ErrInvalidConfig)
 	case o.BlockCacheBytes < 0:
 		return fmt.Errorf("option BlockCacheBytes %d is negative: %w", o.BlockCacheBytes, ErrInvalidConfig)
 	}
 	return nil
 }
+
+// MinMemTableBytes is the smallest Options.MemTableBytes accepted.
+const MinMemTableBytes = 32 << 20
 
 // Limits on topic configs.
 const (

@@ -24,7 +24,7 @@ func testOptions(tb testing.TB, clk clock.Clock) Options {
 	opts := DefaultOptions(tb.TempDir())
 	opts.Clock = clk
 	opts.Logger = slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	opts.MemTableBytes = 4 << 20
+	opts.MemTableBytes = MinMemTableBytes
 	opts.BlockCacheBytes = 4 << 20
 	return opts
 }

@@ -13,6 +13,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// maxRecvBytes is the largest answer the CLI accepts: a 4 MiB message with
+// room for its framing.
+const maxRecvBytes = 8 << 20
+
 // clientFlags are the flags every client command shares.
 type clientFlags struct {
 	server  string
@@ -42,7 +46,9 @@ func (cf *clientFlags) dial() (*grpc.ClientConn, error) {
 	if err := cf.validate(); err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(cf.server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(cf.server, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A read returns at least one message, and a message may be 4 MiB.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", cf.server, err)
 	}

@@ -514,8 +514,8 @@ type ReadMessagesRequest struct {
 	FromOffset uint64 `protobuf:"varint,3,opt,name=from_offset,json=fromOffset,proto3" json:"from_offset,omitempty"`
 	// At most this many messages, 1 to 1,000. 0: 100.
 	MaxMessages uint32 `protobuf:"varint,4,opt,name=max_messages,json=maxMessages,proto3" json:"max_messages,omitempty"`
-	// Stop after this many payload bytes, 0: 4 MiB. At least one message is
-	// returned if one exists.
+	// Stop before the messages' encoded size passes this many bytes. 0: 1 MiB.
+	// The first message is returned whatever its size.
 	MaxBytes      uint32 `protobuf:"varint,5,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
