@@ -76,7 +76,7 @@ func BenchmarkPublish(b *testing.B) {
 		requests := max(1, b.N/100)
 		const window = 32
 		sent := make(chan time.Time, window) // a slot per batch in flight
-		b.SetBytes(1024) // b.N counts messages
+		b.SetBytes(1024)                     // b.N counts messages
 		b.ResetTimer()
 		start := time.Now()
 		go func() {

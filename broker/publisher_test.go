@@ -109,14 +109,7 @@ func startBadInputServer(t *testing.T) *testServer {
 func (ts *testServer) wantNothingStored(t *testing.T) {
 	t.Helper()
 	ts.wantEmpty(t, topicSmall, topicDefault)
-	resp, err := ts.admin.ListTopics(testContext(t), &ferryv1.ListTopicsRequest{})
-	if err != nil {
-		t.Fatalf("ListTopics: %v", err)
-	}
-	var names []string
-	for _, tp := range resp.GetTopics() {
-		names = append(names, tp.GetName())
-	}
+	names := ts.topicNames(t)
 	if want := []string{topicSmall, topicDefault, topicGood}; len(names) != len(want) {
 		t.Errorf("topics are %q, want only %q", names, want)
 	}

@@ -70,12 +70,12 @@ func Open(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		opts:    opts,
-		log:     opts.Logger,
-		store:   st,
-		health:  health.NewServer(),
-		grpcLis: grpcLis,
-		httpLis: httpLis,
+		opts:     opts,
+		log:      opts.Logger,
+		store:    st,
+		health:   health.NewServer(),
+		grpcLis:  grpcLis,
+		httpLis:  httpLis,
 		stopped:  make(chan struct{}),
 		draining: make(chan struct{}),
 	}

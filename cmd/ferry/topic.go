@@ -37,11 +37,6 @@ func newTopicCreateCommand() *cobra.Command {
 	f.DurationVar(&dedup, "dedup-window", 0, "how long message ids are remembered (0: server default, 2m)")
 	f.Uint32Var(&cfg.MaxMessageBytes, "max-message-bytes", 0, "largest payload in bytes (0: server default, 1 MiB)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		conn, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
 		if age != 0 {
 			cfg.RetentionMaxAge = durationpb.New(age)
 		}
@@ -49,8 +44,8 @@ func newTopicCreateCommand() *cobra.Command {
 			cfg.DedupWindow = durationpb.New(dedup)
 		}
 		var resp *ferryv1.CreateTopicResponse
-		err = cf.call(cmd.Context(), func(ctx context.Context) (err error) {
-			resp, err = ferryv1.NewAdminServiceClient(conn).CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: args[0], Config: &cfg})
+		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
+			resp, err = c.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: args[0], Config: &cfg})
 			return err
 		})
 		if err != nil {
@@ -65,14 +60,9 @@ func newTopicListCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "list", Short: "List topics", Args: cobra.NoArgs}
 	cf := addClientFlags(cmd, true)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		conn, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
 		var resp *ferryv1.ListTopicsResponse
-		err = cf.call(cmd.Context(), func(ctx context.Context) (err error) {
-			resp, err = ferryv1.NewAdminServiceClient(conn).ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
+			resp, err = c.ListTopics(ctx, &ferryv1.ListTopicsRequest{})
 			return err
 		})
 		if err != nil {
@@ -92,14 +82,9 @@ func newTopicGetCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "get NAME", Short: "Show a topic's config and its partitions' offsets", Args: cobra.ExactArgs(1)}
 	cf := addClientFlags(cmd, true)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		conn, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
 		var resp *ferryv1.GetTopicResponse
-		err = cf.call(cmd.Context(), func(ctx context.Context) (err error) {
-			resp, err = ferryv1.NewAdminServiceClient(conn).GetTopic(ctx, &ferryv1.GetTopicRequest{Name: args[0]})
+		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
+			resp, err = c.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: args[0]})
 			return err
 		})
 		if err != nil {
@@ -114,13 +99,8 @@ func newTopicDeleteCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "delete NAME", Short: "Delete a topic and all its messages", Args: cobra.ExactArgs(1)}
 	cf := addClientFlags(cmd, false)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		conn, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		err = cf.call(cmd.Context(), func(ctx context.Context) error {
-			_, err := ferryv1.NewAdminServiceClient(conn).DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: args[0]})
+		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) error {
+			_, err := c.DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: args[0]})
 			return err
 		})
 		if err != nil {
