@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strconv"
 	"slices"
 	"sync"
 	"testing"
@@ -28,7 +30,7 @@ import (
 func BenchmarkPublish(b *testing.B) {
 	for _, publishers := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("unary/publishers=%d", publishers), func(b *testing.B) {
-			client := openBenchServer(b)
+			clients, syncs := openBenchServer(b, min(publishers, benchConns()))
 			payload := make([]byte, 1024)
 			var (
 				mu   sync.Mutex
@@ -51,7 +53,7 @@ func BenchmarkPublish(b *testing.B) {
 						req := &ferryv1.PublishRequest{Topic: "bench", Messages: []*ferryv1.PublishMessage{
 							{Id: fmt.Sprintf("w%d-%d", w, i), Payload: payload}}}
 						t := time.Now()
-						if _, err := client.Publish(context.Background(), req); err != nil {
+						if _, err := clients[w%len(clients)].Publish(context.Background(), req); err != nil {
 							b.Error(err)
 							return
 						}
@@ -64,12 +66,13 @@ func BenchmarkPublish(b *testing.B) {
 			}
 			wg.Wait()
 			reportPublish(b, b.N, time.Since(start), lats)
+			b.ReportMetric(float64(syncs())/float64(b.N), "fsyncs/op")
 		})
 	}
 	b.Run("stream/batch=100", func(b *testing.B) {
-		client := openBenchServer(b)
+		clients, _ := openBenchServer(b, 1)
 		payload := make([]byte, 1024)
-		stream, err := client.PublishStream(context.Background())
+		stream, err := clients[0].PublishStream(context.Background())
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -122,9 +125,20 @@ func reportPublish(b *testing.B, msgs int, elapsed time.Duration, lats []time.Du
 	b.ReportMetric(pct(0.99), "p99-ms")
 }
 
+// benchConns is how many client connections the unary publishers share:
+// FERRY_BENCH_CONNS, default 1.
+func benchConns() int {
+	n, err := strconv.Atoi(os.Getenv("FERRY_BENCH_CONNS"))
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
+}
+
 // openBenchServer runs a broker with fsync=always on a temp dir, with a
-// one-partition topic "bench", and returns a client of it.
-func openBenchServer(b *testing.B) ferryv1.PublisherServiceClient {
+// one-partition topic "bench", and returns clients on conns connections and
+// a function counting fsyncs since.
+func openBenchServer(b *testing.B, conns int) ([]ferryv1.PublisherServiceClient, func() uint64) {
 	b.Helper()
 	opts := DefaultOptions(b.TempDir())
 	opts.GRPCAddr = "127.0.0.1:0"
@@ -140,10 +154,15 @@ func openBenchServer(b *testing.B) ferryv1.PublisherServiceClient {
 	if _, err := srv.Store().CreateTopic(context.Background(), "bench", storage.TopicConfig{}); err != nil {
 		b.Fatal(err)
 	}
-	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
+	var clients []ferryv1.PublisherServiceClient
+	for range conns {
+		conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { conn.Close() })
+		clients = append(clients, ferryv1.NewPublisherServiceClient(conn))
 	}
-	b.Cleanup(func() { conn.Close() })
-	return ferryv1.NewPublisherServiceClient(conn)
+	start := srv.Store().Syncs()
+	return clients, func() uint64 { return srv.Store().Syncs() - start }
 }
