@@ -88,7 +88,6 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 		t = s.meta.lastTime
 	}
 	res := make([]AppendResult, len(c.msgs))
-	var buf []byte
 	for i := range c.msgs {
 		m := &c.msgs[i]
 		if m.ID != "" {
@@ -102,10 +101,9 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 			}
 		}
 		off := s.meta.head
-		buf = appendMessageRecord(buf[:0], m)
 		// Badger keeps the value slice until the transaction commits, so
-		// each record needs its own.
-		rec := append([]byte(nil), buf...)
+		// each record gets its own, sized exactly.
+		rec := appendMessageRecord(make([]byte, 0, messageRecordSize(m)), m)
 		if err := txn.Set(messageKey(s.tid, s.part, off, t, uint32(len(rec))), rec); err != nil {
 			return nil, fmt.Errorf("set message %d: %w", off, err)
 		}
