@@ -30,12 +30,22 @@
 // could still vanish in a crash. Reads below the first retained offset fail
 // with *OffsetOutOfRangeError.
 //
-// # Retention and dedup
+// # Dedup
+//
+// Each partition's writer keeps the ids published within the dedup window in
+// memory (dedup.go), as NATS JetStream does; the ids themselves are stored in
+// the message keys, so a message is one Badger entry. When a partition's
+// writer starts it rebuilds the index from the keys of the last window's
+// messages; appends wait for that, reads do not. An id whose message
+// retention removed before its window ended is forgotten at the next start.
+//
+// # Retention
 //
 // A background pass (Options.RetentionInterval on the injected clock)
 // computes each partition's trim point from its message keys alone and
-// queues trim and dedup-expiry commands through the partition's writer, like
-// appends. Value-log GC runs every Options.GCInterval.
+// queues trim commands through the partition's writer, like appends, plus a
+// command that drops expired ids from memory. Value-log GC runs every
+// Options.GCInterval.
 //
 // The key layout is drawn in keys.go and the record formats in record.go.
 package storage

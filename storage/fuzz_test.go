@@ -2,7 +2,6 @@ package storage
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"math"
 	"regexp"
@@ -90,7 +89,7 @@ func checkRecordRoundTrip(t *testing.T, m *Message) {
 	if n := messageRecordSize(m); n != len(rec) {
 		t.Fatalf("messageRecordSize = %d, record is %d bytes", n, len(rec))
 	}
-	var got Message
+	got := Message{ID: m.ID} // the id travels in the key, not the record
 	if err := decodeMessageRecord(rec, &got); err != nil {
 		t.Fatalf("decode of encoded %+v: %v", *m, err)
 	}
@@ -103,24 +102,25 @@ func checkRecordRoundTrip(t *testing.T, m *Message) {
 }
 
 func FuzzDecodeMessageKey(f *testing.F) {
-	f.Add(messageKey(1, 0, 0, t0, 10))
-	f.Add(messageKey(math.MaxUint32, math.MaxUint32, math.MaxUint64, time.Unix(0, math.MinInt64), math.MaxUint32))
-	f.Add(messageKey(7, 3, 1<<40, time.Unix(0, -1), 0))
+	f.Add(messageKey(1, 0, 0, t0, 10, ""))
+	f.Add(messageKey(1, 0, 0, t0, 10, "order-1"))
+	f.Add(messageKey(math.MaxUint32, math.MaxUint32, math.MaxUint64, time.Unix(0, math.MinInt64), math.MaxUint32, strings.Repeat("i", MaxIDBytes)))
+	f.Add(messageKey(7, 3, 1<<40, time.Unix(0, -1), 0, strings.Repeat("i", MaxIDBytes+1)))
 	f.Add(messageSeekKey(1, 0, 5))
 	f.Add([]byte{kindMessage})
-	f.Add(append([]byte{kindDedup}, messageKey(1, 0, 0, t0, 10)[1:]...))
+	f.Add(append([]byte{kindPartition}, messageKey(1, 0, 0, t0, 10, "x")[1:]...))
 	f.Fuzz(func(t *testing.T, k []byte) {
 		info, err := decodeMessageKey(k)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("decode %x: %v, want ErrCorrupt", k, err)
 			}
-			if len(k) == messageKeyLen && k[0] == kindMessage {
+			if len(k) >= messageKeyLen && len(k) <= messageKeyLen+MaxIDBytes && k[0] == kindMessage {
 				t.Fatalf("decode of well-formed key %x: %v", k, err)
 			}
 			return
 		}
-		if got := messageKey(info.tid, info.part, info.offset, info.publishTime, info.size); !bytes.Equal(got, k) {
+		if got := messageKey(info.tid, info.part, info.offset, info.publishTime, info.size, info.id); !bytes.Equal(got, k) {
 			t.Fatalf("key %x decodes to %+v, which encodes to %x", k, info, got)
 		}
 		if info.publishTime.Location() != time.UTC {
@@ -188,76 +188,6 @@ func FuzzDecodePartitionMeta(f *testing.F) {
 		}
 		if got := pm.encode(); !bytes.Equal(got, v) {
 			t.Fatalf("meta %x decodes to %+v, which encodes to %x", v, pm, got)
-		}
-	})
-}
-
-func FuzzDecodeDedupValue(f *testing.F) {
-	f.Add(encodeDedupValue(0, t0))
-	f.Add(encodeDedupValue(math.MaxUint64, time.Unix(0, math.MinInt64)))
-	f.Add(encodeDedupValue(5, t0)[:15])
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, v []byte) {
-		off, ts, err := decodeDedupValue(v)
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("decode %x: %v, want ErrCorrupt", v, err)
-			}
-			if len(v) == 16 {
-				t.Fatalf("decode of 16 bytes %x: %v", v, err)
-			}
-			return
-		}
-		if got := encodeDedupValue(off, ts); !bytes.Equal(got, v) {
-			t.Fatalf("value %x decodes to %d %v, which encodes to %x", v, off, ts, got)
-		}
-	})
-}
-
-func FuzzDecodeExpiryValue(f *testing.F) {
-	f.Add(encodeExpiryValue(t0, "order-1"))
-	f.Add(encodeExpiryValue(time.Unix(0, math.MinInt64), ""))
-	f.Add(encodeExpiryValue(t0, "\xff\x00")[:7])
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, v []byte) {
-		ts, id, err := decodeExpiryValue(v)
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("decode %x: %v, want ErrCorrupt", v, err)
-			}
-			if len(v) >= 8 {
-				t.Fatalf("decode of %d bytes %x: %v", len(v), v, err)
-			}
-			return
-		}
-		if got := encodeExpiryValue(ts, id); !bytes.Equal(got, v) {
-			t.Fatalf("value %x decodes to %v %q, which encodes to %x", v, ts, id, got)
-		}
-	})
-}
-
-func FuzzDecodeExpiryKey(f *testing.F) {
-	f.Add(expiryKey(1, 0, 0))
-	f.Add(expiryKey(math.MaxUint32, math.MaxUint32, math.MaxUint64))
-	f.Add(expiryKey(1, 2, 3)[:expiryKeyLen-1])
-	f.Add(append(expiryKey(1, 2, 3), 0))
-	f.Add(messageSeekKey(1, 2, 3)) // right length, wrong kind
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, k []byte) {
-		off, err := decodeExpiryKey(k)
-		wellFormed := len(k) == expiryKeyLen && k[0] == kindExpiry
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) || wellFormed {
-				t.Fatalf("decode %x: %v", k, err)
-			}
-			return
-		}
-		if !wellFormed {
-			t.Fatalf("decoded malformed key %x as offset %d", k, off)
-		}
-		tid, part := binary.BigEndian.Uint32(k[1:]), binary.BigEndian.Uint32(k[5:])
-		if got := expiryKey(tid, part, off); !bytes.Equal(got, k) {
-			t.Fatalf("key %x decodes to offset %d, which encodes to %x", k, off, got)
 		}
 	})
 }

@@ -15,32 +15,30 @@ import (
 //	n                                          → next topic id, u32
 //	z <tid u32>                                → tombstone: the topic's data is being dropped
 //	p <tid u32> <part u32>                     → partition meta (first, head, bytes, last time)
-//	m <tid u32> <part u32> <off u64> <t i64> <size u32>
+//	m <tid u32> <part u32> <off u64> <t i64> <size u32> <id>
 //	                                           → message record; t is the publish time in
-//	                                             unix nanoseconds and size the record's length,
-//	                                             so retention can walk keys without values
-//	d <tid u32> <part u32> <id>                → dedup entry: offset u64, publish time i64
-//	x <tid u32> <part u32> <off u64>           → dedup expiry: publish time i64, id
+//	                                             unix nanoseconds, size the record's length
+//	                                             and id the dedup id (may be empty)
 //
-// Per partition the m keys are dense in offset; x keys exist only for messages
-// with an id and are walked oldest first to expire d keys once the dedup
-// window has passed. The partition meta is rewritten in every append's
-// transaction, so opening a store reads one key per partition and never the
-// log itself.
+// Per partition the m keys are dense in offset. What retention and dedup need
+// is in the key, so both walk keys without reading values: retention sums
+// sizes and compares times; Open rebuilds a partition's in-memory dedup index
+// (dedup.go) by walking back from the head over the last dedup window. There
+// is no dedup key: one Badger entry per message. The partition meta is
+// rewritten in every append's transaction, so opening a store reads one key
+// per partition to find every head, never the whole log.
 const (
 	kindTopic     byte = 't'
 	kindNextID    byte = 'n'
 	kindTombstone byte = 'z'
 	kindPartition byte = 'p'
 	kindMessage   byte = 'm'
-	kindDedup     byte = 'd'
-	kindExpiry    byte = 'x'
 )
 
 const (
 	partitionPrefixLen = 1 + 4 + 4
-	messageKeyLen      = partitionPrefixLen + 8 + 8 + 4
-	expiryKeyLen       = partitionPrefixLen + 8
+	// messageKeyLen is the length of a message key without its id.
+	messageKeyLen = partitionPrefixLen + 8 + 8 + 4
 )
 
 func topicKey(name string) []byte {
@@ -75,10 +73,15 @@ func messageSeekKey(tid, part uint32, off uint64) []byte {
 	return binary.BigEndian.AppendUint64(partitionPrefix(kindMessage, tid, part), off)
 }
 
-func messageKey(tid, part uint32, off uint64, t time.Time, size uint32) []byte {
-	b := messageSeekKey(tid, part, off)
+func messageKey(tid, part uint32, off uint64, t time.Time, size uint32, id string) []byte {
+	b := make([]byte, 0, messageKeyLen+len(id))
+	b = append(b, kindMessage)
+	b = binary.BigEndian.AppendUint32(b, tid)
+	b = binary.BigEndian.AppendUint32(b, part)
+	b = binary.BigEndian.AppendUint64(b, off)
 	b = binary.BigEndian.AppendUint64(b, uint64(t.UnixNano()))
-	return binary.BigEndian.AppendUint32(b, size)
+	b = binary.BigEndian.AppendUint32(b, size)
+	return append(b, id...)
 }
 
 // messageKeyInfo is what a message key tells without reading the value.
@@ -87,10 +90,11 @@ type messageKeyInfo struct {
 	offset      uint64
 	publishTime time.Time
 	size        uint32
+	id          string
 }
 
 func decodeMessageKey(k []byte) (messageKeyInfo, error) {
-	if len(k) != messageKeyLen || k[0] != kindMessage {
+	if len(k) < messageKeyLen || len(k) > messageKeyLen+MaxIDBytes || k[0] != kindMessage {
 		return messageKeyInfo{}, fmt.Errorf("message key %x: %w", k, ErrCorrupt)
 	}
 	return messageKeyInfo{
@@ -99,22 +103,8 @@ func decodeMessageKey(k []byte) (messageKeyInfo, error) {
 		offset:      binary.BigEndian.Uint64(k[9:]),
 		publishTime: time.Unix(0, int64(binary.BigEndian.Uint64(k[17:]))).UTC(),
 		size:        binary.BigEndian.Uint32(k[25:]),
+		id:          string(k[messageKeyLen:]),
 	}, nil
-}
-
-func dedupKey(tid, part uint32, id string) []byte {
-	return append(partitionPrefix(kindDedup, tid, part), id...)
-}
-
-func expiryKey(tid, part uint32, off uint64) []byte {
-	return binary.BigEndian.AppendUint64(partitionPrefix(kindExpiry, tid, part), off)
-}
-
-func decodeExpiryKey(k []byte) (off uint64, err error) {
-	if len(k) != expiryKeyLen || k[0] != kindExpiry {
-		return 0, fmt.Errorf("expiry key %x: %w", k, ErrCorrupt)
-	}
-	return binary.BigEndian.Uint64(k[9:]), nil
 }
 
 func decodeTombstoneKey(k []byte) (tid uint32, err error) {

@@ -136,6 +136,8 @@ const (
 	DefaultMaxMessageBytes = 1 << 20
 	MaxMessageBytesLimit   = 4 << 20
 	MaxTopicNameLen        = 200
+	// MaxIDBytes is the longest message id stored; it rides in the key.
+	MaxIDBytes = 128
 )
 
 // TopicConfig is a topic's configuration. Zero fields mean the default;

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -61,7 +62,10 @@ func (p *Pending) Wait(ctx context.Context) ([]AppendResult, error) {
 	}
 }
 
-func newPartition(topic string, st partitionState, db *badger.DB, sy *syncer, opts *Options) *Partition {
+// newPartition starts a partition's writer on st. If st has no dedup index,
+// the writer first rebuilds it from the log with dedupWindow, and appends
+// wait for that; reads do not.
+func newPartition(topic string, st partitionState, dedupWindow time.Duration, db *badger.DB, sy *syncer, opts *Options) *Partition {
 	p := &Partition{
 		topic: topic,
 		tid:   st.tid,
@@ -76,7 +80,7 @@ func newPartition(topic string, st partitionState, db *badger.DB, sy *syncer, op
 	}
 	m := st.meta
 	p.visible.Store(&m)
-	go p.run(st)
+	go p.run(st, dedupWindow)
 	return p
 }
 
@@ -123,8 +127,23 @@ func (p *Partition) close() {
 }
 
 // run is the writer loop. It owns st.
-func (p *Partition) run(st partitionState) {
+func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 	defer close(p.done)
+	if st.dedup == nil {
+		err := p.db.View(func(txn *badger.Txn) (err error) {
+			st.dedup, err = rebuildDedup(txn, p.tid, p.part, st.meta, p.clk.Now(), dedupWindow)
+			return err
+		})
+		if err != nil {
+			p.log.Error("partition dedup index rebuild failed; refusing writes", "topic", p.topic, "partition", p.part, "err", err)
+			for r := range p.queue {
+				r.err = fmt.Errorf("rebuild dedup index: %w", err)
+				close(r.done)
+			}
+			return
+		}
+		p.log.Debug("partition dedup index rebuilt", "topic", p.topic, "partition", p.part, "ids", st.dedup.len())
+	}
 	group := make([]*request, 0, p.opts.MaxGroupAppends)
 	cmds := make([]*command, 0, p.opts.MaxGroupAppends)
 	for r := range p.queue {
@@ -170,6 +189,7 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		}
 		return st
 	}
+	next.commitDedup()
 	for i, r := range group {
 		r.res = results[i]
 	}

@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -48,13 +47,23 @@ type AppendResult struct {
 type partitionState struct {
 	tid, part uint32
 	meta      partitionMeta
+	dedup     *dedupIndex
+	// added holds the ids an apply stored, for commitDedup to put in the
+	// index once the transaction has committed; addedIDs indexes it once it
+	// is long enough for a scan to cost.
+	added    []dedupRecord
+	addedIDs map[string]int
 }
 
 // apply runs cmds against txn and returns one result per command and the
 // state after them. It is deterministic: the same state, commands and now
 // give the same writes and results. It reads no clock and starts no
-// goroutine; on error the caller discards txn and keeps the old state.
+// goroutine. On error the caller discards txn and keeps the old state; on
+// success it commits txn and then calls commitDedup on the new state. Only
+// expiry changes the dedup index in place, which is harmless if the
+// transaction then fails: an expired id is no longer a duplicate anyway.
 func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (partitionState, []result, error) {
+	s.added, s.addedIDs = nil, nil
 	results := make([]result, len(cmds))
 	for i, c := range cmds {
 		var err error
@@ -64,7 +73,7 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 		case cmdTrim:
 			results[i].deleted, results[i].more, err = s.trim(txn, c.trimTo, c.limit)
 		case cmdExpireDedup:
-			results[i].deleted, results[i].more, err = s.expireDedup(txn, now, c.dedupWindow, c.limit)
+			results[i].deleted = s.dedup.expire(now, c.dedupWindow)
 		default:
 			err = fmt.Errorf("command kind %d: %w", c.kind, ErrCorrupt)
 		}
@@ -78,25 +87,30 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 	return s, results, nil
 }
 
+// commitDedup puts the ids of a committed apply into the index.
+func (s *partitionState) commitDedup() {
+	for _, r := range s.added {
+		s.dedup.add(r)
+	}
+	s.added, s.addedIDs = nil, nil
+}
+
 // append stores c.msgs at the head. A message whose id was stored within the
 // dedup window is not stored again; its result names the original offset.
 // Publish times never go back, even if the clock does, so offset order is
-// time order (expiry and age retention rely on it).
+// time order (dedup expiry and age retention rely on it).
 func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]AppendResult, error) {
 	t := now.UTC()
 	if t.Before(s.meta.lastTime) {
 		t = s.meta.lastTime
 	}
+	s.dedup.expire(t, c.dedupWindow)
 	res := make([]AppendResult, len(c.msgs))
 	for i := range c.msgs {
 		m := &c.msgs[i]
 		if m.ID != "" {
-			dup, off, err := s.lookupID(txn, m.ID, t, c.dedupWindow)
-			if err != nil {
-				return nil, err
-			}
-			if dup {
-				res[i] = AppendResult{Offset: off, Duplicate: true}
+			if e, ok := s.lookupID(m.ID, t, c.dedupWindow); ok {
+				res[i] = AppendResult{Offset: e.offset, Duplicate: true}
 				continue
 			}
 		}
@@ -104,16 +118,11 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 		// Badger keeps the value slice until the transaction commits, so
 		// each record gets its own, sized exactly.
 		rec := appendMessageRecord(make([]byte, 0, messageRecordSize(m)), m)
-		if err := txn.Set(messageKey(s.tid, s.part, off, t, uint32(len(rec))), rec); err != nil {
+		if err := txn.Set(messageKey(s.tid, s.part, off, t, uint32(len(rec)), m.ID), rec); err != nil {
 			return nil, fmt.Errorf("set message %d: %w", off, err)
 		}
 		if m.ID != "" {
-			if err := txn.Set(dedupKey(s.tid, s.part, m.ID), encodeDedupValue(off, t)); err != nil {
-				return nil, fmt.Errorf("set dedup entry: %w", err)
-			}
-			if err := txn.Set(expiryKey(s.tid, s.part, off), encodeExpiryValue(t, m.ID)); err != nil {
-				return nil, fmt.Errorf("set dedup expiry: %w", err)
-			}
+			s.noteAdded(dedupRecord{id: m.ID, dedupEntry: dedupEntry{offset: off, time: t}})
 		}
 		s.meta.head++
 		s.meta.bytes += uint64(len(rec))
@@ -123,28 +132,35 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 	return res, nil
 }
 
-// lookupID reports whether id was stored less than window before now, and
-// at which offset.
-func (s *partitionState) lookupID(txn *badger.Txn, id string, now time.Time, window time.Duration) (dup bool, off uint64, err error) {
-	item, err := txn.Get(dedupKey(s.tid, s.part, id))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return false, 0, nil
+// lookupID finds id among the ids stored within window before now: those
+// of this apply first, then the index.
+func (s *partitionState) lookupID(id string, now time.Time, window time.Duration) (dedupEntry, bool) {
+	if s.addedIDs != nil {
+		if i, ok := s.addedIDs[id]; ok {
+			return s.added[i].dedupEntry, true
+		}
+	} else {
+		for i := len(s.added) - 1; i >= 0; i-- {
+			if s.added[i].id == id {
+				return s.added[i].dedupEntry, true
+			}
+		}
 	}
-	if err != nil {
-		return false, 0, fmt.Errorf("get dedup entry: %w", err)
+	return s.dedup.lookup(id, now, window)
+}
+
+// noteAdded records an id this apply stored.
+func (s *partitionState) noteAdded(r dedupRecord) {
+	s.added = append(s.added, r)
+	switch {
+	case s.addedIDs != nil:
+		s.addedIDs[r.id] = len(s.added) - 1
+	case len(s.added) > 16:
+		s.addedIDs = make(map[string]int, 2*len(s.added))
+		for i, a := range s.added {
+			s.addedIDs[a.id] = i
+		}
 	}
-	var t time.Time
-	err = item.Value(func(v []byte) error {
-		off, t, err = decodeDedupValue(v)
-		return err
-	})
-	if err != nil {
-		return false, 0, err
-	}
-	if now.Sub(t) >= window {
-		return false, 0, nil // expired; a sweep has not removed it yet
-	}
-	return true, off, nil
 }
 
 // trim deletes messages below trimTo, oldest first, at most limit of them.
@@ -180,74 +196,4 @@ func (s *partitionState) trim(txn *badger.Txn, trimTo uint64, limit int) (delete
 	}
 	s.meta.first = max(s.meta.first, trimTo)
 	return deleted, false, nil
-}
-
-// expireDedup forgets ids stored window or more before now, oldest first,
-// at most limit of them. An id whose dedup entry was since overwritten by a
-// later publish keeps that entry.
-func (s *partitionState) expireDedup(txn *badger.Txn, now time.Time, window time.Duration, limit int) (deleted int, more bool, err error) {
-	opts := badger.DefaultIteratorOptions
-	opts.PrefetchSize = 64
-	opts.Prefix = partitionPrefix(kindExpiry, s.tid, s.part)
-	it := txn.NewIterator(opts)
-	var expired []expiredID
-	for it.Rewind(); it.Valid(); it.Next() {
-		if len(expired) == limit {
-			more = true
-			break
-		}
-		item := it.Item()
-		off, err := decodeExpiryKey(item.Key())
-		if err != nil {
-			it.Close()
-			return 0, false, err
-		}
-		var t time.Time
-		var id string
-		if err := item.Value(func(v []byte) error {
-			t, id, err = decodeExpiryValue(v)
-			return err
-		}); err != nil {
-			it.Close()
-			return 0, false, err
-		}
-		if now.Sub(t) < window {
-			break
-		}
-		expired = append(expired, expiredID{off: off, id: id})
-	}
-	// A read-write transaction allows one iterator at a time, and the Gets
-	// below need the iterator closed.
-	it.Close()
-	for _, e := range expired {
-		if err := txn.Delete(expiryKey(s.tid, s.part, e.off)); err != nil {
-			return 0, false, fmt.Errorf("delete dedup expiry: %w", err)
-		}
-		dk := dedupKey(s.tid, s.part, e.id)
-		item, err := txn.Get(dk)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			continue
-		}
-		if err != nil {
-			return 0, false, fmt.Errorf("get dedup entry: %w", err)
-		}
-		var cur uint64
-		if err := item.Value(func(v []byte) error {
-			cur, _, err = decodeDedupValue(v)
-			return err
-		}); err != nil {
-			return 0, false, err
-		}
-		if cur == e.off {
-			if err := txn.Delete(dk); err != nil {
-				return 0, false, fmt.Errorf("delete dedup entry: %w", err)
-			}
-		}
-	}
-	return len(expired), more, nil
-}
-
-type expiredID struct {
-	off uint64
-	id  string
 }

@@ -301,20 +301,12 @@ func (r *propRun) check() {
 	if want := r.m.infos(); !slices.Equal(infos, want) {
 		r.fatalf("Partitions = %+v, model says %+v", infos, want)
 	}
-	var msgKeys, dedupKeys, expiryKeys int
+	var msgKeys int
 	for _, p := range r.m.parts {
 		msgKeys += int(p.head - p.first)
-		dedupKeys += len(p.dedup)
-		expiryKeys += len(p.expiry)
 	}
 	if n := countKeys(r.t, r.s, kindMessage); n != msgKeys {
 		r.fatalf("%d message keys, model holds %d messages", n, msgKeys)
-	}
-	if n := countKeys(r.t, r.s, kindDedup); n != dedupKeys {
-		r.fatalf("%d dedup keys, model holds %d unswept ids", n, dedupKeys)
-	}
-	if n := countKeys(r.t, r.s, kindExpiry); n != expiryKeys {
-		r.fatalf("%d expiry keys, model holds %d unswept expiries", n, expiryKeys)
 	}
 	for part, p := range r.m.parts {
 		r.checkRead(uint32(part), p.first, int(p.head-p.first)+1, 1<<30)
@@ -385,12 +377,10 @@ type modelPartition struct {
 	first, head uint64
 	msgs        []Message // every message ever stored, at its offset
 	lastTime    time.Time
-	// dedup maps an id to its latest store; an entry leaves only when a
-	// retention pass finds it window old (as the store's d keys do).
+	// dedup maps an id to its latest store. Whether it still counts is a
+	// matter of time alone; a reopen forgets ids whose message retention
+	// removed (the store rebuilds its index from retained message keys).
 	dedup map[string]modelDedup
-	// expiry has one entry per stored message with an id, oldest first,
-	// until a retention pass finds it window old (the store's x keys).
-	expiry []modelDedup
 }
 
 type modelDedup struct {
@@ -435,7 +425,6 @@ func (m *propModel) append(part uint32, msgs []Message) []AppendResult {
 		p.msgs = append(p.msgs, stored)
 		if msg.ID != "" {
 			p.dedup[msg.ID] = modelDedup{offset: p.head, time: t}
-			p.expiry = append(p.expiry, modelDedup{offset: p.head, time: t})
 		}
 		res[i] = AppendResult{Offset: p.head}
 		p.head++
@@ -456,8 +445,14 @@ func (m *propModel) advance(d time.Duration) {
 	m.now = end
 }
 
-// reopen restarts the background retention timer, as Open does.
-func (m *propModel) reopen() { m.nextTick = m.now.Add(m.interval) }
+// reopen restarts the background retention timer, as Open does, and
+// forgets the ids of messages retention removed.
+func (m *propModel) reopen() {
+	m.nextTick = m.now.Add(m.interval)
+	for _, p := range m.parts {
+		maps.DeleteFunc(p.dedup, func(_ string, e modelDedup) bool { return e.offset < p.first })
+	}
+}
 
 // enforce is one retention pass at now: keep at most RetentionMaxMessages,
 // then drop the oldest while they are RetentionMaxAge old or the partition
@@ -484,7 +479,6 @@ func (m *propModel) enforce(now time.Time) {
 		}
 		p.first = keep
 		maps.DeleteFunc(p.dedup, func(_ string, e modelDedup) bool { return now.Sub(e.time) >= c.DedupWindow })
-		p.expiry = slices.DeleteFunc(p.expiry, func(e modelDedup) bool { return now.Sub(e.time) >= c.DedupWindow })
 	}
 }
 

@@ -25,16 +25,14 @@ const recordVersion = 1
 
 // Message record, the value of an m key. Headers are sorted by name so the
 // same message always encodes to the same bytes (replicas must agree). The
-// offset, publish time and size live in the key.
+// offset, publish time, size and id live in the key.
 //
-//	+-----+-------+----+--------+-----+----------+---------------------------------+---------+
-//	| ver | idLen | id | keyLen | key | nHeaders | (nameLen name valueLen value)*  | payload |
-//	| u8  | uvar  |    | uvar   |     | uvar     |                                 | rest    |
-//	+-----+-------+----+--------+-----+----------+---------------------------------+---------+
+//	+-----+--------+-----+----------+---------------------------------+---------+
+//	| ver | keyLen | key | nHeaders | (nameLen name valueLen value)*  | payload |
+//	| u8  | uvar   |     | uvar     |                                 | rest    |
+//	+-----+--------+-----+----------+---------------------------------+---------+
 func appendMessageRecord(b []byte, m *Message) []byte {
 	b = append(b, recordVersion)
-	b = binary.AppendUvarint(b, uint64(len(m.ID)))
-	b = append(b, m.ID...)
 	b = binary.AppendUvarint(b, uint64(len(m.Key)))
 	b = append(b, m.Key...)
 	b = binary.AppendUvarint(b, uint64(len(m.Headers)))
@@ -57,7 +55,7 @@ func appendMessageRecord(b []byte, m *Message) []byte {
 
 // messageRecordSize is len(appendMessageRecord(nil, m)) without encoding.
 func messageRecordSize(m *Message) int {
-	n := 1 + uvarintLen(len(m.ID)) + len(m.ID) + uvarintLen(len(m.Key)) + len(m.Key) + uvarintLen(len(m.Headers))
+	n := 1 + uvarintLen(len(m.Key)) + len(m.Key) + uvarintLen(len(m.Headers))
 	for k, v := range m.Headers {
 		n += uvarintLen(len(k)) + len(k) + uvarintLen(len(v)) + len(v)
 	}
@@ -72,14 +70,14 @@ func uvarintLen(n int) int {
 	return l
 }
 
-// decodeMessageRecord decodes a record into m. The returned message's slices
-// are copies: v may be reused by Badger after the transaction.
+// decodeMessageRecord decodes a record into m, leaving m.ID (which is in
+// the key) as it is. The message's slices are copies: v may be reused by
+// Badger after the transaction.
 func decodeMessageRecord(v []byte, m *Message) error {
 	d := decoder{b: v}
 	if ver := d.byte(); ver != recordVersion {
 		return fmt.Errorf("message record version %d: %w", ver, ErrCorrupt)
 	}
-	m.ID = string(d.bytes())
 	if key := d.bytes(); len(key) > 0 {
 		m.Key = slices.Clone(key)
 	}
@@ -255,35 +253,4 @@ func decodePartitionMeta(v []byte) (partitionMeta, error) {
 		return partitionMeta{}, fmt.Errorf("partition meta first %d > head %d: %w", pm.first, pm.head, ErrCorrupt)
 	}
 	return pm, nil
-}
-
-// Dedup entry, the value of a d key: offset u64 | publish time i64.
-func encodeDedupValue(off uint64, t time.Time) []byte {
-	b := make([]byte, 0, 16)
-	b = binary.BigEndian.AppendUint64(b, off)
-	return binary.BigEndian.AppendUint64(b, uint64(t.UnixNano()))
-}
-
-func decodeDedupValue(v []byte) (off uint64, t time.Time, err error) {
-	d := decoder{b: v}
-	off = d.u64()
-	t = time.Unix(0, int64(d.u64())).UTC()
-	if err := d.end(); err != nil {
-		return 0, time.Time{}, fmt.Errorf("dedup entry: %w", err)
-	}
-	return off, t, nil
-}
-
-// Expiry entry, the value of an x key: publish time i64 | id (the rest).
-func encodeExpiryValue(t time.Time, id string) []byte {
-	b := make([]byte, 0, 8+len(id))
-	b = binary.BigEndian.AppendUint64(b, uint64(t.UnixNano()))
-	return append(b, id...)
-}
-
-func decodeExpiryValue(v []byte) (t time.Time, id string, err error) {
-	if len(v) < 8 {
-		return time.Time{}, "", fmt.Errorf("expiry entry: %w", ErrCorrupt)
-	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(v))).UTC(), string(v[8:]), nil
 }

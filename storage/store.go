@@ -138,7 +138,7 @@ func (s *Store) load() error {
 				}); err != nil {
 					return fmt.Errorf("topic %q partition %d: %w", name, part, err)
 				}
-				h.partitions = append(h.partitions, newPartition(name, st, s.db, s.sync, &s.opts))
+				h.partitions = append(h.partitions, newPartition(name, st, t.Config.DedupWindow, s.db, s.sync, &s.opts))
 			}
 			s.topics[name] = h
 		}
@@ -267,7 +267,8 @@ func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (
 	}
 	h := &topicHandle{topic: t}
 	for part := range cfg.Partitions {
-		h.partitions = append(h.partitions, newPartition(name, partitionState{tid: t.id, part: part}, s.db, s.sync, &s.opts))
+		st := partitionState{tid: t.id, part: part, dedup: newDedupIndex()}
+		h.partitions = append(h.partitions, newPartition(name, st, cfg.DedupWindow, s.db, s.sync, &s.opts))
 	}
 	s.topicsMu.Lock()
 	s.topics[name] = h
@@ -450,18 +451,16 @@ func (s *Store) startDrop(tid uint32) {
 }
 
 func (s *Store) dropTopicData(tid uint32) error {
-	for _, kind := range []byte{kindMessage, kindDedup, kindExpiry} {
-		for {
-			if s.isClosing() {
-				return ErrClosed
-			}
-			n, err := s.deleteSome(topicPrefix(kind, tid), 10000)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				break
-			}
+	for {
+		if s.isClosing() {
+			return ErrClosed
+		}
+		n, err := s.deleteSome(topicPrefix(kindMessage, tid), 10000)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			break
 		}
 	}
 	return s.update(func(txn *badger.Txn) error { return txn.Delete(tombstoneKey(tid)) })
@@ -570,7 +569,7 @@ func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64
 				cur := p.visible.Load()
 				return &OffsetOutOfRangeError{Offset: next, First: cur.first, Head: cur.head}
 			}
-			m := Message{Partition: part, Offset: info.offset, PublishTime: info.publishTime}
+			m := Message{ID: info.id, Partition: part, Offset: info.offset, PublishTime: info.publishTime}
 			if err := item.Value(func(v []byte) error { return decodeMessageRecord(v, &m) }); err != nil {
 				return fmt.Errorf("offset %d: %w", info.offset, err)
 			}
