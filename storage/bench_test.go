@@ -174,22 +174,13 @@ func benchStore(b *testing.B, fsync FsyncPolicy) *Store {
 	return s
 }
 
-// openBaselineBadger opens Badger with the options Open uses (keep the two
-// in step, or the ratio means nothing) and DefaultOptions' sizes.
+// openBaselineBadger opens Badger exactly as Open does (badgerOptions), with
+// DefaultOptions' sizes, so the ratio compares like with like.
 func openBaselineBadger(b *testing.B) *badger.DB {
 	b.Helper()
 	opts := DefaultOptions(b.TempDir())
-	bopts := badger.DefaultOptions(opts.Dir).
-		WithLogger(badgerLogger{benchLogger()}).
-		WithSyncWrites(false).
-		WithDetectConflicts(false).
-		WithNumVersionsToKeep(1).
-		WithMemTableSize(opts.MemTableBytes).
-		WithNumMemtables(3).
-		WithBlockCacheSize(opts.BlockCacheBytes).
-		WithValueThreshold(1 << 20).
-		WithNumCompactors(2)
-	db, err := badger.Open(bopts)
+	opts.Logger = benchLogger()
+	db, err := badger.Open(badgerOptions(opts))
 	if err != nil {
 		b.Fatal(err)
 	}
