@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os/exec"
@@ -116,6 +117,13 @@ func TestCLI(t *testing.T) {
 	tail := jsonLines(t, mustCLI(t, p, "", "read", "orders", "--partition", "2", "--from", fmt.Sprint(base+10), "--max", "5", "-o", "json"))
 	if len(tail) != 5 || tail[0]["payload"] != "line 10" || tail[4]["offset"] != base+14 {
 		t.Fatalf("read --from --max = %v", tail)
+	}
+
+	// A payload that is not UTF-8 comes back in base64, flagged.
+	bin := jsonLines(t, mustCLI(t, p, "", "pub", "orders", "\xff\xfe-binary", "--partition", "0", "-o", "json"))[0]
+	raw := jsonLines(t, mustCLI(t, p, "", "read", "orders", "--partition", "0", "--from", fmt.Sprint(bin["offset"]), "--max", "1", "-o", "json"))[0]
+	if raw["payload_base64"] != true || raw["payload"] != base64.StdEncoding.EncodeToString([]byte("\xff\xfe-binary")) {
+		t.Fatalf("binary payload read back as %v", raw)
 	}
 
 	for _, bad := range [][]string{
