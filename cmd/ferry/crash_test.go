@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
@@ -48,7 +49,9 @@ func TestCrashKeepsAcknowledgedMessages(t *testing.T) {
 				conn := p.dial(t)
 				if cycle == 0 {
 					_, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(context.Background(), &ferryv1.CreateTopicRequest{
-						Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 3}})
+						// A dedup window longer than any soak: verify expects every
+						// acked id, however old, to come back as a duplicate.
+						Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 3, DedupWindow: durationpb.New(24 * time.Hour)}})
 					if err != nil {
 						t.Fatal(err)
 					}
