@@ -5,7 +5,7 @@
 //
 // A Store owns the Badger database, one Partition per partition of every
 // topic, and a syncer. A Partition owns its write path: a queue of commands
-// (append a batch, trim below an offset, expire old dedup entries) and the
+// (append a batch, trim below an offset, forget expired ids) and the
 // one goroutine that applies them. That goroutine gathers everything queued
 // into a group, applies the group with partitionState.apply in one Badger
 // transaction and passes it to the syncer; the syncer fsyncs once for all

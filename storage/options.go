@@ -72,7 +72,7 @@ type Options struct {
 	QueueLength int
 	// MemTableBytes is the size of one Badger memtable. Default 64 MiB, at
 	// least 32 MiB: Badger caps a transaction at 15% of a memtable, and a
-	// full publish batch (4 MiB of messages plus their dedup entries) must
+	// full publish batch (4 MiB of messages plus their keys) must
 	// fit in one.
 	MemTableBytes int64
 	// BlockCacheBytes is the size of Badger's block cache. Default 64 MiB.

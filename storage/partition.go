@@ -194,7 +194,7 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		r.res = results[i]
 	}
 	meta := next.meta
-	p.sync.enqueue(syncGroup{p: p, meta: &meta, reqs: append([]*request(nil), group...)})
+	p.sync.enqueue(syncGroup{p: p, meta: &meta, wrote: !meta.equal(st.meta), reqs: append([]*request(nil), group...)})
 	return next
 }
 
@@ -213,9 +213,10 @@ func (p *Partition) applyTxn(st partitionState, cmds []*command) (partitionState
 
 // syncGroup is a committed group waiting for the fsync that makes it durable.
 type syncGroup struct {
-	p    *Partition
-	meta *partitionMeta // the partition's state after the group
-	reqs []*request
+	p     *Partition
+	meta  *partitionMeta // the partition's state after the group
+	wrote bool           // the group changed the log (else, e.g., duplicates only)
+	reqs  []*request
 }
 
 // syncer makes committed groups durable: it takes every group waiting, syncs
@@ -247,6 +248,7 @@ func (s *syncer) close() {
 func (s *syncer) run() {
 	defer close(s.done)
 	var batch []syncGroup
+	unsynced := false // the last sync failed: data may be committed but not durable
 	for g := range s.queue {
 		batch = append(batch[:0], g)
 	gather:
@@ -261,12 +263,20 @@ func (s *syncer) run() {
 				break gather
 			}
 		}
+		// fsync before answering: an acknowledged append survives power
+		// loss, not only a process crash. A batch in which no group wrote
+		// (duplicates only, or forgetting expired ids) needs none: every
+		// earlier batch was synced before this one was taken — unless that
+		// sync failed, and then every batch syncs until one succeeds.
+		wrote := unsynced
+		for _, g := range batch {
+			wrote = wrote || g.wrote
+		}
 		var err error
-		if s.policy == FsyncAlways {
-			// fsync before answering: an acknowledged append survives power
-			// loss, not only a process crash.
+		if s.policy == FsyncAlways && wrote {
 			err = s.db.Sync()
 			s.syncs.Add(1)
+			unsynced = err != nil
 		}
 		for _, g := range batch {
 			if err == nil {

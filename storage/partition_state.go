@@ -25,15 +25,15 @@ type command struct {
 	msgs        []Message     // cmdAppend
 	dedupWindow time.Duration // cmdAppend, cmdExpireDedup
 	trimTo      uint64        // cmdTrim: first offset to keep
-	limit       int           // cmdTrim, cmdExpireDedup: most keys to delete
+	limit       int           // cmdTrim: most keys to delete
 	size        int           // cmdAppend: record bytes, for group sizing
 }
 
 // result is apply's answer to one command.
 type result struct {
 	appended []AppendResult // cmdAppend: one per message
-	deleted  int            // cmdTrim, cmdExpireDedup: entries removed
-	more     bool           // cmdTrim, cmdExpireDedup: limit reached, call again
+	deleted  int            // cmdTrim: messages removed; cmdExpireDedup: ids forgotten
+	more     bool           // cmdTrim: limit reached, call again
 }
 
 // AppendResult says where one appended message is.
@@ -56,7 +56,7 @@ type partitionState struct {
 }
 
 // apply runs cmds against txn and returns one result per command and the
-// state after them. It is deterministic: the same state, commands and now
+// state after them; it writes the partition meta only if it changed. It is deterministic: the same state, commands and now
 // give the same writes and results. It reads no clock and starts no
 // goroutine. On error the caller discards txn and keeps the old state; on
 // success it commits txn and then calls commitDedup on the new state. Only
@@ -64,6 +64,7 @@ type partitionState struct {
 // transaction then fails: an expired id is no longer a duplicate anyway.
 func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (partitionState, []result, error) {
 	s.added, s.addedIDs = nil, nil
+	before := s.meta
 	results := make([]result, len(cmds))
 	for i, c := range cmds {
 		var err error
@@ -81,8 +82,10 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 			return s, nil, err
 		}
 	}
-	if err := txn.Set(partitionKey(s.tid, s.part), s.meta.encode()); err != nil {
-		return s, nil, fmt.Errorf("set partition meta: %w", err)
+	if !s.meta.equal(before) {
+		if err := txn.Set(partitionKey(s.tid, s.part), s.meta.encode()); err != nil {
+			return s, nil, fmt.Errorf("set partition meta: %w", err)
+		}
 	}
 	return s, results, nil
 }

@@ -230,6 +230,11 @@ type partitionMeta struct {
 	lastTime time.Time // publish time of the newest message; times never go back
 }
 
+// equal reports whether pm and o describe the same partition state.
+func (pm partitionMeta) equal(o partitionMeta) bool {
+	return pm.first == o.first && pm.head == o.head && pm.bytes == o.bytes && pm.lastTime.Equal(o.lastTime)
+}
+
 func (pm *partitionMeta) encode() []byte {
 	b := make([]byte, 0, 33)
 	b = append(b, recordVersion)

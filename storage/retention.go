@@ -9,8 +9,8 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
-// deleteLimit bounds the keys one trim or expiry command deletes, so one
-// command never makes a transaction too big or holds up appends for long.
+// deleteLimit bounds the keys one trim command deletes, so one command never
+// makes a transaction too big or holds up appends for long.
 const deleteLimit = 10000
 
 // EnforceRetention runs one retention pass now: for every partition it
@@ -50,15 +50,12 @@ func (s *Store) enforcePartition(ctx context.Context, cfg TopicConfig, p *Partit
 			break
 		}
 	}
-	for {
-		res, err := p.do(ctx, command{kind: cmdExpireDedup, dedupWindow: cfg.DedupWindow, limit: deleteLimit})
-		if err != nil {
-			return fmt.Errorf("expire dedup entries: %w", err)
-		}
-		if !res.more {
-			return nil
-		}
+	// Frees the memory of expired ids on a partition nobody appends to;
+	// appends expire them as they go.
+	if _, err := p.do(ctx, command{kind: cmdExpireDedup, dedupWindow: cfg.DedupWindow}); err != nil {
+		return fmt.Errorf("forget expired ids: %w", err)
 	}
+	return nil
 }
 
 // trimPoint returns the first offset the partition should keep under cfg's

@@ -403,8 +403,7 @@ func (s *Store) UpdateTopic(ctx context.Context, name string, change func(*Topic
 }
 
 // DeleteTopic deletes a topic. Its writers finish what is queued, the topic
-// record goes in one transaction, and its messages and dedup entries are
-// dropped in the background (resumed at the next Open if interrupted).
+// record goes in one transaction, and its messages are dropped in the background (resumed at the next Open if interrupted).
 func (s *Store) DeleteTopic(ctx context.Context, name string) error {
 	s.adminMu.Lock()
 	defer s.adminMu.Unlock()

@@ -397,3 +397,27 @@ func countKeys(tb testing.TB, s *Store, kind byte) int {
 	}
 	return n
 }
+
+// TestNoFsyncWithoutWrites checks that a group that changes nothing — a
+// retry answered as a duplicate, a retention pass with nothing to remove —
+// is answered without an fsync, while a real append is not.
+func TestNoFsyncWithoutWrites(t *testing.T) {
+	clk := clock.NewFake(t0)
+	s := openStore(t, testOptions(t, clk))
+	mustCreate(t, s, "f", TopicConfig{Partitions: 2})
+	mustAppend(t, s, "f", 0, msg("a", "1"))
+	before := s.Syncs()
+	if r := mustAppend(t, s, "f", 0, msg("a", "retry")); !r[0].Duplicate {
+		t.Fatalf("retry = %+v, want duplicate", r[0])
+	}
+	if err := s.EnforceRetention(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Syncs() - before; n != 0 {
+		t.Fatalf("%d fsyncs for a duplicate and an idle retention pass, want 0", n)
+	}
+	mustAppend(t, s, "f", 1, msg("b", "2"))
+	if n := s.Syncs() - before; n != 1 {
+		t.Fatalf("%d fsyncs after one real append, want 1", n)
+	}
+}
