@@ -208,3 +208,34 @@ func benchID(n uint64) string {
 	}
 	return string(b[:])
 }
+
+// BenchmarkReadTail reads batches of 100 messages of 1 KiB just behind the
+// head, as a tailing consumer does, from the tail cache and from Badger
+// (cache off).
+//
+//	go test -run '^$' -bench ReadTail -benchmem ./storage
+func BenchmarkReadTail(b *testing.B) {
+	for _, cache := range []int{1 << 20, 0} {
+		b.Run(fmt.Sprintf("tail_cache=%d", cache), func(b *testing.B) {
+			opts := DefaultOptions(b.TempDir())
+			opts.Logger = benchLogger()
+			opts.Fsync = FsyncNever
+			opts.TailCacheBytes = cache
+			s := openStore(b, opts)
+			mustCreate(b, s, "bench", TopicConfig{})
+			batch := make([]Message, 500)
+			for i := range batch {
+				batch[i].Payload = make([]byte, 1024)
+			}
+			mustAppend(b, s, "bench", 0, batch...)
+			b.SetBytes(100 * 1024)
+			for b.Loop() {
+				msgs, err := s.Read(context.Background(), "bench", 0, 400, 100, 1<<20)
+				if err != nil || len(msgs) != 100 {
+					b.Fatalf("read %d messages: %v", len(msgs), err)
+				}
+			}
+			b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}

@@ -77,6 +77,10 @@ type Options struct {
 	MemTableBytes int64
 	// BlockCacheBytes is the size of Badger's block cache. Default 64 MiB.
 	BlockCacheBytes int64
+	// TailCacheBytes is, per partition, how many bytes of the newest durable
+	// messages are kept in memory for readers at the head. Default 1 MiB;
+	// 0 turns the cache off.
+	TailCacheBytes int
 }
 
 // DefaultOptions returns the default options for a store in dir.
@@ -93,6 +97,7 @@ func DefaultOptions(dir string) Options {
 		QueueLength:       4096,
 		MemTableBytes:     64 << 20,
 		BlockCacheBytes:   64 << 20,
+		TailCacheBytes:    1 << 20,
 	}
 }
 
@@ -119,6 +124,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option QueueLength %d must be positive: %w", o.QueueLength, ErrInvalidConfig)
 	case o.MemTableBytes < MinMemTableBytes:
 		return fmt.Errorf("option MemTableBytes %d must be at least %d (32 MiB): %w", o.MemTableBytes, MinMemTableBytes, ErrInvalidConfig)
+	case o.TailCacheBytes < 0:
+		return fmt.Errorf("option TailCacheBytes %d is negative: %w", o.TailCacheBytes, ErrInvalidConfig)
 	case o.BlockCacheBytes < 0:
 		return fmt.Errorf("option BlockCacheBytes %d is negative: %w", o.BlockCacheBytes, ErrInvalidConfig)
 	}

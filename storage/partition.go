@@ -38,6 +38,10 @@ type Partition struct {
 	// visible is the state as of the last durable group: reads, stats and
 	// retention see only synced data.
 	visible atomic.Pointer[partitionMeta]
+	tail    *tailCache
+
+	notifyMu sync.Mutex    // guards notify
+	notify   chan struct{} // closed when visible changes; nil once closed for good
 }
 
 // request is a queued command and, once done is closed, its outcome.
@@ -67,16 +71,18 @@ func (p *Pending) Wait(ctx context.Context) ([]AppendResult, error) {
 // wait for that; reads do not.
 func newPartition(topic string, st partitionState, dedupWindow time.Duration, db *badger.DB, sy *syncer, opts *Options) *Partition {
 	p := &Partition{
-		topic: topic,
-		tid:   st.tid,
-		part:  st.part,
-		db:    db,
-		clk:   opts.Clock,
-		log:   opts.Logger,
-		sync:  sy,
-		opts:  opts,
-		queue: make(chan *request, opts.QueueLength),
-		done:  make(chan struct{}),
+		topic:  topic,
+		tid:    st.tid,
+		part:   st.part,
+		db:     db,
+		clk:    opts.Clock,
+		log:    opts.Logger,
+		sync:   sy,
+		opts:   opts,
+		queue:  make(chan *request, opts.QueueLength),
+		done:   make(chan struct{}),
+		tail:   newTailCache(opts.TailCacheBytes),
+		notify: make(chan struct{}),
 	}
 	m := st.meta
 	p.visible.Store(&m)
@@ -124,6 +130,46 @@ func (p *Partition) close() {
 	}
 	p.queueMu.Unlock()
 	<-p.done
+	p.notifyMu.Lock()
+	if p.notify != nil {
+		close(p.notify)
+		p.notify = nil
+	}
+	p.notifyMu.Unlock()
+}
+
+// publish makes a durable group visible: its messages go into the tail
+// cache, then the new state is published and waiters are woken.
+func (p *Partition) publish(meta *partitionMeta, msgs []Message, sizes []int) {
+	p.tail.append(msgs, sizes)
+	p.tail.trim(meta.first)
+	p.visible.Store(meta)
+	p.notifyMu.Lock()
+	if p.notify != nil {
+		close(p.notify)
+		p.notify = make(chan struct{})
+	}
+	p.notifyMu.Unlock()
+}
+
+// waitHead blocks until the visible head is beyond off, and returns it.
+func (p *Partition) waitHead(ctx context.Context, off uint64) (uint64, error) {
+	for {
+		p.notifyMu.Lock()
+		ch := p.notify
+		p.notifyMu.Unlock()
+		if head := p.visible.Load().head; head > off {
+			return head, nil
+		}
+		if ch == nil {
+			return 0, ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 }
 
 // run is the writer loop. It owns st.
@@ -190,11 +236,21 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		return st
 	}
 	next.commitDedup()
+	g := syncGroup{p: p, reqs: append([]*request(nil), group...)}
 	for i, r := range group {
 		r.res = results[i]
+		for j, a := range results[i].appended {
+			if a.Duplicate {
+				continue
+			}
+			m := cachedMessage(&r.cmd.msgs[j], p.part, a.Offset, results[i].at)
+			g.msgs = append(g.msgs, m)
+			g.sizes = append(g.sizes, messageRecordSize(&m))
+		}
 	}
 	meta := next.meta
-	p.sync.enqueue(syncGroup{p: p, meta: &meta, wrote: !meta.equal(st.meta), reqs: append([]*request(nil), group...)})
+	g.meta, g.wrote = &meta, !meta.equal(st.meta)
+	p.sync.enqueue(g)
 	return next
 }
 
@@ -217,6 +273,24 @@ type syncGroup struct {
 	meta  *partitionMeta // the partition's state after the group
 	wrote bool           // the group changed the log (else, e.g., duplicates only)
 	reqs  []*request
+	msgs  []Message // the messages the group stored, for the tail cache
+	sizes []int     // their record sizes
+}
+
+// cachedMessage is m as stored at off and as Read returns it from Badger:
+// empty keys and headers are nil, an empty payload is not.
+func cachedMessage(m *Message, part uint32, off uint64, t time.Time) Message {
+	c := Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Headers: m.Headers, Partition: part, Offset: off, PublishTime: t}
+	if len(c.Key) == 0 {
+		c.Key = nil
+	}
+	if c.Payload == nil {
+		c.Payload = []byte{}
+	}
+	if len(c.Headers) == 0 {
+		c.Headers = nil
+	}
+	return c
 }
 
 // syncer makes committed groups durable: it takes every group waiting, syncs
@@ -280,7 +354,7 @@ func (s *syncer) run() {
 		}
 		for _, g := range batch {
 			if err == nil {
-				g.p.visible.Store(g.meta)
+				g.p.publish(g.meta, g.msgs, g.sizes)
 			}
 			for _, r := range g.reqs {
 				if err != nil {

@@ -32,6 +32,7 @@ type command struct {
 // result is apply's answer to one command.
 type result struct {
 	appended []AppendResult // cmdAppend: one per message
+	at       time.Time      // cmdAppend: the publish time given to the stored messages
 	deleted  int            // cmdTrim: messages removed; cmdExpireDedup: ids forgotten
 	more     bool           // cmdTrim: limit reached, call again
 }
@@ -71,6 +72,7 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 		switch c.kind {
 		case cmdAppend:
 			results[i].appended, err = s.append(txn, c, now)
+			results[i].at = s.meta.lastTime
 		case cmdTrim:
 			results[i].deleted, results[i].more, err = s.trim(txn, c.trimTo, c.limit)
 		case cmdExpireDedup:

@@ -94,6 +94,9 @@ func runProperty(t *testing.T, seed uint64, steps int) {
 	if r.rng.IntN(2) == 0 {
 		r.opts.Fsync = FsyncNever
 	}
+	// Reads come from the tail cache or from Badger; a tiny cache mixes
+	// both and evicts all the time.
+	r.opts.TailCacheBytes = []int{0, 2000, 1 << 20}[r.rng.IntN(3)]
 	r.uniform = r.rng.IntN(3) == 0
 	cfg := randomTopicConfig(r.rng, r.uniform)
 	r.s = openStore(t, r.opts)
@@ -102,8 +105,8 @@ func runProperty(t *testing.T, seed uint64, steps int) {
 		t.Fatalf("seed %d: CreateTopic(%+v): %v", seed, cfg, err)
 	}
 	r.m = newPropModel(topic.Config, r.clk.Now(), r.opts.RetentionInterval)
-	r.logf("config %+v, retention interval %v, fsync %v, uniform records %v",
-		topic.Config, r.opts.RetentionInterval, r.opts.Fsync, r.uniform)
+	r.logf("config %+v, retention interval %v, fsync %v, tail cache %d bytes, uniform records %v",
+		topic.Config, r.opts.RetentionInterval, r.opts.Fsync, r.opts.TailCacheBytes, r.uniform)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("replay with FERRY_PROPERTY_SEED=%d FERRY_PROPERTY_ITERS=1; steps:\n%s", seed, strings.Join(r.trace, "\n"))

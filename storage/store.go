@@ -529,7 +529,9 @@ func (s *Store) Append(ctx context.Context, topic string, part uint32, msgs []Me
 
 // Read returns up to maxMessages messages of a partition from offset from,
 // in offset order, whose records add up to at most maxBytes — except that
-// the first message is returned whatever its size. Reading at the head returns nothing;
+// the first message is returned whatever its size. Reads near the head are
+// served from memory; the returned messages may share memory with the store
+// and must not be modified. Reading at the head returns nothing;
 // an offset below the first retained one or beyond the head returns an
 // *OffsetOutOfRangeError.
 func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64, maxMessages, maxBytes int) ([]Message, error) {
@@ -543,6 +545,9 @@ func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64
 	}
 	if from == vis.head || maxMessages <= 0 {
 		return nil, nil
+	}
+	if msgs, ok := p.tail.read(from, vis.head, maxMessages, maxBytes); ok {
+		return msgs, nil
 	}
 	tid := p.tid
 	var msgs []Message
@@ -587,6 +592,18 @@ func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64
 		return nil, err
 	}
 	return msgs, ctx.Err()
+}
+
+// WaitHead blocks until a partition holds a readable message at offset off
+// (its head is beyond off), and returns the head. It returns ErrClosed if
+// the partition goes away (topic deleted, store closed) and ctx's error if
+// ctx ends first.
+func (s *Store) WaitHead(ctx context.Context, topic string, part uint32, off uint64) (uint64, error) {
+	_, p, err := s.partition(topic, part)
+	if err != nil {
+		return 0, err
+	}
+	return p.waitHead(ctx, off)
 }
 
 // Partitions returns the state of every partition of a topic, as of each
