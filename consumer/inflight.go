@@ -1,0 +1,152 @@
+package consumer
+
+import (
+	"cmp"
+	"container/heap"
+	"slices"
+	"time"
+)
+
+// Delivery is one outstanding delivery of a message to a consumer.
+type Delivery struct {
+	Offset   uint64    // the message's offset in its partition
+	Attempt  uint32    // 1 for the first delivery; the fencing token
+	Consumer uint64    // the consumer holding it
+	Deadline time.Time // when it is due again unless acked, nacked or extended
+}
+
+// Inflight holds the outstanding deliveries of one subscription in one
+// partition: at most one per offset, ordered by deadline so the earliest
+// due is found at once. It is not safe for concurrent use.
+type Inflight struct {
+	h        deadlineHeap
+	byOffset map[uint64]*inflightEntry
+}
+
+type inflightEntry struct {
+	Delivery
+	index int // position in the heap
+}
+
+// NewInflight returns an empty Inflight.
+func NewInflight() *Inflight {
+	return &Inflight{byOffset: make(map[uint64]*inflightEntry)}
+}
+
+// Len is the number of outstanding deliveries.
+func (f *Inflight) Len() int { return len(f.h) }
+
+// Add records d. It reports false, and changes nothing, if d's offset is
+// already outstanding: a message is never out twice at once.
+func (f *Inflight) Add(d Delivery) bool {
+	if _, ok := f.byOffset[d.Offset]; ok {
+		return false
+	}
+	e := &inflightEntry{Delivery: d}
+	f.byOffset[d.Offset] = e
+	heap.Push(&f.h, e)
+	return true
+}
+
+// Get returns the outstanding delivery of off.
+func (f *Inflight) Get(off uint64) (Delivery, bool) {
+	e, ok := f.byOffset[off]
+	if !ok {
+		return Delivery{}, false
+	}
+	return e.Delivery, true
+}
+
+// Remove takes the delivery of off out (acked, nacked, dead-lettered) and
+// returns it.
+func (f *Inflight) Remove(off uint64) (Delivery, bool) {
+	e, ok := f.byOffset[off]
+	if !ok {
+		return Delivery{}, false
+	}
+	heap.Remove(&f.h, e.index)
+	delete(f.byOffset, off)
+	return e.Delivery, true
+}
+
+// Extend moves the deadline of off's delivery. It reports false if off is
+// not outstanding.
+func (f *Inflight) Extend(off uint64, deadline time.Time) bool {
+	e, ok := f.byOffset[off]
+	if !ok {
+		return false
+	}
+	e.Deadline = deadline
+	heap.Fix(&f.h, e.index)
+	return true
+}
+
+// NextDeadline is the earliest deadline, if anything is outstanding.
+func (f *Inflight) NextDeadline() (time.Time, bool) {
+	if len(f.h) == 0 {
+		return time.Time{}, false
+	}
+	return f.h[0].Deadline, true
+}
+
+// Due removes and returns the deliveries whose deadline is at or before now,
+// earliest first (ties by offset).
+func (f *Inflight) Due(now time.Time) []Delivery {
+	var due []Delivery
+	for len(f.h) > 0 && !f.h[0].Deadline.After(now) {
+		e := heap.Pop(&f.h).(*inflightEntry)
+		delete(f.byOffset, e.Offset)
+		due = append(due, e.Delivery)
+	}
+	return due
+}
+
+// RemoveConsumer removes and returns every delivery held by consumer, in
+// offset order: what is redelivered at once when a consumer disconnects.
+func (f *Inflight) RemoveConsumer(consumer uint64) []Delivery {
+	var out []Delivery
+	for _, e := range f.byOffset {
+		if e.Consumer == consumer {
+			out = append(out, e.Delivery)
+		}
+	}
+	for _, d := range out {
+		f.Remove(d.Offset)
+	}
+	slices.SortFunc(out, func(a, b Delivery) int { return cmp.Compare(a.Offset, b.Offset) })
+	return out
+}
+
+// deadlineHeap orders entries by deadline, then offset, so equal deadlines
+// come due in offset order.
+type deadlineHeap []*inflightEntry
+
+func (h deadlineHeap) Len() int { return len(h) }
+
+func (h deadlineHeap) Less(i, j int) bool {
+	if !h[i].Deadline.Equal(h[j].Deadline) {
+		return h[i].Deadline.Before(h[j].Deadline)
+	}
+	return h[i].Offset < h[j].Offset
+}
+
+func (h deadlineHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+
+func (h *deadlineHeap) Push(x any) {
+	e := x.(*inflightEntry)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	e.index = -1
+	return e
+}
