@@ -105,6 +105,14 @@ func TestCLI(t *testing.T) {
 	if head := stats[2].(map[string]any)["head_offset"].(float64); head < 250 {
 		t.Fatalf("partition 2 head %v, want at least 250", head)
 	}
+	// update changes only the flags given.
+	upd := jsonLines(t, mustCLI(t, p, "", "topic", "update", "orders", "--retention-age", "48h", "-o", "json"))[0]
+	if upd["retention_max_age"] != "48h0m0s" || upd["retention_max_messages"] != 1000.0 || upd["dedup_window"] != "5m0s" {
+		t.Fatalf("topic update = %v, want only retention_max_age changed", upd)
+	}
+	if _, errOut, ok := ferryCLI(t, p, "", "topic", "update", "orders"); ok || !strings.Contains(errOut, "nothing to change") {
+		t.Fatalf("update with no flags: ok=%t stderr=%q", ok, errOut)
+	}
 	if list := jsonLines(t, mustCLI(t, p, "", "topic", "list", "-o", "json")); len(list) != 1 || list[0]["name"] != "orders" {
 		t.Fatalf("topic list = %v", list)
 	}

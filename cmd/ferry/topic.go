@@ -2,19 +2,71 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
 func newTopicCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "topic", Short: "Create, list, inspect and delete topics"}
-	cmd.AddCommand(newTopicCreateCommand(), newTopicListCommand(), newTopicGetCommand(), newTopicDeleteCommand())
+	cmd := &cobra.Command{Use: "topic", Short: "Create, list, inspect, update and delete topics"}
+	cmd.AddCommand(newTopicCreateCommand(), newTopicListCommand(), newTopicGetCommand(), newTopicUpdateCommand(), newTopicDeleteCommand())
+	return cmd
+}
+
+func newTopicUpdateCommand() *cobra.Command {
+	var (
+		cfg        ferryv1.TopicConfig
+		age, dedup time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "update NAME",
+		Short: "Change a topic's retention, dedup window or max message size",
+		Long: `Change the settings given as flags and leave the others as they are. The
+partition count cannot change.`,
+		Args: cobra.ExactArgs(1),
+	}
+	cf := addClientFlags(cmd, true)
+	f := cmd.Flags()
+	f.DurationVar(&age, "retention-age", 0, "delete messages older than this (0: keep)")
+	f.Uint64Var(&cfg.RetentionMaxBytes, "retention-bytes", 0, "per partition, keep at most this many bytes (0: no limit)")
+	f.Uint64Var(&cfg.RetentionMaxMessages, "retention-messages", 0, "per partition, keep at most this many messages (0: no limit)")
+	f.DurationVar(&dedup, "dedup-window", 0, "how long message ids are remembered (0: server default, 2m)")
+	f.Uint32Var(&cfg.MaxMessageBytes, "max-message-bytes", 0, "largest payload in bytes (0: server default, 1 MiB)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		mask := &fieldmaskpb.FieldMask{}
+		for flag, path := range map[string]string{
+			"retention-age":      "retention_max_age",
+			"retention-bytes":    "retention_max_bytes",
+			"retention-messages": "retention_max_messages",
+			"dedup-window":       "dedup_window",
+			"max-message-bytes":  "max_message_bytes",
+		} {
+			if cmd.Flags().Changed(flag) {
+				mask.Paths = append(mask.Paths, path)
+			}
+		}
+		if len(mask.Paths) == 0 {
+			return errors.New("nothing to change: give at least one of --retention-age, --retention-bytes, --retention-messages, --dedup-window, --max-message-bytes")
+		}
+		cfg.RetentionMaxAge = durationpb.New(age)
+		cfg.DedupWindow = durationpb.New(dedup)
+		var resp *ferryv1.UpdateTopicResponse
+		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
+			resp, err = c.UpdateTopic(ctx, &ferryv1.UpdateTopicRequest{Name: args[0], Config: &cfg, UpdateMask: mask})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, nil)
+	}
 	return cmd
 }
 
