@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
@@ -21,10 +22,7 @@ func newTopicCommand() *cobra.Command {
 }
 
 func newTopicUpdateCommand() *cobra.Command {
-	var (
-		cfg        ferryv1.TopicConfig
-		age, dedup time.Duration
-	)
+	var tf topicConfigFlags
 	cmd := &cobra.Command{
 		Use:   "update NAME",
 		Short: "Change a topic's retention, dedup window or max message size",
@@ -33,21 +31,10 @@ partition count cannot change.`,
 		Args: cobra.ExactArgs(1),
 	}
 	cf := addClientFlags(cmd, true)
-	f := cmd.Flags()
-	f.DurationVar(&age, "retention-age", 0, "delete messages older than this (0: keep)")
-	f.Uint64Var(&cfg.RetentionMaxBytes, "retention-bytes", 0, "per partition, keep at most this many bytes (0: no limit)")
-	f.Uint64Var(&cfg.RetentionMaxMessages, "retention-messages", 0, "per partition, keep at most this many messages (0: no limit)")
-	f.DurationVar(&dedup, "dedup-window", 0, "how long message ids are remembered (0: server default, 2m)")
-	f.Uint32Var(&cfg.MaxMessageBytes, "max-message-bytes", 0, "largest payload in bytes (0: server default, 1 MiB)")
+	tf.add(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		mask := &fieldmaskpb.FieldMask{}
-		for flag, path := range map[string]string{
-			"retention-age":      "retention_max_age",
-			"retention-bytes":    "retention_max_bytes",
-			"retention-messages": "retention_max_messages",
-			"dedup-window":       "dedup_window",
-			"max-message-bytes":  "max_message_bytes",
-		} {
+		for flag, path := range topicConfigPaths {
 			if cmd.Flags().Changed(flag) {
 				mask.Paths = append(mask.Paths, path)
 			}
@@ -55,11 +42,9 @@ partition count cannot change.`,
 		if len(mask.Paths) == 0 {
 			return errors.New("nothing to change: give at least one of --retention-age, --retention-bytes, --retention-messages, --dedup-window, --max-message-bytes")
 		}
-		cfg.RetentionMaxAge = durationpb.New(age)
-		cfg.DedupWindow = durationpb.New(dedup)
 		var resp *ferryv1.UpdateTopicResponse
 		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.UpdateTopic(ctx, &ferryv1.UpdateTopicRequest{Name: args[0], Config: &cfg, UpdateMask: mask})
+			resp, err = c.UpdateTopic(ctx, &ferryv1.UpdateTopicRequest{Name: args[0], Config: tf.config(), UpdateMask: mask})
 			return err
 		})
 		if err != nil {
@@ -70,34 +55,56 @@ partition count cannot change.`,
 	return cmd
 }
 
+// topicConfigFlags are the config flags topic create and topic update share.
+type topicConfigFlags struct {
+	cfg        ferryv1.TopicConfig
+	age, dedup time.Duration
+}
+
+// topicConfigPaths names each shared flag's TopicConfig field, for update
+// masks.
+var topicConfigPaths = map[string]string{
+	"retention-age":      "retention_max_age",
+	"retention-bytes":    "retention_max_bytes",
+	"retention-messages": "retention_max_messages",
+	"dedup-window":       "dedup_window",
+	"max-message-bytes":  "max_message_bytes",
+}
+
+func (tf *topicConfigFlags) add(f *pflag.FlagSet) {
+	f.DurationVar(&tf.age, "retention-age", 0, "delete messages older than this (0: keep)")
+	f.Uint64Var(&tf.cfg.RetentionMaxBytes, "retention-bytes", 0, "per partition, keep at most this many bytes (0: no limit)")
+	f.Uint64Var(&tf.cfg.RetentionMaxMessages, "retention-messages", 0, "per partition, keep at most this many messages (0: no limit)")
+	f.DurationVar(&tf.dedup, "dedup-window", 0, "how long message ids are remembered (0: server default, 2m)")
+	f.Uint32Var(&tf.cfg.MaxMessageBytes, "max-message-bytes", 0, "largest payload in bytes (0: server default, 1 MiB)")
+}
+
+// config is the config the flags describe; zero durations mean the default.
+func (tf *topicConfigFlags) config() *ferryv1.TopicConfig {
+	return &ferryv1.TopicConfig{
+		Partitions:           tf.cfg.Partitions,
+		RetentionMaxAge:      durationpb.New(tf.age),
+		RetentionMaxBytes:    tf.cfg.RetentionMaxBytes,
+		RetentionMaxMessages: tf.cfg.RetentionMaxMessages,
+		DedupWindow:          durationpb.New(tf.dedup),
+		MaxMessageBytes:      tf.cfg.MaxMessageBytes,
+	}
+}
+
 func newTopicCreateCommand() *cobra.Command {
-	var (
-		cfg        ferryv1.TopicConfig
-		age, dedup time.Duration
-	)
+	var tf topicConfigFlags
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a topic (an identical create is a no-op)",
 		Args:  cobra.ExactArgs(1),
 	}
 	cf := addClientFlags(cmd, true)
-	f := cmd.Flags()
-	f.Uint32Var(&cfg.Partitions, "partitions", 1, "number of partitions, 1 to 1024")
-	f.DurationVar(&age, "retention-age", 0, "delete messages older than this (0: keep)")
-	f.Uint64Var(&cfg.RetentionMaxBytes, "retention-bytes", 0, "per partition, keep at most this many bytes (0: no limit)")
-	f.Uint64Var(&cfg.RetentionMaxMessages, "retention-messages", 0, "per partition, keep at most this many messages (0: no limit)")
-	f.DurationVar(&dedup, "dedup-window", 0, "how long message ids are remembered (0: server default, 2m)")
-	f.Uint32Var(&cfg.MaxMessageBytes, "max-message-bytes", 0, "largest payload in bytes (0: server default, 1 MiB)")
+	cmd.Flags().Uint32Var(&tf.cfg.Partitions, "partitions", 1, "number of partitions, 1 to 1024")
+	tf.add(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if age != 0 {
-			cfg.RetentionMaxAge = durationpb.New(age)
-		}
-		if dedup != 0 {
-			cfg.DedupWindow = durationpb.New(dedup)
-		}
 		var resp *ferryv1.CreateTopicResponse
 		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: args[0], Config: &cfg})
+			resp, err = c.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: args[0], Config: tf.config()})
 			return err
 		})
 		if err != nil {
