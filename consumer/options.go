@@ -1,0 +1,218 @@
+package consumer
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Guarantee is what a subscription promises about delivery (DESIGN §2).
+type Guarantee int
+
+const (
+	// None streams the live tail to whoever is connected: no cursor, no acks.
+	None Guarantee = iota + 1
+	// AtMostOnce advances the cursor durably before sending: never twice,
+	// possibly lost.
+	AtMostOnce
+	// AtLeastOnce delivers every retained message until it is acked or
+	// dead-lettered: never lost, possibly twice.
+	AtLeastOnce
+	// EffectivelyOnce is AtLeastOnce plus durable ack confirmations, fencing
+	// tokens, acked-id dedup and atomic Commit.
+	EffectivelyOnce
+)
+
+var guaranteeNames = map[Guarantee]string{
+	None:            "none",
+	AtMostOnce:      "at-most-once",
+	AtLeastOnce:     "at-least-once",
+	EffectivelyOnce: "effectively-once",
+}
+
+// String returns the guarantee's CLI name, such as "at-least-once".
+func (g Guarantee) String() string {
+	if s, ok := guaranteeNames[g]; ok {
+		return s
+	}
+	return fmt.Sprintf("Guarantee(%d)", int(g))
+}
+
+// ParseGuarantee parses a CLI name: none, at-most-once, at-least-once or
+// effectively-once.
+func ParseGuarantee(s string) (Guarantee, error) {
+	for g, name := range guaranteeNames {
+		if s == name {
+			return g, nil
+		}
+	}
+	return 0, fmt.Errorf("guarantee %q: want none, at-most-once, at-least-once or effectively-once: %w", s, ErrInvalidOptions)
+}
+
+// Type is how a subscription's messages spread over its consumers.
+type Type int
+
+const (
+	// Shared gives any message to any consumer.
+	Shared Type = iota + 1
+	// KeyShared gives all messages of a key to one consumer at a time, in
+	// order.
+	KeyShared
+	// Exclusive allows one consumer; a second attach is refused.
+	Exclusive
+	// Failover has one active consumer; the next takes over when it leaves.
+	Failover
+)
+
+var typeNames = map[Type]string{
+	Shared:    "shared",
+	KeyShared: "key-shared",
+	Exclusive: "exclusive",
+	Failover:  "failover",
+}
+
+// String returns the type's CLI name, such as "key-shared".
+func (t Type) String() string {
+	if s, ok := typeNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("Type(%d)", int(t))
+}
+
+// ParseType parses a CLI name: shared, key-shared, exclusive or failover.
+func ParseType(s string) (Type, error) {
+	for t, name := range typeNames {
+		if s == name {
+			return t, nil
+		}
+	}
+	return 0, fmt.Errorf("type %q: want shared, key-shared, exclusive or failover: %w", s, ErrInvalidOptions)
+}
+
+// Options configures a subscription's delivery. Start from DefaultOptions.
+type Options struct {
+	// Guarantee is the delivery guarantee. Required.
+	Guarantee Guarantee
+	// Type is how messages spread over consumers. Default Shared.
+	Type Type
+	// AckTimeout is how long a delivery may stay unacked before it is due
+	// again. Default 30s; 1s to 12h.
+	AckTimeout time.Duration
+	// BackoffMin is the delay before redelivering a message nacked once;
+	// each further nack doubles it. Default 1s.
+	BackoffMin time.Duration
+	// BackoffMax caps the nack backoff. Default 60s; at least BackoffMin.
+	BackoffMax time.Duration
+	// MaxDeliveries is how many attempts a message gets before it is
+	// dead-lettered. 0: no limit. Needs DeadLetterTopic to be set, and
+	// DeadLetterTopic needs it.
+	MaxDeliveries uint32
+	// DeadLetterTopic receives messages that ran out of attempts.
+	DeadLetterTopic string
+}
+
+// DefaultOptions returns the defaults for guarantee g.
+func DefaultOptions(g Guarantee) Options {
+	return Options{
+		Guarantee:  g,
+		Type:       Shared,
+		AckTimeout: 30 * time.Second,
+		BackoffMin: time.Second,
+		BackoffMax: 60 * time.Second,
+	}
+}
+
+// Validate reports the first field that is not acceptable, naming it.
+func (o *Options) Validate() error {
+	switch {
+	case o.Guarantee < None || o.Guarantee > EffectivelyOnce:
+		return fmt.Errorf("guarantee is unspecified; choose none, at-most-once, at-least-once or effectively-once: %w", ErrInvalidOptions)
+	case o.Type < Shared || o.Type > Failover:
+		return fmt.Errorf("type is unspecified; choose shared, key-shared, exclusive or failover: %w", ErrInvalidOptions)
+	case o.AckTimeout < time.Second || o.AckTimeout > 12*time.Hour:
+		return fmt.Errorf("ack timeout %v must be 1s to 12h: %w", o.AckTimeout, ErrInvalidOptions)
+	case o.BackoffMin <= 0:
+		return fmt.Errorf("backoff min %v must be positive: %w", o.BackoffMin, ErrInvalidOptions)
+	case o.BackoffMax < o.BackoffMin:
+		return fmt.Errorf("backoff max %v is below backoff min %v: %w", o.BackoffMax, o.BackoffMin, ErrInvalidOptions)
+	case o.MaxDeliveries > 0 && o.DeadLetterTopic == "":
+		return fmt.Errorf("max deliveries %d needs a dead-letter topic: %w", o.MaxDeliveries, ErrInvalidOptions)
+	case o.MaxDeliveries == 0 && o.DeadLetterTopic != "":
+		return fmt.Errorf("dead-letter topic %q needs max deliveries above 0: %w", o.DeadLetterTopic, ErrInvalidOptions)
+	case o.Guarantee == None && o.MaxDeliveries > 0:
+		return fmt.Errorf("a none subscription takes no acks and redelivers nothing: it cannot dead-letter: %w", ErrInvalidOptions)
+	}
+	return nil
+}
+
+// Backoff is how long to wait before redelivering a message that has been
+// nacked nacks times (1 for the first nack): BackoffMin doubled each further
+// time, at most BackoffMax.
+func (o *Options) Backoff(nacks uint32) time.Duration {
+	d := o.BackoffMin
+	for i := uint32(1); i < nacks && d < o.BackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, o.BackoffMax)
+}
+
+// StartKind says where a new subscription starts.
+type StartKind int
+
+const (
+	// StartLatest starts at the head: only messages published from now on.
+	StartLatest StartKind = iota + 1
+	// StartEarliest starts at the oldest retained message.
+	StartEarliest
+	// StartOffset starts at a given offset in every partition.
+	StartOffset
+	// StartTime starts at the first message published at or after a time.
+	StartTime
+)
+
+// StartPosition is where a new subscription (or a seek) starts.
+type StartPosition struct {
+	Kind   StartKind
+	Offset uint64    // StartOffset
+	Time   time.Time // StartTime
+}
+
+// String returns the CLI form: latest, earliest, offset:N or time:RFC3339.
+func (p StartPosition) String() string {
+	switch p.Kind {
+	case StartLatest:
+		return "latest"
+	case StartEarliest:
+		return "earliest"
+	case StartOffset:
+		return "offset:" + strconv.FormatUint(p.Offset, 10)
+	case StartTime:
+		return "time:" + p.Time.UTC().Format(time.RFC3339Nano)
+	}
+	return fmt.Sprintf("StartPosition(%d)", int(p.Kind))
+}
+
+// ParseStartPosition parses the CLI form: earliest, latest, offset:N or
+// time:RFC3339.
+func ParseStartPosition(s string) (StartPosition, error) {
+	switch {
+	case s == "latest":
+		return StartPosition{Kind: StartLatest}, nil
+	case s == "earliest":
+		return StartPosition{Kind: StartEarliest}, nil
+	case strings.HasPrefix(s, "offset:"):
+		n, err := strconv.ParseUint(strings.TrimPrefix(s, "offset:"), 10, 64)
+		if err != nil {
+			return StartPosition{}, fmt.Errorf("start %q: offset:N wants a whole number: %w", s, ErrInvalidOptions)
+		}
+		return StartPosition{Kind: StartOffset, Offset: n}, nil
+	case strings.HasPrefix(s, "time:"):
+		t, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(s, "time:"))
+		if err != nil {
+			return StartPosition{}, fmt.Errorf("start %q: time: wants RFC 3339, like time:2026-11-24T18:00:00Z: %w", s, ErrInvalidOptions)
+		}
+		return StartPosition{Kind: StartTime, Time: t.UTC()}, nil
+	}
+	return StartPosition{}, fmt.Errorf("start %q: want earliest, latest, offset:N or time:RFC3339: %w", s, ErrInvalidOptions)
+}
