@@ -10,7 +10,7 @@ import (
 // Request limits. Payloads are further bounded by each topic's
 // max_message_bytes.
 const (
-	MaxIDBytes          = 128
+	MaxIDBytes          = storage.MaxIDBytes
 	MaxKeyBytes         = 4 << 10
 	MaxHeaders          = 64
 	MaxHeaderBytes      = 16 << 10

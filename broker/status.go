@@ -30,6 +30,8 @@ func toStatus(err error) error {
 		return status.Error(codes.InvalidArgument, describe(err, storage.ErrInvalidConfig))
 	case errors.Is(err, storage.ErrTopicNotFound):
 		return status.Error(codes.NotFound, describe(err, storage.ErrTopicNotFound)+" not found; create it first (ferry topic create)")
+	case errors.Is(err, storage.ErrInvalidMessage):
+		return status.Error(codes.InvalidArgument, describe(err, storage.ErrInvalidMessage))
 	case errors.Is(err, storage.ErrPartitionNotFound):
 		return status.Error(codes.InvalidArgument, describe(err, storage.ErrPartitionNotFound))
 	case errors.Is(err, storage.ErrTopicExists):

@@ -17,6 +17,9 @@ var (
 	// ErrInvalidConfig is returned, wrapped with the field at fault, when a
 	// topic config or a topic name is not acceptable.
 	ErrInvalidConfig = errors.New("storage: invalid config")
+	// ErrInvalidMessage is returned, wrapped with what is wrong, by Append
+	// and Enqueue for a message the log cannot store (an id over MaxIDBytes).
+	ErrInvalidMessage = errors.New("storage: invalid message")
 	// ErrClosed is returned by every call made after Close began, and by
 	// appends to a partition whose topic was deleted meanwhile.
 	ErrClosed = errors.New("storage: closed")

@@ -508,6 +508,11 @@ func (s *Store) Enqueue(ctx context.Context, topic string, part uint32, msgs []M
 	}
 	size := 0
 	for i := range msgs {
+		if len(msgs[i].ID) > MaxIDBytes {
+			// The id rides in the message key; a longer one could not be
+			// read back.
+			return nil, fmt.Errorf("message %d: id of %d bytes is over %d: %w", i, len(msgs[i].ID), MaxIDBytes, ErrInvalidMessage)
+		}
 		size += messageRecordSize(&msgs[i])
 	}
 	r, err := p.submit(ctx, command{kind: cmdAppend, msgs: msgs, dedupWindow: h.topic.Config.DedupWindow, size: size})

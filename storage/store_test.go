@@ -125,6 +125,13 @@ func TestAppendReadDenseOffsets(t *testing.T) {
 	if _, err := s.Read(context.Background(), "orders", 2, 0, 10, 1<<20); !errors.Is(err, ErrPartitionNotFound) {
 		t.Errorf("read partition 2: %v, want ErrPartitionNotFound", err)
 	}
+	long := Message{ID: string(bytes.Repeat([]byte("i"), MaxIDBytes+1)), Payload: []byte("x")}
+	if _, err := s.Append(context.Background(), "orders", 0, []Message{msg("ok", "y"), long}); !errors.Is(err, ErrInvalidMessage) {
+		t.Errorf("append with a %d-byte id: %v, want ErrInvalidMessage", len(long.ID), err)
+	}
+	if infos, _ := s.Partitions("orders"); infos[0].Head != 0 {
+		t.Errorf("a refused batch stored %d messages", infos[0].Head)
+	}
 	if _, err := s.Append(context.Background(), "nope", 0, []Message{msg("", "x")}); !errors.Is(err, ErrTopicNotFound) {
 		t.Errorf("append to unknown topic: %v, want ErrTopicNotFound", err)
 	}
