@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -361,14 +362,7 @@ func (s *Store) Topics() []Topic {
 		ts = append(ts, h.topic)
 	}
 	s.topicsMu.RUnlock()
-	slices.SortFunc(ts, func(a, b Topic) int {
-		if a.Name < b.Name {
-			return -1
-		} else if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(ts, func(a, b Topic) int { return cmp.Compare(a.Name, b.Name) })
 	return ts
 }
 
