@@ -58,7 +58,7 @@ func TestCrashKeepsAcknowledgedMessages(t *testing.T) {
 				}
 				verify(t, conn, acks)
 				killAfter := time.Duration(50+rng.IntN(400)) * time.Millisecond
-				got := publishUntilKilled(t, conn, p, cycle, rng.Uint64(), killAfter)
+				got := publishUntil(t, conn, cycle, rng.Uint64(), killAfter, func() { p.kill(t) })
 				t.Logf("cycle %d: %d acks before SIGKILL at %v", cycle, len(got), killAfter)
 				acks = append(acks, got...)
 			}
@@ -72,9 +72,34 @@ func TestCrashKeepsAcknowledgedMessages(t *testing.T) {
 	}
 }
 
-// publishUntilKilled runs publishers until the broker is SIGKILLed after
-// killAfter, and returns what was acknowledged.
-func publishUntilKilled(t *testing.T, conn *grpc.ClientConn, p *process, cycle int, seed uint64, killAfter time.Duration) []ack {
+// TestSigtermUnderLoad stops a broker with SIGTERM while unary publishers
+// and a stream are busy: it must exit 0 within 10 s, and every publish it
+// acknowledged must be there after a restart.
+func TestSigtermUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a real broker")
+	}
+	dir := t.TempDir()
+	p := startFerry(t, dir)
+	conn := p.dial(t)
+	_, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(context.Background(), &ferryv1.CreateTopicRequest{
+		Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 3, DedupWindow: durationpb.New(24 * time.Hour)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var took time.Duration
+	var stopErr error
+	acks := publishUntil(t, conn, 0, 11, 300*time.Millisecond, func() { took, stopErr = p.stop(t, 10*time.Second) })
+	if stopErr != nil {
+		t.Fatalf("SIGTERM under load: %v after %v", stopErr, took)
+	}
+	t.Logf("%d acks; exited 0 %v after SIGTERM", len(acks), took.Round(time.Millisecond))
+	verify(t, startFerry(t, dir).dial(t), acks)
+}
+
+// publishUntil runs publishers until stop (which ends the broker) is called
+// after stopAfter, and returns what was acknowledged.
+func publishUntil(t *testing.T, conn *grpc.ClientConn, cycle int, seed uint64, stopAfter time.Duration, stop func()) []ack {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -154,8 +179,8 @@ func publishUntilKilled(t *testing.T, conn *grpc.ClientConn, p *process, cycle i
 			record(msgs, resp.Results)
 		}
 	}()
-	time.Sleep(killAfter)
-	p.kill(t)
+	time.Sleep(stopAfter)
+	stop()
 	cancel()
 	wg.Wait()
 	return acks
