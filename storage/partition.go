@@ -243,9 +243,8 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 			if a.Duplicate {
 				continue
 			}
-			m := cachedMessage(&r.cmd.msgs[j], p.part, a.Offset, results[i].at)
-			g.msgs = append(g.msgs, m)
-			g.sizes = append(g.sizes, messageRecordSize(&m))
+			g.msgs = append(g.msgs, cachedMessage(&r.cmd.msgs[j], p.part, a.Offset, results[i].at))
+			g.sizes = append(g.sizes, results[i].sizes[j])
 		}
 	}
 	meta := next.meta

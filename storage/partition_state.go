@@ -32,6 +32,7 @@ type command struct {
 // result is apply's answer to one command.
 type result struct {
 	appended []AppendResult // cmdAppend: one per message
+	sizes    []int          // cmdAppend: record size per message, 0 for duplicates
 	at       time.Time      // cmdAppend: the publish time given to the stored messages
 	deleted  int            // cmdTrim: messages removed; cmdExpireDedup: ids forgotten
 	more     bool           // cmdTrim: limit reached, call again
@@ -71,7 +72,7 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 		var err error
 		switch c.kind {
 		case cmdAppend:
-			results[i].appended, err = s.append(txn, c, now)
+			results[i].appended, results[i].sizes, err = s.append(txn, c, now)
 			results[i].at = s.meta.lastTime
 		case cmdTrim:
 			results[i].deleted, results[i].more, err = s.trim(txn, c.trimTo, c.limit)
@@ -104,13 +105,14 @@ func (s *partitionState) commitDedup() {
 // dedup window is not stored again; its result names the original offset.
 // Publish times never go back, even if the clock does, so offset order is
 // time order (dedup expiry and age retention rely on it).
-func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]AppendResult, error) {
+func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]AppendResult, []int, error) {
 	t := now.UTC()
 	if t.Before(s.meta.lastTime) {
 		t = s.meta.lastTime
 	}
 	s.dedup.expire(t, c.dedupWindow)
 	res := make([]AppendResult, len(c.msgs))
+	sizes := make([]int, len(c.msgs))
 	for i := range c.msgs {
 		m := &c.msgs[i]
 		if m.ID != "" {
@@ -124,8 +126,9 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 		// each record gets its own, sized exactly.
 		rec := appendMessageRecord(make([]byte, 0, messageRecordSize(m)), m)
 		if err := txn.Set(messageKey(s.tid, s.part, off, t, uint32(len(rec)), m.ID), rec); err != nil {
-			return nil, fmt.Errorf("set message %d: %w", off, err)
+			return nil, nil, fmt.Errorf("set message %d: %w", off, err)
 		}
+		sizes[i] = len(rec)
 		if m.ID != "" {
 			s.noteAdded(dedupRecord{id: m.ID, dedupEntry: dedupEntry{offset: off, time: t}})
 		}
@@ -134,7 +137,7 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 		res[i] = AppendResult{Offset: off}
 	}
 	s.meta.lastTime = t
-	return res, nil
+	return res, sizes, nil
 }
 
 // lookupID finds id among the ids stored within window before now: those
