@@ -32,20 +32,13 @@ var guaranteeNames = map[Guarantee]string{
 }
 
 // String returns the guarantee's CLI name, such as "at-least-once".
-func (g Guarantee) String() string {
-	if s, ok := guaranteeNames[g]; ok {
-		return s
-	}
-	return fmt.Sprintf("Guarantee(%d)", int(g))
-}
+func (g Guarantee) String() string { return enumName(guaranteeNames, g, "Guarantee") }
 
 // ParseGuarantee parses a CLI name: none, at-most-once, at-least-once or
 // effectively-once.
 func ParseGuarantee(s string) (Guarantee, error) {
-	for g, name := range guaranteeNames {
-		if s == name {
-			return g, nil
-		}
+	if g, ok := parseEnum(guaranteeNames, s); ok {
+		return g, nil
 	}
 	return 0, fmt.Errorf("guarantee %q: want none, at-most-once, at-least-once or effectively-once: %w", s, ErrInvalidOptions)
 }
@@ -73,21 +66,32 @@ var typeNames = map[Type]string{
 }
 
 // String returns the type's CLI name, such as "key-shared".
-func (t Type) String() string {
-	if s, ok := typeNames[t]; ok {
-		return s
-	}
-	return fmt.Sprintf("Type(%d)", int(t))
-}
+func (t Type) String() string { return enumName(typeNames, t, "Type") }
 
 // ParseType parses a CLI name: shared, key-shared, exclusive or failover.
 func ParseType(s string) (Type, error) {
-	for t, name := range typeNames {
-		if s == name {
-			return t, nil
-		}
+	if t, ok := parseEnum(typeNames, s); ok {
+		return t, nil
 	}
 	return 0, fmt.Errorf("type %q: want shared, key-shared, exclusive or failover: %w", s, ErrInvalidOptions)
+}
+
+// enumName is v's name in names, or Kind(n) for a value without one.
+func enumName[E ~int](names map[E]string, v E, kind string) string {
+	if s, ok := names[v]; ok {
+		return s
+	}
+	return fmt.Sprintf("%s(%d)", kind, int(v))
+}
+
+// parseEnum finds the value named s in names.
+func parseEnum[E ~int](names map[E]string, s string) (E, bool) {
+	for v, name := range names {
+		if name == s {
+			return v, true
+		}
+	}
+	return 0, false
 }
 
 // Options configures a subscription's delivery. Start from DefaultOptions.
