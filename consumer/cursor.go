@@ -3,6 +3,7 @@ package consumer
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"slices"
 )
 
@@ -59,6 +60,31 @@ func (c *Cursor) Ack(off uint64) bool {
 func (c *Cursor) Seek(off uint64) {
 	c.floor = off
 	clear(c.above)
+}
+
+// Skip counts every offset below off as acked, keeping the acks above it.
+func (c *Cursor) Skip(off uint64) {
+	if off <= c.floor {
+		return
+	}
+	for a := range c.above {
+		if a < off {
+			delete(c.above, a)
+		}
+	}
+	c.floor = off
+	for {
+		if _, ok := c.above[c.floor]; !ok {
+			return
+		}
+		delete(c.above, c.floor)
+		c.floor++
+	}
+}
+
+// Clone returns a copy of c.
+func (c *Cursor) Clone() *Cursor {
+	return &Cursor{floor: c.floor, above: maps.Clone(c.above)}
 }
 
 // Gaps is how many offsets above the floor are acked out of order.

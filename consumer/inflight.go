@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-// Delivery is one outstanding delivery of a message to a consumer.
-type Delivery struct {
+// Lease is one outstanding delivery of a message to a consumer.
+type Lease struct {
 	Offset   uint64    // the message's offset in its partition
 	Attempt  uint32    // 1 for the first delivery; the fencing token
 	Consumer uint64    // the consumer holding it
@@ -24,7 +24,7 @@ type Inflight struct {
 }
 
 type inflightEntry struct {
-	Delivery
+	Lease
 	index int // position in the heap
 }
 
@@ -38,35 +38,35 @@ func (f *Inflight) Len() int { return len(f.h) }
 
 // Add records d. It reports false, and changes nothing, if d's offset is
 // already outstanding: a message is never out twice at once.
-func (f *Inflight) Add(d Delivery) bool {
+func (f *Inflight) Add(d Lease) bool {
 	if _, ok := f.byOffset[d.Offset]; ok {
 		return false
 	}
-	e := &inflightEntry{Delivery: d}
+	e := &inflightEntry{Lease: d}
 	f.byOffset[d.Offset] = e
 	heap.Push(&f.h, e)
 	return true
 }
 
 // Get returns the outstanding delivery of off.
-func (f *Inflight) Get(off uint64) (Delivery, bool) {
+func (f *Inflight) Get(off uint64) (Lease, bool) {
 	e, ok := f.byOffset[off]
 	if !ok {
-		return Delivery{}, false
+		return Lease{}, false
 	}
-	return e.Delivery, true
+	return e.Lease, true
 }
 
 // Remove takes the delivery of off out (acked, nacked, dead-lettered) and
 // returns it.
-func (f *Inflight) Remove(off uint64) (Delivery, bool) {
+func (f *Inflight) Remove(off uint64) (Lease, bool) {
 	e, ok := f.byOffset[off]
 	if !ok {
-		return Delivery{}, false
+		return Lease{}, false
 	}
 	heap.Remove(&f.h, e.index)
 	delete(f.byOffset, off)
-	return e.Delivery, true
+	return e.Lease, true
 }
 
 // Extend moves the deadline of off's delivery. It reports false if off is
@@ -91,29 +91,29 @@ func (f *Inflight) NextDeadline() (time.Time, bool) {
 
 // Due removes and returns the deliveries whose deadline is at or before now,
 // earliest first (ties by offset).
-func (f *Inflight) Due(now time.Time) []Delivery {
-	var due []Delivery
+func (f *Inflight) Due(now time.Time) []Lease {
+	var due []Lease
 	for len(f.h) > 0 && !f.h[0].Deadline.After(now) {
 		e := heap.Pop(&f.h).(*inflightEntry)
 		delete(f.byOffset, e.Offset)
-		due = append(due, e.Delivery)
+		due = append(due, e.Lease)
 	}
 	return due
 }
 
 // RemoveConsumer removes and returns every delivery held by consumer, in
 // offset order: what is redelivered at once when a consumer disconnects.
-func (f *Inflight) RemoveConsumer(consumer uint64) []Delivery {
-	var out []Delivery
+func (f *Inflight) RemoveConsumer(consumer uint64) []Lease {
+	var out []Lease
 	for _, e := range f.byOffset {
 		if e.Consumer == consumer {
-			out = append(out, e.Delivery)
+			out = append(out, e.Lease)
 		}
 	}
 	for _, d := range out {
 		f.Remove(d.Offset)
 	}
-	slices.SortFunc(out, func(a, b Delivery) int { return cmp.Compare(a.Offset, b.Offset) })
+	slices.SortFunc(out, func(a, b Lease) int { return cmp.Compare(a.Offset, b.Offset) })
 	return out
 }
 

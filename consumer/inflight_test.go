@@ -18,13 +18,13 @@ func TestInflightMatchesModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 2))
 	for run := range 30 {
 		f := NewInflight()
-		model := map[uint64]Delivery{}
+		model := map[uint64]Lease{}
 		now := t0
 		for step := range 400 {
 			off := rng.Uint64N(50)
 			switch k := rng.IntN(10); {
 			case k < 4:
-				d := Delivery{Offset: off, Attempt: 1 + rng.Uint32N(3), Consumer: rng.Uint64N(4),
+				d := Lease{Offset: off, Attempt: 1 + rng.Uint32N(3), Consumer: rng.Uint64N(4),
 					Deadline: now.Add(time.Duration(rng.IntN(30)) * time.Second)}
 				_, had := model[off]
 				if got := f.Add(d); got == had {
@@ -52,27 +52,27 @@ func TestInflightMatchesModel(t *testing.T) {
 				}
 			case k < 7:
 				c := rng.Uint64N(4)
-				var want []Delivery
+				var want []Lease
 				for o, d := range model {
 					if d.Consumer == c {
 						want = append(want, d)
 						delete(model, o)
 					}
 				}
-				slices.SortFunc(want, func(a, b Delivery) int { return cmp.Compare(a.Offset, b.Offset) })
+				slices.SortFunc(want, func(a, b Lease) int { return cmp.Compare(a.Offset, b.Offset) })
 				if got := f.RemoveConsumer(c); !slices.Equal(got, want) {
 					t.Fatalf("run %d step %d: RemoveConsumer(%d) = %v, want %v", run, step, c, got, want)
 				}
 			default:
 				now = now.Add(time.Duration(rng.IntN(8)) * time.Second)
-				var want []Delivery
+				var want []Lease
 				for o, d := range model {
 					if !d.Deadline.After(now) {
 						want = append(want, d)
 						delete(model, o)
 					}
 				}
-				slices.SortFunc(want, func(a, b Delivery) int {
+				slices.SortFunc(want, func(a, b Lease) int {
 					if c := a.Deadline.Compare(b.Deadline); c != 0 {
 						return c
 					}

@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strconv"
 	"strings"
@@ -114,6 +115,13 @@ type Options struct {
 	MaxDeliveries uint32
 	// DeadLetterTopic receives messages that ran out of attempts.
 	DeadLetterTopic string
+	// DedupHorizon is how long an EFFECTIVELY_ONCE subscription remembers
+	// the ids it acked, skipping a later message with one of them. 0: the
+	// topic's retention max age (for ever if the topic keeps messages for
+	// ever).
+	DedupHorizon time.Duration
+	// Start is where a new subscription starts. Default latest.
+	Start StartPosition
 }
 
 // DefaultOptions returns the defaults for guarantee g.
@@ -124,6 +132,7 @@ func DefaultOptions(g Guarantee) Options {
 		AckTimeout: 30 * time.Second,
 		BackoffMin: time.Second,
 		BackoffMax: 60 * time.Second,
+		Start:      StartPosition{Kind: StartLatest},
 	}
 }
 
@@ -146,6 +155,12 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("dead-letter topic %q needs max deliveries above 0: %w", o.DeadLetterTopic, ErrInvalidOptions)
 	case o.Guarantee == None && o.MaxDeliveries > 0:
 		return fmt.Errorf("a none subscription takes no acks and redelivers nothing: it cannot dead-letter: %w", ErrInvalidOptions)
+	case o.DedupHorizon < 0:
+		return fmt.Errorf("dedup horizon %v must not be negative: %w", o.DedupHorizon, ErrInvalidOptions)
+	case o.Start.Kind < StartLatest || o.Start.Kind > StartTime:
+		return fmt.Errorf("start position is unspecified; choose earliest, latest, offset:N or time:RFC3339: %w", ErrInvalidOptions)
+	case o.Guarantee == None && o.Start.Kind != StartLatest:
+		return fmt.Errorf("a none subscription streams the live tail: its start must be latest, not %v: %w", o.Start, ErrInvalidOptions)
 	}
 	return nil
 }
@@ -219,4 +234,62 @@ func ParseStartPosition(s string) (StartPosition, error) {
 		return StartPosition{Kind: StartTime, Time: t.UTC()}, nil
 	}
 	return StartPosition{}, fmt.Errorf("start %q: want earliest, latest, offset:N or time:RFC3339: %w", s, ErrInvalidOptions)
+}
+
+// optionsVersion is the first byte of encoded Options.
+const optionsVersion = 1
+
+// MarshalBinary encodes o for the subscription record:
+//
+//	ver u8 | guarantee u8 | type u8 | ack timeout i64 | backoff min i64 |
+//	backoff max i64 | max deliveries u32 | dedup horizon i64 |
+//	start kind u8 | start offset u64 | start time i64 | dead-letter topic (the rest)
+//
+// Durations and times are in nanoseconds, big-endian.
+func (o *Options) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, 64+len(o.DeadLetterTopic))
+	b = append(b, optionsVersion, byte(o.Guarantee), byte(o.Type))
+	b = binary.BigEndian.AppendUint64(b, uint64(o.AckTimeout))
+	b = binary.BigEndian.AppendUint64(b, uint64(o.BackoffMin))
+	b = binary.BigEndian.AppendUint64(b, uint64(o.BackoffMax))
+	b = binary.BigEndian.AppendUint32(b, o.MaxDeliveries)
+	b = binary.BigEndian.AppendUint64(b, uint64(o.DedupHorizon))
+	b = append(b, byte(o.Start.Kind))
+	b = binary.BigEndian.AppendUint64(b, o.Start.Offset)
+	var t int64
+	if o.Start.Kind == StartTime {
+		t = o.Start.Time.UnixNano()
+	}
+	b = binary.BigEndian.AppendUint64(b, uint64(t))
+	return append(b, o.DeadLetterTopic...), nil
+}
+
+// optionsFixedLen is the length of encoded Options without the topic.
+const optionsFixedLen = 3 + 8*3 + 4 + 8 + 1 + 8 + 8
+
+// UnmarshalBinary decodes what MarshalBinary made and validates it.
+func (o *Options) UnmarshalBinary(b []byte) error {
+	if len(b) < optionsFixedLen || b[0] != optionsVersion {
+		return fmt.Errorf("subscription options: %w", ErrCorrupt)
+	}
+	u64 := func(i int) uint64 { return binary.BigEndian.Uint64(b[i:]) }
+	d := Options{
+		Guarantee:     Guarantee(b[1]),
+		Type:          Type(b[2]),
+		AckTimeout:    time.Duration(u64(3)),
+		BackoffMin:    time.Duration(u64(11)),
+		BackoffMax:    time.Duration(u64(19)),
+		MaxDeliveries: binary.BigEndian.Uint32(b[27:]),
+		DedupHorizon:  time.Duration(u64(31)),
+		Start:         StartPosition{Kind: StartKind(b[39]), Offset: u64(40)},
+	}
+	if d.Start.Kind == StartTime {
+		d.Start.Time = time.Unix(0, int64(u64(48))).UTC()
+	}
+	d.DeadLetterTopic = string(b[optionsFixedLen:])
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("subscription options: %w: %w", ErrCorrupt, err)
+	}
+	*o = d
+	return nil
 }

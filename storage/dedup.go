@@ -90,25 +90,9 @@ func rebuildDedup(txn *badger.Txn, tid, part uint32, meta partitionMeta, now tim
 	opts.Prefix = partitionPrefix(kindMessage, tid, part)
 	it := txn.NewIterator(opts)
 	defer it.Close()
-	at := func(off uint64) (messageKeyInfo, error) {
-		it.Seek(messageSeekKey(tid, part, off))
-		if !it.Valid() {
-			return messageKeyInfo{}, fmt.Errorf("no message at offset %d below head %d: %w", off, meta.head, ErrCorrupt)
-		}
-		return decodeMessageKey(it.Item().Key())
-	}
-	lo, hi := meta.first, meta.head
-	for lo < hi {
-		mid := lo + (hi-lo)/2
-		info, err := at(mid)
-		if err != nil {
-			return nil, err
-		}
-		if now.Sub(info.publishTime) >= window {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
+	lo, err := searchTime(it, tid, part, meta.first, meta.head, func(t time.Time) bool { return now.Sub(t) >= window })
+	if err != nil {
+		return nil, err
 	}
 	for it.Seek(messageSeekKey(tid, part, lo)); it.Valid(); it.Next() {
 		info, err := decodeMessageKey(it.Item().Key())
@@ -123,4 +107,29 @@ func rebuildDedup(txn *badger.Txn, tid, part uint32, meta partitionMeta, now tim
 		}
 	}
 	return d, nil
+}
+
+// searchTime returns the first offset in [first, head) whose publish time
+// is not before(t), or head if there is none. Publish times never go back,
+// so before holds for a prefix of the offsets and a binary search over
+// keys (no values) finds its end. it iterates the partition's message keys.
+func searchTime(it *badger.Iterator, tid, part uint32, first, head uint64, before func(time.Time) bool) (uint64, error) {
+	lo, hi := first, head
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		it.Seek(messageSeekKey(tid, part, mid))
+		if !it.Valid() {
+			return 0, fmt.Errorf("no message at offset %d below head %d: %w", mid, head, ErrCorrupt)
+		}
+		info, err := decodeMessageKey(it.Item().Key())
+		if err != nil {
+			return 0, err
+		}
+		if before(info.publishTime) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo, nil
 }

@@ -23,6 +23,15 @@ var (
 	// ErrClosed is returned by every call made after Close began, and by
 	// appends to a partition whose topic was deleted meanwhile.
 	ErrClosed = errors.New("storage: closed")
+	// ErrSubscriptionNotFound is returned when a topic has no subscription
+	// of the given name or id.
+	ErrSubscriptionNotFound = errors.New("storage: subscription not found")
+	// ErrSubscriptionExists is returned by CreateSubscription when the name
+	// is taken, with the existing subscription.
+	ErrSubscriptionExists = errors.New("storage: subscription exists")
+	// ErrTooLarge is returned by Write when its changes do not fit in one
+	// transaction.
+	ErrTooLarge = errors.New("storage: write too large for one transaction")
 	// ErrCorrupt is returned when a stored key or value cannot be decoded.
 	ErrCorrupt = errors.New("storage: corrupt record")
 )

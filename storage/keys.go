@@ -19,6 +19,14 @@ import (
 //	                                           → message record; t is the publish time in
 //	                                             unix nanoseconds, size the record's length
 //	                                             and id the dedup id (may be empty)
+//	o                                          → next subscription id, u32
+//	s <tid u32> <name>                         → subscription record (sid, config, create time)
+//	c <tid u32> <part u32> <sid u32>           → a subscription's cursor state in a partition,
+//	                                             opaque bytes the delivery engine encodes
+//	a <tid u32> <sid u32> <id>                 → an id the subscription acked (its dedup horizon);
+//	                                             empty value, Badger TTL = the horizon
+//	y <tid u32> <sid u32>                      → tombstone: a deleted subscription's acked ids
+//	                                             are being dropped
 //
 // Per partition the m keys are dense in offset. What retention and dedup need
 // is in the key, so both walk keys without reading values: retention sums
@@ -27,13 +35,27 @@ import (
 // is no dedup key: one Badger entry per message. The partition meta is
 // rewritten in every append's transaction, so opening a store reads one key
 // per partition to find every head, never the whole log.
+//
+// Every key of a topic's data starts with its kind and the topic id, so a
+// deleted topic's subscriptions go with it: dropping a topic deletes the
+// topicDataKinds prefixes. A cursor is written by the partition's writer in
+// the same transaction as the messages (and, for Commit, as the messages of
+// other partitions), so it is exactly as durable as they are.
 const (
 	kindTopic     byte = 't'
 	kindNextID    byte = 'n'
 	kindTombstone byte = 'z'
 	kindPartition byte = 'p'
 	kindMessage   byte = 'm'
+	kindNextSubID byte = 'o'
+	kindSub       byte = 's'
+	kindCursor    byte = 'c'
+	kindAckedID   byte = 'a'
+	kindSubTomb   byte = 'y'
 )
+
+// topicDataKinds are the kinds of key dropped with a deleted topic.
+var topicDataKinds = []byte{kindMessage, kindCursor, kindAckedID, kindSubTomb, kindSub}
 
 const (
 	partitionPrefixLen = 1 + 4 + 4
@@ -105,6 +127,36 @@ func decodeMessageKey(k []byte) (messageKeyInfo, error) {
 		size:        binary.BigEndian.Uint32(k[25:]),
 		id:          string(k[messageKeyLen:]),
 	}, nil
+}
+
+func nextSubIDKey() []byte { return []byte{kindNextSubID} }
+
+func subKey(tid uint32, name string) []byte {
+	return append(topicPrefix(kindSub, tid), name...)
+}
+
+func cursorKey(tid, part, sid uint32) []byte {
+	return binary.BigEndian.AppendUint32(partitionPrefix(kindCursor, tid, part), sid)
+}
+
+// ackedIDPrefix is the prefix of every acked-id key of one subscription.
+func ackedIDPrefix(tid, sid uint32) []byte {
+	return binary.BigEndian.AppendUint32(topicPrefix(kindAckedID, tid), sid)
+}
+
+func ackedIDKey(tid, sid uint32, id string) []byte {
+	return append(ackedIDPrefix(tid, sid), id...)
+}
+
+func subTombstoneKey(tid, sid uint32) []byte {
+	return binary.BigEndian.AppendUint32(topicPrefix(kindSubTomb, tid), sid)
+}
+
+func decodeSubTombstoneKey(k []byte) (tid, sid uint32, err error) {
+	if len(k) != 9 || k[0] != kindSubTomb {
+		return 0, 0, fmt.Errorf("subscription tombstone key %x: %w", k, ErrCorrupt)
+	}
+	return binary.BigEndian.Uint32(k[1:]), binary.BigEndian.Uint32(k[5:]), nil
 }
 
 func decodeTombstoneKey(k []byte) (tid uint32, err error) {

@@ -193,6 +193,11 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 	group := make([]*request, 0, p.opts.MaxGroupAppends)
 	cmds := make([]*command, 0, p.opts.MaxGroupAppends)
 	for r := range p.queue {
+		var parked *request // a barrier that ended the group
+		if r.cmd.kind == cmdBarrier {
+			st = p.park(st, r)
+			continue
+		}
 		group = append(group[:0], r)
 		size := r.cmd.size
 	gather:
@@ -200,6 +205,10 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 			select {
 			case r, ok := <-p.queue:
 				if !ok {
+					break gather
+				}
+				if r.cmd.kind == cmdBarrier {
+					parked = r
 					break gather
 				}
 				group = append(group, r)
@@ -213,7 +222,20 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 			cmds = append(cmds, &r.cmd)
 		}
 		st = p.commit(st, group, cmds)
+		if parked != nil {
+			st = p.park(st, parked)
+		}
 	}
+}
+
+// park hands st to the multi-partition write that queued r and waits for
+// the state after it (write.go). Commands queued behind r wait too, so
+// nothing else touches the partition meanwhile.
+func (p *Partition) park(st partitionState, r *request) partitionState {
+	r.cmd.barrier.held <- st
+	st = <-r.cmd.barrier.resume
+	close(r.done)
+	return st
 }
 
 // commit applies one group in one transaction and passes it to the syncer.
@@ -236,9 +258,18 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		return st
 	}
 	next.commitDedup()
-	g := syncGroup{p: p, reqs: append([]*request(nil), group...)}
-	for i, r := range group {
+	p.sync.enqueue(p.syncGroupOf(st, next, group, results))
+	return next
+}
+
+// syncGroupOf is the sync group of requests whose commands took the
+// partition from st to next with results: the messages they stored go to
+// the tail cache once the group is durable.
+func (p *Partition) syncGroupOf(st, next partitionState, reqs []*request, results []result) syncGroup {
+	g := syncGroup{p: p, reqs: append([]*request(nil), reqs...)}
+	for i, r := range reqs {
 		r.res = results[i]
+		g.wrote = g.wrote || r.cmd.writes()
 		for j, a := range results[i].appended {
 			if a.Duplicate {
 				continue
@@ -248,9 +279,9 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		}
 	}
 	meta := next.meta
-	g.meta, g.wrote = &meta, !meta.equal(st.meta)
-	p.sync.enqueue(g)
-	return next
+	g.meta = &meta
+	g.wrote = g.wrote || !meta.equal(st.meta)
+	return g
 }
 
 func (p *Partition) applyTxn(st partitionState, cmds []*command) (partitionState, []result, error) {

@@ -14,6 +14,7 @@ const (
 	cmdAppend      commandKind = iota + 1 // store msgs, dedup by id
 	cmdTrim                               // delete messages below trimTo
 	cmdExpireDedup                        // forget ids published more than dedupWindow ago
+	cmdBarrier                            // hand the state to a multi-partition write (write.go)
 )
 
 // command is one input to a partition's state machine. Everything apply
@@ -27,6 +28,26 @@ type command struct {
 	trimTo      uint64        // cmdTrim: first offset to keep
 	limit       int           // cmdTrim: most keys to delete
 	size        int           // cmdAppend: record bytes, for group sizing
+	// cmdAppend may also carry cursor writes, stored in the same
+	// transaction as its messages (Commit, dead-lettering), or carry only
+	// them (acks, cursor moves).
+	cursors  []cursorWrite
+	acked    *ackedIDs
+	barrier  *barrier // cmdBarrier
+}
+
+// cursorWrite sets one subscription's cursor state in this partition.
+type cursorWrite struct {
+	sid   uint32
+	state []byte
+}
+
+// ackedIDs are ids a subscription acked, remembered until now+ttl (for
+// ever if ttl is 0).
+type ackedIDs struct {
+	sid uint32
+	ids []string
+	ttl time.Duration
 }
 
 // result is apply's answer to one command.
@@ -72,8 +93,13 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 		var err error
 		switch c.kind {
 		case cmdAppend:
-			results[i].appended, results[i].sizes, err = s.append(txn, c, now)
-			results[i].at = s.meta.lastTime
+			if len(c.msgs) > 0 {
+				results[i].appended, results[i].sizes, err = s.append(txn, c, now)
+				results[i].at = s.meta.lastTime
+			}
+			if err == nil {
+				err = s.writeCursors(txn, c, now)
+			}
 		case cmdTrim:
 			results[i].deleted, results[i].more, err = s.trim(txn, c.trimTo, c.limit)
 		case cmdExpireDedup:
@@ -169,6 +195,34 @@ func (s *partitionState) noteAdded(r dedupRecord) {
 			s.addedIDs[a.id] = i
 		}
 	}
+}
+
+// writeCursors stores c's cursor states and acked ids. The expiry of an
+// acked id is computed from now, so a replay gives the same writes.
+func (s *partitionState) writeCursors(txn *badger.Txn, c *command, now time.Time) error {
+	for _, w := range c.cursors {
+		if err := txn.Set(cursorKey(s.tid, s.part, w.sid), w.state); err != nil {
+			return fmt.Errorf("set cursor of subscription %d: %w", w.sid, err)
+		}
+	}
+	if c.acked == nil {
+		return nil
+	}
+	for _, id := range c.acked.ids {
+		e := badger.NewEntry(ackedIDKey(s.tid, c.acked.sid, id), nil)
+		if c.acked.ttl > 0 {
+			e.ExpiresAt = uint64(now.Add(c.acked.ttl).Unix())
+		}
+		if err := txn.SetEntry(e); err != nil {
+			return fmt.Errorf("set acked id of subscription %d: %w", c.acked.sid, err)
+		}
+	}
+	return nil
+}
+
+// writes reports whether c stores something besides messages.
+func (c *command) writes() bool {
+	return len(c.cursors) > 0 || (c.acked != nil && len(c.acked.ids) > 0)
 }
 
 // trim deletes messages below trimTo, oldest first, at most limit of them.

@@ -26,6 +26,7 @@ type Store struct {
 	sync *syncer
 
 	adminMu sync.Mutex // serializes CreateTopic, UpdateTopic and DeleteTopic
+	multiMu sync.Mutex // serializes multi-partition writes (write.go)
 
 	topicsMu sync.RWMutex // guards topics
 	topics   map[string]*topicHandle
@@ -53,6 +54,7 @@ type Topic struct {
 type topicHandle struct {
 	topic      Topic
 	partitions []*Partition
+	subs       *subscriptions // carried over to the new handle on update
 }
 
 // PartitionInfo describes what a partition holds, as of its last sync.
@@ -116,7 +118,8 @@ func badgerOptions(opts Options) badger.Options {
 // load reads every topic record and partition meta and starts the writers.
 func (s *Store) load() error {
 	var tombstones []uint32
-	err := s.db.View(func(txn *badger.Txn) error {
+	var subTombs [][2]uint32
+	err := s.db.View(func(txn *badger.Txn) (err error) {
 		opts := badger.DefaultIteratorOptions
 		opts.Prefix = []byte{kindTopic}
 		it := txn.NewIterator(opts)
@@ -131,7 +134,7 @@ func (s *Store) load() error {
 			}); err != nil {
 				return err
 			}
-			h := &topicHandle{topic: t}
+			h := &topicHandle{topic: t, subs: newSubscriptions()}
 			for part := range t.Config.Partitions {
 				st := partitionState{tid: t.id, part: part}
 				pi, err := txn.Get(partitionKey(t.id, part))
@@ -161,7 +164,8 @@ func (s *Store) load() error {
 			}
 			tombstones = append(tombstones, tid)
 		}
-		return nil
+		subTombs, err = s.loadSubscriptions(txn)
+		return err
 	})
 	if err != nil {
 		for _, h := range s.topics {
@@ -172,7 +176,10 @@ func (s *Store) load() error {
 		return fmt.Errorf("load topics: %w", err)
 	}
 	for _, tid := range tombstones {
-		s.startDrop(tid)
+		s.startTopicDrop(tid)
+	}
+	for _, ts := range subTombs {
+		s.startBackgroundDrop(subTombstoneKey(ts[0], ts[1]), ackedIDPrefix(ts[0], ts[1]))
 	}
 	for name, h := range s.topics {
 		for _, p := range h.partitions {
@@ -271,7 +278,7 @@ func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (
 	if err != nil {
 		return Topic{}, fmt.Errorf("create topic %q: %w", name, err)
 	}
-	h := &topicHandle{topic: t}
+	h := &topicHandle{topic: t, subs: newSubscriptions()}
 	for part := range cfg.Partitions {
 		st := partitionState{tid: t.id, part: part, dedup: newDedupIndex()}
 		h.partitions = append(h.partitions, newPartition(name, st, cfg.DedupWindow, s.db, s.sync, &s.opts))
@@ -391,7 +398,7 @@ func (s *Store) UpdateTopic(ctx context.Context, name string, change func(*Topic
 		return Topic{}, fmt.Errorf("update topic %q: %w", name, err)
 	}
 	s.topicsMu.Lock()
-	s.topics[name] = &topicHandle{topic: t, partitions: h.partitions}
+	s.topics[name] = &topicHandle{topic: t, partitions: h.partitions, subs: h.subs}
 	s.topicsMu.Unlock()
 	return t, nil
 }
@@ -426,14 +433,15 @@ func (s *Store) DeleteTopic(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("delete topic %q: %w", name, err)
 	}
-	s.startDrop(tid)
+	s.startTopicDrop(tid)
 	return nil
 }
 
-// startDrop deletes a deleted topic's data in the background, then its
-// tombstone. Badger's DropPrefix would block every other topic's writes
-// meanwhile, so the keys go through a write batch instead.
-func (s *Store) startDrop(tid uint32) {
+// startBackgroundDrop deletes every key under prefixes in the background,
+// then the tombstone that marks the drop (resumed at the next Open if
+// interrupted). Badger's DropPrefix would block every other topic's writes
+// meanwhile, so the keys go through write batches instead.
+func (s *Store) startBackgroundDrop(tomb []byte, prefixes ...[]byte) {
 	s.bgMu.Lock()
 	defer s.bgMu.Unlock()
 	if s.closing {
@@ -442,26 +450,38 @@ func (s *Store) startDrop(tid uint32) {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		if err := s.dropTopicData(tid); err != nil && !s.isClosing() {
-			s.log.Error("drop deleted topic data", "topic_id", tid, "err", err)
+		if err := s.drop(tomb, prefixes); err != nil && !s.isClosing() {
+			s.log.Error("drop deleted data", "tombstone", fmt.Sprintf("%x", tomb), "err", err)
 		}
 	}()
 }
 
-func (s *Store) dropTopicData(tid uint32) error {
-	for {
-		if s.isClosing() {
-			return ErrClosed
-		}
-		n, err := s.deleteSome(topicPrefix(kindMessage, tid), 10000)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			break
+// startTopicDrop drops a deleted topic's data: messages, subscriptions,
+// cursors and acked ids.
+func (s *Store) startTopicDrop(tid uint32) {
+	prefixes := make([][]byte, 0, len(topicDataKinds))
+	for _, k := range topicDataKinds {
+		prefixes = append(prefixes, topicPrefix(k, tid))
+	}
+	s.startBackgroundDrop(tombstoneKey(tid), prefixes...)
+}
+
+func (s *Store) drop(tomb []byte, prefixes [][]byte) error {
+	for _, prefix := range prefixes {
+		for {
+			if s.isClosing() {
+				return ErrClosed
+			}
+			n, err := s.deleteSome(prefix, 10000)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				break
+			}
 		}
 	}
-	return s.update(func(txn *badger.Txn) error { return txn.Delete(tombstoneKey(tid)) })
+	return s.update(func(txn *badger.Txn) error { return txn.Delete(tomb) })
 }
 
 // deleteSome deletes up to limit keys under prefix and says how many.
@@ -603,6 +623,30 @@ func (s *Store) WaitHead(ctx context.Context, topic string, part uint32, off uin
 		return 0, err
 	}
 	return p.waitHead(ctx, off)
+}
+
+// OffsetAt returns the first offset of a partition published at or after t,
+// or its head if every retained message is older.
+func (s *Store) OffsetAt(topic string, part uint32, t time.Time) (uint64, error) {
+	_, p, err := s.partition(topic, part)
+	if err != nil {
+		return 0, err
+	}
+	vis := p.visible.Load()
+	var off uint64
+	err = s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		opts.Prefix = partitionPrefix(kindMessage, p.tid, part)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		off, err = searchTime(it, p.tid, part, vis.first, vis.head, func(pt time.Time) bool { return pt.Before(t) })
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("offset at %v: %w", t, err)
+	}
+	return off, nil
 }
 
 // Partitions returns the state of every partition of a topic, as of each

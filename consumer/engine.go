@@ -1,0 +1,567 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/storage"
+)
+
+// Log is the partitioned log the engine reads messages from and writes
+// subscription state through. *storage.Store implements it; in a cluster a
+// replicated log stands in. Every method is safe for concurrent use.
+type Log interface {
+	Topic(name string) (storage.Topic, error)
+	Partitions(topic string) ([]storage.PartitionInfo, error)
+	// Read returns messages from offset from; they may share memory with
+	// the log and must not be modified.
+	Read(ctx context.Context, topic string, part uint32, from uint64, maxMessages, maxBytes int) ([]storage.Message, error)
+	WaitHead(ctx context.Context, topic string, part uint32, off uint64) (uint64, error)
+	OffsetAt(topic string, part uint32, t time.Time) (uint64, error)
+	// Write stores cursors, acked ids and appends atomically and returns
+	// once they are durable.
+	Write(ctx context.Context, w storage.Write) ([][]storage.AppendResult, error)
+	AckedIDs(topic string, sid uint32, ids []string) ([]bool, error)
+
+	CreateSubscription(ctx context.Context, topic, name string, config []byte, cursors [][]byte) (storage.Subscription, error)
+	Subscription(topic, name string) (storage.Subscription, error)
+	Subscriptions(topic string) ([]storage.Subscription, error)
+	UpdateSubscription(ctx context.Context, topic, name string, config []byte) (storage.Subscription, error)
+	DeleteSubscription(ctx context.Context, topic, name string) error
+	Cursors(topic string, sid uint32) ([][]byte, error)
+}
+
+// EngineOptions configures an Engine.
+type EngineOptions struct {
+	Log    Log
+	Clock  clock.Clock  // default clock.Real()
+	Logger *slog.Logger // default slog.Default()
+	// Route picks the partition of a message the engine publishes (a dead
+	// letter) the way publishers' messages are routed. Required.
+	Route func(topic string, m *storage.Message) (uint32, error)
+	// MaxQueued is how many deliveries a NONE consumer may have waiting to
+	// be sent before newer ones are dropped for it. Default 10000.
+	MaxQueued int
+}
+
+// Engine runs the delivery of every subscription: one loop per
+// subscription in use, started on demand. Methods are safe for concurrent
+// use.
+type Engine struct {
+	opts EngineOptions
+	log  *slog.Logger
+
+	mu      sync.Mutex // guards loops, closed and nextID
+	loops   map[subKey]*loop
+	closed  bool
+	nextID  uint64
+	adminMu sync.Mutex // serializes subscription create, update and delete
+}
+
+type subKey struct{ topic, name string }
+
+// New returns an Engine over opts.Log.
+func New(opts EngineOptions) *Engine {
+	if opts.Clock == nil {
+		opts.Clock = clock.Real()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxQueued <= 0 {
+		opts.MaxQueued = 10000
+	}
+	return &Engine{opts: opts, log: opts.Logger, loops: make(map[subKey]*loop)}
+}
+
+// Info is a subscription's config and stats.
+type Info struct {
+	Topic      string
+	Name       string
+	Options    Options
+	CreateTime time.Time
+	Stats      Stats
+}
+
+// CreateSubscription creates a subscription on topic. Its cursors start at
+// o.Start in every partition; an offset outside a partition's retained
+// range is refused. A NONE subscription is not stored: it lives in memory
+// until its last consumer leaves. An identical create returns the existing
+// subscription; a different one ErrSubscriptionExists.
+func (e *Engine) CreateSubscription(ctx context.Context, topic, name string, o Options) (Info, error) {
+	if err := o.Validate(); err != nil {
+		return Info{}, err
+	}
+	if err := storage.ValidateSubscriptionName(name); err != nil {
+		return Info{}, err
+	}
+	if o.DeadLetterTopic != "" {
+		if o.DeadLetterTopic == topic {
+			return Info{}, fmt.Errorf("dead-letter topic %q is the subscription's own topic: %w", topic, ErrInvalidOptions)
+		}
+		if _, err := e.opts.Log.Topic(o.DeadLetterTopic); err != nil {
+			return Info{}, fmt.Errorf("dead-letter topic: %w", err)
+		}
+	}
+	e.adminMu.Lock()
+	defer e.adminMu.Unlock()
+	if o.Guarantee == None {
+		return e.createEphemeral(topic, name, o)
+	}
+	if l := e.ephemeral(topic, name); l != nil {
+		return Info{}, fmt.Errorf("subscription %q on topic %q is a none subscription: %w", name, topic, ErrSubscriptionExists)
+	}
+	offs, err := e.resolve(topic, o.Start)
+	if err != nil {
+		return Info{}, err
+	}
+	config, _ := o.MarshalBinary()
+	cursors := make([][]byte, len(offs))
+	for i, off := range offs {
+		cursors[i] = newPartitionState(off).appendBinary(nil, false)
+	}
+	sub, err := e.opts.Log.CreateSubscription(ctx, topic, name, config, cursors)
+	if errors.Is(err, storage.ErrSubscriptionExists) {
+		var have Options
+		if derr := have.UnmarshalBinary(sub.Config); derr == nil && have == o {
+			return Info{Topic: topic, Name: name, Options: have, CreateTime: sub.CreateTime}, nil
+		}
+		return Info{}, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionExists)
+	}
+	if err != nil {
+		return Info{}, err
+	}
+	return Info{Topic: topic, Name: name, Options: o, CreateTime: sub.CreateTime}, nil
+}
+
+// resolve finds the offset of a start position in every partition.
+func (e *Engine) resolve(topic string, pos StartPosition) ([]uint64, error) {
+	parts, err := e.opts.Log.Partitions(topic)
+	if err != nil {
+		return nil, err
+	}
+	offs := make([]uint64, len(parts))
+	for i, p := range parts {
+		switch pos.Kind {
+		case StartEarliest:
+			offs[i] = p.First
+		case StartLatest:
+			offs[i] = p.Head
+		case StartOffset:
+			if pos.Offset < p.First || pos.Offset > p.Head {
+				return nil, &storage.OffsetOutOfRangeError{Offset: pos.Offset, First: p.First, Head: p.Head}
+			}
+			offs[i] = pos.Offset
+		case StartTime:
+			if offs[i], err = e.opts.Log.OffsetAt(topic, p.Partition, pos.Time); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("start %v: %w", pos, ErrInvalidOptions)
+		}
+	}
+	return offs, nil
+}
+
+func (e *Engine) createEphemeral(topic, name string, o Options) (Info, error) {
+	if l := e.ephemeral(topic, name); l != nil {
+		if l.sub.opts == o {
+			return Info{Topic: topic, Name: name, Options: o, CreateTime: l.created}, nil
+		}
+		return Info{}, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionExists)
+	}
+	if _, err := e.opts.Log.Subscription(topic, name); err == nil {
+		return Info{}, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionExists)
+	} else if !errors.Is(err, storage.ErrSubscriptionNotFound) {
+		return Info{}, err
+	}
+	parts, err := e.opts.Log.Partitions(topic)
+	if err != nil {
+		return Info{}, err
+	}
+	heads := make([]uint64, len(parts))
+	states := make([]*partitionState, len(parts))
+	for i, p := range parts {
+		heads[i] = p.Head
+		states[i] = newPartitionState(p.Head)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return Info{}, storage.ErrClosed
+	}
+	l := e.startLoop(topic, name, 0, o, states, heads, 0)
+	l.ephemeral = true
+	return Info{Topic: topic, Name: name, Options: o, CreateTime: l.created}, nil
+}
+
+func (e *Engine) ephemeral(topic, name string) *loop {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if l := e.loops[subKey{topic, name}]; l != nil && l.ephemeral {
+		return l
+	}
+	return nil
+}
+
+// loopFor returns the running loop of a subscription, starting it if need
+// be.
+func (e *Engine) loopFor(topic, name string) (*loop, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, storage.ErrClosed
+	}
+	if l := e.loops[subKey{topic, name}]; l != nil {
+		return l, nil
+	}
+	sub, err := e.opts.Log.Subscription(topic, name)
+	if errors.Is(err, storage.ErrSubscriptionNotFound) {
+		return nil, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var o Options
+	if err := o.UnmarshalBinary(sub.Config); err != nil {
+		return nil, err
+	}
+	raw, err := e.opts.Log.Cursors(topic, sub.ID)
+	if err != nil {
+		return nil, err
+	}
+	states := make([]*partitionState, len(raw))
+	for i, b := range raw {
+		if states[i], err = decodePartitionState(b); err != nil {
+			return nil, fmt.Errorf("subscription %q partition %d: %w", name, i, err)
+		}
+	}
+	t, err := e.opts.Log.Topic(topic)
+	if err != nil {
+		return nil, err
+	}
+	horizon := o.DedupHorizon
+	if horizon == 0 {
+		horizon = t.Config.RetentionMaxAge
+	}
+	l := e.startLoop(topic, name, sub.ID, o, states, nil, horizon)
+	l.created = sub.CreateTime
+	return l, nil
+}
+
+// startLoop starts a subscription's loop. e.mu is held.
+func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*partitionState, heads []uint64, horizon time.Duration) *loop {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &loop{
+		e:         e,
+		key:       subKey{topic, name},
+		sub:       newSubscription(topic, name, sid, o, states, heads, e.opts.Route),
+		events:    make(chan func(time.Time), 256),
+		ctx:       ctx,
+		cancel:    cancel,
+		consumers: make(map[uint64]*Consumer),
+		created:   e.opts.Clock.Now().UTC(),
+		done:      make(chan struct{}),
+	}
+	l.sub.horizon = horizon
+	e.loops[l.key] = l
+	go l.run()
+	return l
+}
+
+// stopLoop stops a subscription's loop, if running, detaching its
+// consumers with err, and waits for its writes to land.
+func (e *Engine) stopLoop(topic, name string, err error) {
+	e.mu.Lock()
+	l := e.loops[subKey{topic, name}]
+	delete(e.loops, subKey{topic, name})
+	e.mu.Unlock()
+	if l != nil {
+		l.stop(err)
+	}
+}
+
+// Subscription returns a subscription's config and stats.
+func (e *Engine) Subscription(ctx context.Context, topic, name string) (Info, error) {
+	l, err := e.loopFor(topic, name)
+	if err != nil {
+		return Info{}, err
+	}
+	heads, err := e.heads(topic)
+	if err != nil {
+		return Info{}, err
+	}
+	var info Info
+	err = l.call(ctx, func(now time.Time, done func()) {
+		info = Info{Topic: topic, Name: name, Options: l.sub.opts, CreateTime: l.created, Stats: l.sub.statsNow(heads)}
+		done()
+	})
+	return info, err
+}
+
+func (e *Engine) heads(topic string) ([]uint64, error) {
+	parts, err := e.opts.Log.Partitions(topic)
+	if err != nil {
+		return nil, err
+	}
+	heads := make([]uint64, len(parts))
+	for i, p := range parts {
+		heads[i] = p.Head
+	}
+	return heads, nil
+}
+
+// Subscriptions returns every subscription of topic, ordered by name, with
+// stats.
+func (e *Engine) Subscriptions(ctx context.Context, topic string) ([]Info, error) {
+	subs, err := e.opts.Log.Subscriptions(topic)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(subs))
+	for _, s := range subs {
+		names = append(names, s.Name)
+	}
+	e.mu.Lock()
+	for k, l := range e.loops {
+		if k.topic == topic && l.ephemeral {
+			names = append(names, k.name)
+		}
+	}
+	e.mu.Unlock()
+	infos := make([]Info, 0, len(names))
+	for _, n := range names {
+		info, err := e.Subscription(ctx, topic, n)
+		if errors.Is(err, ErrSubscriptionNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, info)
+	}
+	sortInfos(infos)
+	return infos, nil
+}
+
+// UpdateSubscription changes a subscription's ack timeout, backoff, max
+// deliveries, dead-letter topic and dedup horizon. Its guarantee, type and
+// start cannot change. The loop restarts with the new options; consumers
+// reattach.
+func (e *Engine) UpdateSubscription(ctx context.Context, topic, name string, change func(*Options)) (Info, error) {
+	e.adminMu.Lock()
+	defer e.adminMu.Unlock()
+	if e.ephemeral(topic, name) != nil {
+		return Info{}, fmt.Errorf("a none subscription cannot be updated: %w", ErrInvalidOptions)
+	}
+	sub, err := e.opts.Log.Subscription(topic, name)
+	if errors.Is(err, storage.ErrSubscriptionNotFound) {
+		return Info{}, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionNotFound)
+	}
+	if err != nil {
+		return Info{}, err
+	}
+	var o Options
+	if err := o.UnmarshalBinary(sub.Config); err != nil {
+		return Info{}, err
+	}
+	n := o
+	change(&n)
+	switch {
+	case n.Guarantee != o.Guarantee, n.Type != o.Type, n.Start != o.Start:
+		return Info{}, fmt.Errorf("guarantee, type and start cannot change; create a new subscription: %w", ErrInvalidOptions)
+	case n.DeadLetterTopic == topic:
+		return Info{}, fmt.Errorf("dead-letter topic %q is the subscription's own topic: %w", topic, ErrInvalidOptions)
+	}
+	if err := n.Validate(); err != nil {
+		return Info{}, err
+	}
+	if n.DeadLetterTopic != "" {
+		if _, err := e.opts.Log.Topic(n.DeadLetterTopic); err != nil {
+			return Info{}, fmt.Errorf("dead-letter topic: %w", err)
+		}
+	}
+	e.stopLoop(topic, name, fmt.Errorf("subscription %q was updated; attach again: %w", name, ErrDetached))
+	config, _ := n.MarshalBinary()
+	if _, err := e.opts.Log.UpdateSubscription(ctx, topic, name, config); err != nil {
+		return Info{}, err
+	}
+	return Info{Topic: topic, Name: name, Options: n, CreateTime: sub.CreateTime}, nil
+}
+
+// DeleteSubscription stops a subscription's delivery, detaching its
+// consumers, and deletes it.
+func (e *Engine) DeleteSubscription(ctx context.Context, topic, name string) error {
+	e.adminMu.Lock()
+	defer e.adminMu.Unlock()
+	if l := e.ephemeral(topic, name); l != nil {
+		e.stopLoop(topic, name, fmt.Errorf("subscription %q was deleted: %w", name, ErrDetached))
+		return nil
+	}
+	if _, err := e.opts.Log.Subscription(topic, name); err != nil {
+		if errors.Is(err, storage.ErrSubscriptionNotFound) {
+			return fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionNotFound)
+		}
+		return err
+	}
+	e.stopLoop(topic, name, fmt.Errorf("subscription %q was deleted: %w", name, ErrDetached))
+	return e.opts.Log.DeleteSubscription(ctx, topic, name)
+}
+
+// StopTopic stops the delivery of every subscription of topic, before the
+// topic is deleted.
+func (e *Engine) StopTopic(topic string) {
+	e.mu.Lock()
+	var names []string
+	for k := range e.loops {
+		if k.topic == topic {
+			names = append(names, k.name)
+		}
+	}
+	e.mu.Unlock()
+	for _, n := range names {
+		e.stopLoop(topic, n, fmt.Errorf("topic %q was deleted: %w", topic, ErrDetached))
+	}
+}
+
+// Close stops every loop, detaching consumers, and waits for their writes.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	e.closed = true
+	loops := e.loops
+	e.loops = map[subKey]*loop{}
+	e.mu.Unlock()
+	for _, l := range loops {
+		l.stop(fmt.Errorf("broker shutting down: %w", ErrDetached))
+	}
+}
+
+// AttachOptions says how a consumer attaches.
+type AttachOptions struct {
+	// Credit is the most unacked deliveries the consumer may hold. At
+	// least 1.
+	Credit int
+	// CreateNone creates a NONE subscription of the name if there is none
+	// (it goes away with its last consumer).
+	CreateNone bool
+}
+
+// Attach attaches a consumer to a subscription.
+func (e *Engine) Attach(ctx context.Context, topic, name string, ao AttachOptions) (*Consumer, error) {
+	if ao.Credit < 1 {
+		return nil, fmt.Errorf("credit %d: %w", ao.Credit, ErrInvalidCredit)
+	}
+	l, err := e.loopFor(topic, name)
+	if errors.Is(err, ErrSubscriptionNotFound) && ao.CreateNone {
+		if _, cerr := e.CreateSubscription(ctx, topic, name, DefaultOptions(None)); cerr != nil && !errors.Is(cerr, ErrSubscriptionExists) {
+			return nil, cerr
+		}
+		l, err = e.loopFor(topic, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.nextID++
+	id := e.nextID
+	e.mu.Unlock()
+	c := &Consumer{id: id, l: l, signal: make(chan struct{}, 1), max: e.opts.MaxQueued}
+	var aerr error
+	if err := l.call(ctx, func(now time.Time, done func()) {
+		defer done()
+		if aerr = l.sub.attach(id, ao.Credit, now); aerr == nil {
+			l.consumers[id] = c
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if aerr != nil {
+		return nil, aerr
+	}
+	return c, nil
+}
+
+// Ack acks deliveries of a subscription; results[i] says why ids[i] was
+// refused, nil if it was taken. Under EFFECTIVELY_ONCE it returns once the
+// acks are durable, with the error of the write if it failed.
+func (e *Engine) Ack(ctx context.Context, topic, name string, ids []DeliveryID) (results []error, err error) {
+	l, err := e.loopFor(topic, name)
+	if err != nil {
+		return nil, err
+	}
+	return l.ack(ctx, ids)
+}
+
+// Nack makes deliveries due again after their backoff.
+func (e *Engine) Nack(ctx context.Context, topic, name string, ids []DeliveryID) ([]error, error) {
+	l, err := e.loopFor(topic, name)
+	if err != nil {
+		return nil, err
+	}
+	return l.nack(ctx, ids)
+}
+
+// Extend moves deliveries' deadlines to now+d.
+func (e *Engine) Extend(ctx context.Context, topic, name string, ids []DeliveryID, d time.Duration) ([]error, error) {
+	l, err := e.loopFor(topic, name)
+	if err != nil {
+		return nil, err
+	}
+	return l.extend(ctx, ids, d)
+}
+
+// Commit acks deliveries and stores appends in one atomic write, and
+// returns once it is durable with the append results. If any id is refused
+// nothing is written and the error says why.
+func (e *Engine) Commit(ctx context.Context, topic, name string, ids []DeliveryID, appends []storage.AppendBatch) ([][]storage.AppendResult, error) {
+	l, err := e.loopFor(topic, name)
+	if err != nil {
+		return nil, err
+	}
+	var res [][]storage.AppendResult
+	var cerr error
+	err = l.call(ctx, func(now time.Time, done func()) {
+		l.sub.commit(ids, appends, now, func(r [][]storage.AppendResult, werr error) {
+			res, cerr = r, werr
+			done()
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, cerr
+}
+
+// Seek moves a subscription's cursors to pos in every partition and returns
+// once that is durable. Outstanding deliveries are fenced off.
+func (e *Engine) Seek(ctx context.Context, topic, name string, pos StartPosition) error {
+	l, err := e.loopFor(topic, name)
+	if err != nil {
+		return err
+	}
+	offs, err := e.resolve(topic, pos)
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := l.call(ctx, func(now time.Time, done func()) {
+		l.sub.seek(offs, now, func(werr error) {
+			serr = werr
+			done()
+		})
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+func sortInfos(infos []Info) {
+	slices.SortFunc(infos, func(a, b Info) int { return strings.Compare(a.Name, b.Name) })
+}

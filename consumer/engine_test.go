@@ -1,0 +1,114 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/storage"
+)
+
+
+// testEngine opens a store in a temp dir and an engine over it, both on
+// clk.
+func testEngine(tb testing.TB, clk clock.Clock) (*Engine, *storage.Store) {
+	tb.Helper()
+	opts := storage.DefaultOptions(tb.TempDir())
+	opts.Clock = clk
+	opts.MemTableBytes = storage.MinMemTableBytes
+	opts.Logger = slog.New(slog.DiscardHandler)
+	st, err := storage.Open(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e := New(EngineOptions{Log: st, Clock: clk, Logger: opts.Logger, Route: testRoute(st)})
+	tb.Cleanup(func() {
+		e.Close()
+		_ = st.Close(context.Background())
+	})
+	return e, st
+}
+
+// testRoute routes by key hash, as the broker does.
+func testRoute(st *storage.Store) func(string, *storage.Message) (uint32, error) {
+	return func(topic string, m *storage.Message) (uint32, error) {
+		t, err := st.Topic(topic)
+		if err != nil {
+			return 0, err
+		}
+		h := fnv.New32a()
+		h.Write(m.Key)
+		return h.Sum32() % t.Config.Partitions, nil
+	}
+}
+
+func receiveN(tb testing.TB, c *Consumer, n int) []Delivery {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got []Delivery
+	for len(got) < n {
+		ds, err := c.Receive(ctx)
+		if err != nil {
+			tb.Fatalf("Receive after %d of %d: %v", len(got), n, err)
+		}
+		got = append(got, ds...)
+	}
+	return got
+}
+
+func TestEngineAtLeastOnceSmoke(t *testing.T) {
+	clk := clock.NewFake(t0)
+	e, st := testEngine(t, clk)
+	ctx := context.Background()
+	if _, err := st.CreateTopic(ctx, "orders", storage.TopicConfig{Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	o := DefaultOptions(AtLeastOnce)
+	o.Start = StartPosition{Kind: StartEarliest}
+	if _, err := e.CreateSubscription(ctx, "orders", "kitchen", o); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if _, err := st.Append(ctx, "orders", uint32(i%2), []storage.Message{{ID: fmt.Sprint(i), Payload: []byte("x")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := e.Attach(ctx, "orders", "kitchen", AttachOptions{Credit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := receiveN(t, c, 10)
+	ids := make([]DeliveryID, len(got))
+	for i, d := range got {
+		ids[i] = d.ID
+	}
+	// Ack half; the rest is redelivered after the ack timeout.
+	res, err := c.Ack(ctx, ids[:5])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r != nil {
+			t.Fatalf("ack %d: %v", i, r)
+		}
+	}
+	clk.Advance(31 * time.Second)
+	again := receiveN(t, c, 5)
+	for _, d := range again {
+		if d.ID.Attempt != 2 {
+			t.Fatalf("redelivery %v: want attempt 2", d.ID)
+		}
+	}
+	info, err := e.Subscription(ctx, "orders", "kitchen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Stats.Backlog != 5 || info.Stats.Inflight != 5 || info.Stats.Redelivered != 5 {
+		t.Fatalf("stats %+v", info.Stats)
+	}
+}

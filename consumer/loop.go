@@ -1,0 +1,383 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/storage"
+)
+
+// fetchRetry is how long a loop waits before fetching again after a read
+// failed (other than for retention).
+const fetchRetry = time.Second
+
+// loop is the thin goroutine around one subscription's state machine: it
+// runs events one at a time, then does what the machine asked — reads and
+// writes in their own goroutines, whose results come back as events,
+// deliveries into consumers' queues, replies to callers — and arms one
+// timer for the next deadline.
+type loop struct {
+	e         *Engine
+	key       subKey
+	sub       *subscription // owned by the run goroutine
+	consumers map[uint64]*Consumer
+	created   time.Time
+	ephemeral bool // NONE: not stored, gone with its last consumer
+
+	events chan func(now time.Time)
+	ctx    context.Context // ends when the loop stops
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run has returned
+	io     sync.WaitGroup
+
+	stopMu  sync.Mutex // guards stopErr
+	stopErr error
+
+	timer   clock.Timer
+	timerAt time.Time
+}
+
+func (l *loop) run() {
+	defer close(l.done)
+	for {
+		select {
+		case fn := <-l.events:
+			fn(l.e.opts.Clock.Now())
+			l.flush()
+		case <-l.ctx.Done():
+			if l.timer != nil {
+				l.timer.Stop()
+			}
+			err := l.err()
+			for _, c := range l.consumers {
+				c.detached(err)
+			}
+			return
+		}
+	}
+}
+
+// stop ends the loop, detaching its consumers with err, and waits for its
+// reads and writes.
+func (l *loop) stop(err error) {
+	l.stopMu.Lock()
+	if l.stopErr == nil {
+		l.stopErr = err
+	}
+	l.stopMu.Unlock()
+	l.cancel()
+	<-l.done
+	l.io.Wait()
+}
+
+func (l *loop) err() error {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	if l.stopErr == nil {
+		return ErrDetached
+	}
+	return l.stopErr
+}
+
+// post queues fn to run on the loop. It reports false if the loop has
+// stopped.
+func (l *loop) post(fn func(now time.Time)) bool {
+	select {
+	case l.events <- fn:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+// call runs fn on the loop and waits until fn (or a reply it queued) calls
+// done, ctx ends or the loop stops.
+func (l *loop) call(ctx context.Context, fn func(now time.Time, done func())) error {
+	ch := make(chan struct{})
+	var once sync.Once
+	done := func() { once.Do(func() { close(ch) }) }
+	if !l.post(func(now time.Time) { fn(now, done) }) {
+		return l.err()
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.done:
+		select {
+		case <-ch:
+			return nil
+		default:
+			return l.err()
+		}
+	}
+}
+
+// flush does what the subscription asked for.
+func (l *loop) flush() {
+	out := l.sub.out
+	l.sub.out = output{}
+	for _, d := range out.sends {
+		if c := l.consumers[d.Consumer]; c != nil {
+			c.push(d)
+		}
+	}
+	for _, f := range out.fetches {
+		l.startFetch(f)
+	}
+	for _, job := range out.writes {
+		l.startWrite(job)
+	}
+	for _, r := range out.replies {
+		r()
+	}
+	l.armTimer()
+}
+
+// armTimer sets the timer for the subscription's next deadline.
+func (l *loop) armTimer() {
+	at, ok := l.sub.nextDeadline()
+	if !ok {
+		if l.timer != nil {
+			l.timer.Stop()
+			l.timer = nil
+		}
+		return
+	}
+	if l.timer != nil && at.Equal(l.timerAt) {
+		return
+	}
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.timerAt = at
+	l.timer = l.e.opts.Clock.AfterFunc(max(at.Sub(l.e.opts.Clock.Now()), 0), func() {
+		l.post(func(now time.Time) { l.sub.tick(now) })
+	})
+}
+
+func (l *loop) startFetch(f fetch) {
+	l.io.Add(1)
+	go func() {
+		defer l.io.Done()
+		msgs, acked, err := l.read(f)
+		var oor *storage.OffsetOutOfRangeError
+		if err != nil && !errors.As(err, &oor) {
+			if l.ctx.Err() != nil {
+				return
+			}
+			l.e.log.Warn("subscription read failed; retrying", "topic", l.key.topic, "subscription", l.key.name, "partition", f.part, "err", err)
+			wait := make(chan struct{})
+			t := l.e.opts.Clock.AfterFunc(fetchRetry, func() { close(wait) })
+			select {
+			case <-wait:
+			case <-l.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+		l.post(func(now time.Time) { l.sub.fetched(f, msgs, acked, err, now) })
+	}()
+}
+
+// read reads a partition from f.from, waiting for the head to pass it.
+func (l *loop) read(f fetch) ([]storage.Message, []bool, error) {
+	lg, topic := l.e.opts.Log, l.key.topic
+	msgs, err := lg.Read(l.ctx, topic, f.part, f.from, fetchBatch, fetchBytes)
+	if err == nil && len(msgs) == 0 {
+		if _, err = lg.WaitHead(l.ctx, topic, f.part, f.from); err == nil {
+			msgs, err = lg.Read(l.ctx, topic, f.part, f.from, fetchBatch, fetchBytes)
+		}
+	}
+	if err != nil || !f.ackedIDs {
+		return msgs, nil, err
+	}
+	ids := make([]string, len(msgs))
+	hasIDs := false
+	for i := range msgs {
+		ids[i] = msgs[i].ID
+		hasIDs = hasIDs || ids[i] != ""
+	}
+	if !hasIDs {
+		return msgs, nil, nil
+	}
+	acked, err := lg.AckedIDs(topic, l.sub.sid, ids)
+	return msgs, acked, err
+}
+
+// startWrite does a write. It is not cancelled when the loop stops: a
+// subscription is deleted only once its writes have landed.
+func (l *loop) startWrite(job *writeJob) {
+	l.io.Add(1)
+	go func() {
+		defer l.io.Done()
+		res, err := l.e.opts.Log.Write(context.WithoutCancel(l.ctx), job.w)
+		if err != nil {
+			l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
+		}
+		l.post(func(now time.Time) { l.sub.written(job, res, err, now) })
+	}()
+}
+
+func (l *loop) ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
+	var results []error
+	var werr error
+	err := l.call(ctx, func(now time.Time, done func()) {
+		l.sub.ack(ids, now, func(r []error, err error) {
+			results, werr = r, err
+			done()
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, werr
+}
+
+func (l *loop) nack(ctx context.Context, ids []DeliveryID) ([]error, error) {
+	var results []error
+	err := l.call(ctx, func(now time.Time, done func()) {
+		results = l.sub.nack(ids, now)
+		done()
+	})
+	return results, err
+}
+
+func (l *loop) extend(ctx context.Context, ids []DeliveryID, d time.Duration) ([]error, error) {
+	var results []error
+	err := l.call(ctx, func(now time.Time, done func()) {
+		results = l.sub.extend(ids, d, now)
+		done()
+	})
+	return results, err
+}
+
+// detach removes consumer c. A NONE subscription goes with its last one.
+func (l *loop) detach(c *Consumer) {
+	l.post(func(now time.Time) {
+		if l.consumers[c.id] == nil {
+			return
+		}
+		delete(l.consumers, c.id)
+		l.sub.detach(c.id, now)
+		c.detached(fmt.Errorf("consumer closed: %w", ErrDetached))
+		if l.ephemeral && len(l.consumers) == 0 {
+			l.e.mu.Lock()
+			if l.e.loops[l.key] == l {
+				delete(l.e.loops, l.key)
+			}
+			l.e.mu.Unlock()
+			l.stopMu.Lock()
+			l.stopErr = fmt.Errorf("none subscription %q ended with its last consumer: %w", l.key.name, ErrDetached)
+			l.stopMu.Unlock()
+			l.cancel()
+		}
+	})
+}
+
+// Consumer is one consumer attached to a subscription. Receive takes its
+// deliveries; Ack, Nack and Extend act on them; Close detaches it. Methods
+// are safe for concurrent use.
+type Consumer struct {
+	id  uint64
+	l   *loop
+	max int // NONE: most deliveries queued before newer ones are dropped
+
+	mu      sync.Mutex // guards queue, err and dropped
+	queue   []Delivery
+	err     error // why it was detached; nil while attached
+	dropped uint64
+	signal  chan struct{} // cap 1: queue or err changed
+}
+
+// ID is the consumer's id, unique in the engine's life.
+func (c *Consumer) ID() uint64 { return c.id }
+
+func (c *Consumer) push(d Delivery) {
+	c.mu.Lock()
+	if c.l.sub.opts.Guarantee == None && len(c.queue) >= c.max {
+		c.dropped++ // NONE: a consumer that cannot keep up misses messages
+	} else {
+		c.queue = append(c.queue, d)
+	}
+	c.mu.Unlock()
+	c.wake()
+}
+
+func (c *Consumer) detached(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+	c.wake()
+}
+
+func (c *Consumer) wake() {
+	select {
+	case c.signal <- struct{}{}:
+	default:
+	}
+}
+
+// Receive waits for deliveries and returns every one queued, in order. It
+// returns the reason once the consumer is detached (wrapping ErrDetached)
+// and nothing is left, or ctx's error.
+func (c *Consumer) Receive(ctx context.Context) ([]Delivery, error) {
+	for {
+		c.mu.Lock()
+		q, err := c.queue, c.err
+		c.queue = nil
+		c.mu.Unlock()
+		if len(q) > 0 {
+			return q, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-c.signal:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// SetCredit changes how many unacked deliveries the consumer may hold.
+func (c *Consumer) SetCredit(ctx context.Context, credit int) error {
+	var serr error
+	if err := c.l.call(ctx, func(now time.Time, done func()) {
+		serr = c.l.sub.setCredit(c.id, credit, now)
+		done()
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// Ack acks deliveries, as Engine.Ack.
+func (c *Consumer) Ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
+	return c.l.ack(ctx, ids)
+}
+
+// Nack makes deliveries due again after their backoff, as Engine.Nack.
+func (c *Consumer) Nack(ctx context.Context, ids []DeliveryID) ([]error, error) {
+	return c.l.nack(ctx, ids)
+}
+
+// Extend moves deliveries' deadlines to now+d, as Engine.Extend.
+func (c *Consumer) Extend(ctx context.Context, ids []DeliveryID, d time.Duration) ([]error, error) {
+	return c.l.extend(ctx, ids, d)
+}
+
+// Close detaches the consumer. What it held is redelivered as its
+// subscription's guarantee says.
+func (c *Consumer) Close() { c.l.detach(c) }
+
+// Guarantee is the guarantee of the consumer's subscription.
+func (c *Consumer) Guarantee() Guarantee { return c.l.sub.opts.Guarantee }

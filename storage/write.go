@@ -1,0 +1,268 @@
+package storage
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Write is what the delivery engine stores in one atomic step: a
+// subscription's cursor states in some partitions, the ids it acked, and
+// messages to append to any partitions of any topics (Commit's outputs, a
+// dead letter). All of it is committed in one Badger transaction, or none
+// of it.
+type Write struct {
+	// Topic and Subscription name whose cursors are written.
+	Topic        string
+	Subscription uint32
+	// Cursors are the new cursor states, at most one per partition. The
+	// store keeps the State slices until Write returns.
+	Cursors []CursorWrite
+	// AckedIDs are remembered for the subscription for AckedIDTTL (for as
+	// long as it lives if 0): AckedIDs reports them.
+	AckedIDs   []string
+	AckedIDTTL time.Duration
+	// Appends are stored with the cursors, deduplicated by id as any append.
+	Appends []AppendBatch
+}
+
+// CursorWrite is a subscription's new cursor state in one partition.
+type CursorWrite struct {
+	Partition uint32
+	State     []byte
+}
+
+// AppendBatch is messages to append to one partition.
+type AppendBatch struct {
+	Topic     string
+	Partition uint32
+	Messages  []Message
+}
+
+// barrier parks a partition's writer for a multi-partition write: the
+// writer sends its state on held and takes the state after the write from
+// resume.
+type barrier struct {
+	held   chan partitionState
+	resume chan partitionState
+}
+
+// partWrite is the part of a Write that lands on one partition.
+type partWrite struct {
+	p   *Partition
+	cmd command
+}
+
+// Write stores w atomically and returns once it is durable under the fsync
+// policy, with one result slice per append batch. A write that touches one
+// partition goes through its writer, in the same group commit as appends;
+// one that touches several parks their writers, applies every part in one
+// transaction and resumes them. It fails with ErrSubscriptionNotFound if
+// the subscription was deleted, ErrTooLarge if it does not fit in a
+// transaction, and changes nothing then.
+func (s *Store) Write(ctx context.Context, w Write) ([][]AppendResult, error) {
+	parts, err := s.plan(w)
+	if err != nil {
+		return nil, err
+	}
+	if len(parts) == 1 {
+		pw := parts[0]
+		res, err := pw.p.do(ctx, pw.cmd)
+		if err != nil {
+			return nil, tooLarge(err)
+		}
+		return splitAppends(w, parts, []result{res}), nil
+	}
+	results, err := s.writeMulti(ctx, parts)
+	if err != nil {
+		return nil, tooLarge(err)
+	}
+	return splitAppends(w, parts, results), nil
+}
+
+func tooLarge(err error) error {
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	}
+	return err
+}
+
+// plan checks w and splits it into one command per partition, ordered by
+// topic id and partition so concurrent multi-partition writes park writers
+// in one order.
+func (s *Store) plan(w Write) ([]*partWrite, error) {
+	h, err := s.handle(w.Topic)
+	if err != nil {
+		return nil, err
+	}
+	if !h.subs.isLive(w.Subscription) {
+		return nil, fmt.Errorf("subscription %d on topic %q: %w", w.Subscription, w.Topic, ErrSubscriptionNotFound)
+	}
+	byPart := make(map[*Partition]*partWrite)
+	var parts []*partWrite
+	part := func(h *topicHandle, n uint32) (*partWrite, error) {
+		if n >= uint32(len(h.partitions)) {
+			return nil, fmt.Errorf("topic %q has %d partitions, no partition %d: %w", h.topic.Name, len(h.partitions), n, ErrPartitionNotFound)
+		}
+		p := h.partitions[n]
+		pw, ok := byPart[p]
+		if !ok {
+			pw = &partWrite{p: p, cmd: command{kind: cmdAppend, dedupWindow: h.topic.Config.DedupWindow}}
+			byPart[p] = pw
+			parts = append(parts, pw)
+		}
+		return pw, nil
+	}
+	for _, c := range w.Cursors {
+		pw, err := part(h, c.Partition)
+		if err != nil {
+			return nil, err
+		}
+		pw.cmd.cursors = append(pw.cmd.cursors, cursorWrite{sid: w.Subscription, state: c.State})
+	}
+	for i, b := range w.Appends {
+		ah, err := s.handle(b.Topic)
+		if err != nil {
+			return nil, err
+		}
+		pw, err := part(ah, b.Partition)
+		if err != nil {
+			return nil, err
+		}
+		for j := range b.Messages {
+			if len(b.Messages[j].ID) > MaxIDBytes {
+				return nil, fmt.Errorf("append %d message %d: id of %d bytes is over %d: %w", i, j, len(b.Messages[j].ID), MaxIDBytes, ErrInvalidMessage)
+			}
+			pw.cmd.size += messageRecordSize(&b.Messages[j])
+		}
+		pw.cmd.msgs = append(pw.cmd.msgs, b.Messages...)
+	}
+	if len(w.AckedIDs) > 0 {
+		for _, id := range w.AckedIDs {
+			if len(id) > MaxIDBytes {
+				return nil, fmt.Errorf("acked id of %d bytes is over %d: %w", len(id), MaxIDBytes, ErrInvalidMessage)
+			}
+		}
+		pw, err := part(h, 0)
+		if len(parts) > 0 {
+			pw, err = parts[0], nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		pw.cmd.acked = &ackedIDs{sid: w.Subscription, ids: w.AckedIDs, ttl: w.AckedIDTTL}
+	}
+	if len(parts) == 0 {
+		return nil, fmt.Errorf("empty write: %w", ErrInvalidMessage)
+	}
+	slices.SortFunc(parts, func(a, b *partWrite) int {
+		return cmp.Or(cmp.Compare(a.p.tid, b.p.tid), cmp.Compare(a.p.part, b.p.part))
+	})
+	return parts, nil
+}
+
+// splitAppends gives each of w's append batches its results, in order.
+func splitAppends(w Write, parts []*partWrite, results []result) [][]AppendResult {
+	if len(w.Appends) == 0 {
+		return nil
+	}
+	type partKey struct {
+		topic string
+		part  uint32
+	}
+	rest := make(map[partKey][]AppendResult, len(parts))
+	for i, pw := range parts {
+		rest[partKey{pw.p.topic, pw.p.part}] = results[i].appended
+	}
+	out := make([][]AppendResult, len(w.Appends))
+	for i, b := range w.Appends {
+		k, n := partKey{b.Topic, b.Partition}, len(b.Messages)
+		out[i], rest[k] = rest[k][:n], rest[k][n:]
+	}
+	return out
+}
+
+// writeMulti commits parts in one transaction. Only one multi-partition
+// write runs at a time: two that parked the same writers in different
+// orders could wait for each other for ever.
+func (s *Store) writeMulti(ctx context.Context, parts []*partWrite) ([]result, error) {
+	s.multiMu.Lock()
+	defer s.multiMu.Unlock()
+	var reqs []*request
+	var err error
+	for _, pw := range parts {
+		r, serr := pw.p.submit(ctx, command{kind: cmdBarrier, barrier: &barrier{held: make(chan partitionState, 1), resume: make(chan partitionState, 1)}})
+		if serr != nil {
+			err = serr
+			break
+		}
+		reqs = append(reqs, r)
+	}
+	// Every submitted barrier is reached, or its writer failed first:
+	// writers always make progress, and only this write parks them.
+	var parked []*request
+	states := make([]partitionState, 0, len(reqs))
+	for _, r := range reqs {
+		select {
+		case st := <-r.cmd.barrier.held:
+			parked = append(parked, r)
+			states = append(states, st)
+		case <-r.done:
+			err = cmp.Or(err, r.err, ErrClosed)
+		}
+	}
+	resume := func(next []partitionState) {
+		for i, r := range parked {
+			r.cmd.barrier.resume <- next[i]
+		}
+	}
+	if err != nil {
+		resume(states)
+		return nil, err
+	}
+	next, results, err := s.applyMulti(parts, states)
+	if err != nil {
+		resume(states)
+		return nil, err
+	}
+	done := make([]*request, len(parts))
+	for i, pw := range parts {
+		next[i].commitDedup()
+		done[i] = &request{cmd: pw.cmd, done: make(chan struct{})}
+		s.sync.enqueue(pw.p.syncGroupOf(states[i], next[i], done[i:i+1], results[i:i+1]))
+	}
+	resume(next)
+	for _, r := range done {
+		<-r.done // the syncer answers every group it is given
+		if r.err != nil && err == nil {
+			err = r.err
+		}
+	}
+	return results, err
+}
+
+// applyMulti applies every part's command to its partition's state in one
+// transaction and commits it.
+func (s *Store) applyMulti(parts []*partWrite, states []partitionState) ([]partitionState, []result, error) {
+	txn := s.db.NewTransaction(true)
+	defer txn.Discard()
+	now := s.opts.Clock.Now()
+	next := make([]partitionState, len(parts))
+	results := make([]result, len(parts))
+	for i, pw := range parts {
+		st, res, err := states[i].apply(txn, []*command{&pw.cmd}, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		next[i], results[i] = st, res[0]
+	}
+	if err := txn.Commit(); err != nil {
+		return nil, nil, err
+	}
+	return next, results, nil
+}
