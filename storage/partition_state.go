@@ -31,9 +31,9 @@ type command struct {
 	// cmdAppend may also carry cursor writes, stored in the same
 	// transaction as its messages (Commit, dead-lettering), or carry only
 	// them (acks, cursor moves).
-	cursors  []cursorWrite
-	acked    *ackedIDs
-	barrier  *barrier // cmdBarrier
+	cursors []cursorWrite
+	acked   *ackedIDs
+	barrier *barrier // cmdBarrier
 }
 
 // cursorWrite sets one subscription's cursor state in this partition.

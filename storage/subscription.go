@@ -289,6 +289,7 @@ func (s *Store) DeleteSubscription(ctx context.Context, topic, name string) erro
 		return txn.Set(subTombstoneKey(tid, sub.ID), nil)
 	})
 	if err != nil {
+		h.subs.put(sub) // nothing was deleted
 		return fmt.Errorf("delete subscription %q: %w", name, err)
 	}
 	s.startBackgroundDrop(subTombstoneKey(tid, sub.ID), ackedIDPrefix(tid, sub.ID))

@@ -148,12 +148,19 @@ func (s *Store) plan(w Write) ([]*partWrite, error) {
 				return nil, fmt.Errorf("acked id of %d bytes is over %d: %w", len(id), MaxIDBytes, ErrInvalidMessage)
 			}
 		}
-		pw, err := part(h, 0)
-		if len(parts) > 0 {
-			pw, err = parts[0], nil
+		// Acked-id keys carry the subscription's topic id: they go with a
+		// partition of that topic, partition 0 if the write has none.
+		var pw *partWrite
+		for _, c := range parts {
+			if c.p.tid == h.topic.id {
+				pw = c
+				break
+			}
 		}
-		if err != nil {
-			return nil, err
+		if pw == nil {
+			if pw, err = part(h, 0); err != nil {
+				return nil, err
+			}
 		}
 		pw.cmd.acked = &ackedIDs{sid: w.Subscription, ids: w.AckedIDs, ttl: w.AckedIDTTL}
 	}
