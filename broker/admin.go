@@ -2,11 +2,16 @@ package broker
 
 import (
 	"context"
+	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/internal/clock"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -14,7 +19,9 @@ import (
 // admin implements ferryv1.AdminServiceServer.
 type admin struct {
 	ferryv1.UnimplementedAdminServiceServer
-	store *storage.Store
+	store  *storage.Store
+	engine *consumer.Engine
+	clk    clock.Clock
 }
 
 // CreateTopic creates a topic; an identical create is a no-op.
@@ -113,6 +120,19 @@ func (a *admin) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopicRequest
 	if err := storage.ValidateTopicName(req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
+	subs, err := a.engine.Subscriptions(ctx, req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if len(subs) > 0 && !req.GetForce() {
+		names := make([]string, len(subs))
+		for i, s := range subs {
+			names[i] = s.Name
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "topic %q has %d subscriptions (%s); delete them first, or delete with force",
+			req.GetName(), len(subs), strings.Join(names, ", "))
+	}
+	a.engine.StopTopic(req.GetName())
 	if err := a.store.DeleteTopic(ctx, req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
@@ -149,15 +169,7 @@ func (a *admin) ReadMessages(ctx context.Context, req *ferryv1.ReadMessagesReque
 	resp := &ferryv1.ReadMessagesResponse{NextOffset: req.GetFromOffset(), HeadOffset: infos[req.GetPartition()].Head}
 	for i := range msgs {
 		m := &msgs[i]
-		resp.Messages = append(resp.Messages, &ferryv1.Message{
-			Id:          m.ID,
-			Key:         m.Key,
-			Payload:     m.Payload,
-			Headers:     m.Headers,
-			Partition:   m.Partition,
-			Offset:      m.Offset,
-			PublishTime: timestamppb.New(m.PublishTime),
-		})
+		resp.Messages = append(resp.Messages, messageToProto(m))
 		resp.NextOffset = m.Offset + 1
 	}
 	return resp, nil
@@ -209,4 +221,114 @@ func topicToProto(t storage.Topic) *ferryv1.Topic {
 		pc.RetentionMaxAge = durationpb.New(c.RetentionMaxAge)
 	}
 	return &ferryv1.Topic{Name: t.Name, Config: pc, CreateTime: timestamppb.New(t.CreateTime)}
+}
+
+// CreateSubscription creates a subscription; an identical create is a no-op.
+func (a *admin) CreateSubscription(ctx context.Context, req *ferryv1.CreateSubscriptionRequest) (*ferryv1.CreateSubscriptionResponse, error) {
+	if err := validateSubName(req.GetTopic(), req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	o, err := subConfigFromProto(req.GetConfig())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	info, err := a.engine.CreateSubscription(ctx, req.GetTopic(), req.GetName(), o)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.CreateSubscriptionResponse{Subscription: subscriptionToProto(info)}, nil
+}
+
+// GetSubscription returns a subscription with its stats.
+func (a *admin) GetSubscription(ctx context.Context, req *ferryv1.GetSubscriptionRequest) (*ferryv1.GetSubscriptionResponse, error) {
+	if err := validateSubName(req.GetTopic(), req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	info, err := a.engine.Subscription(ctx, req.GetTopic(), req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.GetSubscriptionResponse{Subscription: subscriptionToProto(info), Stats: statsToProto(info.Stats, a.clk.Now())}, nil
+}
+
+// ListSubscriptions returns a topic's subscriptions by name, with stats.
+func (a *admin) ListSubscriptions(ctx context.Context, req *ferryv1.ListSubscriptionsRequest) (*ferryv1.ListSubscriptionsResponse, error) {
+	if err := storage.ValidateTopicName(req.GetTopic()); err != nil {
+		return nil, toStatus(err)
+	}
+	infos, err := a.engine.Subscriptions(ctx, req.GetTopic())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &ferryv1.ListSubscriptionsResponse{}
+	now := a.clk.Now()
+	for _, info := range infos {
+		resp.Subscriptions = append(resp.Subscriptions, subscriptionToProto(info))
+		resp.Stats = append(resp.Stats, statsToProto(info.Stats, now))
+	}
+	return resp, nil
+}
+
+// UpdateSubscription changes the config fields named in the update mask.
+func (a *admin) UpdateSubscription(ctx context.Context, req *ferryv1.UpdateSubscriptionRequest) (*ferryv1.UpdateSubscriptionResponse, error) {
+	if err := validateSubName(req.GetTopic(), req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 0 {
+		return nil, toStatus(invalidf("update_mask is empty; name the config fields to change"))
+	}
+	c := req.GetConfig()
+	var sets []func(*consumer.Options)
+	for _, p := range paths {
+		var d *durationpb.Duration
+		var to func(*consumer.Options) *time.Duration
+		switch p {
+		case "ack_timeout":
+			d, to = c.GetAckTimeout(), func(o *consumer.Options) *time.Duration { return &o.AckTimeout }
+		case "backoff_min":
+			d, to = c.GetBackoffMin(), func(o *consumer.Options) *time.Duration { return &o.BackoffMin }
+		case "backoff_max":
+			d, to = c.GetBackoffMax(), func(o *consumer.Options) *time.Duration { return &o.BackoffMax }
+		case "dedup_horizon":
+			d, to = c.GetDedupHorizon(), func(o *consumer.Options) *time.Duration { return &o.DedupHorizon }
+		case "max_deliveries":
+			n := c.GetMaxDeliveries()
+			sets = append(sets, func(o *consumer.Options) { o.MaxDeliveries = n })
+			continue
+		case "dead_letter_topic":
+			t := c.GetDeadLetterTopic()
+			sets = append(sets, func(o *consumer.Options) { o.DeadLetterTopic = t })
+			continue
+		case "guarantee", "type", "start":
+			return nil, toStatus(invalidf("%s cannot be changed; create a new subscription", p))
+		default:
+			return nil, toStatus(invalidf("update_mask path %q is not a subscription config field; use ack_timeout, backoff_min, backoff_max, max_deliveries, dead_letter_topic or dedup_horizon", p))
+		}
+		v, err := durationFromProto(p, d)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		sets = append(sets, func(o *consumer.Options) { *to(o) = v })
+	}
+	info, err := a.engine.UpdateSubscription(ctx, req.GetTopic(), req.GetName(), func(o *consumer.Options) {
+		for _, set := range sets {
+			set(o)
+		}
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.UpdateSubscriptionResponse{Subscription: subscriptionToProto(info)}, nil
+}
+
+// DeleteSubscription detaches a subscription's consumers and deletes it.
+func (a *admin) DeleteSubscription(ctx context.Context, req *ferryv1.DeleteSubscriptionRequest) (*ferryv1.DeleteSubscriptionResponse, error) {
+	if err := validateSubName(req.GetTopic(), req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := a.engine.DeleteSubscription(ctx, req.GetTopic(), req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.DeleteSubscriptionResponse{}, nil
 }

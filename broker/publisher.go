@@ -108,10 +108,16 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 	}
 }
 
-// enqueue validates a batch, routes it, and queues each partition's share
-// with its writer before returning, so batches queued one after another
-// keep their order. The returned wait blocks until all shares are durable.
-func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.PublishMessage) (func(context.Context) ([]*ferryv1.PublishResult, error), error) {
+// share is the part of a batch routed to one partition.
+type share struct {
+	part  uint32
+	msgs  []storage.Message
+	index []int // each message's place in the request
+}
+
+// route validates a batch for topic and splits it by partition, in the
+// order partitions first occur.
+func (p *publisher) route(topic string, msgs []*ferryv1.PublishMessage) ([]*share, error) {
 	if err := storage.ValidateTopicName(topic); err != nil {
 		return nil, err
 	}
@@ -124,28 +130,33 @@ func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.P
 	}
 	n := t.Config.Partitions
 	rr := p.roundRobin(topic).take()
-	// Split by partition, remembering each message's place in the request.
-	type share struct {
-		msgs  []storage.Message
-		index []int
-		pend  *storage.Pending
-	}
-	shares := make(map[uint32]*share, 1)
-	order := make([]uint32, 0, 1)
+	byPart := make(map[uint32]*share, 1)
+	var shares []*share
 	for i, m := range msgs {
 		part := partitionFor(m, n, rr)
-		sh := shares[part]
+		sh := byPart[part]
 		if sh == nil {
-			sh = &share{}
-			shares[part] = sh
-			order = append(order, part)
+			sh = &share{part: part}
+			byPart[part] = sh
+			shares = append(shares, sh)
 		}
 		sh.msgs = append(sh.msgs, storage.Message{ID: m.Id, Key: m.Key, Payload: m.Payload, Headers: m.Headers})
 		sh.index = append(sh.index, i)
 	}
-	for _, part := range order {
-		sh := shares[part]
-		if sh.pend, err = p.store.Enqueue(ctx, topic, part, sh.msgs); err != nil {
+	return shares, nil
+}
+
+// enqueue validates a batch, routes it, and queues each partition's share
+// with its writer before returning, so batches queued one after another
+// keep their order. The returned wait blocks until all shares are durable.
+func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.PublishMessage) (func(context.Context) ([]*ferryv1.PublishResult, error), error) {
+	shares, err := p.route(topic, msgs)
+	if err != nil {
+		return nil, err
+	}
+	pends := make([]*storage.Pending, len(shares))
+	for i, sh := range shares {
+		if pends[i], err = p.store.Enqueue(ctx, topic, sh.part, sh.msgs); err != nil {
 			// Shares already queued may still be stored; a retry with the
 			// same ids is answered as duplicates.
 			return nil, err
@@ -153,18 +164,22 @@ func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.P
 	}
 	return func(ctx context.Context) ([]*ferryv1.PublishResult, error) {
 		results := make([]*ferryv1.PublishResult, len(msgs))
-		for _, part := range order {
-			sh := shares[part]
-			res, err := sh.pend.Wait(ctx)
+		for i, sh := range shares {
+			res, err := pends[i].Wait(ctx)
 			if err != nil {
 				return nil, err
 			}
-			for j, r := range res {
-				results[sh.index[j]] = &ferryv1.PublishResult{Partition: part, Offset: r.Offset, Duplicate: r.Duplicate}
-			}
+			sh.fill(results, res)
 		}
 		return results, nil
 	}, nil
+}
+
+// fill puts the share's append results in their places in results.
+func (sh *share) fill(results []*ferryv1.PublishResult, res []storage.AppendResult) {
+	for j, r := range res {
+		results[sh.index[j]] = &ferryv1.PublishResult{Partition: sh.part, Offset: r.Offset, Duplicate: r.Duplicate}
+	}
 }
 
 func (p *publisher) roundRobin(topic string) *roundRobin {

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/storage"
 )
 
 // partitionFor picks a message's partition among n: the explicit partition,
@@ -12,19 +13,38 @@ import (
 // sends every retry of a message to the same partition, where its dedup
 // entry is. The hash is FNV-1a 32: stable across versions and nodes.
 func partitionFor(m *ferryv1.PublishMessage, n uint32, rr uint32) uint32 {
-	switch {
-	case m.Partition != nil:
+	if m.Partition != nil {
 		return *m.Partition
-	case len(m.Key) > 0:
+	}
+	return hashPartition(m.Key, m.Id, n, rr)
+}
+
+// hashPartition is partitionFor without an explicit partition.
+func hashPartition(key []byte, id string, n, rr uint32) uint32 {
+	switch {
+	case len(key) > 0:
 		h := fnv.New32a()
-		h.Write(m.Key)
+		h.Write(key)
 		return h.Sum32() % n
-	case m.Id != "":
+	case id != "":
 		h := fnv.New32a()
-		h.Write([]byte(m.Id))
+		h.Write([]byte(id))
 		return h.Sum32() % n
 	}
 	return rr % n
+}
+
+// storeRouter routes messages the engine publishes (dead letters) the way
+// publishers' messages are routed.
+func storeRouter(st *storage.Store) func(topic string, m *storage.Message) (uint32, error) {
+	var rr roundRobin
+	return func(topic string, m *storage.Message) (uint32, error) {
+		t, err := st.Topic(topic)
+		if err != nil {
+			return 0, err
+		}
+		return hashPartition(m.Key, m.ID, t.Config.Partitions, rr.take()), nil
+	}
 }
 
 // roundRobin hands each batch its own starting partition for messages with

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/ferrymq/ferry/consumer"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -27,6 +28,7 @@ type Server struct {
 	opts   Options
 	log    *slog.Logger
 	store  *storage.Store
+	engine *consumer.Engine
 	grpc   *grpc.Server
 	health *health.Server
 	http   *http.Server
@@ -83,12 +85,15 @@ func Open(opts Options) (*Server, error) {
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
-	ferryv1.RegisterPublisherServiceServer(s.grpc, newPublisher(st, s.draining))
-	ferryv1.RegisterAdminServiceServer(s.grpc, &admin{store: st})
+	s.engine = consumer.New(consumer.EngineOptions{Log: st, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
+	pub := newPublisher(st, s.draining)
+	ferryv1.RegisterPublisherServiceServer(s.grpc, pub)
+	ferryv1.RegisterSubscriberServiceServer(s.grpc, &subscriber{engine: s.engine, pub: pub, draining: s.draining})
+	ferryv1.RegisterAdminServiceServer(s.grpc, &admin{store: st, engine: s.engine, clk: opts.Clock})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	for _, svc := range []string{ferryv1.PublisherService_ServiceDesc.ServiceName, ferryv1.AdminService_ServiceDesc.ServiceName} {
+	for _, svc := range []string{ferryv1.PublisherService_ServiceDesc.ServiceName, ferryv1.SubscriberService_ServiceDesc.ServiceName, ferryv1.AdminService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	if httpLis != nil {
@@ -187,6 +192,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				s.http.Close()
 			}
 		}
+		s.engine.Close() // its last cursor writes land before the store closes
 		s.shutdownErr = s.store.Close(ctx)
 	})
 	return s.shutdownErr

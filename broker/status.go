@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -37,6 +38,33 @@ func toStatus(err error) error {
 	case errors.Is(err, storage.ErrTopicExists):
 		return status.Error(codes.AlreadyExists, describe(err, storage.ErrTopicExists)+
 			" exists with a different config; delete it first or create it with the same config")
+	case errors.Is(err, storage.ErrSubscriptionNotFound), errors.Is(err, consumer.ErrSubscriptionNotFound):
+		return status.Error(codes.NotFound, describe(err, consumer.ErrSubscriptionNotFound, storage.ErrSubscriptionNotFound)+
+			" not found; create it first (ferry sub create)")
+	case errors.Is(err, consumer.ErrSubscriptionExists), errors.Is(err, storage.ErrSubscriptionExists):
+		return status.Error(codes.AlreadyExists, describe(err, consumer.ErrSubscriptionExists, storage.ErrSubscriptionExists)+
+			" exists with a different config; delete it first or create it with the same config")
+	case errors.Is(err, consumer.ErrInvalidOptions):
+		return status.Error(codes.InvalidArgument, describe(err, consumer.ErrInvalidOptions))
+	case errors.Is(err, consumer.ErrInvalidCredit):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, consumer.ErrExclusiveBusy):
+		return status.Error(codes.FailedPrecondition, describe(err, consumer.ErrExclusiveBusy)+
+			" already has its consumer (exclusive); use a failover or shared subscription for more than one")
+	case errors.Is(err, consumer.ErrStaleAttempt):
+		return status.Error(codes.FailedPrecondition, describe(err, consumer.ErrStaleAttempt)+
+			": the message was redelivered since; this attempt no longer counts")
+	case errors.Is(err, consumer.ErrAlreadyAcked):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, consumer.ErrUnknownDelivery):
+		return status.Error(codes.FailedPrecondition, describe(err, consumer.ErrUnknownDelivery)+
+			": no such outstanding delivery (never made, made before a restart, or being committed)")
+	case errors.Is(err, consumer.ErrNotSupported):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, consumer.ErrDetached):
+		return status.Error(codes.Unavailable, describe(err, consumer.ErrDetached)+"; reconnect")
+	case errors.Is(err, storage.ErrTooLarge):
+		return status.Error(codes.InvalidArgument, "the write is too large for one transaction; commit fewer or smaller messages")
 	case errors.As(err, &oor):
 		return status.Error(codes.OutOfRange, oor.Error())
 	case errors.Is(err, storage.ErrClosed):
@@ -51,8 +79,12 @@ func toStatus(err error) error {
 	return status.Error(codes.Internal, err.Error())
 }
 
-// describe is err's message without the sentinel's own words at the end,
+// describe is err's message without a sentinel's own words at the end,
 // which the status code already says.
-func describe(err, sentinel error) string {
-	return strings.TrimSuffix(err.Error(), ": "+sentinel.Error())
+func describe(err error, sentinels ...error) string {
+	msg := err.Error()
+	for _, s := range sentinels {
+		msg = strings.TrimSuffix(msg, ": "+s.Error())
+	}
+	return msg
 }

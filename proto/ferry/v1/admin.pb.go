@@ -423,7 +423,9 @@ func (x *UpdateTopicResponse) GetTopic() *Topic {
 type DeleteTopicRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The topic's name.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Delete the topic even if it has subscriptions; they are deleted with it.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -463,6 +465,13 @@ func (x *DeleteTopicRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *DeleteTopicRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // DeleteTopicResponse is empty: the topic is gone.
@@ -650,11 +659,545 @@ func (x *ReadMessagesResponse) GetHeadOffset() uint64 {
 	return 0
 }
 
+// CreateSubscriptionRequest names the subscription to create.
+type CreateSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The topic to subscribe to.
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// Name: 1 to 200 characters from [A-Za-z0-9._-].
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Config; guarantee and type are required.
+	Config        *SubscriptionConfig `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSubscriptionRequest) Reset() {
+	*x = CreateSubscriptionRequest{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSubscriptionRequest) ProtoMessage() {}
+
+func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*CreateSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CreateSubscriptionRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *CreateSubscriptionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateSubscriptionRequest) GetConfig() *SubscriptionConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+// CreateSubscriptionResponse returns the subscription as stored.
+type CreateSubscriptionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription with its effective config.
+	Subscription  *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSubscriptionResponse) Reset() {
+	*x = CreateSubscriptionResponse{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSubscriptionResponse) ProtoMessage() {}
+
+func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*CreateSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CreateSubscriptionResponse) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+// GetSubscriptionRequest names a subscription.
+type GetSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The topic.
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// The subscription.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSubscriptionRequest) Reset() {
+	*x = GetSubscriptionRequest{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSubscriptionRequest) ProtoMessage() {}
+
+func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*GetSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetSubscriptionRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *GetSubscriptionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// GetSubscriptionResponse is a subscription and its stats.
+type GetSubscriptionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription.
+	Subscription *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// Its stats.
+	Stats         *SubscriptionStats `protobuf:"bytes,2,opt,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSubscriptionResponse) Reset() {
+	*x = GetSubscriptionResponse{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSubscriptionResponse) ProtoMessage() {}
+
+func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*GetSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetSubscriptionResponse) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+func (x *GetSubscriptionResponse) GetStats() *SubscriptionStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// ListSubscriptionsRequest names a topic.
+type ListSubscriptionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The topic.
+	Topic         string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSubscriptionsRequest) Reset() {
+	*x = ListSubscriptionsRequest{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSubscriptionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSubscriptionsRequest) ProtoMessage() {}
+
+func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSubscriptionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListSubscriptionsRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+// ListSubscriptionsResponse holds a topic's subscriptions, ordered by name.
+type ListSubscriptionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscriptions.
+	Subscriptions []*Subscription `protobuf:"bytes,1,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	// Their stats, in the same order.
+	Stats         []*SubscriptionStats `protobuf:"bytes,2,rep,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSubscriptionsResponse) Reset() {
+	*x = ListSubscriptionsResponse{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSubscriptionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSubscriptionsResponse) ProtoMessage() {}
+
+func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSubscriptionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSubscriptionsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
+	if x != nil {
+		return x.Subscriptions
+	}
+	return nil
+}
+
+func (x *ListSubscriptionsResponse) GetStats() []*SubscriptionStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// UpdateSubscriptionRequest changes some fields of a subscription's config.
+type UpdateSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The topic.
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// The subscription.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// New values for the fields named in update_mask.
+	Config *SubscriptionConfig `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`
+	// Fields to change: ack_timeout, backoff_min, backoff_max,
+	// max_deliveries, dead_letter_topic, dedup_horizon. guarantee, type and
+	// start cannot change.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,4,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSubscriptionRequest) Reset() {
+	*x = UpdateSubscriptionRequest{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSubscriptionRequest) ProtoMessage() {}
+
+func (x *UpdateSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*UpdateSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *UpdateSubscriptionRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *UpdateSubscriptionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateSubscriptionRequest) GetConfig() *SubscriptionConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *UpdateSubscriptionRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateSubscriptionResponse returns the subscription after the update.
+type UpdateSubscriptionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription with its new config.
+	Subscription  *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSubscriptionResponse) Reset() {
+	*x = UpdateSubscriptionResponse{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSubscriptionResponse) ProtoMessage() {}
+
+func (x *UpdateSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*UpdateSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *UpdateSubscriptionResponse) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+// DeleteSubscriptionRequest names the subscription to delete.
+type DeleteSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The topic.
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// The subscription.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSubscriptionRequest) Reset() {
+	*x = DeleteSubscriptionRequest{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSubscriptionRequest) ProtoMessage() {}
+
+func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*DeleteSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DeleteSubscriptionRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *DeleteSubscriptionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteSubscriptionResponse is empty: the subscription is gone.
+type DeleteSubscriptionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSubscriptionResponse) Reset() {
+	*x = DeleteSubscriptionResponse{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSubscriptionResponse) ProtoMessage() {}
+
+func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
 var File_ferry_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/admin.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x14ferry/v1/topic.proto\x1a google/protobuf/field_mask.proto\"W\n" +
+	"\x14ferry/v1/admin.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x1bferry/v1/subscription.proto\x1a\x14ferry/v1/topic.proto\x1a google/protobuf/field_mask.proto\"W\n" +
 	"\x12CreateTopicRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x06config\x18\x02 \x01(\v2\x15.ferry.v1.TopicConfigR\x06config\"<\n" +
@@ -676,9 +1219,10 @@ const file_ferry_v1_admin_proto_rawDesc = "" +
 	"\vupdate_mask\x18\x03 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\"<\n" +
 	"\x13UpdateTopicResponse\x12%\n" +
-	"\x05topic\x18\x01 \x01(\v2\x0f.ferry.v1.TopicR\x05topic\"(\n" +
+	"\x05topic\x18\x01 \x01(\v2\x0f.ferry.v1.TopicR\x05topic\">\n" +
 	"\x12DeleteTopicRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x15\n" +
 	"\x13DeleteTopicResponse\"\xaa\x01\n" +
 	"\x13ReadMessagesRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
@@ -692,7 +1236,36 @@ const file_ferry_v1_admin_proto_rawDesc = "" +
 	"\vnext_offset\x18\x02 \x01(\x04R\n" +
 	"nextOffset\x12\x1f\n" +
 	"\vhead_offset\x18\x03 \x01(\x04R\n" +
-	"headOffset2\xcd\x03\n" +
+	"headOffset\"{\n" +
+	"\x19CreateSubscriptionRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x124\n" +
+	"\x06config\x18\x03 \x01(\v2\x1c.ferry.v1.SubscriptionConfigR\x06config\"X\n" +
+	"\x1aCreateSubscriptionResponse\x12:\n" +
+	"\fsubscription\x18\x01 \x01(\v2\x16.ferry.v1.SubscriptionR\fsubscription\"B\n" +
+	"\x16GetSubscriptionRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x88\x01\n" +
+	"\x17GetSubscriptionResponse\x12:\n" +
+	"\fsubscription\x18\x01 \x01(\v2\x16.ferry.v1.SubscriptionR\fsubscription\x121\n" +
+	"\x05stats\x18\x02 \x01(\v2\x1b.ferry.v1.SubscriptionStatsR\x05stats\"0\n" +
+	"\x18ListSubscriptionsRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\"\x8c\x01\n" +
+	"\x19ListSubscriptionsResponse\x12<\n" +
+	"\rsubscriptions\x18\x01 \x03(\v2\x16.ferry.v1.SubscriptionR\rsubscriptions\x121\n" +
+	"\x05stats\x18\x02 \x03(\v2\x1b.ferry.v1.SubscriptionStatsR\x05stats\"\xb8\x01\n" +
+	"\x19UpdateSubscriptionRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x124\n" +
+	"\x06config\x18\x03 \x01(\v2\x1c.ferry.v1.SubscriptionConfigR\x06config\x12;\n" +
+	"\vupdate_mask\x18\x04 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"X\n" +
+	"\x1aUpdateSubscriptionResponse\x12:\n" +
+	"\fsubscription\x18\x01 \x01(\v2\x16.ferry.v1.SubscriptionR\fsubscription\"E\n" +
+	"\x19DeleteSubscriptionRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x1c\n" +
+	"\x1aDeleteSubscriptionResponse2\xa6\a\n" +
 	"\fAdminService\x12J\n" +
 	"\vCreateTopic\x12\x1c.ferry.v1.CreateTopicRequest\x1a\x1d.ferry.v1.CreateTopicResponse\x12A\n" +
 	"\bGetTopic\x12\x19.ferry.v1.GetTopicRequest\x1a\x1a.ferry.v1.GetTopicResponse\x12G\n" +
@@ -700,7 +1273,12 @@ const file_ferry_v1_admin_proto_rawDesc = "" +
 	"ListTopics\x12\x1b.ferry.v1.ListTopicsRequest\x1a\x1c.ferry.v1.ListTopicsResponse\x12J\n" +
 	"\vUpdateTopic\x12\x1c.ferry.v1.UpdateTopicRequest\x1a\x1d.ferry.v1.UpdateTopicResponse\x12J\n" +
 	"\vDeleteTopic\x12\x1c.ferry.v1.DeleteTopicRequest\x1a\x1d.ferry.v1.DeleteTopicResponse\x12M\n" +
-	"\fReadMessages\x12\x1d.ferry.v1.ReadMessagesRequest\x1a\x1e.ferry.v1.ReadMessagesResponseB1Z/github.com/ferrymq/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\fReadMessages\x12\x1d.ferry.v1.ReadMessagesRequest\x1a\x1e.ferry.v1.ReadMessagesResponse\x12_\n" +
+	"\x12CreateSubscription\x12#.ferry.v1.CreateSubscriptionRequest\x1a$.ferry.v1.CreateSubscriptionResponse\x12V\n" +
+	"\x0fGetSubscription\x12 .ferry.v1.GetSubscriptionRequest\x1a!.ferry.v1.GetSubscriptionResponse\x12\\\n" +
+	"\x11ListSubscriptions\x12\".ferry.v1.ListSubscriptionsRequest\x1a#.ferry.v1.ListSubscriptionsResponse\x12_\n" +
+	"\x12UpdateSubscription\x12#.ferry.v1.UpdateSubscriptionRequest\x1a$.ferry.v1.UpdateSubscriptionResponse\x12_\n" +
+	"\x12DeleteSubscription\x12#.ferry.v1.DeleteSubscriptionRequest\x1a$.ferry.v1.DeleteSubscriptionResponseB1Z/github.com/ferrymq/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_admin_proto_rawDescOnce sync.Once
@@ -714,53 +1292,85 @@ func file_ferry_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_admin_proto_rawDescData
 }
 
-var file_ferry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ferry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_ferry_v1_admin_proto_goTypes = []any{
-	(*CreateTopicRequest)(nil),    // 0: ferry.v1.CreateTopicRequest
-	(*CreateTopicResponse)(nil),   // 1: ferry.v1.CreateTopicResponse
-	(*GetTopicRequest)(nil),       // 2: ferry.v1.GetTopicRequest
-	(*GetTopicResponse)(nil),      // 3: ferry.v1.GetTopicResponse
-	(*ListTopicsRequest)(nil),     // 4: ferry.v1.ListTopicsRequest
-	(*ListTopicsResponse)(nil),    // 5: ferry.v1.ListTopicsResponse
-	(*UpdateTopicRequest)(nil),    // 6: ferry.v1.UpdateTopicRequest
-	(*UpdateTopicResponse)(nil),   // 7: ferry.v1.UpdateTopicResponse
-	(*DeleteTopicRequest)(nil),    // 8: ferry.v1.DeleteTopicRequest
-	(*DeleteTopicResponse)(nil),   // 9: ferry.v1.DeleteTopicResponse
-	(*ReadMessagesRequest)(nil),   // 10: ferry.v1.ReadMessagesRequest
-	(*ReadMessagesResponse)(nil),  // 11: ferry.v1.ReadMessagesResponse
-	(*TopicConfig)(nil),           // 12: ferry.v1.TopicConfig
-	(*Topic)(nil),                 // 13: ferry.v1.Topic
-	(*PartitionStats)(nil),        // 14: ferry.v1.PartitionStats
-	(*fieldmaskpb.FieldMask)(nil), // 15: google.protobuf.FieldMask
-	(*Message)(nil),               // 16: ferry.v1.Message
+	(*CreateTopicRequest)(nil),         // 0: ferry.v1.CreateTopicRequest
+	(*CreateTopicResponse)(nil),        // 1: ferry.v1.CreateTopicResponse
+	(*GetTopicRequest)(nil),            // 2: ferry.v1.GetTopicRequest
+	(*GetTopicResponse)(nil),           // 3: ferry.v1.GetTopicResponse
+	(*ListTopicsRequest)(nil),          // 4: ferry.v1.ListTopicsRequest
+	(*ListTopicsResponse)(nil),         // 5: ferry.v1.ListTopicsResponse
+	(*UpdateTopicRequest)(nil),         // 6: ferry.v1.UpdateTopicRequest
+	(*UpdateTopicResponse)(nil),        // 7: ferry.v1.UpdateTopicResponse
+	(*DeleteTopicRequest)(nil),         // 8: ferry.v1.DeleteTopicRequest
+	(*DeleteTopicResponse)(nil),        // 9: ferry.v1.DeleteTopicResponse
+	(*ReadMessagesRequest)(nil),        // 10: ferry.v1.ReadMessagesRequest
+	(*ReadMessagesResponse)(nil),       // 11: ferry.v1.ReadMessagesResponse
+	(*CreateSubscriptionRequest)(nil),  // 12: ferry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil), // 13: ferry.v1.CreateSubscriptionResponse
+	(*GetSubscriptionRequest)(nil),     // 14: ferry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),    // 15: ferry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),   // 16: ferry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),  // 17: ferry.v1.ListSubscriptionsResponse
+	(*UpdateSubscriptionRequest)(nil),  // 18: ferry.v1.UpdateSubscriptionRequest
+	(*UpdateSubscriptionResponse)(nil), // 19: ferry.v1.UpdateSubscriptionResponse
+	(*DeleteSubscriptionRequest)(nil),  // 20: ferry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil), // 21: ferry.v1.DeleteSubscriptionResponse
+	(*TopicConfig)(nil),                // 22: ferry.v1.TopicConfig
+	(*Topic)(nil),                      // 23: ferry.v1.Topic
+	(*PartitionStats)(nil),             // 24: ferry.v1.PartitionStats
+	(*fieldmaskpb.FieldMask)(nil),      // 25: google.protobuf.FieldMask
+	(*Message)(nil),                    // 26: ferry.v1.Message
+	(*SubscriptionConfig)(nil),         // 27: ferry.v1.SubscriptionConfig
+	(*Subscription)(nil),               // 28: ferry.v1.Subscription
+	(*SubscriptionStats)(nil),          // 29: ferry.v1.SubscriptionStats
 }
 var file_ferry_v1_admin_proto_depIdxs = []int32{
-	12, // 0: ferry.v1.CreateTopicRequest.config:type_name -> ferry.v1.TopicConfig
-	13, // 1: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.Topic
-	13, // 2: ferry.v1.GetTopicResponse.topic:type_name -> ferry.v1.Topic
-	14, // 3: ferry.v1.GetTopicResponse.partitions:type_name -> ferry.v1.PartitionStats
-	13, // 4: ferry.v1.ListTopicsResponse.topics:type_name -> ferry.v1.Topic
-	12, // 5: ferry.v1.UpdateTopicRequest.config:type_name -> ferry.v1.TopicConfig
-	15, // 6: ferry.v1.UpdateTopicRequest.update_mask:type_name -> google.protobuf.FieldMask
-	13, // 7: ferry.v1.UpdateTopicResponse.topic:type_name -> ferry.v1.Topic
-	16, // 8: ferry.v1.ReadMessagesResponse.messages:type_name -> ferry.v1.Message
-	0,  // 9: ferry.v1.AdminService.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
-	2,  // 10: ferry.v1.AdminService.GetTopic:input_type -> ferry.v1.GetTopicRequest
-	4,  // 11: ferry.v1.AdminService.ListTopics:input_type -> ferry.v1.ListTopicsRequest
-	6,  // 12: ferry.v1.AdminService.UpdateTopic:input_type -> ferry.v1.UpdateTopicRequest
-	8,  // 13: ferry.v1.AdminService.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
-	10, // 14: ferry.v1.AdminService.ReadMessages:input_type -> ferry.v1.ReadMessagesRequest
-	1,  // 15: ferry.v1.AdminService.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
-	3,  // 16: ferry.v1.AdminService.GetTopic:output_type -> ferry.v1.GetTopicResponse
-	5,  // 17: ferry.v1.AdminService.ListTopics:output_type -> ferry.v1.ListTopicsResponse
-	7,  // 18: ferry.v1.AdminService.UpdateTopic:output_type -> ferry.v1.UpdateTopicResponse
-	9,  // 19: ferry.v1.AdminService.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
-	11, // 20: ferry.v1.AdminService.ReadMessages:output_type -> ferry.v1.ReadMessagesResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	22, // 0: ferry.v1.CreateTopicRequest.config:type_name -> ferry.v1.TopicConfig
+	23, // 1: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.Topic
+	23, // 2: ferry.v1.GetTopicResponse.topic:type_name -> ferry.v1.Topic
+	24, // 3: ferry.v1.GetTopicResponse.partitions:type_name -> ferry.v1.PartitionStats
+	23, // 4: ferry.v1.ListTopicsResponse.topics:type_name -> ferry.v1.Topic
+	22, // 5: ferry.v1.UpdateTopicRequest.config:type_name -> ferry.v1.TopicConfig
+	25, // 6: ferry.v1.UpdateTopicRequest.update_mask:type_name -> google.protobuf.FieldMask
+	23, // 7: ferry.v1.UpdateTopicResponse.topic:type_name -> ferry.v1.Topic
+	26, // 8: ferry.v1.ReadMessagesResponse.messages:type_name -> ferry.v1.Message
+	27, // 9: ferry.v1.CreateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
+	28, // 10: ferry.v1.CreateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	28, // 11: ferry.v1.GetSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	29, // 12: ferry.v1.GetSubscriptionResponse.stats:type_name -> ferry.v1.SubscriptionStats
+	28, // 13: ferry.v1.ListSubscriptionsResponse.subscriptions:type_name -> ferry.v1.Subscription
+	29, // 14: ferry.v1.ListSubscriptionsResponse.stats:type_name -> ferry.v1.SubscriptionStats
+	27, // 15: ferry.v1.UpdateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
+	25, // 16: ferry.v1.UpdateSubscriptionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	28, // 17: ferry.v1.UpdateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	0,  // 18: ferry.v1.AdminService.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
+	2,  // 19: ferry.v1.AdminService.GetTopic:input_type -> ferry.v1.GetTopicRequest
+	4,  // 20: ferry.v1.AdminService.ListTopics:input_type -> ferry.v1.ListTopicsRequest
+	6,  // 21: ferry.v1.AdminService.UpdateTopic:input_type -> ferry.v1.UpdateTopicRequest
+	8,  // 22: ferry.v1.AdminService.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
+	10, // 23: ferry.v1.AdminService.ReadMessages:input_type -> ferry.v1.ReadMessagesRequest
+	12, // 24: ferry.v1.AdminService.CreateSubscription:input_type -> ferry.v1.CreateSubscriptionRequest
+	14, // 25: ferry.v1.AdminService.GetSubscription:input_type -> ferry.v1.GetSubscriptionRequest
+	16, // 26: ferry.v1.AdminService.ListSubscriptions:input_type -> ferry.v1.ListSubscriptionsRequest
+	18, // 27: ferry.v1.AdminService.UpdateSubscription:input_type -> ferry.v1.UpdateSubscriptionRequest
+	20, // 28: ferry.v1.AdminService.DeleteSubscription:input_type -> ferry.v1.DeleteSubscriptionRequest
+	1,  // 29: ferry.v1.AdminService.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
+	3,  // 30: ferry.v1.AdminService.GetTopic:output_type -> ferry.v1.GetTopicResponse
+	5,  // 31: ferry.v1.AdminService.ListTopics:output_type -> ferry.v1.ListTopicsResponse
+	7,  // 32: ferry.v1.AdminService.UpdateTopic:output_type -> ferry.v1.UpdateTopicResponse
+	9,  // 33: ferry.v1.AdminService.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
+	11, // 34: ferry.v1.AdminService.ReadMessages:output_type -> ferry.v1.ReadMessagesResponse
+	13, // 35: ferry.v1.AdminService.CreateSubscription:output_type -> ferry.v1.CreateSubscriptionResponse
+	15, // 36: ferry.v1.AdminService.GetSubscription:output_type -> ferry.v1.GetSubscriptionResponse
+	17, // 37: ferry.v1.AdminService.ListSubscriptions:output_type -> ferry.v1.ListSubscriptionsResponse
+	19, // 38: ferry.v1.AdminService.UpdateSubscription:output_type -> ferry.v1.UpdateSubscriptionResponse
+	21, // 39: ferry.v1.AdminService.DeleteSubscription:output_type -> ferry.v1.DeleteSubscriptionResponse
+	29, // [29:40] is the sub-list for method output_type
+	18, // [18:29] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_admin_proto_init() }
@@ -769,6 +1379,7 @@ func file_ferry_v1_admin_proto_init() {
 		return
 	}
 	file_ferry_v1_message_proto_init()
+	file_ferry_v1_subscription_proto_init()
 	file_ferry_v1_topic_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -776,7 +1387,7 @@ func file_ferry_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_admin_proto_rawDesc), len(file_ferry_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

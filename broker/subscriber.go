@@ -1,0 +1,387 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferrymq/ferry/consumer"
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/storage"
+)
+
+// Limits of the subscriber API.
+const (
+	MaxAckIDs = 10000
+	// maxDeliveriesFrame bounds one Deliveries frame: well inside a default
+	// client's 4 MiB receive limit, except that a frame always carries at
+	// least one delivery.
+	maxDeliveriesFrame = 1 << 20
+)
+
+// subscriber implements ferryv1.SubscriberServiceServer.
+type subscriber struct {
+	ferryv1.UnimplementedSubscriberServiceServer
+	engine   *consumer.Engine
+	pub      *publisher      // routes Commit's publishes
+	draining <-chan struct{} // closed at shutdown
+}
+
+// Subscribe attaches a consumer for the stream's life. One goroutine reads
+// the client's frames and acts on them; this one sends deliveries and ack
+// confirmations, so sends never interleave.
+func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	init := first.GetInit()
+	if init == nil {
+		return toStatus(invalidf("the first frame must be init, naming topic, subscription and credit"))
+	}
+	if err := validateSubName(init.GetTopic(), init.GetSubscription()); err != nil {
+		return toStatus(err)
+	}
+	c, err := s.engine.Attach(ctx, init.GetTopic(), init.GetSubscription(), consumer.AttachOptions{
+		Credit: int(init.GetCredit()), CreateNone: init.GetCreateNone()})
+	if err != nil {
+		return toStatus(err)
+	}
+	defer c.Close()
+
+	confirms := make(chan *ferryv1.AckConfirmation, 64)
+	recvDone := make(chan error, 1)
+	go func() { recvDone <- s.receive(ctx, stream, c, confirms) }()
+	batches := make(chan []consumer.Delivery)
+	detached := make(chan error, 1)
+	go func() {
+		for {
+			ds, err := c.Receive(ctx)
+			if err != nil {
+				detached <- err
+				return
+			}
+			select {
+			case batches <- ds:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case ds := <-batches:
+			if err := sendDeliveries(stream, ds); err != nil {
+				return err
+			}
+		case conf := <-confirms:
+			if err := stream.Send(&ferryv1.SubscribeResponse{Frame: &ferryv1.SubscribeResponse_AckConfirmation{AckConfirmation: conf}}); err != nil {
+				return err
+			}
+		case err := <-recvDone:
+			return err
+		case err := <-detached:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return toStatus(err)
+		case <-s.draining:
+			return status.Error(codes.Unavailable, "the broker is shutting down; reconnect to resume")
+		}
+	}
+}
+
+// sendDeliveries sends ds in frames of at most maxDeliveriesFrame bytes.
+func sendDeliveries(stream ferryv1.SubscriberService_SubscribeServer, ds []consumer.Delivery) error {
+	frame := &ferryv1.Deliveries{}
+	size := 0
+	for i := range ds {
+		d := deliveryToProto(&ds[i])
+		n := len(d.Message.Payload) + len(d.Message.Key) + len(d.Message.Id) + 64
+		if len(frame.Deliveries) > 0 && size+n > maxDeliveriesFrame {
+			if err := stream.Send(&ferryv1.SubscribeResponse{Frame: &ferryv1.SubscribeResponse_Deliveries{Deliveries: frame}}); err != nil {
+				return err
+			}
+			frame, size = &ferryv1.Deliveries{}, 0
+		}
+		frame.Deliveries = append(frame.Deliveries, d)
+		size += n
+	}
+	return stream.Send(&ferryv1.SubscribeResponse{Frame: &ferryv1.SubscribeResponse_Deliveries{Deliveries: frame}})
+}
+
+// receive acts on the client's frames until the stream ends. It returns
+// nil at EOF and a status for a malformed frame.
+func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberService_SubscribeServer, c *consumer.Consumer, confirms chan<- *ferryv1.AckConfirmation) error {
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch f := req.GetFrame().(type) {
+		case *ferryv1.SubscribeRequest_Init:
+			return toStatus(invalidf("init may only be the first frame"))
+		case *ferryv1.SubscribeRequest_Credit:
+			if err := c.SetCredit(ctx, int(f.Credit.GetCredit())); err != nil {
+				return toStatus(err)
+			}
+		case *ferryv1.SubscribeRequest_Ack:
+			if err := s.streamAck(ctx, c, f.Ack, confirms); err != nil {
+				return toStatus(err)
+			}
+		case *ferryv1.SubscribeRequest_Nack:
+			ids, _, err := parseIDs(f.Nack.GetDeliveryIds())
+			if err != nil {
+				return toStatus(err)
+			}
+			if _, err := c.Nack(ctx, ids); err != nil {
+				return toStatus(err)
+			}
+		case *ferryv1.SubscribeRequest_Extend:
+			ids, _, err := parseIDs(f.Extend.GetDeliveryIds())
+			if err != nil {
+				return toStatus(err)
+			}
+			d, err := ackDeadline(f.Extend.GetAckDeadline())
+			if err != nil {
+				return toStatus(err)
+			}
+			if _, err := c.Extend(ctx, ids, d); err != nil {
+				return toStatus(err)
+			}
+		default:
+			return toStatus(invalidf("empty or unknown frame; send init, credit, ack, nack or extend"))
+		}
+	}
+}
+
+// streamAck acks a frame's deliveries. Under EFFECTIVELY_ONCE the
+// confirmation goes out once the acks are durable, without holding up the
+// frames behind it; otherwise refused acks are only counted.
+func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *ferryv1.SubscribeAck, confirms chan<- *ferryv1.AckConfirmation) error {
+	ids, bad, err := parseIDs(a.GetDeliveryIds())
+	if err != nil {
+		return err
+	}
+	if c.Guarantee() != consumer.EffectivelyOnce {
+		_, err := c.Ack(ctx, ids)
+		return err
+	}
+	go func() {
+		results, err := c.Ack(ctx, ids)
+		conf := &ferryv1.AckConfirmation{Sequence: a.GetSequence(), Results: ackResults(a.GetDeliveryIds(), bad, results, err)}
+		select {
+		case confirms <- conf:
+		case <-ctx.Done():
+		}
+	}()
+	return nil
+}
+
+// parseIDs parses delivery ids. A malformed one is left out of ids and
+// marked in bad (its position in the request); it fails the whole call only
+// if there are none or too many.
+func parseIDs(raw []string) (ids []consumer.DeliveryID, bad map[int]error, err error) {
+	if len(raw) == 0 || len(raw) > MaxAckIDs {
+		return nil, nil, invalidf("%d delivery ids; send 1 to %d", len(raw), MaxAckIDs)
+	}
+	for i, r := range raw {
+		id, err := consumer.ParseDeliveryID(r)
+		if err != nil {
+			if bad == nil {
+				bad = make(map[int]error)
+			}
+			bad[i] = invalidf("delivery id %q is malformed: use the delivery_id of a Delivery as received", r)
+			continue
+		}
+		ids = append(ids, id)
+	}
+	return ids, bad, nil
+}
+
+// ackResults lines up the engine's results (for the ids that parsed) with
+// the request's ids; a write error fails every id the engine took.
+func ackResults(raw []string, bad map[int]error, results []error, werr error) []*ferryv1.AckResult {
+	out := make([]*ferryv1.AckResult, len(raw))
+	j := 0
+	for i, r := range raw {
+		var err error
+		if e, ok := bad[i]; ok {
+			err = e
+		} else {
+			if j < len(results) {
+				err = results[j]
+			}
+			if err == nil {
+				err = werr
+			}
+			j++
+		}
+		st := status.Convert(toStatus(err))
+		out[i] = &ferryv1.AckResult{DeliveryId: r, Code: uint32(st.Code())}
+		if err != nil {
+			out[i].Message = st.Message()
+		}
+	}
+	return out
+}
+
+// Ack acks deliveries; under EFFECTIVELY_ONCE once they are durable.
+func (s *subscriber) Ack(ctx context.Context, req *ferryv1.AckRequest) (*ferryv1.AckResponse, error) {
+	ids, bad, err := s.unaryIDs(req.GetTopic(), req.GetSubscription(), req.GetDeliveryIds())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	results, werr := s.engine.Ack(ctx, req.GetTopic(), req.GetSubscription(), ids)
+	if results == nil && werr != nil {
+		return nil, toStatus(werr)
+	}
+	return &ferryv1.AckResponse{Results: ackResults(req.GetDeliveryIds(), bad, results, werr)}, nil
+}
+
+// Nack makes deliveries due again after the backoff.
+func (s *subscriber) Nack(ctx context.Context, req *ferryv1.NackRequest) (*ferryv1.NackResponse, error) {
+	ids, bad, err := s.unaryIDs(req.GetTopic(), req.GetSubscription(), req.GetDeliveryIds())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	results, err := s.engine.Nack(ctx, req.GetTopic(), req.GetSubscription(), ids)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.NackResponse{Results: ackResults(req.GetDeliveryIds(), bad, results, nil)}, nil
+}
+
+// ModifyAckDeadline moves deliveries' deadlines.
+func (s *subscriber) ModifyAckDeadline(ctx context.Context, req *ferryv1.ModifyAckDeadlineRequest) (*ferryv1.ModifyAckDeadlineResponse, error) {
+	ids, bad, err := s.unaryIDs(req.GetTopic(), req.GetSubscription(), req.GetDeliveryIds())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	d, err := ackDeadline(req.GetAckDeadline())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	results, err := s.engine.Extend(ctx, req.GetTopic(), req.GetSubscription(), ids, d)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.ModifyAckDeadlineResponse{Results: ackResults(req.GetDeliveryIds(), bad, results, nil)}, nil
+}
+
+func (s *subscriber) unaryIDs(topic, sub string, raw []string) ([]consumer.DeliveryID, map[int]error, error) {
+	if err := validateSubName(topic, sub); err != nil {
+		return nil, nil, err
+	}
+	return parseIDs(raw)
+}
+
+// Commit acks deliveries and publishes messages atomically.
+func (s *subscriber) Commit(ctx context.Context, req *ferryv1.CommitRequest) (*ferryv1.CommitResponse, error) {
+	if err := validateSubName(req.GetTopic(), req.GetSubscription()); err != nil {
+		return nil, toStatus(err)
+	}
+	if len(req.GetDeliveryIds()) == 0 && len(req.GetPublishes()) == 0 {
+		return nil, toStatus(invalidf("the commit is empty; name deliveries to ack, messages to publish, or both"))
+	}
+	var ids []consumer.DeliveryID
+	if len(req.GetDeliveryIds()) > 0 {
+		var bad map[int]error
+		var err error
+		if ids, bad, err = parseIDs(req.GetDeliveryIds()); err != nil {
+			return nil, toStatus(err)
+		}
+		for _, e := range bad {
+			return nil, toStatus(e)
+		}
+	}
+	var appends []storage.AppendBatch
+	routed := make([][]*share, len(req.GetPublishes()))
+	for i, p := range req.GetPublishes() {
+		shares, err := s.pub.route(p.GetTopic(), p.GetMessages())
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		routed[i] = shares
+		for _, sh := range shares {
+			appends = append(appends, storage.AppendBatch{Topic: p.GetTopic(), Partition: sh.part, Messages: sh.msgs})
+		}
+	}
+	res, err := s.engine.Commit(ctx, req.GetTopic(), req.GetSubscription(), ids, appends)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &ferryv1.CommitResponse{}
+	k := 0
+	for i, p := range req.GetPublishes() {
+		results := make([]*ferryv1.PublishResult, len(p.GetMessages()))
+		for _, sh := range routed[i] {
+			sh.fill(results, res[k])
+			k++
+		}
+		resp.PublishResults = append(resp.PublishResults, &ferryv1.CommitPublishResult{Results: results})
+	}
+	return resp, nil
+}
+
+// Seek moves a subscription's cursors.
+func (s *subscriber) Seek(ctx context.Context, req *ferryv1.SeekRequest) (*ferryv1.SeekResponse, error) {
+	if err := validateSubName(req.GetTopic(), req.GetSubscription()); err != nil {
+		return nil, toStatus(err)
+	}
+	if req.GetPosition().GetKind() == ferryv1.PositionKind_POSITION_KIND_UNSPECIFIED {
+		return nil, toStatus(invalidf("position is required: earliest, latest, an offset or a time"))
+	}
+	pos, err := positionFromProto(req.GetPosition())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := s.engine.Seek(ctx, req.GetTopic(), req.GetSubscription(), pos); err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.SeekResponse{}, nil
+}
+
+func validateSubName(topic, sub string) error {
+	if err := storage.ValidateTopicName(topic); err != nil {
+		return err
+	}
+	return storage.ValidateSubscriptionName(sub)
+}
+
+func ackDeadline(d *durationpb.Duration) (time.Duration, error) {
+	v, err := durationFromProto("ack_deadline", d)
+	if err != nil {
+		return 0, err
+	}
+	if v < time.Second || v > 12*time.Hour {
+		return 0, invalidf("ack_deadline %v must be 1s to 12h", v)
+	}
+	return v, nil
+}
+
+func deliveryToProto(d *consumer.Delivery) *ferryv1.Delivery {
+	return &ferryv1.Delivery{DeliveryId: d.ID.String(), Message: messageToProto(&d.Message), Attempt: d.ID.Attempt}
+}
+
+func messageToProto(m *storage.Message) *ferryv1.Message {
+	return &ferryv1.Message{
+		Id:          m.ID,
+		Key:         m.Key,
+		Payload:     m.Payload,
+		Headers:     m.Headers,
+		Partition:   m.Partition,
+		Offset:      m.Offset,
+		PublishTime: timestamppb.New(m.PublishTime),
+	}
+}
