@@ -88,10 +88,15 @@ func textOrBase64(b []byte) (string, bool) {
 	return base64.StdEncoding.EncodeToString(b), true
 }
 
-func printMessage(w io.Writer, output string, m *ferryv1.Message) error {
+func messageToJSON(m *ferryv1.Message) messageJSON {
 	j := messageJSON{Partition: m.GetPartition(), Offset: m.GetOffset(), ID: m.GetId(), Headers: m.GetHeaders(), PublishTime: m.GetPublishTime().AsTime()}
 	j.Key, j.KeyBase64 = textOrBase64(m.GetKey())
 	j.Payload, j.PayloadBase64 = textOrBase64(m.GetPayload())
+	return j
+}
+
+func printMessage(w io.Writer, output string, m *ferryv1.Message) error {
+	j := messageToJSON(m)
 	if output == "json" {
 		return printJSON(w, j)
 	}

@@ -24,6 +24,8 @@ func newRootCommand() *cobra.Command {
 		newTopicCommand(),
 		newPubCommand(),
 		newReadCommand(),
+		newSubCommand(),
+		newConsumeCommand(),
 	)
 	return root
 }

@@ -155,11 +155,13 @@ func newTopicGetCommand() *cobra.Command {
 }
 
 func newTopicDeleteCommand() *cobra.Command {
+	var force bool
 	cmd := &cobra.Command{Use: "delete NAME", Short: "Delete a topic and all its messages", Args: cobra.ExactArgs(1)}
 	cf := addClientFlags(cmd, false)
+	cmd.Flags().BoolVar(&force, "force", false, "delete the topic even if it has subscriptions, and them with it")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) error {
-			_, err := c.DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: args[0]})
+			_, err := c.DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: args[0], Force: force})
 			return err
 		})
 		if err != nil {
