@@ -59,30 +59,84 @@ type partWrite struct {
 }
 
 // Write stores w atomically and returns once it is durable under the fsync
-// policy, with one result slice per append batch. A write that touches one
-// partition goes through its writer, in the same group commit as appends;
-// one that touches several parks their writers, applies every part in one
-// transaction and resumes them. It fails with ErrSubscriptionNotFound if
-// the subscription was deleted, ErrTooLarge if it does not fit in a
-// transaction, and changes nothing then.
+// policy, with one result slice per append batch. It fails with
+// ErrSubscriptionNotFound if the subscription was deleted, ErrTooLarge if
+// it does not fit in a transaction, and changes nothing then.
 func (s *Store) Write(ctx context.Context, w Write) ([][]AppendResult, error) {
+	wp, err := s.Submit(ctx, w)
+	if err != nil {
+		return nil, err
+	}
+	return wp.Wait(ctx)
+}
+
+// Submit queues w and returns without waiting for it to be durable: writes
+// submitted one after another by one goroutine are applied in that order
+// in every partition they share. A write that touches one partition goes
+// through its writer, in the same group commit as appends; one that touches
+// several parks their writers (in order: later writes queue behind it),
+// applies every part in one transaction and resumes them.
+func (s *Store) Submit(ctx context.Context, w Write) (*WritePending, error) {
 	parts, err := s.plan(w)
 	if err != nil {
 		return nil, err
 	}
+	wp := &WritePending{w: w, parts: parts}
 	if len(parts) == 1 {
-		pw := parts[0]
-		res, err := pw.p.do(ctx, pw.cmd)
-		if err != nil {
-			return nil, tooLarge(err)
+		if wp.r, err = parts[0].p.submit(ctx, parts[0].cmd); err != nil {
+			return nil, err
 		}
-		return splitAppends(w, parts, []result{res}), nil
+		return wp, nil
 	}
-	results, err := s.writeMulti(ctx, parts)
+	s.multiMu.Lock()
+	reqs, err := s.park(ctx, parts)
 	if err != nil {
-		return nil, tooLarge(err)
+		s.multiMu.Unlock()
+		return nil, err
 	}
-	return splitAppends(w, parts, results), nil
+	wp.done = make(chan struct{})
+	go func() {
+		defer close(wp.done)
+		defer s.multiMu.Unlock()
+		wp.results, wp.err = s.writeMulti(parts, reqs)
+	}()
+	return wp, nil
+}
+
+// WritePending is a submitted Write.
+type WritePending struct {
+	w     Write
+	parts []*partWrite
+	r     *request      // one partition: its writer's request
+	done  chan struct{} // several: closed when writeMulti is done
+	// results and err of writeMulti
+	results []result
+	err     error
+}
+
+// Wait blocks until the write is durable or failed, or ctx ends (the write
+// may still land then), and returns one result slice per append batch.
+func (wp *WritePending) Wait(ctx context.Context) ([][]AppendResult, error) {
+	if wp.r != nil {
+		select {
+		case <-wp.r.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if wp.r.err != nil {
+			return nil, tooLarge(wp.r.err)
+		}
+		return splitAppends(wp.w, wp.parts, []result{wp.r.res}), nil
+	}
+	select {
+	case <-wp.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if wp.err != nil {
+		return nil, tooLarge(wp.err)
+	}
+	return splitAppends(wp.w, wp.parts, wp.results), nil
 }
 
 func tooLarge(err error) error {
@@ -194,24 +248,36 @@ func splitAppends(w Write, parts []*partWrite, results []result) [][]AppendResul
 	return out
 }
 
-// writeMulti commits parts in one transaction. Only one multi-partition
-// write runs at a time: two that parked the same writers in different
-// orders could wait for each other for ever.
-func (s *Store) writeMulti(ctx context.Context, parts []*partWrite) ([]result, error) {
-	s.multiMu.Lock()
-	defer s.multiMu.Unlock()
+// park queues a barrier in each part's partition, in order. The caller
+// holds multiMu until writeMulti is done: two writes that parked the same
+// writers in different orders could wait for each other for ever. If a
+// barrier cannot be queued, the ones queued are released and nothing is
+// written.
+func (s *Store) park(ctx context.Context, parts []*partWrite) ([]*request, error) {
 	var reqs []*request
-	var err error
 	for _, pw := range parts {
-		r, serr := pw.p.submit(ctx, command{kind: cmdBarrier, barrier: &barrier{held: make(chan partitionState, 1), resume: make(chan partitionState, 1)}})
-		if serr != nil {
-			err = serr
-			break
+		r, err := pw.p.submit(ctx, command{kind: cmdBarrier, barrier: &barrier{held: make(chan partitionState, 1), resume: make(chan partitionState, 1)}})
+		if err != nil {
+			for _, r := range reqs {
+				select {
+				case st := <-r.cmd.barrier.held:
+					r.cmd.barrier.resume <- st
+				case <-r.done:
+				}
+			}
+			return nil, err
 		}
 		reqs = append(reqs, r)
 	}
-	// Every submitted barrier is reached, or its writer failed first:
-	// writers always make progress, and only this write parks them.
+	return reqs, nil
+}
+
+// writeMulti waits for the writers parked by reqs, commits parts in one
+// transaction, resumes the writers and waits for the sync.
+func (s *Store) writeMulti(parts []*partWrite, reqs []*request) ([]result, error) {
+	// Every queued barrier is reached, or its writer failed first: writers
+	// always make progress, and only this write parks them.
+	var err error
 	var parked []*request
 	states := make([]partitionState, 0, len(reqs))
 	for _, r := range reqs {
