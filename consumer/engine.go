@@ -25,9 +25,9 @@ type Log interface {
 	Read(ctx context.Context, topic string, part uint32, from uint64, maxMessages, maxBytes int) ([]storage.Message, error)
 	WaitHead(ctx context.Context, topic string, part uint32, off uint64) (uint64, error)
 	OffsetAt(topic string, part uint32, t time.Time) (uint64, error)
-	// Write stores cursors, acked ids and appends atomically and returns
-	// once they are durable.
-	Write(ctx context.Context, w storage.Write) ([][]storage.AppendResult, error)
+	// Submit queues a write of cursors, acked ids and appends, to be stored
+	// atomically; writes submitted one after another land in that order.
+	Submit(ctx context.Context, w storage.Write) (*storage.WritePending, error)
 	AckedIDs(topic string, sid uint32, ids []string) ([]bool, error)
 
 	CreateSubscription(ctx context.Context, topic, name string, config []byte, cursors [][]byte) (storage.Subscription, error)

@@ -118,23 +118,29 @@ func (l *loop) call(ctx context.Context, fn func(now time.Time, done func())) er
 	}
 }
 
-// flush does what the subscription asked for.
+// flush does what the subscription asked for, until it asks for nothing
+// more.
 func (l *loop) flush() {
-	out := l.sub.out
-	l.sub.out = output{}
-	for _, d := range out.sends {
-		if c := l.consumers[d.Consumer]; c != nil {
-			c.push(d)
+	for {
+		out := l.sub.out
+		l.sub.out = output{}
+		if len(out.sends)+len(out.fetches)+len(out.writes)+len(out.replies) == 0 {
+			break
 		}
-	}
-	for _, f := range out.fetches {
-		l.startFetch(f)
-	}
-	for _, job := range out.writes {
-		l.startWrite(job)
-	}
-	for _, r := range out.replies {
-		r()
+		for _, d := range out.sends {
+			if c := l.consumers[d.Consumer]; c != nil {
+				c.push(d)
+			}
+		}
+		for _, f := range out.fetches {
+			l.startFetch(f)
+		}
+		for _, job := range out.writes {
+			l.startWrite(job)
+		}
+		for _, r := range out.replies {
+			r()
+		}
 	}
 	l.armTimer()
 }
@@ -210,13 +216,20 @@ func (l *loop) read(f fetch) ([]storage.Message, []bool, error) {
 	return msgs, acked, err
 }
 
-// startWrite does a write. It is not cancelled when the loop stops: a
-// subscription is deleted only once its writes have landed.
+// startWrite submits a write here, in the order the subscription issued
+// it, and waits for it elsewhere. It is not cancelled when the loop stops:
+// a subscription is deleted only once its writes have landed.
 func (l *loop) startWrite(job *writeJob) {
+	wp, err := l.e.opts.Log.Submit(context.WithoutCancel(l.ctx), job.w)
+	if err != nil {
+		l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
+		l.sub.written(job, nil, err, l.e.opts.Clock.Now())
+		return
+	}
 	l.io.Add(1)
 	go func() {
 		defer l.io.Done()
-		res, err := l.e.opts.Log.Write(context.WithoutCancel(l.ctx), job.w)
+		res, err := wp.Wait(context.Background())
 		if err != nil {
 			l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
 		}
