@@ -3,15 +3,50 @@
 // each subscription's promise (DESIGN §2). It knows nothing of gRPC and reads
 // time from an injected clock.
 //
-// What is here so far is its vocabulary and its two core structures:
+// # Model
 //
-//   - Guarantee, Type, Options (with DefaultOptions and Validate) and
-//     StartPosition: what a subscription is configured with, parsed from
-//     the CLI's names, and the nack Backoff schedule.
-//   - Cursor, a subscription's position in a partition: an ack floor plus
-//     the offsets acked out of order above it, with a compact encoding for
-//     storing it through the partition's writer, in the same group commit as
-//     the messages.
-//   - Inflight, the outstanding deliveries of a subscription in a partition,
-//     ordered by deadline, so the engine can find what is due for redelivery.
+// An Engine runs one loop per subscription in use, started on demand. A
+// loop (loop.go) is a thin goroutine around a deterministic state machine,
+// subscription (subscription.go), in the manner of etcd-raft's RawNode:
+// every event — a consumer attached or detached, credit, acks, nacks,
+// extends, a commit, a seek, messages fetched, a write done, a tick of the
+// clock — is a method call with the time, and its effects are queued in the
+// machine's output: deliveries to hand to consumers, fetches and writes to
+// do, replies to run. The loop does the I/O in other goroutines and feeds
+// the results back as events. Scenario and property tests drive the machine
+// directly against a real store.
+//
+// Per partition the machine keeps a partitionState (state.go) — the Cursor
+// (an ack floor plus the offsets acked above it), an epoch bumped by every
+// seek, and the attempts of messages delivered and not acked — plus in
+// memory the Inflight deadline heap, the messages awaiting redelivery and a
+// buffer of fetched messages. The partitionState is what is stored: every
+// write carries the whole state of a partition, written through the Log
+// (storage.Store.Submit) in the partition writer's group commit, so it is
+// exactly as durable as the messages. Writes of a partition are submitted
+// in the order they are made and land in that order.
+//
+// # Guarantees
+//
+//   - None: nothing is stored; deliveries go out at once and are not
+//     tracked; a consumer that cannot keep up misses messages.
+//   - AtMostOnce: a delivery marks its offset acked in the cursor, and goes
+//     out only once that write is durable. Acks free credit only.
+//   - AtLeastOnce: deliveries go out at once; acks are written behind.
+//     What is not durably acked is delivered again after a restart;
+//     redelivery follows an ack timeout, a nack (after the backoff) or at
+//     once the consumer's detach.
+//   - EffectivelyOnce: attempts (the fencing token, with the deadline) are
+//     written before the delivery goes out, so they survive a restart; ack
+//     replies wait for the write; a delivery whose consumer left stays
+//     outstanding until its deadline; acked ids are stored with a TTL and a
+//     later message with one of them is skipped.
+//
+// A Commit or a dead letter is a write that acks offsets and appends
+// messages in one transaction: its acks are applied to the machine only
+// once it is durable, and no other write of its partitions is in flight
+// meanwhile, so a later state write cannot drop its acks.
+//
+// Delivery ids (delivery.go) name partition, offset, attempt and epoch; an
+// ack naming an older attempt or epoch is stale.
 package consumer
