@@ -12,7 +12,6 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
-
 // testEngine opens a store in a temp dir and an engine over it, both on
 // clk.
 func testEngine(tb testing.TB, clk clock.Clock) (*Engine, *storage.Store) {

@@ -55,6 +55,9 @@ type subscription struct {
 
 	stats Stats
 	out   output
+	// now is the time of the last step: redeliveries due by then wait for
+	// credit or their key, not for a timer (see nextDeadline).
+	now time.Time
 }
 
 // partition is a subscription's delivery state in one partition.
@@ -239,6 +242,7 @@ func (s *subscription) detach(id uint64, now time.Time) {
 
 // step delivers what can be delivered, then queues fetches and writes.
 func (s *subscription) step(now time.Time) {
+	s.now = now
 	s.dispatch(now)
 	s.issueWrites()
 	s.queueFetches()
@@ -316,7 +320,13 @@ func (s *subscription) dispatch(now time.Time) {
 		stalled := false
 		s.dispatchRetries(p, now, blocked, &stalled)
 		if !stalled {
+			n := len(p.retry)
 			s.dispatchBuffer(p, now, blocked)
+			if len(p.retry) > n {
+				// Fetched messages that ran out of attempts before a
+				// restart: dead-letter them now, not at the next event.
+				s.dispatchRetries(p, now, blocked, &stalled)
+			}
 		}
 	}
 }
@@ -370,7 +380,7 @@ func (s *subscription) dispatchBuffer(p *partition, now time.Time, blocked map[u
 		switch {
 		case p.st.cursor.Acked(m.Offset):
 			continue
-		case s.isBlocked(m, blocked):
+		case p.busy[m.Offset], s.isBlocked(m, blocked):
 			kept = append(kept, *m)
 			continue
 		}
@@ -518,6 +528,13 @@ func (s *subscription) check(id DeliveryID, ack bool) (*partition, error) {
 		return nil, fmt.Errorf("delivery %s: no partition %d: %w", id, id.Partition, ErrUnknownDelivery)
 	}
 	p := s.parts[id.Partition]
+	if s.opts.Guarantee == AtMostOnce && id.Epoch == p.st.epoch {
+		// The cursor passed every delivered message before it went out:
+		// an outstanding delivery is found by its lease, not the cursor.
+		if l, ok := p.inflight.Get(id.Offset); ok && l.Attempt == id.Attempt {
+			return p, nil
+		}
+	}
 	switch {
 	case p.st.cursor.Acked(id.Offset):
 		return nil, fmt.Errorf("delivery %s: %w", id, ErrAlreadyAcked)
@@ -666,7 +683,10 @@ func (s *subscription) tick(now time.Time) {
 	s.step(now)
 }
 
-// nextDeadline is when tick next has something to do.
+// nextDeadline is when tick next has something to do. A redelivery
+// already due at the last step is left out: it waits for credit or for
+// its key, which only an event brings, and counting it would hide the
+// later deadlines behind a time already past.
 func (s *subscription) nextDeadline() (time.Time, bool) {
 	var next time.Time
 	found := false
@@ -680,7 +700,7 @@ func (s *subscription) nextDeadline() (time.Time, bool) {
 			earlier(t)
 		}
 		for _, off := range p.retry {
-			if t := p.st.attempts[off].notBefore; !t.IsZero() {
+			if t := p.st.attempts[off].notBefore; t.After(s.now) {
 				earlier(t)
 			}
 		}
@@ -719,6 +739,11 @@ func (s *subscription) commit(ids []DeliveryID, appends []storage.AppendBatch, n
 		for _, off := range offs {
 			s.release(p, off)
 			p.busy[off] = true
+			// Not redelivered while its commit is in flight: a failed
+			// write queues it again (written).
+			if i, found := slices.BinarySearch(p.retry, off); found {
+				p.retry = slices.Delete(p.retry, i, i+1)
+			}
 		}
 	}
 	s.queue(job)

@@ -201,14 +201,18 @@ func (c TopicConfig) Validate() error {
 
 // ValidateTopicName reports whether name is 1 to 200 characters of
 // [A-Za-z0-9._-].
-func ValidateTopicName(name string) error {
+func ValidateTopicName(name string) error { return validateName("topic", name) }
+
+// validateName checks a topic or subscription name: 1 to MaxTopicNameLen
+// characters from A-Z a-z 0-9 . _ -.
+func validateName(kind, name string) error {
 	if len(name) == 0 || len(name) > MaxTopicNameLen {
-		return fmt.Errorf("topic name %q must be 1 to %d characters: %w", truncate(name, 40), MaxTopicNameLen, ErrInvalidConfig)
+		return fmt.Errorf("%s name %q must be 1 to %d characters: %w", kind, truncate(name, 40), MaxTopicNameLen, ErrInvalidConfig)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("topic name %q has %q at byte %d; allowed are A-Z a-z 0-9 . _ -: %w", truncate(name, 40), c, i, ErrInvalidConfig)
+			return fmt.Errorf("%s name %q has %q at byte %d; allowed are A-Z a-z 0-9 . _ -: %w", kind, truncate(name, 40), c, i, ErrInvalidConfig)
 		}
 	}
 	return nil

@@ -88,12 +88,7 @@ func decodeSubRecord(topic, name string, v []byte) (Subscription, error) {
 
 // ValidateSubscriptionName reports whether name can name a subscription:
 // the same rule as topic names.
-func ValidateSubscriptionName(name string) error {
-	if err := ValidateTopicName(name); err != nil {
-		return fmt.Errorf("subscription name: %w", errors.Unwrap(err))
-	}
-	return nil
-}
+func ValidateSubscriptionName(name string) error { return validateName("subscription", name) }
 
 // loadSubscriptions reads every subscription record into its topic's set
 // and returns the subscription tombstones left by interrupted drops.

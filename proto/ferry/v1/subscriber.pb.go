@@ -639,8 +639,8 @@ type AckResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The delivery id.
 	DeliveryId string `protobuf:"bytes,1,opt,name=delivery_id,json=deliveryId,proto3" json:"delivery_id,omitempty"`
-	// A google.rpc.Code value: OK, FAILED_PRECONDITION (stale attempt or
-	// already acked), NOT_FOUND (unknown delivery), INVALID_ARGUMENT
+	// A google.rpc.Code value: OK, FAILED_PRECONDITION (stale attempt,
+	// already acked, or no such outstanding delivery), INVALID_ARGUMENT
 	// (malformed id).
 	Code uint32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	// Why, if code is not OK.
