@@ -661,8 +661,8 @@ func (h *harness) dump() string {
 	}
 	fmt.Fprintf(&b, "\npending reads %d, held writes %d, queued jobs %d, pins %d\n", len(h.pending), len(h.held), len(s.queued), len(s.pins))
 	for _, p := range s.parts {
-		fmt.Fprintf(&b, "partition %d: floor %d gaps %d epoch %d next %d fetching %v writing %v dirty %v buf %d retry %v busy %v inflight %d attempts %v\n",
-			p.n, p.st.cursor.Floor(), p.st.cursor.Gaps(), p.st.epoch, p.next, p.fetching, p.writing, p.dirty, len(p.buf), p.retry, p.busy, p.inflight.Len(), p.st.attempts)
+		fmt.Fprintf(&b, "partition %d: floor %d gaps %d epoch %d next %d fetching %v writes %d dirty %v buf %d retry %v busy %v inflight %d attempts %v\n",
+			p.n, p.st.cursor.Floor(), p.st.cursor.Gaps(), p.st.epoch, p.next, p.fetching, len(p.writes), p.dirty, len(p.buf), p.retry, p.busy, p.inflight.Len(), p.st.attempts)
 		for _, e := range p.inflight.h {
 			fmt.Fprintf(&b, "  lease %d attempt %d c%d deadline t0+%v\n", e.Offset, e.Attempt, e.Consumer, e.Deadline.Sub(t0))
 		}

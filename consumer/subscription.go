@@ -74,9 +74,9 @@ type partition struct {
 	fetchSeq uint64            // bumped by a seek: results of older fetches are dropped
 	fetching bool
 
-	writing  bool       // a write of this partition is in flight
-	dirty    bool       // the stored state is behind st
-	sends    []Delivery // to send once the next write is durable
+	writes   []*writeJob // in flight, in the order they were issued
+	dirty    bool        // the stored state is behind st
+	sends    []Delivery  // to send once the next write is durable
 	waiters  []func(error)
 	ackedIDs []string // EFFECTIVELY_ONCE: ids acked since the last write
 }
@@ -111,6 +111,11 @@ type writeJob struct {
 	sends   []Delivery
 	waiters []func(error)
 	done    func(res [][]storage.AppendResult, err error)
+
+	finished  bool // written has its outcome
+	completed bool // complete has applied it
+	res       [][]storage.AppendResult
+	err       error
 }
 
 // fetch asks the loop to read a partition from an offset (waiting for the
@@ -801,7 +806,7 @@ func (s *subscription) issueWrites() {
 	for _, job := range s.queued {
 		free := true
 		for _, part := range job.parts {
-			free = free && !s.parts[part].writing && !taken[part]
+			free = free && len(s.parts[part].writes) == 0 && !taken[part]
 		}
 		if !free {
 			for _, part := range job.parts {
@@ -815,7 +820,7 @@ func (s *subscription) issueWrites() {
 	clear(s.queued[len(kept):])
 	s.queued = kept
 	for _, p := range s.parts {
-		if p.dirty && !p.writing && !taken[p.n] && s.opts.Guarantee != None {
+		if p.dirty && !taken[p.n] && s.opts.Guarantee != None && s.mayPipeline(p) {
 			s.issue(&writeJob{parts: []uint32{p.n}})
 		}
 	}
@@ -841,7 +846,8 @@ func (s *subscription) issue(job *writeJob) {
 		job.waiters = append(job.waiters, p.waiters...)
 		job.w.AckedIDs = append(job.w.AckedIDs, p.ackedIDs...)
 		p.sends, p.waiters, p.ackedIDs = nil, nil, nil
-		p.writing, p.dirty = true, false
+		p.writes = append(p.writes, job)
+		p.dirty = false
 	}
 	if s.opts.Guarantee == EffectivelyOnce {
 		for part, offs := range job.acks {
@@ -856,11 +862,50 @@ func (s *subscription) issue(job *writeJob) {
 	s.out.writes = append(s.out.writes, job)
 }
 
-// written takes the outcome of a write issued by issue.
+// mayPipeline reports whether a plain state write of p may be issued now.
+// Writes of a partition land in the order they are issued, each with the
+// whole state, so several may be in flight — up to maxPipelined, and only
+// when deliveries or replies wait for them (acks alone are written behind,
+// one at a time). A commit or dead letter is alone in flight: a state
+// write issued meanwhile would not hold its acks yet, and would drop them.
+func (s *subscription) mayPipeline(p *partition) bool {
+	switch {
+	case len(p.writes) == 0:
+		return true
+	case p.writes[0].acks != nil || len(p.writes) >= maxPipelined:
+		return false
+	}
+	return len(p.sends) > 0 || len(p.waiters) > 0
+}
+
+// maxPipelined is the most state writes of a partition in flight at once.
+const maxPipelined = 4
+
+// written takes the outcome of a write issued by issue. Outcomes are
+// applied in issue order per partition: one that arrives early waits for
+// those before it.
 func (s *subscription) written(job *writeJob, res [][]storage.AppendResult, err error, now time.Time) {
+	job.finished, job.res, job.err = true, res, err
 	for _, part := range job.parts {
 		p := s.parts[part]
-		p.writing = false
+		for len(p.writes) > 0 && p.writes[0].finished {
+			j := p.writes[0]
+			p.writes = p.writes[1:]
+			s.complete(j)
+		}
+	}
+	s.step(now)
+}
+
+// complete applies a finished write: its acks, sends, waiters and reply.
+func (s *subscription) complete(job *writeJob) {
+	if job.completed {
+		return // a multi-partition job, completed from another partition
+	}
+	job.completed = true
+	err := job.err
+	for _, part := range job.parts {
+		p := s.parts[part]
 		for _, off := range job.acks[part] {
 			delete(p.busy, off)
 			if err == nil && job.epoch[part] == p.st.epoch {
@@ -884,9 +929,8 @@ func (s *subscription) written(job *writeJob, res [][]storage.AppendResult, err 
 		w(err)
 	}
 	if job.done != nil {
-		job.done(res, err)
+		job.done(job.res, err)
 	}
-	s.step(now)
 }
 
 // dropSends handles deliveries whose write failed: they never went out, so
