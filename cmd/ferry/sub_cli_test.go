@@ -108,10 +108,10 @@ func TestSubCLI(t *testing.T) {
 	})
 	t.Run("bad input", func(t *testing.T) {
 		for _, args := range [][]string{
-			{"sub", "create", "orders", "x"},                                 // no guarantee
-			{"sub", "create", "orders", "x", "--guarantee", "twice"},         // bad guarantee
-			{"sub", "create", "orders", "bad name", "--guarantee", "none"},   // bad name
-			{"sub", "create", "nope", "x", "--guarantee", "at-least-once"},   // unknown topic
+			{"sub", "create", "orders", "x"},                               // no guarantee
+			{"sub", "create", "orders", "x", "--guarantee", "twice"},       // bad guarantee
+			{"sub", "create", "orders", "bad name", "--guarantee", "none"}, // bad name
+			{"sub", "create", "nope", "x", "--guarantee", "at-least-once"}, // unknown topic
 			{"sub", "create", "orders", "x", "--guarantee", "at-least-once", "--max-deliveries", "2", "--dead-letter-topic", "orders"},
 			{"sub", "get", "orders", "nope"},
 			{"consume", "orders", "nope", "--timeout", "100ms"},
