@@ -39,6 +39,9 @@ type loop struct {
 
 	timer   clock.Timer
 	timerAt time.Time
+	// settled is closed once a stopping subscription has stored what it
+	// holds; set by stop.
+	settled chan struct{}
 }
 
 func (l *loop) run() {
@@ -48,6 +51,10 @@ func (l *loop) run() {
 		case fn := <-l.events:
 			fn(l.e.opts.Clock.Now())
 			l.flush()
+			if l.settled != nil && l.sub.settled() {
+				close(l.settled)
+				l.settled = nil
+			}
 		case <-l.ctx.Done():
 			if l.timer != nil {
 				l.timer.Stop()
@@ -61,14 +68,37 @@ func (l *loop) run() {
 	}
 }
 
-// stop ends the loop, detaching its consumers with err, and waits for its
-// reads and writes.
+// stopGrace bounds how long a stopping loop waits for its last writes.
+const stopGrace = 5 * time.Second
+
+// stop ends the loop: it detaches the consumers with err, lets the
+// subscription store what it holds (acks taken while a write was in
+// flight, at most stopGrace), then stops and waits for its reads and
+// writes.
 func (l *loop) stop(err error) {
 	l.stopMu.Lock()
 	if l.stopErr == nil {
 		l.stopErr = err
 	}
 	l.stopMu.Unlock()
+	settled := make(chan struct{})
+	if l.post(func(now time.Time) {
+		for id, c := range l.consumers {
+			delete(l.consumers, id)
+			l.sub.detach(id, now)
+			c.detached(l.err())
+		}
+		l.settled = settled
+	}) {
+		grace := make(chan struct{})
+		t := l.e.opts.Clock.AfterFunc(stopGrace, func() { close(grace) })
+		select {
+		case <-settled:
+		case <-grace:
+			l.e.log.Warn("subscription stopped before its last writes landed", "topic", l.key.topic, "subscription", l.key.name)
+		}
+		t.Stop()
+	}
 	l.cancel()
 	<-l.done
 	l.io.Wait()

@@ -74,11 +74,13 @@ type partition struct {
 	fetchSeq uint64            // bumped by a seek: results of older fetches are dropped
 	fetching bool
 
-	writes   []*writeJob // in flight, in the order they were issued
-	dirty    bool        // the stored state is behind st
-	sends    []Delivery  // to send once the next write is durable
-	waiters  []func(error)
-	ackedIDs []string // EFFECTIVELY_ONCE: ids acked since the last write
+	writes []*writeJob // in flight, in the order they were issued
+	// retryWriteAt: the last write failed; the next waits until then.
+	retryWriteAt time.Time
+	dirty        bool       // the stored state is behind st
+	sends        []Delivery // to send once the next write is durable
+	waiters      []func(error)
+	ackedIDs     []string // EFFECTIVELY_ONCE: ids acked since the last write
 }
 
 // consumerState is one attached consumer.
@@ -709,6 +711,9 @@ func (s *subscription) nextDeadline() (time.Time, bool) {
 				earlier(t)
 			}
 		}
+		if p.dirty && p.retryWriteAt.After(s.now) {
+			earlier(p.retryWriteAt)
+		}
 	}
 	return next, found
 }
@@ -781,9 +786,7 @@ func (s *subscription) deadLetter(p *partition, off uint64, m *storage.Message, 
 	job.done = func(_ [][]storage.AppendResult, err error) {
 		if err == nil {
 			s.stats.DeadLettered++
-			return
 		}
-		s.toRetry(p, off, time.Time{})
 	}
 	s.queue(job)
 }
@@ -870,6 +873,8 @@ func (s *subscription) issue(job *writeJob) {
 // write issued meanwhile would not hold its acks yet, and would drop them.
 func (s *subscription) mayPipeline(p *partition) bool {
 	switch {
+	case s.now.Before(p.retryWriteAt):
+		return false
 	case len(p.writes) == 0:
 		return true
 	case p.writes[0].acks != nil || len(p.writes) >= maxPipelined:
@@ -880,6 +885,24 @@ func (s *subscription) mayPipeline(p *partition) bool {
 
 // maxPipelined is the most state writes of a partition in flight at once.
 const maxPipelined = 4
+
+// writeRetry is how long a partition waits to write again after a write
+// failed, and a message whose commit or dead letter failed to be due again.
+const writeRetry = time.Second
+
+// settled reports whether everything the subscription holds is stored, or
+// its last write failed: nothing is in flight or queued.
+func (s *subscription) settled() bool {
+	if len(s.queued) > 0 {
+		return false
+	}
+	for _, p := range s.parts {
+		if len(p.writes) > 0 || (p.dirty && p.retryWriteAt.IsZero()) {
+			return false
+		}
+	}
+	return true
+}
 
 // written takes the outcome of a write issued by issue. Outcomes are
 // applied in issue order per partition: one that arrives early waits for
@@ -913,11 +936,14 @@ func (s *subscription) complete(job *writeJob) {
 				p.st.cursor.Ack(off)
 				s.stats.Acked++
 			} else if err != nil {
-				s.toRetry(p, off, time.Time{})
+				s.toRetry(p, off, s.now.Add(writeRetry))
 			}
 		}
+		p.retryWriteAt = time.Time{}
 		if err != nil {
-			p.dirty = true // what it held is still to be stored
+			// What it held is still to be stored: try again, not at once.
+			p.dirty = true
+			p.retryWriteAt = s.now.Add(writeRetry)
 		}
 	}
 	if err == nil {
