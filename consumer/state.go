@@ -79,6 +79,9 @@ func decodePartitionState(b []byte) (*partitionState, error) {
 		if n <= 0 {
 			return 0, fmt.Errorf("partition state: truncated: %w", ErrCorrupt)
 		}
+		if n != len(binary.AppendUvarint(nil, v)) {
+			return 0, fmt.Errorf("partition state: over-long varint: %w", ErrCorrupt)
+		}
 		b = b[n:]
 		return v, nil
 	}
