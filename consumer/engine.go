@@ -525,9 +525,14 @@ func (e *Engine) Commit(ctx context.Context, topic, name string, ids []DeliveryI
 	if err != nil {
 		return nil, err
 	}
+	found, err := l.loadIDs(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
 	var res [][]storage.AppendResult
 	var cerr error
 	err = l.call(ctx, func(now time.Time, done func()) {
+		l.sub.noteIDs(found)
 		l.sub.commit(ids, appends, now, func(r [][]storage.AppendResult, werr error) {
 			res, cerr = r, werr
 			done()

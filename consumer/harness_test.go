@@ -416,6 +416,7 @@ type ackResult struct {
 func (h *harness) ack(ids []DeliveryID) *ackResult {
 	h.tb.Helper()
 	r := &ackResult{}
+	h.loadIDs(ids)
 	h.sub.ack(ids, h.now(), func(results []error, err error) {
 		r.done, r.results, r.err = true, results, err
 		for i, id := range ids {
@@ -432,6 +433,20 @@ func (h *harness) ack(ids []DeliveryID) *ackResult {
 	})
 	h.settle()
 	return r
+}
+
+// loadIDs does what loop.loadIDs does: reads the message ids of
+// deliveries not in memory and hands them to the subscription.
+func (h *harness) loadIDs(ids []DeliveryID) {
+	h.tb.Helper()
+	found := map[DeliveryID]string{}
+	for _, id := range h.sub.unloaded(ids) {
+		msgs, err := h.st.Read(context.Background(), h.topic, id.Partition, id.Offset, 1, 1<<30)
+		if err == nil && len(msgs) == 1 && msgs[0].Offset == id.Offset {
+			found[id] = msgs[0].ID
+		}
+	}
+	h.sub.noteIDs(found)
 }
 
 // done drops an offset from the model's outstanding deliveries.
@@ -493,6 +508,7 @@ func (h *harness) commit(ids []DeliveryID, appends []storage.AppendBatch) *commi
 		}
 	}
 	r := &commitResult{}
+	h.loadIDs(ids)
 	h.sub.commit(ids, appends, h.now(), func(res [][]storage.AppendResult, err error) {
 		r.done, r.res, r.err = true, res, err
 		if err != nil {

@@ -267,10 +267,40 @@ func (l *loop) startWrite(job *writeJob) {
 	}()
 }
 
+// loadIDs reads the message ids of deliveries the subscription no longer
+// holds in memory (EFFECTIVELY_ONCE, after a restart), so an ack or commit
+// of them reaches the acked-id horizon. It runs on the caller's goroutine;
+// the ids are handed over with the ack.
+func (l *loop) loadIDs(ctx context.Context, ids []DeliveryID) (map[DeliveryID]string, error) {
+	if l.sub.opts.Guarantee != EffectivelyOnce {
+		return nil, nil
+	}
+	var missing []DeliveryID
+	if err := l.call(ctx, func(now time.Time, done func()) {
+		missing = l.sub.unloaded(ids)
+		done()
+	}); err != nil || len(missing) == 0 {
+		return nil, err
+	}
+	found := make(map[DeliveryID]string, len(missing))
+	for _, id := range missing {
+		msgs, err := l.e.opts.Log.Read(ctx, l.key.topic, id.Partition, id.Offset, 1, 1<<30)
+		if err == nil && len(msgs) == 1 && msgs[0].Offset == id.Offset {
+			found[id] = msgs[0].ID
+		}
+	}
+	return found, nil
+}
+
 func (l *loop) ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
+	found, err := l.loadIDs(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
 	var results []error
 	var werr error
-	err := l.call(ctx, func(now time.Time, done func()) {
+	err = l.call(ctx, func(now time.Time, done func()) {
+		l.sub.noteIDs(found)
 		l.sub.ack(ids, now, func(r []error, err error) {
 			results, werr = r, err
 			done()

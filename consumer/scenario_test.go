@@ -370,7 +370,6 @@ func (h *harness) pendingAck(ids []DeliveryID, r *ackResult) {
 // the message), so a later message with that id is delivered, not skipped.
 // Skipped until the core records the id (see the test report).
 func TestEffectivelyOnceAckBeforeRefetch(t *testing.T) {
-	t.Skip("known gap: the acked id is not remembered when the message is not in memory")
 	h := newHarness(t)
 	h.createTopic("t", storage.TopicConfig{Partitions: 2})
 	o := DefaultOptions(EffectivelyOnce)

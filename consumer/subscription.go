@@ -81,6 +81,9 @@ type partition struct {
 	sends        []Delivery // to send once the next write is durable
 	waiters      []func(error)
 	ackedIDs     []string // EFFECTIVELY_ONCE: ids acked since the last write
+	// loadedIDs are message ids the loop read for offsets delivered before
+	// a restart and not fetched again, so their acks reach the horizon.
+	loadedIDs map[uint64]string
 }
 
 // consumerState is one attached consumer.
@@ -107,7 +110,10 @@ type writeJob struct {
 	parts []uint32
 	epoch map[uint32]uint32 // each partition's epoch when the job was made
 	acks  map[uint32][]uint64
-	w     storage.Write
+	// ackedIDs are the ids of the messages it acks, for the acked-id
+	// horizon (EFFECTIVELY_ONCE).
+	ackedIDs []string
+	w        storage.Write
 	// sends and waiters of the partitions, taken when the write is issued:
 	// they wait for it to be durable.
 	sends   []Delivery
@@ -522,8 +528,49 @@ func (s *subscription) forget(p *partition, off uint64) {
 	s.release(p, off)
 	delete(p.st.attempts, off)
 	delete(p.msgs, off)
+	delete(p.loadedIDs, off)
 	if i, found := slices.BinarySearch(p.retry, off); found {
 		p.retry = slices.Delete(p.retry, i, i+1)
+	}
+}
+
+// messageID is the id of the message at off, if it is known: in memory,
+// or read by the loop (noteIDs).
+func (s *subscription) messageID(p *partition, off uint64) string {
+	if m := p.msgs[off]; m != nil {
+		return m.ID
+	}
+	return p.loadedIDs[off]
+}
+
+// unloaded returns the ids among ids that an EFFECTIVELY_ONCE ack or commit
+// could take but whose message is not in memory (delivered before a
+// restart, not fetched again): the loop reads their message ids and hands
+// them to noteIDs first, so that the acked-id horizon gets them.
+func (s *subscription) unloaded(ids []DeliveryID) []DeliveryID {
+	if s.opts.Guarantee != EffectivelyOnce {
+		return nil
+	}
+	var out []DeliveryID
+	for _, id := range ids {
+		if p, err := s.check(id, false); err == nil && p.msgs[id.Offset] == nil {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// noteIDs records message ids the loop read for unloaded deliveries.
+func (s *subscription) noteIDs(found map[DeliveryID]string) {
+	for id, mid := range found {
+		p := s.parts[id.Partition]
+		if _, ok := p.st.attempts[id.Offset]; !ok || mid == "" {
+			continue
+		}
+		if p.loadedIDs == nil {
+			p.loadedIDs = make(map[uint64]string)
+		}
+		p.loadedIDs[id.Offset] = mid
 	}
 }
 
@@ -589,8 +636,8 @@ func (s *subscription) ack(ids []DeliveryID, now time.Time, reply func(results [
 			delete(p.msgs, id.Offset)
 			continue
 		}
-		if m := p.msgs[id.Offset]; s.opts.Guarantee == EffectivelyOnce && m != nil && m.ID != "" {
-			p.ackedIDs = append(p.ackedIDs, m.ID)
+		if mid := s.messageID(p, id.Offset); s.opts.Guarantee == EffectivelyOnce && mid != "" {
+			p.ackedIDs = append(p.ackedIDs, mid)
 		}
 		s.forget(p, id.Offset)
 		p.st.cursor.Ack(id.Offset)
@@ -744,6 +791,13 @@ func (s *subscription) commit(ids []DeliveryID, appends []storage.AppendBatch, n
 	job := &writeJob{acks: acks, w: storage.Write{Appends: appends}, done: func(res [][]storage.AppendResult, err error) {
 		s.reply(func() { reply(res, err) })
 	}}
+	if s.opts.Guarantee == EffectivelyOnce {
+		for _, id := range ids {
+			if mid := s.messageID(s.parts[id.Partition], id.Offset); mid != "" {
+				job.ackedIDs = append(job.ackedIDs, mid)
+			}
+		}
+	}
 	for part, offs := range acks {
 		p := s.parts[part]
 		for _, off := range offs {
@@ -782,6 +836,9 @@ func (s *subscription) deadLetter(p *partition, off uint64, m *storage.Message, 
 	job := &writeJob{
 		acks: map[uint32][]uint64{p.n: {off}},
 		w:    storage.Write{Appends: []storage.AppendBatch{{Topic: s.opts.DeadLetterTopic, Partition: part, Messages: []storage.Message{dl}}}},
+	}
+	if s.opts.Guarantee == EffectivelyOnce && m.ID != "" {
+		job.ackedIDs = []string{m.ID}
 	}
 	job.done = func(_ [][]storage.AppendResult, err error) {
 		if err == nil {
@@ -852,16 +909,7 @@ func (s *subscription) issue(job *writeJob) {
 		p.writes = append(p.writes, job)
 		p.dirty = false
 	}
-	if s.opts.Guarantee == EffectivelyOnce {
-		for part, offs := range job.acks {
-			p := s.parts[part]
-			for _, off := range offs {
-				if m := p.msgs[off]; m != nil && m.ID != "" {
-					job.w.AckedIDs = append(job.w.AckedIDs, m.ID)
-				}
-			}
-		}
-	}
+	job.w.AckedIDs = append(job.w.AckedIDs, job.ackedIDs...)
 	s.out.writes = append(s.out.writes, job)
 }
 
@@ -1055,7 +1103,7 @@ func (s *subscription) seek(offs []uint64, now time.Time, reply func(error)) {
 		p.st.cursor.Seek(offs[i])
 		clear(p.st.attempts)
 		clear(p.msgs)
-		p.retry, p.buf, p.ackedIDs = nil, nil, nil
+		p.retry, p.buf, p.ackedIDs, p.loadedIDs = nil, nil, nil, nil
 		p.next = offs[i]
 		p.fetchSeq++
 		p.fetching = false
