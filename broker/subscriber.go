@@ -19,10 +19,11 @@ import (
 // Limits of the subscriber API.
 const (
 	MaxAckIDs = 10000
-	// maxDeliveriesFrame bounds one Deliveries frame: well inside a default
-	// client's 4 MiB receive limit, except that a frame always carries at
-	// least one delivery.
-	maxDeliveriesFrame = 1 << 20
+	// maxDeliveriesFrame bounds one Deliveries frame, except that a frame
+	// always carries at least one delivery. gRPC marshals a message into a
+	// pooled buffer of 32 KiB or, above that, 1 MiB; a frame that waits for
+	// a slow consumer holds its buffer, so frames stay under 32 KiB.
+	maxDeliveriesFrame = 30 << 10
 )
 
 // subscriber implements ferryv1.SubscriberServiceServer.

@@ -271,7 +271,7 @@ var errInjected = errors.New("injected write failure")
 // read is loop.read without the wait: nothing at the head is nothing.
 func (h *harness) read(f fetch) ([]storage.Message, []bool, error) {
 	h.tb.Helper()
-	msgs, err := h.st.Read(context.Background(), h.topic, f.part, f.from, fetchBatch, fetchBytes)
+	msgs, err := h.st.Read(context.Background(), h.topic, f.part, f.from, f.max, fetchBytes)
 	var oor *storage.OffsetOutOfRangeError
 	if err != nil && !errors.As(err, &oor) {
 		h.tb.Fatalf("read partition %d from %d: %v", f.part, f.from, err)

@@ -224,10 +224,10 @@ func (l *loop) startFetch(f fetch) {
 // read reads a partition from f.from, waiting for the head to pass it.
 func (l *loop) read(f fetch) ([]storage.Message, []bool, error) {
 	lg, topic := l.e.opts.Log, l.key.topic
-	msgs, err := lg.Read(l.ctx, topic, f.part, f.from, fetchBatch, fetchBytes)
+	msgs, err := lg.Read(l.ctx, topic, f.part, f.from, f.max, fetchBytes)
 	if err == nil && len(msgs) == 0 {
 		if _, err = lg.WaitHead(l.ctx, topic, f.part, f.from); err == nil {
-			msgs, err = lg.Read(l.ctx, topic, f.part, f.from, fetchBatch, fetchBytes)
+			msgs, err = lg.Read(l.ctx, topic, f.part, f.from, f.max, fetchBytes)
 		}
 	}
 	if err != nil || !f.ackedIDs {

@@ -11,12 +11,15 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
-// Fetch sizes: a partition's buffer of messages not yet delivered is
-// refilled with up to fetchBatch messages once it holds fewer than
-// fetchLow.
+// Fetch sizes. A partition's buffer of messages not yet delivered is
+// refilled once it holds less than half its target: the consumers' free
+// credit, at least fetchMin and at most fetchMax messages — so a
+// subscription whose consumers hold their whole window keeps only a few
+// messages in memory besides those they hold. One fetch reads at most
+// fetchBytes.
 const (
-	fetchBatch = 512
-	fetchLow   = 256
+	fetchMin   = 32
+	fetchMax   = 512
 	fetchBytes = 4 << 20
 )
 
@@ -131,6 +134,7 @@ type writeJob struct {
 type fetch struct {
 	part uint32
 	from uint64
+	max  int // most messages to read
 	seq  uint64
 	// ackedIDs: look up which messages' ids the subscription acked
 	// (EFFECTIVELY_ONCE's dedup horizon).
@@ -1029,12 +1033,20 @@ func (s *subscription) queueFetches() {
 	if len(s.consumers) == 0 {
 		return
 	}
+	target := fetchMax
+	if s.opts.Guarantee != None {
+		free := 0
+		for _, c := range s.consumers {
+			free += max(c.credit-c.out, 0)
+		}
+		target = min(max(free, fetchMin), fetchMax)
+	}
 	for _, p := range s.parts {
-		if p.fetching || len(p.buf) >= fetchLow {
+		if p.fetching || len(p.buf) >= target/2 {
 			continue
 		}
 		p.fetching = true
-		s.out.fetches = append(s.out.fetches, fetch{part: p.n, from: p.next, seq: p.fetchSeq,
+		s.out.fetches = append(s.out.fetches, fetch{part: p.n, from: p.next, max: target - len(p.buf), seq: p.fetchSeq,
 			ackedIDs: s.opts.Guarantee == EffectivelyOnce})
 	}
 }
