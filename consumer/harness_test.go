@@ -235,6 +235,11 @@ func (h *harness) drain() {
 		for _, d := range out.sends {
 			h.onSend(d)
 		}
+		for _, r := range out.rereads {
+			msgs, err := h.st.Read(context.Background(), h.topic, r.part, r.from, int(r.to-r.from), fetchBytes)
+			h.sub.reread(r, msgs, err, h.now())
+			progress = true
+		}
 		h.pending = append(h.pending, out.fetches...)
 		pend := h.pending
 		h.pending = nil

@@ -154,13 +154,16 @@ func (l *loop) flush() {
 	for {
 		out := l.sub.out
 		l.sub.out = output{}
-		if len(out.sends)+len(out.fetches)+len(out.writes)+len(out.replies) == 0 {
+		if len(out.sends)+len(out.rereads)+len(out.fetches)+len(out.writes)+len(out.replies) == 0 {
 			break
 		}
 		for _, d := range out.sends {
 			if c := l.consumers[d.Consumer]; c != nil {
 				c.push(d)
 			}
+		}
+		for _, r := range out.rereads {
+			l.startReread(r)
 		}
 		for _, f := range out.fetches {
 			l.startFetch(f)
@@ -202,23 +205,45 @@ func (l *loop) startFetch(f fetch) {
 	go func() {
 		defer l.io.Done()
 		msgs, acked, err := l.read(f)
-		var oor *storage.OffsetOutOfRangeError
-		if err != nil && !errors.As(err, &oor) {
-			if l.ctx.Err() != nil {
-				return
-			}
-			l.e.log.Warn("subscription read failed; retrying", "topic", l.key.topic, "subscription", l.key.name, "partition", f.part, "err", err)
-			wait := make(chan struct{})
-			t := l.e.opts.Clock.AfterFunc(fetchRetry, func() { close(wait) })
-			select {
-			case <-wait:
-			case <-l.ctx.Done():
-				t.Stop()
-				return
-			}
+		if l.backOff(f.part, err) {
+			l.post(func(now time.Time) { l.sub.fetched(f, msgs, acked, err, now) })
 		}
-		l.post(func(now time.Time) { l.sub.fetched(f, msgs, acked, err, now) })
 	}()
+}
+
+// startReread reads messages again for redeliveries.
+func (l *loop) startReread(r reread) {
+	l.io.Add(1)
+	go func() {
+		defer l.io.Done()
+		msgs, err := l.e.opts.Log.Read(l.ctx, l.key.topic, r.part, r.from, int(r.to-r.from), fetchBytes)
+		if l.backOff(r.part, err) {
+			l.post(func(now time.Time) { l.sub.reread(r, msgs, err, now) })
+		}
+	}()
+}
+
+// backOff waits fetchRetry after a read failed for a reason other than
+// retention, so a failing read is not retried in a tight loop. It reports
+// false if the loop stopped meanwhile.
+func (l *loop) backOff(part uint32, err error) bool {
+	var oor *storage.OffsetOutOfRangeError
+	if err == nil || errors.As(err, &oor) {
+		return true
+	}
+	if l.ctx.Err() != nil {
+		return false
+	}
+	l.e.log.Warn("subscription read failed; retrying", "topic", l.key.topic, "subscription", l.key.name, "partition", part, "err", err)
+	wait := make(chan struct{})
+	t := l.e.opts.Clock.AfterFunc(fetchRetry, func() { close(wait) })
+	select {
+	case <-wait:
+		return true
+	case <-l.ctx.Done():
+		t.Stop()
+		return false
+	}
 }
 
 // read reads a partition from f.from, waiting for the head to pass it.

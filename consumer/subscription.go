@@ -84,6 +84,12 @@ type partition struct {
 	sends        []Delivery // to send once the next write is durable
 	waiters      []func(error)
 	ackedIDs     []string // EFFECTIVELY_ONCE: ids acked since the last write
+	// rereads: offsets awaiting redelivery whose payload is being read
+	// again (reread), and the generation that fences reads from before a
+	// seek.
+	rereading  bool
+	rereadSeq  uint64
+	rereadWant []uint64
 	// loadedIDs are message ids the loop read for offsets delivered before
 	// a restart and not fetched again, so their acks reach the horizon.
 	loadedIDs map[uint64]string
@@ -141,10 +147,19 @@ type fetch struct {
 	ackedIDs bool
 }
 
+// reread asks the loop to read a partition's messages in [from, to) again,
+// for redeliveries, and hand them to reread.
+type reread struct {
+	part     uint32
+	from, to uint64
+	seq      uint64
+}
+
 // output is what the subscription asks its loop to do. The loop takes it
 // after every event.
 type output struct {
 	sends   []Delivery
+	rereads []reread
 	fetches []fetch
 	writes  []*writeJob
 	replies []func()
@@ -262,6 +277,7 @@ func (s *subscription) step(now time.Time) {
 	s.now = now
 	s.dispatch(now)
 	s.issueWrites()
+	s.queueRereads()
 	s.queueFetches()
 }
 
@@ -371,6 +387,18 @@ func (s *subscription) dispatchRetries(p *partition, now time.Time, blocked map[
 			kept = append(kept, off)
 			continue
 		}
+		if m.Payload == nil {
+			// Its payload was let go when it went out: read it again first,
+			// holding back what must follow it.
+			s.wantReread(p, off)
+			kept = append(kept, off)
+			*stalled = s.hold(m, blocked)
+			if *stalled {
+				kept = append(kept, p.retry[i+1:]...)
+				break
+			}
+			continue
+		}
 		if s.opts.MaxDeliveries > 0 && a.n >= s.opts.MaxDeliveries {
 			s.deadLetter(p, off, m, a.n)
 			continue
@@ -437,7 +465,13 @@ func (s *subscription) deliver(p *partition, c *consumerState, m *storage.Messag
 		return
 	}
 	deadline := now.Add(s.opts.AckTimeout)
-	p.msgs[off] = m
+	// What stays in memory while the delivery is out is the message without
+	// its payload and headers: a redelivery reads them again (reread), so
+	// a subscription's memory does not grow with its consumers' credit
+	// times the message size.
+	held := *m
+	held.Payload, held.Headers = nil, nil
+	p.msgs[off] = &held
 	if s.opts.Guarantee == AtMostOnce {
 		// The cursor moves before the message goes out: never twice.
 		p.st.cursor.Ack(off)
@@ -1027,6 +1061,63 @@ func (s *subscription) dropSends(sends []Delivery) {
 	}
 }
 
+// wantReread notes that off needs its payload read again.
+func (s *subscription) wantReread(p *partition, off uint64) {
+	if i, found := slices.BinarySearch(p.rereadWant, off); !found {
+		p.rereadWant = slices.Insert(p.rereadWant, i, off)
+	}
+}
+
+// queueRereads asks for the payloads redeliveries wait for: one read per
+// partition at a time, of the lowest offsets wanted, spanning at most
+// fetchMax offsets.
+func (s *subscription) queueRereads() {
+	for _, p := range s.parts {
+		if p.rereading || len(p.rereadWant) == 0 {
+			continue
+		}
+		from := p.rereadWant[0]
+		to := from + 1
+		for _, off := range p.rereadWant {
+			if off-from >= fetchMax {
+				break
+			}
+			to = off + 1
+		}
+		p.rereading = true
+		s.out.rereads = append(s.out.rereads, reread{part: p.n, from: from, to: to, seq: p.rereadSeq})
+	}
+}
+
+// reread takes messages read again for redeliveries. A message retention
+// removed meanwhile is skipped (skipTo) when the fetch finds it gone.
+func (s *subscription) reread(r reread, msgs []storage.Message, err error, now time.Time) {
+	p := s.parts[r.part]
+	if r.seq != p.rereadSeq {
+		return
+	}
+	p.rereading = false
+	for i := range msgs {
+		m := &msgs[i]
+		if held := p.msgs[m.Offset]; held != nil && held.Payload == nil {
+			full := *m
+			p.msgs[m.Offset] = &full
+		}
+	}
+	kept := p.rereadWant[:0]
+	for _, off := range p.rereadWant {
+		if m := p.msgs[off]; m != nil && m.Payload == nil && (off >= r.to || err != nil) {
+			kept = append(kept, off)
+		}
+	}
+	p.rereadWant = kept
+	var oor *storage.OffsetOutOfRangeError
+	if errors.As(err, &oor) && oor.Offset < oor.First {
+		s.skipTo(p, oor.First)
+	}
+	s.step(now)
+}
+
 // queueFetches asks for more messages where a partition's buffer runs low
 // and someone could take them.
 func (s *subscription) queueFetches() {
@@ -1115,7 +1206,9 @@ func (s *subscription) seek(offs []uint64, now time.Time, reply func(error)) {
 		p.st.cursor.Seek(offs[i])
 		clear(p.st.attempts)
 		clear(p.msgs)
-		p.retry, p.buf, p.ackedIDs, p.loadedIDs = nil, nil, nil, nil
+		p.retry, p.buf, p.ackedIDs, p.loadedIDs, p.rereadWant = nil, nil, nil, nil, nil
+		p.rereadSeq++
+		p.rereading = false
 		p.next = offs[i]
 		p.fetchSeq++
 		p.fetching = false

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/clock"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -125,11 +128,14 @@ func holdWindow(b *testing.B, ctx context.Context, c ferryv1.SubscriberServiceCl
 }
 
 // fillTopic writes n messages of size bytes into a new one-partition topic
-// in dir, without fsync.
+// in dir, without fsync, published an hour ago (outside the dedup window,
+// as a backlog that built up over time is), and has Badger compact them, as
+// it would have by the time such a backlog exists.
 func fillTopic(tb testing.TB, dir, topic string, n, size int) {
 	tb.Helper()
 	opts := storage.DefaultOptions(dir)
 	opts.Fsync = storage.FsyncNever
+	opts.Clock = clock.NewFake(time.Now().Add(-time.Hour))
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	st, err := storage.Open(opts)
 	if err != nil {
@@ -166,6 +172,16 @@ func fillTopic(tb testing.TB, dir, topic string, n, size int) {
 		}
 	}
 	if err := st.Close(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithValueThreshold(1 << 20))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := db.Flatten(2); err != nil {
+		tb.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
 		tb.Fatal(err)
 	}
 }
