@@ -70,7 +70,8 @@ func positionFromProto(p *ferryv1.Position) (consumer.StartPosition, error) {
 	return consumer.StartPosition{}, invalidf("position kind %v: use earliest, latest, offset or time", p.GetKind())
 }
 
-func positionToProto(p consumer.StartPosition) *ferryv1.Position {
+// PositionToProto is the wire form of a start or seek position.
+func PositionToProto(p consumer.StartPosition) *ferryv1.Position {
 	switch p.Kind {
 	case consumer.StartEarliest:
 		return &ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_EARLIEST}
@@ -87,7 +88,7 @@ func subscriptionToProto(info consumer.Info) *ferryv1.Subscription {
 	c := &ferryv1.SubscriptionConfig{
 		Guarantee:       ferryv1.DeliveryGuarantee(o.Guarantee),
 		Type:            ferryv1.SubscriptionType(o.Type),
-		Start:           positionToProto(o.Start),
+		Start:           PositionToProto(o.Start),
 		AckTimeout:      durationpb.New(o.AckTimeout),
 		BackoffMin:      durationpb.New(o.BackoffMin),
 		BackoffMax:      durationpb.New(o.BackoffMax),

@@ -497,20 +497,29 @@ func (s *subscription) deliver(p *partition, c *consumerState, m *storage.Messag
 	}
 }
 
-// pinTo holds off's key at consumer (0 for none: an EFFECTIVELY_ONCE
-// delivery whose consumer left, still outstanding until its deadline).
-func (s *subscription) pinTo(p *partition, off uint64, consumer uint64) {
+// pinKey is the KEY_SHARED key hash of the message at off, if it has a
+// key and the subscription is KEY_SHARED.
+func (s *subscription) pinKey(p *partition, off uint64) (uint64, bool) {
 	if s.opts.Type != KeyShared {
-		return
+		return 0, false
 	}
 	m := p.msgs[off]
 	if m == nil || len(m.Key) == 0 {
+		return 0, false
+	}
+	return keyHash(m.Key), true
+}
+
+// pinTo holds off's key at consumer (0 for none: an EFFECTIVELY_ONCE
+// delivery whose consumer left, still outstanding until its deadline).
+func (s *subscription) pinTo(p *partition, off uint64, consumer uint64) {
+	h, ok := s.pinKey(p, off)
+	if !ok {
 		return
 	}
-	h := keyHash(m.Key)
 	pn := s.pins[h]
 	if pn == nil {
-		pn = &pin{consumer: consumer}
+		pn = &pin{}
 		s.pins[h] = pn
 	}
 	pn.consumer = consumer
@@ -519,14 +528,10 @@ func (s *subscription) pinTo(p *partition, off uint64, consumer uint64) {
 
 // unpin releases off's key once its last outstanding delivery is done.
 func (s *subscription) unpin(p *partition, off uint64) {
-	if s.opts.Type != KeyShared {
+	h, ok := s.pinKey(p, off)
+	if !ok {
 		return
 	}
-	m := p.msgs[off]
-	if m == nil || len(m.Key) == 0 {
-		return
-	}
-	h := keyHash(m.Key)
 	if pn := s.pins[h]; pn != nil {
 		if pn.out--; pn.out <= 0 {
 			delete(s.pins, h)

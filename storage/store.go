@@ -259,7 +259,7 @@ func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (
 
 	t := Topic{Name: name, Config: cfg, CreateTime: s.opts.Clock.Now().UTC().Truncate(time.Microsecond)}
 	err := s.update(func(txn *badger.Txn) error {
-		id, err := nextTopicID(txn)
+		id, err := nextID(txn, nextIDKey())
 		if err != nil {
 			return err
 		}
@@ -289,9 +289,11 @@ func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (
 	return t, nil
 }
 
-func nextTopicID(txn *badger.Txn) (uint32, error) {
+// nextID takes the next id from the counter at key (topic or subscription
+// ids: never reused), starting at 1.
+func nextID(txn *badger.Txn, key []byte) (uint32, error) {
 	id := uint32(1)
-	item, err := txn.Get(nextIDKey())
+	item, err := txn.Get(key)
 	switch {
 	case errors.Is(err, badger.ErrKeyNotFound):
 	case err != nil:
@@ -303,10 +305,10 @@ func nextTopicID(txn *badger.Txn) (uint32, error) {
 			return d.end()
 		})
 		if err != nil {
-			return 0, fmt.Errorf("next topic id: %w", err)
+			return 0, fmt.Errorf("id counter %q: %w", key, err)
 		}
 	}
-	return id, txn.Set(nextIDKey(), binary.BigEndian.AppendUint32(nil, id+1))
+	return id, txn.Set(key, binary.BigEndian.AppendUint32(nil, id+1))
 }
 
 // update runs fn in a read-write transaction and syncs it under the fsync

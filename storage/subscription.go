@@ -162,7 +162,7 @@ func (s *Store) CreateSubscription(ctx context.Context, topic, name string, conf
 	}
 	sub := Subscription{Topic: topic, Name: name, Config: slices.Clone(config), CreateTime: s.opts.Clock.Now().UTC().Truncate(time.Microsecond)}
 	err = s.update(func(txn *badger.Txn) error {
-		id, err := nextSubID(txn)
+		id, err := nextID(txn, nextSubIDKey())
 		if err != nil {
 			return err
 		}
@@ -182,26 +182,6 @@ func (s *Store) CreateSubscription(ctx context.Context, topic, name string, conf
 	}
 	h.subs.put(sub)
 	return sub, nil
-}
-
-func nextSubID(txn *badger.Txn) (uint32, error) {
-	id := uint32(1)
-	item, err := txn.Get(nextSubIDKey())
-	switch {
-	case errors.Is(err, badger.ErrKeyNotFound):
-	case err != nil:
-		return 0, err
-	default:
-		err = item.Value(func(v []byte) error {
-			d := decoder{b: v}
-			id = d.u32()
-			return d.end()
-		})
-		if err != nil {
-			return 0, fmt.Errorf("next subscription id: %w", err)
-		}
-	}
-	return id, txn.Set(nextSubIDKey(), binary.BigEndian.AppendUint32(nil, id+1))
 }
 
 // Subscription returns the subscription called name on topic.

@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/consumer"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
@@ -67,7 +67,7 @@ func newSubCreateCommand() *cobra.Command {
 		cfg := &ferryv1.SubscriptionConfig{
 			Guarantee:       ferryv1.DeliveryGuarantee(g),
 			Type:            ferryv1.SubscriptionType(t),
-			Start:           positionProto(pos),
+			Start:           broker.PositionToProto(pos),
 			AckTimeout:      durationpb.New(ackTimeout),
 			BackoffMin:      durationpb.New(bmin),
 			BackoffMax:      durationpb.New(bmax),
@@ -88,19 +88,6 @@ func newSubCreateCommand() *cobra.Command {
 		return printSubscription(cmd.OutOrStdout(), cf.output, resp.Subscription, nil)
 	}
 	return cmd
-}
-
-// positionProto is the wire form of a parsed --start or --to.
-func positionProto(p consumer.StartPosition) *ferryv1.Position {
-	switch p.Kind {
-	case consumer.StartEarliest:
-		return &ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_EARLIEST}
-	case consumer.StartOffset:
-		return &ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_OFFSET, Offset: p.Offset}
-	case consumer.StartTime:
-		return &ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_TIME, Time: timestamppb.New(p.Time)}
-	}
-	return &ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_LATEST}
 }
 
 func newSubListCommand() *cobra.Command {
@@ -185,7 +172,7 @@ those from it on as not acked. Deliveries outstanding can no longer be acked.`,
 		}
 		defer conn.Close()
 		err = cf.call(cmd.Context(), func(ctx context.Context) error {
-			_, err := ferryv1.NewSubscriberServiceClient(conn).Seek(ctx, &ferryv1.SeekRequest{Topic: args[0], Subscription: args[1], Position: positionProto(pos)})
+			_, err := ferryv1.NewSubscriberServiceClient(conn).Seek(ctx, &ferryv1.SeekRequest{Topic: args[0], Subscription: args[1], Position: broker.PositionToProto(pos)})
 			return err
 		})
 		if err != nil {
