@@ -140,6 +140,24 @@ func benchConns() int {
 // a function counting fsyncs since.
 func openBenchServer(b *testing.B, conns int) ([]ferryv1.PublisherServiceClient, func() uint64) {
 	b.Helper()
+	srv := startBenchBroker(b)
+	var clients []ferryv1.PublisherServiceClient
+	for range conns {
+		conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { conn.Close() })
+		clients = append(clients, ferryv1.NewPublisherServiceClient(conn))
+	}
+	start := srv.Store().Syncs()
+	return clients, func() uint64 { return srv.Store().Syncs() - start }
+}
+
+// startBenchBroker serves a broker with fsync=always on a temp dir, with a
+// one-partition topic "bench".
+func startBenchBroker(b *testing.B) *Server {
+	b.Helper()
 	opts := DefaultOptions(b.TempDir())
 	opts.GRPCAddr = "127.0.0.1:0"
 	opts.HTTPAddr = ""
@@ -154,15 +172,5 @@ func openBenchServer(b *testing.B, conns int) ([]ferryv1.PublisherServiceClient,
 	if _, err := srv.Store().CreateTopic(context.Background(), "bench", storage.TopicConfig{}); err != nil {
 		b.Fatal(err)
 	}
-	var clients []ferryv1.PublisherServiceClient
-	for range conns {
-		conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { conn.Close() })
-		clients = append(clients, ferryv1.NewPublisherServiceClient(conn))
-	}
-	start := srv.Store().Syncs()
-	return clients, func() uint64 { return srv.Store().Syncs() - start }
+	return srv
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -170,20 +169,7 @@ func endToEnd(b *testing.B, g ferryv1.DeliveryGuarantee, rate int, d time.Durati
 // one-partition topic "bench", and returns a client connection.
 func openConsumeBench(b *testing.B) (*Server, *grpc.ClientConn) {
 	b.Helper()
-	opts := DefaultOptions(b.TempDir())
-	opts.GRPCAddr = "127.0.0.1:0"
-	opts.HTTPAddr = ""
-	opts.Logger = slog.New(slog.DiscardHandler)
-	opts.Storage.Fsync = storage.FsyncAlways
-	srv, err := Open(opts)
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = srv.Serve() }()
-	b.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	if _, err := srv.Store().CreateTopic(context.Background(), "bench", storage.TopicConfig{}); err != nil {
-		b.Fatal(err)
-	}
+	srv := startBenchBroker(b)
 	conn, err := grpc.NewClient(srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
