@@ -132,10 +132,13 @@ func (a *admin) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopicRequest
 		return nil, status.Errorf(codes.FailedPrecondition, "topic %q has %d subscriptions (%s); delete them first, or delete with force",
 			req.GetName(), len(subs), strings.Join(names, ", "))
 	}
+	// Stop delivery first, so the subscriptions' last writes land, and
+	// again after, for a consumer that attached in between.
 	a.engine.StopTopic(req.GetName())
 	if err := a.store.DeleteTopic(ctx, req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
+	a.engine.StopTopic(req.GetName())
 	return &ferryv1.DeleteTopicResponse{}, nil
 }
 

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -159,5 +160,39 @@ func TestEngineCloseStoresLastAcks(t *testing.T) {
 	}
 	if ps.cursor.Floor() != n {
 		t.Fatalf("after Close the stored floor is %d, want %d: acks were lost", ps.cursor.Floor(), n)
+	}
+}
+
+// TestEngineLoopEndsWithItsTopic: a subscription whose topic is deleted
+// under it (a consumer attached between the broker stopping its delivery
+// and deleting the topic) detaches its consumers and leaves the engine,
+// instead of retrying reads for ever.
+func TestEngineLoopEndsWithItsTopic(t *testing.T) {
+	clk := clock.NewFake(t0)
+	e, st := testEngine(t, clk)
+	ctx := context.Background()
+	if _, err := st.CreateTopic(ctx, "t", storage.TopicConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateSubscription(ctx, "t", "s", DefaultOptions(AtLeastOnce)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.Attach(ctx, "t", "s", AttachOptions{Credit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteTopic(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Receive(rctx); !errors.Is(err, ErrDetached) {
+		t.Fatalf("Receive after the topic was deleted: %v, want ErrDetached", err)
+	}
+	e.mu.Lock()
+	n := len(e.loops)
+	e.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("the engine still runs %d loops", n)
 	}
 }

@@ -234,6 +234,10 @@ func (l *loop) backOff(part uint32, err error) bool {
 	if l.ctx.Err() != nil {
 		return false
 	}
+	if gone(err) {
+		l.end(fmt.Errorf("subscription %q: %w: %w", l.key.name, ErrDetached, err))
+		return false
+	}
 	l.e.log.Warn("subscription read failed; retrying", "topic", l.key.topic, "subscription", l.key.name, "partition", part, "err", err)
 	wait := make(chan struct{})
 	t := l.e.opts.Clock.AfterFunc(fetchRetry, func() { close(wait) })
@@ -276,6 +280,9 @@ func (l *loop) read(f fetch) ([]storage.Message, []bool, error) {
 // a subscription is deleted only once its writes have landed.
 func (l *loop) startWrite(job *writeJob) {
 	wp, err := l.e.opts.Log.Submit(context.WithoutCancel(l.ctx), job.w)
+	if gone(err) {
+		l.end(fmt.Errorf("subscription %q: %w: %w", l.key.name, ErrDetached, err))
+	}
 	if err != nil {
 		l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
 		l.sub.written(job, nil, err, l.e.opts.Clock.Now())
@@ -365,17 +372,33 @@ func (l *loop) detach(c *Consumer) {
 		l.sub.detach(c.id, now)
 		c.detached(fmt.Errorf("consumer closed: %w", ErrDetached))
 		if l.ephemeral && len(l.consumers) == 0 {
-			l.e.mu.Lock()
-			if l.e.loops[l.key] == l {
-				delete(l.e.loops, l.key)
-			}
-			l.e.mu.Unlock()
-			l.stopMu.Lock()
-			l.stopErr = fmt.Errorf("none subscription %q ended with its last consumer: %w", l.key.name, ErrDetached)
-			l.stopMu.Unlock()
-			l.cancel()
+			l.end(fmt.Errorf("none subscription %q ended with its last consumer: %w", l.key.name, ErrDetached))
 		}
 	})
+}
+
+// end stops the loop from within, for good: it leaves the engine, so the
+// next use of the subscription starts afresh, and its consumers are
+// detached with err. Safe from any goroutine.
+func (l *loop) end(err error) {
+	l.e.mu.Lock()
+	if l.e.loops[l.key] == l {
+		delete(l.e.loops, l.key)
+	}
+	l.e.mu.Unlock()
+	l.stopMu.Lock()
+	if l.stopErr == nil {
+		l.stopErr = err
+	}
+	l.stopMu.Unlock()
+	l.cancel()
+}
+
+// gone reports whether err means the subscription or its topic no longer
+// exists (or the store is closing), so the loop has nothing left to do.
+func gone(err error) bool {
+	return errors.Is(err, storage.ErrTopicNotFound) || errors.Is(err, storage.ErrSubscriptionNotFound) ||
+		errors.Is(err, storage.ErrPartitionNotFound) || errors.Is(err, storage.ErrClosed)
 }
 
 // Consumer is one consumer attached to a subscription. Receive takes its
