@@ -575,7 +575,9 @@ func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64
 	err = s.db.View(func(txn *badger.Txn) error {
 		opts := badger.DefaultIteratorOptions
 		opts.Prefix = partitionPrefix(kindMessage, tid, part)
-		opts.PrefetchSize = min(maxMessages, 100)
+		// Values are inline in the LSM tree (ValueThreshold): prefetching
+		// would only copy each one once more before decode copies it.
+		opts.PrefetchValues = false
 		it := txn.NewIterator(opts)
 		defer it.Close()
 		next, bytes := from, 0
