@@ -1,0 +1,323 @@
+package client
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+// Guarantee is a subscription's delivery guarantee.
+type Guarantee = ferryv1.DeliveryGuarantee
+
+// The guarantees (DESIGN §2).
+const (
+	None            = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_NONE
+	AtMostOnce      = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_MOST_ONCE
+	AtLeastOnce     = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_LEAST_ONCE
+	EffectivelyOnce = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_EFFECTIVELY_ONCE
+)
+
+// SubscriptionType is how a subscription's messages spread over consumers.
+type SubscriptionType = ferryv1.SubscriptionType
+
+// The subscription types.
+const (
+	Shared    = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_SHARED
+	KeyShared = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_KEY_SHARED
+	Exclusive = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_EXCLUSIVE
+	Failover  = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_FAILOVER
+)
+
+// Position is where a subscription starts or seeks to: Earliest, Latest,
+// AtOffset or AtTime.
+type Position struct{ p *ferryv1.Position }
+
+// Earliest is the oldest retained message of each partition.
+func Earliest() Position {
+	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_EARLIEST}}
+}
+
+// Latest is the head of each partition: what is published from now on.
+func Latest() Position {
+	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_LATEST}}
+}
+
+// AtOffset is offset off in every partition.
+func AtOffset(off uint64) Position {
+	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_OFFSET, Offset: off}}
+}
+
+// AtTime is the first message of each partition published at or after t.
+func AtTime(t time.Time) Position {
+	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_TIME, Time: timestamppb.New(t)}}
+}
+
+// TopicConfig is a topic's config; zero fields take the broker's defaults.
+type TopicConfig struct {
+	Partitions           uint32
+	RetentionMaxAge      time.Duration
+	RetentionMaxBytes    uint64
+	RetentionMaxMessages uint64
+	DedupWindow          time.Duration
+	MaxMessageBytes      uint32
+}
+
+// Topic is a topic as stored, with its partitions' offsets when read with
+// GetTopic.
+type Topic struct {
+	Name       string
+	Config     TopicConfig
+	CreateTime time.Time
+	Partitions []PartitionStats
+}
+
+// PartitionStats is one partition's offsets and size.
+type PartitionStats struct {
+	Partition   uint32
+	FirstOffset uint64
+	HeadOffset  uint64
+	Messages    uint64
+	Bytes       uint64
+}
+
+func (tc TopicConfig) proto() *ferryv1.TopicConfig {
+	return &ferryv1.TopicConfig{
+		Partitions:           tc.Partitions,
+		RetentionMaxAge:      durationpb.New(tc.RetentionMaxAge),
+		RetentionMaxBytes:    tc.RetentionMaxBytes,
+		RetentionMaxMessages: tc.RetentionMaxMessages,
+		DedupWindow:          durationpb.New(tc.DedupWindow),
+		MaxMessageBytes:      tc.MaxMessageBytes,
+	}
+}
+
+func topicFromProto(t *ferryv1.Topic, parts []*ferryv1.PartitionStats) Topic {
+	c := t.GetConfig()
+	out := Topic{Name: t.GetName(), CreateTime: t.GetCreateTime().AsTime(), Config: TopicConfig{
+		Partitions:           c.GetPartitions(),
+		RetentionMaxAge:      c.GetRetentionMaxAge().AsDuration(),
+		RetentionMaxBytes:    c.GetRetentionMaxBytes(),
+		RetentionMaxMessages: c.GetRetentionMaxMessages(),
+		DedupWindow:          c.GetDedupWindow().AsDuration(),
+		MaxMessageBytes:      c.GetMaxMessageBytes(),
+	}}
+	for _, p := range parts {
+		out.Partitions = append(out.Partitions, PartitionStats{p.GetPartition(), p.GetFirstOffset(), p.GetHeadOffset(), p.GetMessageCount(), p.GetBytes()})
+	}
+	return out
+}
+
+// CreateTopic creates a topic; an identical create is a no-op.
+func (c *Client) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (Topic, error) {
+	var resp *ferryv1.CreateTopicResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.admin.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: name, Config: cfg.proto()})
+		return err
+	})
+	return topicFromProto(resp.GetTopic(), nil), err
+}
+
+// GetTopic returns a topic with its partitions' offsets.
+func (c *Client) GetTopic(ctx context.Context, name string) (Topic, error) {
+	var resp *ferryv1.GetTopicResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.admin.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: name})
+		return err
+	})
+	return topicFromProto(resp.GetTopic(), resp.GetPartitions()), err
+}
+
+// ListTopics returns every topic, ordered by name.
+func (c *Client) ListTopics(ctx context.Context) ([]Topic, error) {
+	var resp *ferryv1.ListTopicsResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.admin.ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+		return err
+	})
+	var out []Topic
+	for _, t := range resp.GetTopics() {
+		out = append(out, topicFromProto(t, nil))
+	}
+	return out, err
+}
+
+// UpdateTopic sets the config fields named in fields (retention_max_age,
+// retention_max_bytes, retention_max_messages, dedup_window,
+// max_message_bytes) to their values in cfg.
+func (c *Client) UpdateTopic(ctx context.Context, name string, cfg TopicConfig, fields ...string) (Topic, error) {
+	var resp *ferryv1.UpdateTopicResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.admin.UpdateTopic(ctx, &ferryv1.UpdateTopicRequest{Name: name, Config: cfg.proto(), UpdateMask: &fieldmaskpb.FieldMask{Paths: fields}})
+		return err
+	})
+	return topicFromProto(resp.GetTopic(), nil), err
+}
+
+// DeleteTopic deletes a topic without subscriptions.
+func (c *Client) DeleteTopic(ctx context.Context, name string) error {
+	return c.deleteTopic(ctx, name, false)
+}
+
+// ForceDeleteTopic deletes a topic and its subscriptions.
+func (c *Client) ForceDeleteTopic(ctx context.Context, name string) error {
+	return c.deleteTopic(ctx, name, true)
+}
+
+func (c *Client) deleteTopic(ctx context.Context, name string, force bool) error {
+	return c.call(ctx, func(ctx context.Context) error {
+		_, err := c.admin.DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: name, Force: force})
+		return err
+	})
+}
+
+// SubscriptionConfig is how a subscription delivers. Guarantee and Type
+// are required; zero durations take the broker's defaults (ack timeout 30s,
+// backoff 1s to 60s); a zero Start is latest.
+type SubscriptionConfig struct {
+	Guarantee       Guarantee
+	Type            SubscriptionType
+	Start           Position
+	AckTimeout      time.Duration
+	BackoffMin      time.Duration
+	BackoffMax      time.Duration
+	MaxDeliveries   uint32
+	DeadLetterTopic string
+	DedupHorizon    time.Duration
+}
+
+func optDuration(d time.Duration) *durationpb.Duration {
+	if d == 0 {
+		return nil
+	}
+	return durationpb.New(d)
+}
+
+func (sc SubscriptionConfig) proto() *ferryv1.SubscriptionConfig {
+	return &ferryv1.SubscriptionConfig{
+		Guarantee:       sc.Guarantee,
+		Type:            sc.Type,
+		Start:           sc.Start.p,
+		AckTimeout:      optDuration(sc.AckTimeout),
+		BackoffMin:      optDuration(sc.BackoffMin),
+		BackoffMax:      optDuration(sc.BackoffMax),
+		MaxDeliveries:   sc.MaxDeliveries,
+		DeadLetterTopic: sc.DeadLetterTopic,
+		DedupHorizon:    optDuration(sc.DedupHorizon),
+	}
+}
+
+// Subscription is a subscription with its config and, when read with
+// GetSubscription or ListSubscriptions, its stats.
+type Subscription struct {
+	Topic      string
+	Name       string
+	Config     SubscriptionConfig
+	CreateTime time.Time
+	Stats      SubscriptionStats
+}
+
+// SubscriptionStats are a subscription's gauges and counters (since the
+// broker started).
+type SubscriptionStats struct {
+	Backlog          uint64
+	InFlight         uint32
+	OldestUnackedAge time.Duration
+	Consumers        uint32
+	Delivered        uint64
+	Redelivered      uint64
+	Acked            uint64
+	Nacked           uint64
+	DeadLettered     uint64
+	StaleAcks        uint64
+	Skipped          uint64
+}
+
+func subscriptionFromProto(s *ferryv1.Subscription, st *ferryv1.SubscriptionStats) Subscription {
+	c := s.GetConfig()
+	return Subscription{
+		Topic: s.GetTopic(), Name: s.GetName(), CreateTime: s.GetCreateTime().AsTime(),
+		Config: SubscriptionConfig{
+			Guarantee: c.GetGuarantee(), Type: c.GetType(), Start: Position{c.GetStart()},
+			AckTimeout: c.GetAckTimeout().AsDuration(), BackoffMin: c.GetBackoffMin().AsDuration(), BackoffMax: c.GetBackoffMax().AsDuration(),
+			MaxDeliveries: c.GetMaxDeliveries(), DeadLetterTopic: c.GetDeadLetterTopic(), DedupHorizon: c.GetDedupHorizon().AsDuration(),
+		},
+		Stats: SubscriptionStats{
+			Backlog: st.GetBacklog(), InFlight: st.GetInFlight(), OldestUnackedAge: st.GetOldestUnackedAge().AsDuration(),
+			Consumers: st.GetConsumers(), Delivered: st.GetDelivered(), Redelivered: st.GetRedelivered(), Acked: st.GetAcked(),
+			Nacked: st.GetNacked(), DeadLettered: st.GetDeadLettered(), StaleAcks: st.GetStaleAcks(), Skipped: st.GetSkipped(),
+		},
+	}
+}
+
+// CreateSubscription creates a subscription; an identical create is a
+// no-op.
+func (c *Client) CreateSubscription(ctx context.Context, topic, name string, cfg SubscriptionConfig) (Subscription, error) {
+	var resp *ferryv1.CreateSubscriptionResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.admin.CreateSubscription(ctx, &ferryv1.CreateSubscriptionRequest{Topic: topic, Name: name, Config: cfg.proto()})
+		return err
+	})
+	return subscriptionFromProto(resp.GetSubscription(), nil), err
+}
+
+// GetSubscription returns a subscription with its stats.
+func (c *Client) GetSubscription(ctx context.Context, topic, name string) (Subscription, error) {
+	var resp *ferryv1.GetSubscriptionResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.admin.GetSubscription(ctx, &ferryv1.GetSubscriptionRequest{Topic: topic, Name: name})
+		return err
+	})
+	return subscriptionFromProto(resp.GetSubscription(), resp.GetStats()), err
+}
+
+// ListSubscriptions returns a topic's subscriptions with stats, by name.
+func (c *Client) ListSubscriptions(ctx context.Context, topic string) ([]Subscription, error) {
+	var resp *ferryv1.ListSubscriptionsResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.admin.ListSubscriptions(ctx, &ferryv1.ListSubscriptionsRequest{Topic: topic})
+		return err
+	})
+	var out []Subscription
+	for i, s := range resp.GetSubscriptions() {
+		var st *ferryv1.SubscriptionStats
+		if i < len(resp.GetStats()) {
+			st = resp.GetStats()[i]
+		}
+		out = append(out, subscriptionFromProto(s, st))
+	}
+	return out, err
+}
+
+// UpdateSubscription sets the config fields named in fields (ack_timeout,
+// backoff_min, backoff_max, max_deliveries, dead_letter_topic,
+// dedup_horizon) to their values in cfg. Attached consumers reconnect.
+func (c *Client) UpdateSubscription(ctx context.Context, topic, name string, cfg SubscriptionConfig, fields ...string) (Subscription, error) {
+	var resp *ferryv1.UpdateSubscriptionResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = c.admin.UpdateSubscription(ctx, &ferryv1.UpdateSubscriptionRequest{Topic: topic, Name: name, Config: cfg.proto(),
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: fields}})
+		return err
+	})
+	return subscriptionFromProto(resp.GetSubscription(), nil), err
+}
+
+// DeleteSubscription deletes a subscription, detaching its consumers.
+func (c *Client) DeleteSubscription(ctx context.Context, topic, name string) error {
+	return c.call(ctx, func(ctx context.Context) error {
+		_, err := c.admin.DeleteSubscription(ctx, &ferryv1.DeleteSubscriptionRequest{Topic: topic, Name: name})
+		return err
+	})
+}
+
+// Seek moves a subscription's cursor in every partition to pos.
+func (c *Client) Seek(ctx context.Context, topic, name string, pos Position) error {
+	return c.call(ctx, func(ctx context.Context) error {
+		_, err := c.sub.Seek(ctx, &ferryv1.SeekRequest{Topic: topic, Subscription: name, Position: pos.p})
+		return err
+	})
+}

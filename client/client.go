@@ -1,0 +1,167 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+// maxRecvBytes is the largest answer the client accepts: a 4 MiB message
+// with room for its framing.
+const maxRecvBytes = 8 << 20
+
+// Client is a connection to a ferry broker. It is safe for concurrent use.
+type Client struct {
+	conn  *grpc.ClientConn
+	opts  options
+	log   *slog.Logger
+	pub   ferryv1.PublisherServiceClient
+	sub   ferryv1.SubscriberServiceClient
+	admin ferryv1.AdminServiceClient
+}
+
+type options struct {
+	creds       credentials.TransportCredentials
+	callTimeout time.Duration
+	logger      *slog.Logger
+	keepalive   *keepalive.ClientParameters
+}
+
+// Option configures Dial.
+type Option func(*options)
+
+// WithTLS sets the transport credentials. Default: plaintext.
+func WithTLS(creds credentials.TransportCredentials) Option {
+	return func(o *options) { o.creds = creds }
+}
+
+// WithCallTimeout bounds each unary call (publish, ack, commit, admin).
+// Default 30s.
+func WithCallTimeout(d time.Duration) Option {
+	return func(o *options) { o.callTimeout = d }
+}
+
+// WithLogger sets where the client logs reconnects and retries. Default
+// slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}
+
+// WithKeepalive sets gRPC keepalive pings. Default: gRPC's (none).
+func WithKeepalive(kp keepalive.ClientParameters) Option {
+	return func(o *options) { o.keepalive = &kp }
+}
+
+// Dial connects to the broker at addr (host:port) and waits until the
+// connection is ready or ctx ends. Later the connection reconnects by
+// itself.
+func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
+	o := options{creds: insecure.NewCredentials(), callTimeout: 30 * time.Second, logger: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	dopts := []grpc.DialOption{
+		grpc.WithTransportCredentials(o.creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)),
+	}
+	if o.keepalive != nil {
+		dopts = append(dopts, grpc.WithKeepaliveParams(*o.keepalive))
+	}
+	conn, err := grpc.NewClient(addr, dopts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: dial %s: %w", addr, err)
+	}
+	conn.Connect()
+	for {
+		s := conn.GetState()
+		if s == connectivity.Ready {
+			break
+		}
+		if !conn.WaitForStateChange(ctx, s) {
+			conn.Close()
+			return nil, fmt.Errorf("client: connect to %s (%v): %w", addr, s, ctx.Err())
+		}
+	}
+	return &Client{
+		conn:  conn,
+		opts:  o,
+		log:   o.logger,
+		pub:   ferryv1.NewPublisherServiceClient(conn),
+		sub:   ferryv1.NewSubscriberServiceClient(conn),
+		admin: ferryv1.NewAdminServiceClient(conn),
+	}, nil
+}
+
+// Close closes the connection. Producers and consumers on it stop working;
+// close them first.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// call runs f under the per-call timeout.
+func (c *Client) call(ctx context.Context, f func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.callTimeout)
+	defer cancel()
+	return f(ctx)
+}
+
+// retryable reports whether an error is worth trying again on the same or
+// a new stream: the broker is shutting down, restarting or unreachable.
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Aborted:
+		return true
+	}
+	return false
+}
+
+// StatusCode returns the gRPC code of an error returned by the client, such
+// as codes.FailedPrecondition for a stale delivery.
+func StatusCode(err error) codes.Code {
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		return se.GRPCStatus().Code()
+	}
+	return status.Code(err)
+}
+
+// backoff is an exponential backoff with full jitter.
+type backoff struct {
+	min, max time.Duration
+	n        int
+}
+
+// next returns how long to wait before the next attempt.
+func (b *backoff) next() time.Duration {
+	d := b.min << min(b.n, 30)
+	if d <= 0 || d > b.max {
+		d = b.max
+	}
+	b.n++
+	return time.Duration(rand.Int64N(int64(d)) + 1)
+}
+
+func (b *backoff) reset() { b.n = 0 }
+
+// sleep waits d or until ctx ends, and reports whether the wait ran out.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
