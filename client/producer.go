@@ -69,9 +69,10 @@ type Producer struct {
 	queue   chan *PublishFuture
 	flushes chan chan struct{}
 
-	closeMu sync.RWMutex // guards closed and sends on queue
-	closed  bool
-	done    chan struct{} // closed when run has returned
+	closeMu    sync.RWMutex   // guards closed and publishers.Add
+	closed     bool           // no new publish is taken
+	publishers sync.WaitGroup // publishes on their way into queue
+	done       chan struct{}  // closed when run has returned
 
 	ctx  context.Context // ends when the producer stops for good
 	stop context.CancelFunc
@@ -157,12 +158,19 @@ func (p *Producer) publish(ctx context.Context, m *Message) *PublishFuture {
 		return f
 	}
 	p.closeMu.RLock()
-	defer p.closeMu.RUnlock()
 	if p.closed {
+		p.closeMu.RUnlock()
 		f.fail(ErrClosed, p.bytes)
 		return f
 	}
-	p.queue <- f
+	p.publishers.Add(1)
+	p.closeMu.RUnlock()
+	defer p.publishers.Done()
+	select {
+	case p.queue <- f:
+	case <-p.ctx.Done(): // Close gave up waiting
+		f.fail(ErrClosed, p.bytes)
+	}
 	return f
 }
 
@@ -215,7 +223,11 @@ func (p *Producer) Close(ctx context.Context) error {
 	p.closeMu.Lock()
 	if !p.closed {
 		p.closed = true
-		close(p.queue)
+		// The queue closes once no publish is on its way into it.
+		go func() {
+			p.publishers.Wait()
+			close(p.queue)
+		}()
 	}
 	p.closeMu.Unlock()
 	select {
