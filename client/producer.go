@@ -360,6 +360,7 @@ type sender struct {
 	stream       ferryv1.PublisherService_PublishStreamClient
 	cancelStream context.CancelFunc
 	broken       <-chan struct{} // of the current stream; nil before the first
+	opened       bool            // a stream was open before: a new one is a reopening
 	bo           backoff
 }
 
@@ -422,9 +423,10 @@ func (s *sender) reconnect() {
 			cancel()
 			continue
 		}
-		if attempt > 0 || len(resend) > 0 {
+		if s.opened {
 			p.c.log.Info("ferry producer: publish stream reopened", "topic", p.topic, "resent_batches", len(resend))
 		}
+		s.opened = true
 		s.stream, s.cancelStream, s.broken = stream, cancel, broken
 		s.bo.reset()
 		return
