@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrymq/ferry/internal/clock"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -16,14 +17,16 @@ import (
 type publisher struct {
 	ferryv1.UnimplementedPublisherServiceServer
 	store    *storage.Store
+	metrics  *metrics
+	clk      clock.Clock
 	draining <-chan struct{} // closed at shutdown
 
 	rrMu sync.Mutex // guards rr
 	rr   map[string]*roundRobin
 }
 
-func newPublisher(st *storage.Store, draining <-chan struct{}) *publisher {
-	return &publisher{store: st, draining: draining, rr: make(map[string]*roundRobin)}
+func newPublisher(st *storage.Store, m *metrics, clk clock.Clock, draining <-chan struct{}) *publisher {
+	return &publisher{store: st, metrics: m, clk: clk, draining: draining, rr: make(map[string]*roundRobin)}
 }
 
 // Publish appends one batch and answers when it is durable.
@@ -150,6 +153,7 @@ func (p *publisher) route(topic string, msgs []*ferryv1.PublishMessage) ([]*shar
 // with its writer before returning, so batches queued one after another
 // keep their order. The returned wait blocks until all shares are durable.
 func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.PublishMessage) (func(context.Context) ([]*ferryv1.PublishResult, error), error) {
+	start := p.clk.Now()
 	shares, err := p.route(topic, msgs)
 	if err != nil {
 		return nil, err
@@ -170,7 +174,9 @@ func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.P
 				return nil, err
 			}
 			sh.fill(results, res)
+			p.metrics.published(topic, sh.msgs, res)
 		}
+		p.metrics.answered(p.clk.Now().Sub(start))
 		return results, nil
 	}, nil
 }

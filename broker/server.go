@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -26,13 +28,14 @@ import (
 // Server is a running broker: the store, the gRPC server and the HTTP
 // server.
 type Server struct {
-	opts   Options
-	log    *slog.Logger
-	store  *storage.Store
-	engine *consumer.Engine
-	grpc   *grpc.Server
-	health *health.Server
-	http   *http.Server
+	opts     Options
+	log      *slog.Logger
+	store    *storage.Store
+	engine   *consumer.Engine
+	registry *prometheus.Registry
+	grpc     *grpc.Server
+	health   *health.Server
+	http     *http.Server
 
 	grpcLis net.Listener
 	httpLis net.Listener
@@ -50,9 +53,12 @@ func Open(opts Options) (*Server, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
 	sopts := opts.Storage
 	sopts.Clock = opts.Clock
 	sopts.Logger = opts.Logger
+	sopts.Metrics = storage.NewMetrics(reg)
 	grpcLis, err := net.Listen("tcp", opts.GRPCAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen grpc: %w", err)
@@ -82,17 +88,22 @@ func Open(opts Options) (*Server, error) {
 		stopped:  make(chan struct{}),
 		draining: make(chan struct{}),
 	}
+	s.registry = reg
 	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor()),
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	s.engine = consumer.New(consumer.EngineOptions{Log: st, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
-	pub := newPublisher(st, s.draining)
+	pub := newPublisher(st, m, opts.Clock, s.draining)
 	ferryv1.RegisterPublisherServiceServer(s.grpc, pub)
-	ferryv1.RegisterSubscriberServiceServer(s.grpc, &subscriber{engine: s.engine, pub: pub, draining: s.draining})
+	ferryv1.RegisterSubscriberServiceServer(s.grpc, &subscriber{engine: s.engine, metrics: m, pub: pub, draining: s.draining})
 	ferryv1.RegisterAdminServiceServer(s.grpc, &admin{store: st, engine: s.engine, clk: opts.Clock})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	m.grpc.InitializeMetrics(s.grpc)
+	reg.MustRegister(newStoreCollector(st), newSubscriptionCollector(st, s.engine, opts.Clock))
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	for _, svc := range []string{ferryv1.PublisherService_ServiceDesc.ServiceName, ferryv1.SubscriberService_ServiceDesc.ServiceName, ferryv1.AdminService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
@@ -109,6 +120,7 @@ func Open(opts Options) (*Server, error) {
 			}
 			_, _ = w.Write([]byte("ready\n"))
 		})
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}))
 		// Profiles for operators: go tool pprof http://HOST:7421/debug/pprof/heap
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
@@ -131,6 +143,10 @@ func (s *Server) HTTPAddr() net.Addr {
 	}
 	return s.httpLis.Addr()
 }
+
+// Registry returns the registry the broker's metrics are on (served at
+// /metrics).
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
 
 // Store returns the server's store.
 func (s *Server) Store() *storage.Store { return s.store }

@@ -30,6 +30,7 @@ const (
 type subscriber struct {
 	ferryv1.UnimplementedSubscriberServiceServer
 	engine   *consumer.Engine
+	metrics  *metrics
 	pub      *publisher      // routes Commit's publishes
 	draining <-chan struct{} // closed at shutdown
 }
@@ -181,6 +182,7 @@ func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *fer
 	go func() {
 		results, err := c.Ack(ctx, ids)
 		conf := &ferryv1.AckConfirmation{Sequence: a.GetSequence(), Results: ackResults(a.GetDeliveryIds(), bad, results, err)}
+		s.metrics.ackConfirmations.Inc()
 		select {
 		case confirms <- conf:
 		case <-ctx.Done():

@@ -115,10 +115,11 @@ type pin struct {
 // partition has at most one write in flight, so writes of a partition land
 // in the order they were made and each carries the whole state.
 type writeJob struct {
-	id    uint64
-	parts []uint32
-	epoch map[uint32]uint32 // each partition's epoch when the job was made
-	acks  map[uint32][]uint64
+	id         uint64
+	parts      []uint32
+	epoch      map[uint32]uint32 // each partition's epoch when the job was made
+	acks       map[uint32][]uint64
+	deadLetter bool // a dead letter's write, not a commit's
 	// ackedIDs are the ids of the messages it acks, for the acked-id
 	// horizon (EFFECTIVELY_ONCE).
 	ackedIDs []string
@@ -877,8 +878,9 @@ func (s *subscription) deadLetter(p *partition, off uint64, m *storage.Message, 
 	}
 	p.busy[off] = true
 	job := &writeJob{
-		acks: map[uint32][]uint64{p.n: {off}},
-		w:    storage.Write{Appends: []storage.AppendBatch{{Topic: s.opts.DeadLetterTopic, Partition: part, Messages: []storage.Message{dl}}}},
+		deadLetter: true,
+		acks:       map[uint32][]uint64{p.n: {off}},
+		w:          storage.Write{Appends: []storage.AppendBatch{{Topic: s.opts.DeadLetterTopic, Partition: part, Messages: []storage.Message{dl}}}},
 	}
 	if s.opts.Guarantee == EffectivelyOnce && m.ID != "" {
 		job.ackedIDs = []string{m.ID}
@@ -1025,7 +1027,9 @@ func (s *subscription) complete(job *writeJob) {
 			if err == nil && job.epoch[part] == p.st.epoch {
 				s.forget(p, off)
 				p.st.cursor.Ack(off)
-				s.stats.Acked++
+				if !job.deadLetter {
+					s.stats.Acked++ // dead letters are counted apart
+				}
 			} else if err != nil {
 				s.toRetry(p, off, s.now.Add(writeRetry))
 			}

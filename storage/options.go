@@ -81,6 +81,8 @@ type Options struct {
 	// messages are kept in memory for readers at the head. Default 1 MiB;
 	// 0 turns the cache off.
 	TailCacheBytes int
+	// Metrics records the store's metrics (NewMetrics); nil records none.
+	Metrics *Metrics
 }
 
 // DefaultOptions returns the default options for a store in dir.

@@ -332,10 +332,14 @@ type syncer struct {
 	queue  chan syncGroup
 	done   chan struct{}
 	syncs  atomic.Uint64 // fsyncs done, for benchmarks
+
+	clk     clock.Clock
+	metrics *Metrics
 }
 
-func newSyncer(db *badger.DB, policy FsyncPolicy, queueLen int) *syncer {
-	s := &syncer{db: db, policy: policy, queue: make(chan syncGroup, queueLen), done: make(chan struct{})}
+func newSyncer(db *badger.DB, opts *Options) *syncer {
+	s := &syncer{db: db, policy: opts.Fsync, clk: opts.Clock, metrics: opts.Metrics,
+		queue: make(chan syncGroup, opts.QueueLength), done: make(chan struct{})}
 	go s.run()
 	return s
 }
@@ -378,9 +382,15 @@ func (s *syncer) run() {
 		}
 		var err error
 		if s.policy == FsyncAlways && wrote {
+			start := s.clk.Now()
 			err = s.db.Sync()
 			s.syncs.Add(1)
 			unsynced = err != nil
+			requests := 0
+			for _, g := range batch {
+				requests += len(g.reqs)
+			}
+			s.metrics.observeSync(s.clk.Now().Sub(start).Seconds(), requests)
 		}
 		for _, g := range batch {
 			if err == nil {

@@ -46,6 +46,7 @@ func (s *Store) enforcePartition(ctx context.Context, cfg TopicConfig, p *Partit
 		if err != nil {
 			return fmt.Errorf("trim to %d: %w", to, err)
 		}
+		s.opts.Metrics.retained(p.topic, res.deleted)
 		if !res.more {
 			break
 		}
@@ -129,6 +130,7 @@ func (s *Store) gcTick() {
 			}
 			break
 		}
+		s.opts.Metrics.gcRan()
 	}
 	s.bgMu.Lock()
 	defer s.bgMu.Unlock()

@@ -83,7 +83,7 @@ func Open(opts Options) (*Store, error) {
 		log:    opts.Logger,
 		topics: make(map[string]*topicHandle),
 	}
-	s.sync = newSyncer(db, opts.Fsync, opts.QueueLength)
+	s.sync = newSyncer(db, &s.opts)
 	if err := s.load(); err != nil {
 		s.sync.close()
 		_ = db.Close()
