@@ -70,7 +70,7 @@ func WithCreateNone() SubscribeOption { return func(o *subscribeOptions) { o.cre
 // Subscribe runs h on the subscription's messages until ctx ends, then
 // drains and returns nil. It returns an error at once if the subscription
 // cannot be used (not found, exclusive and taken, bad options); a broken
-// stream is reconnected, not returned.
+// stream or an unreachable broker is retried, not returned.
 func (c *Client) Subscribe(ctx context.Context, topic, subscription string, h Handler, opts ...SubscribeOption) error {
 	o := subscribeOptions{concurrency: 10, maxExtension: time.Hour, drainTimeout: 30 * time.Second,
 		reconnectMin: 100 * time.Millisecond, reconnectMax: 10 * time.Second}
@@ -86,6 +86,9 @@ func (c *Client) Subscribe(ctx context.Context, topic, subscription string, h Ha
 	s := &consumer{c: c, topic: topic, sub: subscription, h: h, o: o,
 		work: make(chan *Message, o.credit), running: make(map[string]*delivery)}
 	if err := s.describe(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // ended before it began: nothing to drain
+		}
 		return err
 	}
 	return s.run(ctx)
@@ -123,13 +126,22 @@ const (
 	ackNack
 )
 
-// describe reads the subscription's guarantee and ack timeout.
+// describe reads the subscription's guarantee and ack timeout. While the
+// broker is unreachable it retries, with the reconnect backoff, until ctx
+// ends.
 func (s *consumer) describe(ctx context.Context) error {
 	var resp *ferryv1.GetSubscriptionResponse
-	err := s.c.call(ctx, func(ctx context.Context) (err error) {
-		resp, err = s.c.admin.GetSubscription(ctx, &ferryv1.GetSubscriptionRequest{Topic: s.topic, Name: s.sub})
-		return err
-	})
+	bo := backoff{min: s.o.reconnectMin, max: s.o.reconnectMax}
+	var err error
+	for {
+		err = s.c.call(ctx, func(ctx context.Context) (err error) {
+			resp, err = s.c.admin.GetSubscription(ctx, &ferryv1.GetSubscriptionRequest{Topic: s.topic, Name: s.sub})
+			return err
+		})
+		if !retryable(err) || !sleep(ctx, bo.next()) {
+			break
+		}
+	}
 	if StatusCode(err) == codes.NotFound && s.o.createNone {
 		s.guarantee, s.ackTimeout = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_NONE, 30*time.Second
 		return nil
