@@ -3,9 +3,11 @@ package broker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"syscall"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -87,4 +89,27 @@ func describe(err error, sentinels ...error) string {
 		msg = strings.TrimSuffix(msg, ": "+s.Error())
 	}
 	return msg
+}
+
+// logInternal logs every unary call answered INTERNAL: a broker fault, not
+// the client's, and the one kind of error an operator must see.
+func logInternal(lg *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if status.Code(err) == codes.Internal {
+			lg.Error("internal error answered", "method", info.FullMethod, "err", err)
+		}
+		return resp, err
+	}
+}
+
+// logInternalStream is logInternal for streams.
+func logInternalStream(lg *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		err := handler(srv, ss)
+		if status.Code(err) == codes.Internal {
+			lg.Error("internal error answered", "method", info.FullMethod, "err", err)
+		}
+		return err
+	}
 }

@@ -335,10 +335,14 @@ type syncer struct {
 
 	clk     clock.Clock
 	metrics *Metrics
+	log     *slog.Logger
 }
 
+// slowFsync is how long an fsync may take before it is logged.
+const slowFsync = 500 * time.Millisecond
+
 func newSyncer(db *badger.DB, opts *Options) *syncer {
-	s := &syncer{db: db, policy: opts.Fsync, clk: opts.Clock, metrics: opts.Metrics,
+	s := &syncer{db: db, policy: opts.Fsync, clk: opts.Clock, metrics: opts.Metrics, log: opts.Logger,
 		queue: make(chan syncGroup, opts.QueueLength), done: make(chan struct{})}
 	go s.run()
 	return s
@@ -390,7 +394,11 @@ func (s *syncer) run() {
 			for _, g := range batch {
 				requests += len(g.reqs)
 			}
-			s.metrics.observeSync(s.clk.Now().Sub(start).Seconds(), requests)
+			took := s.clk.Now().Sub(start)
+			s.metrics.observeSync(took.Seconds(), requests)
+			if took >= slowFsync {
+				s.log.Warn("slow fsync", "duration", took.String(), "requests", requests, "err", err)
+			}
 		}
 		for _, g := range batch {
 			if err == nil {
