@@ -17,10 +17,13 @@ import (
 
 func newServeCommand() *cobra.Command {
 	o := broker.DefaultOptions("./ferry-data")
+	o.ShutdownTimeout = 10 * time.Second
 	var (
-		fsync     = "always"
-		logLevel  = "info"
-		logFormat = "text"
+		fsync       = "always"
+		logLevel    = "info"
+		logFormat   = "text"
+		configPath  string
+		printConfig bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -30,6 +33,14 @@ data in --data-dir. SIGTERM or SIGINT stops it gracefully: it stops taking
 requests, finishes the writes under way and closes the store.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if configPath != "" {
+				if err := applyConfigFile(cmd.Flags(), configPath); err != nil {
+					return err
+				}
+			}
+			if printConfig {
+				return printConfigTo(cmd.OutOrStdout(), cmd.Flags())
+			}
 			var err error
 			if o.Storage.Fsync, err = storage.ParseFsyncPolicy(fsync); err != nil {
 				return err
@@ -46,9 +57,10 @@ requests, finishes the writes under way and closes the store.`,
 	f.StringVar(&o.Storage.Dir, "data-dir", o.Storage.Dir, "data directory")
 	f.StringVar(&fsync, "fsync", fsync, "when to fsync appends: always (before every ack, grouped) or never (leave it to the OS)")
 	f.DurationVar(&o.Storage.RetentionInterval, "retention-interval", o.Storage.RetentionInterval, "how often retention and dedup expiry run")
-	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "how long shutdown waits for open RPCs")
+	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "grace period of a shutdown: how long it waits for open RPCs")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logFormat, "text or json")
+	addConfigFlags(cmd, &configPath, &printConfig)
 	return cmd
 }
 
@@ -71,7 +83,8 @@ func serve(ctx context.Context, o broker.Options) error {
 	go func() { served <- srv.Serve() }()
 	select {
 	case <-ctx.Done():
-		lg.Info("shutting down")
+		stop() // a second signal exits at once
+		lg.Info("shutting down", "grace", o.ShutdownTimeout.String())
 	case err := <-served:
 		// A server failed: stop the rest.
 		_ = srv.Shutdown(context.Background())
