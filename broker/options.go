@@ -23,6 +23,11 @@ type Options struct {
 	// ShutdownTimeout bounds Shutdown's wait for open RPCs before they are
 	// cut off. Default 5s.
 	ShutdownTimeout time.Duration
+	// ShutdownDelay is how long Shutdown reports not ready (on /readyz and
+	// the health service) while still serving, before it stops taking
+	// requests: time for load balancers to stop sending new work. Default
+	// 0.
+	ShutdownDelay time.Duration
 	// Clock is the time source of the broker and its store. Default the wall
 	// clock.
 	Clock clock.Clock
@@ -49,6 +54,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option GRPCAddr is empty: %w", storage.ErrInvalidConfig)
 	case o.ShutdownTimeout <= 0:
 		return fmt.Errorf("option ShutdownTimeout %v must be positive: %w", o.ShutdownTimeout, storage.ErrInvalidConfig)
+	case o.ShutdownDelay < 0:
+		return fmt.Errorf("option ShutdownDelay %v must not be negative: %w", o.ShutdownDelay, storage.ErrInvalidConfig)
 	case o.Clock == nil:
 		return fmt.Errorf("option Clock is nil: %w", storage.ErrInvalidConfig)
 	case o.Logger == nil:

@@ -186,7 +186,8 @@ func (s *Server) Serve() error {
 	return first
 }
 
-// Shutdown stops the broker: it reports NOT_SERVING, stops taking RPCs,
+// Shutdown stops the broker: it reports NOT_SERVING (and, for
+// ShutdownDelay, goes on serving), stops taking RPCs,
 // ends publish streams once their answered requests are sent, waits up to
 // ShutdownTimeout (or ctx) for other open RPCs, lets every queued
 // write finish and closes the store. Idempotent.
@@ -195,6 +196,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		defer close(s.stopped)
 		s.ready.Store(false)
 		s.health.Shutdown()
+		if s.opts.ShutdownDelay > 0 {
+			s.log.Info("not ready; still serving", "delay", s.opts.ShutdownDelay.String())
+			delayed := make(chan struct{})
+			t := s.opts.Clock.AfterFunc(s.opts.ShutdownDelay, func() { close(delayed) })
+			select {
+			case <-delayed:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
 		close(s.draining)
 		done := make(chan struct{})
 		go func() {

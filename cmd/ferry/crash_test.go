@@ -5,9 +5,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -283,4 +285,67 @@ func envInt(tb testing.TB, name string, def int) int {
 		tb.Fatalf("%s=%q: %v", name, v, err)
 	}
 	return n
+}
+
+// TestShutdownReadinessFirst: on SIGTERM the broker first reports not
+// ready while it still serves (for --shutdown-delay), then stops taking
+// requests and exits 0 within its grace period, keeping every ack.
+func TestShutdownReadinessFirst(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a real broker")
+	}
+	dir := t.TempDir()
+	p := startFerry(t, dir, "--http-addr", "127.0.0.1:0", "--shutdown-delay", "1s", "--shutdown-timeout", "5s")
+	conn := p.dial(t)
+	if _, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(context.Background(), &ferryv1.CreateTopicRequest{
+		Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 3, DedupWindow: durationpb.New(24 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	readyz := func() int {
+		resp, err := http.Get("http://" + p.httpAddr + "/readyz")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d before shutdown, want 200", code)
+	}
+	var took time.Duration
+	var stopErr error
+	acks := publishUntil(t, conn, 0, 12, 300*time.Millisecond, func() {
+		start := time.Now()
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		for readyz() != http.StatusServiceUnavailable {
+			if time.Since(start) > 5*time.Second {
+				t.Fatal("/readyz did not turn 503 within 5s of SIGTERM")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		// Not ready, and still serving: the listener is open.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := ferryv1.NewAdminServiceClient(conn).ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+		cancel()
+		if err != nil {
+			t.Errorf("right after /readyz turned 503 the broker refused a call: %v", err)
+		}
+		select {
+		case <-p.exited:
+			took = time.Since(start)
+			stopErr = p.exitErr
+		case <-time.After(10 * time.Second):
+			p.kill(t)
+			t.Fatal("no exit within 10s of SIGTERM")
+		}
+	})
+	if stopErr != nil {
+		t.Fatalf("SIGTERM: exit %v after %v", stopErr, took)
+	}
+	if took > 1*time.Second+5*time.Second+2*time.Second {
+		t.Errorf("exited %v after SIGTERM: over delay + grace", took)
+	}
+	verify(t, startFerry(t, dir).dial(t), acks)
 }

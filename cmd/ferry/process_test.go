@@ -49,6 +49,7 @@ func buildFerry(tb testing.TB) string {
 type process struct {
 	cmd      *exec.Cmd
 	grpcAddr string
+	httpAddr string // empty unless started with --http-addr
 	exited   chan struct{}
 	exitErr  error
 }
@@ -74,8 +75,10 @@ func startFerry(tb testing.TB, dir string, extra ...string) *process {
 			var line struct {
 				Msg      string `json:"msg"`
 				GRPCAddr string `json:"grpc_addr"`
+				HTTPAddr string `json:"http_addr"`
 			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "ferry serving" {
+				p.httpAddr = line.HTTPAddr
 				addr <- line.GRPCAddr
 			}
 			if line.Msg != "ferry serving" {

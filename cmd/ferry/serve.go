@@ -58,6 +58,7 @@ requests, finishes the writes under way and closes the store.`,
 	f.StringVar(&fsync, "fsync", fsync, "when to fsync appends: always (before every ack, grouped) or never (leave it to the OS)")
 	f.DurationVar(&o.Storage.RetentionInterval, "retention-interval", o.Storage.RetentionInterval, "how often retention and dedup expiry run")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "grace period of a shutdown: how long it waits for open RPCs")
+	f.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "at shutdown, how long /readyz says not ready while the broker still serves (for load balancers)")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logFormat, "text or json")
 	addConfigFlags(cmd, &configPath, &printConfig)
@@ -90,7 +91,7 @@ func serve(ctx context.Context, o broker.Options) error {
 		_ = srv.Shutdown(context.Background())
 		return err
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout+5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownDelay+o.ShutdownTimeout+5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
