@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"syscall"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -91,23 +92,49 @@ func (m *metrics) answered(took time.Duration) {
 	m.publishSeconds.Observe(took.Seconds())
 }
 
-// storeCollector reports the store's size on disk at each scrape.
+// storeCollector reports the store's size on disk and its filesystem's
+// free and total space at each scrape.
 type storeCollector struct {
-	st   *storage.Store
-	desc *prometheus.Desc
+	st                   *storage.Store
+	dir                  string
+	used, free, capacity *prometheus.Desc
 }
 
-func newStoreCollector(st *storage.Store) *storeCollector {
-	return &storeCollector{st: st, desc: prometheus.NewDesc("ferry_storage_disk_bytes",
-		"Bytes of the store's files: the LSM tree (messages up to 1 MiB inline) and the value log.", []string{"kind"}, nil)}
+func newStoreCollector(st *storage.Store, dir string) *storeCollector {
+	return &storeCollector{st: st, dir: dir,
+		used: prometheus.NewDesc("ferry_storage_disk_bytes",
+			"Bytes of the store's files: the LSM tree (messages up to 1 MiB inline) and the value log.", []string{"kind"}, nil),
+		free: prometheus.NewDesc("ferry_storage_disk_free_bytes",
+			"Bytes free for the broker on the data directory's filesystem.", nil, nil),
+		capacity: prometheus.NewDesc("ferry_storage_disk_capacity_bytes",
+			"Size of the data directory's filesystem.", nil, nil),
+	}
 }
 
-func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.used
+	ch <- c.free
+	ch <- c.capacity
+}
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	lsm, vlog := c.st.DiskBytes()
-	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(lsm), "lsm")
-	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(vlog), "vlog")
+	ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(lsm), "lsm")
+	ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(vlog), "vlog")
+	if free, capacity, err := diskSpace(c.dir); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.free, prometheus.GaugeValue, float64(free))
+		ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(capacity))
+	}
+}
+
+// diskSpace returns the bytes free to an unprivileged user and the size of
+// the filesystem holding dir.
+func diskSpace(dir string) (free, capacity uint64, err error) {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		return 0, 0, err
+	}
+	return fs.Bavail * uint64(fs.Bsize), fs.Blocks * uint64(fs.Bsize), nil
 }
 
 // subscriptionCollector reports every subscription's stats at each scrape,

@@ -1,13 +1,17 @@
 package broker
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -82,7 +86,70 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	if _, ok := got[`ferry_storage_disk_bytes{kind="vlog"}`]; !ok {
 		t.Error("ferry_storage_disk_bytes is not scraped")
 	}
+	queriedMetricsExist(t, got)
 	s.close(t)
+}
+
+// queriedMetricsExist checks that every metric the Grafana dashboard and
+// the Prometheus rules in deploy/ query is in the scrape.
+func queriedMetricsExist(t *testing.T, scraped map[string]float64) {
+	t.Helper()
+	names := map[string]bool{}
+	for series := range scraped {
+		names[strings.SplitN(series, "{", 2)[0]] = true
+	}
+	var exprs []string
+	b, err := os.ReadFile("../deploy/grafana/ferry-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("dashboard: %v", err)
+	}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			exprs = append(exprs, tg.Expr)
+		}
+	}
+	b, err = os.ReadFile("../deploy/prometheus/ferry-rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert, Expr string
+			}
+		}
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatalf("rules: %v", err)
+	}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" || r.Expr == "" {
+				t.Errorf("rule %+v has no alert name or no expr", r)
+			}
+			exprs = append(exprs, r.Expr)
+		}
+	}
+	if len(exprs) < 10 {
+		t.Fatalf("found only %d queries in deploy/", len(exprs))
+	}
+	metric := regexp.MustCompile(`\b(?:ferry|go|process)_[a-z0-9_]+\b`)
+	for _, e := range exprs {
+		for _, name := range metric.FindAllString(e, -1) {
+			if !names[name] {
+				t.Errorf("%s is queried (%s) but not scraped", name, e)
+			}
+		}
+	}
 }
 
 // scrape reads the broker's /metrics over HTTP and returns each sample's

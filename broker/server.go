@@ -103,7 +103,7 @@ func Open(opts Options) (*Server, error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	m.grpc.InitializeMetrics(s.grpc)
-	reg.MustRegister(newStoreCollector(st), newSubscriptionCollector(st, s.engine, opts.Clock))
+	reg.MustRegister(newStoreCollector(st, opts.Storage.Dir), newSubscriptionCollector(st, s.engine, opts.Clock))
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	for _, svc := range []string{ferryv1.PublisherService_ServiceDesc.ServiceName, ferryv1.SubscriberService_ServiceDesc.ServiceName, ferryv1.AdminService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
