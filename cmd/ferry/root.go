@@ -26,6 +26,7 @@ func newRootCommand() *cobra.Command {
 		newReadCommand(),
 		newSubCommand(),
 		newConsumeCommand(),
+		newTopCommand(),
 	)
 	return root
 }
