@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ type admin struct {
 	store  *storage.Store
 	engine *consumer.Engine
 	clk    clock.Clock
+	log    *slog.Logger
 }
 
 // CreateTopic creates a topic; an identical create is a no-op.
@@ -34,6 +36,7 @@ func (a *admin) CreateTopic(ctx context.Context, req *ferryv1.CreateTopicRequest
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	a.log.Info("topic created", "topic", t.Name, "partitions", t.Config.Partitions)
 	return &ferryv1.CreateTopicResponse{Topic: topicToProto(t)}, nil
 }
 
@@ -112,6 +115,7 @@ func (a *admin) UpdateTopic(ctx context.Context, req *ferryv1.UpdateTopicRequest
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	a.log.Info("topic updated", "topic", t.Name, "fields", strings.Join(paths, ","))
 	return &ferryv1.UpdateTopicResponse{Topic: topicToProto(t)}, nil
 }
 
@@ -139,6 +143,7 @@ func (a *admin) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopicRequest
 		return nil, toStatus(err)
 	}
 	a.engine.StopTopic(req.GetName())
+	a.log.Info("topic deleted", "topic", req.GetName(), "subscriptions", len(subs))
 	return &ferryv1.DeleteTopicResponse{}, nil
 }
 
@@ -239,6 +244,8 @@ func (a *admin) CreateSubscription(ctx context.Context, req *ferryv1.CreateSubsc
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	a.log.Info("subscription created", "topic", info.Topic, "subscription", info.Name,
+		"guarantee", o.Guarantee.String(), "type", o.Type.String())
 	return &ferryv1.CreateSubscriptionResponse{Subscription: subscriptionToProto(info)}, nil
 }
 
@@ -333,5 +340,6 @@ func (a *admin) DeleteSubscription(ctx context.Context, req *ferryv1.DeleteSubsc
 	if err := a.engine.DeleteSubscription(ctx, req.GetTopic(), req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
+	a.log.Info("subscription deleted", "topic", req.GetTopic(), "subscription", req.GetName())
 	return &ferryv1.DeleteSubscriptionResponse{}, nil
 }

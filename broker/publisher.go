@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"sync"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/internal/clock"
@@ -19,14 +21,15 @@ type publisher struct {
 	store    *storage.Store
 	metrics  *metrics
 	clk      clock.Clock
+	log      *slog.Logger
 	draining <-chan struct{} // closed at shutdown
 
 	rrMu sync.Mutex // guards rr
 	rr   map[string]*roundRobin
 }
 
-func newPublisher(st *storage.Store, m *metrics, clk clock.Clock, draining <-chan struct{}) *publisher {
-	return &publisher{store: st, metrics: m, clk: clk, draining: draining, rr: make(map[string]*roundRobin)}
+func newPublisher(st *storage.Store, m *metrics, clk clock.Clock, lg *slog.Logger, draining <-chan struct{}) *publisher {
+	return &publisher{store: st, metrics: m, clk: clk, log: lg, draining: draining, rr: make(map[string]*roundRobin)}
 }
 
 // Publish appends one batch and answers when it is durable.
@@ -104,6 +107,9 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 		if err != nil {
 			st := status.Convert(toStatus(err))
 			resp.Error = &ferryv1.PublishError{Code: uint32(st.Code()), Message: st.Message()}
+			if st.Code() == codes.Internal {
+				p.log.Error("internal error answered", "method", "PublishStream", "err", err)
+			}
 		}
 		if err := stream.Send(resp); err != nil {
 			return err

@@ -96,10 +96,10 @@ func Open(opts Options) (*Server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	s.engine = consumer.New(consumer.EngineOptions{Log: st, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
-	pub := newPublisher(st, m, opts.Clock, s.draining)
+	pub := newPublisher(st, m, opts.Clock, s.log, s.draining)
 	ferryv1.RegisterPublisherServiceServer(s.grpc, pub)
 	ferryv1.RegisterSubscriberServiceServer(s.grpc, &subscriber{engine: s.engine, metrics: m, pub: pub, draining: s.draining})
-	ferryv1.RegisterAdminServiceServer(s.grpc, &admin{store: st, engine: s.engine, clk: opts.Clock})
+	ferryv1.RegisterAdminServiceServer(s.grpc, &admin{store: st, engine: s.engine, clk: opts.Clock, log: s.log})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	m.grpc.InitializeMetrics(s.grpc)
