@@ -27,6 +27,7 @@ func newRootCommand() *cobra.Command {
 		newSubCommand(),
 		newConsumeCommand(),
 		newTopCommand(),
+		newBenchCommand(),
 	)
 	return root
 }

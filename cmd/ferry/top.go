@@ -123,9 +123,9 @@ func takeSnapshot(ctx context.Context, admin ferryv1.AdminServiceClient, now tim
 	return s, nil
 }
 
-// rate is how fast a counter grew between two samples, per second; a
+// perSecond is how fast a counter grew between two samples, per second; a
 // counter that went back (a restart) counts from zero.
-func rate(prev, cur uint64, d time.Duration) float64 {
+func perSecond(prev, cur uint64, d time.Duration) float64 {
 	if d <= 0 {
 		return 0
 	}
@@ -145,7 +145,7 @@ func render(w io.Writer, prev, cur snapshot) error {
 		prevHead[t.name] = t.head
 	}
 	for _, t := range cur.topics {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\n", t.name, t.partitions, t.messages, rate(prevHead[t.name], t.head, d))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\n", t.name, t.partitions, t.messages, perSecond(prevHead[t.name], t.head, d))
 	}
 	fmt.Fprintf(tw, "\nSUBSCRIPTION\tGUARANTEE\tBACKLOG\tIN FLIGHT\tOLDEST UNACKED\tDELIVER/S\tREDELIVER/S\tDEAD LETTERS\tCONSUMERS\n")
 	prevSub := map[string]*ferryv1.SubscriptionStats{}
@@ -165,7 +165,7 @@ func render(w io.Writer, prev, cur snapshot) error {
 		}
 		fmt.Fprintf(tw, "%s/%s\t%s\t%d\t%d\t%s\t%.1f\t%.1f\t%d\t%d\n", s.topic, s.name, s.guarantee,
 			s.stats.GetBacklog(), s.stats.GetInFlight(), oldest,
-			rate(p.GetDelivered(), s.stats.GetDelivered(), d), rate(p.GetRedelivered(), s.stats.GetRedelivered(), d),
+			perSecond(p.GetDelivered(), s.stats.GetDelivered(), d), perSecond(p.GetRedelivered(), s.stats.GetRedelivered(), d),
 			s.stats.GetDeadLettered(), s.stats.GetConsumers())
 	}
 	return tw.Flush()

@@ -43,7 +43,7 @@ func TestTopRender(t *testing.T) {
 	if strings.Index(out, "orders/board") > strings.Index(out, "orders/kitchen") {
 		t.Errorf("subscriptions not sorted:\n%s", out)
 	}
-	if got := rate(500, 100, time.Second); got != 100 {
+	if got := perSecond(500, 100, time.Second); got != 100 {
 		t.Errorf("a counter that went back (restart) should count from 0: rate = %v", got)
 	}
 }

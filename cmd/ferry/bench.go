@@ -1,0 +1,384 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/time/rate"
+
+	"github.com/ferrymq/ferry/broker"
+	"github.com/ferrymq/ferry/client"
+	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/storage"
+)
+
+// benchOptions is one workload.
+type benchOptions struct {
+	server      string
+	duration    time.Duration
+	warmup      time.Duration
+	size        int
+	producers   int
+	consumers   int
+	partitions  uint32
+	topics      int
+	rate        int // total msgs/s; 0: as fast as possible
+	guarantee   string
+	keys        int // distinct keys; 0: none
+	fsync       string
+	output      string
+	maxInflight int64
+}
+
+func newBenchCommand() *cobra.Command {
+	o := benchOptions{duration: 10 * time.Second, warmup: 2 * time.Second, size: 1024, producers: 1,
+		partitions: 1, topics: 1, guarantee: "at-least-once", fsync: "always", output: "text", maxInflight: 64 << 20}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure publish and consume throughput and latency",
+		Long: `Run a workload against the broker named by --server (or FERRY_SERVER), or, if
+neither is given, against one started in-process on a temp dir. Producers
+publish with the Go SDK (batched, pipelined, durable answers); with
+--consumers, each topic gets a subscription of --guarantee and consumers
+ack everything. Results: throughput and latency percentiles (publish: send
+to durable answer; end to end: send to delivery) from HDR histograms,
+measured after --warmup.`,
+		Args: cobra.NoArgs,
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.server, "server", "", "broker address (env FERRY_SERVER); empty: start one in-process")
+	f.DurationVar(&o.duration, "duration", o.duration, "how long to measure, after the warm-up")
+	f.DurationVar(&o.warmup, "warmup", o.warmup, "how long to run before measuring")
+	f.IntVar(&o.size, "message-size", o.size, "payload bytes per message (at least 8: it carries the send time)")
+	f.IntVar(&o.producers, "producers", o.producers, "producers per topic")
+	f.IntVar(&o.consumers, "consumers", o.consumers, "consumers per topic (0: publish only)")
+	f.Uint32Var(&o.partitions, "partitions", o.partitions, "partitions per topic")
+	f.IntVar(&o.topics, "topics", o.topics, "topics")
+	f.IntVar(&o.rate, "rate", o.rate, "total messages per second over all producers (0: as fast as possible)")
+	f.StringVar(&o.guarantee, "guarantee", o.guarantee, "the consumers' subscription: none, at-most-once, at-least-once or effectively-once")
+	f.IntVar(&o.keys, "keys", o.keys, "distinct message keys, spread round-robin (0: no keys)")
+	f.StringVar(&o.fsync, "fsync", o.fsync, "fsync policy of the in-process broker: always or never")
+	f.StringVarP(&o.output, "output", "o", o.output, "text or json")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := o.validate(); err != nil {
+			return err
+		}
+		res, err := runBench(cmd.Context(), o, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		if o.output == "json" {
+			return printJSON(cmd.OutOrStdout(), res)
+		}
+		return res.table(cmd.OutOrStdout())
+	}
+	return cmd
+}
+
+func (o *benchOptions) validate() error {
+	switch {
+	case o.duration <= 0 || o.warmup < 0:
+		return errors.New("--duration must be positive and --warmup not negative")
+	case o.size < 8 || o.size > 4<<20:
+		return fmt.Errorf("--message-size %d: want 8 to 4194304", o.size)
+	case o.producers < 1 || o.consumers < 0 || o.topics < 1 || o.partitions < 1 || o.rate < 0 || o.keys < 0:
+		return errors.New("--producers, --topics and --partitions must be at least 1; --consumers, --rate and --keys not negative")
+	case o.output != "text" && o.output != "json":
+		return fmt.Errorf("--output %q: want text or json", o.output)
+	}
+	if _, err := consumer.ParseGuarantee(o.guarantee); err != nil {
+		return fmt.Errorf("--guarantee: %w", err)
+	}
+	if _, err := storage.ParseFsyncPolicy(o.fsync); err != nil {
+		return err
+	}
+	return nil
+}
+
+// benchResult is what a run measured.
+type benchResult struct {
+	Server      string  `json:"server"`
+	Seconds     float64 `json:"seconds"`
+	MessageSize int     `json:"message_size"`
+	Producers   int     `json:"producers"`
+	Consumers   int     `json:"consumers"`
+	Topics      int     `json:"topics"`
+	Partitions  uint32  `json:"partitions"`
+	Guarantee   string  `json:"guarantee,omitempty"`
+	Fsync       string  `json:"fsync,omitempty"`
+	TargetRate  int     `json:"target_rate,omitempty"`
+
+	Published        int64       `json:"published"`
+	PublishedPerSec  float64     `json:"published_per_sec"`
+	PublishMBPerSec  float64     `json:"publish_mb_per_sec"`
+	PublishErrors    int64       `json:"publish_errors"`
+	PublishLatencyMs percentiles `json:"publish_latency_ms"`
+	Consumed         int64       `json:"consumed,omitempty"`
+	ConsumedPerSec   float64     `json:"consumed_per_sec,omitempty"`
+	EndToEndMs       percentiles `json:"end_to_end_latency_ms,omitzero"`
+}
+
+type percentiles struct {
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p99_9"`
+	Max  float64 `json:"max"`
+}
+
+// newHist records latencies in microseconds, 1µs to 1 minute, 3
+// significant digits.
+func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, 60_000_000, 3) }
+
+func percentilesOf(h *hdrhistogram.Histogram) percentiles {
+	ms := func(us int64) float64 { return float64(us) / 1000 }
+	return percentiles{P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
+		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max())}
+}
+
+// recorder collects latencies from many goroutines, after the warm-up.
+type recorder struct {
+	mu       sync.Mutex
+	hist     *hdrhistogram.Histogram
+	count    atomic.Int64
+	errors   atomic.Int64
+	measured atomic.Bool // past the warm-up
+}
+
+func (r *recorder) record(d time.Duration) {
+	if !r.measured.Load() {
+		return
+	}
+	r.count.Add(1)
+	r.mu.Lock()
+	_ = r.hist.RecordValue(max(d.Microseconds(), 1))
+	r.mu.Unlock()
+}
+
+func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchResult, error) {
+	addr := o.server
+	if addr == "" {
+		addr = os.Getenv("FERRY_SERVER")
+	}
+	if addr == "" {
+		srv, stop, err := startEmbedded(o.fsync)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		addr = srv
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := client.Dial(dctx, addr, client.WithLogger(slog.New(slog.DiscardHandler)))
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	g, _ := consumer.ParseGuarantee(o.guarantee)
+	run := time.Now().UnixNano()
+	topics := make([]string, o.topics)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("bench-%d-%d", run, i)
+		if _, err := c.CreateTopic(ctx, topics[i], client.TopicConfig{Partitions: o.partitions}); err != nil {
+			return nil, fmt.Errorf("create topic: %w", err)
+		}
+		if o.consumers > 0 {
+			_, err := c.CreateSubscription(ctx, topics[i], "bench", client.SubscriptionConfig{
+				Guarantee: client.Guarantee(g), Type: client.Shared, Start: client.Earliest()})
+			if err != nil {
+				return nil, fmt.Errorf("create subscription: %w", err)
+			}
+		}
+	}
+	defer func() {
+		for _, t := range topics {
+			_ = c.ForceDeleteTopic(context.Background(), t)
+		}
+	}()
+
+	pub := &recorder{hist: newHist()}
+	e2e := &recorder{hist: newHist()}
+	var limiter *rate.Limiter
+	if o.rate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(o.rate), max(o.rate/100, 1))
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	var wg sync.WaitGroup
+	for _, t := range topics {
+		for range o.consumers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_ = c.Subscribe(runCtx, t, "bench", func(ctx context.Context, m *client.Message) error {
+					if len(m.Payload) >= 8 {
+						e2e.record(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(m.Payload)))))
+					}
+					return nil
+				}, client.WithConcurrency(16), client.WithCredit(1000), client.WithDrainTimeout(time.Second))
+			}()
+		}
+		for w := range o.producers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				produce(runCtx, c, t, w, o, limiter, pub)
+			}()
+		}
+	}
+
+	start := time.Now()
+	bar := progressbar.NewOptions64(int64((o.warmup + o.duration).Milliseconds()),
+		progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("bench"),
+		progressbar.OptionSetVisibility(isTerminal(progress)), progressbar.OptionClearOnFinish(),
+		progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionThrottle(200*time.Millisecond))
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var measuredAt time.Time
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case now := <-tick.C:
+			_ = bar.Set64(now.Sub(start).Milliseconds())
+			if measuredAt.IsZero() && now.Sub(start) >= o.warmup {
+				measuredAt = now
+				pub.measured.Store(true)
+				e2e.measured.Store(true)
+			}
+			if !measuredAt.IsZero() && now.Sub(measuredAt) >= o.duration {
+				done = true
+			}
+		}
+	}
+	pub.measured.Store(false)
+	e2e.measured.Store(false)
+	elapsed := time.Since(measuredAt).Seconds()
+	stopRun()
+	wg.Wait()
+	_ = bar.Finish()
+
+	res := &benchResult{
+		Server: addr, Seconds: elapsed, MessageSize: o.size, Producers: o.producers, Consumers: o.consumers,
+		Topics: o.topics, Partitions: o.partitions, TargetRate: o.rate,
+		Published: pub.count.Load(), PublishErrors: pub.errors.Load(), PublishLatencyMs: percentilesOf(pub.hist),
+	}
+	if o.server == "" && os.Getenv("FERRY_SERVER") == "" {
+		res.Fsync = o.fsync
+	}
+	res.PublishedPerSec = float64(res.Published) / elapsed
+	res.PublishMBPerSec = res.PublishedPerSec * float64(o.size) / (1 << 20)
+	if o.consumers > 0 {
+		res.Guarantee = o.guarantee
+		res.Consumed = e2e.count.Load()
+		res.ConsumedPerSec = float64(res.Consumed) / elapsed
+		res.EndToEndMs = percentilesOf(e2e.hist)
+	}
+	return res, nil
+}
+
+// produce publishes to topic until ctx ends, recording each message's
+// latency from send to durable answer.
+func produce(ctx context.Context, c *client.Client, topic string, w int, o benchOptions, limiter *rate.Limiter, rec *recorder) {
+	p := c.NewProducer(topic, client.ProducerOptions{MaxInflightBytes: o.maxInflight})
+	type sent struct {
+		f  *client.PublishFuture
+		at time.Time
+	}
+	pending := make(chan sent, 4096)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for s := range pending {
+			if _, err := s.f.Wait(context.Background()); err != nil {
+				if rec.measured.Load() {
+					rec.errors.Add(1)
+				}
+				continue
+			}
+			rec.record(time.Since(s.at))
+		}
+	}()
+	for i := 0; ctx.Err() == nil; i++ {
+		if limiter != nil && limiter.Wait(ctx) != nil {
+			break
+		}
+		payload := make([]byte, o.size)
+		now := time.Now()
+		binary.BigEndian.PutUint64(payload, uint64(now.UnixNano()))
+		m := &client.Message{Payload: payload}
+		if o.keys > 0 {
+			m.Key = fmt.Appendf(nil, "k%d", (w+i)%o.keys)
+		}
+		pending <- sent{p.PublishAsync(m), now}
+	}
+	close(pending)
+	<-done
+	cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = p.Close(cctx)
+}
+
+// startEmbedded serves a broker on loopback with its data in a temp dir.
+func startEmbedded(fsync string) (addr string, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "ferry-bench-")
+	if err != nil {
+		return "", nil, err
+	}
+	o := broker.DefaultOptions(dir)
+	o.GRPCAddr, o.HTTPAddr = "127.0.0.1:0", ""
+	o.Logger = slog.New(slog.DiscardHandler)
+	if o.Storage.Fsync, err = storage.ParseFsyncPolicy(fsync); err != nil {
+		return "", nil, err
+	}
+	srv, err := broker.Open(o)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	go func() { _ = srv.Serve() }()
+	return srv.GRPCAddr().String(), func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		os.RemoveAll(dir)
+	}, nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func (r *benchResult) table(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "workload\t%d topic(s) x %d partition(s), %d producer(s), %d consumer(s), %d B messages, %.1fs measured\n",
+		r.Topics, r.Partitions, r.Producers, r.Consumers, r.MessageSize, r.Seconds)
+	fmt.Fprintf(tw, "publish\t%.0f msgs/s\t%.1f MB/s\t%d errors\n", r.PublishedPerSec, r.PublishMBPerSec, r.PublishErrors)
+	row := func(name string, p percentiles) {
+		fmt.Fprintf(tw, "%s\tp50 %.2f ms\tp90 %.2f ms\tp99 %.2f ms\tp99.9 %.2f ms\tmax %.2f ms\n", name, p.P50, p.P90, p.P99, p.P999, p.Max)
+	}
+	row("publish latency", r.PublishLatencyMs)
+	if r.Consumers > 0 {
+		fmt.Fprintf(tw, "consume\t%.0f msgs/s\t(%s)\n", r.ConsumedPerSec, r.Guarantee)
+		row("end-to-end latency", r.EndToEndMs)
+	}
+	return tw.Flush()
+}
