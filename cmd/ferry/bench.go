@@ -26,20 +26,27 @@ import (
 
 // benchOptions is one workload.
 type benchOptions struct {
-	server      string
-	duration    time.Duration
-	warmup      time.Duration
-	size        int
-	producers   int
-	consumers   int
-	partitions  uint32
-	topics      int
-	rate        int // total msgs/s; 0: as fast as possible
-	guarantee   string
-	keys        int // distinct keys; 0: none
-	fsync       string
-	output      string
-	maxInflight int64
+	server     string
+	duration   time.Duration
+	warmup     time.Duration
+	size       int
+	producers  int
+	consumers  int
+	partitions uint32
+	topics     int
+	rate       int // total msgs/s; 0: as fast as possible
+	guarantee  string
+	keys       int // distinct keys; 0: none
+	fsync      string
+	output     string
+	report     string // HTML report path
+	workload   string // OpenMessaging Benchmark workload file
+	// subscriptions per topic, each read by consumers consumers.
+	subscriptions int
+	// backlogBytes are published before consumers start (the warm-up
+	// lasts at least until then).
+	backlogBytes int64
+	maxInflight  int64
 }
 
 func newBenchCommand() *cobra.Command {
@@ -71,7 +78,16 @@ measured after --warmup.`,
 	f.IntVar(&o.keys, "keys", o.keys, "distinct message keys, spread round-robin (0: no keys)")
 	f.StringVar(&o.fsync, "fsync", o.fsync, "fsync policy of the in-process broker: always or never")
 	f.StringVarP(&o.output, "output", "o", o.output, "text or json")
+	f.StringVar(&o.report, "report", "", "also write an HTML report (throughput and latency over time, latency by percentile) to this file")
+	f.StringVar(&o.workload, "workload", "", "an OpenMessaging Benchmark workload file (YAML); flags given override it")
+	f.IntVar(&o.subscriptions, "subscriptions", 1, "subscriptions per topic, each with --consumers consumers")
+	f.Int64Var(&o.backlogBytes, "backlog-bytes", 0, "bytes to publish before consumers start (a backlog to drain)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if o.workload != "" {
+			if err := applyWorkload(&o, o.workload, cmd.Flags()); err != nil {
+				return err
+			}
+		}
 		if err := o.validate(); err != nil {
 			return err
 		}
@@ -93,8 +109,9 @@ func (o *benchOptions) validate() error {
 		return errors.New("--duration must be positive and --warmup not negative")
 	case o.size < 8 || o.size > 4<<20:
 		return fmt.Errorf("--message-size %d: want 8 to 4194304", o.size)
-	case o.producers < 1 || o.consumers < 0 || o.topics < 1 || o.partitions < 1 || o.rate < 0 || o.keys < 0:
-		return errors.New("--producers, --topics and --partitions must be at least 1; --consumers, --rate and --keys not negative")
+	case o.producers < 1 || o.consumers < 0 || o.topics < 1 || o.partitions < 1 || o.rate < 0 || o.keys < 0 ||
+		o.subscriptions < 1 || o.backlogBytes < 0:
+		return errors.New("--producers, --topics, --partitions and --subscriptions must be at least 1; --consumers, --rate, --keys and --backlog-bytes not negative")
 	case o.output != "text" && o.output != "json":
 		return fmt.Errorf("--output %q: want text or json", o.output)
 	}
@@ -120,14 +137,15 @@ type benchResult struct {
 	Fsync       string  `json:"fsync,omitempty"`
 	TargetRate  int     `json:"target_rate,omitempty"`
 
-	Published        int64       `json:"published"`
-	PublishedPerSec  float64     `json:"published_per_sec"`
-	PublishMBPerSec  float64     `json:"publish_mb_per_sec"`
-	PublishErrors    int64       `json:"publish_errors"`
-	PublishLatencyMs percentiles `json:"publish_latency_ms"`
-	Consumed         int64       `json:"consumed,omitempty"`
-	ConsumedPerSec   float64     `json:"consumed_per_sec,omitempty"`
-	EndToEndMs       percentiles `json:"end_to_end_latency_ms,omitzero"`
+	Published        int64        `json:"published"`
+	PublishedPerSec  float64      `json:"published_per_sec"`
+	PublishMBPerSec  float64      `json:"publish_mb_per_sec"`
+	PublishErrors    int64        `json:"publish_errors"`
+	PublishLatencyMs percentiles  `json:"publish_latency_ms"`
+	Consumed         int64        `json:"consumed,omitempty"`
+	ConsumedPerSec   float64      `json:"consumed_per_sec,omitempty"`
+	EndToEndMs       percentiles  `json:"end_to_end_latency_ms,omitzero"`
+	Series           []benchPoint `json:"series"` // one point per second
 }
 
 type percentiles struct {
@@ -148,23 +166,40 @@ func percentilesOf(h *hdrhistogram.Histogram) percentiles {
 		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max())}
 }
 
-// recorder collects latencies from many goroutines, after the warm-up.
+// recorder collects latencies from many goroutines, after the warm-up:
+// for the whole run and for the current second.
 type recorder struct {
-	mu       sync.Mutex
+	mu       sync.Mutex // guards hist and window
 	hist     *hdrhistogram.Histogram
+	window   *hdrhistogram.Histogram
 	count    atomic.Int64
 	errors   atomic.Int64
 	measured atomic.Bool // past the warm-up
 }
+
+func newRecorder() *recorder { return &recorder{hist: newHist(), window: newHist()} }
 
 func (r *recorder) record(d time.Duration) {
 	if !r.measured.Load() {
 		return
 	}
 	r.count.Add(1)
+	us := max(d.Microseconds(), 1)
 	r.mu.Lock()
-	_ = r.hist.RecordValue(max(d.Microseconds(), 1))
+	_ = r.hist.RecordValue(us)
+	_ = r.window.RecordValue(us)
 	r.mu.Unlock()
+}
+
+// takeWindow returns how many latencies were recorded since the last call
+// and their p50 and p99 in milliseconds, and starts a new window.
+func (r *recorder) takeWindow() (n int64, p50, p99 float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n = r.window.TotalCount()
+	p50, p99 = float64(r.window.ValueAtQuantile(50))/1000, float64(r.window.ValueAtQuantile(99))/1000
+	r.window.Reset()
+	return n, p50, p99
 }
 
 func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchResult, error) {
@@ -195,8 +230,11 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		if _, err := c.CreateTopic(ctx, topics[i], client.TopicConfig{Partitions: o.partitions}); err != nil {
 			return nil, fmt.Errorf("create topic: %w", err)
 		}
-		if o.consumers > 0 {
-			_, err := c.CreateSubscription(ctx, topics[i], "bench", client.SubscriptionConfig{
+		for sub := range o.subscriptions {
+			if o.consumers == 0 {
+				break
+			}
+			_, err := c.CreateSubscription(ctx, topics[i], fmt.Sprintf("bench-%d", sub), client.SubscriptionConfig{
 				Guarantee: client.Guarantee(g), Type: client.Shared, Start: client.Earliest()})
 			if err != nil {
 				return nil, fmt.Errorf("create subscription: %w", err)
@@ -209,8 +247,7 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		}
 	}()
 
-	pub := &recorder{hist: newHist()}
-	e2e := &recorder{hist: newHist()}
+	pub, e2e := newRecorder(), newRecorder()
 	var limiter *rate.Limiter
 	if o.rate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(o.rate), max(o.rate/100, 1))
@@ -218,12 +255,22 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	var wg sync.WaitGroup
+	var sentBytes atomic.Int64
+	backlogBuilt := make(chan struct{}) // consumers start once the backlog is published
+	if o.backlogBytes == 0 {
+		close(backlogBuilt)
+	}
 	for _, t := range topics {
-		for range o.consumers {
+		for sub := range o.subscriptions * o.consumers {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_ = c.Subscribe(runCtx, t, "bench", func(ctx context.Context, m *client.Message) error {
+				select {
+				case <-backlogBuilt:
+				case <-runCtx.Done():
+					return
+				}
+				_ = c.Subscribe(runCtx, t, fmt.Sprintf("bench-%d", sub%o.subscriptions), func(ctx context.Context, m *client.Message) error {
 					if len(m.Payload) >= 8 {
 						e2e.record(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(m.Payload)))))
 					}
@@ -235,29 +282,42 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				produce(runCtx, c, t, w, o, limiter, pub)
+				produce(runCtx, c, t, w, o, limiter, pub, &sentBytes)
 			}()
 		}
 	}
 
 	start := time.Now()
-	bar := progressbar.NewOptions64(int64((o.warmup + o.duration).Milliseconds()),
+	bar := progressbar.NewOptions64(int64((o.warmup + o.duration).Milliseconds()), // a backlog to build makes it longer
 		progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("bench"),
 		progressbar.OptionSetVisibility(isTerminal(progress)), progressbar.OptionClearOnFinish(),
 		progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionThrottle(200*time.Millisecond))
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	var measuredAt time.Time
+	var measuredAt, windowAt time.Time
+	var series []benchPoint
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case now := <-tick.C:
 			_ = bar.Set64(now.Sub(start).Milliseconds())
-			if measuredAt.IsZero() && now.Sub(start) >= o.warmup {
-				measuredAt = now
+			if o.backlogBytes > 0 && sentBytes.Load() >= o.backlogBytes {
+				select {
+				case <-backlogBuilt:
+				default:
+					close(backlogBuilt)
+				}
+			}
+			building := o.backlogBytes > 0 && sentBytes.Load() < o.backlogBytes
+			if measuredAt.IsZero() && now.Sub(start) >= o.warmup && !building {
+				measuredAt, windowAt = now, now
 				pub.measured.Store(true)
 				e2e.measured.Store(true)
+			}
+			if !measuredAt.IsZero() && now.Sub(windowAt) >= time.Second {
+				series = append(series, window(now.Sub(measuredAt), now.Sub(windowAt), pub, e2e))
+				windowAt = now
 			}
 			if !measuredAt.IsZero() && now.Sub(measuredAt) >= o.duration {
 				done = true
@@ -275,6 +335,7 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		Server: addr, Seconds: elapsed, MessageSize: o.size, Producers: o.producers, Consumers: o.consumers,
 		Topics: o.topics, Partitions: o.partitions, TargetRate: o.rate,
 		Published: pub.count.Load(), PublishErrors: pub.errors.Load(), PublishLatencyMs: percentilesOf(pub.hist),
+		Series: series,
 	}
 	if o.server == "" && os.Getenv("FERRY_SERVER") == "" {
 		res.Fsync = o.fsync
@@ -287,12 +348,26 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		res.ConsumedPerSec = float64(res.Consumed) / elapsed
 		res.EndToEndMs = percentilesOf(e2e.hist)
 	}
+	if o.report != "" {
+		if err := writeReport(o.report, res, pub.hist, e2e.hist); err != nil {
+			return nil, fmt.Errorf("--report: %w", err)
+		}
+	}
 	return res, nil
+}
+
+// window is the point of the second that just ended.
+func window(at, d time.Duration, pub, e2e *recorder) benchPoint {
+	n, p50, p99 := pub.takeWindow()
+	pt := benchPoint{Second: at.Seconds(), PublishPerSec: float64(n) / d.Seconds(), PublishP50Ms: p50, PublishP99Ms: p99}
+	n, p50, p99 = e2e.takeWindow()
+	pt.ConsumePerSec, pt.EndToEndP50Ms, pt.EndToEndP99Ms = float64(n)/d.Seconds(), p50, p99
+	return pt
 }
 
 // produce publishes to topic until ctx ends, recording each message's
 // latency from send to durable answer.
-func produce(ctx context.Context, c *client.Client, topic string, w int, o benchOptions, limiter *rate.Limiter, rec *recorder) {
+func produce(ctx context.Context, c *client.Client, topic string, w int, o benchOptions, limiter *rate.Limiter, rec *recorder, sentBytes *atomic.Int64) {
 	p := c.NewProducer(topic, client.ProducerOptions{MaxInflightBytes: o.maxInflight})
 	type sent struct {
 		f  *client.PublishFuture
@@ -324,6 +399,7 @@ func produce(ctx context.Context, c *client.Client, topic string, w int, o bench
 			m.Key = fmt.Appendf(nil, "k%d", (w+i)%o.keys)
 		}
 		pending <- sent{p.PublishAsync(m), now}
+		sentBytes.Add(int64(o.size))
 	}
 	close(pending)
 	<-done

@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -45,6 +47,45 @@ func TestBenchCLI(t *testing.T) {
 		check(t, out, false)
 		if topics := mustCLI(t, p, "", "topic", "list"); strings.Contains(topics, "bench-") {
 			t.Fatalf("bench left its topics behind:\n%s", topics)
+		}
+	})
+	t.Run("workload file, flags over it, HTML report", func(t *testing.T) {
+		dir := t.TempDir()
+		workload := filepath.Join(dir, "workload.yaml")
+		if err := os.WriteFile(workload, []byte(`name: omb
+topics: 1
+partitionsPerTopic: 2
+messageSize: 256
+payloadFile: "payload/payload-1Kb.data"
+subscriptionsPerTopic: 2
+consumerPerSubscription: 1
+producersPerTopic: 1
+producerRate: 1000
+consumerBacklogSizeGB: 0
+testDurationMinutes: 15
+keyDistributor: "KEY_ROUND_ROBIN"
+`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		report := filepath.Join(dir, "report.html")
+		out, err := exec.Command(buildFerry(t), "bench", "--workload", workload, "--duration", "1500ms", "--warmup", "100ms",
+			"--message-size", "100", "--report", report, "-o", "json").Output()
+		if err != nil {
+			t.Fatalf("ferry bench --workload: %v", err)
+		}
+		check(t, out, true)
+		var res benchResult
+		_ = json.Unmarshal(out, &res)
+		if res.MessageSize != 100 || res.Partitions != 2 || res.TargetRate != 1000 || len(res.Series) == 0 {
+			t.Fatalf("workload or flags not applied (flag --message-size 100 over the file's 256): %+v", res)
+		}
+		// Two subscriptions each read every message.
+		if res.Consumed < res.Published*3/2 {
+			t.Fatalf("consumed %d for %d published over 2 subscriptions", res.Consumed, res.Published)
+		}
+		html, err := os.ReadFile(report)
+		if err != nil || !strings.Contains(string(html), "latency by percentile") {
+			t.Fatalf("report: %v, %d bytes", err, len(html))
 		}
 	})
 	t.Run("bad flags", func(t *testing.T) {
