@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestBenchCLI runs ferry bench in-process (no --server) and against a
@@ -100,4 +101,25 @@ keyDistributor: "KEY_ROUND_ROBIN"
 			}
 		}
 	})
+}
+
+// TestWorkloadFiles: every workload file in workloads/ applies and makes a
+// valid run.
+func TestWorkloadFiles(t *testing.T) {
+	files, err := filepath.Glob("../../workloads/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no workload files: %v", err)
+	}
+	for _, f := range files {
+		cmd := newBenchCommand()
+		o := benchOptions{duration: time.Second, size: 8, producers: 1, partitions: 1, topics: 1, subscriptions: 1,
+			guarantee: "at-least-once", fsync: "always", output: "text"}
+		if err := applyWorkload(&o, f, cmd.Flags()); err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if err := o.validate(); err != nil {
+			t.Errorf("%s makes an invalid run: %v", f, err)
+		}
+	}
 }
