@@ -84,7 +84,7 @@ func (c *Client) Subscribe(ctx context.Context, topic, subscription string, h Ha
 		o.credit = 2 * o.concurrency
 	}
 	s := &consumer{c: c, topic: topic, sub: subscription, h: h, o: o,
-		work: make(chan *Message, o.credit), running: make(map[string]*delivery)}
+		work: make(chan *Message, o.credit), acks: make(chan pendingAck, 2*o.credit), running: make(map[string]*delivery)}
 	if err := s.describe(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // ended before it began: nothing to drain
@@ -104,6 +104,10 @@ type consumer struct {
 	ackTimeout time.Duration
 
 	work chan *Message // received, waiting for a handler
+
+	acks       chan pendingAck // to the ack loop
+	ackMu      sync.RWMutex    // guards acksClosed and sends on acks
+	acksClosed bool
 
 	mu      sync.Mutex // guards running and stream
 	running map[string]*delivery
@@ -173,6 +177,8 @@ func (s *consumer) run(ctx context.Context) error {
 	}
 	streamCtx, cancelStreams := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelStreams()
+	stopAcks, acksDone := make(chan struct{}), make(chan struct{})
+	go s.ackLoop(stopAcks, acksDone)
 	extendDone := make(chan struct{})
 	go s.extendLoop(streamCtx, extendDone)
 	recvDone := make(chan error, 1)
@@ -196,8 +202,13 @@ func (s *consumer) run(ctx context.Context) error {
 		<-done
 	}
 	t.Stop()
-	// Every ack is sent: end the stream and wait for the broker to end it
-	// too, which it does once it has taken every frame before.
+	// Send every ack queued, then end the stream and wait for the broker to
+	// end it too, which it does once it has taken every frame before.
+	s.ackMu.Lock()
+	s.acksClosed = true
+	s.ackMu.Unlock()
+	close(stopAcks)
+	<-acksDone
 	s.mu.Lock()
 	stream := s.stream
 	s.mu.Unlock()
@@ -343,9 +354,68 @@ func (d *delivery) settle(kind ackKind) {
 		if kind == ackNack && s.guarantee == ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_MOST_ONCE {
 			kind = ackAck // nothing is redelivered: the ack frees credit
 		}
-		s.send(kind, []string{d.id})
+		s.queueAck(kind, d.id)
 	})
 }
+
+// pendingAck is an ack or nack waiting for the ack loop.
+type pendingAck struct {
+	kind ackKind
+	id   string
+}
+
+// queueAck hands an ack or nack to the ack loop, which sends what has
+// gathered in one frame; if the loop is gone or behind, it is sent here.
+func (s *consumer) queueAck(kind ackKind, id string) {
+	s.ackMu.RLock()
+	defer s.ackMu.RUnlock()
+	if !s.acksClosed {
+		select {
+		case s.acks <- pendingAck{kind, id}:
+			return
+		default:
+		}
+	}
+	s.send(kind, []string{id})
+}
+
+// ackLoop sends queued acks and nacks, as many per frame as have gathered
+// while the last frame was sent, until stop is closed; then it sends what
+// is left.
+func (s *consumer) ackLoop(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	for {
+		var first pendingAck
+		select {
+		case first = <-s.acks:
+		case <-stop:
+			for {
+				select {
+				case a := <-s.acks:
+					s.send(a.kind, []string{a.id})
+				default:
+					return
+				}
+			}
+		}
+		ids := map[ackKind][]string{first.kind: {first.id}}
+	gather:
+		for n := 1; n < MaxAckBatch; n++ {
+			select {
+			case a := <-s.acks:
+				ids[a.kind] = append(ids[a.kind], a.id)
+			default:
+				break gather
+			}
+		}
+		for kind, batch := range ids {
+			s.send(kind, batch)
+		}
+	}
+}
+
+// MaxAckBatch is the most acks sent in one frame.
+const MaxAckBatch = 1000
 
 // ackSync acks the delivery with a unary call and returns the broker's
 // answer for it.

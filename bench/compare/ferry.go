@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferrymq/ferry/client"
+)
+
+const ferryTopic = "bench"
+
+type ferryTarget struct {
+	c *client.Client
+}
+
+func dialFerry(ctx context.Context, addr string) (*ferryTarget, error) {
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.CreateTopic(ctx, ferryTopic, client.TopicConfig{Partitions: 1}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("create topic: %w", err)
+	}
+	return &ferryTarget{c: c}, nil
+}
+
+func (f *ferryTarget) close() { f.c.Close() }
+
+func (f *ferryTarget) producer(size, window int) *client.Producer {
+	return f.c.NewProducer(ferryTopic, client.ProducerOptions{MaxInflightBytes: int64(window * (size + 64))})
+}
+
+// drain waits on futures in order, counting answers and errors.
+func ferryDrain(ctx context.Context, futs <-chan *client.PublishFuture, acked, failed *atomic.Int64, firstErr *atomic.Value) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for fu := range futs {
+			if _, err := fu.Wait(ctx); err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			} else {
+				acked.Add(1)
+			}
+		}
+	}()
+	return done
+}
+
+func errOf(v *atomic.Value) string {
+	if s, ok := v.Load().(string); ok {
+		return s
+	}
+	return ""
+}
+
+func (f *ferryTarget) pubAsync(ctx context.Context, size, window int, dur time.Duration, withID bool) result {
+	p := f.producer(size, window)
+	defer p.Close(context.Background())
+	pl := payload(size)
+	futs := make(chan *client.PublishFuture, window)
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	done := ferryDrain(ctx, futs, &acked, &failed, &firstErr)
+	start := time.Now()
+	deadline := start.Add(dur)
+	for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+		m := &client.Message{Payload: pl}
+		if withID {
+			m.ID = fmt.Sprintf("bench-%d", i)
+		}
+		futs <- p.PublishAsync(m)
+	}
+	close(futs)
+	<-done
+	var r result
+	r.finish(acked.Load(), time.Since(start))
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	return r
+}
+
+func (f *ferryTarget) pubSync(ctx context.Context, size, producers int, dur time.Duration) result {
+	pl := payload(size)
+	var lat latencies
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	deadline := start.Add(dur)
+	var wg sync.WaitGroup
+	for range producers {
+		wg.Go(func() {
+			p := f.producer(size, 64)
+			defer p.Close(context.Background())
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				t := time.Now()
+				if _, err := p.Publish(ctx, &client.Message{Payload: pl}); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				lat.add(time.Since(t))
+				acked.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	var r result
+	r.finish(acked.Load(), time.Since(start))
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	lat.into(&r)
+	return r
+}
+
+func (f *ferryTarget) prefill(ctx context.Context, n, size, window int) error {
+	p := f.producer(size, window)
+	defer p.Close(context.Background())
+	pl := payload(size)
+	futs := make(chan *client.PublishFuture, window)
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	done := ferryDrain(ctx, futs, &acked, &failed, &firstErr)
+	for range n {
+		futs <- p.PublishAsync(&client.Message{Payload: pl})
+	}
+	close(futs)
+	<-done
+	if failed.Load() > 0 {
+		return fmt.Errorf("prefill: %d failed: %s", failed.Load(), errOf(&firstErr))
+	}
+	return nil
+}
+
+// consume reads n prefilled messages with acks: at-least-once with stream
+// acks, or effectively-once with AckSync (durable ack confirmation) on
+// every message.
+func (f *ferryTarget) consume(ctx context.Context, n int, effOnce bool, conc int, timeout time.Duration) result {
+	g, sub := client.AtLeastOnce, "alo"
+	if effOnce {
+		g, sub = client.EffectivelyOnce, "eo"
+	}
+	var r result
+	if _, err := f.c.CreateSubscription(ctx, ferryTopic, sub, client.SubscriptionConfig{
+		Guarantee: g, Type: client.Shared, Start: client.Earliest()}); err != nil {
+		r.Err = "create subscription: " + err.Error()
+		return r
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var got, failed atomic.Int64
+	var firstErr atomic.Value
+	var end atomic.Int64
+	start := time.Now()
+	err := f.c.Subscribe(cctx, ferryTopic, sub, func(hctx context.Context, m *client.Message) error {
+		if effOnce {
+			if err := m.AckSync(hctx); err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return nil
+			}
+		}
+		if got.Add(1) == int64(n) {
+			end.Store(int64(time.Since(start)))
+			cancel()
+		}
+		return nil
+	}, client.WithConcurrency(conc), client.WithCredit(500), client.WithDrainTimeout(5*time.Second))
+	el := time.Duration(end.Load())
+	if el == 0 {
+		el = time.Since(start)
+		r.TimedOut = true
+	}
+	r.finish(min(got.Load(), int64(n)), el)
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	if err != nil && r.Err == "" {
+		r.Err = err.Error()
+	}
+	return r
+}
+
+// e2e publishes at a fixed rate for dur and measures publish→receive on a
+// tailing at-least-once subscription.
+func (f *ferryTarget) e2e(ctx context.Context, rate, size int, dur time.Duration) result {
+	var r result
+	if _, err := f.c.CreateSubscription(ctx, ferryTopic, "tail", client.SubscriptionConfig{
+		Guarantee: client.AtLeastOnce, Type: client.Shared, Start: client.Latest()}); err != nil {
+		r.Err = "create subscription: " + err.Error()
+		return r
+	}
+	var lat latencies
+	var got atomic.Int64
+	sctx, cancel := context.WithCancel(ctx)
+	subDone := make(chan error, 1)
+	go func() {
+		subDone <- f.c.Subscribe(sctx, ferryTopic, "tail", func(_ context.Context, m *client.Message) error {
+			lat.add(time.Since(stampOf(m.Payload)))
+			got.Add(1)
+			return nil
+		}, client.WithConcurrency(4), client.WithCredit(500), client.WithDrainTimeout(2*time.Second))
+	}()
+	time.Sleep(300 * time.Millisecond) // let the consumer attach
+	p := f.producer(size, 4096)
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	futs := make(chan *client.PublishFuture, 4096)
+	done := ferryDrain(ctx, futs, &acked, &failed, &firstErr)
+	pc := newPacer(rate)
+	var sent int64
+	for time.Since(pc.start) < dur && ctx.Err() == nil {
+		t := pc.next()
+		futs <- p.PublishAsync(&client.Message{Payload: stamped(size, t)})
+		sent++
+	}
+	close(futs)
+	<-done
+	p.Close(context.Background())
+	wait := time.Now().Add(10 * time.Second)
+	for got.Load() < acked.Load() && time.Now().Before(wait) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.TimedOut = got.Load() < acked.Load()
+	cancel()
+	<-subDone
+	r.finish(got.Load(), dur)
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	lat.into(&r)
+	return r
+}

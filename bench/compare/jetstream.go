@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+const (
+	jsStream  = "BENCH"
+	jsSubject = "bench"
+)
+
+type jsTarget struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+func dialJetStream(ctx context.Context, addr string, window int) (*jsTarget, error) {
+	nc, err := nats.Connect("nats://"+addr, nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(window), jetstream.WithPublishAsyncTimeout(time.Minute))
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	// JetStream may need a moment after the port opens.
+	var serr error
+	for range 50 {
+		_, serr = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name: jsStream, Subjects: []string{jsSubject}, Storage: jetstream.FileStorage, Replicas: 1})
+		if serr == nil {
+			return &jsTarget{nc: nc, js: js}, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	nc.Close()
+	return nil, fmt.Errorf("create stream: %w", serr)
+}
+
+func (t *jsTarget) close() { t.nc.Close() }
+
+func jsDrain(futs <-chan jetstream.PubAckFuture, acked, failed *atomic.Int64, firstErr *atomic.Value) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for f := range futs {
+			select {
+			case <-f.Ok():
+				acked.Add(1)
+			case err := <-f.Err():
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+		}
+	}()
+	return done
+}
+
+func (t *jsTarget) publishAsync(data []byte, id string) (jetstream.PubAckFuture, error) {
+	opts := []jetstream.PublishOpt{jetstream.WithStallWait(time.Minute)}
+	if id != "" {
+		opts = append(opts, jetstream.WithMsgID(id))
+	}
+	return t.js.PublishAsync(jsSubject, data, opts...)
+}
+
+func (t *jsTarget) pubAsync(ctx context.Context, size, window int, dur time.Duration, withID bool) result {
+	pl := payload(size)
+	futs := make(chan jetstream.PubAckFuture, window)
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	done := jsDrain(futs, &acked, &failed, &firstErr)
+	start := time.Now()
+	deadline := start.Add(dur)
+	for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+		id := ""
+		if withID {
+			id = "bench-" + strconv.Itoa(i)
+		}
+		f, err := t.publishAsync(pl, id)
+		if err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err.Error())
+			continue
+		}
+		futs <- f
+	}
+	close(futs)
+	<-done
+	var r result
+	r.finish(acked.Load(), time.Since(start))
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	return r
+}
+
+func (t *jsTarget) pubSync(ctx context.Context, size, producers int, dur time.Duration) result {
+	pl := payload(size)
+	var lat latencies
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	deadline := start.Add(dur)
+	var wg sync.WaitGroup
+	for range producers {
+		wg.Go(func() {
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				s := time.Now()
+				if _, err := t.js.Publish(ctx, jsSubject, pl); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				lat.add(time.Since(s))
+				acked.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	var r result
+	r.finish(acked.Load(), time.Since(start))
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	lat.into(&r)
+	return r
+}
+
+func (t *jsTarget) prefill(ctx context.Context, n, size, window int) error {
+	pl := payload(size)
+	futs := make(chan jetstream.PubAckFuture, window)
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	done := jsDrain(futs, &acked, &failed, &firstErr)
+	for range n {
+		f, err := t.publishAsync(pl, "")
+		if err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err.Error())
+			continue
+		}
+		futs <- f
+	}
+	close(futs)
+	<-done
+	if failed.Load() > 0 {
+		return fmt.Errorf("prefill: %d failed: %s", failed.Load(), errOf(&firstErr))
+	}
+	return nil
+}
+
+// consume reads n prefilled messages with a durable pull consumer
+// (AckExplicit): Ack per message, or DoubleAck (AckSync) per message from
+// conc workers.
+func (t *jsTarget) consume(ctx context.Context, n int, doubleAck bool, conc int, timeout time.Duration) result {
+	var r result
+	name := "alo"
+	if doubleAck {
+		name = "eo"
+	}
+	cons, err := t.js.CreateOrUpdateConsumer(ctx, jsStream, jetstream.ConsumerConfig{
+		Durable: name, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait: 30 * time.Second})
+	if err != nil {
+		r.Err = "create consumer: " + err.Error()
+		return r
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var got, failed atomic.Int64
+	var firstErr atomic.Value
+	var end atomic.Int64
+	start := time.Now()
+	count := func() {
+		if got.Add(1) == int64(n) {
+			end.Store(int64(time.Since(start)))
+			cancel()
+		}
+	}
+	work := make(chan jetstream.Msg, 1000)
+	var wg sync.WaitGroup
+	if doubleAck {
+		for range conc {
+			wg.Go(func() {
+				for m := range work {
+					if err := m.DoubleAck(cctx); err != nil {
+						failed.Add(1)
+						firstErr.CompareAndSwap(nil, err.Error())
+						continue
+					}
+					count()
+				}
+			})
+		}
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if doubleAck {
+			select {
+			case work <- m:
+			case <-cctx.Done():
+			}
+			return
+		}
+		if err := m.Ack(); err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err.Error())
+			return
+		}
+		count()
+	}, jetstream.PullMaxMessages(500))
+	if err != nil {
+		r.Err = "consume: " + err.Error()
+		return r
+	}
+	<-cctx.Done()
+	cc.Stop()
+	<-cc.Closed()
+	close(work)
+	wg.Wait()
+	el := time.Duration(end.Load())
+	if el == 0 {
+		el = time.Since(start)
+		r.TimedOut = true
+	}
+	r.finish(min(got.Load(), int64(n)), el)
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	return r
+}
+
+func (t *jsTarget) e2e(ctx context.Context, rate, size int, dur time.Duration) result {
+	var r result
+	cons, err := t.js.CreateOrUpdateConsumer(ctx, jsStream, jetstream.ConsumerConfig{
+		Durable: "tail", AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		r.Err = "create consumer: " + err.Error()
+		return r
+	}
+	var lat latencies
+	var got atomic.Int64
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		lat.add(time.Since(stampOf(m.Data())))
+		got.Add(1)
+		_ = m.Ack()
+	}, jetstream.PullMaxMessages(500))
+	if err != nil {
+		r.Err = "consume: " + err.Error()
+		return r
+	}
+	time.Sleep(300 * time.Millisecond)
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	futs := make(chan jetstream.PubAckFuture, 4096)
+	done := jsDrain(futs, &acked, &failed, &firstErr)
+	pc := newPacer(rate)
+	for time.Since(pc.start) < dur && ctx.Err() == nil {
+		tm := pc.next()
+		f, err := t.publishAsync(stamped(size, tm), "")
+		if err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err.Error())
+			continue
+		}
+		futs <- f
+	}
+	close(futs)
+	<-done
+	wait := time.Now().Add(10 * time.Second)
+	for got.Load() < acked.Load() && time.Now().Before(wait) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.TimedOut = got.Load() < acked.Load()
+	cc.Stop()
+	r.finish(got.Load(), dur)
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	lat.into(&r)
+	return r
+}

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"encoding/binary"
+	"sort"
+	"sync"
+	"time"
+)
+
+// result is one measurement: one workload against one server config.
+type result struct {
+	Msgs     int64   `json:"msgs"`
+	Seconds  float64 `json:"seconds"`
+	Rate     float64 `json:"msgs_per_sec"`
+	P50ms    float64 `json:"p50_ms,omitempty"`
+	P99ms    float64 `json:"p99_ms,omitempty"`
+	PeakRSS  int64   `json:"peak_rss_bytes,omitempty"`
+	Errors   int64   `json:"errors,omitempty"`
+	TimedOut bool    `json:"timed_out,omitempty"`
+	Err      string  `json:"error,omitempty"`
+}
+
+func (r *result) finish(n int64, d time.Duration) {
+	r.Msgs = n
+	r.Seconds = d.Seconds()
+	if d > 0 {
+		r.Rate = float64(n) / d.Seconds()
+	}
+}
+
+// latencies collects samples; percentiles are exact (sorted).
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+func (l *latencies) into(r *result) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return
+	}
+	sort.Slice(l.d, func(i, j int) bool { return l.d[i] < l.d[j] })
+	q := func(p float64) float64 {
+		i := int(p * float64(len(l.d)-1))
+		return float64(l.d[i]) / float64(time.Millisecond)
+	}
+	r.P50ms, r.P99ms = q(0.50), q(0.99)
+}
+
+// payload is size bytes of filler (not all zeros).
+func payload(size int) []byte {
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte('a' + i%26)
+	}
+	return b
+}
+
+// stamped is a payload whose first 8 bytes carry t (unix nanos).
+func stamped(size int, t time.Time) []byte {
+	b := payload(max(size, 8))
+	binary.BigEndian.PutUint64(b, uint64(t.UnixNano()))
+	return b
+}
+
+func stampOf(b []byte) time.Time {
+	if len(b) < 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(b)))
+}
+
+// pacer yields the scheduled send times of a fixed rate; a late sender
+// catches up at once, and latency is measured from the schedule (so a
+// stalled server is not hidden by coordinated omission).
+type pacer struct {
+	start    time.Time
+	interval time.Duration
+	i        int64
+}
+
+func newPacer(rate int) *pacer {
+	return &pacer{start: time.Now(), interval: time.Second / time.Duration(rate)}
+}
+
+func (p *pacer) next() time.Time {
+	t := p.start.Add(time.Duration(p.i) * p.interval)
+	p.i++
+	if d := time.Until(t); d > 0 {
+		time.Sleep(d)
+	}
+	return t
+}
