@@ -68,6 +68,7 @@ type Producer struct {
 
 	queue   chan *PublishFuture
 	flushes chan chan struct{}
+	nudge   chan struct{} // cap 1: a Publish waits; cut the linger
 
 	closeMu    sync.RWMutex   // guards closed and publishers.Add
 	closed     bool           // no new publish is taken
@@ -126,6 +127,7 @@ func (c *Client) NewProducer(topic string, opts ProducerOptions) *Producer {
 		bytes:    semaphore.NewWeighted(opts.MaxInflightBytes),
 		queue:    make(chan *PublishFuture, opts.BatchMessages),
 		flushes:  make(chan chan struct{}),
+		nudge:    make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		answered: make(chan struct{}, 1),
 	}
@@ -134,9 +136,14 @@ func (c *Client) NewProducer(topic string, opts ProducerOptions) *Producer {
 	return p
 }
 
-// Publish publishes m and waits until it is durable.
+// Publish publishes m and waits until it is durable. Its batch goes out at
+// once, without waiting for the linger: the caller waits anyway.
 func (p *Producer) Publish(ctx context.Context, m *Message) (PublishResult, error) {
 	f := p.publish(ctx, m)
+	select {
+	case p.nudge <- struct{}{}:
+	default: // a nudge is pending already
+	}
 	return f.Wait(ctx)
 }
 
@@ -345,6 +352,21 @@ func (p *Producer) gather(first *PublishFuture) (b *batch, carry *PublishFuture,
 		case ack := <-p.flushes:
 			return b, nil, ack, false
 		case <-linger.C:
+			return b, nil, nil, false
+		case <-p.nudge:
+			// A synchronous Publish waits: send what is here, and what is
+			// already queued, now.
+			for len(b.futures) < p.opts.BatchMessages && len(p.queue) > 0 {
+				f, ok := <-p.queue
+				if !ok {
+					return b, nil, nil, true
+				}
+				if size+int(f.size) > p.opts.BatchBytes {
+					return b, f, nil, false
+				}
+				b.futures = append(b.futures, f)
+				size += int(f.size)
+			}
 			return b, nil, nil, false
 		}
 	}
