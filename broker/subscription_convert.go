@@ -19,9 +19,6 @@ func subConfigFromProto(c *ferryv1.SubscriptionConfig) (consumer.Options, error)
 	}
 	o := consumer.DefaultOptions(consumer.Guarantee(c.GetGuarantee()))
 	o.Type = consumer.Type(c.GetType())
-	if c.GetType() == ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_UNSPECIFIED {
-		o.Type = 0
-	}
 	if c.GetStart() != nil && c.GetStart().GetKind() != ferryv1.PositionKind_POSITION_KIND_UNSPECIFIED {
 		pos, err := positionFromProto(c.GetStart())
 		if err != nil {

@@ -341,13 +341,18 @@ func (s *consumer) attach(ctx context.Context, bo *backoff, stop <-chan struct{}
 	}
 }
 
+// done stops extending the delivery's deadline: it is settled.
+func (d *delivery) done() {
+	d.s.mu.Lock()
+	delete(d.s.running, d.id)
+	d.s.mu.Unlock()
+}
+
 // settle acks or nacks the delivery once; later calls do nothing.
 func (d *delivery) settle(kind ackKind) {
 	d.once.Do(func() {
 		s := d.s
-		s.mu.Lock()
-		delete(s.running, d.id)
-		s.mu.Unlock()
+		d.done()
 		if s.guarantee == ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_NONE {
 			return
 		}
@@ -424,11 +429,8 @@ func (d *delivery) ackSync(ctx context.Context) error {
 	ran := false
 	d.once.Do(func() {
 		ran = true
-		s := d.s
-		s.mu.Lock()
-		delete(s.running, d.id)
-		s.mu.Unlock()
-		err = s.unaryAck(ctx, []string{d.id})
+		d.done()
+		err = d.s.unaryAck(ctx, []string{d.id})
 	})
 	if !ran {
 		return errors.New("client: message already settled")
@@ -548,11 +550,7 @@ func (c *Client) Process(ctx context.Context, topic, subscription string, fn Pro
 		if err != nil {
 			return err
 		}
-		m.d.once.Do(func() { // settled by the commit
-			m.d.s.mu.Lock()
-			delete(m.d.s.running, m.d.id)
-			m.d.s.mu.Unlock()
-		})
+		m.d.once.Do(m.d.done) // settled by the commit
 		c.commit(ctx, req)
 		return nil
 	}, opts...)

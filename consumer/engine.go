@@ -102,13 +102,8 @@ func (e *Engine) CreateSubscription(ctx context.Context, topic, name string, o O
 	if err := storage.ValidateSubscriptionName(name); err != nil {
 		return Info{}, err
 	}
-	if o.DeadLetterTopic != "" {
-		if o.DeadLetterTopic == topic {
-			return Info{}, fmt.Errorf("dead-letter topic %q is the subscription's own topic: %w", topic, ErrInvalidOptions)
-		}
-		if _, err := e.opts.Log.Topic(o.DeadLetterTopic); err != nil {
-			return Info{}, fmt.Errorf("dead-letter topic: %w", err)
-		}
+	if err := e.checkDeadLetter(topic, o); err != nil {
+		return Info{}, err
 	}
 	e.adminMu.Lock()
 	defer e.adminMu.Unlock()
@@ -139,6 +134,21 @@ func (e *Engine) CreateSubscription(ctx context.Context, topic, name string, o O
 		return Info{}, err
 	}
 	return Info{Topic: topic, Name: name, Options: o, CreateTime: sub.CreateTime}, nil
+}
+
+// checkDeadLetter refuses a dead-letter topic that is the subscription's
+// own or does not exist.
+func (e *Engine) checkDeadLetter(topic string, o Options) error {
+	if o.DeadLetterTopic == "" {
+		return nil
+	}
+	if o.DeadLetterTopic == topic {
+		return fmt.Errorf("dead-letter topic %q is the subscription's own topic: %w", topic, ErrInvalidOptions)
+	}
+	if _, err := e.opts.Log.Topic(o.DeadLetterTopic); err != nil {
+		return fmt.Errorf("dead-letter topic: %w", err)
+	}
+	return nil
 }
 
 // resolve finds the offset of a start position in every partition.
@@ -182,15 +192,13 @@ func (e *Engine) createEphemeral(topic, name string, o Options) (Info, error) {
 	} else if !errors.Is(err, storage.ErrSubscriptionNotFound) {
 		return Info{}, err
 	}
-	parts, err := e.opts.Log.Partitions(topic)
+	heads, err := e.heads(topic)
 	if err != nil {
 		return Info{}, err
 	}
-	heads := make([]uint64, len(parts))
-	states := make([]*partitionState, len(parts))
-	for i, p := range parts {
-		heads[i] = p.Head
-		states[i] = newPartitionState(p.Head)
+	states := make([]*partitionState, len(heads))
+	for i, head := range heads {
+		states[i] = newPartitionState(head)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -290,11 +298,17 @@ func (e *Engine) stopLoop(topic, name string, err error) {
 
 // Subscription returns a subscription's config and stats.
 func (e *Engine) Subscription(ctx context.Context, topic, name string) (Info, error) {
-	l, err := e.loopFor(topic, name)
+	heads, err := e.heads(topic)
 	if err != nil {
 		return Info{}, err
 	}
-	heads, err := e.heads(topic)
+	return e.info(ctx, topic, name, heads)
+}
+
+// info is a subscription's config and stats, with its backlog measured
+// against heads.
+func (e *Engine) info(ctx context.Context, topic, name string, heads []uint64) (Info, error) {
+	l, err := e.loopFor(topic, name)
 	if err != nil {
 		return Info{}, err
 	}
@@ -336,9 +350,13 @@ func (e *Engine) Subscriptions(ctx context.Context, topic string) ([]Info, error
 		}
 	}
 	e.mu.Unlock()
+	heads, err := e.heads(topic)
+	if err != nil {
+		return nil, err
+	}
 	infos := make([]Info, 0, len(names))
 	for _, n := range names {
-		info, err := e.Subscription(ctx, topic, n)
+		info, err := e.info(ctx, topic, n, heads)
 		if errors.Is(err, ErrSubscriptionNotFound) {
 			continue // deleted meanwhile
 		}
@@ -377,16 +395,12 @@ func (e *Engine) UpdateSubscription(ctx context.Context, topic, name string, cha
 	switch {
 	case n.Guarantee != o.Guarantee, n.Type != o.Type, n.Start != o.Start:
 		return Info{}, fmt.Errorf("guarantee, type and start cannot change; create a new subscription: %w", ErrInvalidOptions)
-	case n.DeadLetterTopic == topic:
-		return Info{}, fmt.Errorf("dead-letter topic %q is the subscription's own topic: %w", topic, ErrInvalidOptions)
 	}
 	if err := n.Validate(); err != nil {
 		return Info{}, err
 	}
-	if n.DeadLetterTopic != "" {
-		if _, err := e.opts.Log.Topic(n.DeadLetterTopic); err != nil {
-			return Info{}, fmt.Errorf("dead-letter topic: %w", err)
-		}
+	if err := e.checkDeadLetter(topic, n); err != nil {
+		return Info{}, err
 	}
 	e.stopLoop(topic, name, fmt.Errorf("subscription %q was updated; attach again: %w", name, ErrDetached))
 	config, _ := n.MarshalBinary()

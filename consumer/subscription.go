@@ -349,8 +349,11 @@ func (s *subscription) dispatch(now time.Time) {
 	if len(s.consumers) == 0 {
 		return
 	}
+	var blocked map[uint64]bool // KEY_SHARED keys that must wait this round
 	for _, p := range s.parts {
-		blocked := map[uint64]bool{} // KEY_SHARED keys that must wait this round
+		if s.opts.Type == KeyShared {
+			blocked = make(map[uint64]bool)
+		}
 		stalled := false
 		s.dispatchRetries(p, now, blocked, &stalled)
 		if !stalled {
@@ -376,7 +379,7 @@ func (s *subscription) hold(m *storage.Message, blocked map[uint64]bool) bool {
 }
 
 func (s *subscription) isBlocked(m *storage.Message, blocked map[uint64]bool) bool {
-	return s.opts.Type == KeyShared && len(m.Key) > 0 && len(blocked) > 0 && blocked[keyHash(m.Key)]
+	return len(blocked) > 0 && len(m.Key) > 0 && blocked[keyHash(m.Key)]
 }
 
 func (s *subscription) dispatchRetries(p *partition, now time.Time, blocked map[uint64]bool, stalled *bool) {
@@ -557,11 +560,15 @@ func (s *subscription) toRetry(p *partition, off uint64, notBefore time.Time) {
 // release ends off's outstanding delivery, if any, freeing its consumer's
 // credit.
 func (s *subscription) release(p *partition, off uint64) {
-	l, ok := p.inflight.Remove(off)
-	if !ok {
-		return
+	if l, ok := p.inflight.Remove(off); ok {
+		s.released(p, l)
 	}
-	s.unpin(p, off)
+}
+
+// released frees what lease l held, once it is out of p.inflight: its key
+// and its consumer's credit.
+func (s *subscription) released(p *partition, l Lease) {
+	s.unpin(p, l.Offset)
 	if c := s.consumer(l.Consumer); c != nil {
 		c.out--
 	}
@@ -642,10 +649,7 @@ func (s *subscription) check(id DeliveryID, ack bool) (*partition, error) {
 		return nil, fmt.Errorf("delivery %s is being committed: %w", id, ErrUnknownDelivery)
 	}
 	if s.opts.Guarantee == AtMostOnce {
-		if l, ok := p.inflight.Get(id.Offset); ok && l.Attempt == id.Attempt {
-			return p, nil
-		}
-		return nil, fmt.Errorf("delivery %s: %w", id, ErrUnknownDelivery)
+		return nil, fmt.Errorf("delivery %s: %w", id, ErrUnknownDelivery) // no lease matched above
 	}
 	a, ok := p.st.attempts[id.Offset]
 	switch {
@@ -769,8 +773,7 @@ func (s *subscription) extend(ids []DeliveryID, d time.Duration, now time.Time) 
 func (s *subscription) tick(now time.Time) {
 	for _, p := range s.parts {
 		for _, l := range p.inflight.Due(now) {
-			p.inflight.Add(l) // release wants it there
-			s.release(p, l.Offset)
+			s.released(p, l)
 			if s.opts.Guarantee == AtMostOnce {
 				delete(p.msgs, l.Offset)
 				continue
@@ -906,7 +909,10 @@ func (s *subscription) queue(job *writeJob) {
 // issueWrites issues queued jobs whose partitions are free, in order, then
 // a plain state write for every other partition behind its store.
 func (s *subscription) issueWrites() {
-	taken := map[uint32]bool{}
+	var taken map[uint32]bool // partitions a queued job waits for; none most of the time
+	if len(s.queued) > 0 {
+		taken = make(map[uint32]bool)
+	}
 	kept := s.queued[:0]
 	for _, job := range s.queued {
 		free := true

@@ -186,15 +186,21 @@ func (s *Store) CreateSubscription(ctx context.Context, topic, name string, conf
 
 // Subscription returns the subscription called name on topic.
 func (s *Store) Subscription(topic, name string) (Subscription, error) {
+	_, sub, err := s.subscription(topic, name)
+	return sub, err
+}
+
+// subscription finds the live topic and its subscription called name.
+func (s *Store) subscription(topic, name string) (*topicHandle, Subscription, error) {
 	h, err := s.handle(topic)
 	if err != nil {
-		return Subscription{}, err
+		return nil, Subscription{}, err
 	}
 	sub, ok := h.subs.get(name)
 	if !ok {
-		return Subscription{}, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionNotFound)
+		return nil, Subscription{}, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionNotFound)
 	}
-	return sub, nil
+	return h, sub, nil
 }
 
 // Subscriptions returns topic's subscriptions, ordered by name.
@@ -217,11 +223,7 @@ func (s *Store) Subscriptions(topic string) ([]Subscription, error) {
 func (s *Store) UpdateSubscription(ctx context.Context, topic, name string, config []byte) (Subscription, error) {
 	s.adminMu.Lock()
 	defer s.adminMu.Unlock()
-	sub, err := s.Subscription(topic, name)
-	if err != nil {
-		return Subscription{}, err
-	}
-	h, err := s.handle(topic)
+	h, sub, err := s.subscription(topic, name)
 	if err != nil {
 		return Subscription{}, err
 	}
@@ -242,13 +244,9 @@ func (s *Store) UpdateSubscription(ctx context.Context, topic, name string, conf
 func (s *Store) DeleteSubscription(ctx context.Context, topic, name string) error {
 	s.adminMu.Lock()
 	defer s.adminMu.Unlock()
-	h, err := s.handle(topic)
+	h, sub, err := s.subscription(topic, name)
 	if err != nil {
 		return err
-	}
-	sub, ok := h.subs.get(name)
-	if !ok {
-		return fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionNotFound)
 	}
 	h.subs.remove(sub)
 	tid := h.topic.id
