@@ -87,6 +87,7 @@ type Producer struct {
 // batch is one request and its messages' futures.
 type batch struct {
 	seq     uint64
+	size    int // bytes of its messages, as counted against the limits
 	futures []*PublishFuture
 	req     *ferryv1.PublishStreamRequest
 }
@@ -304,22 +305,13 @@ func (p *Producer) run() {
 // sendQueued sends everything queued now in full batches, without waiting
 // for more. It reports whether the queue was closed.
 func (p *Producer) sendQueued(s *sender) (closing bool) {
-	for len(p.queue) > 0 {
+	var carry *PublishFuture
+	for carry != nil || len(p.queue) > 0 {
 		b := &batch{}
-		size := 0
-		for len(p.queue) > 0 && len(b.futures) < p.opts.BatchMessages {
-			f, ok := <-p.queue
-			if !ok {
-				closing = true
-				break
-			}
-			if len(b.futures) > 0 && size+int(f.size) > p.opts.BatchBytes {
-				s.send(b)
-				b, size = &batch{}, 0
-			}
-			b.futures = append(b.futures, f)
-			size += int(f.size)
+		if carry != nil {
+			b.add(carry, p.opts.BatchBytes)
 		}
+		carry, closing = p.takeQueued(b)
 		if len(b.futures) > 0 {
 			s.send(b)
 		}
@@ -330,25 +322,54 @@ func (p *Producer) sendQueued(s *sender) (closing bool) {
 	return false
 }
 
+// add puts f in b unless it would take b over maxBytes; a batch always
+// takes its first message.
+func (b *batch) add(f *PublishFuture, maxBytes int) bool {
+	if len(b.futures) > 0 && b.size+int(f.size) > maxBytes {
+		return false
+	}
+	b.futures = append(b.futures, f)
+	b.size += int(f.size)
+	return true
+}
+
+func (p *Producer) full(b *batch) bool {
+	return len(b.futures) >= p.opts.BatchMessages || b.size >= p.opts.BatchBytes
+}
+
+// takeQueued adds what is queued now to b, without waiting, until b is
+// full. It returns a message too big to join, and whether the queue is
+// closed.
+func (p *Producer) takeQueued(b *batch) (carry *PublishFuture, closing bool) {
+	for !p.full(b) && len(p.queue) > 0 {
+		f, ok := <-p.queue
+		if !ok {
+			return nil, true
+		}
+		if !b.add(f, p.opts.BatchBytes) {
+			return f, false
+		}
+	}
+	return nil, false
+}
+
 // gather collects a batch starting with first, until it is full, the
 // linger passes, a flush asks for it, or the queue is closed. A message
 // too big to join is carried over to start the next batch.
 func (p *Producer) gather(first *PublishFuture) (b *batch, carry *PublishFuture, flushed chan struct{}, closing bool) {
-	b = &batch{futures: []*PublishFuture{first}}
-	size := int(first.size)
+	b = &batch{}
+	b.add(first, p.opts.BatchBytes)
 	linger := time.NewTimer(p.opts.Linger)
 	defer linger.Stop()
-	for len(b.futures) < p.opts.BatchMessages && size < p.opts.BatchBytes {
+	for !p.full(b) {
 		select {
 		case f, ok := <-p.queue:
 			if !ok {
 				return b, nil, nil, true
 			}
-			if size+int(f.size) > p.opts.BatchBytes {
+			if !b.add(f, p.opts.BatchBytes) {
 				return b, f, nil, false
 			}
-			b.futures = append(b.futures, f)
-			size += int(f.size)
 		case ack := <-p.flushes:
 			return b, nil, ack, false
 		case <-linger.C:
@@ -356,18 +377,8 @@ func (p *Producer) gather(first *PublishFuture) (b *batch, carry *PublishFuture,
 		case <-p.nudge:
 			// A synchronous Publish waits: send what is here, and what is
 			// already queued, now.
-			for len(b.futures) < p.opts.BatchMessages && len(p.queue) > 0 {
-				f, ok := <-p.queue
-				if !ok {
-					return b, nil, nil, true
-				}
-				if size+int(f.size) > p.opts.BatchBytes {
-					return b, f, nil, false
-				}
-				b.futures = append(b.futures, f)
-				size += int(f.size)
-			}
-			return b, nil, nil, false
+			carry, closing := p.takeQueued(b)
+			return b, carry, nil, closing
 		}
 	}
 	return b, nil, nil, false
