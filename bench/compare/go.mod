@@ -7,6 +7,7 @@ replace github.com/ferrymq/ferry => ../..
 require (
 	github.com/ferrymq/ferry v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
+	github.com/rabbitmq/amqp091-go v1.16.0
 )
 
 require (

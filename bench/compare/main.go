@@ -1,6 +1,7 @@
-// Command compare runs the same workloads against ferry and NATS JetStream,
-// each started as a separate process on loopback, and prints the ratios
-// ferry / JetStream next to the targets of issue 7.
+// Command compare runs the same workloads against ferry, NATS JetStream and,
+// when Debian's rabbitmq-server is installed, RabbitMQ quorum queues, each
+// started as a separate process on loopback, and prints the ratios
+// ferry / JetStream and ferry / RabbitMQ next to the targets of issue 7.
 package main
 
 import (
@@ -9,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"regexp"
 	"strings"
@@ -38,7 +38,10 @@ const (
 )
 
 func (m mode) label(system string) string {
-	if system == "ferry" {
+	switch system {
+	case "rabbitmq":
+		return "quorum queue"
+	case "ferry":
 		if m == always {
 			return "--fsync=always"
 		}
@@ -70,25 +73,29 @@ type workload struct {
 }
 
 func workloads() []workload {
+	// RabbitMQ quorum queues have one durability: they fsync (in groups)
+	// before confirming, so they run once, as "always". They have no
+	// publish dedup and no ack confirmation, so they sit those out.
+	all := map[string][]mode{"ferry": {always, deflt}, "jetstream": {always, deflt}, "rabbitmq": {always}}
 	both := map[string][]mode{"ferry": {always, deflt}, "jetstream": {always, deflt}}
-	e2eModes := map[string][]mode{"ferry": {always}, "jetstream": {always, deflt}}
+	e2eModes := map[string][]mode{"ferry": {always}, "jetstream": {always, deflt}, "rabbitmq": {always}}
 	w := []workload{
-		{name: "pub-async-1k", rss: true, modes: both, run: func(ctx context.Context, t target, o options) result {
+		{name: "pub-async-1k", rss: true, modes: all, run: func(ctx context.Context, t target, o options) result {
 			return t.pubAsync(ctx, 1024, o.window, o.duration, false)
 		}},
-		{name: "pub-async-128", modes: both, run: func(ctx context.Context, t target, o options) result {
+		{name: "pub-async-128", modes: all, run: func(ctx context.Context, t target, o options) result {
 			return t.pubAsync(ctx, 128, o.window, o.duration, false)
 		}},
 		{name: "pub-async-1k-dedup", modes: both, run: func(ctx context.Context, t target, o options) result {
 			return t.pubAsync(ctx, 1024, o.window, o.duration, true)
 		}},
-		{name: "pub-sync-1k-p1", modes: both, run: func(ctx context.Context, t target, o options) result {
+		{name: "pub-sync-1k-p1", modes: all, run: func(ctx context.Context, t target, o options) result {
 			return t.pubSync(ctx, 1024, 1, o.duration)
 		}},
-		{name: "pub-sync-1k-p16", modes: both, run: func(ctx context.Context, t target, o options) result {
+		{name: "pub-sync-1k-p16", modes: all, run: func(ctx context.Context, t target, o options) result {
 			return t.pubSync(ctx, 1024, 16, o.duration)
 		}},
-		{name: "consume-ack", prefill: true, modes: both, run: func(ctx context.Context, t target, o options) result {
+		{name: "consume-ack", prefill: true, modes: all, run: func(ctx context.Context, t target, o options) result {
 			return t.consume(ctx, o.messages, false, o.concurrency, 6*o.duration)
 		}},
 		{name: "consume-acksync", prefill: true, modes: both, run: func(ctx context.Context, t target, o options) result {
@@ -150,17 +157,18 @@ func run(o options) error {
 			return err
 		}
 	}
-	rabbit := "RabbitMQ: not run (not implemented in this tool"
-	if _, err := exec.LookPath("rabbitmq-server"); err != nil {
-		rabbit += "; rabbitmq-server is not on PATH either"
+	systems := []string{"ferry", "jetstream"}
+	rabbit := "RabbitMQ: " + rabbitServer + " not found (apt-get install rabbitmq-server), not run"
+	if haveRabbit() {
+		systems = append(systems, "rabbitmq")
+		rabbit = "RabbitMQ: " + rabbitServer + ", quorum queue, publisher confirms, manual acks"
 	}
-	rabbit += ")"
 	var ms []measurement
 	for _, w := range workloads() {
 		if filter != nil && !filter.MatchString(w.name) {
 			continue
 		}
-		for _, sys := range []string{"ferry", "jetstream"} {
+		for _, sys := range systems {
 			for _, m := range w.modes[sys] {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -214,22 +222,28 @@ func measure(ctx context.Context, bins *binaries, tmp string, w workload, sys st
 	startSrv := func(m mode) (*server, target, error) {
 		var s *server
 		var err error
-		if sys == "ferry" {
+		switch sys {
+		case "ferry":
 			fs := "never"
 			if m == always {
 				fs = "always"
 			}
 			s, err = startFerry(bins.ferry, dir, fs)
-		} else {
+		case "rabbitmq":
+			s, err = startRabbit(dir)
+		default:
 			s, err = startNats(bins.nats, dir, m == always)
 		}
 		if err != nil {
 			return nil, nil, err
 		}
 		var t target
-		if sys == "ferry" {
+		switch sys {
+		case "ferry":
 			t, err = dialFerry(ctx, s.addr)
-		} else {
+		case "rabbitmq":
+			t, err = dialRabbit(ctx, s.addr)
+		default:
 			t, err = dialJetStream(ctx, s.addr, o.window)
 		}
 		if err != nil {
@@ -266,22 +280,27 @@ func measure(ctx context.Context, bins *binaries, tmp string, w workload, sys st
 	return r
 }
 
-// row is one line of the table: a ferry figure against a JetStream one.
+var systemName = map[string]string{"ferry": "ferry", "jetstream": "JetStream", "rabbitmq": "RabbitMQ"}
+
+// row is one line of the table: a ferry figure against one of another
+// system (JetStream or RabbitMQ).
 type row struct {
-	Scenario  string  `json:"scenario"`
-	Ferry     string  `json:"ferry_config"`
-	JetStream string  `json:"jetstream_config"`
-	Metric    string  `json:"metric"`
-	FerryVal  float64 `json:"ferry"`
-	JSVal     float64 `json:"jetstream"`
-	Ratio     float64 `json:"ratio"`
-	Target    string  `json:"target"`
-	Met       string  `json:"met"`
-	Note      string  `json:"note,omitempty"`
+	Scenario    string  `json:"scenario"`
+	Ferry       string  `json:"ferry_config"`
+	Other       string  `json:"other_system"`
+	OtherConfig string  `json:"other_config"`
+	Metric      string  `json:"metric"`
+	FerryVal    float64 `json:"ferry"`
+	OtherVal    float64 `json:"other"`
+	Ratio       float64 `json:"ratio"`
+	Target      string  `json:"target"`
+	Met         string  `json:"met"`
+	Note        string  `json:"note,omitempty"`
 }
 
 type rowSpec struct {
 	scenario, workload string
+	other              string // jetstream or rabbitmq
 	ferry, js          mode
 	metric             string // rate, p99, rss
 	op                 string // ">=", "<=", "" (no target)
@@ -298,32 +317,40 @@ func buildRows(ms []measurement) []row {
 		return nil
 	}
 	specs := []rowSpec{
-		{"durable pub pipelined 1KiB, 1 producer", "pub-async-1k", always, always, "rate", ">=", 10},
-		{"durable pub pipelined 1KiB, 1 producer", "pub-async-1k", always, deflt, "rate", ">=", 0.75},
-		{"pub pipelined 1KiB, 1 producer", "pub-async-1k", deflt, deflt, "rate", ">=", 1.2},
-		{"pub pipelined 128B, 1 producer", "pub-async-128", always, always, "rate", "", 0},
-		{"pub pipelined 128B, 1 producer", "pub-async-128", always, deflt, "rate", "", 0},
-		{"pub pipelined 128B, 1 producer", "pub-async-128", deflt, deflt, "rate", "", 0},
-		{"pub pipelined 1KiB, dedup ids", "pub-async-1k-dedup", always, always, "rate", "", 0},
-		{"pub pipelined 1KiB, dedup ids", "pub-async-1k-dedup", deflt, deflt, "rate", "", 0},
-		{"pub sync 1KiB, 1 producer", "pub-sync-1k-p1", always, always, "rate", "", 0},
-		{"pub sync 1KiB, 1 producer", "pub-sync-1k-p1", deflt, deflt, "rate", "", 0},
-		{"pub sync 1KiB, 16 producers", "pub-sync-1k-p16", always, always, "rate", "", 0},
-		{"pub sync 1KiB, 16 producers", "pub-sync-1k-p16", deflt, deflt, "rate", "", 0},
-		{"consume, explicit acks (at-least-once)", "consume-ack", always, always, "rate", ">=", 1.2},
-		{"consume, explicit acks (at-least-once)", "consume-ack", deflt, deflt, "rate", ">=", 1.2},
-		{"effectively-once (AckSync) vs DoubleAck", "consume-acksync", always, always, "rate", ">=", 1},
-		{"effectively-once (AckSync) vs DoubleAck", "consume-acksync", deflt, deflt, "rate", ">=", 1},
-		{"e2e p99 @1000 msgs/s, 1KiB", "e2e-1000", always, always, "p99", "<=", 0.2},
-		{"e2e p99 @1000 msgs/s, 1KiB", "e2e-1000", always, deflt, "p99", "<=", 1},
-		{"e2e p99 @5000 msgs/s, 1KiB", "e2e-5000", always, always, "p99", "<=", 0.2},
-		{"e2e p99 @5000 msgs/s, 1KiB", "e2e-5000", always, deflt, "p99", "<=", 1},
-		{"peak RSS, pipelined 1KiB load", "pub-async-1k", always, always, "rss", "<=", 1.5},
-		{"peak RSS, pipelined 1KiB load", "pub-async-1k", deflt, deflt, "rss", "<=", 1.5},
+		{"durable pub pipelined 1KiB, 1 producer", "pub-async-1k", "jetstream", always, always, "rate", ">=", 10},
+		{"durable pub pipelined 1KiB, 1 producer", "pub-async-1k", "jetstream", always, deflt, "rate", ">=", 0.75},
+		{"pub pipelined 1KiB, 1 producer", "pub-async-1k", "jetstream", deflt, deflt, "rate", ">=", 1.2},
+		{"pub pipelined 128B, 1 producer", "pub-async-128", "jetstream", always, always, "rate", "", 0},
+		{"pub pipelined 128B, 1 producer", "pub-async-128", "jetstream", always, deflt, "rate", "", 0},
+		{"pub pipelined 128B, 1 producer", "pub-async-128", "jetstream", deflt, deflt, "rate", "", 0},
+		{"pub pipelined 1KiB, dedup ids", "pub-async-1k-dedup", "jetstream", always, always, "rate", "", 0},
+		{"pub pipelined 1KiB, dedup ids", "pub-async-1k-dedup", "jetstream", deflt, deflt, "rate", "", 0},
+		{"pub sync 1KiB, 1 producer", "pub-sync-1k-p1", "jetstream", always, always, "rate", "", 0},
+		{"pub sync 1KiB, 1 producer", "pub-sync-1k-p1", "jetstream", deflt, deflt, "rate", "", 0},
+		{"pub sync 1KiB, 16 producers", "pub-sync-1k-p16", "jetstream", always, always, "rate", "", 0},
+		{"pub sync 1KiB, 16 producers", "pub-sync-1k-p16", "jetstream", deflt, deflt, "rate", "", 0},
+		{"consume, explicit acks (at-least-once)", "consume-ack", "jetstream", always, always, "rate", ">=", 1.2},
+		{"consume, explicit acks (at-least-once)", "consume-ack", "jetstream", deflt, deflt, "rate", ">=", 1.2},
+		{"effectively-once (AckSync) vs DoubleAck", "consume-acksync", "jetstream", always, always, "rate", ">=", 1},
+		{"effectively-once (AckSync) vs DoubleAck", "consume-acksync", "jetstream", deflt, deflt, "rate", ">=", 1},
+		{"e2e p99 @1000 msgs/s, 1KiB", "e2e-1000", "jetstream", always, always, "p99", "<=", 0.2},
+		{"e2e p99 @1000 msgs/s, 1KiB", "e2e-1000", "jetstream", always, deflt, "p99", "<=", 1},
+		{"e2e p99 @5000 msgs/s, 1KiB", "e2e-5000", "jetstream", always, always, "p99", "<=", 0.2},
+		{"e2e p99 @5000 msgs/s, 1KiB", "e2e-5000", "jetstream", always, deflt, "p99", "<=", 1},
+		{"peak RSS, pipelined 1KiB load", "pub-async-1k", "jetstream", always, always, "rss", "<=", 1.5},
+		{"peak RSS, pipelined 1KiB load", "pub-async-1k", "jetstream", deflt, deflt, "rss", "<=", 1.5},
+		{"durable pub pipelined 1KiB, 1 producer", "pub-async-1k", "rabbitmq", always, always, "rate", ">=", 2},
+		{"pub pipelined 128B, 1 producer", "pub-async-128", "rabbitmq", always, always, "rate", "", 0},
+		{"pub sync 1KiB, 1 producer", "pub-sync-1k-p1", "rabbitmq", always, always, "rate", "", 0},
+		{"pub sync 1KiB, 16 producers", "pub-sync-1k-p16", "rabbitmq", always, always, "rate", "", 0},
+		{"consume, explicit acks (at-least-once)", "consume-ack", "rabbitmq", always, always, "rate", ">=", 2.5},
+		{"e2e p99 @1000 msgs/s, 1KiB", "e2e-1000", "rabbitmq", always, always, "p99", "", 0},
+		{"e2e p99 @5000 msgs/s, 1KiB", "e2e-5000", "rabbitmq", always, always, "p99", "", 0},
+		{"peak RSS, pipelined 1KiB load", "pub-async-1k", "rabbitmq", always, always, "rss", "", 0},
 	}
 	var rows []row
 	for _, sp := range specs {
-		f, j := find(sp.workload, "ferry", sp.ferry), find(sp.workload, "jetstream", sp.js)
+		f, j := find(sp.workload, "ferry", sp.ferry), find(sp.workload, sp.other, sp.js)
 		if f == nil || j == nil {
 			continue
 		}
@@ -336,11 +363,12 @@ func buildRows(ms []measurement) []row {
 			}
 			return m.Rate
 		}
-		rw := row{Scenario: sp.scenario, Ferry: sp.ferry.label("ferry"), JetStream: sp.js.label("jetstream"),
+		rw := row{Scenario: sp.scenario, Ferry: sp.ferry.label("ferry"),
+			Other: systemName[sp.other], OtherConfig: sp.js.label(sp.other),
 			Metric:   map[string]string{"rate": "msgs/s", "p99": "p99 ms", "rss": "MiB"}[sp.metric],
-			FerryVal: val(f), JSVal: val(j), Target: "—", Met: "—"}
-		if rw.JSVal > 0 {
-			rw.Ratio = rw.FerryVal / rw.JSVal
+			FerryVal: val(f), OtherVal: val(j), Target: "—", Met: "—"}
+		if rw.OtherVal > 0 {
+			rw.Ratio = rw.FerryVal / rw.OtherVal
 		}
 		var notes []string
 		for _, m := range []*measurement{f, j} {
@@ -353,12 +381,12 @@ func buildRows(ms []measurement) []row {
 		}
 		rw.Note = strings.Join(notes, "; ")
 		if sp.op != "" {
-			rw.Target = fmt.Sprintf("%s %g× %s", map[string]string{">=": "≥", "<=": "≤"}[sp.op], sp.want, sp.js)
+			rw.Target = fmt.Sprintf("%s %g× %s", map[string]string{">=": "≥", "<=": "≤"}[sp.op], sp.want, systemName[sp.other])
 			ok := rw.Ratio >= sp.want
 			if sp.op == "<=" {
 				ok = rw.Ratio <= sp.want
 			}
-			if rw.JSVal == 0 || rw.FerryVal == 0 || f.Err != "" || j.Err != "" {
+			if rw.OtherVal == 0 || rw.FerryVal == 0 || f.Err != "" || j.Err != "" {
 				rw.Met = "?"
 			} else if ok {
 				rw.Met = "yes"
@@ -383,15 +411,15 @@ func fmtVal(metric string, v float64) string {
 
 func printTable(rows []row) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tFERRY\tJETSTREAM\tFERRY\tJETSTREAM\tRATIO\tTARGET\tMET\tNOTE")
+	fmt.Fprintln(tw, "SCENARIO\tFERRY\tVERSUS\tFERRY\tTHEM\tRATIO\tTARGET\tMET\tNOTE")
 	for i := range rows {
 		r := &rows[i]
 		ratio := fmt.Sprintf("%.2f×", r.Ratio)
 		if r.Ratio > 0 && r.Ratio < 0.01 {
 			ratio = fmt.Sprintf("%.4f×", r.Ratio)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Scenario, r.Ferry, r.JetStream,
-			fmtVal(r.Metric, r.FerryVal), fmtVal(r.Metric, r.JSVal), ratio, r.Target, r.Met, r.Note)
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Scenario, r.Ferry, r.Other, r.OtherConfig,
+			fmtVal(r.Metric, r.FerryVal), fmtVal(r.Metric, r.OtherVal), ratio, r.Target, r.Met, r.Note)
 	}
 	tw.Flush()
 }

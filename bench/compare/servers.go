@@ -63,11 +63,12 @@ func buildBinaries(tmp string) (*binaries, error) {
 
 // server is one broker process with its own data directory.
 type server struct {
-	name string
-	cmd  *exec.Cmd
-	dir  string // temp dir: data, config, log
-	addr string
-	log  string
+	name    string
+	cmd     *exec.Cmd
+	dir     string // temp dir: data, config, log
+	addr    string
+	log     string
+	pidFile string // when set, the pid of the server proper (RabbitMQ's beam, not its start script)
 
 	exited chan struct{}
 }
@@ -111,7 +112,58 @@ func startNats(bin, dir string, syncAlways bool) (*server, error) {
 	return start("jetstream", dir, fmt.Sprintf("127.0.0.1:%d", port), bin, "-c", cf)
 }
 
+// rabbitServer is Debian's RabbitMQ start script, when rabbitmq-server is
+// installed; /usr/sbin/rabbitmq-server would switch to the rabbitmq user,
+// who cannot write our temp dir.
+const rabbitServer = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+func haveRabbit() bool {
+	_, err := os.Stat(rabbitServer)
+	return err == nil
+}
+
+// startRabbit starts a RabbitMQ node of its own (own node name, ports, data
+// and log dirs under dir, no plugins) on loopback.
+func startRabbit(dir string) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dist, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	plugins := filepath.Join(dir, "enabled_plugins")
+	if err := os.WriteFile(plugins, []byte("[].\n"), 0o644); err != nil {
+		return nil, err
+	}
+	pidFile := filepath.Join(dir, "rabbit.pid")
+	env := []string{
+		"HOME=" + dir, // the Erlang cookie
+		// One node name per data dir, so that a restart finds its data.
+		"RABBITMQ_NODENAME=" + filepath.Base(dir) + "@localhost",
+		"RABBITMQ_NODE_IP_ADDRESS=127.0.0.1",
+		"RABBITMQ_NODE_PORT=" + strconv.Itoa(port),
+		"RABBITMQ_DIST_PORT=" + strconv.Itoa(dist),
+		"RABBITMQ_MNESIA_BASE=" + filepath.Join(dir, "data"),
+		"RABBITMQ_LOG_BASE=" + filepath.Join(dir, "log"),
+		"RABBITMQ_LOGS=-",
+		"RABBITMQ_ENABLED_PLUGINS_FILE=" + plugins,
+		"RABBITMQ_PID_FILE=" + pidFile,
+	}
+	s, err := startEnv("rabbitmq", dir, fmt.Sprintf("127.0.0.1:%d", port), env, rabbitServer)
+	if err != nil {
+		return nil, err
+	}
+	s.pidFile = pidFile
+	return s, nil
+}
+
 func start(name, dir, addr, bin string, args ...string) (*server, error) {
+	return startEnv(name, dir, addr, nil, bin, args...)
+}
+
+func startEnv(name, dir, addr string, env []string, bin string, args ...string) (*server, error) {
 	logPath := filepath.Join(dir, name+".log")
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -120,6 +172,7 @@ func start(name, dir, addr, bin string, args ...string) (*server, error) {
 	defer lf.Close()
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.Env = append(os.Environ(), env...)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -146,20 +199,38 @@ func start(name, dir, addr, bin string, args ...string) (*server, error) {
 	}
 }
 
+// pid is the server proper's process id.
+func (s *server) pid() int {
+	if s.pidFile != "" {
+		if b, err := os.ReadFile(s.pidFile); err == nil {
+			if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				return p
+			}
+		}
+	}
+	return s.cmd.Process.Pid
+}
+
 // stop stops the process gracefully (SIGTERM), killing it after 20s.
 func (s *server) stop() {
+	if p := s.pid(); p != s.cmd.Process.Pid {
+		_ = syscall.Kill(p, syscall.SIGTERM)
+	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.exited:
 	case <-time.After(20 * time.Second):
+		if p := s.pid(); p != s.cmd.Process.Pid {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
 		_ = s.cmd.Process.Kill()
 		<-s.exited
 	}
 }
 
-// peakRSS is the process's VmHWM in bytes (0 if unknown).
+// peakRSS is the server process's VmHWM in bytes (0 if unknown).
 func (s *server) peakRSS() int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", s.pid()))
 	if err != nil {
 		return 0
 	}
