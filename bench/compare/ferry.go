@@ -135,12 +135,13 @@ func (f *ferryTarget) prefill(ctx context.Context, n, size, window int) error {
 }
 
 // consume reads n prefilled messages with acks: at-least-once with stream
-// acks, or effectively-once with AckSync (durable ack confirmation) on
-// every message.
-func (f *ferryTarget) consume(ctx context.Context, n int, effOnce bool, conc int, timeout time.Duration) result {
-	g, sub := client.AtLeastOnce, "alo"
-	if effOnce {
-		g, sub = client.EffectivelyOnce, "eo"
+// acks, or effectively-once with stream acks the broker confirms once
+// durable (done when it counts all n durably acked) or with AckSync in
+// every handler.
+func (f *ferryTarget) consume(ctx context.Context, n int, ack ackMode, conc int, timeout time.Duration) result {
+	g, sub := client.EffectivelyOnce, "eo"
+	if ack == ackPlain {
+		g, sub = client.AtLeastOnce, "alo"
 	}
 	var r result
 	if _, err := f.c.CreateSubscription(ctx, ferryTopic, sub, client.SubscriptionConfig{
@@ -154,17 +155,32 @@ func (f *ferryTarget) consume(ctx context.Context, n int, effOnce bool, conc int
 	var firstErr atomic.Value
 	var end atomic.Int64
 	start := time.Now()
+	finished := func() {
+		end.CompareAndSwap(0, int64(time.Since(start)))
+		cancel()
+	}
+	if ack == ackConfirmed {
+		go func() {
+			for cctx.Err() == nil {
+				s, err := f.c.GetSubscription(cctx, ferryTopic, sub)
+				if err == nil && s.Stats.Acked >= uint64(n) {
+					finished()
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
 	err := f.c.Subscribe(cctx, ferryTopic, sub, func(hctx context.Context, m *client.Message) error {
-		if effOnce {
+		if ack == ackSyncEach {
 			if err := m.AckSync(hctx); err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
 				return nil
 			}
 		}
-		if got.Add(1) == int64(n) {
-			end.Store(int64(time.Since(start)))
-			cancel()
+		if got.Add(1) == int64(n) && ack != ackConfirmed {
+			finished()
 		}
 		return nil
 	}, client.WithConcurrency(conc), client.WithCredit(500), client.WithDrainTimeout(5*time.Second))

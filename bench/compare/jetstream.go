@@ -158,7 +158,8 @@ func (t *jsTarget) prefill(ctx context.Context, n, size, window int) error {
 // consume reads n prefilled messages with a durable pull consumer
 // (AckExplicit): Ack per message, or DoubleAck (AckSync) per message from
 // conc workers.
-func (t *jsTarget) consume(ctx context.Context, n int, doubleAck bool, conc int, timeout time.Duration) result {
+func (t *jsTarget) consume(ctx context.Context, n int, ack ackMode, conc int, timeout time.Duration) result {
+	doubleAck := ack != ackPlain
 	var r result
 	name := "alo"
 	if doubleAck {

@@ -187,9 +187,9 @@ func (t *rabbitTarget) prefill(ctx context.Context, n, size, window int) error {
 // message, with a prefetch of 500 (ferry's credit in the same workload).
 // RabbitMQ has no durable ack confirmation, so the effectively-once
 // variant is not run.
-func (t *rabbitTarget) consume(ctx context.Context, n int, ackSync bool, _ int, timeout time.Duration) result {
+func (t *rabbitTarget) consume(ctx context.Context, n int, ack ackMode, _ int, timeout time.Duration) result {
 	var r result
-	if ackSync {
+	if ack != ackPlain {
 		r.Err = "RabbitMQ has no durable ack confirmation"
 		return r
 	}
