@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -85,34 +84,14 @@ func (f *ferryTarget) pubAsync(ctx context.Context, size, window int, dur time.D
 
 func (f *ferryTarget) pubSync(ctx context.Context, size, producers int, dur time.Duration) result {
 	pl := payload(size)
-	var lat latencies
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	start := time.Now()
-	deadline := start.Add(dur)
-	var wg sync.WaitGroup
-	for range producers {
-		wg.Go(func() {
-			p := f.producer(size, 64)
-			defer p.Close(context.Background())
-			for time.Now().Before(deadline) && ctx.Err() == nil {
-				t := time.Now()
-				if _, err := p.Publish(ctx, &client.Message{Payload: pl}); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				lat.add(time.Since(t))
-				acked.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	var r result
-	r.finish(acked.Load(), time.Since(start))
-	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
-	lat.into(&r)
-	return r
+	return syncPublishers(ctx, producers, dur, func() (func() error, func(), error) {
+		p := f.producer(size, 64)
+		publish := func() error {
+			_, err := p.Publish(ctx, &client.Message{Payload: pl})
+			return err
+		}
+		return publish, func() { p.Close(context.Background()) }, nil
+	})
 }
 
 func (f *ferryTarget) prefill(ctx context.Context, n, size, window int) error {

@@ -104,32 +104,13 @@ func (t *jsTarget) pubAsync(ctx context.Context, size, window int, dur time.Dura
 
 func (t *jsTarget) pubSync(ctx context.Context, size, producers int, dur time.Duration) result {
 	pl := payload(size)
-	var lat latencies
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	start := time.Now()
-	deadline := start.Add(dur)
-	var wg sync.WaitGroup
-	for range producers {
-		wg.Go(func() {
-			for time.Now().Before(deadline) && ctx.Err() == nil {
-				s := time.Now()
-				if _, err := t.js.Publish(ctx, jsSubject, pl); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				lat.add(time.Since(s))
-				acked.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	var r result
-	r.finish(acked.Load(), time.Since(start))
-	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
-	lat.into(&r)
-	return r
+	return syncPublishers(ctx, producers, dur, func() (func() error, func(), error) {
+		publish := func() error {
+			_, err := t.js.Publish(ctx, jsSubject, pl)
+			return err
+		}
+		return publish, func() {}, nil
+	})
 }
 
 func (t *jsTarget) prefill(ctx context.Context, n, size, window int) error {

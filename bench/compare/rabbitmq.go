@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -132,46 +131,24 @@ func (t *rabbitTarget) pubAsync(ctx context.Context, size, window int, dur time.
 
 func (t *rabbitTarget) pubSync(ctx context.Context, size, producers int, dur time.Duration) result {
 	pl := payload(size)
-	var lat latencies
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	start := time.Now()
-	deadline := start.Add(dur)
-	var wg sync.WaitGroup
-	for range producers {
-		wg.Go(func() {
-			ch, err := t.confirmChannel()
+	return syncPublishers(ctx, producers, dur, func() (func() error, func(), error) {
+		ch, err := t.confirmChannel()
+		if err != nil {
+			return nil, nil, err
+		}
+		publish := func() error {
+			dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", rabbitQueue, false, false, persistent(pl))
 			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-				return
+				return err
 			}
-			defer ch.Close()
-			for time.Now().Before(deadline) && ctx.Err() == nil {
-				s := time.Now()
-				dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", rabbitQueue, false, false, persistent(pl))
-				if err == nil {
-					var ok bool
-					if ok, err = dc.WaitContext(ctx); err == nil && !ok {
-						err = errors.New("publish nacked")
-					}
-				}
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					return // a channel error closes the channel
-				}
-				lat.add(time.Since(s))
-				acked.Add(1)
+			ok, err := dc.WaitContext(ctx)
+			if err == nil && !ok {
+				err = errors.New("publish nacked")
 			}
-		})
-	}
-	wg.Wait()
-	var r result
-	r.finish(acked.Load(), time.Since(start))
-	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
-	lat.into(&r)
-	return r
+			return err
+		}
+		return publish, func() { ch.Close() }, nil
+	})
 }
 
 func (t *rabbitTarget) prefill(ctx context.Context, n, size, window int) error {
@@ -183,8 +160,27 @@ func (t *rabbitTarget) prefill(ctx context.Context, n, size, window int) error {
 	return nil
 }
 
+// consumer opens a channel consuming the queue with manual acks and a
+// prefetch of 500 (ferry's credit in the same workloads), until ctx ends.
+func (t *rabbitTarget) consumer(ctx context.Context) (*amqp.Channel, <-chan amqp.Delivery, error) {
+	ch, err := t.conn.Channel()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := ch.Qos(500, 0, false); err != nil {
+		ch.Close()
+		return nil, nil, err
+	}
+	deliveries, err := ch.ConsumeWithContext(ctx, rabbitQueue, "", false, false, false, false, nil)
+	if err != nil {
+		ch.Close()
+		return nil, nil, err
+	}
+	return ch, deliveries, nil
+}
+
 // consume reads n prefilled messages with manual acks, one ack per
-// message, with a prefetch of 500 (ferry's credit in the same workload).
+// message.
 // RabbitMQ has no durable ack confirmation, so the effectively-once
 // variant is not run.
 func (t *rabbitTarget) consume(ctx context.Context, n int, ack ackMode, _ int, timeout time.Duration) result {
@@ -193,24 +189,15 @@ func (t *rabbitTarget) consume(ctx context.Context, n int, ack ackMode, _ int, t
 		r.Err = "RabbitMQ has no durable ack confirmation"
 		return r
 	}
-	ch, err := t.conn.Channel()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	ch, deliveries, err := t.consumer(cctx)
 	if err != nil {
 		r.Err = err.Error()
 		return r
 	}
 	defer ch.Close()
-	if err := ch.Qos(500, 0, false); err != nil {
-		r.Err = err.Error()
-		return r
-	}
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	start := time.Now()
-	deliveries, err := ch.ConsumeWithContext(cctx, rabbitQueue, "", false, false, false, false, nil)
-	if err != nil {
-		r.Err = err.Error()
-		return r
-	}
 	var got int64
 	var failed int64
 	var firstErr string
@@ -243,23 +230,14 @@ loop:
 // on a consumer with manual acks.
 func (t *rabbitTarget) e2e(ctx context.Context, rate, size int, dur time.Duration) result {
 	var r result
-	ch, err := t.conn.Channel()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, deliveries, err := t.consumer(sctx)
 	if err != nil {
 		r.Err = err.Error()
 		return r
 	}
 	defer ch.Close()
-	if err := ch.Qos(500, 0, false); err != nil {
-		r.Err = err.Error()
-		return r
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	deliveries, err := ch.ConsumeWithContext(sctx, rabbitQueue, "", false, false, false, false, nil)
-	if err != nil {
-		r.Err = err.Error()
-		return r
-	}
 	var lat latencies
 	var got atomic.Int64
 	subDone := make(chan struct{})

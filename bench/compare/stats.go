@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -97,4 +99,45 @@ func (p *pacer) next() time.Time {
 		time.Sleep(d)
 	}
 	return t
+}
+
+// syncPublishers runs producers goroutines for dur; each opens its own
+// publisher, then publishes one message at a time, each waiting for its
+// ack, and times it. A publisher stops at its first error (with RabbitMQ a
+// failed publish closes the channel): the errors are counted, and the
+// first reported.
+func syncPublishers(ctx context.Context, producers int, dur time.Duration, open func() (publish func() error, closeFn func(), err error)) result {
+	var lat latencies
+	var acked, failed atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	deadline := start.Add(dur)
+	var wg sync.WaitGroup
+	for range producers {
+		wg.Go(func() {
+			publish, closeFn, err := open()
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			defer closeFn()
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				s := time.Now()
+				if err := publish(); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					return
+				}
+				lat.add(time.Since(s))
+				acked.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	var r result
+	r.finish(acked.Load(), time.Since(start))
+	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	lat.into(&r)
+	return r
 }
