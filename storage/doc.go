@@ -47,5 +47,16 @@
 // command that drops expired ids from memory. Value-log GC runs every
 // Options.GCInterval.
 //
-// The key layout is drawn in keys.go and the record formats in record.go.
+// # Raft logs
+//
+// For replication, each Raft group (go.etcd.io/raft/v3) keeps its log, hard
+// state and latest snapshot in the same database, under its own key prefix:
+// Store.RaftLog hands out a RaftLog, which implements raft.Storage with
+// raft.MemoryStorage's semantics plus Save, CreateSnapshot and Compact for
+// the node's Ready loop. Its writes go through the same syncer as appends,
+// so one fsync covers partitions and groups alike. Groups are independent
+// of topics and of each other; DropRaftLog deletes one.
+//
+// The key layout is drawn in keys.go and the record formats in record.go
+// (the Raft log bounds in raftlog.go).
 package storage

@@ -20,8 +20,9 @@ var (
 	// ErrInvalidMessage is returned, wrapped with what is wrong, by Append
 	// and Enqueue for a message the log cannot store (an id over MaxIDBytes).
 	ErrInvalidMessage = errors.New("storage: invalid message")
-	// ErrClosed is returned by every call made after Close began, and by
-	// appends to a partition whose topic was deleted meanwhile.
+	// ErrClosed is returned by every call made after Close began, by
+	// appends to a partition whose topic was deleted meanwhile, and by a
+	// RaftLog's methods once its group was dropped.
 	ErrClosed = errors.New("storage: closed")
 	// ErrSubscriptionNotFound is returned when a topic has no subscription
 	// of the given name or id.
@@ -29,9 +30,16 @@ var (
 	// ErrSubscriptionExists is returned by CreateSubscription when the name
 	// is taken, with the existing subscription.
 	ErrSubscriptionExists = errors.New("storage: subscription exists")
-	// ErrTooLarge is returned by Write when its changes do not fit in one
+	// ErrTooLarge is returned by Write, RaftLog.Save and
+	// RaftLog.CreateSnapshot when their changes do not fit in one
 	// transaction.
 	ErrTooLarge = errors.New("storage: write too large for one transaction")
+	// ErrInvalidRaftRequest is returned, wrapped with what is wrong, by the
+	// Raft log calls for group 0, for entries that are not consecutive,
+	// whose terms go down or that would leave a gap after the last entry,
+	// for a hard state committing beyond the last entry, and for Entries
+	// with lo > hi. Nothing is written then.
+	ErrInvalidRaftRequest = errors.New("storage: invalid raft log request")
 	// ErrCorrupt is returned when a stored key or value cannot be decoded.
 	ErrCorrupt = errors.New("storage: corrupt record")
 )

@@ -27,6 +27,13 @@ import (
 //	                                             empty value, Badger TTL = the horizon
 //	y <tid u32> <sid u32>                      → tombstone: a deleted subscription's acked ids
 //	                                             are being dropped
+//	r <group u64> b                            → a Raft group's log bounds: index and term of
+//	                                             the entry before the first, and the last index
+//	r <group u64> e <index u64>                → a Raft log entry (raftpb.Entry, protobuf)
+//	r <group u64> h                            → the group's Raft hard state (raftpb.HardState)
+//	r <group u64> s                            → its latest snapshot's metadata
+//	                                             (raftpb.SnapshotMetadata)
+//	r <group u64> d                            → that snapshot's data, raw bytes; absent if nil
 //
 // Per partition the m keys are dense in offset. What retention and dedup need
 // is in the key, so both walk keys without reading values: retention sums
@@ -41,6 +48,15 @@ import (
 // topicDataKinds prefixes. A cursor is written by the partition's writer in
 // the same transaction as the messages (and, for Commit, as the messages of
 // other partitions), so it is exactly as durable as they are.
+//
+// The r keys are Raft's (raftlog.go), one set per group, and belong to no
+// topic: dropping a topic never touches them. Every key of a group starts
+// with r and the group id, so a group's compaction and deletion stay inside
+// its own prefix. Snapshot data has its own key so that loading a group
+// reads only the metadata; Snapshot reads the data. The b key, not the e
+// keys present, says which entries exist: e keys outside its bounds are
+// left over from a compaction, truncation or snapshot whose deletions were
+// cut short by a crash, are never read, and go when the group is next loaded.
 const (
 	kindTopic     byte = 't'
 	kindNextID    byte = 'n'
@@ -52,6 +68,16 @@ const (
 	kindCursor    byte = 'c'
 	kindAckedID   byte = 'a'
 	kindSubTomb   byte = 'y'
+	kindRaft      byte = 'r'
+)
+
+// The byte after r <group u64>: which record of the group the key holds.
+const (
+	raftKeyBounds    byte = 'b'
+	raftKeyEntry     byte = 'e'
+	raftKeyHardState byte = 'h'
+	raftKeySnapshot  byte = 's'
+	raftKeySnapData  byte = 'd'
 )
 
 // topicDataKinds are the kinds of key dropped with a deleted topic.
@@ -61,6 +87,10 @@ const (
 	partitionPrefixLen = 1 + 4 + 4
 	// messageKeyLen is the length of a message key without its id.
 	messageKeyLen = partitionPrefixLen + 8 + 8 + 4
+	// raftKeyLen is the length of a Raft group's singleton keys; an entry
+	// key adds its index.
+	raftKeyLen      = 1 + 8 + 1
+	raftEntryKeyLen = raftKeyLen + 8
 )
 
 func topicKey(name string) []byte {
@@ -164,4 +194,29 @@ func decodeTombstoneKey(k []byte) (tid uint32, err error) {
 		return 0, fmt.Errorf("tombstone key %x: %w", k, ErrCorrupt)
 	}
 	return binary.BigEndian.Uint32(k[1:]), nil
+}
+
+// raftGroupPrefix is the prefix of every key of a Raft group.
+func raftGroupPrefix(group uint64) []byte {
+	b := make([]byte, 0, raftEntryKeyLen)
+	b = append(b, kindRaft)
+	return binary.BigEndian.AppendUint64(b, group)
+}
+
+// raftKey is the key of a Raft group's record sub (raftKeyBounds,
+// raftKeyHardState, raftKeySnapshot, raftKeySnapData) or, with
+// raftKeyEntry, the prefix of its entry keys.
+func raftKey(group uint64, sub byte) []byte {
+	return append(raftGroupPrefix(group), sub)
+}
+
+func raftEntryKey(group, index uint64) []byte {
+	return binary.BigEndian.AppendUint64(raftKey(group, raftKeyEntry), index)
+}
+
+func decodeRaftEntryKey(k []byte) (group, index uint64, err error) {
+	if len(k) != raftEntryKeyLen || k[0] != kindRaft || k[9] != raftKeyEntry {
+		return 0, 0, fmt.Errorf("raft entry key %x: %w", k, ErrCorrupt)
+	}
+	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[10:]), nil
 }

@@ -78,8 +78,9 @@ type Options struct {
 	// BlockCacheBytes is the size of Badger's block cache. Default 64 MiB.
 	BlockCacheBytes int64
 	// TailCacheBytes is, per partition, how many bytes of the newest durable
-	// messages are kept in memory for readers at the head. Default 1 MiB;
-	// 0 turns the cache off.
+	// messages are kept in memory for readers at the head, and per Raft
+	// group, how many bytes of its newest log entries (RaftLog). Default
+	// 1 MiB; 0 turns the caches off.
 	TailCacheBytes int
 	// Metrics records the store's metrics (NewMetrics); nil records none.
 	Metrics *Metrics

@@ -299,7 +299,7 @@ func (p *Partition) applyTxn(st partitionState, cmds []*command) (partitionState
 
 // syncGroup is a committed group waiting for the fsync that makes it durable.
 type syncGroup struct {
-	p     *Partition
+	p     *Partition     // nil for a Raft log's write: nothing to publish
 	meta  *partitionMeta // the partition's state after the group
 	wrote bool           // the group changed the log (else, e.g., duplicates only)
 	reqs  []*request
@@ -401,7 +401,7 @@ func (s *syncer) run() {
 			}
 		}
 		for _, g := range batch {
-			if err == nil {
+			if err == nil && g.p != nil {
 				g.p.publish(g.meta, g.msgs, g.sizes)
 			}
 			for _, r := range g.reqs {

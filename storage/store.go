@@ -31,6 +31,9 @@ type Store struct {
 	topicsMu sync.RWMutex // guards topics
 	topics   map[string]*topicHandle
 
+	raftMu   sync.Mutex // guards raftLogs; held while a group's log loads or drops
+	raftLogs map[uint64]*RaftLog
+
 	bgMu      sync.Mutex // guards closing, timers and background work starts
 	closing   bool
 	retention clock.Timer
@@ -82,6 +85,8 @@ func Open(opts Options) (*Store, error) {
 		db:     db,
 		log:    opts.Logger,
 		topics: make(map[string]*topicHandle),
+
+		raftLogs: make(map[uint64]*RaftLog),
 	}
 	s.sync = newSyncer(db, &s.opts)
 	if err := s.load(); err != nil {
@@ -213,6 +218,7 @@ func (s *Store) Close(ctx context.Context) error {
 				p.close()
 			}
 		}
+		s.closeRaftLogs()
 		s.sync.close()
 
 		bgDone := make(chan struct{})
