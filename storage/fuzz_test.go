@@ -3,11 +3,18 @@ package storage
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/internal/clock"
 )
 
 // Fuzz targets for every decoder of stored bytes and for topic names. Plain
@@ -212,6 +219,161 @@ func FuzzDecodeTombstoneKey(f *testing.F) {
 			t.Fatalf("key %x decodes to %d, which encodes to %x", k, tid, got)
 		}
 	})
+}
+
+func FuzzDecodeRaftBounds(f *testing.F) {
+	for _, rb := range []raftBounds{
+		{},
+		{prev: 3, prevTerm: 2, last: 10},
+		{prev: math.MaxUint64, prevTerm: math.MaxUint64, last: math.MaxUint64},
+		{prev: 2, last: 1}, // prev beyond last: corrupt
+	} {
+		v := rb.encode()
+		f.Add(v)
+		f.Add(v[:len(v)-1])
+	}
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		rb, err := decodeRaftBounds(v)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("decode %x: %v, want ErrCorrupt", v, err)
+			}
+			return
+		}
+		if rb.prev > rb.last {
+			t.Fatalf("decoded prev %d > last %d", rb.prev, rb.last)
+		}
+		if got := rb.encode(); !bytes.Equal(got, v) {
+			t.Fatalf("bounds %x decode to %+v, which encode to %x", v, rb, got)
+		}
+	})
+}
+
+func FuzzDecodeRaftEntryKey(f *testing.F) {
+	f.Add(raftEntryKey(1, 0))
+	f.Add(raftEntryKey(math.MaxUint64, math.MaxUint64))
+	f.Add(raftEntryKey(1, 5)[:raftEntryKeyLen-1])
+	f.Add(append(raftEntryKey(1, 5), 0))
+	f.Add(raftKey(1, raftKeyHardState))
+	f.Add(append(raftKey(1, raftKeySnapshot), raftEntryKey(1, 5)[raftKeyLen:]...))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, k []byte) {
+		group, index, err := decodeRaftEntryKey(k)
+		wellFormed := len(k) == raftEntryKeyLen && k[0] == kindRaft && k[9] == raftKeyEntry
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) || wellFormed {
+				t.Fatalf("decode %x: %v", k, err)
+			}
+			return
+		}
+		if got := raftEntryKey(group, index); !bytes.Equal(got, k) {
+			t.Fatalf("key %x decodes to group %d index %d, which encode to %x", k, group, index, got)
+		}
+	})
+}
+
+func FuzzDecodeRaftEntry(f *testing.F) {
+	for _, e := range []*raftpb.Entry{
+		{},
+		{Index: new(uint64(7)), Term: new(uint64(3)), Type: raftpb.EntryConfChange.Enum(), Data: []byte("cc")},
+		{Index: new(uint64(math.MaxUint64)), Term: new(uint64(math.MaxUint64)), Data: []byte{}},
+	} {
+		v, _ := proto.Marshal(e)
+		f.Add(e.GetIndex(), v)
+		f.Add(e.GetIndex()+1, v)
+		if len(v) > 0 {
+			f.Add(e.GetIndex(), v[:len(v)-1])
+		}
+	}
+	f.Add(uint64(0), []byte{0xff, 0xff})
+	f.Fuzz(func(t *testing.T, index uint64, v []byte) {
+		in := bytes.Clone(v)
+		e, err := decodeRaftEntry(index, in)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("decode %x: %v, want ErrCorrupt", v, err)
+			}
+			return
+		}
+		if e.GetIndex() != index {
+			t.Fatalf("entry under index %d decoded with index %d", index, e.GetIndex())
+		}
+		// The entry owns its bytes: Badger may reuse the value.
+		for i := range in {
+			in[i] ^= 0xff
+		}
+		again, err := decodeRaftEntry(index, v)
+		if err != nil || !proto.Equal(e, again) {
+			t.Fatalf("decoded entry changed with its input %x (%v)", v, err)
+		}
+		w, err := proto.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if back, err := decodeRaftEntry(index, w); err != nil || !proto.Equal(back, e) {
+			t.Fatalf("re-encoded entry %x does not decode back (%v)", w, err)
+		}
+	})
+}
+
+// FuzzRaftLogSave feeds Save arbitrary entries, hard states and snapshots
+// on one log that lives through the run: it must never panic, must refuse
+// only with the errors it documents, and a refusal must change nothing.
+func FuzzRaftLogSave(f *testing.F) {
+	f.Add(uint64(1), uint8(3), []byte{0, 0, 1}, uint64(2), uint64(0), uint64(0))
+	f.Add(uint64(4), uint8(2), []byte{0, 1}, uint64(5), uint64(3), uint64(1))
+	f.Add(uint64(9), uint8(1), []byte{}, uint64(100), uint64(0), uint64(0))             // gap, commit past the end
+	f.Add(uint64(2), uint8(4), []byte{2, 0, 0, 0}, uint64(0), uint64(1), uint64(2))     // snapshot inside the log
+	f.Add(uint64(math.MaxUint64), uint8(2), []byte{0}, uint64(0), uint64(0), uint64(0)) // index overflow
+	opts := testOptions(f, clock.NewFake(t0))
+	opts.Fsync = FsyncNever
+	opts.TailCacheBytes = 512
+	s := openStore(f, opts)
+	l := mustRaftLog(f, s, 1)
+	f.Fuzz(func(t *testing.T, from uint64, n uint8, termSteps []byte, commit, snapIndex, snapTerm uint64) {
+		es := make([]*raftpb.Entry, n%16)
+		term := uint64(1)
+		for i := range es {
+			if i < len(termSteps) {
+				term += uint64(termSteps[i]) - 1 // a step of 0 lowers the term
+			}
+			es[i] = &raftpb.Entry{Index: new(from + uint64(i)), Term: new(term), Data: termSteps}
+		}
+		var hs *raftpb.HardState
+		if commit > 0 {
+			hs = hardState(term, 1, commit)
+		}
+		var snap *raftpb.Snapshot
+		if snapIndex > 0 {
+			snap = snapshotAt(snapIndex, snapTerm, []byte("s"), 1)
+		}
+		before := raftSummary(t, l)
+		err := l.Save(hs, es, snap)
+		switch {
+		case err == nil:
+			first, last := bounds(l)
+			if _, terr := l.Term(last); first > last+1 || terr != nil {
+				t.Fatalf("after a Save: first %d, last %d, Term(last): %v", first, last, terr)
+			}
+		case err == raft.ErrSnapOutOfDate, errors.Is(err, ErrInvalidRaftRequest):
+			if after := raftSummary(t, l); after != before {
+				t.Fatalf("refused Save (%v) changed the log:\n%s\nwas:\n%s", err, after, before)
+			}
+		default:
+			t.Fatalf("Save: %v", err)
+		}
+	})
+}
+
+// raftSummary is what a Save can change, short of reading every entry: the
+// bounds, the last term, the hard state and the snapshot.
+func raftSummary(tb testing.TB, l *RaftLog) string {
+	first, last := bounds(l)
+	term, err := l.Term(last)
+	hs, cs, _ := l.InitialState()
+	snap, _ := l.Snapshot()
+	return fmt.Sprintf("first %d last %d term %d %v hs %s cs %s snap %s", first, last, term, err, fmtHardState(hs), fmtConfState(cs), fmtSnapshot(snap))
 }
 
 // validTopicName is ValidateTopicName's contract, said another way.
