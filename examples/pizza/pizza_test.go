@@ -39,10 +39,7 @@ func TestPizzaUnderChaos(t *testing.T) {
 	}
 	t.Logf("chaos seed %d (FERRY_PIZZA_SEED=%d replays its choices)", seed, seed)
 
-	bin := filepath.Join(t.TempDir(), "pizza")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildDemo(t)
 	dir := t.TempDir()
 	reportPath := filepath.Join(t.TempDir(), "report.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -192,6 +189,17 @@ func (r storeReader) read(ctx context.Context, topic string, partition uint32, f
 		out[i] = auditMessage{Key: string(m.Key), PublishTime: m.PublishTime}
 	}
 	return out, msgs[len(msgs)-1].Offset + 1, nil
+}
+
+// buildDemo builds the demo into a temporary directory and returns the
+// binary's path.
+func buildDemo(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "pizza")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // dumpLogs logs the tail of each process's log.
