@@ -14,7 +14,8 @@ import (
 //	t <name>                                   → topic record (id, config, create time)
 //	n                                          → next topic id, u32
 //	z <tid u32>                                → tombstone: the topic's data is being dropped
-//	p <tid u32> <part u32>                     → partition meta (first, head, bytes, last time)
+//	p <tid u32> <part u32>                     → partition meta (first, head, bytes, last time,
+//	                                             and in a cluster the Raft index applied)
 //	m <tid u32> <part u32> <off u64> <t i64> <size u32> <id>
 //	                                           → message record; t is the publish time in
 //	                                             unix nanoseconds, size the record's length

@@ -228,20 +228,29 @@ type partitionMeta struct {
 	head     uint64    // offset the next message gets
 	bytes    uint64    // sum of the retained records' sizes
 	lastTime time.Time // publish time of the newest message; times never go back
+	applied  uint64    // in a cluster, the Raft index of the last entry applied (entry.go); 0 on a single node
 }
 
 // equal reports whether pm and o describe the same partition state.
 func (pm partitionMeta) equal(o partitionMeta) bool {
-	return pm.first == o.first && pm.head == o.head && pm.bytes == o.bytes && pm.lastTime.Equal(o.lastTime)
+	return pm.first == o.first && pm.head == o.head && pm.bytes == o.bytes && pm.lastTime.Equal(o.lastTime) &&
+		pm.applied == o.applied
 }
 
+// encode is the partition meta record: version, first, head, bytes and
+// lastTime as big-endian u64s, then applied only when it is not 0 — so a
+// single node's record is what it was before clusters.
 func (pm *partitionMeta) encode() []byte {
-	b := make([]byte, 0, 33)
+	b := make([]byte, 0, 41)
 	b = append(b, recordVersion)
 	b = binary.BigEndian.AppendUint64(b, pm.first)
 	b = binary.BigEndian.AppendUint64(b, pm.head)
 	b = binary.BigEndian.AppendUint64(b, pm.bytes)
-	return binary.BigEndian.AppendUint64(b, uint64(pm.lastTime.UnixNano()))
+	b = binary.BigEndian.AppendUint64(b, uint64(pm.lastTime.UnixNano()))
+	if pm.applied != 0 {
+		b = binary.BigEndian.AppendUint64(b, pm.applied)
+	}
+	return b
 }
 
 func decodePartitionMeta(v []byte) (partitionMeta, error) {
@@ -251,6 +260,9 @@ func decodePartitionMeta(v []byte) (partitionMeta, error) {
 	}
 	pm := partitionMeta{first: d.u64(), head: d.u64(), bytes: d.u64()}
 	pm.lastTime = time.Unix(0, int64(d.u64())).UTC()
+	if len(d.b) > 0 {
+		pm.applied = d.u64()
+	}
 	if err := d.end(); err != nil {
 		return partitionMeta{}, fmt.Errorf("partition meta: %w", err)
 	}

@@ -1,0 +1,238 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Partition entries: the seam for replication. In a cluster each partition
+// is a Raft group, and what its writer gathers into one group commit on a
+// single node — appends, cursor writes, acked ids, trims, dedup expiry — is
+// instead encoded as one entry, proposed to the group, and applied by every
+// replica with applyEntry. apply is deterministic given the state, the
+// commands and the time, and the time is the one the leader put in the
+// entry, never a replica's clock: so every replica makes the same writes
+// and gives the same offsets and dedup answers. The entry's Raft index is
+// stored in the partition meta in the same transaction, so a replica that
+// restarts knows what it applied and a replayed entry is recognised.
+//
+//	entry:
+//	+-----+---------------+------+-----------+
+//	| ver | at            | n    | command*n |
+//	| u8  | u64 unix nano | uvar |           |
+//	+-----+---------------+------+-----------+
+//
+//	command: kind u8, then by kind
+//	  append:       window uvar (ns) | nmsgs uvar | (id bytes | record bytes)*
+//	                | ncursors uvar | (sid u32 | state bytes)*
+//	                | hasAcked u8 [| sid u32 | ttl uvar (ns) | nids uvar | (id bytes)*]
+//	  trim:         trimTo u64 | limit uvar
+//	  expire dedup: window uvar (ns)
+//
+// "bytes" is a uvarint length and the bytes; a record is a message record
+// as stored under its m key (record.go), so headers are encoded sorted and
+// the same message always gives the same entry. A barrier (write.go) is a
+// single-node device and is never encoded.
+
+// errNotReplicable is what encodeEntry says of a command that has no place
+// in an entry.
+var errNotReplicable = errors.New("command cannot be replicated")
+
+// encodeEntry encodes cmds, to be applied with the time at.
+func encodeEntry(at time.Time, cmds []*command) ([]byte, error) {
+	b := make([]byte, 0, entrySize(cmds))
+	b = append(b, recordVersion)
+	b = binary.BigEndian.AppendUint64(b, uint64(at.UnixNano()))
+	b = binary.AppendUvarint(b, uint64(len(cmds)))
+	for _, c := range cmds {
+		b = append(b, byte(c.kind))
+		switch c.kind {
+		case cmdAppend:
+			b = binary.AppendUvarint(b, uint64(c.dedupWindow))
+			b = binary.AppendUvarint(b, uint64(len(c.msgs)))
+			for i := range c.msgs {
+				m := &c.msgs[i]
+				b = appendBytes(b, []byte(m.ID))
+				b = binary.AppendUvarint(b, uint64(messageRecordSize(m)))
+				b = appendMessageRecord(b, m)
+			}
+			b = binary.AppendUvarint(b, uint64(len(c.cursors)))
+			for _, w := range c.cursors {
+				b = binary.BigEndian.AppendUint32(b, w.sid)
+				b = appendBytes(b, w.state)
+			}
+			if c.acked == nil {
+				b = append(b, 0)
+				continue
+			}
+			b = append(b, 1)
+			b = binary.BigEndian.AppendUint32(b, c.acked.sid)
+			b = binary.AppendUvarint(b, uint64(c.acked.ttl))
+			b = binary.AppendUvarint(b, uint64(len(c.acked.ids)))
+			for _, id := range c.acked.ids {
+				b = appendBytes(b, []byte(id))
+			}
+		case cmdTrim:
+			b = binary.BigEndian.AppendUint64(b, c.trimTo)
+			b = binary.AppendUvarint(b, uint64(c.limit))
+		case cmdExpireDedup:
+			b = binary.AppendUvarint(b, uint64(c.dedupWindow))
+		default:
+			return nil, fmt.Errorf("command kind %d: %w", c.kind, errNotReplicable)
+		}
+	}
+	return b, nil
+}
+
+// entrySize is about len(encodeEntry(at, cmds)), for sizing its buffer.
+func entrySize(cmds []*command) int {
+	n := 1 + 8 + binary.MaxVarintLen64
+	for _, c := range cmds {
+		n += 1 + 3*binary.MaxVarintLen64
+		for i := range c.msgs {
+			n += 2*binary.MaxVarintLen64 + len(c.msgs[i].ID) + messageRecordSize(&c.msgs[i])
+		}
+		for _, w := range c.cursors {
+			n += 4 + binary.MaxVarintLen64 + len(w.state)
+		}
+		if c.acked != nil {
+			for _, id := range c.acked.ids {
+				n += binary.MaxVarintLen64 + len(id)
+			}
+		}
+	}
+	return n
+}
+
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+// decodeEntry decodes an entry. The commands' slices are copies: b may be
+// reused once it returns. A malformed entry is ErrCorrupt.
+func decodeEntry(b []byte) (at time.Time, cmds []*command, err error) {
+	d := decoder{b: b}
+	if ver := d.byte(); ver != recordVersion {
+		return time.Time{}, nil, fmt.Errorf("entry version %d: %w", ver, ErrCorrupt)
+	}
+	at = time.Unix(0, int64(d.u64())).UTC()
+	// count bounds a count read from b by what b can hold, each item taking
+	// at least min bytes, so a corrupt count cannot make a huge slice.
+	count := func(min int) int {
+		n := d.uvarint()
+		if n > uint64(len(d.b)/min) {
+			d.fail()
+			return 0
+		}
+		return int(n)
+	}
+	duration := func() time.Duration {
+		v := d.uvarint()
+		if v > 1<<62 {
+			d.fail()
+			return 0
+		}
+		return time.Duration(v)
+	}
+	n := count(1)
+	cmds = make([]*command, 0, n)
+	for range n {
+		if d.err != nil {
+			break
+		}
+		c := &command{kind: commandKind(d.byte())}
+		switch c.kind {
+		case cmdAppend:
+			c.dedupWindow = duration()
+			if k := count(2); k > 0 {
+				c.msgs = make([]Message, k)
+			}
+			for i := range c.msgs {
+				c.msgs[i].ID = string(d.bytes())
+				rec := d.bytes()
+				if d.err != nil {
+					break
+				}
+				if err := decodeMessageRecord(rec, &c.msgs[i]); err != nil {
+					return time.Time{}, nil, fmt.Errorf("entry message %d: %w", i, err)
+				}
+				c.size += len(rec)
+			}
+			if k := count(5); k > 0 {
+				c.cursors = make([]cursorWrite, k)
+			}
+			for i := range c.cursors {
+				c.cursors[i] = cursorWrite{sid: d.u32(), state: cloneBytes(d.bytes())}
+			}
+			switch d.byte() {
+			case 0:
+			case 1:
+				c.acked = &ackedIDs{sid: d.u32(), ttl: duration()}
+				if k := count(1); k > 0 {
+					c.acked.ids = make([]string, k)
+				}
+				for i := range c.acked.ids {
+					c.acked.ids[i] = string(d.bytes())
+				}
+			default:
+				d.fail()
+			}
+		case cmdTrim:
+			c.trimTo = d.u64()
+			l := d.uvarint()
+			if l > 1<<31 {
+				d.fail()
+			}
+			c.limit = int(l)
+		case cmdExpireDedup:
+			c.dedupWindow = duration()
+		default:
+			d.fail()
+		}
+		cmds = append(cmds, c)
+	}
+	if err := d.end(); err != nil {
+		return time.Time{}, nil, fmt.Errorf("entry: %w", err)
+	}
+	return at, cmds, nil
+}
+
+// cloneBytes copies v; an empty v is nil (Badger stores both alike).
+func cloneBytes(v []byte) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return append(make([]byte, 0, len(v)), v...)
+}
+
+// errApplied is what applyEntry says of an entry at or below the index the
+// partition has applied: a replay, which changes nothing.
+var errApplied = errors.New("entry already applied")
+
+// applyEntry applies the entry data at Raft index index against txn, as
+// apply does, and records index in the partition meta in the same
+// transaction. An entry at or below the applied index is errApplied and
+// writes nothing; a malformed one is ErrCorrupt.
+func (s partitionState) applyEntry(txn *badger.Txn, index uint64, data []byte) (partitionState, []result, error) {
+	if index <= s.meta.applied {
+		return s, nil, fmt.Errorf("index %d, applied %d: %w", index, s.meta.applied, errApplied)
+	}
+	at, cmds, err := decodeEntry(data)
+	if err != nil {
+		return s, nil, err
+	}
+	next, results, err := s.apply(txn, cmds, at)
+	if err != nil {
+		return s, nil, err
+	}
+	next.meta.applied = index
+	if err := txn.Set(partitionKey(next.tid, next.part), next.meta.encode()); err != nil {
+		return s, nil, fmt.Errorf("set partition meta: %w", err)
+	}
+	return next, results, nil
+}
