@@ -21,10 +21,13 @@ import (
 // restarts knows what it applied and a replayed entry is recognised.
 //
 //	entry:
-//	+-----+---------------+------+-----------+
-//	| ver | at            | n    | command*n |
-//	| u8  | u64 unix nano | uvar |           |
-//	+-----+---------------+------+-----------+
+//	+-----+---------------+----------+------+-----------+
+//	| ver | at            | proposal | n    | command*n |
+//	| u8  | u64 unix nano | u64      | uvar |           |
+//	+-----+---------------+----------+------+-----------+
+//
+// proposal names the entry to the writer that proposed it, so that when the
+// entry is applied there its requests get their results; apply ignores it.
 //
 //	command: kind u8, then by kind
 //	  append:       window uvar (ns) | nmsgs uvar | (id bytes | record bytes)*
@@ -42,11 +45,12 @@ import (
 // in an entry.
 var errNotReplicable = errors.New("command cannot be replicated")
 
-// encodeEntry encodes cmds, to be applied with the time at.
-func encodeEntry(at time.Time, cmds []*command) ([]byte, error) {
+// encodeEntry encodes cmds, to be applied with the time at, as proposal.
+func encodeEntry(at time.Time, proposal uint64, cmds []*command) ([]byte, error) {
 	b := make([]byte, 0, entrySize(cmds))
 	b = append(b, recordVersion)
 	b = binary.BigEndian.AppendUint64(b, uint64(at.UnixNano()))
+	b = binary.BigEndian.AppendUint64(b, proposal)
 	b = binary.AppendUvarint(b, uint64(len(cmds)))
 	for _, c := range cmds {
 		b = append(b, byte(c.kind))
@@ -90,7 +94,7 @@ func encodeEntry(at time.Time, cmds []*command) ([]byte, error) {
 
 // entrySize is about len(encodeEntry(at, cmds)), for sizing its buffer.
 func entrySize(cmds []*command) int {
-	n := 1 + 8 + binary.MaxVarintLen64
+	n := 1 + 8 + 8 + binary.MaxVarintLen64
 	for _, c := range cmds {
 		n += 1 + 3*binary.MaxVarintLen64
 		for i := range c.msgs {
@@ -115,12 +119,13 @@ func appendBytes(b, v []byte) []byte {
 
 // decodeEntry decodes an entry. The commands' slices are copies: b may be
 // reused once it returns. A malformed entry is ErrCorrupt.
-func decodeEntry(b []byte) (at time.Time, cmds []*command, err error) {
+func decodeEntry(b []byte) (at time.Time, proposal uint64, cmds []*command, err error) {
 	d := decoder{b: b}
 	if ver := d.byte(); ver != recordVersion {
-		return time.Time{}, nil, fmt.Errorf("entry version %d: %w", ver, ErrCorrupt)
+		return time.Time{}, 0, nil, fmt.Errorf("entry version %d: %w", ver, ErrCorrupt)
 	}
 	at = time.Unix(0, int64(d.u64())).UTC()
+	proposal = d.u64()
 	// count bounds a count read from b by what b can hold, each item taking
 	// at least min bytes, so a corrupt count cannot make a huge slice.
 	count := func(min int) int {
@@ -159,7 +164,7 @@ func decodeEntry(b []byte) (at time.Time, cmds []*command, err error) {
 					break
 				}
 				if err := decodeMessageRecord(rec, &c.msgs[i]); err != nil {
-					return time.Time{}, nil, fmt.Errorf("entry message %d: %w", i, err)
+					return time.Time{}, 0, nil, fmt.Errorf("entry message %d: %w", i, err)
 				}
 				c.size += len(rec)
 			}
@@ -197,9 +202,9 @@ func decodeEntry(b []byte) (at time.Time, cmds []*command, err error) {
 		cmds = append(cmds, c)
 	}
 	if err := d.end(); err != nil {
-		return time.Time{}, nil, fmt.Errorf("entry: %w", err)
+		return time.Time{}, 0, nil, fmt.Errorf("entry: %w", err)
 	}
-	return at, cmds, nil
+	return at, proposal, cmds, nil
 }
 
 // cloneBytes copies v; an empty v is nil (Badger stores both alike).
@@ -214,25 +219,44 @@ func cloneBytes(v []byte) []byte {
 // partition has applied: a replay, which changes nothing.
 var errApplied = errors.New("entry already applied")
 
+// appliedEntry is what applyEntry applied: the entry's proposal, its
+// commands and their results.
+type appliedEntry struct {
+	proposal uint64
+	cmds     []*command
+	results  []result
+}
+
 // applyEntry applies the entry data at Raft index index against txn, as
 // apply does, and records index in the partition meta in the same
 // transaction. An entry at or below the applied index is errApplied and
-// writes nothing; a malformed one is ErrCorrupt.
-func (s partitionState) applyEntry(txn *badger.Txn, index uint64, data []byte) (partitionState, []result, error) {
+// writes nothing; a malformed one is ErrCorrupt and writes nothing either
+// (skipEntry records it as applied).
+func (s partitionState) applyEntry(txn *badger.Txn, index uint64, data []byte) (partitionState, appliedEntry, error) {
 	if index <= s.meta.applied {
-		return s, nil, fmt.Errorf("index %d, applied %d: %w", index, s.meta.applied, errApplied)
+		return s, appliedEntry{}, fmt.Errorf("index %d, applied %d: %w", index, s.meta.applied, errApplied)
 	}
-	at, cmds, err := decodeEntry(data)
+	at, proposal, cmds, err := decodeEntry(data)
 	if err != nil {
-		return s, nil, err
+		return s, appliedEntry{}, err
 	}
 	next, results, err := s.apply(txn, cmds, at)
 	if err != nil {
-		return s, nil, err
+		return s, appliedEntry{}, err
 	}
-	next.meta.applied = index
-	if err := txn.Set(partitionKey(next.tid, next.part), next.meta.encode()); err != nil {
-		return s, nil, fmt.Errorf("set partition meta: %w", err)
+	next, err = next.skipEntry(txn, index)
+	if err != nil {
+		return s, appliedEntry{}, err
 	}
-	return next, results, nil
+	return next, appliedEntry{proposal: proposal, cmds: cmds, results: results}, nil
+}
+
+// skipEntry records index as applied without applying anything: for an
+// entry every replica finds malformed alike.
+func (s partitionState) skipEntry(txn *badger.Txn, index uint64) (partitionState, error) {
+	s.meta.applied = index
+	if err := txn.Set(partitionKey(s.tid, s.part), s.meta.encode()); err != nil {
+		return s, fmt.Errorf("set partition meta: %w", err)
+	}
+	return s, nil
 }

@@ -42,16 +42,16 @@ func sameCommand(a, b *command) bool {
 func TestEntryRoundTrip(t *testing.T) {
 	at := time.Date(2026, 11, 25, 1, 2, 3, 456, time.UTC)
 	cmds := entryCommands()
-	b, err := encodeEntry(at, cmds)
+	b, err := encodeEntry(at, 77, cmds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gotAt, got, err := decodeEntry(b)
+	gotAt, proposal, got, err := decodeEntry(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !gotAt.Equal(at) {
-		t.Errorf("at = %v, want %v", gotAt, at)
+	if !gotAt.Equal(at) || proposal != 77 {
+		t.Errorf("at, proposal = %v, %d, want %v, 77", gotAt, proposal, at)
 	}
 	if len(got) != len(cmds) {
 		t.Fatalf("%d commands, want %d", len(got), len(cmds))
@@ -66,7 +66,7 @@ func TestEntryRoundTrip(t *testing.T) {
 	}
 	// The same commands encode to the same bytes, whatever the map order.
 	for range 20 {
-		again, err := encodeEntry(at, entryCommands())
+		again, err := encodeEntry(at, 77, entryCommands())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -77,10 +77,10 @@ func TestEntryRoundTrip(t *testing.T) {
 }
 
 func TestEntryRefusesBarrierAndCorruption(t *testing.T) {
-	if _, err := encodeEntry(time.Now(), []*command{{kind: cmdBarrier}}); !errors.Is(err, errNotReplicable) {
+	if _, err := encodeEntry(time.Now(), 1, []*command{{kind: cmdBarrier}}); !errors.Is(err, errNotReplicable) {
 		t.Fatalf("encoding a barrier: %v, want errNotReplicable", err)
 	}
-	good, err := encodeEntry(time.Unix(1, 0), entryCommands())
+	good, err := encodeEntry(time.Unix(1, 0), 1, entryCommands())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,14 +89,14 @@ func TestEntryRefusesBarrierAndCorruption(t *testing.T) {
 		"version":          append([]byte{9}, good[1:]...),
 		"truncated":        good[:len(good)-1],
 		"trailing":         append(slices.Clone(good), 0),
-		"unknown kind":     {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 1, 99},
-		"barrier kind":     {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 1, byte(cmdBarrier)},
-		"huge count":       {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f},
-		"huge msg count":   {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 1, byte(cmdAppend), 0, 0xff, 0xff, 0xff, 0x0f},
-		"bad acked marker": {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 1, byte(cmdAppend), 0, 0, 0, 7},
+		"unknown kind":     {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 99},
+		"barrier kind":     {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, byte(cmdBarrier)},
+		"huge count":       {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"huge msg count":   {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, byte(cmdAppend), 0, 0xff, 0xff, 0xff, 0x0f},
+		"bad acked marker": {recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, byte(cmdAppend), 0, 0, 0, 7},
 	}
 	for name, b := range bad {
-		if _, _, err := decodeEntry(b); !errors.Is(err, ErrCorrupt) {
+		if _, _, _, err := decodeEntry(b); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s: %v, want ErrCorrupt", name, err)
 		}
 	}
@@ -112,10 +112,11 @@ func (r *replica) apply(tb testing.TB, index uint64, data []byte) ([]result, err
 	tb.Helper()
 	txn := r.s.db.NewTransaction(true)
 	defer txn.Discard()
-	next, res, err := r.st.applyEntry(txn, index, data)
+	next, a, err := r.st.applyEntry(txn, index, data)
 	if err != nil {
 		return nil, err
 	}
+	res := a.results
 	if err := txn.Commit(); err != nil {
 		tb.Fatalf("commit entry %d: %v", index, err)
 	}
@@ -202,7 +203,7 @@ func TestApplyEntryIsDeterministic(t *testing.T) {
 	const entries = 300
 	for index := uint64(1); index <= entries; index++ {
 		at = at.Add(time.Duration(rng.IntN(2000)-200) * time.Millisecond)
-		data, err := encodeEntry(at, randomEntry(rng, reps[0].st.meta.head))
+		data, err := encodeEntry(at, index, randomEntry(rng, reps[0].st.meta.head))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,7 +226,7 @@ func TestApplyEntryIsDeterministic(t *testing.T) {
 	}
 
 	// A replay of an applied entry is refused and writes nothing.
-	replay, err := encodeEntry(at, []*command{{kind: cmdAppend, msgs: []Message{{ID: "new", Payload: []byte("x")}}}})
+	replay, err := encodeEntry(at, 1, []*command{{kind: cmdAppend, msgs: []Message{{ID: "new", Payload: []byte("x")}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,26 +278,26 @@ func TestPartitionMetaApplied(t *testing.T) {
 // bytes, decoding never panics, and what decodes encodes back to an entry
 // that decodes to the same commands.
 func FuzzDecodeEntry(f *testing.F) {
-	good, err := encodeEntry(time.Unix(1, 2), entryCommands())
+	good, err := encodeEntry(time.Unix(1, 2), 3, entryCommands())
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Add(good)
-	f.Add([]byte{recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 0})
+	f.Add([]byte{recordVersion, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		at, cmds, err := decodeEntry(b)
+		at, proposal, cmds, err := decodeEntry(b)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("decode error %v is not ErrCorrupt", err)
 			}
 			return
 		}
-		again, err := encodeEntry(at, cmds)
+		again, err := encodeEntry(at, proposal, cmds)
 		if err != nil {
 			t.Fatalf("re-encoding a decoded entry: %v", err)
 		}
-		at2, cmds2, err := decodeEntry(again)
-		if err != nil || !at2.Equal(at) || len(cmds2) != len(cmds) {
+		at2, proposal2, cmds2, err := decodeEntry(again)
+		if err != nil || !at2.Equal(at) || proposal2 != proposal || len(cmds2) != len(cmds) {
 			t.Fatalf("re-decoded: %v, %v, %d commands, want %v, %d", err, at2, len(cmds2), at, len(cmds))
 		}
 		for i := range cmds {

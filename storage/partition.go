@@ -42,6 +42,13 @@ type Partition struct {
 
 	notifyMu sync.Mutex    // guards notify
 	notify   chan struct{} // closed when visible changes; nil once closed for good
+
+	// Replication (replica.go), owned by the writer: once a proposer is
+	// set, groups are proposed as entries and answered when applied.
+	proposer     Proposer
+	nextProposal uint64                // the last proposal id given; starts random
+	proposals    map[uint64][]*request // proposed, not yet applied or failed
+	applied      atomic.Uint64         // the Raft index of the last entry applied
 }
 
 // request is a queued command and, once done is closed, its outcome.
@@ -193,9 +200,9 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 	group := make([]*request, 0, p.opts.MaxGroupAppends)
 	cmds := make([]*command, 0, p.opts.MaxGroupAppends)
 	for r := range p.queue {
-		var parked *request // a barrier that ended the group
-		if r.cmd.kind == cmdBarrier {
-			st = p.park(st, r)
+		var parked *request // a control command that ended the group
+		if r.cmd.control() {
+			st = p.control(st, r)
 			continue
 		}
 		group = append(group[:0], r)
@@ -207,7 +214,7 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 				if !ok {
 					break gather
 				}
-				if r.cmd.kind == cmdBarrier {
+				if r.cmd.control() {
 					parked = r
 					break gather
 				}
@@ -221,11 +228,40 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 		for _, r := range group {
 			cmds = append(cmds, &r.cmd)
 		}
-		st = p.commit(st, group, cmds)
+		if p.proposer != nil {
+			p.propose(group, cmds)
+		} else {
+			st = p.commit(st, group, cmds)
+		}
 		if parked != nil {
-			st = p.park(st, parked)
+			st = p.control(st, parked)
 		}
 	}
+	p.failProposals(ErrClosed)
+}
+
+// control handles a command the writer acts on itself.
+func (p *Partition) control(st partitionState, r *request) partitionState {
+	switch r.cmd.kind {
+	case cmdBarrier:
+		if p.proposer != nil {
+			r.err = fmt.Errorf("topic %q partition %d: %w", p.topic, p.part, ErrReplicatedMulti)
+			close(r.done)
+			return st
+		}
+		return p.park(st, r)
+	case cmdReplicate:
+		p.replicate(st, r)
+	case cmdApplyEntry:
+		return p.applyEntry(st, r)
+	case cmdProposalFailed:
+		p.failProposal(r.cmd.proposal, r.cmd.cause)
+		close(r.done)
+	default:
+		r.err = fmt.Errorf("command kind %d: %w", r.cmd.kind, ErrCorrupt)
+		close(r.done)
+	}
+	return st
 }
 
 // park hands st to the multi-partition write that queued r and waits for

@@ -15,7 +15,16 @@ const (
 	cmdTrim                               // delete messages below trimTo
 	cmdExpireDedup                        // forget ids published more than dedupWindow ago
 	cmdBarrier                            // hand the state to a multi-partition write (write.go)
+	// Control commands of a replicated partition (replica.go): the writer
+	// acts on them itself, they never reach apply or an entry.
+	cmdReplicate      // from now on, propose groups to proposer instead of committing them
+	cmdApplyEntry     // apply a committed Raft entry
+	cmdProposalFailed // answer a proposal's requests with cause: it will not be applied as proposed
 )
+
+// control reports whether c is one the writer handles itself, outside a
+// group.
+func (c *command) control() bool { return c.kind >= cmdBarrier }
 
 // command is one input to a partition's state machine. Everything apply
 // needs is in the command or the state, never read from a clock or a
@@ -34,6 +43,12 @@ type command struct {
 	cursors []cursorWrite
 	acked   *ackedIDs
 	barrier *barrier // cmdBarrier
+
+	proposer Proposer // cmdReplicate
+	index    uint64   // cmdApplyEntry: the entry's Raft index
+	entry    []byte   // cmdApplyEntry: the entry
+	proposal uint64   // cmdProposalFailed
+	cause    error    // cmdProposalFailed
 }
 
 // cursorWrite sets one subscription's cursor state in this partition.

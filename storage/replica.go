@@ -1,0 +1,180 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+)
+
+// A replicated partition (cluster mode) keeps its write path and changes
+// where a group goes. Its writer still gathers appends, cursor writes,
+// trims and expiry into groups, but instead of committing a group it
+// encodes it as an entry (entry.go), with the time and a proposal id, and
+// hands it to the partition's Raft group through a Proposer. Every replica,
+// the proposing one included, gets the committed entries back through
+// Replica.Apply, in log order, and its writer applies each with applyEntry
+// in one transaction that also records the entry's index. On the node that
+// proposed it, the entry's proposal id finds the requests of the group,
+// which are answered with the entry's results: a publish is acknowledged
+// once a quorum holds it and this node applied it.
+//
+// An apply is not fsynced by itself: the entry is durable in the Raft log
+// of a quorum, a replica that loses an apply in a power cut finds the
+// applied index behind and the entry replayed, and the Raft log is only
+// compacted by a durable write, which syncs every apply before it (one
+// Badger WAL).
+//
+// An atomic write across partitions cannot be one entry of one group: on a
+// replicated partition it fails with ErrReplicatedMulti.
+
+// Proposer hands a partition's entries to its Raft group.
+type Proposer interface {
+	// Propose appends data to the group's log, in the order of the calls,
+	// without blocking on the group. If the entry cannot be appended (this
+	// node does not lead the group, the group is stopping) or is not
+	// applied as proposed (leadership was lost before it committed),
+	// failed is called with why, once — and the entry may still be
+	// committed by a later leader, so a failed proposal's outcome is
+	// unknown, as a timeout's is. failed must not block on the writer.
+	Propose(data []byte, failed func(error))
+}
+
+// ErrReplicatedMulti is an atomic write across partitions that involves a
+// replicated partition.
+var ErrReplicatedMulti = errors.New("an atomic write across partitions is not possible on a replicated partition")
+
+// Replica is a partition's side of its Raft group: what the group's state
+// machine calls.
+type Replica struct {
+	p *Partition
+}
+
+// Replicate makes topic's partition part a replicated one: from now on its
+// writer proposes through proposer what it used to commit. Writes queued
+// before the call are committed locally, as before. It returns the
+// partition's Replica, whose Applied index the Raft group restarts from.
+func (s *Store) Replicate(ctx context.Context, topic string, part uint32, proposer Proposer) (*Replica, error) {
+	if proposer == nil {
+		return nil, fmt.Errorf("replicate %s/%d: nil proposer: %w", topic, part, ErrInvalidConfig)
+	}
+	_, p, err := s.partition(topic, part)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.do(ctx, command{kind: cmdReplicate, proposer: proposer}); err != nil {
+		return nil, err
+	}
+	return &Replica{p: p}, nil
+}
+
+// Applied is the Raft index of the last entry the partition applied (0 if
+// none).
+func (r *Replica) Applied() uint64 { return r.p.applied.Load() }
+
+// Apply applies the committed entry data at index, and returns once it is
+// applied (or, for an index already applied, at once). Call it in log
+// order. An entry that every replica finds malformed is recorded as applied
+// and changes nothing else; an error means the entry could not be applied
+// here (the store is closing, a Badger write failed) and the group must not
+// move past it.
+func (r *Replica) Apply(ctx context.Context, index uint64, data []byte) error {
+	_, err := r.p.do(ctx, command{kind: cmdApplyEntry, index: index, entry: data})
+	return err
+}
+
+// replicate switches the writer to proposing.
+func (p *Partition) replicate(st partitionState, r *request) {
+	if p.proposer == nil {
+		p.proposals = make(map[uint64][]*request)
+		p.nextProposal = rand.Uint64() >> 1 // ids of another node's proposals are unlikely to meet ours
+	}
+	p.proposer = r.cmd.proposer
+	p.applied.Store(st.meta.applied)
+	close(r.done)
+}
+
+// propose encodes a group as an entry and proposes it; its requests are
+// answered when the entry is applied, or when the proposal fails.
+func (p *Partition) propose(group []*request, cmds []*command) {
+	p.nextProposal++
+	id := p.nextProposal
+	data, err := encodeEntry(p.clk.Now(), id, cmds)
+	if err != nil {
+		for _, r := range group {
+			r.err = fmt.Errorf("encode entry: %w", err)
+			close(r.done)
+		}
+		return
+	}
+	p.proposals[id] = append([]*request(nil), group...)
+	p.proposer.Propose(data, func(cause error) {
+		// Back through the queue, as proposals belong to the writer, and
+		// from a goroutine of its own, as failed must not block on the
+		// writer. If the partition closed meanwhile, the writer failed
+		// them all already.
+		go func() {
+			_, _ = p.submit(context.Background(), command{kind: cmdProposalFailed, proposal: id, cause: cause})
+		}()
+	})
+}
+
+// failProposal answers a failed proposal's requests with cause.
+func (p *Partition) failProposal(id uint64, cause error) {
+	for _, r := range p.proposals[id] {
+		r.err = fmt.Errorf("topic %q partition %d: %w", p.topic, p.part, cause)
+		close(r.done)
+	}
+	delete(p.proposals, id)
+}
+
+// failProposals answers every pending proposal with cause.
+func (p *Partition) failProposals(cause error) {
+	for id := range p.proposals {
+		p.failProposal(id, cause)
+	}
+}
+
+// applyEntry applies a committed entry and, if this writer proposed it,
+// answers its requests once the store's syncer has published the result.
+func (p *Partition) applyEntry(st partitionState, r *request) partitionState {
+	txn := p.db.NewTransaction(true)
+	defer txn.Discard()
+	next, a, err := st.applyEntry(txn, r.cmd.index, r.cmd.entry)
+	switch {
+	case errors.Is(err, errApplied):
+		close(r.done)
+		return st
+	case errors.Is(err, ErrCorrupt):
+		p.log.Error("replicated entry is malformed; skipped", "topic", p.topic, "partition", p.part, "index", r.cmd.index, "err", err)
+		txn.Discard()
+		txn = p.db.NewTransaction(true)
+		next, err = st.skipEntry(txn, r.cmd.index)
+	}
+	if err == nil {
+		err = txn.Commit()
+	}
+	if err != nil {
+		r.err = fmt.Errorf("apply entry %d: %w", r.cmd.index, err)
+		close(r.done)
+		return st
+	}
+	next.commitDedup()
+	p.applied.Store(r.cmd.index)
+	reqs := p.proposals[a.proposal]
+	delete(p.proposals, a.proposal)
+	if len(reqs) != len(a.cmds) {
+		// Not proposed here (or failed here first, or skipped): nobody
+		// waits for the results, but the messages go to the tail cache all
+		// the same, through requests of their own.
+		reqs = make([]*request, len(a.cmds))
+		for i, c := range a.cmds {
+			reqs[i] = &request{cmd: *c, done: make(chan struct{})}
+		}
+	}
+	g := p.syncGroupOf(st, next, reqs, a.results)
+	g.wrote = false // durable in the Raft log already
+	g.reqs = append(g.reqs, r)
+	p.sync.enqueue(g)
+	return next
+}
