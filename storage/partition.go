@@ -49,6 +49,7 @@ type Partition struct {
 	nextProposal uint64                // the last proposal id given; starts random
 	proposals    map[uint64][]*request // proposed, not yet applied or failed
 	applied      atomic.Uint64         // the Raft index of the last entry applied
+	replicated   atomic.Bool           // a proposer is set (read by Write)
 }
 
 // request is a queued command and, once done is closed, its outcome.

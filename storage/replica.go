@@ -25,8 +25,10 @@ import (
 // compacted by a durable write, which syncs every apply before it (one
 // Badger WAL).
 //
-// An atomic write across partitions cannot be one entry of one group: on a
-// replicated partition it fails with ErrReplicatedMulti.
+// A write across partitions cannot be one entry of one group: Write makes
+// it in order instead (writeOrdered). A barrier that reaches a replicated
+// writer all the same (it became replicated meanwhile) fails with
+// ErrReplicatedMulti.
 
 // Proposer hands a partition's entries to its Raft group.
 type Proposer interface {
@@ -40,9 +42,13 @@ type Proposer interface {
 	Propose(data []byte, failed func(error))
 }
 
-// ErrReplicatedMulti is an atomic write across partitions that involves a
+// ErrReplicatedMulti is an atomic write across partitions that reached a
 // replicated partition.
 var ErrReplicatedMulti = errors.New("an atomic write across partitions is not possible on a replicated partition")
+
+// ErrNeedIDs is a write across partitions, some replicated, with a message
+// without an id.
+var ErrNeedIDs = errors.New("a write across replicated partitions needs an id on every message")
 
 // Replica is a partition's side of its Raft group: what the group's state
 // machine calls.
@@ -90,6 +96,7 @@ func (p *Partition) replicate(st partitionState, r *request) {
 		p.nextProposal = rand.Uint64() >> 1 // ids of another node's proposals are unlikely to meet ours
 	}
 	p.proposer = r.cmd.proposer
+	p.replicated.Store(true)
 	p.applied.Store(st.meta.applied)
 	close(r.done)
 }

@@ -170,14 +170,33 @@ func TestReplicatedPartition(t *testing.T) {
 	if _, err := s.Write(ctx, Write{Topic: "orders", Subscription: sub.ID, Cursors: []CursorWrite{{Partition: 0, State: []byte("c0")}}}); err != nil {
 		t.Fatalf("a cursor write on the replicated partition: %v", err)
 	}
-	_, err = s.Write(ctx, Write{Topic: "orders", Subscription: sub.ID,
-		Cursors: []CursorWrite{{Partition: 0, State: []byte("c1")}, {Partition: 1, State: []byte("c1")}},
-		Appends: []AppendBatch{{Topic: "orders", Partition: 1, Messages: []Message{{ID: "z", Payload: []byte("z")}}}}})
-	if !errors.Is(err, ErrReplicatedMulti) {
-		t.Fatalf("a write across partitions: %v, want ErrReplicatedMulti", err)
+	// Across partitions, a write is made in order — outputs, then the
+	// cursors — and needs an id on every message, so that making it again
+	// stores nothing twice.
+	commit := Write{Topic: "orders", Subscription: sub.ID,
+		Cursors: []CursorWrite{{Partition: 0, State: []byte("c1")}},
+		Appends: []AppendBatch{{Topic: "orders", Partition: 1, Messages: []Message{{Payload: []byte("z")}}}}}
+	if _, err := s.Write(ctx, commit); !errors.Is(err, ErrNeedIDs) {
+		t.Fatalf("a write across partitions with a message without an id: %v, want ErrNeedIDs", err)
 	}
 	if ps, _ := s.Partitions("orders"); ps[1].Head != 0 {
 		t.Fatalf("the refused write stored %d messages in partition 1", ps[1].Head)
+	}
+	commit.Appends[0].Messages[0].ID = "out-1"
+	for i, dup := range []bool{false, true} {
+		res, err := s.Write(ctx, commit)
+		if err != nil {
+			t.Fatalf("write across partitions, try %d: %v", i, err)
+		}
+		if want := []AppendResult{{Offset: 0, Duplicate: dup}}; !equalResults(res[0], want) {
+			t.Fatalf("write across partitions, try %d: %+v, want %+v", i, res[0], want)
+		}
+	}
+	if ps, _ := s.Partitions("orders"); ps[1].Head != 1 {
+		t.Fatalf("partition 1 head %d after the same write twice, want 1", ps[1].Head)
+	}
+	if cs, err := s.Cursors("orders", sub.ID); err != nil || string(cs[0]) != "c1" {
+		t.Fatalf("cursors after the write: %q, %v", cs, err)
 	}
 	applied = rp.rep.Applied()
 

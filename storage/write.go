@@ -75,7 +75,9 @@ func (s *Store) Write(ctx context.Context, w Write) ([][]AppendResult, error) {
 // in every partition they share. A write that touches one partition goes
 // through its writer, in the same group commit as appends; one that touches
 // several parks their writers (in order: later writes queue behind it),
-// applies every part in one transaction and resumes them.
+// applies every part in one transaction and resumes them. If one of them is
+// replicated, the parts are written in order instead (writeOrdered): not
+// atomic, but idempotent, and every message must have an id.
 func (s *Store) Submit(ctx context.Context, w Write) (*WritePending, error) {
 	parts, err := s.plan(w)
 	if err != nil {
@@ -86,6 +88,17 @@ func (s *Store) Submit(ctx context.Context, w Write) (*WritePending, error) {
 		if wp.r, err = parts[0].p.submit(ctx, parts[0].cmd); err != nil {
 			return nil, err
 		}
+		return wp, nil
+	}
+	if slices.ContainsFunc(parts, func(pw *partWrite) bool { return pw.p.replicated.Load() }) {
+		if err := needIDs(parts); err != nil {
+			return nil, err
+		}
+		wp.done = make(chan struct{})
+		go func() {
+			defer close(wp.done)
+			wp.results, wp.err = writeOrdered(parts)
+		}()
 		return wp, nil
 	}
 	s.multiMu.Lock()
@@ -101,6 +114,49 @@ func (s *Store) Submit(ctx context.Context, w Write) (*WritePending, error) {
 		wp.results, wp.err = s.writeMulti(parts, reqs)
 	}()
 	return wp, nil
+}
+
+// writeOrdered is a write across partitions of which some are replicated,
+// so in different Raft groups: it cannot be one transaction. It writes the
+// parts that only append (a Commit's outputs) first, each in its own
+// partition, and the parts with cursors or acked ids (the Commit's ack)
+// last, each once the ones before it are applied. Every message has an id
+// (needIDs), so a write that failed half way and is made again — the input
+// delivered again and committed again — stores each output once: exactly
+// one output per input, within the dedup window. The caller must not write
+// the same cursors meanwhile (the delivery engine never does: a commit is
+// alone in flight in its partitions).
+func writeOrdered(parts []*partWrite) ([]result, error) {
+	order := make([]int, 0, len(parts))
+	for _, last := range []bool{false, true} {
+		for i, pw := range parts {
+			if pw.cmd.writes() == last {
+				order = append(order, i)
+			}
+		}
+	}
+	results := make([]result, len(parts))
+	for _, i := range order {
+		res, err := parts[i].p.do(context.Background(), parts[i].cmd)
+		if err != nil {
+			return nil, err
+		}
+		results[i] = res
+	}
+	return results, nil
+}
+
+// needIDs refuses a write across replicated partitions with a message
+// without an id: writeOrdered could store it twice.
+func needIDs(parts []*partWrite) error {
+	for _, pw := range parts {
+		for j := range pw.cmd.msgs {
+			if pw.cmd.msgs[j].ID == "" {
+				return fmt.Errorf("topic %q partition %d message %d has no id: %w", pw.p.topic, pw.p.part, j, ErrNeedIDs)
+			}
+		}
+	}
+	return nil
 }
 
 // WritePending is a submitted Write.
