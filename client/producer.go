@@ -138,7 +138,10 @@ func (c *Client) NewProducer(topic string, opts ProducerOptions) *Producer {
 }
 
 // Publish publishes m and waits until it is durable. Its batch goes out at
-// once, without waiting for the linger: the caller waits anyway.
+// once, without waiting for the linger: the caller waits anyway. If ctx
+// ends first, Publish returns ctx's error but m stays queued and may still
+// be stored. To retry safely, give m an ID before the first try (an empty
+// ID gets a new UUIDv7 on every call): the broker stores one ID once.
 func (p *Producer) Publish(ctx context.Context, m *Message) (PublishResult, error) {
 	f := p.publish(ctx, m)
 	select {
