@@ -65,6 +65,12 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, consumer.ErrDetached):
 		return status.Error(codes.Unavailable, describe(err, consumer.ErrDetached)+"; reconnect")
+	case errors.Is(err, storage.ErrNeedIDs):
+		return status.Error(codes.FailedPrecondition, describe(err, storage.ErrNeedIDs)+
+			": a commit across replicated partitions needs an id on every output message, so that a retry stores it once (client.Process derives them)")
+	case errors.Is(err, storage.ErrReplicatedMulti):
+		return status.Error(codes.Unavailable, describe(err, storage.ErrReplicatedMulti)+
+			": a partition became replicated while the write waited; retry")
 	case errors.Is(err, storage.ErrTooLarge):
 		return status.Error(codes.InvalidArgument, "the write is too large for one transaction; commit fewer or smaller messages")
 	case errors.As(err, &oor):
