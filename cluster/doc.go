@@ -1,0 +1,77 @@
+// Package cluster replicates ferry's state with Raft (go.etcd.io/raft/v3):
+// a multi-Raft host that runs many Raft groups on one node over one
+// node-to-node transport. It is the foundation the metadata group and the
+// per-partition groups of DESIGN §5 are built on; what a group replicates
+// is its StateMachine's business.
+//
+// # Model
+//
+// A Host is one node: its id, its peers' node-to-node addresses, the
+// storage.Store that keeps every group's Raft log, a Clock and a
+// Transport. Host.AddGroup starts a Group with a StateMachine: a new
+// group is bootstrapped from a snapshot at index 1 holding its voters; a
+// known one restarts from its storage.RaftLog. The Host ticks every group
+// every Options.TickInterval on its Clock.
+//
+// A Group is one raft.RawNode, owned by one goroutine (its loop) with the
+// state machine and the group's bookkeeping. The loop takes one event at
+// a time — a tick, inbound messages, proposals, a snapshot, a status or
+// transfer request, the transport's reports — and then handles every
+// Ready: save the entries, hard state and snapshot (RaftLog.Save, durable
+// on return), send the messages, apply the committed entries, Advance.
+// A leader sends its appends before it saves them, so followers write in
+// parallel (raft's doc, step 2); everything else is sent after the save.
+// Every Options.SnapshotEntries applied entries the loop snapshots the
+// state machine and compacts the log, keeping SnapshotKeepEntries for
+// slightly slow followers; one further behind gets the snapshot.
+//
+// One loop per group, rather than one loop for all: the loops run their
+// Saves concurrently, so the store's syncer covers many groups with one
+// fsync (group commit across groups), and a group busy applying or
+// snapshotting holds up only itself. Goroutines are cheap next to a Raft
+// group's state; what does not scale with the number of groups (the
+// streams, the ticker) is shared by the Host.
+//
+// # Proposals
+//
+// Group.Propose works on the leader only; elsewhere it fails at once with
+// a *NotLeaderError naming the leader, for the caller to forward to. The
+// entry carries a header with this node's id and a proposal number, which
+// the loop strips before the state machine sees the entry; Propose
+// returns when the entry with its header, at the index it was appended
+// at, has been applied here — after a quorum committed it. A proposal
+// whose leader stepped down or changed term before that fails with
+// ErrLeadershipLost: its outcome is unknown (the new leader may still
+// commit it), so callers retry idempotently. Group.ProposeAsync is the
+// same without the wait, in call order, for a caller that pipelines (a
+// replicated partition's writer, through storage.Proposer).
+//
+// A leader cut off from the majority steps down within an election
+// timeout (CheckQuorum), and pre-vote keeps a node coming back from a
+// partition from deposing a working leader: the minority side refuses
+// writes.
+//
+// # Transport
+//
+// Transport speaks ferry.cluster.v1.RaftTransportService (proto/ferry/
+// cluster/v1/raft.proto), gRPC on its own address (default :7422), node to
+// node only. Each node keeps one outbound client stream per peer, fed by
+// a bounded queue of messages from all its groups; Send never blocks, and
+// a message the queue cannot take, or a peer whose stream is down cannot
+// be sent, is dropped and reported to its group (ReportUnreachable), since
+// Raft resends. A failed stream is reopened after a backoff on the Clock.
+// Snapshots (MsgSnap) go on their own stream in chunks; the receiver
+// reassembles them, checks size and checksum, and answers once its group
+// has stepped the snapshot, and the sender reports the outcome
+// (ReportSnapshot). Inbound frames are checked before anything reaches a
+// group (frame.go): a malformed batch ends the peer's stream with
+// INVALID_ARGUMENT. The node-to-node network is trusted beyond that: a
+// well-formed message that lies about the log is Raft's to judge.
+//
+// # Concurrency
+//
+// Host, Group and Transport methods are safe for concurrent use. A
+// StateMachine is called from its group's loop only. Host.Close stops the
+// ticks, the transport and then every group; calls still waiting fail
+// with ErrClosed. The Host does not close the store.
+package cluster

@@ -1,0 +1,924 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/storage"
+)
+
+// Raft's flow-control limits, the same for every group.
+const (
+	// maxSizePerMsg bounds the entries of one append message (at least one
+	// entry is sent, however large).
+	maxSizePerMsg = 1 << 20
+	// maxInflightMsgs bounds the append messages in flight to a follower.
+	maxInflightMsgs = 256
+	// maxUncommittedBytes bounds what a leader holds proposed and not yet
+	// committed; beyond it proposals fail with ErrProposalDropped.
+	maxUncommittedBytes = 64 << 20
+	// maxCommittedPerReady bounds the bytes of entries applied per Ready.
+	maxCommittedPerReady = 16 << 20
+)
+
+// Per-iteration batching of the group loop.
+const (
+	// maxStepBatch is how many queued messages one iteration steps.
+	maxStepBatch = 256
+	// maxProposeBatch and maxProposeBytes bound the proposals one
+	// iteration takes: one Raft entry each, appended and saved together.
+	maxProposeBatch = 1024
+	maxProposeBytes = 4 << 20
+	// saveChunkBytes bounds the entries of one RaftLog.Save, well under
+	// what one Badger transaction takes (15% of a 64 MiB memtable).
+	saveChunkBytes = 4 << 20
+	// recvQueue is how many inbound messages may wait for the loop before
+	// more are dropped (Raft resends).
+	recvQueue = 4096
+	// proposeQueue is how many proposals may wait for the loop before
+	// Propose blocks (on ctx).
+	proposeQueue = 4096
+)
+
+// Group is one Raft group on this node: a raft.RawNode over the group's
+// storage.RaftLog, driven by one goroutine (run) that owns the RawNode,
+// the state machine and every field marked "owned by run". Other
+// goroutines talk to it through channels. All exported methods are safe
+// for concurrent use.
+type Group struct {
+	id   uint64
+	node uint64
+	h    *Host
+	rlog *storage.RaftLog
+	sm   StateMachine
+	log  *slog.Logger
+
+	// Owned by run.
+	rn        *raft.RawNode
+	pending   map[uint64]*proposal // by seq: proposed and not yet applied
+	pendTerm  uint64               // the term the pending proposals were made in
+	applied   uint64               // last index applied (entries of Raft's own too)
+	smApplied uint64               // entries up to here are in the state machine already (a restart)
+	confState *raftpb.ConfState
+	snapIndex uint64            // index of the latest snapshot
+	unsavedHS *raftpb.HardState // the latest hard state, if save put it off
+	savedTerm uint64            // the term and vote last saved
+	savedVote uint64
+	transfers []*transfer
+	lead      uint64 // as last seen, to notice changes
+	term      uint64
+
+	tickc   chan struct{} // capacity 1: ticks the loop has not taken merge
+	recvc   chan *raftpb.Message
+	propc   chan *proposal
+	snapc   chan inboundSnapshot
+	ctrlc   chan func()
+	reportc chan struct{} // capacity 1: reports are waiting
+	stopc   chan struct{} // closed by Host.Close
+	done    chan struct{} // closed when run has returned
+
+	reportsMu   sync.Mutex // guards unreachable and snapReports
+	unreachable map[uint64]struct{}
+	snapReports []snapshotReport
+
+	leader atomic.Uint64 // the leader as last seen by run
+	seq    atomic.Uint64 // the last proposal seq handed out
+
+	watchMu     sync.Mutex // guards watchers, current and watchClosed
+	watchers    map[chan LeaderChange]struct{}
+	current     LeaderChange
+	watchClosed bool
+
+	stopMu  sync.RWMutex // guards stopped; ProposeAsync queues under it, so stop answers what it queued
+	stopped bool
+	err     error  // why run returned; written before done closes (and before stopped)
+	final   Status // the status when run returned; written before done closes
+}
+
+// inboundSnapshot is a MsgSnap from the transport, waiting to be stepped.
+type inboundSnapshot struct {
+	m    *raftpb.Message
+	done chan error // capacity 1
+}
+
+type snapshotReport struct {
+	to uint64
+	st raft.SnapshotStatus
+}
+
+// transfer is a TransferLeadership call waiting for the outcome.
+type transfer struct {
+	to   uint64
+	done chan error // capacity 1
+}
+
+// openGroup loads group id's Raft log, bootstraps it with voters if it is
+// new, brings sm up to the log's snapshot if it is behind it, and makes
+// the RawNode. The caller starts run.
+func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, error) {
+	rlog, err := h.opts.Store.RaftLog(id)
+	if err != nil {
+		return nil, err
+	}
+	hs, cs, err := rlog.InitialState()
+	if err != nil {
+		return nil, err
+	}
+	last, err := rlog.LastIndex()
+	if err != nil {
+		return nil, err
+	}
+	lg := h.log.With("group", id)
+	bootstrap := raft.IsEmptyHardState(hs) && last == 0
+	if bootstrap {
+		if cs, err = h.initialConf(voters); err != nil {
+			return nil, fmt.Errorf("group %d: %w", id, err)
+		}
+		// A new group starts from a snapshot at index 1 holding its
+		// configuration (raft.NewRawNode's advice): every replica
+		// bootstraps the same, so their logs agree from the start.
+		snap := &raftpb.Snapshot{Metadata: &raftpb.SnapshotMetadata{Index: new(uint64(1)), Term: new(uint64(1)), ConfState: cs}}
+		if err := rlog.Save(nil, nil, snap); err != nil {
+			return nil, fmt.Errorf("group %d: bootstrap: %w", id, err)
+		}
+	}
+	snap, err := rlog.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	snapIndex := snap.GetMetadata().GetIndex()
+	smApplied := sm.Applied()
+	if smApplied < snapIndex {
+		if err := sm.Restore(snap); err != nil {
+			return nil, fmt.Errorf("group %d: restore the state machine from the snapshot at %d: %w", id, snapIndex, err)
+		}
+		smApplied = snapIndex
+	}
+	// The saved commit index may lag what was applied (see save), but the
+	// log must hold every entry the state machine has.
+	if smApplied > max(last, snapIndex) {
+		return nil, fmt.Errorf("group %d: the state machine applied up to %d, beyond the log's last index %d: %w",
+			id, smApplied, max(last, snapIndex), storage.ErrCorrupt)
+	}
+	// Applied is the snapshot's index, not the state machine's: Raft then
+	// hands back every committed entry after the snapshot, so the
+	// configuration changes among them are applied to the RawNode again
+	// (it starts from the snapshot's ConfState); run skips the normal ones
+	// the state machine has.
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:                        h.opts.NodeID,
+		ElectionTick:              h.opts.ElectionTicks,
+		HeartbeatTick:             h.opts.HeartbeatTicks,
+		Storage:                   rlog,
+		Applied:                   snapIndex,
+		MaxSizePerMsg:             maxSizePerMsg,
+		MaxCommittedSizePerReady:  maxCommittedPerReady,
+		MaxUncommittedEntriesSize: maxUncommittedBytes,
+		MaxInflightMsgs:           maxInflightMsgs,
+		CheckQuorum:               true, // a leader cut off from the majority steps down
+		PreVote:                   true, // a node back from a partition does not depose a working leader
+		DisableProposalForwarding: true, // Propose answers NotLeaderError instead
+		StepDownOnRemoval:         true,
+		Logger:                    raftLogger{log: lg},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("group %d: %w", id, err)
+	}
+	g := &Group{
+		id:          id,
+		node:        h.opts.NodeID,
+		h:           h,
+		rlog:        rlog,
+		sm:          sm,
+		log:         lg,
+		rn:          rn,
+		pending:     make(map[uint64]*proposal),
+		applied:     snapIndex,
+		smApplied:   smApplied,
+		confState:   cs,
+		snapIndex:   snapIndex,
+		savedTerm:   hs.GetTerm(),
+		savedVote:   hs.GetVote(),
+		tickc:       make(chan struct{}, 1),
+		recvc:       make(chan *raftpb.Message, recvQueue),
+		propc:       make(chan *proposal, proposeQueue),
+		snapc:       make(chan inboundSnapshot),
+		ctrlc:       make(chan func()),
+		reportc:     make(chan struct{}, 1),
+		stopc:       make(chan struct{}),
+		done:        make(chan struct{}),
+		unreachable: make(map[uint64]struct{}),
+		watchers:    make(map[chan LeaderChange]struct{}),
+		current:     LeaderChange{Group: id},
+	}
+	g.seq.Store(rand.Uint64() >> 1) // see proposal.go; >> 1 leaves room to count up
+	if bootstrap && preferredLeader(cs.GetVoters(), id) == g.node {
+		// Spread the leaders of new groups over their voters: the
+		// preferred one campaigns at once instead of waiting out an
+		// election timeout. Pre-vote keeps this harmless if it cannot win.
+		if err := rn.Campaign(); err != nil {
+			return nil, fmt.Errorf("group %d: campaign: %w", id, err)
+		}
+	}
+	lg.Debug("raft group opened", "bootstrap", bootstrap, "snapshot_index", snapIndex,
+		"state_machine_applied", smApplied, "commit", hs.GetCommit(), "last_index", last)
+	return g, nil
+}
+
+// preferredLeader is the voter that campaigns first in a new group: the
+// groups' ids spread their leaders round-robin over sorted voters.
+func preferredLeader(voters []uint64, group uint64) uint64 {
+	if len(voters) == 0 {
+		return 0
+	}
+	vs := slices.Sorted(slices.Values(voters))
+	return vs[group%uint64(len(vs))]
+}
+
+// ID returns the group's id.
+func (g *Group) ID() uint64 { return g.id }
+
+// Leader returns the node id of the group's leader as this replica knows
+// it, 0 if it knows none.
+func (g *Group) Leader() uint64 { return g.leader.Load() }
+
+// Propose proposes data as the group's next entry and returns its index
+// once a quorum has committed it and this node's state machine has
+// applied it. Only the leader takes proposals: elsewhere Propose fails at
+// once with a *NotLeaderError naming the leader, for the caller to forward
+// to. It fails with an error wrapping ErrLeadershipLost if this node lost
+// the leadership before the entry was applied (the entry may still
+// commit), ErrProposalDropped if Raft refused it, ErrTooLarge for data
+// over MaxEntryBytes, ErrClosed or ErrGroupFailed if the group stopped,
+// and ctx's error if ctx ends first (the entry may still commit). data is
+// copied.
+func (g *Group) Propose(ctx context.Context, data []byte) (uint64, error) {
+	if len(data) > g.h.opts.MaxEntryBytes {
+		return 0, fmt.Errorf("group %d: %d bytes, at most %d: %w", g.id, len(data), g.h.opts.MaxEntryBytes, ErrTooLarge)
+	}
+	seq := g.seq.Add(1)
+	p := &proposal{seq: seq, data: encodeEntry(g.node, seq, data), done: make(chan proposalResult, 1)}
+	select {
+	case g.propc <- p:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-g.done:
+		return 0, g.err
+	}
+	select {
+	case r := <-p.done:
+		return r.index, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-g.done:
+		select {
+		case r := <-p.done: // answered on the way out
+			return r.index, r.err
+		default:
+			return 0, g.err
+		}
+	}
+}
+
+// ProposeAsync is Propose without the wait, for a caller that pipelines
+// (a partition's writer, through storage.Proposer): it queues data as the
+// next proposal, in the order of the calls, and returns at once. done is
+// called once: with the entry's index once it is applied here, or with
+// why it failed — Propose's errors, or ErrProposalDropped when
+// proposeQueue proposals are waiting already. It runs on the group's loop
+// (in the caller, for a failure found at once) and must not block. data
+// is copied.
+func (g *Group) ProposeAsync(data []byte, done func(index uint64, err error)) {
+	if len(data) > g.h.opts.MaxEntryBytes {
+		done(0, fmt.Errorf("group %d: %d bytes, at most %d: %w", g.id, len(data), g.h.opts.MaxEntryBytes, ErrTooLarge))
+		return
+	}
+	seq := g.seq.Add(1)
+	p := &proposal{seq: seq, data: encodeEntry(g.node, seq, data), cb: done}
+	g.stopMu.RLock()
+	defer g.stopMu.RUnlock()
+	if g.stopped {
+		done(0, g.err)
+		return
+	}
+	select {
+	case g.propc <- p:
+	default:
+		done(0, fmt.Errorf("group %d: %d proposals are queued: %w", g.id, proposeQueue, ErrProposalDropped))
+	}
+}
+
+// TransferLeadership asks the leader to hand leadership to node to and
+// returns once to leads, as this replica sees it. It fails with a
+// *NotLeaderError on a replica that is not the leader, an error wrapping
+// ErrTransferFailed if the transfer was given up (to did not catch up
+// within an election timeout) or another node took over, ErrInvalidConfig
+// if to is not a voter, and ctx's error if ctx ends first. Proposals fail
+// with ErrProposalDropped while a transfer is under way.
+func (g *Group) TransferLeadership(ctx context.Context, to uint64) error {
+	t := &transfer{to: to, done: make(chan error, 1)}
+	start := func() {
+		st := g.rn.BasicStatus()
+		switch {
+		case st.RaftState != raft.StateLeader:
+			t.done <- &NotLeaderError{Group: g.id, Leader: st.Lead}
+		case to == g.node:
+			t.done <- nil
+		case !slices.Contains(g.confState.GetVoters(), to):
+			t.done <- fmt.Errorf("group %d: node %d is not a voter: %w", g.id, to, ErrInvalidConfig)
+		default:
+			g.log.Info("transferring leadership", "to", to, "term", st.GetTerm())
+			g.rn.TransferLeader(to)
+			g.transfers = append(g.transfers, t)
+		}
+	}
+	if err := g.do(ctx, start); err != nil {
+		return err
+	}
+	select {
+	case err := <-t.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-g.done:
+		return g.err
+	}
+}
+
+// Status returns the group's state as this replica sees it; once the
+// group has stopped, its state at that moment, with Err set.
+func (g *Group) Status() Status {
+	c := make(chan Status, 1)
+	if err := g.do(context.Background(), func() { c <- g.status() }); err != nil {
+		return g.final
+	}
+	return <-c
+}
+
+// WatchLeader returns a channel that receives the group's LeaderChange
+// each time the leader or the term changes, starting with the current
+// one, and a function that stops the watch and closes the channel. The
+// channel holds one value and a new one replaces an unread one: a slow
+// reader misses steps, never the latest. It is closed when the group
+// stops.
+func (g *Group) WatchLeader() (<-chan LeaderChange, func()) {
+	c := make(chan LeaderChange, 1)
+	g.watchMu.Lock()
+	defer g.watchMu.Unlock()
+	if g.watchClosed {
+		close(c)
+		return c, func() {}
+	}
+	g.watchers[c] = struct{}{}
+	c <- g.current
+	return c, func() {
+		g.watchMu.Lock()
+		defer g.watchMu.Unlock()
+		if _, ok := g.watchers[c]; ok {
+			delete(g.watchers, c)
+			close(c)
+		}
+	}
+}
+
+// do runs f on the loop; ErrClosed (or why the group failed) if it has
+// stopped, ctx's error if ctx ends first.
+func (g *Group) do(ctx context.Context, f func()) error {
+	select {
+	case g.ctrlc <- f:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-g.done:
+		return g.err
+	}
+}
+
+// tick gives the loop a tick; one the loop has not taken yet absorbs it.
+func (g *Group) tick() {
+	select {
+	case g.tickc <- struct{}{}:
+	default:
+	}
+}
+
+// receive queues an inbound message, or drops it if the queue is full.
+func (g *Group) receive(m *raftpb.Message) {
+	select {
+	case g.recvc <- m:
+	default:
+	}
+}
+
+func (g *Group) reportUnreachable(to uint64) {
+	g.reportsMu.Lock()
+	g.unreachable[to] = struct{}{}
+	g.reportsMu.Unlock()
+	g.notifyReports()
+}
+
+func (g *Group) reportSnapshot(to uint64, st raft.SnapshotStatus) {
+	g.reportsMu.Lock()
+	g.snapReports = append(g.snapReports, snapshotReport{to: to, st: st})
+	g.reportsMu.Unlock()
+	g.notifyReports()
+}
+
+func (g *Group) notifyReports() {
+	select {
+	case g.reportc <- struct{}{}:
+	default:
+	}
+}
+
+// run is the group's loop: it takes one event (a tick, messages,
+// proposals, a snapshot, a control call or the transport's reports), then
+// handles every Ready that follows, until Host.Close or a failure.
+//
+// Each Ready is handled in the order raft's docs give for synchronous
+// storage writes: save the hard state, entries and snapshot (durable on
+// return), send the messages (a leader sends first: see handleReadies),
+// apply the committed entries, Advance.
+func (g *Group) run() {
+	for {
+		select {
+		case <-g.stopc:
+			g.stop(fmt.Errorf("group %d: %w", g.id, ErrClosed))
+			return
+		case <-g.tickc:
+			g.rn.Tick()
+		case m := <-g.recvc:
+			g.step(m)
+			for range maxStepBatch - 1 {
+				select {
+				case m := <-g.recvc:
+					g.step(m)
+					continue
+				default:
+				}
+				break
+			}
+		case p := <-g.propc:
+			g.propose(p)
+		case s := <-g.snapc:
+			s.done <- g.rn.Step(s.m)
+		case f := <-g.ctrlc:
+			f()
+		case <-g.reportc:
+			g.takeReports()
+		}
+		if err := g.handleReadies(); err != nil {
+			g.log.Error("raft group failed; it stops", "err", err)
+			g.stop(fmt.Errorf("group %d: %w: %w", g.id, ErrGroupFailed, err))
+			return
+		}
+		g.observe()
+	}
+}
+
+// step steps an inbound message. Raft refuses some on its own (a response
+// from a node that is not a member); they are dropped.
+func (g *Group) step(m *raftpb.Message) {
+	if err := g.rn.Step(m); err != nil {
+		g.log.Debug("raft message not stepped", "from", m.GetFrom(), "type", m.GetType().String(), "err", err)
+	}
+}
+
+// propose takes first and whatever else is queued, up to a batch, and
+// appends them as one MsgProp: on a leader they are saved together.
+func (g *Group) propose(first *proposal) {
+	batch := []*proposal{first}
+	size := len(first.data)
+	for len(batch) < maxProposeBatch && size < maxProposeBytes {
+		select {
+		case p := <-g.propc:
+			batch = append(batch, p)
+			size += len(p.data)
+			continue
+		default:
+		}
+		break
+	}
+	st := g.rn.BasicStatus()
+	if st.RaftState != raft.StateLeader {
+		err := &NotLeaderError{Group: g.id, Leader: st.Lead}
+		for _, p := range batch {
+			p.finish(0, err)
+		}
+		return
+	}
+	ents := make([]*raftpb.Entry, len(batch))
+	for i, p := range batch {
+		ents[i] = &raftpb.Entry{Data: p.data}
+	}
+	err := g.rn.Step(&raftpb.Message{Type: raftpb.MsgProp.Enum(), From: new(g.node), Entries: ents})
+	if err != nil {
+		if errors.Is(err, raft.ErrProposalDropped) {
+			err = ErrProposalDropped
+		}
+		err = fmt.Errorf("group %d: %w", g.id, err)
+		for _, p := range batch {
+			p.finish(0, err)
+		}
+		return
+	}
+	// observe failed the proposals of an earlier term, so all pending
+	// ones are of this term.
+	g.pendTerm = st.GetTerm()
+	for _, p := range batch {
+		p.data = nil // raft has its own copy
+		g.pending[p.seq] = p
+	}
+}
+
+// takeReports passes the transport's reports to the RawNode.
+func (g *Group) takeReports() {
+	g.reportsMu.Lock()
+	unreachable, snaps := g.unreachable, g.snapReports
+	g.unreachable, g.snapReports = make(map[uint64]struct{}), nil
+	g.reportsMu.Unlock()
+	for to := range unreachable {
+		g.rn.ReportUnreachable(to)
+	}
+	for _, r := range snaps {
+		g.rn.ReportSnapshot(r.to, r.st)
+	}
+}
+
+// handleReadies handles Readies until the RawNode has none.
+func (g *Group) handleReadies() error {
+	for g.rn.HasReady() {
+		rd := g.rn.Ready()
+		// A leader sends before it saves, so its followers write the
+		// entries while it does (raft's doc, step 2; the thesis,
+		// 10.2.1): it counts itself towards the quorum only once Advance
+		// tells it its own write is done. Anyone else saves first, so
+		// its votes and acknowledgements are durable before they go out;
+		// so does a leader whose term or vote is not saved yet (a group of
+		// one, elected in the Ready that made it a candidate).
+		hs := rd.HardState
+		lead := g.rn.BasicStatus().RaftState == raft.StateLeader &&
+			(hs == nil || hs.GetTerm() == g.savedTerm && hs.GetVote() == g.savedVote)
+		if lead {
+			g.h.tr.Send(g.id, rd.Messages)
+		}
+		if err := g.save(rd); err != nil {
+			return err
+		}
+		if !raft.IsEmptySnap(rd.Snapshot) {
+			if err := g.restore(rd.Snapshot); err != nil {
+				return err
+			}
+		}
+		g.trackAppended(rd.Entries)
+		if !lead {
+			g.h.tr.Send(g.id, rd.Messages)
+		}
+		if err := g.apply(rd.CommittedEntries); err != nil {
+			return err
+		}
+		g.rn.Advance(rd)
+		if err := g.maybeSnapshot(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// save persists a Ready's snapshot, entries and hard state, durable on
+// return. Entries go in transactions of at most saveChunkBytes, the hard
+// state with the last: a crash in between leaves entries without the
+// commit index that covers them, which Raft handles.
+//
+// A Ready that only moves the commit index (!MustSync, the common case on
+// a leader once a quorum acknowledged) is not saved at once: its hard
+// state goes with the next write, or before a snapshot. A commit index
+// lost in a crash is learnt again from the leader; saving it first would
+// cost an fsync per round trip.
+func (g *Group) save(rd raft.Ready) error {
+	hs := rd.HardState
+	if raft.IsEmptyHardState(hs) {
+		hs = g.unsavedHS
+	}
+	if !rd.MustSync && len(rd.Entries) == 0 && raft.IsEmptySnap(rd.Snapshot) {
+		g.unsavedHS = hs
+		return nil
+	}
+	g.unsavedHS = nil
+	ents, snap := rd.Entries, rd.Snapshot
+	for {
+		n, size := 0, 0
+		for n < len(ents) {
+			s := len(ents[n].GetData()) + 32
+			if n > 0 && size+s > saveChunkBytes {
+				break
+			}
+			size += s
+			n++
+		}
+		if n == len(ents) {
+			if err := g.rlog.Save(hs, ents, snap); err != nil {
+				return err
+			}
+			if !raft.IsEmptyHardState(hs) {
+				g.savedTerm, g.savedVote = hs.GetTerm(), hs.GetVote()
+			}
+			return nil
+		}
+		if err := g.rlog.Save(nil, ents[:n], snap); err != nil {
+			return err
+		}
+		ents, snap = ents[n:], nil
+	}
+}
+
+// restore replaces the state machine's state with a snapshot from the
+// leader, already saved.
+func (g *Group) restore(snap *raftpb.Snapshot) error {
+	meta := snap.GetMetadata()
+	if err := g.sm.Restore(snap); err != nil {
+		return fmt.Errorf("restore the state machine from the snapshot at %d: %w", meta.GetIndex(), err)
+	}
+	g.applied, g.smApplied, g.snapIndex = meta.GetIndex(), meta.GetIndex(), meta.GetIndex()
+	g.confState = proto.Clone(meta.GetConfState()).(*raftpb.ConfState)
+	g.log.Info("state machine restored from a snapshot", "index", meta.GetIndex(), "term", meta.GetTerm(), "bytes", len(snap.GetData()))
+	return nil
+}
+
+// trackAppended notes the index each of this node's pending proposals
+// was appended at.
+func (g *Group) trackAppended(ents []*raftpb.Entry) {
+	if len(g.pending) == 0 {
+		return
+	}
+	for _, e := range ents {
+		if e.GetType() != raftpb.EntryNormal || len(e.GetData()) == 0 {
+			continue
+		}
+		node, seq, _, err := decodeEntry(e.GetData())
+		if err != nil || node != g.node {
+			continue
+		}
+		if p := g.pending[seq]; p != nil {
+			p.index = e.GetIndex()
+		}
+	}
+}
+
+// apply applies committed entries: proposals go to the state machine in
+// batches, configuration changes to the RawNode; then the proposals this
+// node made among them are answered.
+func (g *Group) apply(ents []*raftpb.Entry) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	batch := make([]*raftpb.Entry, 0, len(ents))
+	var applied []*proposal
+	flush := func() error {
+		if len(batch) > 0 {
+			if err := g.sm.Apply(batch); err != nil {
+				return fmt.Errorf("apply entries %d to %d: %w", batch[0].GetIndex(), batch[len(batch)-1].GetIndex(), err)
+			}
+			batch = batch[:0]
+		}
+		for _, p := range applied {
+			p.finish(p.index, nil)
+		}
+		applied = applied[:0]
+		return nil
+	}
+	for _, e := range ents {
+		if e.GetIndex() <= g.applied {
+			continue // a snapshot in the same Ready covered it
+		}
+		switch e.GetType() {
+		case raftpb.EntryNormal:
+			if len(e.GetData()) == 0 || e.GetIndex() <= g.smApplied {
+				break // a leader's empty entry, or in the state machine already
+			}
+			node, seq, data, err := decodeEntry(e.GetData())
+			if err != nil {
+				return fmt.Errorf("entry %d: %w: %w", e.GetIndex(), storage.ErrCorrupt, err)
+			}
+			batch = append(batch, &raftpb.Entry{Term: e.Term, Index: e.Index, Type: e.Type, Data: data})
+			if node == g.node {
+				if p := g.pending[seq]; p != nil && p.index == e.GetIndex() {
+					delete(g.pending, seq)
+					applied = append(applied, p)
+				}
+			}
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := g.applyConfChange(e); err != nil {
+				return err
+			}
+		}
+		g.applied = e.GetIndex()
+	}
+	return flush()
+}
+
+// applyConfChange applies a configuration change entry to the RawNode.
+func (g *Group) applyConfChange(e *raftpb.Entry) error {
+	var cc raftpb.ConfChangeI
+	if e.GetType() == raftpb.EntryConfChange {
+		c := new(raftpb.ConfChange)
+		if err := proto.Unmarshal(e.GetData(), c); err != nil {
+			return fmt.Errorf("entry %d: conf change: %w: %w", e.GetIndex(), storage.ErrCorrupt, err)
+		}
+		cc = c
+	} else {
+		c := new(raftpb.ConfChangeV2)
+		if err := proto.Unmarshal(e.GetData(), c); err != nil {
+			return fmt.Errorf("entry %d: conf change: %w: %w", e.GetIndex(), storage.ErrCorrupt, err)
+		}
+		cc = c
+	}
+	g.confState = g.rn.ApplyConfChange(cc)
+	g.log.Info("configuration changed", "index", e.GetIndex(), "voters", g.confState.GetVoters(), "learners", g.confState.GetLearners())
+	return nil
+}
+
+// saveHardState saves a hard state save left unsaved.
+func (g *Group) saveHardState() error {
+	if g.unsavedHS == nil {
+		return nil
+	}
+	if err := g.rlog.Save(g.unsavedHS, nil, nil); err != nil {
+		return err
+	}
+	g.unsavedHS = nil
+	return nil
+}
+
+// maybeSnapshot snapshots the state machine every SnapshotEntries applied
+// entries and compacts the log up to SnapshotKeepEntries behind.
+func (g *Group) maybeSnapshot() error {
+	if g.applied < g.snapIndex+g.h.opts.SnapshotEntries {
+		return nil
+	}
+	// A restart starts from the snapshot as applied, which Raft takes
+	// only up to the saved commit index.
+	if err := g.saveHardState(); err != nil {
+		return err
+	}
+	data, err := g.sm.Snapshot()
+	if err != nil {
+		return fmt.Errorf("snapshot the state machine at %d: %w", g.applied, err)
+	}
+	if _, err := g.rlog.CreateSnapshot(g.applied, g.confState, data); err != nil {
+		return fmt.Errorf("save the snapshot at %d: %w", g.applied, err)
+	}
+	g.snapIndex = g.applied
+	if keep := g.h.opts.SnapshotKeepEntries; g.applied > keep {
+		first, err := g.rlog.FirstIndex()
+		if err != nil {
+			return err
+		}
+		if ci := g.applied - keep; ci >= first {
+			if err := g.rlog.Compact(ci); err != nil {
+				return fmt.Errorf("compact the log to %d: %w", ci, err)
+			}
+		}
+	}
+	g.log.Debug("snapshot taken", "index", g.applied, "bytes", len(data))
+	return nil
+}
+
+// observe notices a change of leader or term (telling the watchers),
+// fails the pending proposals once this node is no longer the leader of
+// their term, and settles the transfers whose outcome is known.
+func (g *Group) observe() {
+	st := g.rn.BasicStatus()
+	if st.Lead != g.lead || st.GetTerm() != g.term {
+		g.lead, g.term = st.Lead, st.GetTerm()
+		g.leader.Store(st.Lead)
+		if st.Lead != 0 {
+			g.log.Info("raft leader", "leader", st.Lead, "term", st.GetTerm())
+		}
+		g.notify(LeaderChange{Group: g.id, Leader: st.Lead, Term: st.GetTerm()})
+	}
+	if len(g.pending) > 0 && (st.RaftState != raft.StateLeader || st.GetTerm() != g.pendTerm) {
+		err := fmt.Errorf("group %d: proposed in term %d, now term %d with leader %d: %w", g.id, g.pendTerm, st.GetTerm(), st.Lead, ErrLeadershipLost)
+		for seq, p := range g.pending {
+			delete(g.pending, seq)
+			p.finish(0, err)
+		}
+	}
+	if len(g.transfers) > 0 {
+		g.transfers = slices.DeleteFunc(g.transfers, func(t *transfer) bool {
+			switch {
+			case st.Lead == t.to:
+				t.done <- nil
+			case st.RaftState == raft.StateLeader && st.LeadTransferee == 0:
+				t.done <- fmt.Errorf("group %d: node %d did not take over within an election timeout: %w", g.id, t.to, ErrTransferFailed)
+			case st.RaftState != raft.StateLeader && st.Lead != 0:
+				t.done <- fmt.Errorf("group %d: node %d took over instead of node %d: %w", g.id, st.Lead, t.to, ErrTransferFailed)
+			default:
+				return false
+			}
+			return true
+		})
+	}
+}
+
+// notify hands c to every watcher, replacing a value it has not read.
+func (g *Group) notify(c LeaderChange) {
+	g.watchMu.Lock()
+	defer g.watchMu.Unlock()
+	g.current = c
+	for w := range g.watchers {
+		select {
+		case <-w:
+		default:
+		}
+		w <- c
+	}
+}
+
+// status reports the group's state; run calls it.
+func (g *Group) status() Status {
+	st := g.rn.Status()
+	first, _ := g.rlog.FirstIndex()
+	last, _ := g.rlog.LastIndex()
+	s := Status{
+		Group:          g.id,
+		Node:           g.node,
+		State:          st.RaftState,
+		Term:           st.GetTerm(),
+		Leader:         st.Lead,
+		LeadTransferee: st.LeadTransferee,
+		Commit:         st.GetCommit(),
+		Applied:        g.applied,
+		FirstIndex:     first,
+		LastIndex:      last,
+		SnapshotIndex:  g.snapIndex,
+	}
+	if st.RaftState == raft.StateLeader {
+		s.Followers = make(map[uint64]Progress, len(st.Progress))
+		for id, pr := range st.Progress {
+			if id == g.node {
+				continue
+			}
+			p := Progress{Match: pr.Match, Next: pr.Next, State: pr.State.String(), Active: pr.RecentActive}
+			if last > pr.Match {
+				p.Lag = last - pr.Match
+			}
+			s.Followers[id] = p
+		}
+	}
+	return s
+}
+
+// stop ends the loop with err: every waiting call gets it, the watchers'
+// channels close.
+func (g *Group) stop(err error) {
+	if g.err == nil { // a clean stop: the commit index is worth keeping
+		if serr := g.saveHardState(); serr != nil {
+			g.log.Debug("hard state not saved at stop", "err", serr)
+		}
+	}
+	g.final = g.status()
+	g.final.Err = err
+	g.err = err
+	for seq, p := range g.pending {
+		delete(g.pending, seq)
+		p.finish(0, err)
+	}
+	g.stopMu.Lock()
+	g.stopped = true
+	g.stopMu.Unlock()
+	for {
+		select {
+		case p := <-g.propc: // queued, never taken
+			p.finish(0, err)
+			continue
+		default:
+		}
+		break
+	}
+	for _, t := range g.transfers {
+		t.done <- err
+	}
+	g.transfers = nil
+	g.watchMu.Lock()
+	g.watchClosed = true
+	for w := range g.watchers {
+		close(w)
+	}
+	g.watchers = nil
+	g.watchMu.Unlock()
+	close(g.done)
+}

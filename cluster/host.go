@@ -1,0 +1,254 @@
+package cluster
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"sync"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/ferrymq/ferry/internal/clock"
+)
+
+// Host runs the Raft groups of one node: one Group per group, all over
+// one Transport and the Raft logs of one storage.Store, ticked by one
+// timer. Its methods are safe for concurrent use.
+type Host struct {
+	opts Options
+	log  *slog.Logger
+	tr   *Transport
+
+	addMu    sync.Mutex   // serializes AddGroup: a group's log loads once
+	groupsMu sync.RWMutex // guards groups and closed
+	groups   map[uint64]*Group
+	closed   bool
+	loops    sync.WaitGroup // the groups' run loops
+
+	tickMu   sync.Mutex // guards timer and tickStop
+	timer    clock.Timer
+	tickStop bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ Handler = (*Host)(nil)
+
+// OpenHost starts a node's host: it listens on the node-to-node address,
+// connects to the peers and starts ticking. Add groups with AddGroup;
+// stop it with Close.
+func OpenHost(opts Options) (*Host, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	opts.Peers = maps.Clone(opts.Peers) // the caller's map stays theirs
+	h := &Host{
+		opts:   opts,
+		log:    opts.Logger.With("node", opts.NodeID),
+		groups: make(map[uint64]*Group),
+	}
+	tr, err := NewTransport(opts.transportOptions(), h)
+	if err != nil {
+		return nil, err
+	}
+	h.tr = tr
+	h.tickMu.Lock()
+	h.timer = opts.Clock.AfterFunc(opts.TickInterval, h.tick)
+	h.tickMu.Unlock()
+	h.log.Info("cluster host started", "addr", tr.Addr().String(), "peers", len(opts.Peers))
+	return h, nil
+}
+
+// NodeID returns this node's id.
+func (h *Host) NodeID() uint64 { return h.opts.NodeID }
+
+// Addr returns the node-to-node address the host listens on.
+func (h *Host) Addr() net.Addr { return h.tr.Addr() }
+
+// AddGroup starts Raft group id on this node with sm as its state
+// machine. A group new to this node's store is bootstrapped with voters
+// (which must include this node, and be the same on every voter); one the
+// store has a log for restarts from it, its saved configuration
+// overriding voters, and replays to sm the committed entries after
+// sm.Applied(). It fails with ErrGroupExists if the group runs already,
+// ErrInvalidConfig for bad voters, ErrClosed after Close.
+func (h *Host) AddGroup(id uint64, voters []uint64, sm StateMachine) (*Group, error) {
+	if id == 0 {
+		return nil, fmt.Errorf("group id 0: %w", ErrInvalidConfig)
+	}
+	h.addMu.Lock()
+	defer h.addMu.Unlock()
+	h.groupsMu.RLock()
+	_, exists := h.groups[id]
+	closed := h.closed
+	h.groupsMu.RUnlock()
+	switch {
+	case closed:
+		return nil, ErrClosed
+	case exists:
+		return nil, fmt.Errorf("group %d: %w", id, ErrGroupExists)
+	}
+	g, err := openGroup(h, id, voters, sm)
+	if err != nil {
+		return nil, err
+	}
+	h.groupsMu.Lock()
+	defer h.groupsMu.Unlock()
+	if h.closed {
+		return nil, ErrClosed
+	}
+	h.groups[id] = g
+	h.loops.Go(g.run)
+	return g, nil
+}
+
+// initialConf checks the voters of a group to bootstrap and returns its
+// initial configuration.
+func (h *Host) initialConf(voters []uint64) (*raftpb.ConfState, error) {
+	vs := slices.Sorted(slices.Values(voters))
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("no voters: %w", ErrInvalidConfig)
+	}
+	if len(slices.Compact(slices.Clone(vs))) != len(vs) {
+		return nil, fmt.Errorf("voters %v name a node twice: %w", voters, ErrInvalidConfig)
+	}
+	if !slices.Contains(vs, h.opts.NodeID) {
+		return nil, fmt.Errorf("voters %v leave out this node, %d: %w", voters, h.opts.NodeID, ErrInvalidConfig)
+	}
+	for _, v := range vs {
+		if _, ok := h.opts.Peers[v]; !ok && v != h.opts.NodeID {
+			return nil, fmt.Errorf("voter %d is not a known peer: %w", v, ErrInvalidConfig)
+		}
+	}
+	return &raftpb.ConfState{Voters: vs}, nil
+}
+
+// Group returns the group id runs on this node, if it does.
+func (h *Host) Group(id uint64) (*Group, bool) {
+	h.groupsMu.RLock()
+	defer h.groupsMu.RUnlock()
+	g, ok := h.groups[id]
+	return g, ok
+}
+
+// Groups returns the groups running on this node, in id order.
+func (h *Host) Groups() []*Group {
+	h.groupsMu.RLock()
+	defer h.groupsMu.RUnlock()
+	gs := make([]*Group, 0, len(h.groups))
+	for _, g := range h.groups {
+		gs = append(gs, g)
+	}
+	slices.SortFunc(gs, func(a, b *Group) int { return cmp.Compare(a.id, b.id) })
+	return gs
+}
+
+// tick ticks every group and schedules the next tick.
+func (h *Host) tick() {
+	h.tickMu.Lock()
+	if h.tickStop {
+		h.tickMu.Unlock()
+		return
+	}
+	h.timer = h.opts.Clock.AfterFunc(h.opts.TickInterval, h.tick)
+	h.tickMu.Unlock()
+	h.groupsMu.RLock()
+	defer h.groupsMu.RUnlock()
+	for _, g := range h.groups {
+		g.tick()
+	}
+}
+
+// Receive hands an inbound message to its group; see Handler. A message
+// for a group this node does not run is dropped: the group may not be
+// added yet, and its leader resends.
+func (h *Host) Receive(group uint64, m *raftpb.Message) {
+	if g, ok := h.Group(group); ok {
+		g.receive(m)
+	}
+}
+
+// ReceiveSnapshot hands a snapshot to its group and waits until the group
+// has stepped it; see Handler.
+func (h *Host) ReceiveSnapshot(ctx context.Context, group uint64, m *raftpb.Message) error {
+	g, ok := h.Group(group)
+	if !ok {
+		return fmt.Errorf("no group %d on node %d", group, h.opts.NodeID)
+	}
+	s := inboundSnapshot{m: m, done: make(chan error, 1)}
+	select {
+	case g.snapc <- s:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-g.done:
+		return g.err
+	}
+	select {
+	case err := <-s.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-g.done:
+		return g.err
+	}
+}
+
+// ReportUnreachable passes the transport's report to the group; see
+// Handler.
+func (h *Host) ReportUnreachable(group, to uint64) {
+	if g, ok := h.Group(group); ok {
+		g.reportUnreachable(to)
+	}
+}
+
+// ReportSnapshot passes the transport's report to the group; see Handler.
+func (h *Host) ReportSnapshot(group, to uint64, st raft.SnapshotStatus) {
+	if g, ok := h.Group(group); ok {
+		g.reportSnapshot(to, st)
+	}
+}
+
+// Close stops the host: the ticks, the transport (inbound and outbound
+// streams), then every group, whose waiting proposals fail with
+// ErrClosed. It waits for all of it, or for ctx. It does not close the
+// store. Idempotent.
+func (h *Host) Close(ctx context.Context) error {
+	h.closeOnce.Do(func() {
+		h.tickMu.Lock()
+		h.tickStop = true
+		h.timer.Stop()
+		h.tickMu.Unlock()
+		h.groupsMu.Lock()
+		h.closed = true
+		groups := make([]*Group, 0, len(h.groups))
+		for _, g := range h.groups {
+			groups = append(groups, g)
+		}
+		h.groupsMu.Unlock()
+		err := h.tr.Close(ctx)
+		for _, g := range groups {
+			close(g.stopc)
+		}
+		done := make(chan struct{})
+		go func() {
+			h.loops.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("close host: groups still stopping: %w", ctx.Err())
+			}
+		}
+		h.closeErr = err
+		h.log.Info("cluster host stopped")
+	})
+	return h.closeErr
+}
