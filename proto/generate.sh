@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the Go code for proto/ferry/v1 with pinned generator versions.
+# Regenerates the Go code for proto/ferry/v1 (the API) and proto/ferry/cluster/v1
+# (node to node) with pinned generator versions.
 # Needs only Go: buf and the two protoc plugins are built from the module proxy.
 #
 #   proto/generate.sh          regenerate in place
