@@ -30,6 +30,10 @@ var (
 	// ErrSubscriptionExists is returned by CreateSubscription when the name
 	// is taken, with the existing subscription.
 	ErrSubscriptionExists = errors.New("storage: subscription exists")
+	// ErrIDTaken is returned by CreateTopicAt and CreateSubscriptionAt for
+	// a Stamp.ID that a live topic or subscription has, or whose deleted
+	// one's data is still being dropped.
+	ErrIDTaken = errors.New("storage: id taken")
 	// ErrTooLarge is returned by Write, RaftLog.Save and
 	// RaftLog.CreateSnapshot when their changes do not fit in one
 	// transaction.

@@ -35,6 +35,8 @@ import (
 //	r <group u64> s                            → its latest snapshot's metadata
 //	                                             (raftpb.SnapshotMetadata)
 //	r <group u64> d                            → that snapshot's data, raw bytes; absent if nil
+//	r <group u64> a                            → the index of the group's last entry whose topic or
+//	                                             subscription change was stored (Stamp), u64
 //
 // Per partition the m keys are dense in offset. What retention and dedup need
 // is in the key, so both walk keys without reading values: retention sums
@@ -79,6 +81,7 @@ const (
 	raftKeyHardState byte = 'h'
 	raftKeySnapshot  byte = 's'
 	raftKeySnapData  byte = 'd'
+	raftKeyApplied   byte = 'a'
 )
 
 // topicDataKinds are the kinds of key dropped with a deleted topic.
@@ -205,7 +208,7 @@ func raftGroupPrefix(group uint64) []byte {
 }
 
 // raftKey is the key of a Raft group's record sub (raftKeyBounds,
-// raftKeyHardState, raftKeySnapshot, raftKeySnapData) or, with
+// raftKeyHardState, raftKeySnapshot, raftKeySnapData, raftKeyApplied) or, with
 // raftKeyEntry, the prefix of its entry keys.
 func raftKey(group uint64, sub byte) []byte {
 	return append(raftGroupPrefix(group), sub)

@@ -227,7 +227,8 @@ func readRaftEntry(txn *badger.Txn, group, index uint64) (*raftpb.Entry, error) 
 // a later RaftLog call starts an empty log. The bounds, hard state and
 // snapshot go first, in one transaction that is durable before the entries
 // are deleted; a crash meanwhile leaves entries that the group's next load
-// deletes. Other groups, and topics, are not touched.
+// deletes. The group's applied index (AdminApplied) goes with them. Other
+// groups, and topics, are not touched.
 func (s *Store) DropRaftLog(group uint64) error {
 	if group == 0 {
 		return fmt.Errorf("raft group 0: %w", ErrInvalidRaftRequest)
@@ -248,7 +249,7 @@ func (s *Store) DropRaftLog(group uint64) error {
 		l = &RaftLog{group: group, db: s.db}
 	}
 	err := s.db.Update(func(txn *badger.Txn) error {
-		for _, sub := range []byte{raftKeyBounds, raftKeyHardState, raftKeySnapshot, raftKeySnapData} {
+		for _, sub := range []byte{raftKeyBounds, raftKeyHardState, raftKeySnapshot, raftKeySnapData, raftKeyApplied} {
 			if err := txn.Delete(raftKey(group, sub)); err != nil {
 				return err
 			}

@@ -52,6 +52,11 @@ type Topic struct {
 	id         uint32 // keys the topic's data; never reused
 }
 
+// ID returns the number that keys the topic's data: given from a counter
+// in the store at creation, never reused. Two stores given the same
+// sequence of creates give the same ids.
+func (t Topic) ID() uint32 { return t.id }
+
 // topicHandle is a live topic: its record and its partitions' writers. It
 // is replaced, not changed, when the config is updated.
 type topicHandle struct {
@@ -242,6 +247,14 @@ func (s *Store) Syncs() uint64 { return s.sync.syncs.Load() }
 // topic exists with the same effective config, CreateTopic returns it and
 // changes nothing; with another config it returns ErrTopicExists.
 func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (Topic, error) {
+	return s.CreateTopicAt(ctx, name, cfg, Stamp{At: s.opts.Clock.Now()})
+}
+
+// CreateTopicAt is CreateTopic made deterministic: the topic's create time
+// is st.At, not the clock's, and st's Raft entry and id apply (see Stamp).
+// A topic that exists with the same effective config is returned as it is,
+// whatever st says, and nothing is written.
+func (s *Store) CreateTopicAt(ctx context.Context, name string, cfg TopicConfig, st Stamp) (Topic, error) {
 	if err := ValidateTopicName(name); err != nil {
 		return Topic{}, err
 	}
@@ -263,13 +276,21 @@ func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (
 		return Topic{}, err
 	}
 
-	t := Topic{Name: name, Config: cfg, CreateTime: s.opts.Clock.Now().UTC().Truncate(time.Microsecond)}
+	if st.ID != 0 {
+		if err := s.topicIDFree(st.ID); err != nil {
+			return Topic{}, err
+		}
+	}
+	t := Topic{Name: name, Config: cfg, CreateTime: st.At.UTC().Truncate(time.Microsecond)}
 	err := s.update(func(txn *badger.Txn) error {
-		id, err := nextID(txn, nextIDKey())
+		id, err := takeID(txn, nextIDKey(), st.ID)
 		if err != nil {
 			return err
 		}
 		t.id = id
+		if err := setApplied(txn, st); err != nil {
+			return err
+		}
 		if err := txn.Set(topicKey(name), encodeTopicRecord(&t)); err != nil {
 			return err
 		}
@@ -295,26 +316,63 @@ func (s *Store) CreateTopic(ctx context.Context, name string, cfg TopicConfig) (
 	return t, nil
 }
 
-// nextID takes the next id from the counter at key (topic or subscription
-// ids: never reused), starting at 1.
-func nextID(txn *badger.Txn, key []byte) (uint32, error) {
-	id := uint32(1)
-	item, err := txn.Get(key)
-	switch {
-	case errors.Is(err, badger.ErrKeyNotFound):
-	case err != nil:
+// takeID takes the next id from the counter at key (topic or subscription
+// ids: never reused), starting at 1; or, if want is not 0, returns want and
+// raises the counter past it. The caller has checked that want is free.
+func takeID(txn *badger.Txn, key []byte, want uint32) (uint32, error) {
+	next, err := readCounter(txn, key)
+	if err != nil {
 		return 0, err
-	default:
-		err = item.Value(func(v []byte) error {
-			d := decoder{b: v}
-			id = d.u32()
-			return d.end()
-		})
-		if err != nil {
-			return 0, fmt.Errorf("id counter %q: %w", key, err)
+	}
+	id := next
+	if want != 0 {
+		id = want
+	}
+	return id, txn.Set(key, binary.BigEndian.AppendUint32(nil, max(next, id+1)))
+}
+
+// readCounter returns the id the counter at key gives next: 1 on a store
+// that never gave one.
+func readCounter(txn *badger.Txn, key []byte) (uint32, error) {
+	id := uint32(1)
+	err := getValue(txn, key, func(v []byte) error {
+		d := decoder{b: v}
+		id = d.u32()
+		return d.end()
+	})
+	if err != nil {
+		return 0, fmt.Errorf("id counter %q: %w", key, err)
+	}
+	return id, nil
+}
+
+// topicIDFree reports, with ErrIDTaken, whether a live topic has id or a
+// deleted one's data under it is still being dropped (which would drop the
+// new topic's data too).
+func (s *Store) topicIDFree(id uint32) error {
+	s.topicsMu.RLock()
+	for _, h := range s.topics {
+		if h.topic.id == id {
+			s.topicsMu.RUnlock()
+			return fmt.Errorf("topic id %d is topic %q's: %w", id, h.topic.Name, ErrIDTaken)
 		}
 	}
-	return id, txn.Set(key, binary.BigEndian.AppendUint32(nil, id+1))
+	s.topicsMu.RUnlock()
+	return s.keyAbsent(tombstoneKey(id), fmt.Sprintf("topic id %d", id))
+}
+
+// keyAbsent fails with ErrIDTaken, naming what, if key exists.
+func (s *Store) keyAbsent(key []byte, what string) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(key)
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+			return nil
+		case err != nil:
+			return err
+		}
+		return fmt.Errorf("%s: a deleted one's data is still being dropped: %w", what, ErrIDTaken)
+	})
 }
 
 // update runs fn in a read-write transaction and syncs it under the fsync
@@ -384,6 +442,13 @@ func (s *Store) Topics() []Topic {
 // UpdateTopic applies change to a copy of the topic's config and stores the
 // result. The partition count cannot change.
 func (s *Store) UpdateTopic(ctx context.Context, name string, change func(*TopicConfig)) (Topic, error) {
+	return s.UpdateTopicAt(ctx, name, change, Stamp{})
+}
+
+// UpdateTopicAt is UpdateTopic recording st's Raft entry (see Stamp);
+// st.At and st.ID are not used. change must be deterministic for the
+// update to be.
+func (s *Store) UpdateTopicAt(ctx context.Context, name string, change func(*TopicConfig), st Stamp) (Topic, error) {
 	s.adminMu.Lock()
 	defer s.adminMu.Unlock()
 	h, err := s.handle(name)
@@ -401,6 +466,9 @@ func (s *Store) UpdateTopic(ctx context.Context, name string, change func(*Topic
 		return Topic{}, err
 	}
 	if err := s.update(func(txn *badger.Txn) error {
+		if err := setApplied(txn, st); err != nil {
+			return err
+		}
 		return txn.Set(topicKey(name), encodeTopicRecord(&t))
 	}); err != nil {
 		return Topic{}, fmt.Errorf("update topic %q: %w", name, err)
@@ -414,6 +482,12 @@ func (s *Store) UpdateTopic(ctx context.Context, name string, change func(*Topic
 // DeleteTopic deletes a topic. Its writers finish what is queued, the topic
 // record goes in one transaction, and its messages are dropped in the background (resumed at the next Open if interrupted).
 func (s *Store) DeleteTopic(ctx context.Context, name string) error {
+	return s.DeleteTopicAt(ctx, name, Stamp{})
+}
+
+// DeleteTopicAt is DeleteTopic recording st's Raft entry (see Stamp);
+// st.At and st.ID are not used.
+func (s *Store) DeleteTopicAt(ctx context.Context, name string, st Stamp) error {
 	s.adminMu.Lock()
 	defer s.adminMu.Unlock()
 	h, err := s.handle(name)
@@ -428,6 +502,9 @@ func (s *Store) DeleteTopic(ctx context.Context, name string) error {
 	}
 	tid := h.topic.id
 	err = s.update(func(txn *badger.Txn) error {
+		if err := setApplied(txn, st); err != nil {
+			return err
+		}
 		if err := txn.Delete(topicKey(name)); err != nil {
 			return err
 		}

@@ -145,6 +145,13 @@ func (s *Store) loadSubscriptions(txn *badger.Txn) ([][2]uint32, error) {
 // ErrSubscriptionExists, so the caller can tell an identical create from a
 // conflicting one.
 func (s *Store) CreateSubscription(ctx context.Context, topic, name string, config []byte, cursors [][]byte) (Subscription, error) {
+	return s.CreateSubscriptionAt(ctx, topic, name, config, cursors, Stamp{At: s.opts.Clock.Now()})
+}
+
+// CreateSubscriptionAt is CreateSubscription made deterministic: the
+// subscription's create time is st.At, not the clock's, and st's Raft entry
+// and id apply (see Stamp).
+func (s *Store) CreateSubscriptionAt(ctx context.Context, topic, name string, config []byte, cursors [][]byte, st Stamp) (Subscription, error) {
 	if err := ValidateSubscriptionName(name); err != nil {
 		return Subscription{}, err
 	}
@@ -160,13 +167,21 @@ func (s *Store) CreateSubscription(ctx context.Context, topic, name string, conf
 	if len(cursors) != len(h.partitions) {
 		return Subscription{}, fmt.Errorf("%d cursors for %d partitions: %w", len(cursors), len(h.partitions), ErrInvalidConfig)
 	}
-	sub := Subscription{Topic: topic, Name: name, Config: slices.Clone(config), CreateTime: s.opts.Clock.Now().UTC().Truncate(time.Microsecond)}
+	if st.ID != 0 {
+		if err := s.subIDFree(h.topic.id, st.ID); err != nil {
+			return Subscription{}, err
+		}
+	}
+	sub := Subscription{Topic: topic, Name: name, Config: slices.Clone(config), CreateTime: st.At.UTC().Truncate(time.Microsecond)}
 	err = s.update(func(txn *badger.Txn) error {
-		id, err := nextID(txn, nextSubIDKey())
+		id, err := takeID(txn, nextSubIDKey(), st.ID)
 		if err != nil {
 			return err
 		}
 		sub.ID = id
+		if err := setApplied(txn, st); err != nil {
+			return err
+		}
 		if err := txn.Set(subKey(h.topic.id, name), encodeSubRecord(&sub)); err != nil {
 			return err
 		}
@@ -182,6 +197,20 @@ func (s *Store) CreateSubscription(ctx context.Context, topic, name string, conf
 	}
 	h.subs.put(sub)
 	return sub, nil
+}
+
+// subIDFree reports, with ErrIDTaken, whether a live subscription has id,
+// or a deleted one of topic tid still has acked ids being dropped under it.
+func (s *Store) subIDFree(tid, id uint32) error {
+	s.topicsMu.RLock()
+	for _, h := range s.topics {
+		if h.subs.isLive(id) {
+			s.topicsMu.RUnlock()
+			return fmt.Errorf("subscription id %d is taken on topic %q: %w", id, h.topic.Name, ErrIDTaken)
+		}
+	}
+	s.topicsMu.RUnlock()
+	return s.keyAbsent(subTombstoneKey(tid, id), fmt.Sprintf("subscription id %d", id))
 }
 
 // Subscription returns the subscription called name on topic.
@@ -221,6 +250,12 @@ func (s *Store) Subscriptions(topic string) ([]Subscription, error) {
 
 // UpdateSubscription replaces a subscription's config.
 func (s *Store) UpdateSubscription(ctx context.Context, topic, name string, config []byte) (Subscription, error) {
+	return s.UpdateSubscriptionAt(ctx, topic, name, config, Stamp{})
+}
+
+// UpdateSubscriptionAt is UpdateSubscription recording st's Raft entry (see
+// Stamp); st.At and st.ID are not used.
+func (s *Store) UpdateSubscriptionAt(ctx context.Context, topic, name string, config []byte, st Stamp) (Subscription, error) {
 	s.adminMu.Lock()
 	defer s.adminMu.Unlock()
 	h, sub, err := s.subscription(topic, name)
@@ -229,6 +264,9 @@ func (s *Store) UpdateSubscription(ctx context.Context, topic, name string, conf
 	}
 	sub.Config = slices.Clone(config)
 	if err := s.update(func(txn *badger.Txn) error {
+		if err := setApplied(txn, st); err != nil {
+			return err
+		}
 		return txn.Set(subKey(h.topic.id, name), encodeSubRecord(&sub))
 	}); err != nil {
 		return Subscription{}, fmt.Errorf("update subscription %q: %w", name, err)
@@ -242,6 +280,12 @@ func (s *Store) UpdateSubscription(ctx context.Context, topic, name string, conf
 // caller stops writing for it first: a Write for a deleted subscription
 // fails with ErrSubscriptionNotFound, but one already queued still lands.
 func (s *Store) DeleteSubscription(ctx context.Context, topic, name string) error {
+	return s.DeleteSubscriptionAt(ctx, topic, name, Stamp{})
+}
+
+// DeleteSubscriptionAt is DeleteSubscription recording st's Raft entry (see
+// Stamp); st.At and st.ID are not used.
+func (s *Store) DeleteSubscriptionAt(ctx context.Context, topic, name string, st Stamp) error {
 	s.adminMu.Lock()
 	defer s.adminMu.Unlock()
 	h, sub, err := s.subscription(topic, name)
@@ -251,6 +295,9 @@ func (s *Store) DeleteSubscription(ctx context.Context, topic, name string) erro
 	h.subs.remove(sub)
 	tid := h.topic.id
 	err = s.update(func(txn *badger.Txn) error {
+		if err := setApplied(txn, st); err != nil {
+			return err
+		}
 		if err := txn.Delete(subKey(tid, name)); err != nil {
 			return err
 		}
