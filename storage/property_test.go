@@ -33,6 +33,15 @@ const (
 )
 
 func TestPropertyStoreMatchesModel(t *testing.T) {
+	forEachSeed(t, propertySequences, propertySteps, func(t *testing.T, seed uint64) {
+		runProperty(t, seed, propertySteps)
+	})
+}
+
+// forEachSeed runs sequences property sequences of steps steps, the seed
+// of sequence i being the first seed plus i: propertySeed, or
+// FERRY_PROPERTY_SEED; FERRY_PROPERTY_ITERS overrides sequences.
+func forEachSeed(t *testing.T, sequences, steps int, run func(t *testing.T, seed uint64)) {
 	seed := uint64(propertySeed)
 	if v := os.Getenv("FERRY_PROPERTY_SEED"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
@@ -41,20 +50,17 @@ func TestPropertyStoreMatchesModel(t *testing.T) {
 		}
 		seed = n
 	}
-	iters := propertySequences
 	if v := os.Getenv("FERRY_PROPERTY_ITERS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
 			t.Fatalf("FERRY_PROPERTY_ITERS=%q: want a positive integer", v)
 		}
-		iters = n
+		sequences = n
 	}
-	t.Logf("seed %d, %d sequences of %d steps", seed, iters, propertySteps)
-	for i := range uint64(iters) {
+	t.Logf("seed %d, %d sequences of %d steps", seed, sequences, steps)
+	for i := range uint64(sequences) {
 		sq := seed + i
-		t.Run(fmt.Sprintf("seed=%d", sq), func(t *testing.T) {
-			runProperty(t, sq, propertySteps)
-		})
+		t.Run(fmt.Sprintf("seed=%d", sq), func(t *testing.T) { run(t, sq) })
 	}
 }
 

@@ -1056,30 +1056,10 @@ const (
 )
 
 func TestPropertyRaftLogMatchesMemoryStorage(t *testing.T) {
-	seed := uint64(propertySeed)
-	if v := os.Getenv("FERRY_PROPERTY_SEED"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("FERRY_PROPERTY_SEED=%q: %v", v, err)
-		}
-		seed = n
-	}
-	iters := raftPropSequences
-	if v := os.Getenv("FERRY_PROPERTY_ITERS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("FERRY_PROPERTY_ITERS=%q: want a positive integer", v)
-		}
-		iters = n
-	}
-	t.Logf("seed %d, %d sequences of %d steps", seed, iters, raftPropSteps)
-	for i := range uint64(iters) {
-		sq := seed + i
-		t.Run(fmt.Sprintf("seed=%d", sq), func(t *testing.T) {
-			r := &raftPropRun{t: t, seed: sq, rng: rand.New(rand.NewPCG(sq, sq^0x5eed))}
-			r.run()
-		})
-	}
+	forEachSeed(t, raftPropSequences, raftPropSteps, func(t *testing.T, seed uint64) {
+		r := &raftPropRun{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x5eed))}
+		r.run()
+	})
 }
 
 // raftPropRun is one random sequence over two groups.
