@@ -51,6 +51,17 @@
 // partition from deposing a working leader: the minority side refuses
 // writes.
 //
+// # Metadata
+//
+// Metadata is the state machine of the metadata group (MetadataGroup, a
+// reserved id every node runs) and its client: topic and subscription
+// changes proposed on the leader as entries stamped with its clock, and
+// applied on every replica through storage's stamped calls
+// (storage.Stamp), so every store has the same topics and subscriptions
+// with the same ids, configs and create times. The applied index is kept
+// in the same transaction as each change; a change the store refuses the
+// same way everywhere is returned to the proposer and changes nothing.
+//
 // # Transport
 //
 // Transport speaks ferry.cluster.v1.RaftTransportService (proto/ferry/
@@ -70,7 +81,7 @@
 //
 // # Concurrency
 //
-// Host, Group and Transport methods are safe for concurrent use. A
+// Host, Group, Metadata and Transport methods are safe for concurrent use. A
 // StateMachine is called from its group's loop only. Host.Close stops the
 // ticks, the transport and then every group; calls still waiting fail
 // with ErrClosed. The Host does not close the store.
