@@ -29,7 +29,9 @@ func (c *testCluster) openMetadata(id uint64) *Metadata {
 
 // metaView renders everything the metadata group keeps in node id's store:
 // topics with id, create time and config, their subscriptions with id,
-// create time, config and cursors, and the id counters.
+// create time, config and cursors, and the id counters. A topic or
+// subscription deleted while it reads makes a view of its own, unequal
+// to any other node's.
 func (c *testCluster) metaView(id uint64) string {
 	c.t.Helper()
 	st := c.nodes[id].store
@@ -37,11 +39,17 @@ func (c *testCluster) metaView(id uint64) string {
 	for _, t := range st.Topics() {
 		fmt.Fprintf(&b, "topic %s id=%d created=%s %+v\n", t.Name, t.ID(), t.CreateTime.Format(time.RFC3339Nano), t.Config)
 		subs, err := st.Subscriptions(t.Name)
+		if errors.Is(err, storage.ErrTopicNotFound) {
+			return fmt.Sprintf("node %d: changing: %v", id, err)
+		}
 		if err != nil {
 			c.t.Fatalf("node %d: %v", id, err)
 		}
 		for _, s := range subs {
 			cur, err := st.Cursors(t.Name, s.ID)
+			if errors.Is(err, storage.ErrTopicNotFound) || errors.Is(err, storage.ErrSubscriptionNotFound) {
+				return fmt.Sprintf("node %d: changing: %v", id, err)
+			}
 			if err != nil {
 				c.t.Fatalf("node %d: %v", id, err)
 			}
@@ -81,7 +89,7 @@ func (c *testCluster) waitMetaConverged(ms map[uint64]*Metadata) string {
 	return view
 }
 
-// metaTimeout bounds one metadata call in these tests.
+// metaCtx bounds the metadata calls of a test.
 func metaCtx(tb testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	tb.Cleanup(cancel)
