@@ -109,8 +109,10 @@ func TestProducerRetriesAcrossBrokerRestarts(t *testing.T) {
 
 	// Stored exactly once each: the log itself, not a deduplicating view.
 	stored := map[string]int{}
+	at := map[int]string{} // publish index → where it is stored, for a failure's message
 	for _, m := range readAll(t, rawConn(t, brokerAddr), topic, partitions) {
 		stored[m.GetId()]++
+		at[ids[m.GetId()]] = fmt.Sprintf("partition %d offset %d", m.GetPartition(), m.GetOffset())
 		if i, ok := ids[m.GetId()]; !ok {
 			t.Errorf("stored id %s was never published", m.GetId())
 		} else if string(m.GetPayload()) != strconv.Itoa(i) {
@@ -150,7 +152,9 @@ func TestProducerRetriesAcrossBrokerRestarts(t *testing.T) {
 			return nil
 		}
 		if last, ok := lastIdx[string(m.Key)]; ok && i < last {
-			t.Errorf("key %s: message %d delivered first after message %d", m.Key, i, last)
+			// Stored out of order (a resend overtook), or delivered so?
+			t.Errorf("key %s: message %d (stored at %s, attempt %d) delivered first after message %d (stored at %s)",
+				m.Key, i, at[i], m.Attempt, last, at[last])
 		}
 		lastIdx[string(m.Key)] = i
 		if len(seen) == n {
