@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -271,6 +272,10 @@ func TestPartitionMetaApplied(t *testing.T) {
 	}
 	if _, err := decodePartitionMeta(append(pm.encode(), 1)); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("meta with a trailing byte: %v, want ErrCorrupt", err)
+	}
+	pm.applied = 0
+	if _, err := decodePartitionMeta(binary.BigEndian.AppendUint64(pm.encode(), 0)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("meta with an applied index of 0 written out: %v, want ErrCorrupt (it is never encoded)", err)
 	}
 }
 

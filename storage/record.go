@@ -261,7 +261,10 @@ func decodePartitionMeta(v []byte) (partitionMeta, error) {
 	pm := partitionMeta{first: d.u64(), head: d.u64(), bytes: d.u64()}
 	pm.lastTime = time.Unix(0, int64(d.u64())).UTC()
 	if len(d.b) > 0 {
-		pm.applied = d.u64()
+		// Written only when not 0: one meta, one encoding.
+		if pm.applied = d.u64(); pm.applied == 0 {
+			d.fail()
+		}
 	}
 	if err := d.end(); err != nil {
 		return partitionMeta{}, fmt.Errorf("partition meta: %w", err)
