@@ -44,6 +44,15 @@ var (
 	// for a hard state committing beyond the last entry, and for Entries
 	// with lo > hi. Nothing is written then.
 	ErrInvalidRaftRequest = errors.New("storage: invalid raft log request")
+	// ErrReplicatedMulti is returned by Write for an atomic write across
+	// partitions whose barrier reached a partition that became replicated
+	// while it waited (a write planned with a replicated partition is made
+	// in order instead). Nothing is written then.
+	ErrReplicatedMulti = errors.New("storage: atomic write across partitions reached a replicated partition")
+	// ErrNeedIDs is returned by Write for a write across partitions, some
+	// replicated, with a message without an id: made in order, a retry
+	// could store it twice. Nothing is written then.
+	ErrNeedIDs = errors.New("storage: write across replicated partitions without an id on every message")
 	// ErrCorrupt is returned when a stored key or value cannot be decoded.
 	ErrCorrupt = errors.New("storage: corrupt record")
 )

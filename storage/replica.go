@@ -42,14 +42,6 @@ type Proposer interface {
 	Propose(data []byte, failed func(error))
 }
 
-// ErrReplicatedMulti is an atomic write across partitions that reached a
-// replicated partition.
-var ErrReplicatedMulti = errors.New("an atomic write across partitions is not possible on a replicated partition")
-
-// ErrNeedIDs is a write across partitions, some replicated, with a message
-// without an id.
-var ErrNeedIDs = errors.New("a write across replicated partitions needs an id on every message")
-
 // Replica is a partition's side of its Raft group: what the group's state
 // machine calls.
 type Replica struct {
