@@ -57,6 +57,23 @@
 // so one fsync covers partitions and groups alike. Groups are independent
 // of topics and of each other; DropRaftLog deletes one.
 //
+// # Replicated partitions
+//
+// Store.Replicate makes a partition replicated: its writer still gathers
+// groups, but encodes each as an entry (entry.go: the commands, the
+// leader's time and a proposal id) and proposes it through a Proposer
+// instead of committing it. Every replica applies the committed entries in
+// log order through Replica.Apply, with applyEntry, which stores the
+// entry's Raft index in the partition meta in the same transaction; on the
+// proposing node the proposal id finds the group's requests and answers
+// them with the entry's results (replica.go). A write across partitions of
+// which some are replicated cannot be one transaction: Write makes it in
+// order, outputs first, and needs an id on every message.
+//
+// Topic and subscription changes can be stamped (stamp.go): made with a
+// given time, id and Raft index instead of the clock's, for the metadata
+// group that replicates them.
+//
 // The key layout is drawn in keys.go and the record formats in record.go
-// (the Raft log bounds in raftlog.go).
+// (the Raft log bounds in raftlog.go, partition entries in entry.go).
 package storage
