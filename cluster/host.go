@@ -214,6 +214,38 @@ func (h *Host) ReportSnapshot(group, to uint64, st raft.SnapshotStatus) {
 	}
 }
 
+// HandOffLeadership transfers every group this node leads to its most
+// caught-up active follower and waits for each transfer, so that a
+// graceful shutdown does not leave its groups without a leader for an
+// election timeout (a rolling restart then moves leaders in a round trip,
+// not in seconds). Call it before Close. A group with no active follower
+// keeps its leader; the first transfer that fails is returned after the
+// others were tried. Proposals to a group fail with ErrProposalDropped
+// while its transfer is under way.
+func (h *Host) HandOffLeadership(ctx context.Context) error {
+	var first error
+	for _, g := range h.Groups() {
+		st := g.Status()
+		if st.State != raft.StateLeader {
+			continue
+		}
+		to, best := uint64(0), uint64(0)
+		for id, pr := range st.Followers {
+			if pr.Active && (to == 0 || pr.Match > best || (pr.Match == best && id < to)) {
+				to, best = id, pr.Match
+			}
+		}
+		if to == 0 {
+			h.log.Warn("no active follower to hand leadership to", "group", st.Group)
+			continue
+		}
+		if err := g.TransferLeadership(ctx, to); err != nil && first == nil {
+			first = fmt.Errorf("hand off group %d to node %d: %w", st.Group, to, err)
+		}
+	}
+	return first
+}
+
 // Close stops the host: the ticks, the transport (inbound and outbound
 // streams), then every group, whose waiting proposals fail with
 // ErrClosed. It waits for all of it, or for ctx. It does not close the
