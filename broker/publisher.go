@@ -77,6 +77,13 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 			}
 			f := inflight{seq: req.GetSequence()}
 			f.wait, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
+			if f.err != nil && ctx.Err() != nil {
+				// The stream is over and this batch may be stored in part:
+				// take nothing after it, which the client sends again, in
+				// order, after this one.
+				recvErr <- ctx.Err()
+				return
+			}
 			select {
 			case queue <- f:
 			case <-ctx.Done():

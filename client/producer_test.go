@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -109,10 +110,12 @@ func TestProducerRetriesAcrossBrokerRestarts(t *testing.T) {
 
 	// Stored exactly once each: the log itself, not a deduplicating view.
 	stored := map[string]int{}
-	at := map[int]string{} // publish index → where it is stored, for a failure's message
+	at := map[int]string{}         // publish index → where it is stored, for a failure's message
+	order := map[uint32][]string{} // per partition, the publish indexes in offset order
 	for _, m := range readAll(t, rawConn(t, brokerAddr), topic, partitions) {
 		stored[m.GetId()]++
 		at[ids[m.GetId()]] = fmt.Sprintf("partition %d offset %d", m.GetPartition(), m.GetOffset())
+		order[m.GetPartition()] = append(order[m.GetPartition()], strconv.Itoa(ids[m.GetId()]))
 		if i, ok := ids[m.GetId()]; !ok {
 			t.Errorf("stored id %s was never published", m.GetId())
 		} else if string(m.GetPayload()) != strconv.Itoa(i) {
@@ -153,8 +156,8 @@ func TestProducerRetriesAcrossBrokerRestarts(t *testing.T) {
 		}
 		if last, ok := lastIdx[string(m.Key)]; ok && i < last {
 			// Stored out of order (a resend overtook), or delivered so?
-			t.Errorf("key %s: message %d (stored at %s, attempt %d) delivered first after message %d (stored at %s)",
-				m.Key, i, at[i], m.Attempt, last, at[last])
+			t.Errorf("key %s: message %d (stored at %s, attempt %d) delivered first after message %d (stored at %s); partition %d holds, by publish index: %s",
+				m.Key, i, at[i], m.Attempt, last, at[last], *m.Partition, strings.Join(order[*m.Partition][:min(60, len(order[*m.Partition]))], " "))
 		}
 		lastIdx[string(m.Key)] = i
 		if len(seen) == n {

@@ -98,8 +98,16 @@ func newPartition(topic string, st partitionState, dedupWindow time.Duration, db
 	return p
 }
 
-// submit queues cmd for the writer. It blocks while the queue is full.
+// submit queues cmd for the writer. It blocks while the queue is full. Once
+// ctx has ended it fails, every time: a select between a queue with room
+// and an ended ctx picks at random, and a caller queueing a stream's
+// batches in order would then see an earlier one refused and a later one
+// stored — a later message of a key ahead of an earlier one once the
+// earlier is sent again.
 func (p *Partition) submit(ctx context.Context, cmd command) (*request, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	r := &request{cmd: cmd, done: make(chan struct{})}
 	p.queueMu.RLock()
 	defer p.queueMu.RUnlock()

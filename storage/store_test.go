@@ -428,3 +428,22 @@ func TestNoFsyncWithoutWrites(t *testing.T) {
 		t.Fatalf("%d fsyncs after one real append, want 1", n)
 	}
 }
+
+// TestEnqueueRefusesAfterCtxEnds: once ctx has ended, Enqueue fails every
+// time, though the queue has room. (A random pick between the two let a
+// dying publish stream have an earlier batch refused and a later one
+// stored, and the earlier one, sent again, land after it.)
+func TestEnqueueRefusesAfterCtxEnds(t *testing.T) {
+	s := openStore(t, testOptions(t, clock.NewFake(t0)))
+	mustCreate(t, s, "t", TopicConfig{Partitions: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := range 200 {
+		if _, err := s.Enqueue(ctx, "t", 0, []Message{{Payload: []byte("x")}}); !errors.Is(err, context.Canceled) {
+			t.Fatalf("enqueue %d with an ended ctx: %v, want context.Canceled", i, err)
+		}
+	}
+	if ps, _ := s.Partitions("t"); ps[0].Head != 0 {
+		t.Fatalf("%d messages stored through an ended ctx", ps[0].Head)
+	}
+}
