@@ -33,21 +33,13 @@ func (f *ferryTarget) producer(size, window int) *client.Producer {
 	return f.c.NewProducer(ferryTopic, client.ProducerOptions{MaxInflightBytes: int64(window * (size + 64))})
 }
 
-// drain waits on futures in order, counting answers and errors.
-func ferryDrain(ctx context.Context, futs <-chan *client.PublishFuture, acked, failed *atomic.Int64, firstErr *atomic.Value) <-chan struct{} {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for fu := range futs {
-			if _, err := fu.Wait(ctx); err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			} else {
-				acked.Add(1)
-			}
-		}
-	}()
-	return done
+// publish sends m on p and returns how to wait for its answer.
+func publish(ctx context.Context, p *client.Producer, m *client.Message) confirm {
+	fu := p.PublishAsync(m)
+	return func() error {
+		_, err := fu.Wait(ctx)
+		return err
+	}
 }
 
 func errOf(v *atomic.Value) string {
@@ -61,24 +53,18 @@ func (f *ferryTarget) pubAsync(ctx context.Context, size, window int, dur time.D
 	p := f.producer(size, window)
 	defer p.Close(context.Background())
 	pl := payload(size)
-	futs := make(chan *client.PublishFuture, window)
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	done := ferryDrain(ctx, futs, &acked, &failed, &firstErr)
 	start := time.Now()
 	deadline := start.Add(dur)
-	for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+	acked, failed, msg := pipelined(ctx, window, func(int) bool { return time.Now().Before(deadline) }, func(i int) (confirm, error) {
 		m := &client.Message{Payload: pl}
 		if withID {
 			m.ID = fmt.Sprintf("bench-%d", i)
 		}
-		futs <- p.PublishAsync(m)
-	}
-	close(futs)
-	<-done
+		return publish(ctx, p, m), nil
+	})
 	var r result
-	r.finish(acked.Load(), time.Since(start))
-	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	r.finish(acked, time.Since(start))
+	r.Errors, r.Err = failed, msg
 	return r
 }
 
@@ -98,17 +84,11 @@ func (f *ferryTarget) prefill(ctx context.Context, n, size, window int) error {
 	p := f.producer(size, window)
 	defer p.Close(context.Background())
 	pl := payload(size)
-	futs := make(chan *client.PublishFuture, window)
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	done := ferryDrain(ctx, futs, &acked, &failed, &firstErr)
-	for range n {
-		futs <- p.PublishAsync(&client.Message{Payload: pl})
-	}
-	close(futs)
-	<-done
-	if failed.Load() > 0 {
-		return fmt.Errorf("prefill: %d failed: %s", failed.Load(), errOf(&firstErr))
+	_, failed, msg := pipelined(ctx, window, func(i int) bool { return i < n }, func(int) (confirm, error) {
+		return publish(ctx, p, &client.Message{Payload: pl}), nil
+	})
+	if failed > 0 {
+		return fmt.Errorf("prefill: %d failed: %s", failed, msg)
 	}
 	return nil
 }
@@ -198,29 +178,20 @@ func (f *ferryTarget) e2e(ctx context.Context, rate, size int, dur time.Duration
 	}()
 	time.Sleep(300 * time.Millisecond) // let the consumer attach
 	p := f.producer(size, 4096)
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	futs := make(chan *client.PublishFuture, 4096)
-	done := ferryDrain(ctx, futs, &acked, &failed, &firstErr)
 	pc := newPacer(rate)
-	var sent int64
-	for time.Since(pc.start) < dur && ctx.Err() == nil {
-		t := pc.next()
-		futs <- p.PublishAsync(&client.Message{Payload: stamped(size, t)})
-		sent++
-	}
-	close(futs)
-	<-done
+	acked, failed, msg := pipelined(ctx, 4096, func(int) bool { return time.Since(pc.start) < dur }, func(int) (confirm, error) {
+		return publish(ctx, p, &client.Message{Payload: stamped(size, pc.next())}), nil
+	})
 	p.Close(context.Background())
 	wait := time.Now().Add(10 * time.Second)
-	for got.Load() < acked.Load() && time.Now().Before(wait) {
+	for got.Load() < acked && time.Now().Before(wait) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	r.TimedOut = got.Load() < acked.Load()
+	r.TimedOut = got.Load() < acked
 	cancel()
 	<-subDone
 	r.finish(got.Load(), dur)
-	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	r.Errors, r.Err = failed, msg
 	lat.into(&r)
 	return r
 }

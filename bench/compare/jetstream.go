@@ -48,57 +48,42 @@ func dialJetStream(ctx context.Context, addr string, window int) (*jsTarget, err
 
 func (t *jsTarget) close() { t.nc.Close() }
 
-func jsDrain(futs <-chan jetstream.PubAckFuture, acked, failed *atomic.Int64, firstErr *atomic.Value) <-chan struct{} {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for f := range futs {
-			select {
-			case <-f.Ok():
-				acked.Add(1)
-			case err := <-f.Err():
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			}
-		}
-	}()
-	return done
-}
-
-func (t *jsTarget) publishAsync(data []byte, id string) (jetstream.PubAckFuture, error) {
+// publishAsync publishes data (with id as Nats-Msg-Id unless empty) and
+// returns how to wait for its PubAck. A publish refused at once is a
+// confirm that fails: the run goes on.
+func (t *jsTarget) publishAsync(data []byte, id string) (confirm, error) {
 	opts := []jetstream.PublishOpt{jetstream.WithStallWait(time.Minute)}
 	if id != "" {
 		opts = append(opts, jetstream.WithMsgID(id))
 	}
-	return t.js.PublishAsync(jsSubject, data, opts...)
+	f, err := t.js.PublishAsync(jsSubject, data, opts...)
+	if err != nil {
+		return func() error { return err }, nil
+	}
+	return func() error {
+		select {
+		case <-f.Ok():
+			return nil
+		case err := <-f.Err():
+			return err
+		}
+	}, nil
 }
 
 func (t *jsTarget) pubAsync(ctx context.Context, size, window int, dur time.Duration, withID bool) result {
 	pl := payload(size)
-	futs := make(chan jetstream.PubAckFuture, window)
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	done := jsDrain(futs, &acked, &failed, &firstErr)
 	start := time.Now()
 	deadline := start.Add(dur)
-	for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+	acked, failed, msg := pipelined(ctx, window, func(int) bool { return time.Now().Before(deadline) }, func(i int) (confirm, error) {
 		id := ""
 		if withID {
 			id = "bench-" + strconv.Itoa(i)
 		}
-		f, err := t.publishAsync(pl, id)
-		if err != nil {
-			failed.Add(1)
-			firstErr.CompareAndSwap(nil, err.Error())
-			continue
-		}
-		futs <- f
-	}
-	close(futs)
-	<-done
+		return t.publishAsync(pl, id)
+	})
 	var r result
-	r.finish(acked.Load(), time.Since(start))
-	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	r.finish(acked, time.Since(start))
+	r.Errors, r.Err = failed, msg
 	return r
 }
 
@@ -115,23 +100,11 @@ func (t *jsTarget) pubSync(ctx context.Context, size, producers int, dur time.Du
 
 func (t *jsTarget) prefill(ctx context.Context, n, size, window int) error {
 	pl := payload(size)
-	futs := make(chan jetstream.PubAckFuture, window)
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	done := jsDrain(futs, &acked, &failed, &firstErr)
-	for range n {
-		f, err := t.publishAsync(pl, "")
-		if err != nil {
-			failed.Add(1)
-			firstErr.CompareAndSwap(nil, err.Error())
-			continue
-		}
-		futs <- f
-	}
-	close(futs)
-	<-done
-	if failed.Load() > 0 {
-		return fmt.Errorf("prefill: %d failed: %s", failed.Load(), errOf(&firstErr))
+	_, failed, msg := pipelined(ctx, window, func(i int) bool { return i < n }, func(int) (confirm, error) {
+		return t.publishAsync(pl, "")
+	})
+	if failed > 0 {
+		return fmt.Errorf("prefill: %d failed: %s", failed, msg)
 	}
 	return nil
 }
@@ -235,31 +208,18 @@ func (t *jsTarget) e2e(ctx context.Context, rate, size int, dur time.Duration) r
 		return r
 	}
 	time.Sleep(300 * time.Millisecond)
-	var acked, failed atomic.Int64
-	var firstErr atomic.Value
-	futs := make(chan jetstream.PubAckFuture, 4096)
-	done := jsDrain(futs, &acked, &failed, &firstErr)
 	pc := newPacer(rate)
-	for time.Since(pc.start) < dur && ctx.Err() == nil {
-		tm := pc.next()
-		f, err := t.publishAsync(stamped(size, tm), "")
-		if err != nil {
-			failed.Add(1)
-			firstErr.CompareAndSwap(nil, err.Error())
-			continue
-		}
-		futs <- f
-	}
-	close(futs)
-	<-done
+	acked, failed, msg := pipelined(ctx, 4096, func(int) bool { return time.Since(pc.start) < dur }, func(int) (confirm, error) {
+		return t.publishAsync(stamped(size, pc.next()), "")
+	})
 	wait := time.Now().Add(10 * time.Second)
-	for got.Load() < acked.Load() && time.Now().Before(wait) {
+	for got.Load() < acked && time.Now().Before(wait) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	r.TimedOut = got.Load() < acked.Load()
+	r.TimedOut = got.Load() < acked
 	cc.Stop()
 	r.finish(got.Load(), dur)
-	r.Errors, r.Err = failed.Load(), errOf(&firstErr)
+	r.Errors, r.Err = failed, msg
 	lat.into(&r)
 	return r
 }

@@ -66,52 +66,29 @@ func persistent(body []byte) amqp.Publishing {
 	return amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/octet-stream", Body: body}
 }
 
-// rabbitDrain waits on confirmations in order, counting acks and nacks.
-func rabbitDrain(ctx context.Context, confs <-chan *amqp.DeferredConfirmation, acked, failed *atomic.Int64, firstErr *atomic.Value) <-chan struct{} {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for dc := range confs {
-			ok, err := dc.WaitContext(ctx)
-			switch {
-			case err != nil:
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			case !ok:
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, "publish nacked")
-			default:
-				acked.Add(1)
-			}
-		}
-	}()
-	return done
-}
-
-// publishWindow publishes with at most window publishes unconfirmed, until
-// more returns false; body(i) is the i-th message's body.
+// publishWindow publishes on a confirm channel of its own with at most
+// window publishes unconfirmed, until more returns false; body(i) is the
+// i-th message's body. A failed publish ends the run (it closes the
+// channel); a nack counts as a failed message.
 func (t *rabbitTarget) publishWindow(ctx context.Context, window int, more func(i int) bool, body func(i int) []byte) (acked, failed int64, errMsg string) {
 	ch, err := t.confirmChannel()
 	if err != nil {
 		return 0, 0, err.Error()
 	}
 	defer ch.Close()
-	var a, f atomic.Int64
-	var firstErr atomic.Value
-	confs := make(chan *amqp.DeferredConfirmation, window)
-	done := rabbitDrain(ctx, confs, &a, &f, &firstErr)
-	for i := 0; more(i) && ctx.Err() == nil; i++ {
+	return pipelined(ctx, window, more, func(i int) (confirm, error) {
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", rabbitQueue, false, false, persistent(body(i)))
 		if err != nil {
-			f.Add(1)
-			firstErr.CompareAndSwap(nil, err.Error())
-			break
+			return nil, err
 		}
-		confs <- dc
-	}
-	close(confs)
-	<-done
-	return a.Load(), f.Load(), errOf(&firstErr)
+		return func() error {
+			ok, err := dc.WaitContext(ctx)
+			if err == nil && !ok {
+				err = errors.New("publish nacked")
+			}
+			return err
+		}, nil
+	})
 }
 
 func (t *rabbitTarget) pubAsync(ctx context.Context, size, window int, dur time.Duration, withID bool) result {

@@ -141,3 +141,43 @@ func syncPublishers(ctx context.Context, producers int, dur time.Duration, open 
 	lat.into(&r)
 	return r
 }
+
+// confirm waits until one publish is confirmed, and says how it went.
+type confirm func() error
+
+// pipelined publishes message i = 0, 1, … while more(i) and ctx lasts,
+// with at most window unconfirmed: send publishes message i and returns how
+// to wait for its confirmation, which a second goroutine does, in order. An
+// error from send ends the run; one from a confirm counts that message as
+// failed. It returns the messages confirmed and failed, and the first error.
+func pipelined(ctx context.Context, window int, more func(i int) bool, send func(i int) (confirm, error)) (acked, failed int64, firstErr string) {
+	var a, f atomic.Int64
+	var first atomic.Value
+	fail := func(err error) {
+		f.Add(1)
+		first.CompareAndSwap(nil, err.Error())
+	}
+	confirms := make(chan confirm, window)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for c := range confirms {
+			if err := c(); err != nil {
+				fail(err)
+			} else {
+				a.Add(1)
+			}
+		}
+	}()
+	for i := 0; more(i) && ctx.Err() == nil; i++ {
+		c, err := send(i)
+		if err != nil {
+			fail(err)
+			break
+		}
+		confirms <- c
+	}
+	close(confirms)
+	<-done
+	return a.Load(), f.Load(), errOf(&first)
+}
