@@ -303,23 +303,26 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		return st
 	}
 	next.commitDedup()
-	p.sync.enqueue(p.syncGroupOf(st, next, group, results))
+	p.sync.enqueue(p.syncGroupOf(st, next, group, cmds, results))
 	return next
 }
 
-// syncGroupOf is the sync group of requests whose commands took the
-// partition from st to next with results: the messages they stored go to
-// the tail cache once the group is durable.
-func (p *Partition) syncGroupOf(st, next partitionState, reqs []*request, results []result) syncGroup {
+// syncGroupOf is the sync group of cmds, which took the partition from st
+// to next with results: the messages they stored go to the tail cache once
+// the group is durable, and reqs, the requests of cmds (none for an entry
+// another node proposed), are answered with their results.
+func (p *Partition) syncGroupOf(st, next partitionState, reqs []*request, cmds []*command, results []result) syncGroup {
 	g := syncGroup{p: p, reqs: append([]*request(nil), reqs...)}
 	for i, r := range reqs {
 		r.res = results[i]
-		g.wrote = g.wrote || r.cmd.writes()
+	}
+	for i, c := range cmds {
+		g.wrote = g.wrote || c.writes()
 		for j, a := range results[i].appended {
 			if a.Duplicate {
 				continue
 			}
-			g.msgs = append(g.msgs, cachedMessage(&r.cmd.msgs[j], p.part, a.Offset, results[i].at))
+			g.msgs = append(g.msgs, cachedMessage(&c.msgs[j], p.part, a.Offset, results[i].at))
 			g.sizes = append(g.sizes, results[i].sizes[j])
 		}
 	}

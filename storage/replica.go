@@ -164,14 +164,10 @@ func (p *Partition) applyEntry(st partitionState, r *request) partitionState {
 	delete(p.proposals, a.proposal)
 	if len(reqs) != len(a.cmds) {
 		// Not proposed here (or failed here first, or skipped): nobody
-		// waits for the results, but the messages go to the tail cache all
-		// the same, through requests of their own.
-		reqs = make([]*request, len(a.cmds))
-		for i, c := range a.cmds {
-			reqs[i] = &request{cmd: *c, done: make(chan struct{})}
-		}
+		// waits for the results, but the messages go to the tail cache.
+		reqs = nil
 	}
-	g := p.syncGroupOf(st, next, reqs, a.results)
+	g := p.syncGroupOf(st, next, reqs, a.cmds, a.results)
 	g.wrote = false // durable in the Raft log already
 	g.reqs = append(g.reqs, r)
 	p.sync.enqueue(g)

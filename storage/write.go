@@ -363,7 +363,7 @@ func (s *Store) writeMulti(parts []*partWrite, reqs []*request) ([]result, error
 	for i, pw := range parts {
 		next[i].commitDedup()
 		done[i] = &request{cmd: pw.cmd, done: make(chan struct{})}
-		s.sync.enqueue(pw.p.syncGroupOf(states[i], next[i], done[i:i+1], results[i:i+1]))
+		s.sync.enqueue(pw.p.syncGroupOf(states[i], next[i], done[i:i+1], []*command{&pw.cmd}, results[i:i+1]))
 	}
 	resume(next)
 	for _, r := range done {
