@@ -41,6 +41,10 @@ var (
 	// state machine's Apply, Snapshot or Restore failed, or its Raft log
 	// could not be written. The other groups of the host go on.
 	ErrGroupFailed = errors.New("cluster: group failed")
+	// ErrNoSnapshots is what a StateMachine's Snapshot returns if it
+	// cannot take snapshots: the group then keeps its whole log, and never
+	// asks again.
+	ErrNoSnapshots = errors.New("cluster: the state machine takes no snapshots")
 	// ErrInvalidFrame is returned, wrapped with what is wrong, by the
 	// transport's decoders for a batch or snapshot frame from a peer that
 	// is malformed, too large or addressed to another node. The receiver

@@ -64,19 +64,22 @@ type Group struct {
 	log  *slog.Logger
 
 	// Owned by run.
-	rn        *raft.RawNode
-	pending   map[uint64]*proposal // by seq: proposed and not yet applied
-	pendTerm  uint64               // the term the pending proposals were made in
-	applied   uint64               // last index applied (entries of Raft's own too)
-	smApplied uint64               // entries up to here are in the state machine already (a restart)
-	confState *raftpb.ConfState
-	snapIndex uint64            // index of the latest snapshot
-	unsavedHS *raftpb.HardState // the latest hard state, if save put it off
-	savedTerm uint64            // the term and vote last saved
-	savedVote uint64
-	transfers []*transfer
-	lead      uint64 // as last seen, to notice changes
-	term      uint64
+	rn          *raft.RawNode
+	pending     map[uint64]*proposal // by seq: proposed and not yet applied
+	pendTerm    uint64               // the term the pending proposals were made in
+	pendLead    uint64               // and the leader they were made under (this node, or the one forwarded to)
+	ticks       uint64               // ticks taken, the clock of forwarded proposals
+	noSnapshots bool                 // the state machine answered ErrNoSnapshots
+	applied     uint64               // last index applied (entries of Raft's own too)
+	smApplied   uint64               // entries up to here are in the state machine already (a restart)
+	confState   *raftpb.ConfState
+	snapIndex   uint64            // index of the latest snapshot
+	unsavedHS   *raftpb.HardState // the latest hard state, if save put it off
+	savedTerm   uint64            // the term and vote last saved
+	savedVote   uint64
+	transfers   []*transfer
+	lead        uint64 // as last seen, to notice changes
+	term        uint64
 
 	tickc   chan struct{} // capacity 1: ticks the loop has not taken merge
 	recvc   chan *raftpb.Message
@@ -185,9 +188,9 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 		MaxCommittedSizePerReady:  maxCommittedPerReady,
 		MaxUncommittedEntriesSize: maxUncommittedBytes,
 		MaxInflightMsgs:           maxInflightMsgs,
-		CheckQuorum:               true, // a leader cut off from the majority steps down
-		PreVote:                   true, // a node back from a partition does not depose a working leader
-		DisableProposalForwarding: true, // Propose answers NotLeaderError instead
+		CheckQuorum:               true,                     // a leader cut off from the majority steps down
+		PreVote:                   true,                     // a node back from a partition does not depose a working leader
+		DisableProposalForwarding: !h.opts.ForwardProposals, // if so, Propose answers NotLeaderError instead
 		StepDownOnRemoval:         true,
 		Logger:                    raftLogger{log: lg},
 	})
@@ -254,11 +257,11 @@ func (g *Group) Leader() uint64 { return g.leader.Load() }
 
 // Propose proposes data as the group's next entry and returns its index
 // once a quorum has committed it and this node's state machine has
-// applied it. Only the leader takes proposals: elsewhere Propose fails at
-// once with a *NotLeaderError naming the leader, for the caller to forward
-// to. It fails with an error wrapping ErrLeadershipLost if this node lost
-// the leadership before the entry was applied (the entry may still
-// commit), ErrProposalDropped if Raft refused it, ErrTooLarge for data
+// applied it. Only the leader takes proposals, unless the host forwards
+// them (Options.ForwardProposals): elsewhere Propose fails at once with a
+// *NotLeaderError naming the leader, for the caller to forward to. It
+// fails with an error wrapping ErrLeadershipLost if the leader or term
+// changed before the entry was applied (the entry may still commit), ErrProposalDropped if Raft refused it, ErrTooLarge for data
 // over MaxEntryBytes, ErrClosed or ErrGroupFailed if the group stopped,
 // and ctx's error if ctx ends first (the entry may still commit). data is
 // copied.
@@ -457,6 +460,8 @@ func (g *Group) run() {
 			return
 		case <-g.tickc:
 			g.rn.Tick()
+			g.ticks++
+			g.expireForwarded()
 		case m := <-g.recvc:
 			g.step(m)
 			for range maxStepBatch - 1 {
@@ -510,7 +515,8 @@ func (g *Group) propose(first *proposal) {
 		break
 	}
 	st := g.rn.BasicStatus()
-	if st.RaftState != raft.StateLeader {
+	forwarded := st.RaftState != raft.StateLeader
+	if forwarded && (!g.h.opts.ForwardProposals || st.Lead == 0) {
 		err := &NotLeaderError{Group: g.id, Leader: st.Lead}
 		for _, p := range batch {
 			p.finish(0, err)
@@ -532,12 +538,34 @@ func (g *Group) propose(first *proposal) {
 		}
 		return
 	}
-	// observe failed the proposals of an earlier term, so all pending
-	// ones are of this term.
-	g.pendTerm = st.GetTerm()
+	// observe failed the proposals of an earlier term or leader, so all
+	// pending ones are of this term and leader.
+	g.pendTerm, g.pendLead = st.GetTerm(), st.Lead
 	for _, p := range batch {
 		p.data = nil // raft has its own copy
+		if forwarded {
+			p.forwardedAt = g.ticks + 1
+		}
 		g.pending[p.seq] = p
+	}
+}
+
+// expireForwarded fails the proposals forwarded to the leader that have
+// not come back in an append within forwardTimeoutTicks: the leader may
+// have dropped them (it does so silently while it transfers leadership,
+// or when too much is uncommitted), or the message was lost.
+func (g *Group) expireForwarded() {
+	limit := uint64(forwardTimeoutElections * g.h.opts.ElectionTicks)
+	var err error
+	for seq, p := range g.pending {
+		if p.forwardedAt == 0 || p.index != 0 || g.ticks-(p.forwardedAt-1) < limit {
+			continue
+		}
+		if err == nil {
+			err = fmt.Errorf("group %d: forwarded to leader %d, not appended within %d ticks: %w", g.id, g.pendLead, limit, ErrLeadershipLost)
+		}
+		delete(g.pending, seq)
+		p.finish(0, err)
 	}
 }
 
@@ -766,7 +794,7 @@ func (g *Group) saveHardState() error {
 // maybeSnapshot snapshots the state machine every SnapshotEntries applied
 // entries and compacts the log up to SnapshotKeepEntries behind.
 func (g *Group) maybeSnapshot() error {
-	if g.applied < g.snapIndex+g.h.opts.SnapshotEntries {
+	if g.noSnapshots || g.applied < g.snapIndex+g.h.opts.SnapshotEntries {
 		return nil
 	}
 	// A restart starts from the snapshot as applied, which Raft takes
@@ -775,6 +803,11 @@ func (g *Group) maybeSnapshot() error {
 		return err
 	}
 	data, err := g.sm.Snapshot()
+	if errors.Is(err, ErrNoSnapshots) {
+		g.noSnapshots = true
+		g.log.Debug("the state machine takes no snapshots; the log is not compacted")
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("snapshot the state machine at %d: %w", g.applied, err)
 	}
@@ -798,8 +831,7 @@ func (g *Group) maybeSnapshot() error {
 }
 
 // observe notices a change of leader or term (telling the watchers),
-// fails the pending proposals once this node is no longer the leader of
-// their term, and settles the transfers whose outcome is known.
+// fails the pending proposals once their term or leader has changed, and settles the transfers whose outcome is known.
 func (g *Group) observe() {
 	st := g.rn.BasicStatus()
 	if st.Lead != g.lead || st.GetTerm() != g.term {
@@ -810,8 +842,8 @@ func (g *Group) observe() {
 		}
 		g.notify(LeaderChange{Group: g.id, Leader: st.Lead, Term: st.GetTerm()})
 	}
-	if len(g.pending) > 0 && (st.RaftState != raft.StateLeader || st.GetTerm() != g.pendTerm) {
-		err := fmt.Errorf("group %d: proposed in term %d, now term %d with leader %d: %w", g.id, g.pendTerm, st.GetTerm(), st.Lead, ErrLeadershipLost)
+	if len(g.pending) > 0 && (st.Lead != g.pendLead || st.GetTerm() != g.pendTerm) {
+		err := fmt.Errorf("group %d: proposed in term %d under leader %d, now term %d with leader %d: %w", g.id, g.pendTerm, g.pendLead, st.GetTerm(), st.Lead, ErrLeadershipLost)
 		for seq, p := range g.pending {
 			delete(g.pending, seq)
 			p.finish(0, err)

@@ -108,6 +108,35 @@ func (h *Host) AddGroup(id uint64, voters []uint64, sm StateMachine) (*Group, er
 	return g, nil
 }
 
+// RemoveGroup stops group id on this node and deletes its Raft log, for a
+// group whose state is gone (its topic was deleted). Its waiting
+// proposals fail with ErrClosed. It is a no-op for a group the host does
+// not run.
+func (h *Host) RemoveGroup(ctx context.Context, id uint64) error {
+	h.addMu.Lock()
+	defer h.addMu.Unlock()
+	h.groupsMu.Lock()
+	if h.closed {
+		h.groupsMu.Unlock()
+		return ErrClosed
+	}
+	g, ok := h.groups[id]
+	if ok {
+		delete(h.groups, id)
+		close(g.stopc)
+	}
+	h.groupsMu.Unlock()
+	if !ok {
+		return nil
+	}
+	select {
+	case <-g.done:
+	case <-ctx.Done():
+		return fmt.Errorf("remove group %d: %w", id, ctx.Err())
+	}
+	return h.opts.Store.DropRaftLog(id)
+}
+
 // initialConf checks the voters of a group to bootstrap and returns its
 // initial configuration.
 func (h *Host) initialConf(voters []uint64) (*raftpb.ConfState, error) {

@@ -419,3 +419,55 @@ func TestProposeAsync(t *testing.T) {
 		t.Fatalf("ProposeAsync after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestForwardedProposals: with ForwardProposals, a follower's proposal is
+// forwarded to the leader and answered once applied on the follower, at
+// the same index everywhere; a follower cut off from the leader fails its
+// proposal (the forwarded message is lost: ErrLeadershipLost, or no
+// leader is known any more: ErrNotLeader) instead of hanging, and nothing
+// it proposed while cut off is applied twice after healing.
+func TestForwardedProposals(t *testing.T) {
+	c := newTestCluster(t, 3, func(o *Options) { o.ForwardProposals = true })
+	c.addGroup(1)
+	leader := c.waitLeader(1, c.ids...)
+	follower := c.ids[0]
+	if follower == leader {
+		follower = c.ids[1]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	for i := range 20 {
+		data := fmt.Sprintf("forwarded-%d", i)
+		idx, err := c.group(follower, 1).Propose(ctx, []byte(data))
+		if err != nil {
+			t.Fatalf("Propose %d on follower %d: %v", i, follower, err)
+		}
+		c.nodes[leader].sms[1].waitApplied(t, idx)
+		_, ents := c.nodes[leader].sms[1].snapshot()
+		if e := ents[len(ents)-1]; e.index != idx || e.data != data {
+			t.Fatalf("the leader's entry at %d is %+v, want %q", idx, e, data)
+		}
+	}
+
+	c.isolate(follower)
+	_, err := c.group(follower, 1).Propose(ctx, []byte("cut-off"))
+	if !errors.Is(err, ErrLeadershipLost) && !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("Propose on the cut-off follower: %v, want ErrLeadershipLost or ErrNotLeader", err)
+	}
+	t.Logf("cut-off follower %d refused: %v", follower, err)
+	c.heal(follower)
+	c.propose(1, "after")
+	got := c.checkConverged(1)
+	seen := map[string]bool{}
+	for _, e := range got {
+		if seen[e.data] {
+			t.Fatalf("entry %q applied twice", e.data)
+		}
+		seen[e.data] = true
+	}
+	for i := range 20 {
+		if !seen[fmt.Sprintf("forwarded-%d", i)] {
+			t.Fatalf("forwarded-%d was acknowledged and is not applied", i)
+		}
+	}
+}

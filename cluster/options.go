@@ -43,6 +43,15 @@ type Options struct {
 	// Default 1.
 	HeartbeatTicks int
 
+	// ForwardProposals makes a follower forward proposals to its group's
+	// leader, as Raft can, instead of failing them with a *NotLeaderError:
+	// every node then takes writes for every group it is a voter of. A
+	// forwarded proposal fails with ErrLeadershipLost if the leader or the
+	// term changes before it is applied, or if it has not come back in an
+	// append within three election timeouts (the leader may drop it
+	// silently); with a *NotLeaderError (Leader 0) when no leader is known.
+	ForwardProposals bool
+
 	// SnapshotEntries is how many entries a group applies between two
 	// snapshots of its state machine; each snapshot lets the log be
 	// compacted. Default 10000.

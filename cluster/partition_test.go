@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
-
-	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ferrymq/ferry/storage"
 )
@@ -23,52 +20,6 @@ import (
 
 const partitionGroup = 1
 
-// groupProposer is a partition writer's way into its group; the group is
-// set once it runs (it needs the partition's Replica first).
-type groupProposer struct{ g atomic.Pointer[Group] }
-
-func (p *groupProposer) Propose(data []byte, failed func(error)) {
-	g := p.g.Load()
-	if g == nil {
-		failed(ErrClosed)
-		return
-	}
-	g.ProposeAsync(data, func(_ uint64, err error) {
-		if err != nil {
-			failed(err)
-		}
-	})
-}
-
-// partitionSM is a partition's state machine: its storage.Replica.
-type partitionSM struct {
-	rep      *storage.Replica
-	restored atomic.Uint64 // the empty snapshot a new group starts from
-}
-
-func (m *partitionSM) Apply(ents []*raftpb.Entry) error {
-	for _, e := range ents {
-		if err := m.rep.Apply(context.Background(), e.GetIndex(), e.GetData()); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (m *partitionSM) Applied() uint64 { return max(m.rep.Applied(), m.restored.Load()) }
-
-func (m *partitionSM) Snapshot() ([]byte, error) {
-	return nil, errors.New("partition snapshots are not built yet")
-}
-
-func (m *partitionSM) Restore(snap *raftpb.Snapshot) error {
-	if len(snap.GetData()) > 0 {
-		return errors.New("partition snapshots are not built yet")
-	}
-	m.restored.Store(snap.GetMetadata().GetIndex())
-	return nil
-}
-
 // addPartition creates topic orders on node id's store (if it has not got
 // it), makes its partition 0 replicated and runs its group.
 func (c *testCluster) addPartition(id uint64) {
@@ -80,16 +31,16 @@ func (c *testCluster) addPartition(id uint64) {
 			c.t.Fatalf("node %d: create topic: %v", id, err)
 		}
 	}
-	p := &groupProposer{}
+	p := &PartitionProposer{}
 	rep, err := st.Replicate(ctx, "orders", 0, p)
 	if err != nil {
 		c.t.Fatalf("node %d: Replicate: %v", id, err)
 	}
-	g, err := c.nodes[id].host.AddGroup(partitionGroup, c.ids, &partitionSM{rep: rep})
+	g, err := c.nodes[id].host.AddGroup(partitionGroup, c.ids, NewPartitionStateMachine(rep))
 	if err != nil {
 		c.t.Fatalf("node %d: AddGroup: %v", id, err)
 	}
-	p.g.Store(g)
+	p.SetGroup(g)
 }
 
 // publish appends batch to orders on node id until it is acknowledged,

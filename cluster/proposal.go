@@ -43,14 +43,22 @@ func decodeEntry(b []byte) (node, seq uint64, data []byte, err error) {
 	return binary.BigEndian.Uint64(b[1:]), binary.BigEndian.Uint64(b[9:]), b[entryHeaderLen:], nil
 }
 
+// forwardTimeoutElections is how many election timeouts a proposal
+// forwarded to the leader may take to come back in an append before it
+// fails (Group.expireForwarded).
+const forwardTimeoutElections = 3
+
 // proposal is a Propose or ProposeAsync call waiting for its entry to be
 // applied.
 type proposal struct {
 	seq   uint64
-	data  []byte                        // the entry data, header included; nil once stepped
-	index uint64                        // where the entry was appended; 0 until then (owned by run)
-	done  chan proposalResult           // Propose's answer, capacity 1: finish never blocks
-	cb    func(index uint64, err error) // ProposeAsync's answer, instead of done
+	data  []byte // the entry data, header included; nil once stepped
+	index uint64 // where the entry was appended; 0 until then (owned by run)
+	// forwardedAt is 1 + the group's tick count when the proposal was
+	// forwarded to the leader; 0 for one this node appended as leader.
+	forwardedAt uint64
+	done        chan proposalResult           // Propose's answer, capacity 1: finish never blocks
+	cb          func(index uint64, err error) // ProposeAsync's answer, instead of done
 }
 
 type proposalResult struct {

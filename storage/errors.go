@@ -49,6 +49,10 @@ var (
 	// while it waited (a write planned with a replicated partition is made
 	// in order instead). Nothing is written then.
 	ErrReplicatedMulti = errors.New("storage: atomic write across partitions reached a replicated partition")
+	// ErrNotReplicated is returned by the writes to a partition of a
+	// replicated store (Options.Replicated) that has no Raft group yet:
+	// its topic was just created, or the node is starting. Retry.
+	ErrNotReplicated = errors.New("storage: partition has no raft group on this node yet")
 	// ErrNeedIDs is returned by Write for a write across partitions, some
 	// replicated, with a message without an id: made in order, a retry
 	// could store it twice. Nothing is written then.

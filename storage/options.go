@@ -84,6 +84,12 @@ type Options struct {
 	TailCacheBytes int
 	// Metrics records the store's metrics (NewMetrics); nil records none.
 	Metrics *Metrics
+	// Replicated makes every partition a replicated one (cluster mode): a
+	// partition takes writes only once Store.Replicate has given it a
+	// proposer, and fails them with ErrNotReplicated until then, so that
+	// nothing is ever committed on one node alone. Writes across
+	// partitions are made in order (see Submit).
+	Replicated bool
 }
 
 // DefaultOptions returns the default options for a store in dir.

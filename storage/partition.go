@@ -237,9 +237,15 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 		for _, r := range group {
 			cmds = append(cmds, &r.cmd)
 		}
-		if p.proposer != nil {
+		switch {
+		case p.proposer != nil:
 			p.propose(group, cmds)
-		} else {
+		case p.opts.Replicated:
+			for _, r := range group {
+				r.err = fmt.Errorf("topic %q partition %d: %w", p.topic, p.part, ErrNotReplicated)
+				close(r.done)
+			}
+		default:
 			st = p.commit(st, group, cmds)
 		}
 		if parked != nil {

@@ -90,7 +90,7 @@ func (s *Store) Submit(ctx context.Context, w Write) (*WritePending, error) {
 		}
 		return wp, nil
 	}
-	if slices.ContainsFunc(parts, func(pw *partWrite) bool { return pw.p.replicated.Load() }) {
+	if s.opts.Replicated || slices.ContainsFunc(parts, func(pw *partWrite) bool { return pw.p.replicated.Load() }) {
 		if err := needIDs(parts); err != nil {
 			return nil, err
 		}
