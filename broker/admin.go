@@ -21,9 +21,19 @@ import (
 type admin struct {
 	ferryv1.UnimplementedAdminServiceServer
 	store  *storage.Store
+	topics topicAdmin // the store, or the metadata group in a cluster
+	node   *node      // nil on a single node
 	engine *consumer.Engine
 	clk    clock.Clock
 	log    *slog.Logger
+}
+
+// topicAdmin makes topic changes: *storage.Store on a single node,
+// clusterTopics in a cluster.
+type topicAdmin interface {
+	CreateTopic(ctx context.Context, name string, cfg storage.TopicConfig) (storage.Topic, error)
+	UpdateTopic(ctx context.Context, name string, change func(*storage.TopicConfig)) (storage.Topic, error)
+	DeleteTopic(ctx context.Context, name string) error
 }
 
 // CreateTopic creates a topic; an identical create is a no-op.
@@ -32,7 +42,7 @@ func (a *admin) CreateTopic(ctx context.Context, req *ferryv1.CreateTopicRequest
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	t, err := a.store.CreateTopic(ctx, req.GetName(), cfg)
+	t, err := a.topics.CreateTopic(ctx, req.GetName(), cfg)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -107,7 +117,7 @@ func (a *admin) UpdateTopic(ctx context.Context, req *ferryv1.UpdateTopicRequest
 			return nil, toStatus(invalidf("update_mask path %q is not a topic config field; use retention_max_age, retention_max_bytes, retention_max_messages, dedup_window or max_message_bytes", p))
 		}
 	}
-	t, err := a.store.UpdateTopic(ctx, req.GetName(), func(c *storage.TopicConfig) {
+	t, err := a.topics.UpdateTopic(ctx, req.GetName(), func(c *storage.TopicConfig) {
 		for _, set := range sets {
 			set(c)
 		}
@@ -139,7 +149,7 @@ func (a *admin) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopicRequest
 	// Stop delivery first, so the subscriptions' last writes land, and
 	// again after, for a consumer that attached in between.
 	a.engine.StopTopic(req.GetName())
-	if err := a.store.DeleteTopic(ctx, req.GetName()); err != nil {
+	if err := a.topics.DeleteTopic(ctx, req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
 	a.engine.StopTopic(req.GetName())
@@ -233,6 +243,9 @@ func topicToProto(t storage.Topic) *ferryv1.Topic {
 
 // CreateSubscription creates a subscription; an identical create is a no-op.
 func (a *admin) CreateSubscription(ctx context.Context, req *ferryv1.CreateSubscriptionRequest) (*ferryv1.CreateSubscriptionResponse, error) {
+	if resp, ok, err := forward(ctx, a.node, req.GetTopic(), req.GetName(), ferryv1.NewAdminServiceClient, ferryv1.AdminServiceClient.CreateSubscription, req); ok {
+		return resp, err
+	}
 	if err := validateSubName(req.GetTopic(), req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
@@ -251,6 +264,9 @@ func (a *admin) CreateSubscription(ctx context.Context, req *ferryv1.CreateSubsc
 
 // GetSubscription returns a subscription with its stats.
 func (a *admin) GetSubscription(ctx context.Context, req *ferryv1.GetSubscriptionRequest) (*ferryv1.GetSubscriptionResponse, error) {
+	if resp, ok, err := forward(ctx, a.node, req.GetTopic(), req.GetName(), ferryv1.NewAdminServiceClient, ferryv1.AdminServiceClient.GetSubscription, req); ok {
+		return resp, err
+	}
 	if err := validateSubName(req.GetTopic(), req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
@@ -281,6 +297,9 @@ func (a *admin) ListSubscriptions(ctx context.Context, req *ferryv1.ListSubscrip
 
 // UpdateSubscription changes the config fields named in the update mask.
 func (a *admin) UpdateSubscription(ctx context.Context, req *ferryv1.UpdateSubscriptionRequest) (*ferryv1.UpdateSubscriptionResponse, error) {
+	if resp, ok, err := forward(ctx, a.node, req.GetTopic(), req.GetName(), ferryv1.NewAdminServiceClient, ferryv1.AdminServiceClient.UpdateSubscription, req); ok {
+		return resp, err
+	}
 	if err := validateSubName(req.GetTopic(), req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
@@ -334,6 +353,9 @@ func (a *admin) UpdateSubscription(ctx context.Context, req *ferryv1.UpdateSubsc
 
 // DeleteSubscription detaches a subscription's consumers and deletes it.
 func (a *admin) DeleteSubscription(ctx context.Context, req *ferryv1.DeleteSubscriptionRequest) (*ferryv1.DeleteSubscriptionResponse, error) {
+	if resp, ok, err := forward(ctx, a.node, req.GetTopic(), req.GetName(), ferryv1.NewAdminServiceClient, ferryv1.AdminServiceClient.DeleteSubscription, req); ok {
+		return resp, err
+	}
 	if err := validateSubName(req.GetTopic(), req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}

@@ -28,6 +28,9 @@ type Options struct {
 	// requests: time for load balancers to stop sending new work. Default
 	// 0.
 	ShutdownDelay time.Duration
+	// Cluster, if set, runs the broker as one node of a cluster
+	// (docs/cluster.md); nil is a single node.
+	Cluster *ClusterOptions
 	// Clock is the time source of the broker and its store. Default the wall
 	// clock.
 	Clock clock.Clock
@@ -60,6 +63,14 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option Clock is nil: %w", storage.ErrInvalidConfig)
 	case o.Logger == nil:
 		return fmt.Errorf("option Logger is nil: %w", storage.ErrInvalidConfig)
+	}
+	if c := o.Cluster; c != nil {
+		switch {
+		case c.NodeID == 0:
+			return fmt.Errorf("option Cluster.NodeID is 0; node ids start at 1: %w", storage.ErrInvalidConfig)
+		case c.Peers[c.NodeID] == "":
+			return fmt.Errorf("option Cluster.Peers has no address for this node, %d: %w", c.NodeID, storage.ErrInvalidConfig)
+		}
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ type publisher struct {
 	clk      clock.Clock
 	log      *slog.Logger
 	draining <-chan struct{} // closed at shutdown
+	node     *node           // nil on a single node
 
 	rrMu sync.Mutex // guards rr
 	rr   map[string]*roundRobin
@@ -168,6 +169,13 @@ func (p *publisher) route(topic string, msgs []*ferryv1.PublishMessage) ([]*shar
 func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.PublishMessage) (func(context.Context) ([]*ferryv1.PublishResult, error), error) {
 	start := p.clk.Now()
 	shares, err := p.route(topic, msgs)
+	if errors.Is(err, storage.ErrTopicNotFound) && p.node != nil {
+		// Created on another node a moment ago, perhaps: catch up with
+		// the metadata group and look again.
+		if serr := p.node.meta.Sync(ctx); serr == nil {
+			shares, err = p.route(topic, msgs)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -31,6 +31,7 @@ type Server struct {
 	opts     Options
 	log      *slog.Logger
 	store    *storage.Store
+	node     *node // nil on a single node
 	engine   *consumer.Engine
 	registry *prometheus.Registry
 	grpc     *grpc.Server
@@ -59,6 +60,7 @@ func Open(opts Options) (*Server, error) {
 	sopts.Clock = opts.Clock
 	sopts.Logger = opts.Logger
 	sopts.Metrics = storage.NewMetrics(reg)
+	sopts.Replicated = opts.Cluster != nil
 	grpcLis, err := net.Listen("tcp", opts.GRPCAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen grpc: %w", err)
@@ -95,11 +97,34 @@ func Open(opts Options) (*Server, error) {
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
-	s.engine = consumer.New(consumer.EngineOptions{Log: st, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
+	var log consumer.Log = st
+	var topics topicAdmin = st
+	if opts.Cluster != nil {
+		s.node = newNode(opts.Cluster, st, s.log)
+		log, topics = clusterLog{Store: st, n: s.node}, clusterTopics{n: s.node}
+	}
+	s.engine = consumer.New(consumer.EngineOptions{Log: log, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
 	pub := newPublisher(st, m, opts.Clock, s.log, s.draining)
-	ferryv1.RegisterPublisherServiceServer(s.grpc, pub)
-	ferryv1.RegisterSubscriberServiceServer(s.grpc, &subscriber{engine: s.engine, metrics: m, pub: pub, draining: s.draining})
-	ferryv1.RegisterAdminServiceServer(s.grpc, &admin{store: st, engine: s.engine, clk: opts.Clock, log: s.log})
+	pub.node = s.node
+	sub := &subscriber{engine: s.engine, metrics: m, pub: pub, draining: s.draining, node: s.node}
+	adm := &admin{store: st, topics: topics, engine: s.engine, clk: opts.Clock, log: s.log, node: s.node}
+	register := func(g *grpc.Server) {
+		ferryv1.RegisterPublisherServiceServer(g, pub)
+		ferryv1.RegisterSubscriberServiceServer(g, sub)
+		ferryv1.RegisterAdminServiceServer(g, adm)
+	}
+	register(s.grpc)
+	if s.node != nil {
+		s.node.engine = s.engine
+		if err := s.node.start(opts.Cluster, opts, register); err != nil {
+			grpcLis.Close()
+			if httpLis != nil {
+				httpLis.Close()
+			}
+			_ = st.Close(context.Background())
+			return nil, fmt.Errorf("start cluster node %d: %w", opts.Cluster.NodeID, err)
+		}
+	}
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	m.grpc.InitializeMetrics(s.grpc)
@@ -206,6 +231,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				t.Stop()
 			}
 		}
+		if s.node != nil {
+			// Hand the leaderships over first, so the others take over
+			// at once instead of after an election timeout.
+			hctx, cancel := context.WithTimeout(ctx, s.opts.ShutdownTimeout)
+			if err := s.node.handOff(hctx); err != nil {
+				s.log.Warn("shutdown: leadership hand-off incomplete", "err", err)
+			}
+			cancel()
+		}
 		close(s.draining)
 		done := make(chan struct{})
 		go func() {
@@ -227,6 +261,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}
 		s.engine.Close() // its last cursor writes land before the store closes
+		if s.node != nil {
+			if err := s.node.close(ctx); err != nil {
+				s.log.Warn("shutdown: cluster node", "err", err)
+			}
+		}
 		s.shutdownErr = s.store.Close(ctx)
 	})
 	return s.shutdownErr

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -71,6 +72,16 @@ func toStatus(err error) error {
 	case errors.Is(err, storage.ErrReplicatedMulti):
 		return status.Error(codes.Unavailable, describe(err, storage.ErrReplicatedMulti)+
 			": a partition became replicated while the write waited; retry")
+	case errors.Is(err, cluster.ErrNotLeader), errors.Is(err, cluster.ErrLeadershipLost),
+		errors.Is(err, cluster.ErrProposalDropped), errors.Is(err, storage.ErrNotReplicated):
+		// No leader (an election, or this node is cut off from the
+		// majority), or the write's outcome is unknown: retry, with the
+		// same ids.
+		return status.Error(codes.Unavailable, err.Error()+"; retry (with the same message ids)")
+	case errors.Is(err, cluster.ErrClosed), errors.Is(err, cluster.ErrGroupFailed):
+		return status.Error(codes.Unavailable, err.Error()+"; retry against another node")
+	case errors.Is(err, cluster.ErrTooLarge):
+		return status.Error(codes.InvalidArgument, describe(err, cluster.ErrTooLarge)+": the batch is too large for one replicated entry; publish smaller batches")
 	case errors.Is(err, storage.ErrTooLarge):
 		return status.Error(codes.InvalidArgument, "the write is too large for one transaction; commit fewer or smaller messages")
 	case errors.As(err, &oor):

@@ -33,6 +33,7 @@ type subscriber struct {
 	metrics  *metrics
 	pub      *publisher      // routes Commit's publishes
 	draining <-chan struct{} // closed at shutdown
+	node     *node           // nil on a single node
 }
 
 // Subscribe attaches a consumer for the stream's life. One goroutine reads
@@ -50,6 +51,15 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 	}
 	if err := validateSubName(init.GetTopic(), init.GetSubscription()); err != nil {
 		return toStatus(err)
+	}
+	if s.node != nil {
+		conn, fctx, err := s.node.route(ctx, init.GetTopic(), init.GetSubscription())
+		if err != nil {
+			return toStatus(err)
+		}
+		if conn != nil {
+			return s.proxySubscribe(fctx, conn, first, stream)
+		}
 	}
 	c, err := s.engine.Attach(ctx, init.GetTopic(), init.GetSubscription(), consumer.AttachOptions{
 		Credit: int(init.GetCredit()), CreateNone: init.GetCreateNone()})
@@ -241,6 +251,9 @@ func ackResults(raw []string, bad map[int]error, results []error, werr error) []
 
 // Ack acks deliveries; under EFFECTIVELY_ONCE once they are durable.
 func (s *subscriber) Ack(ctx context.Context, req *ferryv1.AckRequest) (*ferryv1.AckResponse, error) {
+	if resp, ok, err := forward(ctx, s.node, req.GetTopic(), req.GetSubscription(), ferryv1.NewSubscriberServiceClient, ferryv1.SubscriberServiceClient.Ack, req); ok {
+		return resp, err
+	}
 	ids, bad, err := s.unaryIDs(req.GetTopic(), req.GetSubscription(), req.GetDeliveryIds())
 	if err != nil {
 		return nil, toStatus(err)
@@ -254,6 +267,9 @@ func (s *subscriber) Ack(ctx context.Context, req *ferryv1.AckRequest) (*ferryv1
 
 // Nack makes deliveries due again after the backoff.
 func (s *subscriber) Nack(ctx context.Context, req *ferryv1.NackRequest) (*ferryv1.NackResponse, error) {
+	if resp, ok, err := forward(ctx, s.node, req.GetTopic(), req.GetSubscription(), ferryv1.NewSubscriberServiceClient, ferryv1.SubscriberServiceClient.Nack, req); ok {
+		return resp, err
+	}
 	ids, bad, err := s.unaryIDs(req.GetTopic(), req.GetSubscription(), req.GetDeliveryIds())
 	if err != nil {
 		return nil, toStatus(err)
@@ -267,6 +283,9 @@ func (s *subscriber) Nack(ctx context.Context, req *ferryv1.NackRequest) (*ferry
 
 // ModifyAckDeadline moves deliveries' deadlines.
 func (s *subscriber) ModifyAckDeadline(ctx context.Context, req *ferryv1.ModifyAckDeadlineRequest) (*ferryv1.ModifyAckDeadlineResponse, error) {
+	if resp, ok, err := forward(ctx, s.node, req.GetTopic(), req.GetSubscription(), ferryv1.NewSubscriberServiceClient, ferryv1.SubscriberServiceClient.ModifyAckDeadline, req); ok {
+		return resp, err
+	}
 	ids, bad, err := s.unaryIDs(req.GetTopic(), req.GetSubscription(), req.GetDeliveryIds())
 	if err != nil {
 		return nil, toStatus(err)
@@ -291,6 +310,9 @@ func (s *subscriber) unaryIDs(topic, sub string, raw []string) ([]consumer.Deliv
 
 // Commit acks deliveries and publishes messages atomically.
 func (s *subscriber) Commit(ctx context.Context, req *ferryv1.CommitRequest) (*ferryv1.CommitResponse, error) {
+	if resp, ok, err := forward(ctx, s.node, req.GetTopic(), req.GetSubscription(), ferryv1.NewSubscriberServiceClient, ferryv1.SubscriberServiceClient.Commit, req); ok {
+		return resp, err
+	}
 	if err := validateSubName(req.GetTopic(), req.GetSubscription()); err != nil {
 		return nil, toStatus(err)
 	}
@@ -339,6 +361,9 @@ func (s *subscriber) Commit(ctx context.Context, req *ferryv1.CommitRequest) (*f
 
 // Seek moves a subscription's cursors.
 func (s *subscriber) Seek(ctx context.Context, req *ferryv1.SeekRequest) (*ferryv1.SeekResponse, error) {
+	if resp, ok, err := forward(ctx, s.node, req.GetTopic(), req.GetSubscription(), ferryv1.NewSubscriberServiceClient, ferryv1.SubscriberServiceClient.Seek, req); ok {
+		return resp, err
+	}
 	if err := validateSubName(req.GetTopic(), req.GetSubscription()); err != nil {
 		return nil, toStatus(err)
 	}

@@ -61,6 +61,8 @@ type Metadata struct {
 
 	waitMu  sync.Mutex // guards waiters
 	waiters map[uint64]chan metaResult
+
+	changed chan struct{} // capacity 1: the store's topics or subscriptions changed
 }
 
 // metaResult is an applied entry's outcome.
@@ -78,6 +80,7 @@ func OpenMetadata(h *Host, voters []uint64) (*Metadata, error) {
 		node:    h.NodeID(),
 		clk:     h.opts.Clock,
 		waiters: make(map[uint64]chan metaResult),
+		changed: make(chan struct{}, 1),
 	}
 	applied, err := m.store.AdminApplied(MetadataGroup)
 	if err != nil {
@@ -95,6 +98,28 @@ func OpenMetadata(h *Host, voters []uint64) (*Metadata, error) {
 
 // Group returns the metadata group.
 func (m *Metadata) Group() *Group { return m.group }
+
+// Changed returns a channel that receives a value after entries or a
+// snapshot changed the store's topics or subscriptions (it holds one:
+// several changes may come as one value). Whoever starts the partitions'
+// groups of new topics watches it.
+func (m *Metadata) Changed() <-chan struct{} { return m.changed }
+
+// Sync returns once every change committed before the call is applied on
+// this node, so that the store shows it: a read after Sync sees every
+// change acknowledged before it, wherever it was made. It fails as
+// Group.Propose does.
+func (m *Metadata) Sync(ctx context.Context) error {
+	_, err := m.group.Propose(ctx, nil)
+	return err
+}
+
+func (m *Metadata) signal() {
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+}
 
 // CreateTopic creates a topic on every node: storage.Store.CreateTopic's
 // semantics, with the leader's time as its create time. An identical topic
@@ -193,7 +218,11 @@ func isOutcome(err error) bool {
 // Apply applies metadata entries through the store's stamped calls; see
 // StateMachine.
 func (m *Metadata) Apply(ents []*raftpb.Entry) error {
+	defer m.signal()
 	for _, e := range ents {
+		if len(e.GetData()) == 0 {
+			continue // Sync's
+		}
 		op, err := decodeMetaOp(e.GetData())
 		if err != nil {
 			return fmt.Errorf("entry %d: %w: %w", e.GetIndex(), storage.ErrCorrupt, err)
@@ -290,6 +319,7 @@ func (m *Metadata) Snapshot() ([]byte, error) {
 // whose id counters are past the snapshot's gave ids the group did not:
 // its ids would differ from the others', so Restore fails.
 func (m *Metadata) Restore(snap *raftpb.Snapshot) error {
+	defer m.signal()
 	s, err := decodeMetaSnapshot(snap.GetData())
 	if err != nil {
 		return fmt.Errorf("%w: %w", storage.ErrCorrupt, err)

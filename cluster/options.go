@@ -6,6 +6,8 @@ import (
 	"net"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/ferrymq/ferry/internal/clock"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -43,6 +45,10 @@ type Options struct {
 	// Default 1.
 	HeartbeatTicks int
 
+	// Register, if set, registers more services on the node-to-node gRPC
+	// server before it serves: a broker serves its API there too, for the
+	// requests other nodes forward to it.
+	Register func(*grpc.Server)
 	// ForwardProposals makes a follower forward proposals to its group's
 	// leader, as Raft can, instead of failing them with a *NotLeaderError:
 	// every node then takes writes for every group it is a voter of. A
@@ -157,6 +163,7 @@ func (o *Options) transportOptions() TransportOptions {
 		MaxSnapshotBytes:   o.MaxSnapshotBytes,
 		ReconnectMin:       o.ReconnectMin,
 		ReconnectMax:       o.ReconnectMax,
+		Register:           o.Register,
 	}
 }
 
@@ -174,6 +181,7 @@ type TransportOptions struct {
 	SnapshotChunkBytes         int
 	MaxSnapshotBytes           int64
 	ReconnectMin, ReconnectMax time.Duration
+	Register                   func(*grpc.Server)
 }
 
 // DefaultTransportOptions returns the defaults for node id with the given

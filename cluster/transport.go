@@ -98,6 +98,9 @@ func NewTransport(opts TransportOptions, h Handler) (*Transport, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 5 * time.Second, Timeout: 5 * time.Second}),
 	)
 	clusterv1.RegisterRaftTransportServiceServer(t.srv, &transportServer{t: t})
+	if opts.Register != nil {
+		opts.Register(t.srv)
+	}
 	for id, addr := range opts.Peers {
 		if id == opts.NodeID {
 			continue

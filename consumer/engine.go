@@ -432,16 +432,25 @@ func (e *Engine) DeleteSubscription(ctx context.Context, topic, name string) err
 // StopTopic stops the delivery of every subscription of topic, before the
 // topic is deleted.
 func (e *Engine) StopTopic(topic string) {
+	e.Release(topic, func(string) bool { return true }, fmt.Errorf("topic %q was deleted: %w", topic, ErrDetached))
+}
+
+// Release stops the delivery of the subscriptions of topic that match,
+// detaching their consumers with err (which should wrap ErrDetached), and
+// waits for their writes to land. A later call on such a subscription
+// starts it again from its stored state. A cluster node releases the
+// subscriptions it no longer owns.
+func (e *Engine) Release(topic string, match func(name string) bool, err error) {
 	e.mu.Lock()
 	var names []string
 	for k := range e.loops {
-		if k.topic == topic {
+		if k.topic == topic && match(k.name) {
 			names = append(names, k.name)
 		}
 	}
 	e.mu.Unlock()
 	for _, n := range names {
-		e.stopLoop(topic, n, fmt.Errorf("topic %q was deleted: %w", topic, ErrDetached))
+		e.stopLoop(topic, n, err)
 	}
 }
 

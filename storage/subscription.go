@@ -186,7 +186,19 @@ func (s *Store) CreateSubscriptionAt(ctx context.Context, topic, name string, co
 			return err
 		}
 		for part, c := range cursors {
-			if err := txn.Set(cursorKey(h.topic.id, uint32(part), id), c); err != nil {
+			k := cursorKey(h.topic.id, uint32(part), id)
+			if st.Group != 0 {
+				// Replicated: the partitions' own groups may have
+				// applied a cursor write of the subscription before the
+				// metadata group applied its create here. Their write
+				// is the later state, whatever the order on this node.
+				if _, err := txn.Get(k); err == nil {
+					continue
+				} else if !errors.Is(err, badger.ErrKeyNotFound) {
+					return err
+				}
+			}
+			if err := txn.Set(k, c); err != nil {
 				return err
 			}
 		}

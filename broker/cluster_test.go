@@ -1,0 +1,154 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrymq/ferry/cluster"
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+// These tests run three brokers in one process as a cluster on loopback:
+// real stores, real Raft groups, real gRPC between them. The process-level
+// tests (SIGKILL, rolling restarts) are in cmd/ferry.
+
+// startTestCluster starts n brokers as one cluster and returns them by
+// node id (1..n).
+func startTestCluster(t *testing.T, n int) map[uint64]*testServer {
+	t.Helper()
+	peers := make(map[uint64]string, n)
+	lis := make(map[uint64]net.Listener, n)
+	for id := uint64(1); id <= uint64(n); id++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers[id], lis[id] = l.Addr().String(), l
+	}
+	// The ports are known; the listeners are closed for the hosts to bind.
+	for _, l := range lis {
+		l.Close()
+	}
+	servers := make(map[uint64]*testServer, n)
+	for id := uint64(1); id <= uint64(n); id++ {
+		servers[id] = startServer(t, func(o *Options) {
+			o.Cluster = &ClusterOptions{NodeID: id, Addr: peers[id], Peers: peers, Tune: func(co *cluster.Options) {
+				co.TickInterval = 20 * time.Millisecond
+			}}
+		})
+	}
+	return servers
+}
+
+// TestClusterPublishSubscribe: a topic created on one node is on every
+// node; a publish to any node is stored at the same offsets on every
+// node; a consumer attached through any node gets every message once, from
+// the subscription's owner, and its acks land there.
+func TestClusterPublishSubscribe(t *testing.T) {
+	c := startTestCluster(t, 3)
+	ctx := testContext(t)
+	c[1].createTopic(t, "orders", &ferryv1.TopicConfig{Partitions: 3})
+
+	const perNode = 30
+	for id, ts := range c {
+		for i := range perNode {
+			ts.publish(t, "orders", &ferryv1.PublishMessage{Id: fmt.Sprintf("n%d-%d", id, i), Key: []byte(fmt.Sprint(i)), Payload: []byte("x")})
+		}
+	}
+	// Every node holds the same messages at the same offsets.
+	want := logOf(t, c[1], "orders", 3)
+	eventuallyB(t, "every node holds every message", func() bool {
+		want = logOf(t, c[1], "orders", 3)
+		return len(want) == 3*perNode
+	})
+	for id := range c {
+		eventuallyB(t, fmt.Sprintf("node %d holds the same log", id), func() bool {
+			got := logOf(t, c[id], "orders", 3)
+			return fmt.Sprint(got) == fmt.Sprint(want)
+		})
+	}
+
+	c[2].createSub(t, "orders", "billing", subConfig(atLeast, shared))
+	// Attach through every node in turn: only the owner serves, the
+	// others forward.
+	got := map[string]int{}
+	for id := uint64(1); id <= 3 && len(got) < 3*perNode; id++ {
+		sub := ferryv1.NewSubscriberServiceClient(c[id].conn)
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		stream, err := sub.Subscribe(sctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Init{Init: &ferryv1.SubscribeInit{Topic: "orders", Subscription: "billing", Credit: 10}}}); err != nil {
+			t.Fatal(err)
+		}
+		for n := 0; n < perNode && len(got) < 3*perNode; {
+			resp, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("node %d: Recv: %v", id, err)
+			}
+			var ids []string
+			for _, d := range resp.GetDeliveries().GetDeliveries() {
+				got[d.GetMessage().GetId()]++
+				ids = append(ids, d.GetDeliveryId())
+				n++
+			}
+			if len(ids) > 0 {
+				if err := stream.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Ack{Ack: &ferryv1.SubscribeAck{DeliveryIds: ids}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		_ = stream.CloseSend()
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if !errors.Is(err, io.EOF) && status.Code(err) != codes.Canceled {
+					t.Logf("node %d: stream ended: %v", id, err)
+				}
+				break
+			}
+		}
+		cancel()
+	}
+	if len(got) != 3*perNode {
+		t.Fatalf("consumed %d distinct messages, want %d", len(got), 3*perNode)
+	}
+}
+
+// logOf reads every partition of topic on ts: "part/offset/id".
+func logOf(t *testing.T, ts *testServer, topic string, parts uint32) []string {
+	t.Helper()
+	var out []string
+	for p := range parts {
+		for from := uint64(0); ; {
+			r := ts.read(t, topic, p, from, 1000)
+			if len(r.GetMessages()) == 0 {
+				break
+			}
+			for _, m := range r.GetMessages() {
+				out = append(out, fmt.Sprintf("%d/%d/%s", p, m.GetOffset(), m.GetId()))
+				from = m.GetOffset() + 1
+			}
+		}
+	}
+	return out
+}
+
+func eventuallyB(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
