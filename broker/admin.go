@@ -28,6 +28,22 @@ type admin struct {
 	log    *slog.Logger
 }
 
+// replicas is how many copies of each partition there are: one per node.
+func (a *admin) replicas() uint32 {
+	if a.node == nil {
+		return 1
+	}
+	return uint32(len(a.node.voters))
+}
+
+// GetClusterStatus reports every node's Raft groups.
+func (a *admin) GetClusterStatus(ctx context.Context, req *ferryv1.GetClusterStatusRequest) (*ferryv1.GetClusterStatusResponse, error) {
+	if a.node == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this broker is a single node, not a cluster; ferry serve --node-id and --peers start one")
+	}
+	return a.node.status(ctx, req.GetLocal()), nil
+}
+
 // topicAdmin makes topic changes: *storage.Store on a single node,
 // clusterTopics in a cluster.
 type topicAdmin interface {
@@ -42,12 +58,15 @@ func (a *admin) CreateTopic(ctx context.Context, req *ferryv1.CreateTopicRequest
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	if rf := req.GetConfig().GetReplicationFactor(); rf != 0 && rf != a.replicas() {
+		return nil, toStatus(invalidf("replication factor %d: this version keeps a copy of every partition on every node, so it must be %d (the number of nodes) or 0", rf, a.replicas()))
+	}
 	t, err := a.topics.CreateTopic(ctx, req.GetName(), cfg)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	a.log.Info("topic created", "topic", t.Name, "partitions", t.Config.Partitions)
-	return &ferryv1.CreateTopicResponse{Topic: topicToProto(t)}, nil
+	return &ferryv1.CreateTopicResponse{Topic: a.topicProto(t)}, nil
 }
 
 // GetTopic returns a topic with its partitions' stats.
@@ -63,7 +82,7 @@ func (a *admin) GetTopic(ctx context.Context, req *ferryv1.GetTopicRequest) (*fe
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	resp := &ferryv1.GetTopicResponse{Topic: topicToProto(t)}
+	resp := &ferryv1.GetTopicResponse{Topic: a.topicProto(t)}
 	for _, pi := range infos {
 		resp.Partitions = append(resp.Partitions, &ferryv1.PartitionStats{
 			Partition:    pi.Partition,
@@ -80,7 +99,7 @@ func (a *admin) GetTopic(ctx context.Context, req *ferryv1.GetTopicRequest) (*fe
 func (a *admin) ListTopics(ctx context.Context, req *ferryv1.ListTopicsRequest) (*ferryv1.ListTopicsResponse, error) {
 	resp := &ferryv1.ListTopicsResponse{}
 	for _, t := range a.store.Topics() {
-		resp.Topics = append(resp.Topics, topicToProto(t))
+		resp.Topics = append(resp.Topics, a.topicProto(t))
 	}
 	return resp, nil
 }
@@ -126,7 +145,7 @@ func (a *admin) UpdateTopic(ctx context.Context, req *ferryv1.UpdateTopicRequest
 		return nil, toStatus(err)
 	}
 	a.log.Info("topic updated", "topic", t.Name, "fields", strings.Join(paths, ","))
-	return &ferryv1.UpdateTopicResponse{Topic: topicToProto(t)}, nil
+	return &ferryv1.UpdateTopicResponse{Topic: a.topicProto(t)}, nil
 }
 
 // DeleteTopic deletes a topic and its messages.
@@ -226,9 +245,12 @@ func durationFromProto(field string, d *durationpb.Duration) (time.Duration, err
 	return d.AsDuration(), nil
 }
 
-func topicToProto(t storage.Topic) *ferryv1.Topic {
+// topicProto is t on the wire, with the replication factor: this
+// version keeps a copy of every partition on every node.
+func (a *admin) topicProto(t storage.Topic) *ferryv1.Topic {
 	c := t.Config
 	pc := &ferryv1.TopicConfig{
+		ReplicationFactor:    a.replicas(),
 		Partitions:           c.Partitions,
 		RetentionMaxBytes:    c.RetentionMaxBytes,
 		RetentionMaxMessages: c.RetentionMaxMessages,

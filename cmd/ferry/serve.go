@@ -24,6 +24,7 @@ func newServeCommand() *cobra.Command {
 		logFormat   = "text"
 		configPath  string
 		printConfig bool
+		cf          clusterFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -48,6 +49,9 @@ requests, finishes the writes under way and closes the store.`,
 			if o.Logger, err = newLogger(logLevel, logFormat); err != nil {
 				return err
 			}
+			if o.Cluster, err = cf.options(os.Hostname); err != nil {
+				return err
+			}
 			return serve(cmd.Context(), o)
 		},
 	}
@@ -61,6 +65,7 @@ requests, finishes the writes under way and closes the store.`,
 	f.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "at shutdown, how long /readyz says not ready while the broker still serves (for load balancers)")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logFormat, "text or json")
+	cf.add(f)
 	addConfigFlags(cmd, &configPath, &printConfig)
 	return cmd
 }

@@ -100,11 +100,14 @@ func newTopicCreateCommand() *cobra.Command {
 	}
 	cf := addClientFlags(cmd, true)
 	cmd.Flags().Uint32Var(&tf.cfg.Partitions, "partitions", 1, "number of partitions, 1 to 1024")
+	cmd.Flags().Uint32Var(&tf.cfg.ReplicationFactor, "replication-factor", 0, "copies of each partition (0: one per node; this version keeps one on every node)")
 	tf.add(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		var resp *ferryv1.CreateTopicResponse
 		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: args[0], Config: tf.config()})
+			cfg := tf.config()
+			cfg.ReplicationFactor = tf.cfg.ReplicationFactor
+			resp, err = c.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: args[0], Config: cfg})
 			return err
 		})
 		if err != nil {
@@ -177,6 +180,7 @@ func newTopicDeleteCommand() *cobra.Command {
 type topicJSON struct {
 	Name                 string          `json:"name"`
 	Partitions           uint32          `json:"partitions"`
+	ReplicationFactor    uint32          `json:"replication_factor"`
 	RetentionMaxAge      string          `json:"retention_max_age,omitempty"`
 	RetentionMaxBytes    uint64          `json:"retention_max_bytes,omitempty"`
 	RetentionMaxMessages uint64          `json:"retention_max_messages,omitempty"`
@@ -199,6 +203,7 @@ func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.P
 	j := topicJSON{
 		Name:                 t.GetName(),
 		Partitions:           c.GetPartitions(),
+		ReplicationFactor:    c.GetReplicationFactor(),
 		RetentionMaxBytes:    c.GetRetentionMaxBytes(),
 		RetentionMaxMessages: c.GetRetentionMaxMessages(),
 		DedupWindow:          c.GetDedupWindow().AsDuration().String(),
@@ -218,8 +223,8 @@ func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.P
 	if j.RetentionMaxAge != "" || j.RetentionMaxBytes != 0 || j.RetentionMaxMessages != 0 {
 		retention = fmt.Sprintf("age=%s bytes=%d messages=%d", orNone(j.RetentionMaxAge), j.RetentionMaxBytes, j.RetentionMaxMessages)
 	}
-	fmt.Fprintf(w, "%s\tpartitions=%d retention=%s dedup_window=%s max_message_bytes=%d\n",
-		j.Name, j.Partitions, retention, j.DedupWindow, j.MaxMessageBytes)
+	fmt.Fprintf(w, "%s\tpartitions=%d replication_factor=%d retention=%s dedup_window=%s max_message_bytes=%d\n",
+		j.Name, j.Partitions, j.ReplicationFactor, retention, j.DedupWindow, j.MaxMessageBytes)
 	for _, p := range j.PartitionStats {
 		fmt.Fprintf(w, "  partition=%d first_offset=%d head_offset=%d messages=%d bytes=%d\n",
 			p.Partition, p.FirstOffset, p.HeadOffset, p.MessageCount, p.Bytes)

@@ -1193,6 +1193,410 @@ func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
+// GetClusterStatusRequest asks for the cluster's status.
+type GetClusterStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only the answering node's own view, without asking the others (what a
+	// node asks its peers).
+	Local         bool `protobuf:"varint,1,opt,name=local,proto3" json:"local,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetClusterStatusRequest) Reset() {
+	*x = GetClusterStatusRequest{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetClusterStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetClusterStatusRequest) ProtoMessage() {}
+
+func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetClusterStatusRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
+// GetClusterStatusResponse is every node's view of the cluster.
+type GetClusterStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per node, in node id order.
+	Nodes         []*NodeStatus `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetClusterStatusResponse) Reset() {
+	*x = GetClusterStatusResponse{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetClusterStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetClusterStatusResponse) ProtoMessage() {}
+
+func (x *GetClusterStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetClusterStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetClusterStatusResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetClusterStatusResponse) GetNodes() []*NodeStatus {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// NodeStatus is one node's view of its Raft groups.
+type NodeStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's id.
+	NodeId uint64 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The node's node-to-node address.
+	PeerAddr string `protobuf:"bytes,2,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	// Empty if the node answered; else why it did not.
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// The groups the node runs: the metadata group first, then the
+	// partitions' in group id order.
+	Groups        []*GroupStatus `protobuf:"bytes,4,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatus) Reset() {
+	*x = NodeStatus{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatus) ProtoMessage() {}
+
+func (x *NodeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
+func (*NodeStatus) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *NodeStatus) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetPeerAddr() string {
+	if x != nil {
+		return x.PeerAddr
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetGroups() []*GroupStatus {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// GroupStatus is one Raft group as one of its replicas sees it.
+type GroupStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's id.
+	GroupId uint64 `protobuf:"varint,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The topic whose partition the group replicates; empty for the metadata
+	// group.
+	Topic string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	// The partition.
+	Partition uint32 `protobuf:"varint,3,opt,name=partition,proto3" json:"partition,omitempty"`
+	// This replica's role: leader, follower, candidate or pre-candidate.
+	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	// The leader's node id; 0 while none is known.
+	Leader uint64 `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// The current term.
+	Term uint64 `protobuf:"varint,6,opt,name=term,proto3" json:"term,omitempty"`
+	// The highest index known committed.
+	CommitIndex uint64 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	// The highest index applied here.
+	AppliedIndex uint64 `protobuf:"varint,8,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// The first entry still in the log.
+	FirstIndex uint64 `protobuf:"varint,9,opt,name=first_index,json=firstIndex,proto3" json:"first_index,omitempty"`
+	// The last entry in the log.
+	LastIndex uint64 `protobuf:"varint,10,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	// The index of the latest snapshot.
+	SnapshotIndex uint64 `protobuf:"varint,11,opt,name=snapshot_index,json=snapshotIndex,proto3" json:"snapshot_index,omitempty"`
+	// On the leader: each follower's progress. Empty elsewhere.
+	Followers []*FollowerStatus `protobuf:"bytes,12,rep,name=followers,proto3" json:"followers,omitempty"`
+	// Why the group stopped; empty while it runs.
+	Error         string `protobuf:"bytes,13,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupStatus) Reset() {
+	*x = GroupStatus{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupStatus) ProtoMessage() {}
+
+func (x *GroupStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
+func (*GroupStatus) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *GroupStatus) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *GroupStatus) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *GroupStatus) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetFirstIndex() uint64 {
+	if x != nil {
+		return x.FirstIndex
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetSnapshotIndex() uint64 {
+	if x != nil {
+		return x.SnapshotIndex
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetFollowers() []*FollowerStatus {
+	if x != nil {
+		return x.Followers
+	}
+	return nil
+}
+
+func (x *GroupStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// FollowerStatus is how far a group's leader knows a follower to be.
+type FollowerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The follower's node id.
+	NodeId uint64 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The highest index known replicated to it.
+	MatchIndex uint64 `protobuf:"varint,2,opt,name=match_index,json=matchIndex,proto3" json:"match_index,omitempty"`
+	// Entries it lacks: the leader's last index minus match_index.
+	Lag uint64 `protobuf:"varint,3,opt,name=lag,proto3" json:"lag,omitempty"`
+	// How the leader replicates to it: probe, replicate or snapshot.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// Whether the leader heard from it within the last election timeout.
+	Active        bool `protobuf:"varint,5,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FollowerStatus) Reset() {
+	*x = FollowerStatus{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowerStatus) ProtoMessage() {}
+
+func (x *FollowerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowerStatus.ProtoReflect.Descriptor instead.
+func (*FollowerStatus) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *FollowerStatus) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *FollowerStatus) GetMatchIndex() uint64 {
+	if x != nil {
+		return x.MatchIndex
+	}
+	return 0
+}
+
+func (x *FollowerStatus) GetLag() uint64 {
+	if x != nil {
+		return x.Lag
+	}
+	return 0
+}
+
+func (x *FollowerStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *FollowerStatus) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
 var File_ferry_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_admin_proto_rawDesc = "" +
@@ -1265,7 +1669,41 @@ const file_ferry_v1_admin_proto_rawDesc = "" +
 	"\x19DeleteSubscriptionRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x1c\n" +
-	"\x1aDeleteSubscriptionResponse2\xa6\a\n" +
+	"\x1aDeleteSubscriptionResponse\"/\n" +
+	"\x17GetClusterStatusRequest\x12\x14\n" +
+	"\x05local\x18\x01 \x01(\bR\x05local\"F\n" +
+	"\x18GetClusterStatusResponse\x12*\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x14.ferry.v1.NodeStatusR\x05nodes\"\x87\x01\n" +
+	"\n" +
+	"NodeStatus\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
+	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12-\n" +
+	"\x06groups\x18\x04 \x03(\v2\x15.ferry.v1.GroupStatusR\x06groups\"\x99\x03\n" +
+	"\vGroupStatus\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x14\n" +
+	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x03 \x01(\rR\tpartition\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\x04R\x06leader\x12\x12\n" +
+	"\x04term\x18\x06 \x01(\x04R\x04term\x12!\n" +
+	"\fcommit_index\x18\a \x01(\x04R\vcommitIndex\x12#\n" +
+	"\rapplied_index\x18\b \x01(\x04R\fappliedIndex\x12\x1f\n" +
+	"\vfirst_index\x18\t \x01(\x04R\n" +
+	"firstIndex\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\n" +
+	" \x01(\x04R\tlastIndex\x12%\n" +
+	"\x0esnapshot_index\x18\v \x01(\x04R\rsnapshotIndex\x126\n" +
+	"\tfollowers\x18\f \x03(\v2\x18.ferry.v1.FollowerStatusR\tfollowers\x12\x14\n" +
+	"\x05error\x18\r \x01(\tR\x05error\"\x8a\x01\n" +
+	"\x0eFollowerStatus\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1f\n" +
+	"\vmatch_index\x18\x02 \x01(\x04R\n" +
+	"matchIndex\x12\x10\n" +
+	"\x03lag\x18\x03 \x01(\x04R\x03lag\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x16\n" +
+	"\x06active\x18\x05 \x01(\bR\x06active2\x81\b\n" +
 	"\fAdminService\x12J\n" +
 	"\vCreateTopic\x12\x1c.ferry.v1.CreateTopicRequest\x1a\x1d.ferry.v1.CreateTopicResponse\x12A\n" +
 	"\bGetTopic\x12\x19.ferry.v1.GetTopicRequest\x1a\x1a.ferry.v1.GetTopicResponse\x12G\n" +
@@ -1278,7 +1716,8 @@ const file_ferry_v1_admin_proto_rawDesc = "" +
 	"\x0fGetSubscription\x12 .ferry.v1.GetSubscriptionRequest\x1a!.ferry.v1.GetSubscriptionResponse\x12\\\n" +
 	"\x11ListSubscriptions\x12\".ferry.v1.ListSubscriptionsRequest\x1a#.ferry.v1.ListSubscriptionsResponse\x12_\n" +
 	"\x12UpdateSubscription\x12#.ferry.v1.UpdateSubscriptionRequest\x1a$.ferry.v1.UpdateSubscriptionResponse\x12_\n" +
-	"\x12DeleteSubscription\x12#.ferry.v1.DeleteSubscriptionRequest\x1a$.ferry.v1.DeleteSubscriptionResponseB1Z/github.com/ferrymq/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\x12DeleteSubscription\x12#.ferry.v1.DeleteSubscriptionRequest\x1a$.ferry.v1.DeleteSubscriptionResponse\x12Y\n" +
+	"\x10GetClusterStatus\x12!.ferry.v1.GetClusterStatusRequest\x1a\".ferry.v1.GetClusterStatusResponseB1Z/github.com/ferrymq/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_admin_proto_rawDescOnce sync.Once
@@ -1292,7 +1731,7 @@ func file_ferry_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_admin_proto_rawDescData
 }
 
-var file_ferry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ferry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_ferry_v1_admin_proto_goTypes = []any{
 	(*CreateTopicRequest)(nil),         // 0: ferry.v1.CreateTopicRequest
 	(*CreateTopicResponse)(nil),        // 1: ferry.v1.CreateTopicResponse
@@ -1316,61 +1755,71 @@ var file_ferry_v1_admin_proto_goTypes = []any{
 	(*UpdateSubscriptionResponse)(nil), // 19: ferry.v1.UpdateSubscriptionResponse
 	(*DeleteSubscriptionRequest)(nil),  // 20: ferry.v1.DeleteSubscriptionRequest
 	(*DeleteSubscriptionResponse)(nil), // 21: ferry.v1.DeleteSubscriptionResponse
-	(*TopicConfig)(nil),                // 22: ferry.v1.TopicConfig
-	(*Topic)(nil),                      // 23: ferry.v1.Topic
-	(*PartitionStats)(nil),             // 24: ferry.v1.PartitionStats
-	(*fieldmaskpb.FieldMask)(nil),      // 25: google.protobuf.FieldMask
-	(*Message)(nil),                    // 26: ferry.v1.Message
-	(*SubscriptionConfig)(nil),         // 27: ferry.v1.SubscriptionConfig
-	(*Subscription)(nil),               // 28: ferry.v1.Subscription
-	(*SubscriptionStats)(nil),          // 29: ferry.v1.SubscriptionStats
+	(*GetClusterStatusRequest)(nil),    // 22: ferry.v1.GetClusterStatusRequest
+	(*GetClusterStatusResponse)(nil),   // 23: ferry.v1.GetClusterStatusResponse
+	(*NodeStatus)(nil),                 // 24: ferry.v1.NodeStatus
+	(*GroupStatus)(nil),                // 25: ferry.v1.GroupStatus
+	(*FollowerStatus)(nil),             // 26: ferry.v1.FollowerStatus
+	(*TopicConfig)(nil),                // 27: ferry.v1.TopicConfig
+	(*Topic)(nil),                      // 28: ferry.v1.Topic
+	(*PartitionStats)(nil),             // 29: ferry.v1.PartitionStats
+	(*fieldmaskpb.FieldMask)(nil),      // 30: google.protobuf.FieldMask
+	(*Message)(nil),                    // 31: ferry.v1.Message
+	(*SubscriptionConfig)(nil),         // 32: ferry.v1.SubscriptionConfig
+	(*Subscription)(nil),               // 33: ferry.v1.Subscription
+	(*SubscriptionStats)(nil),          // 34: ferry.v1.SubscriptionStats
 }
 var file_ferry_v1_admin_proto_depIdxs = []int32{
-	22, // 0: ferry.v1.CreateTopicRequest.config:type_name -> ferry.v1.TopicConfig
-	23, // 1: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.Topic
-	23, // 2: ferry.v1.GetTopicResponse.topic:type_name -> ferry.v1.Topic
-	24, // 3: ferry.v1.GetTopicResponse.partitions:type_name -> ferry.v1.PartitionStats
-	23, // 4: ferry.v1.ListTopicsResponse.topics:type_name -> ferry.v1.Topic
-	22, // 5: ferry.v1.UpdateTopicRequest.config:type_name -> ferry.v1.TopicConfig
-	25, // 6: ferry.v1.UpdateTopicRequest.update_mask:type_name -> google.protobuf.FieldMask
-	23, // 7: ferry.v1.UpdateTopicResponse.topic:type_name -> ferry.v1.Topic
-	26, // 8: ferry.v1.ReadMessagesResponse.messages:type_name -> ferry.v1.Message
-	27, // 9: ferry.v1.CreateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
-	28, // 10: ferry.v1.CreateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
-	28, // 11: ferry.v1.GetSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
-	29, // 12: ferry.v1.GetSubscriptionResponse.stats:type_name -> ferry.v1.SubscriptionStats
-	28, // 13: ferry.v1.ListSubscriptionsResponse.subscriptions:type_name -> ferry.v1.Subscription
-	29, // 14: ferry.v1.ListSubscriptionsResponse.stats:type_name -> ferry.v1.SubscriptionStats
-	27, // 15: ferry.v1.UpdateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
-	25, // 16: ferry.v1.UpdateSubscriptionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	28, // 17: ferry.v1.UpdateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
-	0,  // 18: ferry.v1.AdminService.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
-	2,  // 19: ferry.v1.AdminService.GetTopic:input_type -> ferry.v1.GetTopicRequest
-	4,  // 20: ferry.v1.AdminService.ListTopics:input_type -> ferry.v1.ListTopicsRequest
-	6,  // 21: ferry.v1.AdminService.UpdateTopic:input_type -> ferry.v1.UpdateTopicRequest
-	8,  // 22: ferry.v1.AdminService.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
-	10, // 23: ferry.v1.AdminService.ReadMessages:input_type -> ferry.v1.ReadMessagesRequest
-	12, // 24: ferry.v1.AdminService.CreateSubscription:input_type -> ferry.v1.CreateSubscriptionRequest
-	14, // 25: ferry.v1.AdminService.GetSubscription:input_type -> ferry.v1.GetSubscriptionRequest
-	16, // 26: ferry.v1.AdminService.ListSubscriptions:input_type -> ferry.v1.ListSubscriptionsRequest
-	18, // 27: ferry.v1.AdminService.UpdateSubscription:input_type -> ferry.v1.UpdateSubscriptionRequest
-	20, // 28: ferry.v1.AdminService.DeleteSubscription:input_type -> ferry.v1.DeleteSubscriptionRequest
-	1,  // 29: ferry.v1.AdminService.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
-	3,  // 30: ferry.v1.AdminService.GetTopic:output_type -> ferry.v1.GetTopicResponse
-	5,  // 31: ferry.v1.AdminService.ListTopics:output_type -> ferry.v1.ListTopicsResponse
-	7,  // 32: ferry.v1.AdminService.UpdateTopic:output_type -> ferry.v1.UpdateTopicResponse
-	9,  // 33: ferry.v1.AdminService.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
-	11, // 34: ferry.v1.AdminService.ReadMessages:output_type -> ferry.v1.ReadMessagesResponse
-	13, // 35: ferry.v1.AdminService.CreateSubscription:output_type -> ferry.v1.CreateSubscriptionResponse
-	15, // 36: ferry.v1.AdminService.GetSubscription:output_type -> ferry.v1.GetSubscriptionResponse
-	17, // 37: ferry.v1.AdminService.ListSubscriptions:output_type -> ferry.v1.ListSubscriptionsResponse
-	19, // 38: ferry.v1.AdminService.UpdateSubscription:output_type -> ferry.v1.UpdateSubscriptionResponse
-	21, // 39: ferry.v1.AdminService.DeleteSubscription:output_type -> ferry.v1.DeleteSubscriptionResponse
-	29, // [29:40] is the sub-list for method output_type
-	18, // [18:29] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	27, // 0: ferry.v1.CreateTopicRequest.config:type_name -> ferry.v1.TopicConfig
+	28, // 1: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.Topic
+	28, // 2: ferry.v1.GetTopicResponse.topic:type_name -> ferry.v1.Topic
+	29, // 3: ferry.v1.GetTopicResponse.partitions:type_name -> ferry.v1.PartitionStats
+	28, // 4: ferry.v1.ListTopicsResponse.topics:type_name -> ferry.v1.Topic
+	27, // 5: ferry.v1.UpdateTopicRequest.config:type_name -> ferry.v1.TopicConfig
+	30, // 6: ferry.v1.UpdateTopicRequest.update_mask:type_name -> google.protobuf.FieldMask
+	28, // 7: ferry.v1.UpdateTopicResponse.topic:type_name -> ferry.v1.Topic
+	31, // 8: ferry.v1.ReadMessagesResponse.messages:type_name -> ferry.v1.Message
+	32, // 9: ferry.v1.CreateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
+	33, // 10: ferry.v1.CreateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	33, // 11: ferry.v1.GetSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	34, // 12: ferry.v1.GetSubscriptionResponse.stats:type_name -> ferry.v1.SubscriptionStats
+	33, // 13: ferry.v1.ListSubscriptionsResponse.subscriptions:type_name -> ferry.v1.Subscription
+	34, // 14: ferry.v1.ListSubscriptionsResponse.stats:type_name -> ferry.v1.SubscriptionStats
+	32, // 15: ferry.v1.UpdateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
+	30, // 16: ferry.v1.UpdateSubscriptionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	33, // 17: ferry.v1.UpdateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	24, // 18: ferry.v1.GetClusterStatusResponse.nodes:type_name -> ferry.v1.NodeStatus
+	25, // 19: ferry.v1.NodeStatus.groups:type_name -> ferry.v1.GroupStatus
+	26, // 20: ferry.v1.GroupStatus.followers:type_name -> ferry.v1.FollowerStatus
+	0,  // 21: ferry.v1.AdminService.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
+	2,  // 22: ferry.v1.AdminService.GetTopic:input_type -> ferry.v1.GetTopicRequest
+	4,  // 23: ferry.v1.AdminService.ListTopics:input_type -> ferry.v1.ListTopicsRequest
+	6,  // 24: ferry.v1.AdminService.UpdateTopic:input_type -> ferry.v1.UpdateTopicRequest
+	8,  // 25: ferry.v1.AdminService.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
+	10, // 26: ferry.v1.AdminService.ReadMessages:input_type -> ferry.v1.ReadMessagesRequest
+	12, // 27: ferry.v1.AdminService.CreateSubscription:input_type -> ferry.v1.CreateSubscriptionRequest
+	14, // 28: ferry.v1.AdminService.GetSubscription:input_type -> ferry.v1.GetSubscriptionRequest
+	16, // 29: ferry.v1.AdminService.ListSubscriptions:input_type -> ferry.v1.ListSubscriptionsRequest
+	18, // 30: ferry.v1.AdminService.UpdateSubscription:input_type -> ferry.v1.UpdateSubscriptionRequest
+	20, // 31: ferry.v1.AdminService.DeleteSubscription:input_type -> ferry.v1.DeleteSubscriptionRequest
+	22, // 32: ferry.v1.AdminService.GetClusterStatus:input_type -> ferry.v1.GetClusterStatusRequest
+	1,  // 33: ferry.v1.AdminService.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
+	3,  // 34: ferry.v1.AdminService.GetTopic:output_type -> ferry.v1.GetTopicResponse
+	5,  // 35: ferry.v1.AdminService.ListTopics:output_type -> ferry.v1.ListTopicsResponse
+	7,  // 36: ferry.v1.AdminService.UpdateTopic:output_type -> ferry.v1.UpdateTopicResponse
+	9,  // 37: ferry.v1.AdminService.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
+	11, // 38: ferry.v1.AdminService.ReadMessages:output_type -> ferry.v1.ReadMessagesResponse
+	13, // 39: ferry.v1.AdminService.CreateSubscription:output_type -> ferry.v1.CreateSubscriptionResponse
+	15, // 40: ferry.v1.AdminService.GetSubscription:output_type -> ferry.v1.GetSubscriptionResponse
+	17, // 41: ferry.v1.AdminService.ListSubscriptions:output_type -> ferry.v1.ListSubscriptionsResponse
+	19, // 42: ferry.v1.AdminService.UpdateSubscription:output_type -> ferry.v1.UpdateSubscriptionResponse
+	21, // 43: ferry.v1.AdminService.DeleteSubscription:output_type -> ferry.v1.DeleteSubscriptionResponse
+	23, // 44: ferry.v1.AdminService.GetClusterStatus:output_type -> ferry.v1.GetClusterStatusResponse
+	33, // [33:45] is the sub-list for method output_type
+	21, // [21:33] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_admin_proto_init() }
@@ -1387,7 +1836,7 @@ func file_ferry_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_admin_proto_rawDesc), len(file_ferry_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -44,8 +44,12 @@ type TopicConfig struct {
 	DedupWindow *durationpb.Duration `protobuf:"bytes,5,opt,name=dedup_window,json=dedupWindow,proto3" json:"dedup_window,omitempty"`
 	// Largest payload accepted, in bytes, at most 4 MiB. 0: 1 MiB.
 	MaxMessageBytes uint32 `protobuf:"varint,6,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Copies of each partition, one per node. 0: every node of the cluster
+	// (1 on a single node). Fixed at creation. In this version a partition
+	// is on every node, so any other value is refused.
+	ReplicationFactor uint32 `protobuf:"varint,7,opt,name=replication_factor,json=replicationFactor,proto3" json:"replication_factor,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *TopicConfig) Reset() {
@@ -116,6 +120,13 @@ func (x *TopicConfig) GetDedupWindow() *durationpb.Duration {
 func (x *TopicConfig) GetMaxMessageBytes() uint32 {
 	if x != nil {
 		return x.MaxMessageBytes
+	}
+	return 0
+}
+
+func (x *TopicConfig) GetReplicationFactor() uint32 {
+	if x != nil {
+		return x.ReplicationFactor
 	}
 	return 0
 }
@@ -271,7 +282,7 @@ var File_ferry_v1_topic_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_topic_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/topic.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n" +
+	"\x14ferry/v1/topic.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x02\n" +
 	"\vTopicConfig\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\x01 \x01(\rR\n" +
@@ -280,7 +291,8 @@ const file_ferry_v1_topic_proto_rawDesc = "" +
 	"\x13retention_max_bytes\x18\x03 \x01(\x04R\x11retentionMaxBytes\x124\n" +
 	"\x16retention_max_messages\x18\x04 \x01(\x04R\x14retentionMaxMessages\x12<\n" +
 	"\fdedup_window\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vdedupWindow\x12*\n" +
-	"\x11max_message_bytes\x18\x06 \x01(\rR\x0fmaxMessageBytes\"\x87\x01\n" +
+	"\x11max_message_bytes\x18\x06 \x01(\rR\x0fmaxMessageBytes\x12-\n" +
+	"\x12replication_factor\x18\a \x01(\rR\x11replicationFactor\"\x87\x01\n" +
 	"\x05Topic\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x06config\x18\x02 \x01(\v2\x15.ferry.v1.TopicConfigR\x06config\x12;\n" +

@@ -1,0 +1,118 @@
+package broker
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry/cluster"
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+// statusTimeout bounds how long GetClusterStatus waits for a peer's view.
+const statusTimeout = 3 * time.Second
+
+// status returns this node's view of its groups and, unless local, every
+// other node's, asked for in parallel; a node that does not answer in
+// time is reported with the error.
+func (n *node) status(ctx context.Context, local bool) *ferryv1.GetClusterStatusResponse {
+	resp := &ferryv1.GetClusterStatusResponse{Nodes: make([]*ferryv1.NodeStatus, len(n.voters))}
+	var wg sync.WaitGroup
+	for i, id := range n.voters {
+		if id == n.id {
+			resp.Nodes[i] = n.localStatus()
+			continue
+		}
+		ns := &ferryv1.NodeStatus{NodeId: id, PeerAddr: n.peers[id]}
+		resp.Nodes[i] = ns
+		if local {
+			ns.Error = "not asked (local view)"
+			continue
+		}
+		wg.Go(func() {
+			conn, err := n.conn(id)
+			if err != nil {
+				ns.Error = err.Error()
+				return
+			}
+			cctx, cancel := context.WithTimeout(ctx, statusTimeout)
+			defer cancel()
+			r, err := ferryv1.NewAdminServiceClient(conn).GetClusterStatus(cctx, &ferryv1.GetClusterStatusRequest{Local: true})
+			switch {
+			case err != nil:
+				ns.Error = err.Error()
+			case len(r.GetNodes()) == 0:
+				ns.Error = "answered with no status"
+			default:
+				for _, got := range r.GetNodes() {
+					if got.GetNodeId() == id {
+						ns.Groups = got.GetGroups()
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return resp
+}
+
+// localStatus is this node's view of its groups.
+func (n *node) localStatus() *ferryv1.NodeStatus {
+	ns := &ferryv1.NodeStatus{NodeId: n.id, PeerAddr: n.peers[n.id]}
+	n.mu.Lock()
+	names := make(map[uint64]*replicatedPart, len(n.parts))
+	for gid, rp := range n.parts {
+		names[gid] = rp
+	}
+	n.mu.Unlock()
+	groups := n.host.Groups()
+	// The metadata group's id is the largest: put it first.
+	for i := len(groups) - 1; i >= 0; i-- {
+		if groups[i].ID() == cluster.MetadataGroup {
+			groups = append(append([]*cluster.Group{groups[i]}, groups[:i]...), groups[i+1:]...)
+			break
+		}
+	}
+	for _, g := range groups {
+		st := g.Status()
+		gs := &ferryv1.GroupStatus{
+			GroupId:       st.Group,
+			Role:          roleName(st.State.String()),
+			Leader:        st.Leader,
+			Term:          st.Term,
+			CommitIndex:   st.Commit,
+			AppliedIndex:  st.Applied,
+			FirstIndex:    st.FirstIndex,
+			LastIndex:     st.LastIndex,
+			SnapshotIndex: st.SnapshotIndex,
+		}
+		if rp := names[st.Group]; rp != nil {
+			gs.Topic, gs.Partition = rp.topic, rp.part
+		}
+		if st.Err != nil {
+			gs.Error = st.Err.Error()
+		}
+		for _, id := range n.voters {
+			p, ok := st.Followers[id]
+			if !ok {
+				continue
+			}
+			gs.Followers = append(gs.Followers, &ferryv1.FollowerStatus{NodeId: id, MatchIndex: p.Match, Lag: p.Lag,
+				State: roleName(p.State), Active: p.Active})
+		}
+		ns.Groups = append(ns.Groups, gs)
+	}
+	return ns
+}
+
+// roleName turns raft's "StateLeader" or "StateReplicate" into "leader"
+// or "replicate".
+func roleName(s string) string {
+	s = strings.TrimPrefix(s, "State")
+	switch s {
+	case "PreCandidate":
+		return "pre-candidate"
+	}
+	return strings.ToLower(s)
+}
