@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -14,6 +15,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -67,7 +70,9 @@ func WithKeepalive(kp keepalive.ClientParameters) Option {
 
 // Dial connects to the broker at addr (host:port) and waits until the
 // connection is ready or ctx ends. Later the connection reconnects by
-// itself.
+// itself. For a cluster, addr may list several nodes, comma-separated
+// ("n1:7420,n2:7420,n3:7420"): the client uses one and moves to the
+// next when it cannot reach it; any node serves any call.
 func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	o := options{creds: insecure.NewCredentials(), callTimeout: 30 * time.Second, logger: slog.Default()}
 	for _, opt := range opts {
@@ -80,7 +85,18 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	if o.keepalive != nil {
 		dopts = append(dopts, grpc.WithKeepaliveParams(*o.keepalive))
 	}
-	conn, err := grpc.NewClient(addr, dopts...)
+	target := addr
+	if strings.Contains(addr, ",") {
+		r := manual.NewBuilderWithScheme("ferry-nodes")
+		var st resolver.State
+		for _, a := range strings.Split(addr, ",") {
+			st.Addresses = append(st.Addresses, resolver.Address{Addr: strings.TrimSpace(a)})
+		}
+		r.InitialState(st)
+		target = r.Scheme() + ":///nodes"
+		dopts = append(dopts, grpc.WithResolvers(r))
+	}
+	conn, err := grpc.NewClient(target, dopts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: dial %s: %w", addr, err)
 	}
