@@ -20,9 +20,9 @@ import (
 // real stores, real Raft groups, real gRPC between them. The process-level
 // tests (SIGKILL, rolling restarts) are in cmd/ferry.
 
-// startTestCluster starts n brokers as one cluster and returns them by
-// node id (1..n).
-func startTestCluster(t *testing.T, n int) map[uint64]*testServer {
+// startTestCluster starts n brokers as one cluster, ticking every 20ms,
+// and returns them by node id (1..n); modify adjusts each one's options.
+func startTestCluster(t testing.TB, n int, modify ...func(*Options)) map[uint64]*testServer {
 	t.Helper()
 	peers := make(map[uint64]string, n)
 	lis := make(map[uint64]net.Listener, n)
@@ -39,11 +39,11 @@ func startTestCluster(t *testing.T, n int) map[uint64]*testServer {
 	}
 	servers := make(map[uint64]*testServer, n)
 	for id := uint64(1); id <= uint64(n); id++ {
-		servers[id] = startServer(t, func(o *Options) {
+		servers[id] = startServer(t, append([]func(*Options){func(o *Options) {
 			o.Cluster = &ClusterOptions{NodeID: id, Addr: peers[id], Peers: peers, Tune: func(co *cluster.Options) {
 				co.TickInterval = 20 * time.Millisecond
 			}}
-		})
+		}}, modify...)...)
 	}
 	return servers
 }
@@ -124,7 +124,7 @@ func TestClusterPublishSubscribe(t *testing.T) {
 }
 
 // logOf reads every partition of topic on ts: "part/offset/id".
-func logOf(t *testing.T, ts *testServer, topic string, parts uint32) []string {
+func logOf(t testing.TB, ts *testServer, topic string, parts uint32) []string {
 	t.Helper()
 	var out []string
 	for p := range parts {
@@ -142,7 +142,7 @@ func logOf(t *testing.T, ts *testServer, topic string, parts uint32) []string {
 	return out
 }
 
-func eventuallyB(t *testing.T, what string, cond func() bool) {
+func eventuallyB(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
