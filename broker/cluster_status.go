@@ -2,9 +2,13 @@ package broker
 
 import (
 	"context"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrymq/ferry/cluster"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -115,4 +119,73 @@ func roleName(s string) string {
 		return "pre-candidate"
 	}
 	return strings.ToLower(s)
+}
+
+// raftCollector reports this node's Raft groups at each scrape, from the
+// same view as GetClusterStatus.
+type raftCollector struct {
+	n                                 *node
+	leader, term, commit, applied, up *prometheus.Desc
+	lag                               *prometheus.Desc
+}
+
+func newRaftCollector(n *node) *raftCollector {
+	labels := []string{"group", "topic", "partition"}
+	d := func(name, help string, extra ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, append(slices.Clone(labels), extra...), nil)
+	}
+	return &raftCollector{n: n,
+		leader:  d("ferry_raft_leader", "1 if this node leads the group, else 0 (topic and partition are empty for the metadata group)."),
+		term:    d("ferry_raft_term", "The group's current term on this node; it rises with each election."),
+		commit:  d("ferry_raft_commit_index", "The highest log index this node knows committed."),
+		applied: d("ferry_raft_applied_index", "The highest log index applied on this node."),
+		up:      d("ferry_raft_group_up", "1 while the group runs on this node, 0 if it stopped on a failure."),
+		lag:     d("ferry_raft_follower_lag_entries", "On the group's leader: log entries the follower lacks.", "follower"),
+	}
+}
+
+func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.leader, c.term, c.commit, c.applied, c.up, c.lag} {
+		ch <- d
+	}
+}
+
+func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, g := range c.n.localStatus().GetGroups() {
+		part := ""
+		if g.GetTopic() != "" {
+			part = strconv.FormatUint(uint64(g.GetPartition()), 10)
+		}
+		lv := []string{strconv.FormatUint(g.GetGroupId(), 10), g.GetTopic(), part}
+		gauge := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
+		}
+		gauge(c.leader, b2f(g.GetRole() == "leader"))
+		gauge(c.term, float64(g.GetTerm()))
+		gauge(c.commit, float64(g.GetCommitIndex()))
+		gauge(c.applied, float64(g.GetAppliedIndex()))
+		gauge(c.up, b2f(g.GetError() == ""))
+		for _, f := range g.GetFollowers() {
+			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(f.GetLag()),
+				append(slices.Clone(lv), strconv.FormatUint(f.GetNodeId(), 10))...)
+		}
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ready reports whether the node can serve: the metadata group and every
+// partition's group know a leader.
+func (n *node) ready() bool {
+	for _, g := range n.host.Groups() {
+		if g.Leader() == 0 {
+			return false
+		}
+	}
+	return true
 }

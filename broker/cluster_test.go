@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,4 +152,61 @@ func eventuallyB(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestClusterStatusAndMetrics: GetClusterStatus through any node shows the
+// three nodes and, for the metadata group and each partition, one leader
+// every node agrees on; /metrics reports the groups and /readyz is ready;
+// a replication factor other than the cluster's size is refused, and so is
+// GetClusterStatus on a single node.
+func TestClusterStatusAndMetrics(t *testing.T) {
+	c := startTestCluster(t, 3)
+	ctx := testContext(t)
+	c[1].createTopic(t, "orders", &ferryv1.TopicConfig{Partitions: 2})
+	_, err := c[2].admin.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: "bad", Config: &ferryv1.TopicConfig{ReplicationFactor: 2}})
+	wantStatus(t, err, codes.InvalidArgument, "replication factor 2", "3")
+	if resp, err := c[3].admin.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: "orders"}); err != nil || resp.GetTopic().GetConfig().GetReplicationFactor() != 3 {
+		t.Fatalf("GetTopic: %v, replication factor %d, want 3", err, resp.GetTopic().GetConfig().GetReplicationFactor())
+	}
+
+	eventuallyB(t, "every node agrees on a leader of every group", func() bool {
+		resp, err := c[2].admin.GetClusterStatus(ctx, &ferryv1.GetClusterStatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetNodes()) != 3 {
+			t.Fatalf("%d nodes reported, want 3", len(resp.GetNodes()))
+		}
+		leaders := map[uint64]map[uint64]bool{} // group -> leaders seen
+		for _, n := range resp.GetNodes() {
+			if n.GetError() != "" || len(n.GetGroups()) != 3 {
+				return false
+			}
+			for _, g := range n.GetGroups() {
+				if leaders[g.GetGroupId()] == nil {
+					leaders[g.GetGroupId()] = map[uint64]bool{}
+				}
+				leaders[g.GetGroupId()][g.GetLeader()] = true
+			}
+		}
+		for _, ls := range leaders {
+			if len(ls) != 1 || ls[0] {
+				return false
+			}
+		}
+		return len(leaders) == 3
+	})
+	if code, body := httpGet(t, "http://"+c[1].srv.HTTPAddr().String()+"/readyz"); code != 200 {
+		t.Fatalf("/readyz: %d %s", code, body)
+	}
+	_, body := httpGet(t, "http://"+c[1].srv.HTTPAddr().String()+"/metrics")
+	for _, want := range []string{`ferry_raft_leader{group="9223372036854775808",partition="",topic=""}`, `ferry_raft_applied_index{group="4294967296",partition="0",topic="orders"}`} {
+		if !strings.Contains(body, want) {
+			t.Fatalf("/metrics lacks %s", want)
+		}
+	}
+
+	single := startServer(t)
+	_, err = single.admin.GetClusterStatus(ctx, &ferryv1.GetClusterStatusRequest{})
+	wantStatus(t, err, codes.FailedPrecondition, "single node")
 }

@@ -129,6 +129,9 @@ func Open(opts Options) (*Server, error) {
 	reflection.Register(s.grpc)
 	m.grpc.InitializeMetrics(s.grpc)
 	reg.MustRegister(newStoreCollector(st, opts.Storage.Dir), newSubscriptionCollector(st, s.engine, opts.Clock))
+	if s.node != nil {
+		reg.MustRegister(newRaftCollector(s.node))
+	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	for _, svc := range []string{ferryv1.PublisherService_ServiceDesc.ServiceName, ferryv1.SubscriberService_ServiceDesc.ServiceName, ferryv1.AdminService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
@@ -141,6 +144,10 @@ func Open(opts Options) (*Server, error) {
 		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 			if !s.ready.Load() {
 				http.Error(w, "not ready", http.StatusServiceUnavailable)
+				return
+			}
+			if s.node != nil && !s.node.ready() {
+				http.Error(w, "not ready: a raft group has no leader yet", http.StatusServiceUnavailable)
 				return
 			}
 			_, _ = w.Write([]byte("ready\n"))
