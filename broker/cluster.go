@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/internal/clock"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -73,6 +74,7 @@ type node struct {
 	host   *cluster.Host
 	meta   *cluster.Metadata
 	engine *consumer.Engine
+	clk    clock.Clock
 	log    *slog.Logger
 
 	mu    sync.Mutex                 // guards parts, conns and closed
@@ -105,12 +107,13 @@ func ownerPartition(sub string, n uint32) uint32 {
 }
 
 // newNode returns the node over st; start starts it.
-func newNode(o *ClusterOptions, st *storage.Store, lg *slog.Logger) *node {
+func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Logger) *node {
 	return &node{
 		id:     o.NodeID,
 		voters: slices.Sorted(maps.Keys(o.Peers)),
 		peers:  maps.Clone(o.Peers),
 		store:  st,
+		clk:    clk,
 		log:    lg,
 		parts:  make(map[uint64]*replicatedPart),
 		conns:  make(map[uint64]*grpc.ClientConn),
@@ -388,15 +391,43 @@ func waitLeader(ctx context.Context, g *cluster.Group) error {
 	}
 }
 
-// metaLeader waits, up to leaderWait, until the metadata group has a
-// leader to take a change: while the cluster starts, or during an election.
-func (n *node) metaLeader(ctx context.Context) error {
+// metaChange makes a change through the metadata group: it waits for a
+// leader, and tries again while an attempt's outcome is unknown (the
+// leader changed, or dropped the forwarded proposal), up to leaderWait in
+// all. The changes are idempotent: an identical create answers with what
+// exists, and change tells a retry, for a delete to take "not found" as
+// done.
+func (n *node) metaChange(ctx context.Context, change func(ctx context.Context, retry bool) error) error {
 	ctx, cancel := context.WithTimeout(ctx, leaderWait)
 	defer cancel()
-	if err := waitLeader(ctx, n.meta.Group()); err != nil {
-		return fmt.Errorf("the metadata group has no leader: %w", &cluster.NotLeaderError{Group: cluster.MetadataGroup})
+	for attempt := 0; ; attempt++ {
+		if err := waitLeader(ctx, n.meta.Group()); err != nil {
+			return fmt.Errorf("the metadata group has no leader: %w", &cluster.NotLeaderError{Group: cluster.MetadataGroup})
+		}
+		err := change(ctx, attempt > 0)
+		if !errors.Is(err, cluster.ErrLeadershipLost) && !errors.Is(err, cluster.ErrNotLeader) && !errors.Is(err, cluster.ErrProposalDropped) {
+			return err
+		}
+		if !n.sleep(ctx, retryPause) {
+			return err
+		}
 	}
-	return nil
+}
+
+// retryPause is the pause between two attempts of a metadata change.
+const retryPause = 50 * time.Millisecond
+
+// sleep waits d on the node's clock; false if ctx ended first.
+func (n *node) sleep(ctx context.Context, d time.Duration) bool {
+	done := make(chan struct{})
+	t := n.clk.AfterFunc(d, func() { close(done) })
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // leaderWait bounds how long a change waits for a group to elect a leader
@@ -433,25 +464,30 @@ type clusterLog struct {
 	n *node
 }
 
-func (l clusterLog) CreateSubscription(ctx context.Context, topic, name string, config []byte, cursors [][]byte) (storage.Subscription, error) {
-	if err := l.n.metaLeader(ctx); err != nil {
-		return storage.Subscription{}, err
-	}
-	return l.n.meta.CreateSubscription(ctx, topic, name, config, cursors)
+func (l clusterLog) CreateSubscription(ctx context.Context, topic, name string, config []byte, cursors [][]byte) (sub storage.Subscription, err error) {
+	err = l.n.metaChange(ctx, func(ctx context.Context, _ bool) error {
+		sub, err = l.n.meta.CreateSubscription(ctx, topic, name, config, cursors)
+		return err
+	})
+	return sub, err
 }
 
-func (l clusterLog) UpdateSubscription(ctx context.Context, topic, name string, config []byte) (storage.Subscription, error) {
-	if err := l.n.metaLeader(ctx); err != nil {
-		return storage.Subscription{}, err
-	}
-	return l.n.meta.UpdateSubscription(ctx, topic, name, config)
+func (l clusterLog) UpdateSubscription(ctx context.Context, topic, name string, config []byte) (sub storage.Subscription, err error) {
+	err = l.n.metaChange(ctx, func(ctx context.Context, _ bool) error {
+		sub, err = l.n.meta.UpdateSubscription(ctx, topic, name, config)
+		return err
+	})
+	return sub, err
 }
 
 func (l clusterLog) DeleteSubscription(ctx context.Context, topic, name string) error {
-	if err := l.n.metaLeader(ctx); err != nil {
+	return l.n.metaChange(ctx, func(ctx context.Context, retry bool) error {
+		err := l.n.meta.DeleteSubscription(ctx, topic, name)
+		if retry && errors.Is(err, storage.ErrSubscriptionNotFound) {
+			return nil // the lost attempt did it
+		}
 		return err
-	}
-	return l.n.meta.DeleteSubscription(ctx, topic, name)
+	})
 }
 
 // Cursors loads a subscription's cursors once the topic's partitions have
@@ -469,11 +505,11 @@ func (l clusterLog) Cursors(topic string, sid uint32) ([][]byte, error) {
 // clusterTopics makes topic changes through the metadata group.
 type clusterTopics struct{ n *node }
 
-func (c clusterTopics) CreateTopic(ctx context.Context, name string, cfg storage.TopicConfig) (storage.Topic, error) {
-	if err := c.n.metaLeader(ctx); err != nil {
-		return storage.Topic{}, err
-	}
-	t, err := c.n.meta.CreateTopic(ctx, name, cfg)
+func (c clusterTopics) CreateTopic(ctx context.Context, name string, cfg storage.TopicConfig) (t storage.Topic, err error) {
+	err = c.n.metaChange(ctx, func(ctx context.Context, _ bool) error {
+		t, err = c.n.meta.CreateTopic(ctx, name, cfg) // an identical create is a no-op
+		return err
+	})
 	if err != nil {
 		return t, err
 	}
@@ -489,17 +525,21 @@ func (c clusterTopics) UpdateTopic(ctx context.Context, name string, change func
 	}
 	cfg := t.Config
 	change(&cfg)
-	if err := c.n.metaLeader(ctx); err != nil {
-		return storage.Topic{}, err
-	}
-	return c.n.meta.UpdateTopic(ctx, name, cfg)
+	err = c.n.metaChange(ctx, func(ctx context.Context, _ bool) error {
+		t, err = c.n.meta.UpdateTopic(ctx, name, cfg)
+		return err
+	})
+	return t, err
 }
 
 func (c clusterTopics) DeleteTopic(ctx context.Context, name string) error {
-	if err := c.n.metaLeader(ctx); err != nil {
+	return c.n.metaChange(ctx, func(ctx context.Context, retry bool) error {
+		err := c.n.meta.DeleteTopic(ctx, name)
+		if retry && errors.Is(err, storage.ErrTopicNotFound) {
+			return nil // the lost attempt did it
+		}
 		return err
-	}
-	return c.n.meta.DeleteTopic(ctx, name)
+	})
 }
 
 // forward makes a call on subscription sub of topic at its owner when that

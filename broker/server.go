@@ -100,7 +100,7 @@ func Open(opts Options) (*Server, error) {
 	var log consumer.Log = st
 	var topics topicAdmin = st
 	if opts.Cluster != nil {
-		s.node = newNode(opts.Cluster, st, s.log)
+		s.node = newNode(opts.Cluster, st, opts.Clock, s.log)
 		log, topics = clusterLog{Store: st, n: s.node}, clusterTopics{n: s.node}
 	}
 	s.engine = consumer.New(consumer.EngineOptions{Log: log, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
