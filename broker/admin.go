@@ -192,6 +192,13 @@ func (a *admin) ReadMessages(ctx context.Context, req *ferryv1.ReadMessagesReque
 	if maxBytes == 0 {
 		maxBytes = DefaultReadBytes
 	}
+	if a.node != nil {
+		// Linearizable: the read sees every write acknowledged before it,
+		// wherever it was made.
+		if err := a.node.syncPartition(ctx, req.GetTopic(), req.GetPartition()); err != nil {
+			return nil, toStatus(err)
+		}
+	}
 	msgs, err := a.store.Read(ctx, req.GetTopic(), req.GetPartition(), req.GetFromOffset(), max, maxBytes)
 	if err != nil {
 		return nil, toStatus(err)

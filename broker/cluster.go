@@ -339,13 +339,31 @@ func (n *node) syncTopic(ctx context.Context, topic string) error {
 		return err
 	}
 	for p := range t.Config.Partitions {
-		g, err := n.group(topic, p)
-		if err != nil {
+		if err := n.syncPartition(ctx, topic, p); err != nil {
 			return err
 		}
-		if err := cluster.Barrier(ctx, g); err != nil {
-			return fmt.Errorf("topic %q partition %d: %w", topic, p, err)
-		}
+	}
+	return nil
+}
+
+// syncPartition returns once every write committed to topic's partition
+// part before the call is applied on this node.
+func (n *node) syncPartition(ctx context.Context, topic string, part uint32) error {
+	t, err := n.store.Topic(topic)
+	if err != nil {
+		return err
+	}
+	if part >= t.Config.Partitions {
+		return fmt.Errorf("topic %q has %d partitions, not %d: %w", topic, t.Config.Partitions, part, storage.ErrPartitionNotFound)
+	}
+	g, err := n.group(topic, part)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, leaderWait)
+	defer cancel()
+	if err := cluster.Barrier(ctx, g); err != nil {
+		return fmt.Errorf("topic %q partition %d: %w", topic, part, err)
 	}
 	return nil
 }
