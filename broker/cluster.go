@@ -171,6 +171,24 @@ func (n *node) watchMetadata() {
 // reconcile starts the group of every partition of the store's topics that
 // has none running, and removes the groups of deleted topics.
 func (n *node) reconcile() error {
+	gone, err := n.startParts()
+	// Stopping the delivery of a deleted topic waits for its loops, which
+	// may be loading cursors through n.group: not under n.mu.
+	for gid, rp := range gone {
+		n.engine.StopTopic(rp.topic)
+		ctx, cancel := context.WithTimeout(context.Background(), leaderWait)
+		rerr := n.host.RemoveGroup(ctx, gid)
+		cancel()
+		if rerr != nil {
+			n.log.Warn("removing a deleted partition's group failed", "topic", rp.topic, "partition", rp.part, "err", rerr)
+		}
+	}
+	return err
+}
+
+// startParts starts the groups reconcile wants, and forgets and returns
+// the running groups of topics that are gone.
+func (n *node) startParts() (map[uint64]*replicatedPart, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	live := make(map[uint64]bool)
@@ -185,25 +203,19 @@ func (n *node) reconcile() error {
 				if errors.Is(err, storage.ErrTopicNotFound) {
 					continue // deleted meanwhile
 				}
-				return fmt.Errorf("topic %q partition %d: %w", t.Name, p, err)
+				return nil, fmt.Errorf("topic %q partition %d: %w", t.Name, p, err)
 			}
 		}
 	}
+	gone := make(map[uint64]*replicatedPart)
 	for gid, rp := range n.parts {
-		if live[gid] {
-			continue
-		}
-		rp.unwatch()
-		delete(n.parts, gid)
-		n.engine.StopTopic(rp.topic)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := n.host.RemoveGroup(ctx, gid)
-		cancel()
-		if err != nil {
-			n.log.Warn("removing a deleted partition's group failed", "topic", rp.topic, "partition", rp.part, "err", err)
+		if !live[gid] {
+			rp.unwatch()
+			delete(n.parts, gid)
+			gone[gid] = rp
 		}
 	}
-	return nil
+	return gone, nil
 }
 
 // startPart makes topic t's partition p replicated and runs its group.
