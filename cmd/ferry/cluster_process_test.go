@@ -1,0 +1,470 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+// testCluster is a cluster of real `ferry serve` processes on loopback.
+// Each node keeps its data dir and its ports across restarts: the peers'
+// addresses are fixed by --peers, and the gRPC port is fixed so clients
+// given every node's address reconnect to a restarted node. Node logs go
+// to files, kept (and named in the test log) if the test fails.
+type testCluster struct {
+	tb      testing.TB
+	nodes   []*clusterNode
+	logDir  string
+	network *peerNetwork // nil: nodes dial each other directly
+}
+
+// clusterNode is one node of a testCluster.
+type clusterNode struct {
+	id       uint64
+	dir      string
+	peerAddr string // its node-to-node listen address
+	grpcAddr string
+	peers    string // its --peers: its own address, and how it reaches the others
+	logPath  string
+	conn     *grpc.ClientConn // to grpcAddr; reconnects by itself after a restart
+
+	mu   sync.Mutex // guards proc
+	proc *process
+}
+
+// newTestCluster makes an n-node cluster and starts it. With network, the
+// nodes reach each other only through its proxies, which the test can cut.
+func newTestCluster(tb testing.TB, n int, network bool) *testCluster {
+	tb.Helper()
+	logDir, err := os.MkdirTemp("", "ferry-cluster-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := &testCluster{tb: tb, logDir: logDir}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("node logs kept in %s", logDir)
+			return
+		}
+		os.RemoveAll(logDir)
+	})
+	addrs := freeAddrs(tb, 2*n)
+	for i := range n {
+		nd := &clusterNode{id: uint64(i + 1), dir: tb.TempDir(), peerAddr: addrs[2*i], grpcAddr: addrs[2*i+1],
+			logPath: filepath.Join(logDir, fmt.Sprintf("node-%d.log", i+1))}
+		conn, err := grpc.NewClient(nd.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { conn.Close() })
+		nd.conn = conn
+		c.nodes = append(c.nodes, nd)
+	}
+	if network {
+		c.network = newPeerNetwork(tb, c.nodes)
+	}
+	for _, nd := range c.nodes {
+		var peers []string
+		for _, o := range c.nodes {
+			addr := o.peerAddr
+			if c.network != nil && o != nd {
+				addr = c.network.addr(nd.id, o.id)
+			}
+			peers = append(peers, fmt.Sprintf("%d=%s", o.id, addr))
+		}
+		nd.peers = strings.Join(peers, ",")
+	}
+	c.start(c.nodes...)
+	return c
+}
+
+// freeAddrs returns n loopback addresses with ports free a moment ago.
+func freeAddrs(tb testing.TB, n int) []string {
+	tb.Helper()
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs
+}
+
+// start starts nodes at once (a node of a new cluster waits for the others
+// before it serves) and waits until each serves.
+func (c *testCluster) start(nodes ...*clusterNode) {
+	c.tb.Helper()
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, nd := range nodes {
+		wg.Go(func() { errs[i] = c.startNode(nd) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			c.tb.Fatal(err)
+		}
+	}
+}
+
+// startNode runs `ferry serve` for nd, its output appended to nd's log
+// file, and waits until it logs that it serves.
+func (c *testCluster) startNode(nd *clusterNode) error {
+	logf, err := os.OpenFile(nd.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(logf, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(buildFerry(c.tb), "serve", "--data-dir", nd.dir, "--log-format", "json",
+		"--grpc-addr", nd.grpcAddr, "--http-addr", "127.0.0.1:0", "--shutdown-timeout", "10s",
+		"--node-id", fmt.Sprint(nd.id), "--peers", nd.peers, "--peer-addr", nd.peerAddr)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		logf.Close()
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	p := &process{cmd: cmd, grpcAddr: nd.grpcAddr, exited: make(chan struct{})}
+	serving := make(chan string, 1)
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			logf.Write(append(sc.Bytes(), '\n'))
+			var line struct {
+				Msg      string `json:"msg"`
+				HTTPAddr string `json:"http_addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "ferry serving" {
+				serving <- line.HTTPAddr
+			}
+		}
+		_, _ = io.Copy(logf, stderr)
+	}()
+	go func() {
+		<-copied // Wait closes the pipe: read it all first
+		p.exitErr = cmd.Wait()
+		fmt.Fprintf(logf, "=== exit %s: %v\n", time.Now().Format(time.RFC3339Nano), p.exitErr)
+		logf.Close()
+		close(p.exited)
+	}()
+	c.tb.Cleanup(func() { p.kill(c.tb) })
+	select {
+	case p.httpAddr = <-serving:
+	case <-p.exited:
+		return fmt.Errorf("node %d exited before serving: %v (log %s)", nd.id, p.exitErr, nd.logPath)
+	case <-time.After(30 * time.Second):
+		p.kill(c.tb)
+		return fmt.Errorf("node %d did not serve within 30s (log %s)", nd.id, nd.logPath)
+	}
+	nd.mu.Lock()
+	nd.proc = p
+	nd.mu.Unlock()
+	return nil
+}
+
+// node returns the node with id.
+func (c *testCluster) node(id uint64) *clusterNode { return c.nodes[id-1] }
+
+// others returns every node but the given ones.
+func (c *testCluster) others(not ...uint64) []*clusterNode {
+	var out []*clusterNode
+	for _, nd := range c.nodes {
+		if !slices.Contains(not, nd.id) {
+			out = append(out, nd)
+		}
+	}
+	return out
+}
+
+// grpcAddrs is every node's gRPC address, for client.Dial.
+func (c *testCluster) grpcAddrs() string {
+	var addrs []string
+	for _, nd := range c.nodes {
+		addrs = append(addrs, nd.grpcAddr)
+	}
+	return strings.Join(addrs, ",")
+}
+
+func (nd *clusterNode) process() *process {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	return nd.proc
+}
+
+func (nd *clusterNode) admin() ferryv1.AdminServiceClient {
+	return ferryv1.NewAdminServiceClient(nd.conn)
+}
+
+func (nd *clusterNode) publisher() ferryv1.PublisherServiceClient {
+	return ferryv1.NewPublisherServiceClient(nd.conn)
+}
+
+// restart starts nd again on its data dir, after a kill or a stop.
+func (c *testCluster) restart(nd *clusterNode) {
+	c.tb.Helper()
+	if err := c.startNode(nd); err != nil {
+		c.tb.Fatal(err)
+	}
+}
+
+// ready reports whether nd's /readyz answers 200.
+func (nd *clusterNode) ready() bool {
+	p := nd.process()
+	if p == nil || p.httpAddr == "" {
+		return false
+	}
+	cl := http.Client{Timeout: time.Second}
+	resp, err := cl.Get("http://" + p.httpAddr + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// localStatus is nd's own view of its groups.
+func (nd *clusterNode) localStatus(ctx context.Context) (*ferryv1.NodeStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := nd.admin().GetClusterStatus(ctx, &ferryv1.GetClusterStatusRequest{Local: true})
+	if err != nil {
+		return nil, err
+	}
+	for _, ns := range resp.GetNodes() {
+		if ns.GetNodeId() == nd.id {
+			return ns, nil
+		}
+	}
+	return nil, fmt.Errorf("node %d's status does not name it", nd.id)
+}
+
+// leader returns the node that leads topic's partition part as the nodes
+// in among see it — the newest term's leader — or 0 if none does.
+func leaderOf(ctx context.Context, among []*clusterNode, topic string, part uint32) uint64 {
+	var leader, term uint64
+	for _, nd := range among {
+		ns, err := nd.localStatus(ctx)
+		if err != nil {
+			continue
+		}
+		for _, g := range ns.GetGroups() {
+			if g.GetTopic() == topic && g.GetPartition() == part && g.GetRole() == "leader" && g.GetTerm() > term {
+				leader, term = nd.id, g.GetTerm()
+			}
+		}
+	}
+	return leader
+}
+
+// waitLeader waits until one of among leads topic's partition part.
+func waitLeader(tb testing.TB, among []*clusterNode, topic string, part uint32, limit time.Duration) uint64 {
+	tb.Helper()
+	var id uint64
+	waitFor(tb, limit, fmt.Sprintf("a leader of %s/%d", topic, part), func() bool {
+		id = leaderOf(context.Background(), among, topic, part)
+		return id != 0
+	})
+	return id
+}
+
+// waitFollowing waits until nd is ready, follows a leader in every one of
+// its groups (metadata and partitions), and has applied what that leader
+// had committed when asked.
+func (c *testCluster) waitFollowing(nd *clusterNode, limit time.Duration) {
+	c.tb.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		why := c.following(nd)
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("node %d not following within %v: %s", nd.id, limit, why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// following says why nd does not follow yet, or "".
+func (c *testCluster) following(nd *clusterNode) string {
+	ctx := context.Background()
+	if !nd.ready() {
+		return "not ready"
+	}
+	mine, err := nd.localStatus(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	commits := map[uint64]uint64{} // group → its leader's commit index
+	for _, o := range c.others(nd.id) {
+		ns, err := o.localStatus(ctx)
+		if err != nil {
+			continue
+		}
+		for _, g := range ns.GetGroups() {
+			if g.GetRole() == "leader" {
+				commits[g.GetGroupId()] = g.GetCommitIndex()
+			}
+		}
+	}
+	if len(mine.GetGroups()) == 0 {
+		return "no groups"
+	}
+	for _, g := range mine.GetGroups() {
+		switch {
+		case g.GetRole() != "follower" && g.GetRole() != "leader":
+			return fmt.Sprintf("group %d: %s", g.GetGroupId(), g.GetRole())
+		case g.GetLeader() == 0:
+			return fmt.Sprintf("group %d: no leader", g.GetGroupId())
+		case g.GetRole() == "follower" && g.GetAppliedIndex() < commits[g.GetGroupId()]:
+			return fmt.Sprintf("group %d: applied %d of %d", g.GetGroupId(), g.GetAppliedIndex(), commits[g.GetGroupId()])
+		}
+	}
+	return ""
+}
+
+// waitFor polls cond every 50ms until it holds, or fails tb after limit.
+func waitFor(tb testing.TB, limit time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("no %s within %v", what, limit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// readLog reads all of topic's partition part as nd has it, page by page
+// until a page comes back empty: the result is nd's log at that last read
+// (what a node applied does not change).
+func readLog(ctx context.Context, nd *clusterNode, topic string, part uint32) ([]*ferryv1.Message, error) {
+	var msgs []*ferryv1.Message
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := nd.admin().ReadMessages(cctx, &ferryv1.ReadMessagesRequest{Topic: topic, Partition: part,
+			FromOffset: uint64(len(msgs)), MaxMessages: 1000})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("node %d: read %s/%d from %d: %w", nd.id, topic, part, len(msgs), err)
+		}
+		if len(resp.GetMessages()) == 0 {
+			return msgs, nil
+		}
+		for _, m := range resp.GetMessages() {
+			if m.GetOffset() != uint64(len(msgs)) {
+				return nil, fmt.Errorf("node %d: %s/%d: offset %d follows %d: not dense", nd.id, topic, part, m.GetOffset(), len(msgs)-1)
+			}
+			msgs = append(msgs, m)
+		}
+	}
+}
+
+// heads returns nd's head offset of each partition of topic.
+func heads(ctx context.Context, nd *clusterNode, topic string) ([]uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := nd.admin().GetTopic(ctx, &ferryv1.GetTopicRequest{Name: topic})
+	if err != nil {
+		return nil, err
+	}
+	var hs []uint64
+	for _, p := range resp.GetPartitions() {
+		hs = append(hs, p.GetHeadOffset())
+	}
+	return hs, nil
+}
+
+// waitConverged waits until every node of among has the same head offsets
+// for topic, twice in a row, then reads each node's log of every partition
+// and checks they are the same: ids, payloads, keys, headers. It returns
+// the logs, by partition.
+func waitConverged(tb testing.TB, among []*clusterNode, topic string, limit time.Duration) [][]*ferryv1.Message {
+	tb.Helper()
+	ctx := context.Background()
+	var last []uint64
+	stable := 0
+	waitFor(tb, limit, fmt.Sprintf("the same head offsets of %q on nodes %v", topic, nodeIDs(among)), func() bool {
+		var first []uint64
+		for i, nd := range among {
+			hs, err := heads(ctx, nd, topic)
+			if err != nil {
+				stable = 0
+				return false
+			}
+			if i == 0 {
+				first = hs
+			} else if !slices.Equal(first, hs) {
+				stable = 0
+				return false
+			}
+		}
+		if slices.Equal(first, last) {
+			stable++
+		} else {
+			stable, last = 0, first
+		}
+		return stable >= 2
+	})
+	var logs [][]*ferryv1.Message
+	for part := range uint32(len(last)) {
+		var ref []*ferryv1.Message
+		for i, nd := range among {
+			msgs, err := readLog(ctx, nd, topic, part)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if i == 0 {
+				ref = msgs
+				continue
+			}
+			if len(msgs) != len(ref) {
+				tb.Fatalf("%s/%d: node %d has %d messages, node %d %d", topic, part, nd.id, len(msgs), among[0].id, len(ref))
+			}
+			for j, m := range msgs {
+				if r := ref[j]; m.GetId() != r.GetId() || string(m.GetPayload()) != string(r.GetPayload()) ||
+					string(m.GetKey()) != string(r.GetKey()) || !maps.Equal(m.GetHeaders(), r.GetHeaders()) {
+					tb.Fatalf("%s/%d offset %d: node %d holds %q, node %d %q", topic, part, j, nd.id, m.GetId(), among[0].id, r.GetId())
+				}
+			}
+		}
+		logs = append(logs, ref)
+	}
+	return logs
+}
+
+func nodeIDs(nodes []*clusterNode) []uint64 {
+	var ids []uint64
+	for _, nd := range nodes {
+		ids = append(ids, nd.id)
+	}
+	return ids
+}
