@@ -70,10 +70,18 @@
 // which some are replicated cannot be one transaction: Write makes it in
 // order, outputs first, and needs an id on every message.
 //
+// A replica too far behind its group's compacted log gets a copy of the
+// partition from a peer instead: Replica.Export reads every key of the
+// partition in one read transaction taken while the writer waits, cut into
+// chunks (export.go), and Replica.Import writes them in place of this
+// node's, checked, as they arrive, the applied index last (import.go).
+// Replica.Sync makes every apply durable before the group compacts.
+//
 // Topic and subscription changes can be stamped (stamp.go): made with a
 // given time, id and Raft index instead of the clock's, for the metadata
 // group that replicates them.
 //
 // The key layout is drawn in keys.go and the record formats in record.go
-// (the Raft log bounds in raftlog.go, partition entries in entry.go).
+// (the Raft log bounds in raftlog.go, partition entries in entry.go,
+// export chunks in export.go).
 package storage

@@ -57,6 +57,19 @@ var (
 	// replicated, with a message without an id: made in order, a retry
 	// could store it twice. Nothing is written then.
 	ErrNeedIDs = errors.New("storage: write across replicated partitions without an id on every message")
+	// ErrInvalidExport is returned, wrapped with what is wrong, by
+	// Import.Add and Import.Finish for an export chunk that is malformed,
+	// holds a key of another partition or out of order, or leaves the
+	// partition inconsistent (offsets missing, sizes that do not add up),
+	// and for an export whose applied index is below the one asked for.
+	// The import is aborted then.
+	ErrInvalidExport = errors.New("storage: invalid partition export")
+	// ErrReplaced is returned for a write this node proposed to a
+	// replicated partition whose state was replaced by an import before
+	// the write was applied here: the imported state may hold it or not,
+	// so its outcome is unknown, as a timeout's is. A retry with the same
+	// ids is answered as duplicates if it was stored.
+	ErrReplaced = errors.New("storage: partition replaced by an import; the write's outcome is unknown")
 	// ErrCorrupt is returned when a stored key or value cannot be decoded.
 	ErrCorrupt = errors.New("storage: corrupt record")
 )

@@ -16,6 +16,9 @@ import (
 //	z <tid u32>                                → tombstone: the topic's data is being dropped
 //	p <tid u32> <part u32>                     → partition meta (first, head, bytes, last time,
 //	                                             and in a cluster the Raft index applied)
+//	i <tid u32> <part u32>                     → import marker: the partition's keys are being
+//	                                             replaced by a peer's export (import.go); its
+//	                                             meta is empty meanwhile
 //	m <tid u32> <part u32> <off u64> <t i64> <size u32> <id>
 //	                                           → message record; t is the publish time in
 //	                                             unix nanoseconds, size the record's length
@@ -72,6 +75,7 @@ const (
 	kindAckedID   byte = 'a'
 	kindSubTomb   byte = 'y'
 	kindRaft      byte = 'r'
+	kindImport    byte = 'i'
 )
 
 // The byte after r <group u64>: which record of the group the key holds.
@@ -85,7 +89,7 @@ const (
 )
 
 // topicDataKinds are the kinds of key dropped with a deleted topic.
-var topicDataKinds = []byte{kindMessage, kindCursor, kindAckedID, kindSubTomb, kindSub}
+var topicDataKinds = []byte{kindMessage, kindCursor, kindAckedID, kindSubTomb, kindSub, kindImport}
 
 const (
 	partitionPrefixLen = 1 + 4 + 4
@@ -122,6 +126,8 @@ func partitionPrefix(kind byte, tid, part uint32) []byte {
 }
 
 func partitionKey(tid, part uint32) []byte { return partitionPrefix(kindPartition, tid, part) }
+
+func importKey(tid, part uint32) []byte { return partitionPrefix(kindImport, tid, part) }
 
 // messageSeekKey is where an iterator seeks to find offset off: every
 // message key of that offset sorts at or after it.

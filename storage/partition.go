@@ -272,6 +272,8 @@ func (p *Partition) control(st partitionState, r *request) partitionState {
 	case cmdProposalFailed:
 		p.failProposal(r.cmd.proposal, r.cmd.cause)
 		close(r.done)
+	case cmdHold:
+		return p.park(st, r)
 	default:
 		r.err = fmt.Errorf("command kind %d: %w", r.cmd.kind, ErrCorrupt)
 		close(r.done)
@@ -287,6 +289,30 @@ func (p *Partition) park(st partitionState, r *request) partitionState {
 	st = <-r.cmd.barrier.resume
 	close(r.done)
 	return st
+}
+
+// hold parks the writer, replicated or not, and returns its state and the
+// function that hands the writer the state to go on from, to be called
+// once. Meanwhile the caller owns the partition's state, its Badger keys
+// and its pending proposals: nothing else is applied.
+func (p *Partition) hold(ctx context.Context) (partitionState, func(partitionState), error) {
+	b := &barrier{held: make(chan partitionState, 1), resume: make(chan partitionState, 1)}
+	r, err := p.submit(ctx, command{kind: cmdHold, barrier: b})
+	if err != nil {
+		return partitionState{}, nil, err
+	}
+	select {
+	case st := <-b.held:
+		return st, func(next partitionState) {
+			b.resume <- next
+			<-r.done
+		}, nil
+	case <-r.done: // the writer failed before it got there
+		if r.err != nil {
+			return partitionState{}, nil, r.err
+		}
+		return partitionState{}, nil, ErrClosed
+	}
 }
 
 // commit applies one group in one transaction and passes it to the syncer.

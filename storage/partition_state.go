@@ -20,6 +20,7 @@ const (
 	cmdReplicate      // from now on, propose groups to proposer instead of committing them
 	cmdApplyEntry     // apply a committed Raft entry
 	cmdProposalFailed // answer a proposal's requests with cause: it will not be applied as proposed
+	cmdHold           // hand the state to an export or import (hold) and wait for it back
 )
 
 // control reports whether c is one the writer handles itself, outside a
@@ -42,7 +43,7 @@ type command struct {
 	// them (acks, cursor moves).
 	cursors []cursorWrite
 	acked   *ackedIDs
-	barrier *barrier // cmdBarrier
+	barrier *barrier // cmdBarrier, cmdHold
 
 	proposer Proposer // cmdReplicate
 	index    uint64   // cmdApplyEntry: the entry's Raft index

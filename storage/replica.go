@@ -46,6 +46,7 @@ type Proposer interface {
 // machine calls.
 type Replica struct {
 	p *Partition
+	s *Store // for the topic's subscriptions and dedup window, on Import
 }
 
 // Replicate makes topic's partition part a replicated one: from now on its
@@ -63,12 +64,37 @@ func (s *Store) Replicate(ctx context.Context, topic string, part uint32, propos
 	if _, err := p.do(ctx, command{kind: cmdReplicate, proposer: proposer}); err != nil {
 		return nil, err
 	}
-	return &Replica{p: p}, nil
+	return &Replica{p: p, s: s}, nil
 }
 
 // Applied is the Raft index of the last entry the partition applied (0 if
 // none).
 func (r *Replica) Applied() uint64 { return r.p.applied.Load() }
+
+// TopicID returns the id of the partition's topic (Topic.ID).
+func (r *Replica) TopicID() uint32 { return r.p.tid }
+
+// Partition returns the partition's number.
+func (r *Replica) Partition() uint32 { return r.p.part }
+
+// Sync returns once every entry applied before the call is durable (under
+// the fsync policy: with FsyncNever, once it is committed). Apply does not
+// sync; a Raft group calls Sync before it compacts its log behind the
+// partition's applied index, so no entry leaves the log while its apply
+// could still be lost.
+func (r *Replica) Sync(ctx context.Context) error {
+	st, resume, err := r.p.hold(ctx)
+	if err != nil {
+		return err
+	}
+	// Queued while the writer is held, so before Close can close the syncer.
+	req := enqueueSync(r.p.sync)
+	resume(st)
+	if err := req.wait(); err != nil {
+		return fmt.Errorf("sync topic %q partition %d: %w", r.p.topic, r.p.part, err)
+	}
+	return nil
+}
 
 // Apply applies the committed entry data at index, and returns once it is
 // applied (or, for an index already applied, at once). Call it in log

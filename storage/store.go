@@ -157,6 +157,12 @@ func (s *Store) load() error {
 				}); err != nil {
 					return fmt.Errorf("topic %q partition %d: %w", name, part, err)
 				}
+				if _, err := txn.Get(importKey(t.id, part)); err == nil {
+					s.log.Warn("partition import was cut short: the partition is empty until its raft group restores it",
+						"topic", name, "partition", part)
+				} else if !errors.Is(err, badger.ErrKeyNotFound) {
+					return fmt.Errorf("topic %q partition %d import marker: %w", name, part, err)
+				}
 				h.partitions = append(h.partitions, newPartition(name, st, t.Config.DedupWindow, s.db, s.sync, &s.opts))
 			}
 			s.topics[name] = h
@@ -571,8 +577,13 @@ func (s *Store) drop(tomb []byte, prefixes [][]byte) error {
 
 // deleteSome deletes up to limit keys under prefix and says how many.
 func (s *Store) deleteSome(prefix []byte, limit int) (int, error) {
+	return deleteSome(s.db, prefix, limit)
+}
+
+// deleteSome deletes up to limit keys of db under prefix and says how many.
+func deleteSome(db *badger.DB, prefix []byte, limit int) (int, error) {
 	var keys [][]byte
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := db.View(func(txn *badger.Txn) error {
 		opts := badger.DefaultIteratorOptions
 		opts.PrefetchValues = false
 		opts.Prefix = prefix
@@ -586,7 +597,7 @@ func (s *Store) deleteSome(prefix []byte, limit int) (int, error) {
 	if err != nil || len(keys) == 0 {
 		return 0, err
 	}
-	wb := s.db.NewWriteBatch()
+	wb := db.NewWriteBatch()
 	defer wb.Cancel()
 	for _, k := range keys {
 		if err := wb.Delete(k); err != nil {

@@ -46,6 +46,15 @@ func (c *tailCache) append(msgs []Message, sizes []int) {
 	c.dropFront(drop)
 }
 
+// reset empties the cache: the partition's messages were replaced (an
+// import), and offsets may hold other messages now.
+func (c *tailCache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.msgs)
+	c.msgs, c.sizes, c.start, c.bytes = nil, nil, 0, 0
+}
+
 // trim drops messages below first (removed by retention).
 func (c *tailCache) trim(first uint64) {
 	c.mu.Lock()
