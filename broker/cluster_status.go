@@ -18,9 +18,12 @@ import (
 const statusTimeout = 3 * time.Second
 
 // status returns this node's view of its groups and, unless local, every
-// other node's, asked for in parallel; a node that does not answer in
-// time is reported with the error.
+// other node's, asked for in parallel, in node id order; a node that does
+// not answer in time is reported with the error.
 func (n *node) status(ctx context.Context, local bool) *ferryv1.GetClusterStatusResponse {
+	if local {
+		return &ferryv1.GetClusterStatusResponse{Nodes: []*ferryv1.NodeStatus{n.localStatus()}}
+	}
 	resp := &ferryv1.GetClusterStatusResponse{Nodes: make([]*ferryv1.NodeStatus, len(n.voters))}
 	var wg sync.WaitGroup
 	for i, id := range n.voters {
@@ -30,10 +33,6 @@ func (n *node) status(ctx context.Context, local bool) *ferryv1.GetClusterStatus
 		}
 		ns := &ferryv1.NodeStatus{NodeId: id, PeerAddr: n.peers[id]}
 		resp.Nodes[i] = ns
-		if local {
-			ns.Error = "not asked (local view)"
-			continue
-		}
 		wg.Go(func() {
 			conn, err := n.conn(id)
 			if err != nil {

@@ -210,3 +210,101 @@ func TestClusterStatusAndMetrics(t *testing.T) {
 	_, err = single.admin.GetClusterStatus(ctx, &ferryv1.GetClusterStatusRequest{})
 	wantStatus(t, err, codes.FailedPrecondition, "single node")
 }
+
+// TestClusterOwnerMoves: an effectively-once subscription is served by the
+// leader of the partition its name hashes to. When that leadership moves,
+// the consumer's stream (attached through another node) ends with
+// UNAVAILABLE; reattached, it gets the rest from the new owner, and none
+// of the deliveries whose acks were confirmed comes again: the new owner
+// loaded the cursors the old one wrote.
+func TestClusterOwnerMoves(t *testing.T) {
+	c := startTestCluster(t, 3)
+	ctx := testContext(t)
+	c[1].createTopic(t, "orders", &ferryv1.TopicConfig{Partitions: 2})
+	for i := range 40 {
+		c[2].publish(t, "orders", &ferryv1.PublishMessage{Id: fmt.Sprintf("m%d", i), Payload: []byte("x")})
+	}
+	c[3].createSub(t, "orders", "kitchen", subConfig(effOnce, shared))
+	owner := partitionLeader(t, c[1], "orders", ownerPartition("kitchen", 2))
+	via := owner%3 + 1 // attach through a node that forwards
+
+	attach := func() ferryv1.SubscriberService_SubscribeClient {
+		stream, err := ferryv1.NewSubscriberServiceClient(c[via].conn).Subscribe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Init{Init: &ferryv1.SubscribeInit{Topic: "orders", Subscription: "kitchen", Credit: 5}}}); err != nil {
+			t.Fatal(err)
+		}
+		return stream
+	}
+	seen := map[string]bool{}
+	// consume takes n deliveries, acks each and waits for the
+	// confirmations.
+	consume := func(stream ferryv1.SubscriberService_SubscribeClient, n int) {
+		pending := 0
+		for got := 0; got < n || pending > 0; {
+			resp, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("Recv after %d of %d: %v", got, n, err)
+			}
+			if conf := resp.GetAckConfirmation(); conf != nil {
+				for _, r := range conf.GetResults() {
+					if r.GetCode() != 0 {
+						t.Fatalf("ack refused: %v", r)
+					}
+				}
+				pending--
+				continue
+			}
+			for _, d := range resp.GetDeliveries().GetDeliveries() {
+				id := d.GetMessage().GetId()
+				if seen[id] {
+					t.Fatalf("%s delivered again after its ack was confirmed", id)
+				}
+				seen[id] = true
+				got++
+				pending++
+				if err := stream.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Ack{Ack: &ferryv1.SubscribeAck{
+					Sequence: uint64(len(seen)), DeliveryIds: []string{d.GetDeliveryId()}}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	stream := attach()
+	consume(stream, 15)
+
+	// The owner hands its leadership to another node.
+	part := ownerPartition("kitchen", 2)
+	g, err := c[owner].srv.node.group("orders", part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := via
+	if err := g.TransferLeadership(ctx, next); err != nil {
+		t.Fatalf("transfer leadership of partition %d from %d to %d: %v", part, owner, next, err)
+	}
+	for {
+		_, err := stream.Recv()
+		if err == nil {
+			continue
+		}
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("the stream ended with %v, want UNAVAILABLE", err)
+		}
+		break
+	}
+	eventuallyB(t, "every node sees the new owner", func() bool {
+		for id := range c {
+			if l := partitionLeader(t, c[id], "orders", part); l != next {
+				return false
+			}
+		}
+		return true
+	})
+	consume(attach(), 40-len(seen))
+	if len(seen) != 40 {
+		t.Fatalf("consumed %d distinct messages, want 40", len(seen))
+	}
+}

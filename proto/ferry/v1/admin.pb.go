@@ -1197,7 +1197,7 @@ func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
 type GetClusterStatusRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only the answering node's own view, without asking the others (what a
-	// node asks its peers).
+	// node asks its peers): the response has that one node.
 	Local         bool `protobuf:"varint,1,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
