@@ -404,6 +404,157 @@ func (*SendSnapshotResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_cluster_v1_raft_proto_rawDescGZIP(), []int{5}
 }
 
+// FetchPartitionRequest asks a node for its copy of a replicated partition.
+type FetchPartitionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node id of the asking node (the one restoring a snapshot).
+	FromNode uint64 `protobuf:"varint,1,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
+	// Node id of the node asked.
+	ToNode uint64 `protobuf:"varint,2,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
+	// The partition's Raft group; never 0.
+	GroupId uint64 `protobuf:"varint,3,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The id of the partition's topic (storage's Topic.ID), as the snapshot
+	// names it.
+	TopicId uint32 `protobuf:"varint,4,opt,name=topic_id,json=topicId,proto3" json:"topic_id,omitempty"`
+	// The partition's number, as the snapshot names it.
+	Partition uint32 `protobuf:"varint,5,opt,name=partition,proto3" json:"partition,omitempty"`
+	// The least Raft index the copy must have applied: the snapshot's index.
+	MinAppliedIndex uint64 `protobuf:"varint,6,opt,name=min_applied_index,json=minAppliedIndex,proto3" json:"min_applied_index,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FetchPartitionRequest) Reset() {
+	*x = FetchPartitionRequest{}
+	mi := &file_ferry_cluster_v1_raft_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchPartitionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchPartitionRequest) ProtoMessage() {}
+
+func (x *FetchPartitionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_cluster_v1_raft_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchPartitionRequest.ProtoReflect.Descriptor instead.
+func (*FetchPartitionRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_cluster_v1_raft_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *FetchPartitionRequest) GetFromNode() uint64 {
+	if x != nil {
+		return x.FromNode
+	}
+	return 0
+}
+
+func (x *FetchPartitionRequest) GetToNode() uint64 {
+	if x != nil {
+		return x.ToNode
+	}
+	return 0
+}
+
+func (x *FetchPartitionRequest) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *FetchPartitionRequest) GetTopicId() uint32 {
+	if x != nil {
+		return x.TopicId
+	}
+	return 0
+}
+
+func (x *FetchPartitionRequest) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *FetchPartitionRequest) GetMinAppliedIndex() uint64 {
+	if x != nil {
+		return x.MinAppliedIndex
+	}
+	return 0
+}
+
+// FetchPartitionResponse is one chunk of a partition's copy.
+type FetchPartitionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Raft index of the last entry applied to the copy: the same in every
+	// response of a stream, and at least the request's min_applied_index.
+	AppliedIndex uint64 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// The next chunk of the copy, in the export format of ferry's storage
+	// (storage/export.go: a version byte, a count, then key, expiry and value
+	// of each pair); never empty, and at most the node-to-node frame limit
+	// (16 MiB by default). The first chunk begins with the partition's meta.
+	Chunk         []byte `protobuf:"bytes,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchPartitionResponse) Reset() {
+	*x = FetchPartitionResponse{}
+	mi := &file_ferry_cluster_v1_raft_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchPartitionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchPartitionResponse) ProtoMessage() {}
+
+func (x *FetchPartitionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_cluster_v1_raft_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchPartitionResponse.ProtoReflect.Descriptor instead.
+func (*FetchPartitionResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_cluster_v1_raft_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *FetchPartitionResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *FetchPartitionResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
 var File_ferry_cluster_v1_raft_proto protoreflect.FileDescriptor
 
 const file_ferry_cluster_v1_raft_proto_rawDesc = "" +
@@ -430,10 +581,21 @@ const file_ferry_cluster_v1_raft_proto_rawDesc = "" +
 	"data_bytes\x18\x05 \x01(\x04R\tdataBytes\x12\x1f\n" +
 	"\vdata_crc32c\x18\x06 \x01(\rR\n" +
 	"dataCrc32c\"\x16\n" +
-	"\x14SendSnapshotResponse2\xc0\x01\n" +
+	"\x14SendSnapshotResponse\"\xcd\x01\n" +
+	"\x15FetchPartitionRequest\x12\x1b\n" +
+	"\tfrom_node\x18\x01 \x01(\x04R\bfromNode\x12\x17\n" +
+	"\ato_node\x18\x02 \x01(\x04R\x06toNode\x12\x19\n" +
+	"\bgroup_id\x18\x03 \x01(\x04R\agroupId\x12\x19\n" +
+	"\btopic_id\x18\x04 \x01(\rR\atopicId\x12\x1c\n" +
+	"\tpartition\x18\x05 \x01(\rR\tpartition\x12*\n" +
+	"\x11min_applied_index\x18\x06 \x01(\x04R\x0fminAppliedIndex\"S\n" +
+	"\x16FetchPartitionResponse\x12#\n" +
+	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12\x14\n" +
+	"\x05chunk\x18\x02 \x01(\fR\x05chunk2\xa7\x02\n" +
 	"\x14RaftTransportService\x12G\n" +
 	"\x04Send\x12\x1d.ferry.cluster.v1.SendRequest\x1a\x1e.ferry.cluster.v1.SendResponse(\x01\x12_\n" +
-	"\fSendSnapshot\x12%.ferry.cluster.v1.SendSnapshotRequest\x1a&.ferry.cluster.v1.SendSnapshotResponse(\x01B;Z9github.com/ferrymq/ferry/proto/ferry/cluster/v1;clusterv1b\x06proto3"
+	"\fSendSnapshot\x12%.ferry.cluster.v1.SendSnapshotRequest\x1a&.ferry.cluster.v1.SendSnapshotResponse(\x01\x12e\n" +
+	"\x0eFetchPartition\x12'.ferry.cluster.v1.FetchPartitionRequest\x1a(.ferry.cluster.v1.FetchPartitionResponse0\x01B;Z9github.com/ferrymq/ferry/proto/ferry/cluster/v1;clusterv1b\x06proto3"
 
 var (
 	file_ferry_cluster_v1_raft_proto_rawDescOnce sync.Once
@@ -447,24 +609,28 @@ func file_ferry_cluster_v1_raft_proto_rawDescGZIP() []byte {
 	return file_ferry_cluster_v1_raft_proto_rawDescData
 }
 
-var file_ferry_cluster_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_ferry_cluster_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_ferry_cluster_v1_raft_proto_goTypes = []any{
-	(*SendRequest)(nil),          // 0: ferry.cluster.v1.SendRequest
-	(*GroupMessage)(nil),         // 1: ferry.cluster.v1.GroupMessage
-	(*SendResponse)(nil),         // 2: ferry.cluster.v1.SendResponse
-	(*SendSnapshotRequest)(nil),  // 3: ferry.cluster.v1.SendSnapshotRequest
-	(*SnapshotHeader)(nil),       // 4: ferry.cluster.v1.SnapshotHeader
-	(*SendSnapshotResponse)(nil), // 5: ferry.cluster.v1.SendSnapshotResponse
+	(*SendRequest)(nil),            // 0: ferry.cluster.v1.SendRequest
+	(*GroupMessage)(nil),           // 1: ferry.cluster.v1.GroupMessage
+	(*SendResponse)(nil),           // 2: ferry.cluster.v1.SendResponse
+	(*SendSnapshotRequest)(nil),    // 3: ferry.cluster.v1.SendSnapshotRequest
+	(*SnapshotHeader)(nil),         // 4: ferry.cluster.v1.SnapshotHeader
+	(*SendSnapshotResponse)(nil),   // 5: ferry.cluster.v1.SendSnapshotResponse
+	(*FetchPartitionRequest)(nil),  // 6: ferry.cluster.v1.FetchPartitionRequest
+	(*FetchPartitionResponse)(nil), // 7: ferry.cluster.v1.FetchPartitionResponse
 }
 var file_ferry_cluster_v1_raft_proto_depIdxs = []int32{
 	1, // 0: ferry.cluster.v1.SendRequest.messages:type_name -> ferry.cluster.v1.GroupMessage
 	4, // 1: ferry.cluster.v1.SendSnapshotRequest.header:type_name -> ferry.cluster.v1.SnapshotHeader
 	0, // 2: ferry.cluster.v1.RaftTransportService.Send:input_type -> ferry.cluster.v1.SendRequest
 	3, // 3: ferry.cluster.v1.RaftTransportService.SendSnapshot:input_type -> ferry.cluster.v1.SendSnapshotRequest
-	2, // 4: ferry.cluster.v1.RaftTransportService.Send:output_type -> ferry.cluster.v1.SendResponse
-	5, // 5: ferry.cluster.v1.RaftTransportService.SendSnapshot:output_type -> ferry.cluster.v1.SendSnapshotResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
+	6, // 4: ferry.cluster.v1.RaftTransportService.FetchPartition:input_type -> ferry.cluster.v1.FetchPartitionRequest
+	2, // 5: ferry.cluster.v1.RaftTransportService.Send:output_type -> ferry.cluster.v1.SendResponse
+	5, // 6: ferry.cluster.v1.RaftTransportService.SendSnapshot:output_type -> ferry.cluster.v1.SendSnapshotResponse
+	7, // 7: ferry.cluster.v1.RaftTransportService.FetchPartition:output_type -> ferry.cluster.v1.FetchPartitionResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -485,7 +651,7 @@ func file_ferry_cluster_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_cluster_v1_raft_proto_rawDesc), len(file_ferry_cluster_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,8 +25,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RaftTransportService_Send_FullMethodName         = "/ferry.cluster.v1.RaftTransportService/Send"
-	RaftTransportService_SendSnapshot_FullMethodName = "/ferry.cluster.v1.RaftTransportService/SendSnapshot"
+	RaftTransportService_Send_FullMethodName           = "/ferry.cluster.v1.RaftTransportService/Send"
+	RaftTransportService_SendSnapshot_FullMethodName   = "/ferry.cluster.v1.RaftTransportService/SendSnapshot"
+	RaftTransportService_FetchPartition_FullMethodName = "/ferry.cluster.v1.RaftTransportService/FetchPartition"
 )
 
 // RaftTransportServiceClient is the client API for RaftTransportService service.
@@ -52,6 +53,16 @@ type RaftTransportServiceClient interface {
 	// group has taken the snapshot, and an error (the leader retries later)
 	// otherwise.
 	SendSnapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SendSnapshotRequest, SendSnapshotResponse], error)
+	// FetchPartition streams a replicated partition's data, as the node asked
+	// has it, to a node restoring the partition's snapshot: a partition's
+	// snapshot only marks where it was taken, and the node that installs it
+	// fetches the data from a peer that has applied at least that far. The
+	// answer is a stream of chunks of the partition's keys, read in one
+	// consistent read. The node asked answers UNAVAILABLE if it has not
+	// applied min_applied_index yet (or runs no such group), FAILED_PRECONDITION
+	// if its group replicates another partition or to_node is not its id, and
+	// INVALID_ARGUMENT for a malformed request.
+	FetchPartition(ctx context.Context, in *FetchPartitionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchPartitionResponse], error)
 }
 
 type raftTransportServiceClient struct {
@@ -88,6 +99,25 @@ func (c *raftTransportServiceClient) SendSnapshot(ctx context.Context, opts ...g
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RaftTransportService_SendSnapshotClient = grpc.ClientStreamingClient[SendSnapshotRequest, SendSnapshotResponse]
 
+func (c *raftTransportServiceClient) FetchPartition(ctx context.Context, in *FetchPartitionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchPartitionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RaftTransportService_ServiceDesc.Streams[2], RaftTransportService_FetchPartition_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FetchPartitionRequest, FetchPartitionResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RaftTransportService_FetchPartitionClient = grpc.ServerStreamingClient[FetchPartitionResponse]
+
 // RaftTransportServiceServer is the server API for RaftTransportService service.
 // All implementations must embed UnimplementedRaftTransportServiceServer
 // for forward compatibility.
@@ -111,6 +141,16 @@ type RaftTransportServiceServer interface {
 	// group has taken the snapshot, and an error (the leader retries later)
 	// otherwise.
 	SendSnapshot(grpc.ClientStreamingServer[SendSnapshotRequest, SendSnapshotResponse]) error
+	// FetchPartition streams a replicated partition's data, as the node asked
+	// has it, to a node restoring the partition's snapshot: a partition's
+	// snapshot only marks where it was taken, and the node that installs it
+	// fetches the data from a peer that has applied at least that far. The
+	// answer is a stream of chunks of the partition's keys, read in one
+	// consistent read. The node asked answers UNAVAILABLE if it has not
+	// applied min_applied_index yet (or runs no such group), FAILED_PRECONDITION
+	// if its group replicates another partition or to_node is not its id, and
+	// INVALID_ARGUMENT for a malformed request.
+	FetchPartition(*FetchPartitionRequest, grpc.ServerStreamingServer[FetchPartitionResponse]) error
 	mustEmbedUnimplementedRaftTransportServiceServer()
 }
 
@@ -126,6 +166,9 @@ func (UnimplementedRaftTransportServiceServer) Send(grpc.ClientStreamingServer[S
 }
 func (UnimplementedRaftTransportServiceServer) SendSnapshot(grpc.ClientStreamingServer[SendSnapshotRequest, SendSnapshotResponse]) error {
 	return status.Error(codes.Unimplemented, "method SendSnapshot not implemented")
+}
+func (UnimplementedRaftTransportServiceServer) FetchPartition(*FetchPartitionRequest, grpc.ServerStreamingServer[FetchPartitionResponse]) error {
+	return status.Error(codes.Unimplemented, "method FetchPartition not implemented")
 }
 func (UnimplementedRaftTransportServiceServer) mustEmbedUnimplementedRaftTransportServiceServer() {}
 func (UnimplementedRaftTransportServiceServer) testEmbeddedByValue()                              {}
@@ -162,6 +205,17 @@ func _RaftTransportService_SendSnapshot_Handler(srv interface{}, stream grpc.Ser
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RaftTransportService_SendSnapshotServer = grpc.ClientStreamingServer[SendSnapshotRequest, SendSnapshotResponse]
 
+func _RaftTransportService_FetchPartition_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FetchPartitionRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RaftTransportServiceServer).FetchPartition(m, &grpc.GenericServerStream[FetchPartitionRequest, FetchPartitionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RaftTransportService_FetchPartitionServer = grpc.ServerStreamingServer[FetchPartitionResponse]
+
 // RaftTransportService_ServiceDesc is the grpc.ServiceDesc for RaftTransportService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -179,6 +233,11 @@ var RaftTransportService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "SendSnapshot",
 			Handler:       _RaftTransportService_SendSnapshot_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "FetchPartition",
+			Handler:       _RaftTransportService_FetchPartition_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "ferry/cluster/v1/raft.proto",
