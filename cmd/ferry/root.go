@@ -29,6 +29,7 @@ func newRootCommand() *cobra.Command {
 		newTopCommand(),
 		newBenchCommand(),
 		newClusterCommand(),
+		newVersionCommand(),
 	)
 	return root
 }
