@@ -308,3 +308,40 @@ func TestClusterOwnerMoves(t *testing.T) {
 		t.Fatalf("consumed %d distinct messages, want 40", len(seen))
 	}
 }
+
+// TestClusterCommitNeedsIDs: in a cluster a Commit is written partition by
+// partition, outputs first (docs/cluster.md), so every output must carry an
+// id for a retry to be recognised; one without is refused with
+// FAILED_PRECONDITION and nothing is written. With ids, it is written.
+func TestClusterCommitNeedsIDs(t *testing.T) {
+	c := startTestCluster(t, 3)
+	ctx := testContext(t)
+	c[1].createTopic(t, "in", &ferryv1.TopicConfig{Partitions: 1})
+	c[1].createTopic(t, "out", &ferryv1.TopicConfig{Partitions: 2})
+	c[1].createSub(t, "in", "proc", subConfig(effOnce, shared))
+	sub := ferryv1.NewSubscriberServiceClient(c[2].conn)
+	msgs := func(withIDs bool) []*ferryv1.PublishMessage {
+		var ms []*ferryv1.PublishMessage
+		for i := range 4 {
+			m := &ferryv1.PublishMessage{Key: []byte(fmt.Sprint(i)), Payload: []byte("out")}
+			if withIDs {
+				m.Id = fmt.Sprintf("out-%d", i)
+			}
+			ms = append(ms, m)
+		}
+		return ms
+	}
+	_, err := sub.Commit(ctx, &ferryv1.CommitRequest{Topic: "in", Subscription: "proc",
+		Publishes: []*ferryv1.CommitPublish{{Topic: "out", Messages: msgs(false)}}})
+	wantStatus(t, err, codes.FailedPrecondition, "id")
+	if got := logOf(t, c[3], "out", 2); len(got) != 0 {
+		t.Fatalf("a refused commit wrote %v", got)
+	}
+	if _, err := sub.Commit(ctx, &ferryv1.CommitRequest{Topic: "in", Subscription: "proc",
+		Publishes: []*ferryv1.CommitPublish{{Topic: "out", Messages: msgs(true)}}}); err != nil {
+		t.Fatalf("commit with ids: %v", err)
+	}
+	if got := logOf(t, c[3], "out", 2); len(got) != 4 {
+		t.Fatalf("the commit wrote %v, want 4 messages", got)
+	}
+}

@@ -1077,3 +1077,26 @@ func TestShutdownEndsSubscribe(t *testing.T) {
 		t.Errorf("Shutdown took %v: the Subscribe stream held it until ShutdownTimeout (%v)", took, timeout)
 	}
 }
+
+// TestCommitOnlyPublishes: a Commit that names no delivery, only messages
+// to publish, is answered with their results (it used to wait for ever).
+func TestCommitOnlyPublishes(t *testing.T) {
+	ts := startServer(t)
+	ts.createTopic(t, "in", &ferryv1.TopicConfig{Partitions: 1})
+	ts.createTopic(t, "out", &ferryv1.TopicConfig{Partitions: 2})
+	ts.createSub(t, "in", "proc", subConfig(effOnce, shared))
+	var ms []*ferryv1.PublishMessage
+	for i := range 4 {
+		ms = append(ms, &ferryv1.PublishMessage{Id: fmt.Sprintf("o%d", i), Key: []byte(fmt.Sprint(i)), Payload: []byte("out")})
+	}
+	ctx, cancel := context.WithTimeout(testContext(t), 5*time.Second)
+	defer cancel()
+	resp, err := ferryv1.NewSubscriberServiceClient(ts.conn).Commit(ctx, &ferryv1.CommitRequest{Topic: "in", Subscription: "proc",
+		Publishes: []*ferryv1.CommitPublish{{Topic: "out", Messages: ms}}})
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if n := len(resp.GetPublishResults()[0].GetResults()); n != 4 {
+		t.Fatalf("%d results, want 4", n)
+	}
+}

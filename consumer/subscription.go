@@ -1008,6 +1008,9 @@ func (s *subscription) settled() bool {
 // those before it.
 func (s *subscription) written(job *writeJob, res [][]storage.AppendResult, err error, now time.Time) {
 	job.finished, job.res, job.err = true, res, err
+	if len(job.parts) == 0 {
+		s.complete(job) // a commit that only publishes holds no partition
+	}
 	for _, part := range job.parts {
 		p := s.parts[part]
 		for len(p.writes) > 0 && p.writes[0].finished {
