@@ -209,7 +209,7 @@ func createClusterTopic(tb testing.TB, nd *clusterNode, topic string, parts uint
 // not answered (an error, or no answer within 2 s) is sent again with the
 // same id through the next node, until it is acknowledged: one operation
 // of the history from its first attempt to its ack. A reader meanwhile
-// makes marker reads through each node in turn.
+// reads whole partitions through each node in turn.
 type publishLoad struct {
 	c     *testCluster
 	topic string
@@ -240,7 +240,7 @@ func startPublishLoad(tb testing.TB, c *testCluster, topic string, parts uint32,
 	for w := range producers {
 		l.wg.Go(func() { l.produce(tb, w) })
 	}
-	l.wg.Go(l.readMarkers)
+	l.wg.Go(l.readLogs)
 	return l
 }
 
@@ -343,9 +343,28 @@ func (l *publishLoad) markerRead(nd *clusterNode, part uint32, id string) error 
 	return nil
 }
 
-// readMarkers makes a marker read every 200ms, through each node and of
-// each partition in turn, until the load stops.
-func (l *publishLoad) readMarkers() {
+// plainRead reads part's log through nd with ReadMessages alone, which in
+// a cluster is linearizable by itself: each page waits for a barrier
+// through the partition's group, so it holds everything committed before
+// the read began.
+func (l *publishLoad) plainRead(nd *clusterNode, part uint32) error {
+	call := l.hist.now()
+	msgs, err := readLog(context.Background(), nd, l.topic, part)
+	if err != nil {
+		return err
+	}
+	ids := make([]string, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.GetId()
+	}
+	l.hist.read(logKey{l.topic, part}, call, ids)
+	return nil
+}
+
+// readLogs reads a partition's log every 200ms, through each node and
+// of each partition in turn, until the load stops: marker reads and plain
+// ones by turns.
+func (l *publishLoad) readLogs() {
 	n := len(l.c.nodes)
 	for k := 0; ; k++ {
 		select {
@@ -353,7 +372,12 @@ func (l *publishLoad) readMarkers() {
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
-		_ = l.markerRead(l.c.nodes[k%n], uint32(k/n)%l.parts, fmt.Sprintf("read-%d", k))
+		nd, part := l.c.nodes[k%n], uint32(k/n)%l.parts
+		if k%2 == 0 {
+			_ = l.markerRead(nd, part, fmt.Sprintf("read-%d", k))
+		} else {
+			_ = l.plainRead(nd, part)
+		}
 	}
 }
 
