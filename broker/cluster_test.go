@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -343,5 +344,34 @@ func TestClusterCommitNeedsIDs(t *testing.T) {
 	}
 	if got := logOf(t, c[3], "out", 2); len(got) != 4 {
 		t.Fatalf("the commit wrote %v, want 4 messages", got)
+	}
+}
+
+// TestClusterLargeConcurrentBatches: many large batches at once are
+// gathered into Raft entries that stay under the entry limit, so none is
+// refused as too large; each batch alone is within the request limits.
+func TestClusterLargeConcurrentBatches(t *testing.T) {
+	c := startTestCluster(t, 3)
+	ctx := testContext(t)
+	c[1].createTopic(t, "big", &ferryv1.TopicConfig{Partitions: 1, MaxMessageBytes: 1 << 20})
+	leader := c[partitionLeader(t, c[1], "big", 0)]
+	payload := make([]byte, 900<<10)
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for w := range 6 {
+		wg.Go(func() {
+			var ms []*ferryv1.PublishMessage
+			for i := range 4 {
+				ms = append(ms, &ferryv1.PublishMessage{Id: fmt.Sprintf("w%d-%d", w, i), Payload: payload})
+			}
+			if _, err := leader.pub.Publish(ctx, &ferryv1.PublishRequest{Topic: "big", Messages: ms}); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("publish: %v", err)
 	}
 }

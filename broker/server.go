@@ -25,6 +25,10 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// maxReplicatedGroupBytes bounds the messages a partition writer gathers
+// into one group in a cluster.
+const maxReplicatedGroupBytes = 2 << 20
+
 // Server is a running broker: the store, the gRPC server and the HTTP
 // server.
 type Server struct {
@@ -60,7 +64,13 @@ func Open(opts Options) (*Server, error) {
 	sopts.Clock = opts.Clock
 	sopts.Logger = opts.Logger
 	sopts.Metrics = storage.NewMetrics(reg)
-	sopts.Replicated = opts.Cluster != nil
+	if opts.Cluster != nil {
+		sopts.Replicated = true
+		// A group becomes one Raft entry, which must stay under the
+		// entry limit (cluster.Options.MaxEntryBytes, 8 MiB) even when a
+		// full batch (MaxBatchBytes) lands on top of a gathered group.
+		sopts.MaxGroupBytes = min(sopts.MaxGroupBytes, maxReplicatedGroupBytes)
+	}
 	grpcLis, err := net.Listen("tcp", opts.GRPCAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen grpc: %w", err)
