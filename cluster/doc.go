@@ -23,7 +23,12 @@
 // parallel (raft's doc, step 2); everything else is sent after the save.
 // Every Options.SnapshotEntries applied entries the loop snapshots the
 // state machine and compacts the log, keeping SnapshotKeepEntries for
-// slightly slow followers; one further behind gets the snapshot.
+// slightly slow followers; one further behind gets the snapshot. A state
+// machine whose snapshots only mark where they were taken (a partition's:
+// its messages are in every replica's store) restores one by fetching its
+// state from a peer — the snapshot's sender first, then the other voters,
+// with a backoff — before the loop goes on; a restart that finds the
+// state machine behind its saved snapshot does the same first thing.
 //
 // One loop per group, rather than one loop for all: the loops run their
 // Saves concurrently, so the store's syncer covers many groups with one
@@ -74,7 +79,10 @@
 // Snapshots (MsgSnap) go on their own stream in chunks; the receiver
 // reassembles them, checks size and checksum, and answers once its group
 // has stepped the snapshot, and the sender reports the outcome
-// (ReportSnapshot). Inbound frames are checked before anything reaches a
+// (ReportSnapshot). FetchPartition goes the other way: a node restoring a
+// partition snapshot asks a peer for the partition, which streams it from
+// one consistent read (storage.Replica.Export) in chunks the asking node
+// checks and writes as they come (storage.Replica.Import). Inbound frames are checked before anything reaches a
 // group (frame.go): a malformed batch ends the peer's stream with
 // INVALID_ARGUMENT. The node-to-node network is trusted beyond that: a
 // well-formed message that lies about the log is Raft's to judge.

@@ -25,6 +25,10 @@ const maxBatchMessages = 1 << 16
 // peer map is wrong, which is a configuration error, not a bad frame.
 var errWrongNode = errors.New("addressed to another node")
 
+// errWrongPartition marks a FetchPartition for a group that replicates
+// another partition on the node asked: the nodes' topics disagree.
+var errWrongPartition = errors.New("the group replicates another partition")
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // inbound is one decoded message of a batch and its group.
@@ -89,6 +93,42 @@ func decodeMessage(group uint64, b []byte, from, to uint64) (*raftpb.Message, er
 		return nil, fmt.Errorf("group %d: %v carries local responses: %w", group, m.GetType(), ErrInvalidFrame)
 	}
 	return m, nil
+}
+
+// checkFetchRequest checks a FetchPartition request sent to node self.
+// An error wraps ErrInvalidFrame.
+func checkFetchRequest(self uint64, req *clusterv1.FetchPartitionRequest) error {
+	switch {
+	case req.GetFromNode() == 0:
+		return fmt.Errorf("partition fetch from node 0: %w", ErrInvalidFrame)
+	case req.GetToNode() != self:
+		return fmt.Errorf("partition fetch for node %d reached node %d: %w: %w", req.GetToNode(), self, ErrInvalidFrame, errWrongNode)
+	case req.GetGroupId() == 0:
+		return fmt.Errorf("partition fetch for group 0: %w", ErrInvalidFrame)
+	}
+	return nil
+}
+
+// fetchCheck checks the responses of one FetchPartition stream: a chunk
+// in each, and the same applied index, at least the one asked for. The
+// chunks themselves are storage's to check (storage.ErrInvalidExport).
+type fetchCheck struct {
+	minApplied uint64
+	applied    uint64 // of the first response; 0 before it
+}
+
+// add checks the next response. An error wraps ErrInvalidFrame.
+func (c *fetchCheck) add(resp *clusterv1.FetchPartitionResponse) error {
+	switch {
+	case resp.GetAppliedIndex() < c.minApplied:
+		return fmt.Errorf("partition copy at applied index %d, below the %d asked for: %w", resp.GetAppliedIndex(), c.minApplied, ErrInvalidFrame)
+	case c.applied != 0 && resp.GetAppliedIndex() != c.applied:
+		return fmt.Errorf("partition copy's applied index went from %d to %d: %w", c.applied, resp.GetAppliedIndex(), ErrInvalidFrame)
+	case len(resp.GetChunk()) == 0:
+		return fmt.Errorf("partition copy with an empty chunk: %w", ErrInvalidFrame)
+	}
+	c.applied = resp.GetAppliedIndex()
+	return nil
 }
 
 // encodeSnapshotHeader makes the header frame of MsgSnap m of group: m

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	clusterv1 "github.com/ferrymq/ferry/proto/ferry/cluster/v1"
+	"github.com/ferrymq/ferry/storage"
 )
 
 // Fuzz targets for the decoders of what peers send: the inbound path of
@@ -139,6 +141,96 @@ func FuzzSnapshotAssembler(f *testing.F) {
 			t.Fatal("accepted an empty snapshot")
 		case uint64(len(got)) != a.hdr.GetDataBytes() || crc32.Checksum(got, castagnoli) != a.hdr.GetDataCrc32C():
 			t.Fatalf("accepted %d bytes that do not match the header", len(got))
+		}
+	})
+}
+
+// FuzzFetchPartition feeds a FetchPartition exchange to node 2's checks:
+// the request (a u16 length and a FetchPartitionRequest), then responses
+// (each a u16 length and a FetchPartitionResponse) to a request for at
+// least applied index 10. What is accepted names node 2 and a group, and
+// every accepted response has a chunk and the same applied index, at least
+// 10; every refusal is ErrInvalidFrame.
+func FuzzFetchPartition(f *testing.F) {
+	frames := func(msgs ...proto.Message) []byte {
+		var b []byte
+		for _, m := range msgs {
+			v := mustMarshal(f, m)
+			b = binary.BigEndian.AppendUint16(b, uint16(len(v)))
+			b = append(b, v...)
+		}
+		return b
+	}
+	req := &clusterv1.FetchPartitionRequest{FromNode: 1, ToNode: 2, GroupId: 7, TopicId: 3, Partition: 1, MinAppliedIndex: 10}
+	resp := func(applied uint64, chunk string) *clusterv1.FetchPartitionResponse {
+		return &clusterv1.FetchPartitionResponse{AppliedIndex: applied, Chunk: []byte(chunk)}
+	}
+	f.Add(frames(req, resp(12, "a"), resp(12, "b")))
+	f.Add(frames(req, resp(9, "a")))
+	f.Add(frames(req, resp(12, "a"), resp(13, "b")))
+	f.Add(frames(req, resp(12, "")))
+	f.Add(frames(&clusterv1.FetchPartitionRequest{FromNode: 1, ToNode: 3, GroupId: 7}))
+	f.Add(frames(&clusterv1.FetchPartitionRequest{ToNode: 2, GroupId: 7}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		next := func() []byte {
+			if len(b) < 2 {
+				return nil
+			}
+			n := min(int(binary.BigEndian.Uint16(b)), len(b)-2)
+			v := b[2 : 2+n]
+			b = b[2+n:]
+			return v
+		}
+		req := new(clusterv1.FetchPartitionRequest)
+		if proto.Unmarshal(next(), req) != nil {
+			return // gRPC refuses it before the check
+		}
+		if err := checkFetchRequest(2, req); err != nil {
+			if !errors.Is(err, ErrInvalidFrame) {
+				t.Fatalf("request refused with %v, want ErrInvalidFrame", err)
+			}
+		} else if req.GetFromNode() == 0 || req.GetToNode() != 2 || req.GetGroupId() == 0 {
+			t.Fatalf("accepted a request from %d to %d for group %d", req.GetFromNode(), req.GetToNode(), req.GetGroupId())
+		}
+		c := fetchCheck{minApplied: 10}
+		var applied uint64
+		for len(b) > 0 {
+			resp := new(clusterv1.FetchPartitionResponse)
+			if proto.Unmarshal(next(), resp) != nil {
+				continue
+			}
+			if err := c.add(resp); err != nil {
+				if !errors.Is(err, ErrInvalidFrame) {
+					t.Fatalf("response refused with %v, want ErrInvalidFrame", err)
+				}
+				return
+			}
+			if applied == 0 {
+				applied = resp.GetAppliedIndex()
+			}
+			if len(resp.GetChunk()) == 0 || resp.GetAppliedIndex() < 10 || resp.GetAppliedIndex() != applied {
+				t.Fatalf("accepted a response at %d with %d bytes after one at %d", resp.GetAppliedIndex(), len(resp.GetChunk()), applied)
+			}
+		}
+	})
+}
+
+// FuzzDecodePartitionMarker: a partition snapshot's marker decodes only
+// as storage.ErrCorrupt or as what encodes back to the same bytes.
+func FuzzDecodePartitionMarker(f *testing.F) {
+	f.Add(encodePartitionMarker(3, 1, 42))
+	f.Add(encodePartitionMarker(0, 0, 0)[:9])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tid, part, applied, err := decodePartitionMarker(b)
+		if err != nil {
+			if !errors.Is(err, storage.ErrCorrupt) {
+				t.Fatalf("decode %x: %v, want ErrCorrupt", b, err)
+			}
+			return
+		}
+		if got := encodePartitionMarker(tid, part, applied); !bytes.Equal(got, b) {
+			t.Fatalf("marker %x decodes to %d %d %d, which encode to %x", b, tid, part, applied, got)
 		}
 	})
 }

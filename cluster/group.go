@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -74,6 +75,8 @@ type Group struct {
 	smApplied   uint64               // entries up to here are in the state machine already (a restart)
 	confState   *raftpb.ConfState
 	snapIndex   uint64            // index of the latest snapshot
+	snapFrom    uint64            // the node that sent the last snapshot stepped: where a peerRestorer fetches first
+	restoreOpen *raftpb.Snapshot  // a snapshot openGroup left to run to restore from peers, before anything else
 	unsavedHS   *raftpb.HardState // the latest hard state, if save put it off
 	savedTerm   uint64            // the term and vote last saved
 	savedVote   uint64
@@ -161,15 +164,24 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 	}
 	snapIndex := snap.GetMetadata().GetIndex()
 	smApplied := sm.Applied()
+	_, fromPeers := sm.(peerRestorer)
+	var restoreOpen *raftpb.Snapshot
 	if smApplied < snapIndex {
-		if err := sm.Restore(snap); err != nil {
+		if fromPeers && len(snap.GetData()) > 0 {
+			// Its state is on the peers (a restore cut short by a crash):
+			// run fetches it before anything else, so that AddGroup does
+			// not wait for the peers.
+			restoreOpen = snap
+		} else if err := sm.Restore(snap); err != nil {
 			return nil, fmt.Errorf("group %d: restore the state machine from the snapshot at %d: %w", id, snapIndex, err)
 		}
 		smApplied = snapIndex
 	}
 	// The saved commit index may lag what was applied (see save), but the
-	// log must hold every entry the state machine has.
-	if smApplied > max(last, snapIndex) {
+	// log must hold every entry the state machine has — unless the state
+	// came from a peer, which may have applied more than the snapshot that
+	// asked for it (committed entries all the same).
+	if smApplied > max(last, snapIndex) && !fromPeers {
 		return nil, fmt.Errorf("group %d: the state machine applied up to %d, beyond the log's last index %d: %w",
 			id, smApplied, max(last, snapIndex), storage.ErrCorrupt)
 	}
@@ -210,6 +222,7 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 		smApplied:   smApplied,
 		confState:   cs,
 		snapIndex:   snapIndex,
+		restoreOpen: restoreOpen,
 		savedTerm:   hs.GetTerm(),
 		savedVote:   hs.GetVote(),
 		tickc:       make(chan struct{}, 1),
@@ -453,6 +466,13 @@ func (g *Group) notifyReports() {
 // return), send the messages (a leader sends first: see handleReadies),
 // apply the committed entries, Advance.
 func (g *Group) run() {
+	if snap := g.restoreOpen; snap != nil {
+		g.restoreOpen = nil
+		if err := g.restoreFromPeers(g.sm.(peerRestorer), snap); err != nil {
+			g.fail(err)
+			return
+		}
+	}
 	for {
 		select {
 		case <-g.stopc:
@@ -476,6 +496,7 @@ func (g *Group) run() {
 		case p := <-g.propc:
 			g.propose(p)
 		case s := <-g.snapc:
+			g.snapFrom = s.m.GetFrom()
 			s.done <- g.rn.Step(s.m)
 		case f := <-g.ctrlc:
 			f()
@@ -483,12 +504,22 @@ func (g *Group) run() {
 			g.takeReports()
 		}
 		if err := g.handleReadies(); err != nil {
-			g.log.Error("raft group failed; it stops", "err", err)
-			g.stop(fmt.Errorf("group %d: %w: %w", g.id, ErrGroupFailed, err))
+			g.fail(err)
 			return
 		}
 		g.observe()
 	}
+}
+
+// fail stops the loop on err: with ErrClosed if the host is closing (a
+// restore from peers gave up), else with ErrGroupFailed.
+func (g *Group) fail(err error) {
+	if errors.Is(err, errStopping) {
+		g.stop(fmt.Errorf("group %d: %w", g.id, ErrClosed))
+		return
+	}
+	g.log.Error("raft group failed; it stops", "err", err)
+	g.stop(fmt.Errorf("group %d: %w: %w", g.id, ErrGroupFailed, err))
 }
 
 // step steps an inbound message. Raft refuses some on its own (a response
@@ -674,13 +705,89 @@ func (g *Group) save(rd raft.Ready) error {
 // leader, already saved.
 func (g *Group) restore(snap *raftpb.Snapshot) error {
 	meta := snap.GetMetadata()
-	if err := g.sm.Restore(snap); err != nil {
+	if pr, ok := g.sm.(peerRestorer); ok && len(snap.GetData()) > 0 {
+		if err := g.restoreFromPeers(pr, snap); err != nil {
+			return err
+		}
+	} else if err := g.sm.Restore(snap); err != nil {
 		return fmt.Errorf("restore the state machine from the snapshot at %d: %w", meta.GetIndex(), err)
 	}
 	g.applied, g.smApplied, g.snapIndex = meta.GetIndex(), meta.GetIndex(), meta.GetIndex()
 	g.confState = proto.Clone(meta.GetConfState()).(*raftpb.ConfState)
 	g.log.Info("state machine restored from a snapshot", "index", meta.GetIndex(), "term", meta.GetTerm(), "bytes", len(snap.GetData()))
 	return nil
+}
+
+// errStopping is what restoreFromPeers returns when the group stops
+// before a peer could restore it; fail makes it ErrClosed.
+var errStopping = errors.New("stopping")
+
+// restoreFromPeers restores snap, saved already, through the peerRestorer
+// state machine from a peer: the node that sent it first (if known), then
+// the other voters of its configuration in turn, over and over with a
+// backoff (ReconnectMin doubling up to ReconnectMax, on the clock) until
+// one works or the group stops. Meanwhile the loop does nothing else: the
+// group cannot apply an entry before it has the snapshot's state. A
+// snapshot this state machine cannot take (storage.ErrCorrupt) fails at
+// once.
+func (g *Group) restoreFromPeers(pr peerRestorer, snap *raftpb.Snapshot) error {
+	index := snap.GetMetadata().GetIndex()
+	var peers []uint64
+	if g.snapFrom != 0 && g.snapFrom != g.node {
+		peers = append(peers, g.snapFrom)
+	}
+	cs := snap.GetMetadata().GetConfState()
+	for _, id := range slices.Sorted(slices.Values(slices.Concat(cs.GetVoters(), cs.GetLearners()))) {
+		if id != g.node && !slices.Contains(peers, id) {
+			peers = append(peers, id)
+		}
+	}
+	if len(peers) == 0 {
+		return fmt.Errorf("restore the snapshot at %d: no other node to fetch its state from", index)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-g.stopc:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	wait := g.h.opts.ReconnectMin
+	for {
+		for _, peer := range peers {
+			err := pr.restoreFrom(ctx, snap, g.h.tr, g.id, peer)
+			if err == nil {
+				g.log.Info("state machine restored from a peer", "index", index, "peer", peer, "applied", g.sm.Applied())
+				return nil
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("restore the snapshot at %d: %w", index, errStopping)
+			}
+			if errors.Is(err, storage.ErrCorrupt) {
+				return fmt.Errorf("restore the snapshot at %d: %w", index, err)
+			}
+			g.log.Warn("state machine not restored from a peer; trying the next", "index", index, "peer", peer, "err", err)
+		}
+		if !g.sleep(wait) {
+			return fmt.Errorf("restore the snapshot at %d: %w", index, errStopping)
+		}
+		wait = min(2*wait, g.h.opts.ReconnectMax)
+	}
+}
+
+// sleep waits d on the host's clock; false if the group stops first.
+func (g *Group) sleep(d time.Duration) bool {
+	fired := make(chan struct{})
+	tm := g.h.opts.Clock.AfterFunc(d, func() { close(fired) })
+	select {
+	case <-fired:
+		return true
+	case <-g.stopc:
+		tm.Stop()
+		return false
+	}
 }
 
 // trackAppended notes the index each of this node's pending proposals

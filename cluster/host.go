@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ferrymq/ferry/internal/clock"
+	clusterv1 "github.com/ferrymq/ferry/proto/ferry/cluster/v1"
 )
 
 // Host runs the Raft groups of one node: one Group per group, all over
@@ -226,6 +227,22 @@ func (h *Host) ReceiveSnapshot(ctx context.Context, group uint64, m *raftpb.Mess
 	case <-g.done:
 		return g.err
 	}
+}
+
+// exportPartition streams the partition of req's group to a peer
+// restoring its snapshot (FetchPartition). The group's state machine must
+// be a PartitionStateMachine; the export goes through the partition's
+// writer, not the group's loop.
+func (h *Host) exportPartition(ctx context.Context, req *clusterv1.FetchPartitionRequest, send func(*clusterv1.FetchPartitionResponse) error) error {
+	g, ok := h.Group(req.GetGroupId())
+	if !ok {
+		return fmt.Errorf("node %d runs no group %d", h.opts.NodeID, req.GetGroupId())
+	}
+	pm, ok := g.sm.(*PartitionStateMachine)
+	if !ok {
+		return fmt.Errorf("group %d is not a partition's: %w", req.GetGroupId(), errWrongPartition)
+	}
+	return pm.export(ctx, req, h.opts.SnapshotChunkBytes, send)
 }
 
 // ReportUnreachable passes the transport's report to the group; see

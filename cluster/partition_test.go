@@ -7,22 +7,26 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ferrymq/ferry/storage"
 )
 
 // These tests run a storage partition through a Raft group of three nodes
 // — storage.Replicate's writer proposing through Group.ProposeAsync, every
-// replica applying through storage.Replica — as the broker will once it is
-// wired to the cluster. Partition snapshots are not built yet (a follower
-// too far behind would need the partition's messages, not a small state),
-// so these groups never snapshot.
+// replica applying through storage.Replica — as the broker does in cluster
+// mode; and a follower that fell behind the compacted log catching up
+// from a partition snapshot, fetching the partition from a peer.
 
 const partitionGroup = 1
 
 // addPartition creates topic orders on node id's store (if it has not got
-// it), makes its partition 0 replicated and runs its group.
-func (c *testCluster) addPartition(id uint64) {
+// it), makes its partition 0 replicated and runs its group; it returns the
+// group's state machine. tweak, if given, adjusts the state machine before
+// the group starts.
+func (c *testCluster) addPartition(id uint64, tweak ...func(*PartitionStateMachine)) *PartitionStateMachine {
 	c.t.Helper()
 	ctx := context.Background()
 	st := c.nodes[id].store
@@ -36,11 +40,16 @@ func (c *testCluster) addPartition(id uint64) {
 	if err != nil {
 		c.t.Fatalf("node %d: Replicate: %v", id, err)
 	}
-	g, err := c.nodes[id].host.AddGroup(partitionGroup, c.ids, NewPartitionStateMachine(rep))
+	sm := NewPartitionStateMachine(rep)
+	for _, f := range tweak {
+		f(sm)
+	}
+	g, err := c.nodes[id].host.AddGroup(partitionGroup, c.ids, sm)
 	if err != nil {
 		c.t.Fatalf("node %d: AddGroup: %v", id, err)
 	}
 	p.SetGroup(g)
+	return sm
 }
 
 // publish appends batch to orders on node id until it is acknowledged,
@@ -116,9 +125,7 @@ func batchOf(prefix string, n int) []storage.Message {
 // acknowledged; the old leader comes back and catches up from the log; and
 // every message is stored once, its offsets dense.
 func TestReplicatedPartitionFailover(t *testing.T) {
-	c := startCluster(t, 3, clusterConfig{fsync: storage.FsyncNever, tweak: func(o *Options) {
-		o.SnapshotEntries = 1 << 62 // see the top of the file
-	}})
+	c := startCluster(t, 3, clusterConfig{fsync: storage.FsyncNever})
 	for _, id := range c.ids {
 		c.addPartition(id)
 	}
@@ -186,5 +193,241 @@ func TestReplicatedPartitionFailover(t *testing.T) {
 	}
 	if len(acked) != 500 {
 		t.Fatalf("%d messages acknowledged, want 500", len(acked))
+	}
+}
+
+// snapshotCluster starts three nodes whose groups snapshot every 10
+// entries, keep 5 behind, and send partition copies in chunks of 1 KiB;
+// each has topic orders (dedup window 1h) with subscription kitchen and
+// runs its partition 0's group. It returns the cluster, the leader and the
+// subscription's id.
+func snapshotCluster(t *testing.T) (*testCluster, uint64, uint32) {
+	t.Helper()
+	c := startCluster(t, 3, clusterConfig{fsync: storage.FsyncNever, tweak: func(o *Options) {
+		o.SnapshotEntries, o.SnapshotKeepEntries = 10, 5
+		o.SnapshotChunkBytes = 1 << 10
+	}})
+	var sid uint32
+	for _, id := range c.ids {
+		st := c.nodes[id].store
+		if _, err := st.CreateTopic(context.Background(), "orders", storage.TopicConfig{Partitions: 1, DedupWindow: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		sub, err := st.CreateSubscription(context.Background(), "orders", "kitchen", nil, [][]byte{[]byte("start")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sid = sub.ID
+		c.addPartition(id)
+	}
+	return c, c.waitLeader(partitionGroup, c.ids...), sid
+}
+
+// write stores w on node id until it is acknowledged, retrying while
+// leadership moves.
+func (c *testCluster) write(id uint64, w storage.Write) {
+	c.t.Helper()
+	eventually(c.t, waitLong, fmt.Sprintf("node %d acknowledges a write", id), func() bool {
+		_, err := c.nodes[id].store.Write(context.Background(), w)
+		return err == nil
+	})
+}
+
+// fallBehind stops a follower of the partition's group, then publishes
+// batches of 5 (with a cursor write and an acked id after each) until the
+// leader's log is compacted past what the follower has. It returns the
+// follower and the batches published meanwhile.
+func (c *testCluster) fallBehind(leader uint64, sid uint32) (uint64, [][]storage.Message) {
+	c.t.Helper()
+	behind := c.ids[0]
+	if behind == leader {
+		behind = c.ids[1]
+	}
+	last := c.group(behind, partitionGroup).Status().LastIndex
+	c.stop(behind)
+	var batches [][]storage.Message
+	for b := 0; b < 30 || (b < 100 && c.group(leader, partitionGroup).Status().FirstIndex <= last+1); b++ {
+		batch := batchOf(fmt.Sprintf("late-b%d", b), 5)
+		c.publish(leader, batch)
+		c.write(leader, storage.Write{Topic: "orders", Subscription: sid,
+			Cursors:  []storage.CursorWrite{{Partition: 0, State: []byte(fmt.Sprint("after late batch ", b))}},
+			AckedIDs: []string{batch[0].ID}, AckedIDTTL: 100000 * time.Hour})
+		batches = append(batches, batch)
+	}
+	if first := c.group(leader, partitionGroup).Status().FirstIndex; first <= last+1 {
+		c.t.Fatalf("leader's log starts at %d; node %d's ends at %d: no snapshot needed", first, behind, last)
+	}
+	return behind, batches
+}
+
+// checkSameState checks that every running node has the same cursors and
+// acked ids for sid, and that ids are acked.
+func (c *testCluster) checkSameState(sid uint32, acked []string) {
+	c.t.Helper()
+	var want string
+	for i, id := range c.running() {
+		st := c.nodes[id].store
+		cursors, err := st.Cursors("orders", sid)
+		if err != nil {
+			c.t.Fatalf("node %d: cursors: %v", id, err)
+		}
+		got, err := st.AckedIDs("orders", sid, append(slices.Clone(acked), "never-acked"))
+		if err != nil {
+			c.t.Fatalf("node %d: acked ids: %v", id, err)
+		}
+		if !slices.Equal(got, append(slices.Repeat([]bool{true}, len(acked)), false)) {
+			c.t.Fatalf("node %d: acked ids %v of %q", id, got, acked)
+		}
+		state := fmt.Sprintf("%q", cursors)
+		if i == 0 {
+			want = state
+		} else if state != want {
+			c.t.Fatalf("node %d has cursors %s, node %d %s", id, state, c.running()[0], want)
+		}
+	}
+}
+
+// TestPartitionSnapshotCatchUp: the partition's group compacts its log
+// behind snapshots that hold no messages; a follower stopped meanwhile
+// comes back behind the leader's first index, gets a snapshot, fetches the
+// partition from a peer, and then holds exactly the same messages at the
+// same offsets, the same cursors and acked ids — and, once it leads, gives
+// the same dedup answers: a retry of a batch published while it was down
+// is answered as duplicates at the original offsets.
+func TestPartitionSnapshotCatchUp(t *testing.T) {
+	c, leader, sid := snapshotCluster(t)
+	for b := range 5 {
+		c.publish(leader, batchOf(fmt.Sprintf("early-b%d", b), 5))
+	}
+	c.waitPartitionConverged(25)
+
+	behind, late := c.fallBehind(leader, sid)
+	want := 25 + 5*len(late)
+	c.waitPartitionConverged(want)
+
+	c.start(behind)
+	sm := c.addPartition(behind)
+	log := c.waitPartitionConverged(want)
+	if sm.Imports() == 0 {
+		t.Fatalf("node %d caught up without importing the partition: the log was not compacted", behind)
+	}
+	var acked []string
+	for _, b := range late {
+		acked = append(acked, b[0].ID)
+	}
+	c.checkSameState(sid, acked)
+
+	// The caught-up node leads; a retry of a late batch is a duplicate.
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := c.group(leader, partitionGroup).TransferLeadership(ctx, behind); err != nil {
+		t.Fatalf("transfer leadership to node %d: %v", behind, err)
+	}
+	retry := late[len(late)/2]
+	res := c.publish(behind, retry)
+	for i, r := range res {
+		wantLine := fmt.Sprintf("%d %s payload of %s", r.Offset, retry[i].ID, retry[i].ID)
+		if !r.Duplicate || int(r.Offset) >= len(log) || log[r.Offset] != wantLine {
+			t.Fatalf("retry of %s on node %d: %+v, want a duplicate of %q", retry[i].ID, behind, r, wantLine)
+		}
+	}
+	res = c.publish(behind, batchOf("after", 1))
+	if res[0].Duplicate || res[0].Offset != uint64(want) {
+		t.Fatalf("a new message on node %d: %+v, want offset %d", behind, res[0], want)
+	}
+	c.waitPartitionConverged(want + 1)
+}
+
+// TestPartitionSnapshotRestoreCutShort: a follower whose import of the
+// partition stops after two chunks (the peer failing, then the node
+// stopping mid-restore) is left with a partition that reads empty and
+// claims nothing applied; restarted, its group finds the snapshot it saved
+// ahead of the partition, fetches the partition again, and catches up.
+func TestPartitionSnapshotRestoreCutShort(t *testing.T) {
+	c, leader, sid := snapshotCluster(t)
+	behind, late := c.fallBehind(leader, sid)
+	want := 5 * len(late)
+	c.waitPartitionConverged(want)
+
+	c.start(behind)
+	cut := make(chan struct{}, 1)
+	c.addPartition(behind, func(sm *PartitionStateMachine) {
+		sm.afterChunk = func(chunks int) error {
+			if chunks < 2 {
+				return nil
+			}
+			select {
+			case cut <- struct{}{}:
+			default:
+			}
+			return errors.New("cut short after two chunks")
+		}
+	})
+	select {
+	case <-cut:
+	case <-time.After(waitLong):
+		t.Fatalf("node %d never imported two chunks", behind)
+	}
+	c.stop(behind)
+
+	c.start(behind)
+	if ps, err := c.nodes[behind].store.Partitions("orders"); err != nil || ps[0].Head != 0 {
+		t.Fatalf("node %d after a cut-short import: %+v, %v; want an empty partition", behind, ps, err)
+	}
+	sm := c.addPartition(behind)
+	c.waitPartitionConverged(want)
+	if sm.Imports() != 1 {
+		t.Fatalf("node %d imported %d copies after it restarted, want 1", behind, sm.Imports())
+	}
+	var acked []string
+	for _, b := range late {
+		acked = append(acked, b[0].ID)
+	}
+	c.checkSameState(sid, acked)
+}
+
+// TestPartitionSnapshotSyncs: a partition's snapshot, which lets the group
+// compact its log, first makes the partition's applies durable (they are
+// not fsynced on their own); its marker names the partition and what it
+// applied, and Restore takes only a marker of this partition.
+func TestPartitionSnapshotSyncs(t *testing.T) {
+	sopts := storage.DefaultOptions(t.TempDir())
+	sopts.Logger = testLogger(t)
+	sopts.MemTableBytes = storage.MinMemTableBytes
+	sopts.Fsync = storage.FsyncAlways
+	st, err := storage.Open(sopts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close(context.Background()) })
+	topic, err := st.CreateTopic(context.Background(), "orders", storage.TopicConfig{Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := st.Replicate(context.Background(), "orders", 1, &PartitionProposer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sm := NewPartitionStateMachine(rep)
+	before := st.Syncs()
+	data, err := sm.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Syncs() == before {
+		t.Fatal("Snapshot did not sync the store")
+	}
+	tid, part, applied, err := decodePartitionMarker(data)
+	if err != nil || tid != topic.ID() || part != 1 || applied != 0 {
+		t.Fatalf("marker %x: topic id %d partition %d applied %d, %v", data, tid, part, applied, err)
+	}
+	snap := func(data []byte) *raftpb.Snapshot {
+		return &raftpb.Snapshot{Data: data, Metadata: &raftpb.SnapshotMetadata{Index: new(uint64(9)), Term: new(uint64(2))}}
+	}
+	if err := sm.Restore(snap(encodePartitionMarker(topic.ID(), 0, 9))); !errors.Is(err, storage.ErrCorrupt) {
+		t.Fatalf("Restore of another partition's marker: %v, want ErrCorrupt", err)
+	}
+	if err := sm.Restore(snap(data)); err == nil {
+		t.Fatal("Restore of a marker ahead of the partition succeeded without fetching it")
 	}
 }

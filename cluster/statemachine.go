@@ -1,6 +1,12 @@
 package cluster
 
-import "go.etcd.io/raft/v3/raftpb"
+import (
+	"context"
+
+	"go.etcd.io/raft/v3/raftpb"
+
+	clusterv1 "github.com/ferrymq/ferry/proto/ferry/cluster/v1"
+)
 
 // StateMachine is what a Group replicates: the deterministic application
 // of the group's committed entries, in log order, on every replica. The
@@ -32,4 +38,23 @@ type StateMachine interface {
 	// data is the empty state (the snapshot a new group starts from, at
 	// index 1, has none). It must not modify snap, and may keep it.
 	Restore(snap *raftpb.Snapshot) error
+}
+
+// peerRestorer is a StateMachine whose snapshots do not hold its state
+// but mark where it was taken (PartitionStateMachine): it restores one by
+// fetching the state from a peer that has applied at least that far. For
+// a snapshot with data the Group calls restoreFrom, not Restore, with the
+// node that sent the snapshot first, then the other voters in turn, over
+// and over after a backoff until one works or the group stops (ctx ends).
+// Applied may then be past the snapshot's index, and past the last entry
+// of the group's log.
+type peerRestorer interface {
+	restoreFrom(ctx context.Context, snap *raftpb.Snapshot, f partitionFetcher, group, peer uint64) error
+}
+
+// partitionFetcher opens FetchPartition streams to peers: the Transport.
+type partitionFetcher interface {
+	// fetchPartition asks node peer for a partition; req's from and to
+	// are filled in. recv returns the responses, checked, then io.EOF.
+	fetchPartition(ctx context.Context, peer uint64, req *clusterv1.FetchPartitionRequest) (recv func() (*clusterv1.FetchPartitionResponse, error), err error)
 }

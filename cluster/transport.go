@@ -254,6 +254,56 @@ func (s *transportServer) SendSnapshot(stream grpc.ClientStreamingServer[cluster
 	return stream.SendAndClose(&clusterv1.SendSnapshotResponse{})
 }
 
+// partitionExporter is the part of a Handler that serves FetchPartition
+// (the Host): it streams the partition of req's group through send.
+type partitionExporter interface {
+	exportPartition(ctx context.Context, req *clusterv1.FetchPartitionRequest, send func(*clusterv1.FetchPartitionResponse) error) error
+}
+
+// FetchPartition streams a partition to a peer restoring its snapshot.
+func (s *transportServer) FetchPartition(req *clusterv1.FetchPartitionRequest, stream grpc.ServerStreamingServer[clusterv1.FetchPartitionResponse]) error {
+	if err := checkFetchRequest(s.t.opts.NodeID, req); err != nil {
+		return s.t.refuse(err)
+	}
+	ex, ok := s.t.h.(partitionExporter)
+	if !ok {
+		return status.Error(codes.Unimplemented, "this node's transport serves no partitions")
+	}
+	if err := ex.exportPartition(stream.Context(), req, stream.Send); err != nil {
+		s.t.log.Info("partition fetch not served", "group", req.GetGroupId(), "from", req.GetFromNode(), "err", err)
+		return grpcError(fmt.Errorf("group %d: %w", req.GetGroupId(), err))
+	}
+	s.t.log.Info("partition fetch served", "group", req.GetGroupId(), "to", req.GetFromNode(), "min_applied", req.GetMinAppliedIndex())
+	return nil
+}
+
+// fetchPartition asks node peer for a partition; see partitionFetcher.
+func (t *Transport) fetchPartition(ctx context.Context, peer uint64, req *clusterv1.FetchPartitionRequest) (func() (*clusterv1.FetchPartitionResponse, error), error) {
+	p := t.peers[peer]
+	if p == nil {
+		return nil, fmt.Errorf("node %d is not a peer of node %d", peer, t.opts.NodeID)
+	}
+	req.FromNode, req.ToNode = t.opts.NodeID, peer
+	st, err := p.client.FetchPartition(ctx, req, grpc.MaxCallRecvMsgSize(t.opts.MaxFrameBytes))
+	if err != nil {
+		return nil, fmt.Errorf("fetch group %d's partition from node %d: %w", req.GetGroupId(), peer, err)
+	}
+	check := fetchCheck{minApplied: req.GetMinAppliedIndex()}
+	return func() (*clusterv1.FetchPartitionResponse, error) {
+		resp, err := st.Recv()
+		if err == io.EOF {
+			return nil, err
+		}
+		if err == nil {
+			err = check.add(resp)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("fetch group %d's partition from node %d: %w", req.GetGroupId(), peer, err)
+		}
+		return resp, nil
+	}, nil
+}
+
 // refuse counts and logs a frame a peer should not have sent, and returns
 // the status that ends its stream.
 func (t *Transport) refuse(err error) error {
@@ -268,6 +318,8 @@ func grpcError(err error) error {
 	switch {
 	case errors.Is(err, errWrongNode):
 		return status.Errorf(codes.FailedPrecondition, "%v: check the peer map of the sending node", err)
+	case errors.Is(err, errWrongPartition):
+		return status.Errorf(codes.FailedPrecondition, "%v: the nodes disagree on the topic's id; check the metadata group", err)
 	case errors.Is(err, ErrInvalidFrame):
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	}

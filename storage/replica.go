@@ -22,8 +22,7 @@ import (
 // An apply is not fsynced by itself: the entry is durable in the Raft log
 // of a quorum, a replica that loses an apply in a power cut finds the
 // applied index behind and the entry replayed, and the Raft log is only
-// compacted by a durable write, which syncs every apply before it (one
-// Badger WAL).
+// compacted behind a snapshot, which calls Sync first.
 //
 // A write across partitions cannot be one entry of one group: Write makes
 // it in order instead (writeOrdered). A barrier that reaches a replicated
