@@ -40,9 +40,10 @@ func TestCreateTopicDefaults(t *testing.T) {
 	ts := startServer(t)
 	got := ts.createTopic(t, "defaults", &ferryv1.TopicConfig{Partitions: 0})
 	want := &ferryv1.TopicConfig{
-		Partitions:      1,
-		DedupWindow:     durationpb.New(2 * time.Minute),
-		MaxMessageBytes: 1 << 20,
+		Partitions:        1,
+		DedupWindow:       durationpb.New(2 * time.Minute),
+		MaxMessageBytes:   1 << 20,
+		ReplicationFactor: 1, // one node
 	}
 	if !proto.Equal(got.GetConfig(), want) {
 		t.Errorf("created with zero config: %v, want %v", got.GetConfig(), want)
