@@ -503,6 +503,9 @@ func (e *Engine) Attach(ctx context.Context, topic, name string, ao AttachOption
 			l.consumers[id] = c
 		}
 	}); err != nil {
+		// ctx ended first, but the loop may still take the attach: undo it
+		// after, or the consumer stays attached with no one to close it.
+		c.Close()
 		return nil, err
 	}
 	if aerr != nil {
