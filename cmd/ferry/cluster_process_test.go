@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -28,7 +29,8 @@ import (
 // Each node keeps its data dir and its ports across restarts: the peers'
 // addresses are fixed by --peers, and the gRPC port is fixed so clients
 // given every node's address reconnect to a restarted node. Node logs go
-// to files, kept (and named in the test log) if the test fails.
+// to files, kept (and named in the test log) if the test fails or
+// FERRY_CLUSTER_KEEP_LOGS is set.
 type testCluster struct {
 	tb      testing.TB
 	nodes   []*clusterNode
@@ -60,7 +62,7 @@ func newTestCluster(tb testing.TB, n int, network bool) *testCluster {
 	}
 	c := &testCluster{tb: tb, logDir: logDir}
 	tb.Cleanup(func() {
-		if tb.Failed() {
+		if tb.Failed() || os.Getenv("FERRY_CLUSTER_KEEP_LOGS") != "" {
 			tb.Logf("node logs kept in %s", logDir)
 			return
 		}
@@ -97,14 +99,20 @@ func newTestCluster(tb testing.TB, n int, network bool) *testCluster {
 	return c
 }
 
-// freeAddrs returns n loopback addresses with ports free a moment ago.
+// freeAddrs returns n loopback addresses with ports free a moment ago,
+// below Linux's default ephemeral range (32768 up): a node restarted on
+// its port must not find it taken by some outgoing connection or by a
+// listener on port 0 meanwhile.
 func freeAddrs(tb testing.TB, n int) []string {
 	tb.Helper()
 	var addrs []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(addrs) < n; tries++ {
+		if tries > 1000 {
+			tb.Fatalf("no %d free ports found", n)
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000)))
 		if err != nil {
-			tb.Fatal(err)
+			continue
 		}
 		defer l.Close()
 		addrs = append(addrs, l.Addr().String())
