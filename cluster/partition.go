@@ -26,6 +26,12 @@ type PartitionProposer struct{ g atomic.Pointer[Group] }
 // SetGroup makes p propose to g.
 func (p *PartitionProposer) SetGroup(g *Group) { p.g.Store(g) }
 
+// Leads reports whether this node leads the group (storage.Leadership).
+func (p *PartitionProposer) Leads() bool {
+	g := p.g.Load()
+	return g != nil && g.Leader() == g.node
+}
+
 // Propose proposes data to the group; see storage.Proposer.
 func (p *PartitionProposer) Propose(data []byte, failed func(error)) {
 	g := p.g.Load()

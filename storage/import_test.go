@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -338,5 +339,65 @@ func TestReplicaSync(t *testing.T) {
 	}
 	if s.Syncs() != before+1 {
 		t.Fatalf("%d fsyncs for Sync, want 1", s.Syncs()-before)
+	}
+}
+
+// leaderEcho is an echoGroup that says whether this node leads.
+type leaderEcho struct {
+	*echoGroup
+	leads atomic.Bool
+}
+
+func (g *leaderEcho) Leads() bool { return g.leads.Load() }
+
+// TestReplicatedRetentionOnLeaderOnly: in a replicated store (a cluster)
+// only the partition's leader proposes trims, which every replica applies;
+// a partition with no group yet refuses writes and has nothing to trim.
+func TestReplicatedRetentionOnLeaderOnly(t *testing.T) {
+	opts := testOptions(t, clock.NewFake(time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)))
+	opts.Replicated = true
+	s := openStore(t, opts)
+	ctx := context.Background()
+	if _, err := s.CreateTopic(ctx, "orders", TopicConfig{Partitions: 2, RetentionMaxMessages: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(ctx, "orders", 1, []Message{{ID: "x", Payload: []byte("x")}}); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("append to a partition with no group: %v, want ErrNotReplicated", err)
+	}
+	g := &leaderEcho{echoGroup: &echoGroup{q: make(chan []byte, 1024), done: make(chan struct{})}}
+	rep, err := s.Replicate(ctx, "orders", 0, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.rep, g.index = rep, rep.Applied()
+	go g.run(t)
+	t.Cleanup(func() {
+		close(g.q)
+		<-g.done
+	})
+	for i := range 20 {
+		if _, err := s.Append(ctx, "orders", 0, []Message{{ID: fmt.Sprint(i), Payload: []byte("x")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := func() uint64 {
+		infos, err := s.Partitions("orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return infos[0].First
+	}
+	if err := s.EnforceRetention(ctx); err != nil {
+		t.Fatalf("retention as a follower: %v", err)
+	}
+	if f := first(); f != 0 {
+		t.Fatalf("a follower trimmed to %d", f)
+	}
+	g.leads.Store(true)
+	if err := s.EnforceRetention(ctx); err != nil {
+		t.Fatalf("retention as the leader: %v", err)
+	}
+	if f := first(); f != 15 {
+		t.Fatalf("the leader trimmed to %d, want 15", f)
 	}
 }

@@ -46,10 +46,11 @@ type Partition struct {
 	// Replication (replica.go), owned by the writer: once a proposer is
 	// set, groups are proposed as entries and answered when applied.
 	proposer     Proposer
-	nextProposal uint64                // the last proposal id given; starts random
-	proposals    map[uint64][]*request // proposed, not yet applied or failed
-	applied      atomic.Uint64         // the Raft index of the last entry applied
-	replicated   atomic.Bool           // a proposer is set (read by Write)
+	nextProposal uint64                     // the last proposal id given; starts random
+	proposals    map[uint64][]*request      // proposed, not yet applied or failed
+	applied      atomic.Uint64              // the Raft index of the last entry applied
+	replicated   atomic.Bool                // a proposer is set (read by Write)
+	leadership   atomic.Pointer[Leadership] // the proposer's, if it tells (read by retention)
 }
 
 // request is a queued command and, once done is closed, its outcome.

@@ -41,6 +41,13 @@ type Proposer interface {
 	Propose(data []byte, failed func(error))
 }
 
+// Leadership is what a Proposer may also tell: whether this node leads
+// the partition's group. In a replicated store only the leader runs
+// retention (a trim is an entry every replica applies).
+type Leadership interface {
+	Leads() bool
+}
+
 // Replica is a partition's side of its Raft group: what the group's state
 // machine calls.
 type Replica struct {
@@ -113,6 +120,9 @@ func (p *Partition) replicate(st partitionState, r *request) {
 		p.nextProposal = rand.Uint64() >> 1 // ids of another node's proposals are unlikely to meet ours
 	}
 	p.proposer = r.cmd.proposer
+	if lp, ok := r.cmd.proposer.(Leadership); ok {
+		p.leadership.Store(&lp)
+	}
 	p.replicated.Store(true)
 	p.applied.Store(st.meta.applied)
 	close(r.done)

@@ -37,6 +37,14 @@ func (s *Store) EnforceRetention(ctx context.Context) error {
 }
 
 func (s *Store) enforcePartition(ctx context.Context, cfg TopicConfig, p *Partition) error {
+	if s.opts.Replicated {
+		// Trims and expiries are entries of the partition's Raft group,
+		// applied on every replica: the leader proposes them; a
+		// partition with no group yet has nothing to do.
+		if lp := p.leadership.Load(); lp == nil || !(*lp).Leads() {
+			return nil
+		}
+	}
 	to, err := s.trimPoint(p, cfg, s.opts.Clock.Now())
 	if err != nil {
 		return err
