@@ -305,12 +305,20 @@ func waitLeader(tb testing.TB, among []*clusterNode, topic string, part uint32, 
 
 // waitFollowing waits until nd is ready, follows a leader in every one of
 // its groups (metadata and partitions), and has applied what that leader
-// had committed when asked.
+// had committed when asked. FERRY_CLUSTER_TRACE logs what it waited for.
 func (c *testCluster) waitFollowing(nd *clusterNode, limit time.Duration) {
 	c.tb.Helper()
-	deadline := time.Now().Add(limit)
+	start := time.Now()
+	deadline := start.Add(limit)
+	last, since := "", start
 	for {
 		why := c.following(nd)
+		if why != last {
+			if last != "" && os.Getenv("FERRY_CLUSTER_TRACE") != "" {
+				c.tb.Logf("node %d: %v: %s", nd.id, time.Since(since).Round(time.Millisecond), last)
+			}
+			last, since = why, time.Now()
+		}
 		if why == "" {
 			return
 		}
@@ -327,10 +335,8 @@ func (c *testCluster) following(nd *clusterNode) string {
 	if !nd.ready() {
 		return "not ready"
 	}
-	mine, err := nd.localStatus(ctx)
-	if err != nil {
-		return err.Error()
-	}
+	// The leaders' commit indexes first, nd's applied ones after: caught
+	// up is having applied what the leaders had committed a moment before.
 	commits := map[uint64]uint64{} // group → its leader's commit index
 	for _, o := range c.others(nd.id) {
 		ns, err := o.localStatus(ctx)
@@ -342,6 +348,10 @@ func (c *testCluster) following(nd *clusterNode) string {
 				commits[g.GetGroupId()] = g.GetCommitIndex()
 			}
 		}
+	}
+	mine, err := nd.localStatus(ctx)
+	if err != nil {
+		return err.Error()
 	}
 	if len(mine.GetGroups()) == 0 {
 		return "no groups"
