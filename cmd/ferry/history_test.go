@@ -417,6 +417,8 @@ func explainLogHistory(ops []porcupine.Operation) string {
 	if len(why) == 0 {
 		return "no single pair of operations explains it; see the visualization"
 	}
+	slices.Sort(why)
+	why = slices.Compact(why)
 	if len(why) > 10 {
 		why = append(why[:10], fmt.Sprintf("and %d more", len(why)-10))
 	}
