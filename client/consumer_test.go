@@ -312,8 +312,11 @@ func TestSubscribeReconnectsAcrossBrokerRestarts(t *testing.T) {
 		case <-time.After(waitLimit):
 			t.Fatalf("cycle %d: the handlers did not get to stop the broker", i)
 		}
+		// The next cycle begins at the stop: the client may reconnect to
+		// the new broker and handle messages before startFerry returns.
+		next := cycle.Add(1)
 		cur.Store(startFerry(t, dir, addr))
-		if cycle.Add(1) == 1 {
+		if next == 1 {
 			close(restarted)
 		}
 	}
