@@ -131,6 +131,8 @@ echo "ok: /metrics on the annotated port 7421 serves ferry_raft_* metrics"
 k exec ferry-0 -- /ferry version >"$WORK/pod-version" || fail "kubectl exec ferry-0 -- /ferry version"
 grep -q "^commit: $COMMIT\$" "$WORK/pod-version" || fail "the pod does not run the image just built"
 echo "ok: kubectl exec ferry-0 -- /ferry version: the image just built"
+k exec ferry-0 -- /ferry cluster status >"$WORK/exec-status" || fail "kubectl exec ferry-0 -- /ferry cluster status (the README's)"
+echo "ok: kubectl exec ferry-0 -- /ferry cluster status answers ($(grep -c ' ok ' "$WORK/exec-status") nodes ok)"
 
 SERVERS=ferry-0.ferry-headless.$NS.svc.cluster.local:7420,ferry-1.ferry-headless.$NS.svc.cluster.local:7420,ferry-2.ferry-headless.$NS.svc.cluster.local:7420
 load() { "$WORK/clustercheck" load -dns "$CLUSTER_DNS" -servers "$SERVERS" "$@"; }
