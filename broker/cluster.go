@@ -333,7 +333,9 @@ func (n *node) conn(id uint64) (*grpc.ClientConn, error) {
 	if !ok {
 		return nil, fmt.Errorf("node %d is not a peer: %w", id, storage.ErrInvalidConfig)
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	// passthrough, as for the Raft peers (cluster/peer.go): every
+	// connection attempt resolves the name anew.
+	c, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgBytes)))
 	if err != nil {
 		return nil, err

@@ -50,7 +50,11 @@ type outbound struct {
 }
 
 func newPeer(t *Transport, id uint64, addr string) (*peer, error) {
-	conn, err := grpc.NewClient(addr,
+	// passthrough: each connection attempt resolves the host name anew
+	// (in the dialer), so a peer that comes back at another address (a
+	// Kubernetes pod restarted) is found at once; gRPC's DNS resolver
+	// would re-resolve at most every 30 s.
+	conn, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(t.opts.MaxFrameBytes)),
 		// gRPC redials a lost connection on its own (wall-clock) backoff;
