@@ -440,7 +440,7 @@ func (n *node) metaChange(ctx context.Context, change func(ctx context.Context, 
 		if !errors.Is(err, cluster.ErrLeadershipLost) && !errors.Is(err, cluster.ErrNotLeader) && !errors.Is(err, cluster.ErrProposalDropped) {
 			return err
 		}
-		if !n.sleep(ctx, retryPause) {
+		if !clock.Sleep(n.clk, retryPause, ctx.Done()) {
 			return err
 		}
 	}
@@ -448,19 +448,6 @@ func (n *node) metaChange(ctx context.Context, change func(ctx context.Context, 
 
 // retryPause is the pause between two attempts of a metadata change.
 const retryPause = 50 * time.Millisecond
-
-// sleep waits d on the node's clock; false if ctx ended first.
-func (n *node) sleep(ctx context.Context, d time.Duration) bool {
-	done := make(chan struct{})
-	t := n.clk.AfterFunc(d, func() { close(done) })
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
 
 // leaderWait bounds how long a change waits for a group to elect a leader
 // before it fails with UNAVAILABLE.

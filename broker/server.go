@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/internal/clock"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -240,13 +241,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.health.Shutdown()
 		if s.opts.ShutdownDelay > 0 {
 			s.log.Info("not ready; still serving", "delay", s.opts.ShutdownDelay.String())
-			delayed := make(chan struct{})
-			t := s.opts.Clock.AfterFunc(s.opts.ShutdownDelay, func() { close(delayed) })
-			select {
-			case <-delayed:
-			case <-ctx.Done():
-				t.Stop()
-			}
+			clock.Sleep(s.opts.Clock, s.opts.ShutdownDelay, ctx.Done())
 		}
 		if s.node != nil {
 			// Hand the leaderships over first, so the others take over

@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrymq/ferry/internal/clock"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -778,17 +779,7 @@ func (g *Group) restoreFromPeers(pr peerRestorer, snap *raftpb.Snapshot) error {
 }
 
 // sleep waits d on the host's clock; false if the group stops first.
-func (g *Group) sleep(d time.Duration) bool {
-	fired := make(chan struct{})
-	tm := g.h.opts.Clock.AfterFunc(d, func() { close(fired) })
-	select {
-	case <-fired:
-		return true
-	case <-g.stopc:
-		tm.Stop()
-		return false
-	}
-}
+func (g *Group) sleep(d time.Duration) bool { return clock.Sleep(g.h.opts.Clock, d, g.stopc) }
 
 // trackAppended notes the index each of this node's pending proposals
 // was appended at.

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrymq/ferry/internal/clock"
 	clusterv1 "github.com/ferrymq/ferry/proto/ferry/cluster/v1"
 )
 
@@ -124,17 +125,7 @@ func (p *peer) run() {
 }
 
 // sleep waits d on the transport's clock; false if the transport closed.
-func (p *peer) sleep(d time.Duration) bool {
-	fired := make(chan struct{})
-	tm := p.t.opts.Clock.AfterFunc(d, func() { close(fired) })
-	select {
-	case <-fired:
-		return true
-	case <-p.t.ctx.Done():
-		tm.Stop()
-		return false
-	}
-}
+func (p *peer) sleep(d time.Duration) bool { return clock.Sleep(p.t.opts.Clock, d, p.t.ctx.Done()) }
 
 // stream opens a Send stream and feeds it batches from the queue until a
 // send fails or the transport closes. sent says whether a batch got out.

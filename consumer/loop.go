@@ -239,15 +239,7 @@ func (l *loop) backOff(part uint32, err error) bool {
 		return false
 	}
 	l.e.log.Warn("subscription read failed; retrying", "topic", l.key.topic, "subscription", l.key.name, "partition", part, "err", err)
-	wait := make(chan struct{})
-	t := l.e.opts.Clock.AfterFunc(fetchRetry, func() { close(wait) })
-	select {
-	case <-wait:
-		return true
-	case <-l.ctx.Done():
-		t.Stop()
-		return false
-	}
+	return clock.Sleep(l.e.opts.Clock, fetchRetry, l.ctx.Done())
 }
 
 // read reads a partition from f.from, waiting for the head to pass it.

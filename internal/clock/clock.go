@@ -28,3 +28,17 @@ type realClock struct{}
 func (realClock) Now() time.Time { return time.Now() }
 
 func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+
+// Sleep waits d on c. It reports whether d passed: false if done closed
+// first, and then the timer is stopped.
+func Sleep(c Clock, d time.Duration, done <-chan struct{}) bool {
+	fired := make(chan struct{})
+	t := c.AfterFunc(d, func() { close(fired) })
+	select {
+	case <-fired:
+		return true
+	case <-done:
+		t.Stop()
+		return false
+	}
+}

@@ -1,6 +1,7 @@
 package clock
 
 import (
+	"runtime"
 	"testing"
 	"time"
 )
@@ -35,5 +36,28 @@ func TestFakeRunsTimersInOrder(t *testing.T) {
 	}
 	if c.Pending() != 1 {
 		t.Fatalf("Pending = %d, want 1", c.Pending())
+	}
+}
+
+// TestSleep: Sleep returns true once d has passed on the clock, and false
+// at once when done closes first, stopping its timer.
+func TestSleep(t *testing.T) {
+	c := NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	slept := make(chan bool)
+	go func() { slept <- Sleep(c, time.Second, nil) }()
+	for c.Pending() == 0 {
+		runtime.Gosched()
+	}
+	c.Advance(time.Second)
+	if !<-slept {
+		t.Fatal("Sleep reported false after its duration passed")
+	}
+	done := make(chan struct{})
+	close(done)
+	if Sleep(c, time.Hour, done) {
+		t.Fatal("Sleep reported true with done closed")
+	}
+	if c.Pending() != 0 {
+		t.Fatalf("%d timers pending after Sleep gave up, want 0", c.Pending())
 	}
 }
