@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ferrymq/ferry/internal/wire"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -99,29 +100,29 @@ func encodeMetaOp(op *metaOp) []byte {
 }
 
 func decodeMetaOp(b []byte) (*metaOp, error) {
-	d := metaDecoder{b: b}
-	if v := d.u8(); v != metaEntryVersion && d.err == nil {
+	d := wire.NewDecoder(b, errBadMeta)
+	if v := d.Byte(); v != metaEntryVersion && d.Err() == nil {
 		return nil, fmt.Errorf("metadata entry version %d; this node knows %d: %w", v, metaEntryVersion, errBadMeta)
 	}
-	op := &metaOp{node: d.u64(), seq: d.u64(), at: time.Unix(0, int64(d.u64())).UTC(), kind: metaKind(d.u8())}
-	op.topic = string(d.bytes())
+	op := &metaOp{node: d.U64(), seq: d.U64(), at: time.Unix(0, int64(d.U64())).UTC(), kind: metaKind(d.Byte())}
+	op.topic = string(d.Bytes())
 	switch op.kind {
 	case metaCreateTopic, metaUpdateTopic:
-		op.cfg = d.topicConfig()
+		op.cfg = metaTopicConfig(&d)
 	case metaDeleteTopic:
 	case metaCreateSub:
-		op.sub = string(d.bytes())
-		op.subConfig = d.bytes()
-		op.cursors = d.list()
+		op.sub = string(d.Bytes())
+		op.subConfig = owned(d.Bytes())
+		op.cursors = metaList(&d)
 	case metaUpdateSub:
-		op.sub = string(d.bytes())
-		op.subConfig = d.bytes()
+		op.sub = string(d.Bytes())
+		op.subConfig = owned(d.Bytes())
 	case metaDeleteSub:
-		op.sub = string(d.bytes())
+		op.sub = string(d.Bytes())
 	default:
-		d.fail()
+		d.Fail()
 	}
-	if err := d.end(); err != nil {
+	if err := d.End(); err != nil {
 		return nil, fmt.Errorf("metadata entry (%v): %w", op.kind, err)
 	}
 	return op, nil
@@ -185,30 +186,30 @@ func decodeMetaSnapshot(b []byte) (*metaSnapshot, error) {
 	if len(b) == 0 {
 		return s, nil
 	}
-	d := metaDecoder{b: b}
-	if v := d.u8(); v != metaSnapshotVersion && d.err == nil {
+	d := wire.NewDecoder(b, errBadMeta)
+	if v := d.Byte(); v != metaSnapshotVersion && d.Err() == nil {
 		return nil, fmt.Errorf("metadata snapshot version %d; this node knows %d: %w", v, metaSnapshotVersion, errBadMeta)
 	}
-	s.next = storage.NextIDs{Topic: d.u32(), Subscription: d.u32()}
-	for n := d.count(); n > 0 && d.err == nil; n-- {
+	s.next = storage.NextIDs{Topic: d.U32(), Subscription: d.U32()}
+	for n := d.Count(); n > 0 && d.Err() == nil; n-- {
 		var t metaTopic
-		t.topic.Name = string(d.bytes())
-		t.id = d.u32()
-		t.topic.CreateTime = time.Unix(0, int64(d.u64())).UTC()
-		t.topic.Config = d.topicConfig()
-		for m := d.count(); m > 0 && d.err == nil; m-- {
+		t.topic.Name = string(d.Bytes())
+		t.id = d.U32()
+		t.topic.CreateTime = time.Unix(0, int64(d.U64())).UTC()
+		t.topic.Config = metaTopicConfig(&d)
+		for m := d.Count(); m > 0 && d.Err() == nil; m-- {
 			var s metaSub
 			s.sub.Topic = t.topic.Name
-			s.sub.Name = string(d.bytes())
-			s.sub.ID = d.u32()
-			s.sub.CreateTime = time.Unix(0, int64(d.u64())).UTC()
-			s.sub.Config = d.bytes()
-			s.cursors = d.list()
+			s.sub.Name = string(d.Bytes())
+			s.sub.ID = d.U32()
+			s.sub.CreateTime = time.Unix(0, int64(d.U64())).UTC()
+			s.sub.Config = owned(d.Bytes())
+			s.cursors = metaList(&d)
 			t.subs = append(t.subs, s)
 		}
 		s.topics = append(s.topics, t)
 	}
-	if err := d.end(); err != nil {
+	if err := d.End(); err != nil {
 		return nil, fmt.Errorf("metadata snapshot: %w", err)
 	}
 	return s, nil
@@ -228,100 +229,29 @@ func appendTopicConfig(b []byte, c storage.TopicConfig) []byte {
 	return binary.BigEndian.AppendUint32(b, c.MaxMessageBytes)
 }
 
-// metaDecoder reads big-endian integers and length-prefixed bytes; the
-// first short or bad read sets err and makes every later read return zero.
-type metaDecoder struct {
-	b   []byte
-	err error
-}
+// The decoders keep nothing of the data they read (the Raft log's, or a
+// snapshot being restored): byte strings are copied (owned), and a nil
+// or empty one decodes as nil.
+func owned(b []byte) []byte { return append([]byte(nil), b...) }
 
-func (d *metaDecoder) fail() {
-	if d.err == nil {
-		d.err = errBadMeta
-	}
-	d.b = nil
-}
-
-func (d *metaDecoder) take(n int) []byte {
-	if d.err != nil || n < 0 || len(d.b) < n {
-		d.fail()
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *metaDecoder) u8() byte {
-	if v := d.take(1); v != nil {
-		return v[0]
-	}
-	return 0
-}
-
-func (d *metaDecoder) u32() uint32 {
-	if v := d.take(4); v != nil {
-		return binary.BigEndian.Uint32(v)
-	}
-	return 0
-}
-
-func (d *metaDecoder) u64() uint64 {
-	if v := d.take(8); v != nil {
-		return binary.BigEndian.Uint64(v)
-	}
-	return 0
-}
-
-// count reads a uvarint count of items, each of at least one byte: a count
-// beyond what is left is malformed (and would allocate for nothing).
-func (d *metaDecoder) count() int {
-	if d.err != nil {
-		return 0
-	}
-	n, k := binary.Uvarint(d.b)
-	if k <= 0 || n > uint64(len(d.b)-k) {
-		d.fail()
-		return 0
-	}
-	d.b = d.b[k:]
-	return int(n)
-}
-
-// bytes reads a length-prefixed byte string, copied: entries' data must not
-// be kept by what they decode into (the stores keep it).
-func (d *metaDecoder) bytes() []byte {
-	n := d.count()
-	v := d.take(n)
-	if v == nil {
-		return nil
-	}
-	return append([]byte(nil), v...)
-}
-
-func (d *metaDecoder) list() [][]byte {
-	n := d.count()
+// metaList reads a count, then that many byte strings.
+func metaList(d *wire.Decoder) [][]byte {
+	n := d.Count()
 	var l [][]byte
-	for ; n > 0 && d.err == nil; n-- {
-		l = append(l, d.bytes())
+	for ; n > 0 && d.Err() == nil; n-- {
+		l = append(l, owned(d.Bytes()))
 	}
 	return l
 }
 
-func (d *metaDecoder) topicConfig() storage.TopicConfig {
+// metaTopicConfig reads what appendTopicConfig wrote.
+func metaTopicConfig(d *wire.Decoder) storage.TopicConfig {
 	return storage.TopicConfig{
-		Partitions:           d.u32(),
-		RetentionMaxAge:      time.Duration(d.u64()),
-		RetentionMaxBytes:    d.u64(),
-		RetentionMaxMessages: d.u64(),
-		DedupWindow:          time.Duration(d.u64()),
-		MaxMessageBytes:      d.u32(),
+		Partitions:           d.U32(),
+		RetentionMaxAge:      time.Duration(d.U64()),
+		RetentionMaxBytes:    d.U64(),
+		RetentionMaxMessages: d.U64(),
+		DedupWindow:          time.Duration(d.U64()),
+		MaxMessageBytes:      d.U32(),
 	}
-}
-
-func (d *metaDecoder) end() error {
-	if d.err == nil && len(d.b) != 0 {
-		d.fail()
-	}
-	return d.err
 }

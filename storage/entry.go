@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/wire"
 )
 
 // Partition entries: the seam for replication. In a cluster each partition
@@ -120,26 +122,26 @@ func appendBytes(b, v []byte) []byte {
 // decodeEntry decodes an entry. The commands' slices are copies: b may be
 // reused once it returns. A malformed entry is ErrCorrupt.
 func decodeEntry(b []byte) (at time.Time, proposal uint64, cmds []*command, err error) {
-	d := decoder{b: b}
-	if ver := d.byte(); ver != recordVersion {
+	d := wire.NewDecoder(b, ErrCorrupt)
+	if ver := d.Byte(); ver != recordVersion {
 		return time.Time{}, 0, nil, fmt.Errorf("entry version %d: %w", ver, ErrCorrupt)
 	}
-	at = time.Unix(0, int64(d.u64())).UTC()
-	proposal = d.u64()
+	at = time.Unix(0, int64(d.U64())).UTC()
+	proposal = d.U64()
 	// count bounds a count read from b by what b can hold, each item taking
 	// at least min bytes, so a corrupt count cannot make a huge slice.
 	count := func(min int) int {
-		n := d.uvarint()
-		if n > uint64(len(d.b)/min) {
-			d.fail()
+		n := d.Uvarint()
+		if n > uint64(len(d.Rest())/min) {
+			d.Fail()
 			return 0
 		}
 		return int(n)
 	}
 	duration := func() time.Duration {
-		v := d.uvarint()
+		v := d.Uvarint()
 		if v > 1<<62 {
-			d.fail()
+			d.Fail()
 			return 0
 		}
 		return time.Duration(v)
@@ -147,10 +149,10 @@ func decodeEntry(b []byte) (at time.Time, proposal uint64, cmds []*command, err 
 	n := count(1)
 	cmds = make([]*command, 0, n)
 	for range n {
-		if d.err != nil {
+		if d.Err() != nil {
 			break
 		}
-		c := &command{kind: commandKind(d.byte())}
+		c := &command{kind: commandKind(d.Byte())}
 		switch c.kind {
 		case cmdAppend:
 			c.dedupWindow = duration()
@@ -158,9 +160,9 @@ func decodeEntry(b []byte) (at time.Time, proposal uint64, cmds []*command, err 
 				c.msgs = make([]Message, k)
 			}
 			for i := range c.msgs {
-				c.msgs[i].ID = string(d.bytes())
-				rec := d.bytes()
-				if d.err != nil {
+				c.msgs[i].ID = string(d.Bytes())
+				rec := d.Bytes()
+				if d.Err() != nil {
 					break
 				}
 				if err := decodeMessageRecord(rec, &c.msgs[i]); err != nil {
@@ -172,36 +174,36 @@ func decodeEntry(b []byte) (at time.Time, proposal uint64, cmds []*command, err 
 				c.cursors = make([]cursorWrite, k)
 			}
 			for i := range c.cursors {
-				c.cursors[i] = cursorWrite{sid: d.u32(), state: cloneBytes(d.bytes())}
+				c.cursors[i] = cursorWrite{sid: d.U32(), state: cloneBytes(d.Bytes())}
 			}
-			switch d.byte() {
+			switch d.Byte() {
 			case 0:
 			case 1:
-				c.acked = &ackedIDs{sid: d.u32(), ttl: duration()}
+				c.acked = &ackedIDs{sid: d.U32(), ttl: duration()}
 				if k := count(1); k > 0 {
 					c.acked.ids = make([]string, k)
 				}
 				for i := range c.acked.ids {
-					c.acked.ids[i] = string(d.bytes())
+					c.acked.ids[i] = string(d.Bytes())
 				}
 			default:
-				d.fail()
+				d.Fail()
 			}
 		case cmdTrim:
-			c.trimTo = d.u64()
-			l := d.uvarint()
+			c.trimTo = d.U64()
+			l := d.Uvarint()
 			if l > 1<<31 {
-				d.fail()
+				d.Fail()
 			}
 			c.limit = int(l)
 		case cmdExpireDedup:
 			c.dedupWindow = duration()
 		default:
-			d.fail()
+			d.Fail()
 		}
 		cmds = append(cmds, c)
 	}
-	if err := d.end(); err != nil {
+	if err := d.End(); err != nil {
 		return time.Time{}, 0, nil, fmt.Errorf("entry: %w", err)
 	}
 	return at, proposal, cmds, nil

@@ -9,6 +9,8 @@ import (
 	"math"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/wire"
 )
 
 // Moving a replicated partition from one replica to another. In a cluster
@@ -77,24 +79,24 @@ func encodeExportChunk(pairs []exportPair) []byte {
 // checks the framing only; importCheck checks what the pairs are. A
 // malformed chunk is ErrInvalidExport.
 func decodeExportChunk(b []byte) ([]exportPair, error) {
-	d := decoder{b: b}
-	if ver := d.byte(); ver != recordVersion {
+	d := wire.NewDecoder(b, ErrCorrupt)
+	if ver := d.Byte(); ver != recordVersion {
 		return nil, fmt.Errorf("export chunk version %d: %w", ver, ErrInvalidExport)
 	}
-	n := d.uvarint()
+	n := d.Uvarint()
 	// A pair takes at least 3 bytes: the count cannot be more than that.
-	if n == 0 || n > exportChunkMaxPairs || n > uint64(len(d.b)/3) {
+	if n == 0 || n > exportChunkMaxPairs || n > uint64(len(d.Rest())/3) {
 		return nil, fmt.Errorf("export chunk of %d pairs in %d bytes: %w", n, len(b), ErrInvalidExport)
 	}
 	pairs := make([]exportPair, 0, n)
 	for range n {
-		p := exportPair{key: d.bytes(), expires: d.uvarint(), value: d.bytes()}
-		if d.err != nil {
+		p := exportPair{key: d.Bytes(), expires: d.Uvarint(), value: d.Bytes()}
+		if d.Err() != nil {
 			break
 		}
 		pairs = append(pairs, p)
 	}
-	if err := d.end(); err != nil {
+	if err := d.End(); err != nil {
 		return nil, fmt.Errorf("export chunk: %w: %w", ErrInvalidExport, err)
 	}
 	return pairs, nil

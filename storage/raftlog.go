@@ -11,6 +11,8 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrymq/ferry/internal/wire"
 )
 
 // RaftLog is one Raft group's log, hard state and latest snapshot, kept in
@@ -85,12 +87,12 @@ func (rb raftBounds) encode() []byte {
 }
 
 func decodeRaftBounds(v []byte) (raftBounds, error) {
-	d := decoder{b: v}
-	if ver := d.byte(); ver != recordVersion {
+	d := wire.NewDecoder(v, ErrCorrupt)
+	if ver := d.Byte(); ver != recordVersion {
 		return raftBounds{}, fmt.Errorf("raft log bounds version %d: %w", ver, ErrCorrupt)
 	}
-	rb := raftBounds{prev: d.u64(), prevTerm: d.u64(), last: d.u64()}
-	if err := d.end(); err != nil {
+	rb := raftBounds{prev: d.U64(), prevTerm: d.U64(), last: d.U64()}
+	if err := d.End(); err != nil {
 		return raftBounds{}, fmt.Errorf("raft log bounds: %w", err)
 	}
 	if rb.prev > rb.last {

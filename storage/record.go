@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/ferrymq/ferry/internal/wire"
 )
 
 // Message is one message of a partition. Append reads ID, Key, Payload and
@@ -74,105 +76,32 @@ func uvarintLen(n int) int {
 // the key) as it is. The message's slices are copies: v may be reused by
 // Badger after the transaction.
 func decodeMessageRecord(v []byte, m *Message) error {
-	d := decoder{b: v}
-	if ver := d.byte(); ver != recordVersion {
+	d := wire.NewDecoder(v, ErrCorrupt)
+	if ver := d.Byte(); ver != recordVersion {
 		return fmt.Errorf("message record version %d: %w", ver, ErrCorrupt)
 	}
-	if key := d.bytes(); len(key) > 0 {
+	if key := d.Bytes(); len(key) > 0 {
 		m.Key = slices.Clone(key)
 	}
-	n := d.uvarint()
+	n := d.Uvarint()
 	if n > uint64(len(v)) { // each header takes at least two bytes
 		return fmt.Errorf("message record header count %d: %w", n, ErrCorrupt)
 	}
 	if n > 0 {
 		m.Headers = make(map[string]string, n)
 		for range n {
-			k := string(d.bytes())
-			m.Headers[k] = string(d.bytes())
+			k := string(d.Bytes())
+			m.Headers[k] = string(d.Bytes())
 		}
 	}
-	if d.err != nil {
-		return fmt.Errorf("message record: %w", d.err)
+	if d.Err() != nil {
+		return fmt.Errorf("message record: %w", d.Err())
 	}
-	m.Payload = slices.Clone(d.b)
+	m.Payload = slices.Clone(d.Rest())
 	if m.Payload == nil {
 		m.Payload = []byte{}
 	}
 	return nil
-}
-
-// decoder reads a record front to back; the first error sticks and makes
-// every later read return zero values.
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) fail() {
-	if d.err == nil {
-		d.err = ErrCorrupt
-	}
-	d.b = nil
-}
-
-func (d *decoder) byte() byte {
-	if len(d.b) < 1 {
-		d.fail()
-		return 0
-	}
-	c := d.b[0]
-	d.b = d.b[1:]
-	return c
-}
-
-func (d *decoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.fail()
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if n > uint64(len(d.b)) {
-		d.fail()
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) u32() uint32 {
-	if len(d.b) < 4 {
-		d.fail()
-		return 0
-	}
-	v := binary.BigEndian.Uint32(d.b)
-	d.b = d.b[4:]
-	return v
-}
-
-func (d *decoder) u64() uint64 {
-	if len(d.b) < 8 {
-		d.fail()
-		return 0
-	}
-	v := binary.BigEndian.Uint64(d.b)
-	d.b = d.b[8:]
-	return v
-}
-
-// end fails the decode if bytes are left over.
-func (d *decoder) end() error {
-	if d.err == nil && len(d.b) != 0 {
-		d.err = ErrCorrupt
-	}
-	return d.err
 }
 
 // Topic record, the value of a t key:
@@ -197,20 +126,20 @@ func encodeTopicRecord(t *Topic) []byte {
 }
 
 func decodeTopicRecord(name string, v []byte) (Topic, error) {
-	d := decoder{b: v}
-	if ver := d.byte(); ver != recordVersion {
+	d := wire.NewDecoder(v, ErrCorrupt)
+	if ver := d.Byte(); ver != recordVersion {
 		return Topic{}, fmt.Errorf("topic record %q version %d: %w", name, ver, ErrCorrupt)
 	}
 	t := Topic{Name: name}
-	t.id = d.u32()
-	t.CreateTime = time.Unix(0, int64(d.u64())).UTC()
-	t.Config.Partitions = d.u32()
-	t.Config.RetentionMaxAge = time.Duration(d.u64())
-	t.Config.RetentionMaxBytes = d.u64()
-	t.Config.RetentionMaxMessages = d.u64()
-	t.Config.DedupWindow = time.Duration(d.u64())
-	t.Config.MaxMessageBytes = d.u32()
-	if err := d.end(); err != nil {
+	t.id = d.U32()
+	t.CreateTime = time.Unix(0, int64(d.U64())).UTC()
+	t.Config.Partitions = d.U32()
+	t.Config.RetentionMaxAge = time.Duration(d.U64())
+	t.Config.RetentionMaxBytes = d.U64()
+	t.Config.RetentionMaxMessages = d.U64()
+	t.Config.DedupWindow = time.Duration(d.U64())
+	t.Config.MaxMessageBytes = d.U32()
+	if err := d.End(); err != nil {
 		return Topic{}, fmt.Errorf("topic record %q: %w", name, err)
 	}
 	if err := t.Config.Validate(); err != nil {
@@ -254,19 +183,19 @@ func (pm *partitionMeta) encode() []byte {
 }
 
 func decodePartitionMeta(v []byte) (partitionMeta, error) {
-	d := decoder{b: v}
-	if ver := d.byte(); ver != recordVersion {
+	d := wire.NewDecoder(v, ErrCorrupt)
+	if ver := d.Byte(); ver != recordVersion {
 		return partitionMeta{}, fmt.Errorf("partition meta version %d: %w", ver, ErrCorrupt)
 	}
-	pm := partitionMeta{first: d.u64(), head: d.u64(), bytes: d.u64()}
-	pm.lastTime = time.Unix(0, int64(d.u64())).UTC()
-	if len(d.b) > 0 {
+	pm := partitionMeta{first: d.U64(), head: d.U64(), bytes: d.U64()}
+	pm.lastTime = time.Unix(0, int64(d.U64())).UTC()
+	if len(d.Rest()) > 0 {
 		// Written only when not 0: one meta, one encoding.
-		if pm.applied = d.u64(); pm.applied == 0 {
-			d.fail()
+		if pm.applied = d.U64(); pm.applied == 0 {
+			d.Fail()
 		}
 	}
-	if err := d.end(); err != nil {
+	if err := d.End(); err != nil {
 		return partitionMeta{}, fmt.Errorf("partition meta: %w", err)
 	}
 	if pm.first > pm.head {

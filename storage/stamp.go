@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/wire"
 )
 
 // Stamp makes a topic or subscription change the same on every replica of
@@ -44,9 +46,9 @@ func (s *Store) AdminApplied(group uint64) (uint64, error) {
 	var index uint64
 	err := s.db.View(func(txn *badger.Txn) error {
 		return getValue(txn, raftKey(group, raftKeyApplied), func(v []byte) error {
-			d := decoder{b: v}
-			index = d.u64()
-			return d.end()
+			d := wire.NewDecoder(v, ErrCorrupt)
+			index = d.U64()
+			return d.End()
 		})
 	})
 	if err != nil {

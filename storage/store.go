@@ -14,6 +14,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/wire"
 )
 
 // Store is ferry's log: topics of partitions of messages in one Badger
@@ -342,9 +343,9 @@ func takeID(txn *badger.Txn, key []byte, want uint32) (uint32, error) {
 func readCounter(txn *badger.Txn, key []byte) (uint32, error) {
 	id := uint32(1)
 	err := getValue(txn, key, func(v []byte) error {
-		d := decoder{b: v}
-		id = d.u32()
-		return d.end()
+		d := wire.NewDecoder(v, ErrCorrupt)
+		id = d.U32()
+		return d.End()
 	})
 	if err != nil {
 		return 0, fmt.Errorf("id counter %q: %w", key, err)
