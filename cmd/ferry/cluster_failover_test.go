@@ -342,16 +342,7 @@ func (l *publishLoad) markerRead(nd *clusterNode, part uint32, id string) error 
 	if _, err := l.publishVia(nd, id, part, attemptTimeout); err != nil {
 		return err
 	}
-	msgs, err := readLog(context.Background(), nd, l.topic, part)
-	if err != nil {
-		return err
-	}
-	ids := make([]string, len(msgs))
-	for i, m := range msgs {
-		ids[i] = m.GetId()
-	}
-	l.hist.read(logKey{l.topic, part}, call, ids)
-	return nil
+	return l.readSince(nd, part, call)
 }
 
 // plainRead reads part's log through nd with ReadMessages alone, which in
@@ -359,7 +350,12 @@ func (l *publishLoad) markerRead(nd *clusterNode, part uint32, id string) error 
 // through the partition's group, so it holds everything committed before
 // the read began.
 func (l *publishLoad) plainRead(nd *clusterNode, part uint32) error {
-	call := l.hist.now()
+	return l.readSince(nd, part, l.hist.now())
+}
+
+// readSince reads part's log through nd and records it in the history as
+// a read invoked at call.
+func (l *publishLoad) readSince(nd *clusterNode, part uint32, call int64) error {
 	msgs, err := readLog(context.Background(), nd, l.topic, part)
 	if err != nil {
 		return err
@@ -468,21 +464,29 @@ func (l *publishLoad) stop(tb testing.TB) {
 	tb.Logf("load: %d acknowledged publishes; failed attempts: %v", len(l.acks), l.errs)
 }
 
-// verify checks logs (by partition) against every acknowledged publish:
-// each stored at its acknowledged offset with its payload; and no id twice
-// in the topic.
-func (l *publishLoad) verify(tb testing.TB, logs [][]*ferryv1.Message) {
+// locate returns where each id of logs (by partition) is, "part/offset",
+// and fails tb for an id stored twice; what names the ids in the message.
+func locate(tb testing.TB, logs [][]*ferryv1.Message, what string) map[string]string {
 	tb.Helper()
 	where := map[string]string{}
 	for part, msgs := range logs {
 		for off, m := range msgs {
 			here := fmt.Sprintf("%d/%d", part, off)
 			if prev, dup := where[m.GetId()]; dup {
-				tb.Errorf("id %s stored twice: at %s and %s", m.GetId(), prev, here)
+				tb.Errorf("%s %s stored twice: at %s and %s", what, m.GetId(), prev, here)
 			}
 			where[m.GetId()] = here
 		}
 	}
+	return where
+}
+
+// verify checks logs (by partition) against every acknowledged publish:
+// each stored at its acknowledged offset with its payload; and no id twice
+// in the topic.
+func (l *publishLoad) verify(tb testing.TB, logs [][]*ferryv1.Message) {
+	tb.Helper()
+	locate(tb, logs, "id")
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, a := range l.acks {

@@ -190,16 +190,7 @@ func TestClusterRollingRestart(t *testing.T) {
 	t.Logf("Process returned after %v", time.Since(began).Round(time.Millisecond))
 	inLogs := waitConverged(t, c.nodes, in, 20*time.Second)
 	outLogs := waitConverged(t, c.nodes, out, 20*time.Second)
-	inputs := map[string]string{} // id → where
-	for part, msgs := range inLogs {
-		for off, m := range msgs {
-			here := fmt.Sprintf("%d/%d", part, off)
-			if prev, dup := inputs[m.GetId()]; dup {
-				t.Errorf("input %s stored twice: %s and %s", m.GetId(), prev, here)
-			}
-			inputs[m.GetId()] = here
-		}
-	}
+	inputs := locate(t, inLogs, "input") // id → where
 	for id, r := range acks {
 		msgs := inLogs[r.Partition]
 		if r.Offset >= uint64(len(msgs)) || msgs[r.Offset].GetId() != id {

@@ -48,13 +48,21 @@ func newPeerNetwork(tb testing.TB, nodes []*clusterNode) *peerNetwork {
 // addr is where node from reaches node to.
 func (pn *peerNetwork) addr(from, to uint64) string { return pn.proxies[[2]uint64{from, to}].Listen }
 
+// links returns the proxies of the links to and from node id.
+func (pn *peerNetwork) links(id uint64) map[[2]uint64]*toxiproxy.Proxy {
+	l := make(map[[2]uint64]*toxiproxy.Proxy)
+	for pair, p := range pn.proxies {
+		if pair[0] == id || pair[1] == id {
+			l[pair] = p
+		}
+	}
+	return l
+}
+
 // isolate cuts every link between node id and the others.
 func (pn *peerNetwork) isolate(tb testing.TB, id uint64) {
 	tb.Helper()
-	for pair, p := range pn.proxies {
-		if pair[0] != id && pair[1] != id {
-			continue
-		}
+	for pair, p := range pn.links(id) {
 		for _, name := range cutToxics {
 			stream := strings.TrimPrefix(name, "cut_")
 			js := fmt.Sprintf(`{"name":%q,"type":"latency","stream":%q,"attributes":{"latency":3600000}}`, name, stream)
@@ -68,10 +76,7 @@ func (pn *peerNetwork) isolate(tb testing.TB, id uint64) {
 // heal undoes isolate.
 func (pn *peerNetwork) heal(tb testing.TB, id uint64) {
 	tb.Helper()
-	for pair, p := range pn.proxies {
-		if pair[0] != id && pair[1] != id {
-			continue
-		}
+	for pair, p := range pn.links(id) {
 		for _, name := range cutToxics {
 			if err := p.Toxics.RemoveToxic(context.Background(), name); err != nil {
 				tb.Fatalf("heal %d→%d %s: %v", pair[0], pair[1], name, err)
