@@ -77,7 +77,7 @@ type node struct {
 	clk    clock.Clock
 	log    *slog.Logger
 
-	mu    sync.Mutex                 // guards parts, conns and closed
+	mu    sync.Mutex                 // guards parts and conns
 	parts map[uint64]*replicatedPart // by group id
 	conns map[uint64]*grpc.ClientConn
 	stop  chan struct{}
@@ -87,7 +87,6 @@ type node struct {
 // replicatedPart is a partition whose group runs on this node.
 type replicatedPart struct {
 	topic   string
-	tid     uint32
 	part    uint32
 	group   *cluster.Group
 	unwatch func()
@@ -124,13 +123,12 @@ func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Log
 // start starts the node's Raft host (serving register's services on the
 // node-to-node port too), the metadata group, and the groups of the
 // partitions the store holds. The engine must be set.
-func (n *node) start(o *ClusterOptions, opts Options, register func(*grpc.Server)) error {
-	st := n.store
-	co := cluster.DefaultOptions(o.NodeID, o.Peers, st)
+func (n *node) start(o *ClusterOptions, register func(*grpc.Server)) error {
+	co := cluster.DefaultOptions(n.id, n.peers, n.store)
 	if o.Addr != "" {
 		co.Addr = o.Addr
 	}
-	co.Clock, co.Logger = opts.Clock, opts.Logger
+	co.Clock, co.Logger = n.clk, n.log
 	co.ForwardProposals = true
 	co.Register = register
 	if o.Tune != nil {
@@ -233,7 +231,7 @@ func (n *node) startPart(t storage.Topic, p uint32, gid uint64) error {
 	}
 	prop.SetGroup(g)
 	changes, unwatch := g.WatchLeader()
-	rp := &replicatedPart{topic: t.Name, tid: t.ID(), part: p, group: g, unwatch: unwatch}
+	rp := &replicatedPart{topic: t.Name, part: p, group: g, unwatch: unwatch}
 	n.parts[gid] = rp
 	n.wg.Go(func() { n.watchLeader(rp, changes) })
 	return nil
@@ -346,18 +344,20 @@ func (n *node) conn(id uint64) (*grpc.ClientConn, error) {
 
 // syncTopic returns once every write committed to topic's partitions
 // before the call is applied on this node: what a subscription's new owner
-// waits for before it loads the cursors.
+// waits for before it loads the cursors. The partitions' barriers go
+// through their groups at once, not one round after another.
 func (n *node) syncTopic(ctx context.Context, topic string) error {
 	t, err := n.store.Topic(topic)
 	if err != nil {
 		return err
 	}
+	errs := make([]error, t.Config.Partitions)
+	var wg sync.WaitGroup
 	for p := range t.Config.Partitions {
-		if err := n.syncPartition(ctx, topic, p); err != nil {
-			return err
-		}
+		wg.Go(func() { errs[p] = n.syncPartition(ctx, topic, p) })
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // syncPartition returns once every write committed to topic's partition

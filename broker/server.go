@@ -127,7 +127,7 @@ func Open(opts Options) (*Server, error) {
 	register(s.grpc)
 	if s.node != nil {
 		s.node.engine = s.engine
-		if err := s.node.start(opts.Cluster, opts, register); err != nil {
+		if err := s.node.start(opts.Cluster, register); err != nil {
 			grpcLis.Close()
 			if httpLis != nil {
 				httpLis.Close()
