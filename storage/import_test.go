@@ -41,8 +41,20 @@ func (g *echoGroup) run(tb testing.TB) {
 // echoGroup that goes on from the partition's applied index.
 func replicateEcho(tb testing.TB, s *Store, topic string, part uint32) *echoGroup {
 	tb.Helper()
-	g := &echoGroup{q: make(chan []byte, 1024), done: make(chan struct{})}
-	rep, err := s.Replicate(context.Background(), topic, part, g)
+	g := newEchoGroup()
+	g.start(tb, s, topic, part, g)
+	return g
+}
+
+func newEchoGroup() *echoGroup {
+	return &echoGroup{q: make(chan []byte, 1024), done: make(chan struct{})}
+}
+
+// start makes topic's partition part replicated through proposer (g, or
+// one wrapping it) and runs g from the partition's applied index.
+func (g *echoGroup) start(tb testing.TB, s *Store, topic string, part uint32, proposer Proposer) {
+	tb.Helper()
+	rep, err := s.Replicate(context.Background(), topic, part, proposer)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -52,7 +64,6 @@ func replicateEcho(tb testing.TB, s *Store, topic string, part uint32) *echoGrou
 		close(g.q)
 		<-g.done
 	})
-	return g
 }
 
 // exportChunks exports the partition in chunks of about maxBytes.
@@ -364,17 +375,8 @@ func TestReplicatedRetentionOnLeaderOnly(t *testing.T) {
 	if _, err := s.Append(ctx, "orders", 1, []Message{{ID: "x", Payload: []byte("x")}}); !errors.Is(err, ErrNotReplicated) {
 		t.Fatalf("append to a partition with no group: %v, want ErrNotReplicated", err)
 	}
-	g := &leaderEcho{echoGroup: &echoGroup{q: make(chan []byte, 1024), done: make(chan struct{})}}
-	rep, err := s.Replicate(ctx, "orders", 0, g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.rep, g.index = rep, rep.Applied()
-	go g.run(t)
-	t.Cleanup(func() {
-		close(g.q)
-		<-g.done
-	})
+	g := &leaderEcho{echoGroup: newEchoGroup()}
+	g.start(t, s, "orders", 0, g)
 	for i := range 20 {
 		if _, err := s.Append(ctx, "orders", 0, []Message{{ID: fmt.Sprint(i), Payload: []byte("x")}}); err != nil {
 			t.Fatal(err)
