@@ -123,7 +123,10 @@ mon=$WORK/monitoring
 mkdir -p "$mon"
 rel=$(realpath --relative-to="$mon" deploy/kubernetes)
 printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [%s/base]\ncomponents: [%s/components/servicemonitor]\n' "$rel" "$rel" >"$mon/kustomization.yaml"
-kubectl kustomize "$mon" | grep -q '^kind: ServiceMonitor$' || fail "the servicemonitor component renders no ServiceMonitor"
+# Into a file, not a pipe: grep -q stops reading at the first match, and under
+# pipefail the writer's SIGPIPE would fail the step by chance.
+kubectl kustomize "$mon" >"$WORK/servicemonitor.yaml"
+grep -q '^kind: ServiceMonitor$' "$WORK/servicemonitor.yaml" || fail "the servicemonitor component renders no ServiceMonitor"
 echo "ok: components/servicemonitor renders (not applied: no Prometheus Operator CRDs here)"
 
 # ---- the cluster forms
@@ -137,7 +140,10 @@ echo "3/3 Ready after $(( $(date +%s) - T0 ))s"
 
 step "the Raft cluster, through a pod IP"
 IP0=$(k get pod ferry-0 -o jsonpath='{.status.podIP}')
-"$WORK/ferry" cluster status --server "$IP0:7420" | head -8
+# Into a file, then shown: "| head" closed the pipe early and the status
+# command died of SIGPIPE (exit 141) under pipefail.
+"$WORK/ferry" cluster status --server "$IP0:7420" >"$WORK/status"
+head -8 "$WORK/status"
 "$WORK/clustercheck" status -server "$IP0:7420" -nodes 3 -timeout 60s
 curl -sf "http://$IP0:7421/metrics" >"$WORK/metrics" || fail "no /metrics on :7421"
 grep -q '^ferry_raft_leader' "$WORK/metrics" || fail "no ferry_raft_leader on :7421/metrics"
