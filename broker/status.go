@@ -3,13 +3,17 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"syscall"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
@@ -26,10 +30,13 @@ func toStatus(err error) error {
 		return err
 	}
 	var invalid *invalidError
+	var exhausted *exhaustedError
 	var oor *storage.OffsetOutOfRangeError
 	switch {
 	case errors.As(err, &invalid):
 		return status.Error(codes.InvalidArgument, invalid.msg)
+	case errors.As(err, &exhausted):
+		return exhaustedStatus(exhausted.msg, exhausted.retry)
 	case errors.Is(err, storage.ErrInvalidConfig):
 		return status.Error(codes.InvalidArgument, describe(err, storage.ErrInvalidConfig))
 	case errors.Is(err, storage.ErrTopicNotFound):
@@ -96,6 +103,35 @@ func toStatus(err error) error {
 		return status.Error(codes.ResourceExhausted, "the broker's disk is full: "+err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+// exhaustedError is a limit the broker is over (disk reserve, memory
+// budget, a quota): the call changed nothing and may be retried after
+// retry. It maps to RESOURCE_EXHAUSTED with a RetryInfo detail.
+type exhaustedError struct {
+	msg   string
+	retry time.Duration
+}
+
+func (e *exhaustedError) Error() string { return e.msg }
+
+// exhaustedf is an exhaustedError whose client should wait retry first.
+func exhaustedf(retry time.Duration, format string, args ...any) error {
+	return &exhaustedError{msg: fmt.Sprintf(format, args...), retry: retry}
+}
+
+// exhaustedStatus is RESOURCE_EXHAUSTED with msg and a RetryInfo detail
+// asking the client to wait retry before it tries again (the SDK does).
+func exhaustedStatus(msg string, retry time.Duration) error {
+	st := status.New(codes.ResourceExhausted, msg)
+	if retry <= 0 {
+		return st.Err()
+	}
+	withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
+	if err != nil { // only a detail that cannot be marshalled fails
+		return st.Err()
+	}
+	return withRetry.Err()
 }
 
 // describe is err's message without a sentinel's own words at the end,

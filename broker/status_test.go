@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,5 +29,24 @@ func TestToStatusReplicatedWrites(t *testing.T) {
 		if st.Code() != tc.code || !strings.Contains(st.Message(), tc.says) {
 			t.Errorf("%v: %v %q, want %v saying %q", tc.err, st.Code(), st.Message(), tc.code, tc.says)
 		}
+	}
+}
+
+// TestToStatusExhausted: a limit the broker is over becomes
+// RESOURCE_EXHAUSTED with its message and a RetryInfo delay, also wrapped.
+func TestToStatusExhausted(t *testing.T) {
+	err := fmt.Errorf("publish: %w", exhaustedf(1500*time.Millisecond, "disk reserve reached: %d bytes free", 42))
+	st := status.Convert(toStatus(err))
+	if st.Code() != codes.ResourceExhausted || st.Message() != "disk reserve reached: 42 bytes free" {
+		t.Fatalf("got %v %q", st.Code(), st.Message())
+	}
+	var delay time.Duration
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			delay = ri.GetRetryDelay().AsDuration()
+		}
+	}
+	if delay != 1500*time.Millisecond {
+		t.Fatalf("RetryInfo delay %v, want 1.5s (details %v)", delay, st.Details())
 	}
 }
