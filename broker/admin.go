@@ -36,6 +36,17 @@ func (a *admin) replicas() uint32 {
 	return uint32(len(a.node.voters))
 }
 
+// syncMeta makes a read of topics and subscriptions linearizable in a
+// cluster: it waits until this node applied every metadata change
+// committed before the call (docs/cluster.md). A single node has nothing
+// to wait for.
+func (a *admin) syncMeta(ctx context.Context) error {
+	if a.node == nil {
+		return nil
+	}
+	return a.node.syncMeta(ctx)
+}
+
 // GetClusterStatus reports every node's Raft groups.
 func (a *admin) GetClusterStatus(ctx context.Context, req *ferryv1.GetClusterStatusRequest) (*ferryv1.GetClusterStatusResponse, error) {
 	if a.node == nil {
@@ -74,6 +85,9 @@ func (a *admin) GetTopic(ctx context.Context, req *ferryv1.GetTopicRequest) (*fe
 	if err := storage.ValidateTopicName(req.GetName()); err != nil {
 		return nil, toStatus(err)
 	}
+	if err := a.syncMeta(ctx); err != nil {
+		return nil, toStatus(err)
+	}
 	t, err := a.store.Topic(req.GetName())
 	if err != nil {
 		return nil, toStatus(err)
@@ -97,6 +111,9 @@ func (a *admin) GetTopic(ctx context.Context, req *ferryv1.GetTopicRequest) (*fe
 
 // ListTopics returns every topic by name.
 func (a *admin) ListTopics(ctx context.Context, req *ferryv1.ListTopicsRequest) (*ferryv1.ListTopicsResponse, error) {
+	if err := a.syncMeta(ctx); err != nil {
+		return nil, toStatus(err)
+	}
 	resp := &ferryv1.ListTopicsResponse{}
 	for _, t := range a.store.Topics() {
 		resp.Topics = append(resp.Topics, a.topicProto(t))
@@ -193,8 +210,11 @@ func (a *admin) ReadMessages(ctx context.Context, req *ferryv1.ReadMessagesReque
 		maxBytes = DefaultReadBytes
 	}
 	if a.node != nil {
-		// Linearizable: the read sees every write acknowledged before it,
-		// wherever it was made.
+		// Linearizable: the read sees the topic and every write
+		// acknowledged before it, wherever they were made.
+		if err := a.node.syncMeta(ctx); err != nil {
+			return nil, toStatus(err)
+		}
 		if err := a.node.syncPartition(ctx, req.GetTopic(), req.GetPartition()); err != nil {
 			return nil, toStatus(err)
 		}
@@ -309,6 +329,9 @@ func (a *admin) GetSubscription(ctx context.Context, req *ferryv1.GetSubscriptio
 // ListSubscriptions returns a topic's subscriptions by name, with stats.
 func (a *admin) ListSubscriptions(ctx context.Context, req *ferryv1.ListSubscriptionsRequest) (*ferryv1.ListSubscriptionsResponse, error) {
 	if err := storage.ValidateTopicName(req.GetTopic()); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := a.syncMeta(ctx); err != nil {
 		return nil, toStatus(err)
 	}
 	infos, err := a.engine.Subscriptions(ctx, req.GetTopic())

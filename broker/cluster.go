@@ -382,6 +382,16 @@ func (n *node) syncPartition(ctx context.Context, topic string, part uint32) err
 	return nil
 }
 
+// syncMeta returns once every metadata change committed before the call
+// is applied on this node, so that a read of topics or subscriptions here
+// shows what was created through any other node (linearizable reads). It
+// retries as metaChange does while the barrier's outcome is unknown.
+func (n *node) syncMeta(ctx context.Context) error {
+	return n.metaChange(ctx, func(ctx context.Context, _ bool) error {
+		return cluster.Barrier(ctx, n.meta.Group())
+	})
+}
+
 // waitLeaders waits until every partition of topic has a leader, so a
 // topic create returns a topic that takes writes.
 func (n *node) waitLeaders(ctx context.Context, topic string) error {

@@ -338,8 +338,11 @@ func TestClusterCommitNeedsIDs(t *testing.T) {
 	if got := logOf(t, c[3], "out", 2); len(got) != 0 {
 		t.Fatalf("a refused commit wrote %v", got)
 	}
-	if _, err := sub.Commit(ctx, &ferryv1.CommitRequest{Topic: "in", Subscription: "proc",
-		Publishes: []*ferryv1.CommitPublish{{Topic: "out", Messages: msgs(true)}}}); err != nil {
+	if err := retryUnavailable(ctx, func(ctx context.Context) error {
+		_, err := sub.Commit(ctx, &ferryv1.CommitRequest{Topic: "in", Subscription: "proc",
+			Publishes: []*ferryv1.CommitPublish{{Topic: "out", Messages: msgs(true)}}})
+		return err
+	}); err != nil {
 		t.Fatalf("commit with ids: %v", err)
 	}
 	if got := logOf(t, c[3], "out", 2); len(got) != 4 {

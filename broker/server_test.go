@@ -171,7 +171,11 @@ func (ts *testServer) wantEmpty(tb testing.TB, topics ...string) {
 // publish publishes msgs and fails the test if it cannot.
 func (ts *testServer) publish(tb testing.TB, topic string, msgs ...*ferryv1.PublishMessage) []*ferryv1.PublishResult {
 	tb.Helper()
-	resp, err := ts.pub.Publish(testContext(tb), &ferryv1.PublishRequest{Topic: topic, Messages: msgs})
+	var resp *ferryv1.PublishResponse
+	err := retryUnavailable(testContext(tb), func(ctx context.Context) (err error) {
+		resp, err = ts.pub.Publish(ctx, &ferryv1.PublishRequest{Topic: topic, Messages: msgs})
+		return err
+	})
 	if err != nil {
 		tb.Fatalf("Publish(%q, %d messages): %v", topic, len(msgs), err)
 	}
@@ -179,6 +183,24 @@ func (ts *testServer) publish(tb testing.TB, topic string, msgs ...*ferryv1.Publ
 		tb.Fatalf("Publish(%q): %d results for %d messages", topic, len(resp.GetResults()), len(msgs))
 	}
 	return resp.GetResults()
+}
+
+// retryUnavailable calls call until it returns anything but UNAVAILABLE,
+// as the SDK does: in a cluster a leader can change between two calls (an
+// election under load), and the write is retried with the same ids. It
+// gives up when ctx ends.
+func retryUnavailable(ctx context.Context, call func(ctx context.Context) error) error {
+	for {
+		err := call(ctx)
+		if status.Code(err) != codes.Unavailable {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // read reads up to n messages of a partition from offset from.

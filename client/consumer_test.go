@@ -273,11 +273,17 @@ func TestSubscribeReconnectsAcrossBrokerRestarts(t *testing.T) {
 		byCycle   [3]int // distinct messages first handled in each cycle
 		cycle     atomic.Int32
 		restarted = make(chan struct{}) // closed after the first restart
+		// closed when the last cycle begins. Until then a handler of a
+		// message after the second stop does not return, so nothing is
+		// acked and the stopping broker can deliver no more than the
+		// credit: the rest must come from the restarted one, however the
+		// shutdown is scheduled.
+		lastCycle = make(chan struct{})
 	)
 	cur.Store(proc)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	errc := subscribe(t, ctx, c, topic, sub, func(_ context.Context, m *client.Message) error {
+	errc := subscribe(t, ctx, c, topic, sub, func(hctx context.Context, m *client.Message) error {
 		mu.Lock()
 		first := handled[m.ID] == 0
 		handled[m.ID]++
@@ -301,6 +307,13 @@ func TestSubscribeReconnectsAcrossBrokerRestarts(t *testing.T) {
 			<-p.exited
 			restarts <- "SIGTERM"
 		}
+		if k > n/2 {
+			select {
+			case <-lastCycle:
+			case <-hctx.Done():
+				return hctx.Err()
+			}
+		}
 		return nil
 	}, client.WithConcurrency(4), client.WithReconnectBackoff(20*time.Millisecond, 500*time.Millisecond))
 	for i := range 2 {
@@ -316,8 +329,11 @@ func TestSubscribeReconnectsAcrossBrokerRestarts(t *testing.T) {
 		// the new broker and handle messages before startFerry returns.
 		next := cycle.Add(1)
 		cur.Store(startFerry(t, dir, addr))
-		if next == 1 {
+		switch next {
+		case 1:
 			close(restarted)
+		case 2:
+			close(lastCycle)
 		}
 	}
 	waitFor(t, waitLimit, "every message handled", func() bool {
