@@ -69,6 +69,12 @@ func toStatus(err error) error {
 	case errors.Is(err, consumer.ErrUnknownDelivery):
 		return status.Error(codes.FailedPrecondition, describe(err, consumer.ErrUnknownDelivery)+
 			": no such outstanding delivery (never made, made before a restart, or being committed)")
+	case errors.Is(err, consumer.ErrMalformedDelivery):
+		return status.Error(codes.InvalidArgument, describe(err, consumer.ErrMalformedDelivery)+
+			": malformed delivery id; use the delivery_id of a Delivery as received")
+	case errors.Is(err, consumer.ErrForeignDelivery):
+		return status.Error(codes.InvalidArgument, describe(err, consumer.ErrForeignDelivery)+
+			": not a delivery id of this subscription (another subscription's or topic's, or altered); ack on the subscription that delivered it")
 	case errors.Is(err, consumer.ErrNotSupported):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, consumer.ErrDetached):
