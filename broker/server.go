@@ -30,6 +30,10 @@ import (
 // into one group in a cluster.
 const maxReplicatedGroupBytes = 2 << 20
 
+// badInputLogInterval is the least time between two WARN lines about
+// requests that do not decode.
+const badInputLogInterval = 10 * time.Second
+
 // Server is a running broker: the store, the gRPC server and the HTTP
 // server.
 type Server struct {
@@ -102,9 +106,11 @@ func Open(opts Options) (*Server, error) {
 		draining: make(chan struct{}),
 	}
 	s.registry = reg
+	badInput := newRateLog(s.log, opts.Clock, badInputLogInterval)
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), logInternal(s.log)),
-		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), logInternalStream(s.log)),
+		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), logInternal(s.log)),
+		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), logInternalStream(s.log)),
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
