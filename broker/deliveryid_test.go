@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferrymq/ferry/consumer"
@@ -210,5 +211,53 @@ func TestAckResultsBounded(t *testing.T) {
 	t.Logf("%d ids of %d bytes answered in %d bytes of ids and messages", len(ids), len(long), size)
 	if per := size / len(ids); per > maxEchoedID+maxResultMessage {
 		t.Fatalf("%d bytes per result", per)
+	}
+}
+
+// TestClusterDeliveryIDsAfterOwnerMoves: a subscription's id key travels
+// with its record through the metadata group, so the node that owns the
+// subscription after a leadership move verifies the ids the first owner
+// handed out, and still refuses a made-up one.
+func TestClusterDeliveryIDsAfterOwnerMoves(t *testing.T) {
+	c := startTestCluster(t, 3)
+	ctx := testContext(t)
+	c[1].createTopic(t, "orders", &ferryv1.TopicConfig{Partitions: 1})
+	c[2].publish(t, "orders", &ferryv1.PublishMessage{Id: "m0", Payload: []byte("x")})
+	c[3].createSub(t, "orders", "kitchen", subConfig(effOnce, shared))
+	part := ownerPartition("kitchen", 1)
+	owner := partitionLeader(t, c[1], "orders", part)
+	s := c[owner].attach(t, "orders", "kitchen", 1)
+	id := s.next(t).GetDeliveryId()
+
+	next := owner%3 + 1
+	g, err := c[owner].srv.node.group("orders", part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.TransferLeadership(ctx, next); err != nil {
+		t.Fatalf("transfer leadership from %d to %d: %v", owner, next, err)
+	}
+	if err := s.end(t); status.Code(err) != codes.Unavailable {
+		t.Fatalf("the stream ended with %v, want UNAVAILABLE", err)
+	}
+	eventuallyB(t, "every node sees the new owner", func() bool {
+		for n := range c {
+			if partitionLeader(t, c[n], "orders", part) != next {
+				return false
+			}
+		}
+		return true
+	})
+	forged := id[:strings.LastIndexByte(id, '.')] + ".AAAAAAAAAAA"
+	r, err := ferryv1.NewSubscriberServiceClient(c[next].conn).Ack(ctx, &ferryv1.AckRequest{Topic: "orders", Subscription: "kitchen",
+		DeliveryIds: []string{forged, id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := codes.Code(r.GetResults()[0].GetCode()); code != codes.InvalidArgument {
+		t.Errorf("a made-up id on the new owner: %v, want INVALID_ARGUMENT", code)
+	}
+	if code := codes.Code(r.GetResults()[1].GetCode()); code != codes.OK {
+		t.Errorf("the first owner's id on the new owner: %v (%s), want OK", code, r.GetResults()[1].GetMessage())
 	}
 }
