@@ -248,6 +248,18 @@ func configFromProto(c *ferryv1.TopicConfig) (storage.TopicConfig, error) {
 	return cfg, nil
 }
 
+// durationRanges names what each duration field takes, for the refusal of
+// one beyond any range.
+var durationRanges = map[string]string{
+	"retention_max_age": "0 (for ever) to 100 years",
+	"dedup_window":      "0 (2m) to 7 days",
+	"ack_timeout":       "1s to 12h",
+	"ack_deadline":      "1s to 12h",
+	"backoff_min":       "10ms to 12h",
+	"backoff_max":       "backoff_min to 12h",
+	"dedup_horizon":     "0 (the topic's retention) or 1s to 100 years, effectively-once only",
+}
+
 // durationFromProto converts a duration field. A negative one, or one
 // beyond what a time.Duration holds (about 292 years, which AsDuration
 // would clamp to silently), is refused; each field's own range is checked
@@ -263,7 +275,7 @@ func durationFromProto(field string, d *durationpb.Duration) (time.Duration, err
 		return 0, invalidf("%s is negative (%ds)", field, d.GetSeconds())
 	}
 	if d.GetSeconds() > math.MaxInt64/int64(time.Second)-1 {
-		return 0, invalidf("%s of %ds is out of range; no duration is over %v", field, d.GetSeconds(), time.Duration(math.MaxInt64).Truncate(time.Hour))
+		return 0, invalidf("%s of %ds is out of range; it takes %s", field, d.GetSeconds(), durationRanges[field])
 	}
 	return d.AsDuration(), nil
 }

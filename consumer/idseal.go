@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -77,7 +78,17 @@ func (s *IDSeal) check(id DeliveryID) [sealCheckBytes]byte {
 // "0.41.2.0.q3Zx0aB9kLw".
 func (s *IDSeal) Seal(id DeliveryID) string {
 	c := s.check(id)
-	return id.String() + "." + base64.RawURLEncoding.EncodeToString(c[:])
+	b := make([]byte, 0, sealedMaxLen)
+	b = strconv.AppendUint(b, uint64(id.Partition), 10)
+	b = append(b, '.')
+	b = strconv.AppendUint(b, id.Offset, 10)
+	b = append(b, '.')
+	b = strconv.AppendUint(b, uint64(id.Attempt), 10)
+	b = append(b, '.')
+	b = strconv.AppendUint(b, uint64(id.Epoch), 10)
+	b = append(b, '.')
+	b = base64.RawURLEncoding.AppendEncode(b, c[:])
+	return string(b)
 }
 
 // sealedMaxLen is the longest id Seal makes: four numbers at their widest,

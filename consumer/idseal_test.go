@@ -128,3 +128,22 @@ func FuzzIDSealOpen(f *testing.F) {
 		}
 	})
 }
+
+// go test -run '^$' -bench IDSeal -benchmem ./consumer
+func BenchmarkIDSeal(b *testing.B) {
+	seal := newIDSeal(newSealKey(), "orders", "billing")
+	id := DeliveryID{Partition: 3, Offset: 123456789, Attempt: 1}
+	raw := seal.Seal(id)
+	b.Run("seal", func(b *testing.B) {
+		for b.Loop() {
+			seal.Seal(id)
+		}
+	})
+	b.Run("open", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := seal.Open(raw); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
