@@ -107,6 +107,13 @@ func Open(opts Options) (*Server, error) {
 	}
 	s.registry = reg
 	badInput := newRateLog(s.log, opts.Clock, badInputLogInterval)
+	// The node-to-node port serves the API too (forwarded requests): it
+	// refuses what does not decode the same way.
+	peerOpts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.ChainUnaryInterceptor(refuseUndecodable(badInput)),
+		grpc.ChainStreamInterceptor(refuseUndecodableStream(badInput)),
+	}
 	s.grpc = grpc.NewServer(
 		grpc.ForceServerCodecV2(newRequestCodec()),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), logInternal(s.log)),
@@ -133,7 +140,7 @@ func Open(opts Options) (*Server, error) {
 	register(s.grpc)
 	if s.node != nil {
 		s.node.engine = s.engine
-		if err := s.node.start(opts.Cluster, register); err != nil {
+		if err := s.node.start(opts.Cluster, register, peerOpts); err != nil {
 			grpcLis.Close()
 			if httpLis != nil {
 				httpLis.Close()
