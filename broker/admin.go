@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/echo"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -150,7 +153,7 @@ func (a *admin) UpdateTopic(ctx context.Context, req *ferryv1.UpdateTopicRequest
 		case "partitions":
 			return nil, toStatus(invalidf("partitions cannot be changed: ids and keys would move to other partitions and escape dedup; create a new topic"))
 		default:
-			return nil, toStatus(invalidf("update_mask path %q is not a topic config field; use retention_max_age, retention_max_bytes, retention_max_messages, dedup_window or max_message_bytes", p))
+			return nil, toStatus(invalidf("update_mask path %s is not a topic config field; use retention_max_age, retention_max_bytes, retention_max_messages, dedup_window or max_message_bytes", echo.Quote(p)))
 		}
 	}
 	t, err := a.topics.UpdateTopic(ctx, req.GetName(), func(c *storage.TopicConfig) {
@@ -175,9 +178,12 @@ func (a *admin) DeleteTopic(ctx context.Context, req *ferryv1.DeleteTopicRequest
 		return nil, toStatus(err)
 	}
 	if len(subs) > 0 && !req.GetForce() {
-		names := make([]string, len(subs))
-		for i, s := range subs {
-			names[i] = s.Name
+		var names []string
+		for _, s := range subs[:min(len(subs), 3)] {
+			names = append(names, s.Name)
+		}
+		if len(subs) > len(names) {
+			names = append(names, fmt.Sprintf("and %d more", len(subs)-len(names)))
 		}
 		return nil, status.Errorf(codes.FailedPrecondition, "topic %q has %d subscriptions (%s); delete them first, or delete with force",
 			req.GetName(), len(subs), strings.Join(names, ", "))
@@ -253,12 +259,31 @@ func configFromProto(c *ferryv1.TopicConfig) (storage.TopicConfig, error) {
 	if cfg.RetentionMaxAge, err = durationFromProto("retention_max_age", c.GetRetentionMaxAge()); err != nil {
 		return cfg, err
 	}
+	if cfg.RetentionMaxAge > MaxRetentionAge {
+		return cfg, invalidf("retention_max_age %v must be 0 (for ever) or at most %v", cfg.RetentionMaxAge, MaxRetentionAge)
+	}
 	if cfg.DedupWindow, err = durationFromProto("dedup_window", c.GetDedupWindow()); err != nil {
 		return cfg, err
 	}
 	return cfg, nil
 }
 
+// durationRanges names what each duration field takes, for the refusal of
+// one beyond any range.
+var durationRanges = map[string]string{
+	"retention_max_age": "0 (for ever) to 100 years",
+	"dedup_window":      "0 (2m) to 7 days",
+	"ack_timeout":       "1s to 12h",
+	"ack_deadline":      "1s to 12h",
+	"backoff_min":       "10ms to 12h",
+	"backoff_max":       "backoff_min to 12h",
+	"dedup_horizon":     "0 (the topic's retention) or 1s to 100 years, effectively-once only",
+}
+
+// durationFromProto converts a duration field. A negative one, or one
+// beyond what a time.Duration holds (about 292 years, which AsDuration
+// would clamp to silently), is refused; each field's own range is checked
+// where it is used.
 func durationFromProto(field string, d *durationpb.Duration) (time.Duration, error) {
 	if d == nil {
 		return 0, nil
@@ -266,8 +291,11 @@ func durationFromProto(field string, d *durationpb.Duration) (time.Duration, err
 	if err := d.CheckValid(); err != nil {
 		return 0, invalidf("%s: %s", field, err.Error())
 	}
-	if d.AsDuration() < 0 {
-		return 0, invalidf("%s is negative (%v)", field, d.AsDuration())
+	if d.GetSeconds() < 0 || d.GetNanos() < 0 {
+		return 0, invalidf("%s is negative (%ds)", field, d.GetSeconds())
+	}
+	if d.GetSeconds() > math.MaxInt64/int64(time.Second)-1 {
+		return 0, invalidf("%s of %ds is out of range; it takes %s", field, d.GetSeconds(), durationRanges[field])
 	}
 	return d.AsDuration(), nil
 }
@@ -384,7 +412,7 @@ func (a *admin) UpdateSubscription(ctx context.Context, req *ferryv1.UpdateSubsc
 		case "guarantee", "type", "start":
 			return nil, toStatus(invalidf("%s cannot be changed; create a new subscription", p))
 		default:
-			return nil, toStatus(invalidf("update_mask path %q is not a subscription config field; use ack_timeout, backoff_min, backoff_max, max_deliveries, dead_letter_topic or dedup_horizon", p))
+			return nil, toStatus(invalidf("update_mask path %s is not a subscription config field; use ack_timeout, backoff_min, backoff_max, max_deliveries, dead_letter_topic or dedup_horizon", echo.Quote(p)))
 		}
 		v, err := durationFromProto(p, d)
 		if err != nil {

@@ -123,7 +123,7 @@ func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Log
 // start starts the node's Raft host (serving register's services on the
 // node-to-node port too), the metadata group, and the groups of the
 // partitions the store holds. The engine must be set.
-func (n *node) start(o *ClusterOptions, register func(*grpc.Server)) error {
+func (n *node) start(o *ClusterOptions, register func(*grpc.Server), srvOpts []grpc.ServerOption) error {
 	co := cluster.DefaultOptions(n.id, n.peers, n.store)
 	if o.Addr != "" {
 		co.Addr = o.Addr
@@ -131,6 +131,7 @@ func (n *node) start(o *ClusterOptions, register func(*grpc.Server)) error {
 	co.Clock, co.Logger = n.clk, n.log
 	co.ForwardProposals = true
 	co.Register = register
+	co.ServerOptions = srvOpts
 	if o.Tune != nil {
 		o.Tune(&co)
 	}

@@ -30,6 +30,10 @@ import (
 // into one group in a cluster.
 const maxReplicatedGroupBytes = 2 << 20
 
+// badInputLogInterval is the least time between two WARN lines about
+// requests that do not decode.
+const badInputLogInterval = 10 * time.Second
+
 // Server is a running broker: the store, the gRPC server and the HTTP
 // server.
 type Server struct {
@@ -102,9 +106,18 @@ func Open(opts Options) (*Server, error) {
 		draining: make(chan struct{}),
 	}
 	s.registry = reg
+	badInput := newRateLog(s.log, opts.Clock, badInputLogInterval)
+	// The node-to-node port serves the API too (forwarded requests): it
+	// refuses what does not decode the same way.
+	peerOpts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.ChainUnaryInterceptor(refuseUndecodable(badInput)),
+		grpc.ChainStreamInterceptor(refuseUndecodableStream(badInput)),
+	}
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), logInternal(s.log)),
-		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), logInternalStream(s.log)),
+		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), logInternal(s.log)),
+		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), logInternalStream(s.log)),
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
@@ -127,7 +140,7 @@ func Open(opts Options) (*Server, error) {
 	register(s.grpc)
 	if s.node != nil {
 		s.node.engine = s.engine
-		if err := s.node.start(opts.Cluster, register); err != nil {
+		if err := s.node.start(opts.Cluster, register, peerOpts); err != nil {
 			grpcLis.Close()
 			if httpLis != nil {
 				httpLis.Close()

@@ -17,15 +17,28 @@ import (
 
 	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/internal/echo"
 	"github.com/ferrymq/ferry/storage"
 )
 
 // toStatus is the one place an error becomes a gRPC status. Messages say
-// what went wrong and, where it helps, what to do.
+// what went wrong and, where it helps, what to do; they quote request
+// values through echo.Quote, and are cut at maxStatusBytes whatever they
+// quote.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
+	st := status.Convert(statusOf(err))
+	if len(st.Message()) <= maxStatusBytes {
+		return st.Err()
+	}
+	p := st.Proto()
+	p.Message = echo.Cut(p.Message, maxStatusBytes)
+	return status.FromProto(p).Err()
+}
+
+func statusOf(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
@@ -69,6 +82,12 @@ func toStatus(err error) error {
 	case errors.Is(err, consumer.ErrUnknownDelivery):
 		return status.Error(codes.FailedPrecondition, describe(err, consumer.ErrUnknownDelivery)+
 			": no such outstanding delivery (never made, made before a restart, or being committed)")
+	case errors.Is(err, consumer.ErrMalformedDelivery):
+		return status.Error(codes.InvalidArgument, describe(err, consumer.ErrMalformedDelivery)+
+			": malformed delivery id; use the delivery_id of a Delivery as received")
+	case errors.Is(err, consumer.ErrForeignDelivery):
+		return status.Error(codes.InvalidArgument, describe(err, consumer.ErrForeignDelivery)+
+			": not a delivery id of this subscription (another subscription's or topic's, or altered); ack on the subscription that delivered it")
 	case errors.Is(err, consumer.ErrNotSupported):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, consumer.ErrDetached):

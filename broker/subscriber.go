@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/internal/echo"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -19,6 +21,10 @@ import (
 // Limits of the subscriber API.
 const (
 	MaxAckIDs = 10000
+	// maxEchoedID and maxResultMessage bound what a per-id result repeats
+	// and says: a valid id is at most 65 bytes.
+	maxEchoedID      = 80
+	maxResultMessage = 160
 	// maxDeliveriesFrame bounds one Deliveries frame, except that a frame
 	// always carries at least one delivery. gRPC marshals a message into a
 	// pooled buffer of 32 KiB or, above that, 1 MiB; a frame that waits for
@@ -90,7 +96,7 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 	for {
 		select {
 		case ds := <-batches:
-			if err := sendDeliveries(stream, ds); err != nil {
+			if err := sendDeliveries(stream, c.Seal(), ds); err != nil {
 				return err
 			}
 		case conf := <-confirms:
@@ -110,12 +116,13 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 	}
 }
 
-// sendDeliveries sends ds in frames of at most maxDeliveriesFrame bytes.
-func sendDeliveries(stream ferryv1.SubscriberService_SubscribeServer, ds []consumer.Delivery) error {
+// sendDeliveries sends ds, their ids sealed by seal, in frames of at most
+// maxDeliveriesFrame bytes.
+func sendDeliveries(stream ferryv1.SubscriberService_SubscribeServer, seal *consumer.IDSeal, ds []consumer.Delivery) error {
 	frame := &ferryv1.Deliveries{}
 	size := 0
 	for i := range ds {
-		d := deliveryToProto(&ds[i])
+		d := deliveryToProto(seal, &ds[i])
 		n := len(d.Message.Payload) + len(d.Message.Key) + len(d.Message.Id) + 64
 		if len(frame.Deliveries) > 0 && size+n > maxDeliveriesFrame {
 			if err := stream.Send(&ferryv1.SubscribeResponse{Frame: &ferryv1.SubscribeResponse_Deliveries{Deliveries: frame}}); err != nil {
@@ -152,7 +159,7 @@ func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberServi
 				return toStatus(err)
 			}
 		case *ferryv1.SubscribeRequest_Nack:
-			ids, _, err := parseIDs(f.Nack.GetDeliveryIds())
+			ids, _, err := parseIDs(c.Seal(), f.Nack.GetDeliveryIds())
 			if err != nil {
 				return toStatus(err)
 			}
@@ -160,7 +167,7 @@ func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberServi
 				return toStatus(err)
 			}
 		case *ferryv1.SubscribeRequest_Extend:
-			ids, _, err := parseIDs(f.Extend.GetDeliveryIds())
+			ids, _, err := parseIDs(c.Seal(), f.Extend.GetDeliveryIds())
 			if err != nil {
 				return toStatus(err)
 			}
@@ -181,7 +188,7 @@ func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberServi
 // confirmation goes out once the acks are durable, without holding up the
 // frames behind it; otherwise refused acks are only counted.
 func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *ferryv1.SubscribeAck, confirms chan<- *ferryv1.AckConfirmation) error {
-	ids, bad, err := parseIDs(a.GetDeliveryIds())
+	ids, bad, err := parseIDs(c.Seal(), a.GetDeliveryIds())
 	if err != nil {
 		return err
 	}
@@ -201,20 +208,22 @@ func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *fer
 	return nil
 }
 
-// parseIDs parses delivery ids. A malformed one is left out of ids and
-// marked in bad (its position in the request); it fails the whole call only
-// if there are none or too many.
-func parseIDs(raw []string) (ids []consumer.DeliveryID, bad map[int]error, err error) {
+// parseIDs opens delivery ids sealed by seal: their subscription's. One
+// that is malformed, or another subscription's, topic's or made up, is
+// left out of ids and marked in bad (its position in the request): it
+// changes nothing. The call fails whole only if there are no ids or too
+// many.
+func parseIDs(seal *consumer.IDSeal, raw []string) (ids []consumer.DeliveryID, bad map[int]error, err error) {
 	if len(raw) == 0 || len(raw) > MaxAckIDs {
 		return nil, nil, invalidf("%d delivery ids; send 1 to %d", len(raw), MaxAckIDs)
 	}
 	for i, r := range raw {
-		id, err := consumer.ParseDeliveryID(r)
+		id, err := seal.Open(r)
 		if err != nil {
 			if bad == nil {
 				bad = make(map[int]error)
 			}
-			bad[i] = invalidf("delivery id %q is malformed: use the delivery_id of a Delivery as received", r)
+			bad[i] = err
 			continue
 		}
 		ids = append(ids, id)
@@ -241,9 +250,11 @@ func ackResults(raw []string, bad map[int]error, results []error, werr error) []
 			j++
 		}
 		st := status.Convert(toStatus(err))
-		out[i] = &ferryv1.AckResult{DeliveryId: r, Code: uint32(st.Code())}
+		// An answer to MaxAckIDs ids stays small: a malformed id is
+		// echoed only in part, a message only so far.
+		out[i] = &ferryv1.AckResult{DeliveryId: echo.Cut(r, maxEchoedID), Code: uint32(st.Code())}
 		if err != nil {
-			out[i].Message = st.Message()
+			out[i].Message = echo.Cut(st.Message(), maxResultMessage)
 		}
 	}
 	return out
@@ -305,7 +316,11 @@ func (s *subscriber) unaryIDs(topic, sub string, raw []string) ([]consumer.Deliv
 	if err := validateSubName(topic, sub); err != nil {
 		return nil, nil, err
 	}
-	return parseIDs(raw)
+	seal, err := s.engine.Seal(topic, sub)
+	if err != nil {
+		return nil, nil, err
+	}
+	return parseIDs(seal, raw)
 }
 
 // Commit acks deliveries and publishes messages atomically.
@@ -323,11 +338,13 @@ func (s *subscriber) Commit(ctx context.Context, req *ferryv1.CommitRequest) (*f
 	if len(req.GetDeliveryIds()) > 0 {
 		var bad map[int]error
 		var err error
-		if ids, bad, err = parseIDs(req.GetDeliveryIds()); err != nil {
+		if ids, bad, err = s.unaryIDs(req.GetTopic(), req.GetSubscription(), req.GetDeliveryIds()); err != nil {
 			return nil, toStatus(err)
 		}
-		for _, e := range bad {
-			return nil, toStatus(e)
+		for i := range req.GetDeliveryIds() {
+			if e, ok := bad[i]; ok {
+				return nil, toStatus(fmt.Errorf("delivery_ids[%d]: %w", i, e))
+			}
 		}
 	}
 	var appends []storage.AppendBatch
@@ -398,8 +415,8 @@ func ackDeadline(d *durationpb.Duration) (time.Duration, error) {
 	return v, nil
 }
 
-func deliveryToProto(d *consumer.Delivery) *ferryv1.Delivery {
-	return &ferryv1.Delivery{DeliveryId: d.ID.String(), Message: messageToProto(&d.Message), Attempt: d.ID.Attempt}
+func deliveryToProto(seal *consumer.IDSeal, d *consumer.Delivery) *ferryv1.Delivery {
+	return &ferryv1.Delivery{DeliveryId: seal.Seal(d.ID), Message: messageToProto(&d.Message), Attempt: d.ID.Attempt}
 }
 
 func messageToProto(m *storage.Message) *ferryv1.Message {

@@ -612,17 +612,18 @@ func TestAckUnknownDelivery(t *testing.T) {
 	ts.createTopic(t, "in", nil)
 	ts.createSub(t, "in", "eo", subConfig(effOnce, shared))
 	s := ts.attach(t, "in", "eo", 1)
-	s.send(t, subAck(7, "0.999.1.0"))
+	unknown := ts.sealedID(t, "in", "eo", "0.999.1.0")
+	s.send(t, subAck(7, unknown))
 	c := s.confirmation(t)
 	if len(c.GetResults()) != 1 {
 		t.Fatalf("confirmation %v, want 1 result", c)
 	}
-	wantResult(t, c.GetResults()[0], "0.999.1.0", codes.FailedPrecondition)
-	resp, err := ts.subClient().Ack(testContext(t), &ferryv1.AckRequest{Topic: "in", Subscription: "eo", DeliveryIds: []string{"0.999.1.0"}})
+	wantResult(t, c.GetResults()[0], unknown, codes.FailedPrecondition)
+	resp, err := ts.subClient().Ack(testContext(t), &ferryv1.AckRequest{Topic: "in", Subscription: "eo", DeliveryIds: []string{unknown}})
 	if err != nil {
 		t.Fatalf("Ack: %v", err)
 	}
-	wantResult(t, resp.GetResults()[0], "0.999.1.0", codes.FailedPrecondition)
+	wantResult(t, resp.GetResults()[0], unknown, codes.FailedPrecondition)
 	s.close(t)
 }
 
@@ -728,9 +729,9 @@ func TestCommit(t *testing.T) {
 		name string
 		ids  []string
 	}{
-		{"unknown delivery", []string{"0.99.1.0"}},
+		{"unknown delivery", []string{ts.sealedID(t, "src", "pipe", "0.99.1.0")}},
 		{"one good, one already committed", []string{d[2].GetDeliveryId(), d[0].GetDeliveryId()}},
-		{"one good, one unknown", []string{d[2].GetDeliveryId(), "0.3.1.0"}},
+		{"one good, one unknown", []string{d[2].GetDeliveryId(), ts.sealedID(t, "src", "pipe", "0.3.1.0")}},
 		{"the same delivery twice", []string{d[2].GetDeliveryId(), d[2].GetDeliveryId()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

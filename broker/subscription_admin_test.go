@@ -464,7 +464,7 @@ func TestSubscriptionBadInput(t *testing.T) {
 			Publishes: []*ferryv1.CommitPublish{{Topic: "dlq", Messages: outMsgs}, {Topic: "nope", Messages: outMsgs}}}), codes.NotFound, []string{`"nope"`}},
 		{"commit on unknown subscription", commit(&ferryv1.CommitRequest{Topic: "bi", Subscription: "nope",
 			Publishes: []*ferryv1.CommitPublish{{Topic: "dlq", Messages: outMsgs}}}), codes.NotFound, []string{`"nope"`}},
-		{"commit of an unknown delivery", commit(&ferryv1.CommitRequest{Topic: "bi", Subscription: "s", DeliveryIds: []string{"0.0.1.0"},
+		{"commit of an unknown delivery", commit(&ferryv1.CommitRequest{Topic: "bi", Subscription: "s", DeliveryIds: []string{ts.sealedID(t, "bi", "s", "0.0.1.0")},
 			Publishes: []*ferryv1.CommitPublish{{Topic: "dlq", Messages: outMsgs}}}), codes.FailedPrecondition, nil},
 		{"commit with too many ids", commit(&ferryv1.CommitRequest{Topic: "bi", Subscription: "s", DeliveryIds: tooMany}), codes.InvalidArgument, []string{"10001"}},
 		// Seek.

@@ -49,6 +49,10 @@ type Options struct {
 	// server before it serves: a broker serves its API there too, for the
 	// requests other nodes forward to it.
 	Register func(*grpc.Server)
+	// ServerOptions, if set, are more options for the node-to-node gRPC
+	// server: a broker passes its request codec and interceptors, so that
+	// what it serves there is answered as on its own port.
+	ServerOptions []grpc.ServerOption
 	// ForwardProposals makes a follower forward proposals to its group's
 	// leader, as Raft can, instead of failing them with a *NotLeaderError:
 	// every node then takes writes for every group it is a voter of. A
@@ -164,6 +168,7 @@ func (o *Options) transportOptions() TransportOptions {
 		ReconnectMin:       o.ReconnectMin,
 		ReconnectMax:       o.ReconnectMax,
 		Register:           o.Register,
+		ServerOptions:      o.ServerOptions,
 	}
 }
 
@@ -182,6 +187,7 @@ type TransportOptions struct {
 	MaxSnapshotBytes           int64
 	ReconnectMin, ReconnectMax time.Duration
 	Register                   func(*grpc.Server)
+	ServerOptions              []grpc.ServerOption
 }
 
 // DefaultTransportOptions returns the defaults for node id with the given

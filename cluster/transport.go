@@ -92,11 +92,11 @@ func NewTransport(opts TransportOptions, h Handler) (*Transport, error) {
 		ctx:    ctx,
 		cancel: cancel,
 	}
-	t.srv = grpc.NewServer(
+	t.srv = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(opts.MaxFrameBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 5 * time.Second, Timeout: 5 * time.Second}),
-	)
+	}, opts.ServerOptions...)...)
 	clusterv1.RegisterRaftTransportServiceServer(t.srv, &transportServer{t: t})
 	if opts.Register != nil {
 		opts.Register(t.srv)

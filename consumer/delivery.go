@@ -18,23 +18,23 @@ type DeliveryID struct {
 	Epoch     uint32
 }
 
-// String is the wire form, partition.offset.attempt.epoch, as in
-// "0.41.2.0".
+// String is partition.offset.attempt.epoch, as in "0.41.2.0": the id
+// without its check value (see IDSeal), for logs and tests.
 func (d DeliveryID) String() string {
 	return fmt.Sprintf("%d.%d.%d.%d", d.Partition, d.Offset, d.Attempt, d.Epoch)
 }
 
-// ParseDeliveryID parses the wire form made by String.
+// ParseDeliveryID parses what String made. Its errors do not quote s.
 func ParseDeliveryID(s string) (DeliveryID, error) {
 	f := strings.Split(s, ".")
 	if len(f) != 4 {
-		return DeliveryID{}, fmt.Errorf("delivery id %q: want partition.offset.attempt.epoch: %w", s, ErrUnknownDelivery)
+		return DeliveryID{}, fmt.Errorf("delivery id of %d fields: want partition.offset.attempt.epoch: %w", len(f), ErrUnknownDelivery)
 	}
 	var n [4]uint64
 	for i, bits := range []int{32, 64, 32, 32} {
 		v, err := strconv.ParseUint(f[i], 10, bits)
 		if err != nil || (f[i] != "0" && f[i][0] == '0') {
-			return DeliveryID{}, fmt.Errorf("delivery id %q: field %d is not a number: %w", s, i+1, ErrUnknownDelivery)
+			return DeliveryID{}, fmt.Errorf("delivery id: field %d is not a number: %w", i+1, ErrUnknownDelivery)
 		}
 		n[i] = v
 	}

@@ -117,15 +117,14 @@ func (e *Engine) CreateSubscription(ctx context.Context, topic, name string, o O
 	if err != nil {
 		return Info{}, err
 	}
-	config, _ := o.MarshalBinary()
+	config := encodeConfig(o, newSealKey())
 	cursors := make([][]byte, len(offs))
 	for i, off := range offs {
 		cursors[i] = newPartitionState(off).appendBinary(nil, false)
 	}
 	sub, err := e.opts.Log.CreateSubscription(ctx, topic, name, config, cursors)
 	if errors.Is(err, storage.ErrSubscriptionExists) {
-		var have Options
-		if derr := have.UnmarshalBinary(sub.Config); derr == nil && have == o {
+		if have, _, derr := decodeConfig(sub.Config); derr == nil && have == o {
 			return Info{Topic: topic, Name: name, Options: have, CreateTime: sub.CreateTime}, nil
 		}
 		return Info{}, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionExists)
@@ -205,7 +204,7 @@ func (e *Engine) createEphemeral(topic, name string, o Options) (Info, error) {
 	if e.closed {
 		return Info{}, storage.ErrClosed
 	}
-	l := e.startLoop(topic, name, 0, o, states, heads, 0)
+	l := e.startLoop(topic, name, 0, o, states, heads, 0, newSealKey())
 	l.ephemeral = true
 	return Info{Topic: topic, Name: name, Options: o, CreateTime: l.created}, nil
 }
@@ -237,9 +236,12 @@ func (e *Engine) loopFor(topic, name string) (*loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	var o Options
-	if err := o.UnmarshalBinary(sub.Config); err != nil {
+	o, key, err := decodeConfig(sub.Config)
+	if err != nil {
 		return nil, err
+	}
+	if key == nil {
+		key = legacySealKey(topic, name, sub.ID, sub.CreateTime)
 	}
 	raw, err := e.opts.Log.Cursors(topic, sub.ID)
 	if err != nil {
@@ -259,18 +261,19 @@ func (e *Engine) loopFor(topic, name string) (*loop, error) {
 	if horizon == 0 {
 		horizon = t.Config.RetentionMaxAge
 	}
-	l := e.startLoop(topic, name, sub.ID, o, states, nil, horizon)
+	l := e.startLoop(topic, name, sub.ID, o, states, nil, horizon, key)
 	l.created = sub.CreateTime
 	return l, nil
 }
 
 // startLoop starts a subscription's loop. e.mu is held.
-func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*partitionState, heads []uint64, horizon time.Duration) *loop {
+func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*partitionState, heads []uint64, horizon time.Duration, key []byte) *loop {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &loop{
 		e:         e,
 		key:       subKey{topic, name},
 		sub:       newSubscription(topic, name, sid, o, states, heads, e.opts.Route),
+		seal:      newIDSeal(key, topic, name),
 		events:    make(chan func(time.Time), 256),
 		ctx:       ctx,
 		cancel:    cancel,
@@ -386,9 +389,12 @@ func (e *Engine) UpdateSubscription(ctx context.Context, topic, name string, cha
 	if err != nil {
 		return Info{}, err
 	}
-	var o Options
-	if err := o.UnmarshalBinary(sub.Config); err != nil {
+	o, key, err := decodeConfig(sub.Config)
+	if err != nil {
 		return Info{}, err
+	}
+	if key == nil {
+		key = newSealKey() // a subscription from before sealed ids gets its key
 	}
 	n := o
 	change(&n)
@@ -403,8 +409,7 @@ func (e *Engine) UpdateSubscription(ctx context.Context, topic, name string, cha
 		return Info{}, err
 	}
 	e.stopLoop(topic, name, fmt.Errorf("subscription %q was updated; attach again: %w", name, ErrDetached))
-	config, _ := n.MarshalBinary()
-	if _, err := e.opts.Log.UpdateSubscription(ctx, topic, name, config); err != nil {
+	if _, err := e.opts.Log.UpdateSubscription(ctx, topic, name, encodeConfig(n, key)); err != nil {
 		return Info{}, err
 	}
 	return Info{Topic: topic, Name: name, Options: n, CreateTime: sub.CreateTime}, nil
@@ -523,6 +528,17 @@ func (e *Engine) Ack(ctx context.Context, topic, name string, ids []DeliveryID) 
 		return nil, err
 	}
 	return l.ack(ctx, ids)
+}
+
+// Seal returns the subscription's delivery id seal: Seal makes the wire
+// form of its deliveries' ids, Open parses and verifies one named in an
+// ack, nack, extend or commit.
+func (e *Engine) Seal(topic, name string) (*IDSeal, error) {
+	l, err := e.loopFor(topic, name)
+	if err != nil {
+		return nil, err
+	}
+	return l.seal, nil
 }
 
 // Nack makes deliveries due again after their backoff.

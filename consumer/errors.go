@@ -26,6 +26,14 @@ var (
 	// outstanding delivery: never made, from another broker life, or
 	// being committed.
 	ErrUnknownDelivery = errors.New("consumer: unknown delivery")
+	// ErrMalformedDelivery is returned by IDSeal.Open for a delivery id
+	// that is not of the form the broker hands out.
+	ErrMalformedDelivery = errors.New("consumer: malformed delivery id")
+	// ErrForeignDelivery is returned by IDSeal.Open for a delivery id
+	// whose check value fails: made by another subscription (or an earlier
+	// one of the same name), for another topic, or altered. Nothing is
+	// changed.
+	ErrForeignDelivery = errors.New("consumer: delivery id not issued by this subscription")
 	// ErrNotSupported is returned for a call the subscription's guarantee
 	// does not take, such as Commit on AT_MOST_ONCE.
 	ErrNotSupported = errors.New("consumer: not supported by the subscription's guarantee")

@@ -159,8 +159,8 @@ func (h *harness) load() {
 	if err != nil {
 		h.tb.Fatal(err)
 	}
-	var o Options
-	if err := o.UnmarshalBinary(sub.Config); err != nil {
+	o, _, err := decodeConfig(sub.Config)
+	if err != nil {
 		h.tb.Fatal(err)
 	}
 	raw, err := h.st.Cursors(h.topic, sub.ID)

@@ -24,6 +24,7 @@ type loop struct {
 	e         *Engine
 	key       subKey
 	sub       *subscription // owned by the run goroutine
+	seal      *IDSeal       // the wire form of its delivery ids
 	consumers map[uint64]*Consumer
 	created   time.Time
 	ephemeral bool // NONE: not stored, gone with its last consumer
@@ -491,6 +492,10 @@ func (c *Consumer) Extend(ctx context.Context, ids []DeliveryID, d time.Duration
 // Close detaches the consumer. What it held is redelivered as its
 // subscription's guarantee says.
 func (c *Consumer) Close() { c.l.detach(c) }
+
+// Seal is the delivery id seal of the consumer's subscription (see
+// Engine.Seal).
+func (c *Consumer) Seal() *IDSeal { return c.l.seal }
 
 // Guarantee is the guarantee of the consumer's subscription.
 func (c *Consumer) Guarantee() Guarantee { return c.l.sub.opts.Guarantee }

@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ferrymq/ferry/internal/echo"
+	"github.com/ferrymq/ferry/storage"
 )
 
 // Guarantee is what a subscription promises about delivery (DESIGN §2).
@@ -41,7 +44,7 @@ func ParseGuarantee(s string) (Guarantee, error) {
 	if g, ok := parseEnum(guaranteeNames, s); ok {
 		return g, nil
 	}
-	return 0, fmt.Errorf("guarantee %q: want none, at-most-once, at-least-once or effectively-once: %w", s, ErrInvalidOptions)
+	return 0, fmt.Errorf("guarantee %s: want none, at-most-once, at-least-once or effectively-once: %w", echo.Quote(s), ErrInvalidOptions)
 }
 
 // Type is how a subscription's messages spread over its consumers.
@@ -74,7 +77,7 @@ func ParseType(s string) (Type, error) {
 	if t, ok := parseEnum(typeNames, s); ok {
 		return t, nil
 	}
-	return 0, fmt.Errorf("type %q: want shared, key-shared, exclusive or failover: %w", s, ErrInvalidOptions)
+	return 0, fmt.Errorf("type %s: want shared, key-shared, exclusive or failover: %w", echo.Quote(s), ErrInvalidOptions)
 }
 
 // enumName is v's name in names, or Kind(n) for a value without one.
@@ -102,12 +105,14 @@ type Options struct {
 	// Type is how messages spread over consumers. Default Shared.
 	Type Type
 	// AckTimeout is how long a delivery may stay unacked before it is due
-	// again. Default 30s; 1s to 12h.
+	// again. Default 30s; MinAckTimeout to MaxAckTimeout (1s to 12h).
 	AckTimeout time.Duration
 	// BackoffMin is the delay before redelivering a message nacked once;
-	// each further nack doubles it. Default 1s.
+	// each further nack doubles it. Default 1s; MinBackoff to MaxBackoff
+	// (10ms to 12h).
 	BackoffMin time.Duration
-	// BackoffMax caps the nack backoff. Default 60s; at least BackoffMin.
+	// BackoffMax caps the nack backoff. Default 60s; BackoffMin to
+	// MaxBackoff.
 	BackoffMax time.Duration
 	// MaxDeliveries is how many attempts a message gets before it is
 	// dead-lettered. 0: no limit. Needs DeadLetterTopic to be set, and
@@ -118,11 +123,23 @@ type Options struct {
 	// DedupHorizon is how long an EFFECTIVELY_ONCE subscription remembers
 	// the ids it acked, skipping a later message with one of them. 0: the
 	// topic's retention max age (for ever if the topic keeps messages for
-	// ever).
+	// ever); else 1s to MaxDedupHorizon (100 years). Only
+	// EFFECTIVELY_ONCE subscriptions remember acked ids: for the others it
+	// must be 0.
 	DedupHorizon time.Duration
 	// Start is where a new subscription starts. Default latest.
 	Start StartPosition
 }
+
+// Ranges of the Options durations.
+const (
+	MinAckTimeout = time.Second
+	MaxAckTimeout = 12 * time.Hour
+	// MinBackoff keeps a nacked message from coming back in a busy loop.
+	MinBackoff      = 10 * time.Millisecond
+	MaxBackoff      = 12 * time.Hour
+	MaxDedupHorizon = 100 * 365 * 24 * time.Hour
+)
 
 // DefaultOptions returns the defaults for guarantee g.
 func DefaultOptions(g Guarantee) Options {
@@ -136,15 +153,42 @@ func DefaultOptions(g Guarantee) Options {
 	}
 }
 
-// Validate reports the first field that is not acceptable, naming it.
+// Validate reports the first field that is not acceptable, naming it and
+// its range.
 func (o *Options) Validate() error {
+	if err := o.validateStored(); err != nil {
+		return err
+	}
+	switch {
+	case o.BackoffMin < MinBackoff || o.BackoffMin > MaxBackoff:
+		return fmt.Errorf("backoff min %v must be %v to %v: %w", o.BackoffMin, MinBackoff, MaxBackoff, ErrInvalidOptions)
+	case o.BackoffMax > MaxBackoff:
+		return fmt.Errorf("backoff max %v must be backoff min (%v) to %v: %w", o.BackoffMax, o.BackoffMin, MaxBackoff, ErrInvalidOptions)
+	case o.DedupHorizon != 0 && o.Guarantee != EffectivelyOnce:
+		return fmt.Errorf("dedup horizon %v: only an effectively-once subscription remembers acked ids; leave it 0 for %v: %w",
+			o.DedupHorizon, o.Guarantee, ErrInvalidOptions)
+	case o.DedupHorizon != 0 && (o.DedupHorizon < time.Second || o.DedupHorizon > MaxDedupHorizon):
+		return fmt.Errorf("dedup horizon %v must be 0 (the topic's retention) or 1s to %v: %w", o.DedupHorizon, MaxDedupHorizon, ErrInvalidOptions)
+	case o.DeadLetterTopic != "":
+		if err := storage.ValidateTopicName(o.DeadLetterTopic); err != nil {
+			return fmt.Errorf("dead-letter topic: %w: %w", ErrInvalidOptions, err)
+		}
+	}
+	return nil
+}
+
+// validateStored checks what every stored subscription met: Validate's
+// rules from before the ranges above, which a subscription created
+// earlier may be outside of (it keeps working; an update must bring it
+// inside).
+func (o *Options) validateStored() error {
 	switch {
 	case o.Guarantee < None || o.Guarantee > EffectivelyOnce:
 		return fmt.Errorf("guarantee is unspecified; choose none, at-most-once, at-least-once or effectively-once: %w", ErrInvalidOptions)
 	case o.Type < Shared || o.Type > Failover:
 		return fmt.Errorf("type is unspecified; choose shared, key-shared, exclusive or failover: %w", ErrInvalidOptions)
-	case o.AckTimeout < time.Second || o.AckTimeout > 12*time.Hour:
-		return fmt.Errorf("ack timeout %v must be 1s to 12h: %w", o.AckTimeout, ErrInvalidOptions)
+	case o.AckTimeout < MinAckTimeout || o.AckTimeout > MaxAckTimeout:
+		return fmt.Errorf("ack timeout %v must be %v to %v: %w", o.AckTimeout, MinAckTimeout, MaxAckTimeout, ErrInvalidOptions)
 	case o.BackoffMin <= 0:
 		return fmt.Errorf("backoff min %v must be positive: %w", o.BackoffMin, ErrInvalidOptions)
 	case o.BackoffMax < o.BackoffMin:
@@ -152,7 +196,7 @@ func (o *Options) Validate() error {
 	case o.MaxDeliveries > 0 && o.DeadLetterTopic == "":
 		return fmt.Errorf("max deliveries %d needs a dead-letter topic: %w", o.MaxDeliveries, ErrInvalidOptions)
 	case o.MaxDeliveries == 0 && o.DeadLetterTopic != "":
-		return fmt.Errorf("dead-letter topic %q needs max deliveries above 0: %w", o.DeadLetterTopic, ErrInvalidOptions)
+		return fmt.Errorf("dead-letter topic %s needs max deliveries above 0: %w", echo.Quote(o.DeadLetterTopic), ErrInvalidOptions)
 	case o.Guarantee == None && o.MaxDeliveries > 0:
 		return fmt.Errorf("a none subscription takes no acks and redelivers nothing: it cannot dead-letter: %w", ErrInvalidOptions)
 	case o.DedupHorizon < 0:
@@ -223,17 +267,17 @@ func ParseStartPosition(s string) (StartPosition, error) {
 	case strings.HasPrefix(s, "offset:"):
 		n, err := strconv.ParseUint(strings.TrimPrefix(s, "offset:"), 10, 64)
 		if err != nil {
-			return StartPosition{}, fmt.Errorf("start %q: offset:N wants a whole number: %w", s, ErrInvalidOptions)
+			return StartPosition{}, fmt.Errorf("start %s: offset:N wants a whole number: %w", echo.Quote(s), ErrInvalidOptions)
 		}
 		return StartPosition{Kind: StartOffset, Offset: n}, nil
 	case strings.HasPrefix(s, "time:"):
 		t, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(s, "time:"))
 		if err != nil {
-			return StartPosition{}, fmt.Errorf("start %q: time: wants RFC 3339, like time:2026-11-24T18:00:00Z: %w", s, ErrInvalidOptions)
+			return StartPosition{}, fmt.Errorf("start %s: time: wants RFC 3339, like time:2026-11-24T18:00:00Z: %w", echo.Quote(s), ErrInvalidOptions)
 		}
 		return StartPosition{Kind: StartTime, Time: t.UTC()}, nil
 	}
-	return StartPosition{}, fmt.Errorf("start %q: want earliest, latest, offset:N or time:RFC3339: %w", s, ErrInvalidOptions)
+	return StartPosition{}, fmt.Errorf("start %s: want earliest, latest, offset:N or time:RFC3339: %w", echo.Quote(s), ErrInvalidOptions)
 }
 
 // optionsVersion is the first byte of encoded Options.
@@ -287,7 +331,7 @@ func (o *Options) UnmarshalBinary(b []byte) error {
 		d.Start.Time = time.Unix(0, int64(u64(48))).UTC()
 	}
 	d.DeadLetterTopic = string(b[optionsFixedLen:])
-	if err := d.Validate(); err != nil {
+	if err := d.validateStored(); err != nil {
 		return fmt.Errorf("subscription options: %w: %w", ErrCorrupt, err)
 	}
 	*o = d

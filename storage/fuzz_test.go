@@ -376,23 +376,28 @@ func raftSummary(tb testing.TB, l *RaftLog) string {
 	return fmt.Sprintf("first %d last %d term %d %v hs %s cs %s snap %s", first, last, term, err, fmtHardState(hs), fmtConfState(cs), fmtSnapshot(snap))
 }
 
-// validTopicName is ValidateTopicName's contract, said another way.
+// validTopicName is ValidateTopicName's contract, said another way (with
+// "." and ".." refused besides).
 var validTopicName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,200}$`)
 
 func FuzzValidateTopicName(f *testing.F) {
 	for _, name := range []string{
 		"orders", "a", "A-Z_a.z-0.9", strings.Repeat("x", 200), strings.Repeat("x", 201),
-		"", "has space", "slash/", "ünï", "tab\t", "nul\x00", "\xff", "dot.", "..", "-", "orders\n",
+		"", "has space", "slash/", "ünï", "tab\t", "nul\x00", "\xff", "dot.", "..", ".", "...", "-", "orders\n",
 	} {
 		f.Add(name)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
 		err := ValidateTopicName(name)
-		if want := validTopicName.MatchString(name); (err == nil) != want {
+		want := validTopicName.MatchString(name) && name != "." && name != ".."
+		if (err == nil) != want {
 			t.Fatalf("ValidateTopicName(%q) = %v, want valid %v", name, err, want)
 		}
 		if err != nil && !errors.Is(err, ErrInvalidConfig) {
 			t.Fatalf("ValidateTopicName(%q) = %v, want ErrInvalidConfig", name, err)
+		}
+		if err != nil && len(err.Error()) > 512 {
+			t.Fatalf("ValidateTopicName of %d bytes: an error of %d bytes", len(name), len(err.Error()))
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/echo"
 )
 
 // FsyncPolicy says when appended data is forced to disk.
@@ -209,27 +210,24 @@ func (c TopicConfig) Validate() error {
 }
 
 // ValidateTopicName reports whether name is 1 to 200 characters of
-// [A-Za-z0-9._-].
+// [A-Za-z0-9._-], other than "." and "..".
 func ValidateTopicName(name string) error { return validateName("topic", name) }
 
 // validateName checks a topic or subscription name: 1 to MaxTopicNameLen
 // characters from A-Z a-z 0-9 . _ -.
 func validateName(kind, name string) error {
 	if len(name) == 0 || len(name) > MaxTopicNameLen {
-		return fmt.Errorf("%s name %q must be 1 to %d characters: %w", kind, truncate(name, 40), MaxTopicNameLen, ErrInvalidConfig)
+		return fmt.Errorf("%s name %s must be 1 to %d characters: %w", kind, echo.Quote(name), MaxTopicNameLen, ErrInvalidConfig)
+	}
+	if name == "." || name == ".." {
+		// A path element's meaning in URLs, files and tools.
+		return fmt.Errorf("%s name %q is reserved; use letters, digits or more characters: %w", kind, name, ErrInvalidConfig)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%s name %q has %q at byte %d; allowed are A-Z a-z 0-9 . _ -: %w", kind, truncate(name, 40), c, i, ErrInvalidConfig)
+			return fmt.Errorf("%s name %s has %q at byte %d; allowed are A-Z a-z 0-9 . _ -: %w", kind, echo.Quote(name), c, i, ErrInvalidConfig)
 		}
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

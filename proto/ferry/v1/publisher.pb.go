@@ -30,7 +30,9 @@ type PublishMessage struct {
 	Key []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	// Payload, at most the topic's max_message_bytes.
 	Payload []byte `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
-	// At most 64 entries and 16 KiB of names and values in all.
+	// At most 64 entries and 16 KiB of names and values in all. Names are
+	// printable ASCII (! to ~); names starting ferry- (in any case) are
+	// reserved to the broker.
 	Headers map[string]string `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Explicit partition. Unset: the hash of key, else the hash of id, else
 	// round-robin.

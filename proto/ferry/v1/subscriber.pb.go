@@ -572,7 +572,10 @@ func (x *Deliveries) GetDeliveries() []*Delivery {
 // Delivery is a message handed to a consumer.
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Names this delivery in acks, nacks, extends and commits.
+	// Names this delivery in acks, nacks, extends and commits of this
+	// subscription, and no other: an opaque string of at most 65 bytes,
+	// sealed with a check value the broker verifies, so an id of another
+	// subscription or topic, or an altered one, is refused (INVALID_ARGUMENT).
 	DeliveryId string `protobuf:"bytes,1,opt,name=delivery_id,json=deliveryId,proto3" json:"delivery_id,omitempty"`
 	// The message.
 	Message *Message `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
@@ -637,11 +640,12 @@ func (x *Delivery) GetAttempt() uint32 {
 // AckResult is the outcome of acking one delivery.
 type AckResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The delivery id.
+	// The delivery id, as sent; at most its first 80 bytes.
 	DeliveryId string `protobuf:"bytes,1,opt,name=delivery_id,json=deliveryId,proto3" json:"delivery_id,omitempty"`
 	// A google.rpc.Code value: OK, FAILED_PRECONDITION (stale attempt,
 	// already acked, or no such outstanding delivery), INVALID_ARGUMENT
-	// (malformed id).
+	// (malformed id, or not one of this subscription's: another
+	// subscription's or topic's, or altered).
 	Code uint32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	// Why, if code is not OK.
 	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`

@@ -293,20 +293,22 @@ type SubscriptionConfig struct {
 	// Unset: 30s.
 	AckTimeout *durationpb.Duration `protobuf:"bytes,4,opt,name=ack_timeout,json=ackTimeout,proto3" json:"ack_timeout,omitempty"`
 	// Delay before redelivering a message nacked once; it doubles with each
-	// further attempt. Unset: 1s.
+	// further attempt. 10ms to 12h. Unset: 1s.
 	BackoffMin *durationpb.Duration `protobuf:"bytes,5,opt,name=backoff_min,json=backoffMin,proto3" json:"backoff_min,omitempty"`
-	// Cap on the nack backoff. Unset: 60s.
+	// Cap on the nack backoff, backoff_min to 12h. Unset: 60s.
 	BackoffMax *durationpb.Duration `protobuf:"bytes,6,opt,name=backoff_max,json=backoffMax,proto3" json:"backoff_max,omitempty"`
 	// Attempts a message gets before it is dead-lettered; 0: no limit. Needs
 	// dead_letter_topic.
 	MaxDeliveries uint32 `protobuf:"varint,7,opt,name=max_deliveries,json=maxDeliveries,proto3" json:"max_deliveries,omitempty"`
 	// Topic that receives messages which ran out of attempts, with headers
 	// ferry-dead-letter-{topic,partition,offset,subscription,attempts}. Must
-	// exist and differ from the subscription's topic.
+	// exist and differ from the subscription's topic. A publish may not set
+	// headers named ferry-*: they are the broker's.
 	DeadLetterTopic string `protobuf:"bytes,8,opt,name=dead_letter_topic,json=deadLetterTopic,proto3" json:"dead_letter_topic,omitempty"`
 	// EFFECTIVELY_ONCE: how long the ids of acked messages are remembered, so
-	// a later message with one of them is skipped. Unset: the topic's
-	// retention max age (for ever if none).
+	// a later message with one of them is skipped; 1s to 100 years. Unset or
+	// 0: the topic's retention max age (for ever if none). Other guarantees
+	// remember no ids: it must be unset.
 	DedupHorizon  *durationpb.Duration `protobuf:"bytes,9,opt,name=dedup_horizon,json=dedupHorizon,proto3" json:"dedup_horizon,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -410,7 +412,7 @@ type Subscription struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The topic it reads.
 	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
-	// Its name: 1 to 200 characters from [A-Za-z0-9._-].
+	// Its name: 1 to 200 characters from [A-Za-z0-9._-], not "." or "..".
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Its effective config.
 	Config *SubscriptionConfig `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`

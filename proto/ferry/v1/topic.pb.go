@@ -31,7 +31,8 @@ type TopicConfig struct {
 	// Number of partitions, 1 to 1024. 0 means 1. Fixed at creation: changing
 	// it would move ids and keys to other partitions and break dedup.
 	Partitions uint32 `protobuf:"varint,1,opt,name=partitions,proto3" json:"partitions,omitempty"`
-	// Messages older than this are deleted. Unset or 0: no age limit.
+	// Messages older than this are deleted, at most 100 years. Unset or 0: no
+	// age limit.
 	RetentionMaxAge *durationpb.Duration `protobuf:"bytes,2,opt,name=retention_max_age,json=retentionMaxAge,proto3" json:"retention_max_age,omitempty"`
 	// Per partition: oldest messages are deleted while the partition holds more
 	// than this many bytes of messages. 0: no byte limit.
@@ -134,7 +135,7 @@ func (x *TopicConfig) GetReplicationFactor() uint32 {
 // Topic is a named, partitioned, append-only stream of messages.
 type Topic struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name: 1 to 200 characters from [A-Za-z0-9._-].
+	// Name: 1 to 200 characters from [A-Za-z0-9._-], not "." or "..".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The effective configuration (defaults filled in).
 	Config *TopicConfig `protobuf:"bytes,2,opt,name=config,proto3" json:"config,omitempty"`
