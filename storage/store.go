@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -21,10 +22,11 @@ import (
 // database. Open it with Open and release it with Close. All methods are
 // safe for concurrent use.
 type Store struct {
-	opts Options
-	db   *badger.DB
-	log  *slog.Logger
-	sync *syncer
+	opts  Options
+	db    *badger.DB
+	log   *slog.Logger
+	sync  *syncer
+	guard *diskGuard
 
 	adminMu sync.Mutex // serializes CreateTopic, UpdateTopic and DeleteTopic
 	multiMu sync.Mutex // serializes multi-partition writes (write.go)
@@ -82,23 +84,42 @@ func Open(opts Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	db, err := badger.Open(badgerOptions(opts))
+	guard, err := openDiskGuard(&opts)
 	if err != nil {
+		return nil, err
+	}
+	bopts := badgerOptions(opts)
+	if guard.openedRO {
+		if err := cutWALs(opts.Dir); err != nil {
+			return nil, fmt.Errorf("open read-only on a full disk: %w", err)
+		}
+		bopts = bopts.WithReadOnly(true)
+	}
+	db, err := badger.Open(bopts)
+	if err != nil {
+		if guard.openedRO {
+			return nil, fmt.Errorf("open badger read-only in %s (%s): %w", opts.Dir, guard.state(), err)
+		}
 		return nil, fmt.Errorf("open badger in %s: %w", opts.Dir, err)
 	}
 	s := &Store{
 		opts:   opts,
 		db:     db,
 		log:    opts.Logger,
+		guard:  guard,
 		topics: make(map[string]*topicHandle),
 
 		raftLogs: make(map[uint64]*RaftLog),
 	}
-	s.sync = newSyncer(db, &s.opts)
+	s.sync = newSyncer(db, &s.opts, guard)
 	if err := s.load(); err != nil {
 		s.sync.close()
 		_ = db.Close()
 		return nil, err
+	}
+	guard.start()
+	if guard.openedRO {
+		return s, nil // no retention or GC: nothing can be written
 	}
 	s.bgMu.Lock()
 	s.retention = s.opts.Clock.AfterFunc(s.opts.RetentionInterval, s.retentionTick)
@@ -106,6 +127,39 @@ func Open(opts Options) (*Store, error) {
 	s.bgMu.Unlock()
 	return s, nil
 }
+
+// openDiskGuard reads the data directory's free space before Badger opens.
+// With less than half the reserve free, Badger could not replay and flush
+// its memtables without filling the disk (a write into a mapped file on a
+// full filesystem is SIGBUS, not an error), so the store opens read-only:
+// it serves reads, refuses every write, and Reopen says when it could open
+// read-write.
+func openDiskGuard(opts *Options) (*diskGuard, error) {
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	free, capacity, err := DiskSpace(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	g := newDiskGuard(opts, DiskSpace, free, capacity)
+	if levelOf(free, g.reserve) == diskReadOnly {
+		g.openedRO = true
+		g.setReadOnly(fmt.Sprintf("opened read-only: %s free is below half the reserve, too little for Badger to replay and flush its memtables; the store opens read-write once it is reopened with space freed",
+			FormatBytes(free)), true)
+	}
+	return g, nil
+}
+
+// Disk returns the data directory's filesystem as the store last saw it
+// (at most DiskPollInterval ago) and what the store refuses because of it.
+func (s *Store) Disk() DiskState { return s.guard.state() }
+
+// Reopen is closed once a store that was opened read-only for want of
+// space (Disk().Cause says so) sees enough free space to open read-write:
+// its owner should close it and open it again. It is never closed for a
+// store opened read-write.
+func (s *Store) Reopen() <-chan struct{} { return s.guard.reopen }
 
 // badgerOptions is how the store configures Badger (the raw baseline
 // benchmark opens Badger the same way).
@@ -217,9 +271,12 @@ func (s *Store) Close(ctx context.Context) error {
 		defer s.adminMu.Unlock()
 		s.bgMu.Lock()
 		s.closing = true
-		s.retention.Stop()
-		s.gc.Stop()
+		if s.retention != nil {
+			s.retention.Stop()
+			s.gc.Stop()
+		}
 		s.bgMu.Unlock()
+		s.guard.stop()
 
 		s.topicsMu.Lock()
 		handles := s.topics
@@ -273,6 +330,9 @@ func (s *Store) CreateTopicAt(ctx context.Context, name string, cfg TopicConfig,
 	defer s.adminMu.Unlock()
 	if s.isClosing() {
 		return Topic{}, ErrClosed
+	}
+	if err := s.admitAdmin(writeState, st); err != nil {
+		return Topic{}, err
 	}
 	if h, err := s.handle(name); err == nil {
 		if h.topic.Config == cfg {
@@ -385,13 +445,23 @@ func (s *Store) keyAbsent(key []byte, what string) error {
 // update runs fn in a read-write transaction and syncs it under the fsync
 // policy: topic changes are as durable as appends.
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
-	if err := s.db.Update(fn); err != nil {
-		return err
+	err := s.db.Update(fn)
+	if err == nil && s.opts.Fsync == FsyncAlways {
+		err = s.db.Sync()
 	}
-	if s.opts.Fsync == FsyncAlways {
-		return s.db.Sync()
+	s.guard.observe(err)
+	return err
+}
+
+// admitAdmin asks the disk guard whether a topic or subscription change may
+// go. A change that is a Raft entry (st.Group set) is applied whatever the
+// disk: every replica must apply the same entries; the guard refused the
+// writes that would grow the log before they were proposed.
+func (s *Store) admitAdmin(kind writeKind, st Stamp) error {
+	if st.Group != 0 {
+		return nil
 	}
-	return nil
+	return s.guard.admit(kind, 0)
 }
 
 func (s *Store) isClosing() bool {
@@ -472,6 +542,9 @@ func (s *Store) UpdateTopicAt(ctx context.Context, name string, change func(*Top
 	if err := t.Config.Validate(); err != nil {
 		return Topic{}, err
 	}
+	if err := s.admitAdmin(writeState, st); err != nil {
+		return Topic{}, err
+	}
 	if err := s.update(func(txn *badger.Txn) error {
 		if err := setApplied(txn, st); err != nil {
 			return err
@@ -499,6 +572,9 @@ func (s *Store) DeleteTopicAt(ctx context.Context, name string, st Stamp) error 
 	defer s.adminMu.Unlock()
 	h, err := s.handle(name)
 	if err != nil {
+		return err
+	}
+	if err := s.admitAdmin(writeFree, st); err != nil {
 		return err
 	}
 	s.topicsMu.Lock()
@@ -542,7 +618,9 @@ func (s *Store) startBackgroundDrop(tomb []byte, prefixes ...[]byte) {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		if err := s.drop(tomb, prefixes); err != nil && !s.isClosing() {
+		// A drop the disk guard stopped resumes at the next open.
+		var full *DiskFullError
+		if err := s.drop(tomb, prefixes); err != nil && !s.isClosing() && !errors.As(err, &full) {
 			s.log.Error("drop deleted data", "tombstone", fmt.Sprintf("%x", tomb), "err", err)
 		}
 	}()
@@ -559,10 +637,29 @@ func (s *Store) startTopicDrop(tid uint32) {
 }
 
 func (s *Store) drop(tomb []byte, prefixes [][]byte) error {
+	if s.guard.state().Low {
+		// Deletes free no space until a compaction rewrites the tables
+		// holding the data, and with publishing refused none may come.
+		// DropPrefix removes the tables holding only the prefixes at once
+		// and rewrites the few that hold others too; it holds up every
+		// write meanwhile, which a disk below its reserve can afford.
+		if err := s.guard.admit(writeFree, 0); err != nil {
+			return err
+		}
+		if err := s.db.DropPrefix(prefixes...); err != nil {
+			s.guard.observe(err)
+			return fmt.Errorf("drop prefixes: %w", err)
+		}
+		s.guard.look()
+		s.log.Info("deleted data dropped at once to free disk space", "disk", s.guard.state().String())
+	}
 	for _, prefix := range prefixes {
 		for {
 			if s.isClosing() {
 				return ErrClosed
+			}
+			if err := s.guard.admit(writeFree, 0); err != nil {
+				return err
 			}
 			n, err := s.deleteSome(prefix, 10000)
 			if err != nil {
@@ -625,6 +722,9 @@ func (s *Store) Enqueue(ctx context.Context, topic string, part uint32, msgs []M
 			return nil, fmt.Errorf("message %d: id of %d bytes is over %d: %w", i, len(msgs[i].ID), MaxIDBytes, ErrInvalidMessage)
 		}
 		size += messageRecordSize(&msgs[i])
+	}
+	if err := s.guard.admit(writeGrow, size); err != nil {
+		return nil, err
 	}
 	r, err := p.submit(ctx, command{kind: cmdAppend, msgs: msgs, dedupWindow: h.topic.Config.DedupWindow, size: size})
 	if err != nil {

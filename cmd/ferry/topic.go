@@ -152,7 +152,16 @@ func newTopicGetCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, resp.Partitions)
+		if err := printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, resp.Partitions); err != nil {
+			return err
+		}
+		if st := resp.GetStorage(); st != nil && cf.output != "json" {
+			// A broker short of disk says what it refuses.
+			if st.GetPublishingRefused() || st.GetReadOnly() {
+				fmt.Fprintf(cmd.OutOrStdout(), "broker storage: %s\n", st.GetDetail())
+			}
+		}
+		return nil
 	}
 	return cmd
 }
