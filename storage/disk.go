@@ -51,9 +51,23 @@ func (r DiskReserve) String() string {
 	case r.Percent > 0:
 		return strconv.FormatFloat(r.Percent, 'f', -1, 64) + "%"
 	case r.Bytes > 0:
-		return FormatBytes(r.Bytes)
+		return exactBytes(r.Bytes)
 	}
 	return DefaultDiskReserve.String()
+}
+
+// exactBytes writes n in the largest binary unit that divides it, so that
+// ParseBytes reads it back exactly: "512MiB", "1000000".
+func exactBytes(n uint64) string {
+	for _, u := range []struct {
+		name string
+		size uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n%u.size == 0 {
+			return strconv.FormatUint(n/u.size, 10) + u.name
+		}
+	}
+	return strconv.FormatUint(n, 10)
 }
 
 // resolve returns the reserve in bytes on a filesystem of capacity bytes,

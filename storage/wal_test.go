@@ -18,7 +18,9 @@ func TestCutWALsLetsBadgerOpenReadOnly(t *testing.T) {
 	dir := t.TempDir()
 	opts := DefaultOptions(dir)
 	opts.Logger = benchLogger()
-	db, err := badger.Open(badgerOptions(opts))
+	// Small memtables, so the copy is quick; values stay in the log.
+	small := func(o badger.Options) badger.Options { return o.WithMemTableSize(4 << 20).WithValueThreshold(1 << 10) }
+	db, err := badger.Open(small(badgerOptions(opts)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +47,7 @@ func TestCutWALsLetsBadgerOpenReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ro := badgerOptions(DefaultOptions(crashed)).WithReadOnly(true).WithLogger(badgerLogger{benchLogger()})
+	ro := small(badgerOptions(DefaultOptions(crashed))).WithReadOnly(true).WithLogger(badgerLogger{benchLogger()})
 	if db, err := badger.Open(ro); err == nil {
 		db.Close()
 		t.Fatal("badger opened an uncut log read-only: the cut is not needed and this test proves nothing")
@@ -80,8 +82,8 @@ func copyDir(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() == "LOCK" {
-			continue
+		if e.Name() == "LOCK" || filepath.Ext(e.Name()) == ".vlog" {
+			continue // the value log holds nothing here, and is 2 GiB sparse
 		}
 		src, err := os.Open(filepath.Join(from, e.Name()))
 		if err != nil {
