@@ -43,8 +43,15 @@ const (
 // another file (read-only) — restarts itself read-write once that file
 // is gone, and takes publishes again once a topic is deleted. Every
 // acknowledged message of the kept topic is read back at the end.
+//
+// It runs on ext4 (a loop device) and on tmpfs, whose mapped files behave
+// apart: a read of a hole in a mapped tmpfs file takes a page too.
 func TestDiskFullRefusesPublishesAndRecovers(t *testing.T) {
-	mnt := mountExt4(t, diskFS)
+	t.Run("ext4", func(t *testing.T) { diskFullScenario(t, mountExt4(t, diskFS)) })
+	t.Run("tmpfs", func(t *testing.T) { diskFullScenario(t, mountTmpfs(t, diskFS)) })
+}
+
+func diskFullScenario(t *testing.T, mnt string) {
 	data := filepath.Join(mnt, "data")
 	p := startDiskFerry(t, data)
 	conn := dialAddr(t, p.addr(t))
@@ -299,6 +306,32 @@ func mountExt4(t *testing.T, size int64) string {
 	}
 	if out, err := exec.Command("mount", "-o", "loop", img, dir).CombinedOutput(); err != nil {
 		skip("mount ext4 on a loop device: %v: %s (FERRY_REQUIRE_MOUNT=1 makes this a failure)", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
+	return dir
+}
+
+// mountTmpfs mounts a tmpfs of size bytes for the test, skipped or failed
+// as mountExt4.
+func mountTmpfs(t *testing.T, size int64) string {
+	t.Helper()
+	skip := t.Skipf
+	if os.Getenv("FERRY_REQUIRE_MOUNT") == "1" {
+		skip = t.Fatalf
+	}
+	if os.Geteuid() != 0 {
+		skip("mounting a small filesystem needs root (FERRY_REQUIRE_MOUNT=1 makes this a failure)")
+	}
+	dir := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput(); err != nil {
+		skip("mount tmpfs: %v: %s (FERRY_REQUIRE_MOUNT=1 makes this a failure)", err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
