@@ -162,10 +162,16 @@ func (g *diskGuard) admit(kind writeKind, bytes int) error {
 	}
 	free := g.estimate()
 	if c := g.cause.Load(); c != nil {
+		if kind == writeGrow {
+			g.pending.Add(-2 * int64(bytes))
+		}
 		return &DiskFullError{Free: free, Reserve: g.reserve, ReadOnly: true, Cause: *c}
 	}
 	lvl := levelOf(free, g.reserve)
 	if kind == writeGrow && lvl >= diskLow || kind == writeState && lvl == diskReadOnly {
+		if kind == writeGrow {
+			g.pending.Add(-2 * int64(bytes)) // not written after all
+		}
 		return &DiskFullError{Free: free, Reserve: g.reserve, ReadOnly: lvl == diskReadOnly}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -214,4 +215,64 @@ func TestDiskReserve(t *testing.T) {
 	if err := opts.Validate(); err != nil {
 		t.Errorf("a reserve at the floor: %v", err)
 	}
+}
+
+// TestStoreKeepsDiskReserve: a real store on a disk the test says is low
+// refuses appends (Append, a Write with appends) with *DiskFullError and
+// changes nothing, while cursor writes, creates and deletes go; below half
+// the reserve only deletes go.
+func TestStoreKeepsDiskReserve(t *testing.T) {
+	ctx := context.Background()
+	opts := DefaultOptions(t.TempDir())
+	opts.Logger = benchLogger()
+	st := openStore(t, opts)
+	mustCreate(t, st, "t", TopicConfig{})
+	mustCreate(t, st, "gone", TopicConfig{})
+	mustAppend(t, st, "t", 0, Message{Payload: []byte("before")})
+	sub, err := st.CreateSubscription(ctx, "t", "s", []byte("cfg"), make([][]byte, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := &fakeDisk{}
+	st.guard.space = disk.space
+	low := func(free uint64) {
+		disk.free.Store(free)
+		st.guard.look()
+	}
+	reserve := st.Disk().Reserve
+
+	low(reserve - 1)
+	var full *DiskFullError
+	if _, err := st.Append(ctx, "t", 0, []Message{{Payload: []byte("x")}}); !errors.As(err, &full) || full.ReadOnly {
+		t.Fatalf("Append below the reserve: %v", err)
+	}
+	cursor := Write{Topic: "t", Subscription: sub.ID, Cursors: []CursorWrite{{Partition: 0, State: []byte("c1")}}}
+	withAppend := cursor
+	withAppend.Appends = []AppendBatch{{Topic: "t", Partition: 0, Messages: []Message{{Payload: []byte("out")}}}}
+	if _, err := st.Write(ctx, withAppend); !errors.As(err, &full) {
+		t.Fatalf("a commit's output below the reserve: %v", err)
+	}
+	if _, err := st.Write(ctx, cursor); err != nil {
+		t.Fatalf("a cursor write below the reserve: %v", err)
+	}
+	if d := st.Disk(); !d.Low || d.ReadOnly {
+		t.Fatalf("Disk below the reserve: %+v", d)
+	}
+
+	low(reserve/2 - 1)
+	if _, err := st.Write(ctx, cursor); !errors.As(err, &full) || !full.ReadOnly {
+		t.Fatalf("a cursor write below half the reserve: %v", err)
+	}
+	if _, err := st.CreateTopic(ctx, "new", TopicConfig{}); !errors.As(err, &full) {
+		t.Fatalf("a create below half the reserve: %v", err)
+	}
+	if err := st.DeleteTopic(ctx, "gone"); err != nil {
+		t.Fatalf("a delete below half the reserve: %v", err)
+	}
+	if infos, err := st.Partitions("t"); err != nil || infos[0].Head != 1 {
+		t.Fatalf("refused writes changed the log: %+v %v", infos, err)
+	}
+
+	low(reserve + 1<<20)
+	mustAppend(t, st, "t", 0, Message{Payload: []byte("after")})
 }

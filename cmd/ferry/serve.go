@@ -86,7 +86,8 @@ func serve(ctx context.Context, o broker.Options) error {
 		httpAddr = a.String()
 	}
 	lg.Info("ferry serving", "grpc_addr", srv.GRPCAddr().String(), "http_addr", httpAddr,
-		"data_dir", o.Storage.Dir, "fsync", o.Storage.Fsync.String(), "startup", time.Since(start).Round(time.Millisecond).String())
+		"data_dir", o.Storage.Dir, "fsync", o.Storage.Fsync.String(), "disk", srv.Store().Disk().String(),
+		"startup", time.Since(start).Round(time.Millisecond).String())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	select {
