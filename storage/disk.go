@@ -3,6 +3,7 @@ package storage
 import (
 	"fmt"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -199,4 +200,74 @@ func (e *DiskFullError) Error() string {
 	}
 	fmt.Fprintf(&b, " (%s free, reserve %s)", FormatBytes(e.Free), FormatBytes(e.Reserve))
 	return b.String()
+}
+
+// openDiskGuard reads the data directory's free space before Badger opens.
+// With less than half the reserve free, Badger could not replay and flush
+// its memtables without filling the disk (a write into a mapped file on a
+// full filesystem is SIGBUS, not an error), so the store opens read-only:
+// it serves reads, refuses every write, and Reopen says when it could open
+// read-write.
+func openDiskGuard(opts *Options) (*diskGuard, error) {
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	free, capacity, err := DiskSpace(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	g := newDiskGuard(opts, DiskSpace, free, capacity)
+	if levelOf(free, g.reserve) == diskReadOnly {
+		g.openedRO = true
+		g.setReadOnly(fmt.Sprintf("opened read-only: %s free is below half the reserve, too little for Badger to replay and flush its memtables; the store opens read-write once it is reopened with space freed",
+			FormatBytes(free)), true)
+	}
+	return g, nil
+}
+
+// Disk returns the data directory's filesystem as the store last saw it
+// (at most DiskPollInterval ago) and what the store refuses because of it.
+func (s *Store) Disk() DiskState { return s.guard.state() }
+
+// Reopen is closed once a store that was opened read-only for want of
+// space (Disk().Cause says so) sees enough free space to open read-write:
+// its owner should close it and open it again. It is never closed for a
+// store opened read-write.
+func (s *Store) Reopen() <-chan struct{} { return s.guard.reopen }
+
+// admitAdmin asks the disk guard whether a topic or subscription change may
+// go. A change that is a Raft entry (st.Group set) is applied whatever the
+// disk: every replica must apply the same entries; the guard refused the
+// writes that would grow the log before they were proposed.
+func (s *Store) admitAdmin(kind writeKind, st Stamp) error {
+	if st.Group != 0 {
+		return nil
+	}
+	return s.guard.admit(kind, 0)
+}
+
+// dropAtOnce drops prefixes with Badger's DropPrefix when the disk is below
+// its reserve. Deletes free no space until a compaction rewrites the
+// tables holding the data, and with publishing refused none may come;
+// DropPrefix removes the tables holding only the prefixes at once and
+// rewrites the few that hold others too. It holds up every write
+// meanwhile (dropMu), which a disk below its reserve can afford. The keys
+// are deleted one by one after it all the same, which finds none left.
+func (s *Store) dropAtOnce(prefixes [][]byte) error {
+	if !s.guard.state().Low {
+		return nil
+	}
+	if err := s.guard.admit(writeFree, 0); err != nil {
+		return err
+	}
+	s.guard.dropMu.Lock()
+	err := s.db.DropPrefix(prefixes...)
+	s.guard.dropMu.Unlock()
+	if err != nil {
+		s.guard.observe(err)
+		return fmt.Errorf("drop prefixes: %w", err)
+	}
+	s.guard.look()
+	s.log.Info("deleted data dropped at once to free disk space", "disk", s.guard.state().String())
+	return nil
 }

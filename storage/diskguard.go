@@ -72,6 +72,11 @@ type diskGuard struct {
 	reopen     chan struct{} // closed once an opened-read-only store could open read-write
 	reopenOnce sync.Once
 
+	// dropMu is held shared across every commit to Badger, and exclusively
+	// across a DropPrefix, which fails the commits made meanwhile
+	// (badger.ErrBlockedWrites): with it they wait instead.
+	dropMu sync.RWMutex
+
 	lookMu   sync.Mutex // serializes looks; guards level, sticky, timer and stopped
 	level    diskLevel  // the level last logged
 	sticky   bool       // cause is an I/O error, cleared only by a restart
@@ -152,6 +157,17 @@ func (g *diskGuard) observe(err error) {
 	case errors.Is(err, syscall.EIO), errors.Is(err, syscall.EROFS):
 		g.setReadOnly("disk error: "+truncate(err.Error(), 200)+"; restart the broker once the disk is fixed", true)
 	}
+}
+
+// commit runs a Badger commit (or update) so that a DropPrefix under way
+// makes it wait, not fail, and turns the store read-only if it fails with
+// a disk error.
+func (g *diskGuard) commit(fn func() error) error {
+	g.dropMu.RLock()
+	defer g.dropMu.RUnlock()
+	err := fn()
+	g.observe(err)
+	return err
 }
 
 // admit says whether a write of kind, adding bytes to the log, may go: nil,

@@ -276,3 +276,55 @@ func TestStoreKeepsDiskReserve(t *testing.T) {
 	low(reserve + 1<<20)
 	mustAppend(t, st, "t", 0, Message{Payload: []byte("after")})
 }
+
+// TestDropOnLowDiskHoldsUpWrites: a topic deleted on a disk below its
+// reserve is dropped with DropPrefix, which fails Badger writes made
+// meanwhile; the store's own writes wait for it instead, and the drop
+// finishes.
+func TestDropOnLowDiskHoldsUpWrites(t *testing.T) {
+	ctx := context.Background()
+	opts := DefaultOptions(t.TempDir())
+	opts.Logger = benchLogger()
+	st := openStore(t, opts)
+	mustCreate(t, st, "t", TopicConfig{})
+	mustCreate(t, st, "gone", TopicConfig{Partitions: 4})
+	payload := make([]byte, 4<<10)
+	for i := range 400 {
+		mustAppend(t, st, "gone", uint32(i%4), Message{Payload: payload}, Message{Payload: payload})
+	}
+	sub, err := st.CreateSubscription(ctx, "t", "s", []byte("cfg"), make([][]byte, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, _ := st.Topic("gone")
+	disk := &fakeDisk{}
+	st.guard.space = disk.space
+	disk.free.Store(st.Disk().Reserve - 1)
+	st.guard.look()
+
+	done := make(chan error, 1)
+	go func() {
+		for i := range 300 {
+			w := Write{Topic: "t", Subscription: sub.ID, Cursors: []CursorWrite{{Partition: 0, State: []byte(fmt.Sprint(i))}}}
+			if _, err := st.Write(ctx, w); err != nil {
+				done <- fmt.Errorf("cursor write %d during the drop: %w", i, err)
+				return
+			}
+		}
+		done <- nil
+	}()
+	if err := st.DeleteTopic(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st.keyAbsent(tombstoneKey(gone.ID()), "") == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the drop did not finish in 10s")
+		}
+	}
+}

@@ -328,7 +328,6 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		return st
 	}
 	if err != nil {
-		p.sync.guard.observe(err)
 		p.log.Error("partition commit failed", "topic", p.topic, "partition", p.part, "err", err)
 		for _, r := range group {
 			r.err = fmt.Errorf("commit: %w", err)
@@ -373,7 +372,7 @@ func (p *Partition) applyTxn(st partitionState, cmds []*command) (partitionState
 	if err != nil {
 		return st, nil, err
 	}
-	if err := txn.Commit(); err != nil {
+	if err := p.sync.guard.commit(txn.Commit); err != nil {
 		return st, nil, err
 	}
 	return next, results, nil

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -127,39 +126,6 @@ func Open(opts Options) (*Store, error) {
 	s.bgMu.Unlock()
 	return s, nil
 }
-
-// openDiskGuard reads the data directory's free space before Badger opens.
-// With less than half the reserve free, Badger could not replay and flush
-// its memtables without filling the disk (a write into a mapped file on a
-// full filesystem is SIGBUS, not an error), so the store opens read-only:
-// it serves reads, refuses every write, and Reopen says when it could open
-// read-write.
-func openDiskGuard(opts *Options) (*diskGuard, error) {
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data directory: %w", err)
-	}
-	free, capacity, err := DiskSpace(opts.Dir)
-	if err != nil {
-		return nil, err
-	}
-	g := newDiskGuard(opts, DiskSpace, free, capacity)
-	if levelOf(free, g.reserve) == diskReadOnly {
-		g.openedRO = true
-		g.setReadOnly(fmt.Sprintf("opened read-only: %s free is below half the reserve, too little for Badger to replay and flush its memtables; the store opens read-write once it is reopened with space freed",
-			FormatBytes(free)), true)
-	}
-	return g, nil
-}
-
-// Disk returns the data directory's filesystem as the store last saw it
-// (at most DiskPollInterval ago) and what the store refuses because of it.
-func (s *Store) Disk() DiskState { return s.guard.state() }
-
-// Reopen is closed once a store that was opened read-only for want of
-// space (Disk().Cause says so) sees enough free space to open read-write:
-// its owner should close it and open it again. It is never closed for a
-// store opened read-write.
-func (s *Store) Reopen() <-chan struct{} { return s.guard.reopen }
 
 // badgerOptions is how the store configures Badger (the raw baseline
 // benchmark opens Badger the same way).
@@ -445,23 +411,12 @@ func (s *Store) keyAbsent(key []byte, what string) error {
 // update runs fn in a read-write transaction and syncs it under the fsync
 // policy: topic changes are as durable as appends.
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
-	err := s.db.Update(fn)
+	err := s.guard.commit(func() error { return s.db.Update(fn) })
 	if err == nil && s.opts.Fsync == FsyncAlways {
 		err = s.db.Sync()
+		s.guard.observe(err)
 	}
-	s.guard.observe(err)
 	return err
-}
-
-// admitAdmin asks the disk guard whether a topic or subscription change may
-// go. A change that is a Raft entry (st.Group set) is applied whatever the
-// disk: every replica must apply the same entries; the guard refused the
-// writes that would grow the log before they were proposed.
-func (s *Store) admitAdmin(kind writeKind, st Stamp) error {
-	if st.Group != 0 {
-		return nil
-	}
-	return s.guard.admit(kind, 0)
 }
 
 func (s *Store) isClosing() bool {
@@ -603,106 +558,6 @@ func (s *Store) DeleteTopicAt(ctx context.Context, name string, st Stamp) error 
 	}
 	s.startTopicDrop(tid)
 	return nil
-}
-
-// startBackgroundDrop deletes every key under prefixes in the background,
-// then the tombstone that marks the drop (resumed at the next Open if
-// interrupted). Badger's DropPrefix would block every other topic's writes
-// meanwhile, so the keys go through write batches instead.
-func (s *Store) startBackgroundDrop(tomb []byte, prefixes ...[]byte) {
-	s.bgMu.Lock()
-	defer s.bgMu.Unlock()
-	if s.closing {
-		return
-	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		// A drop the disk guard stopped resumes at the next open.
-		var full *DiskFullError
-		if err := s.drop(tomb, prefixes); err != nil && !s.isClosing() && !errors.As(err, &full) {
-			s.log.Error("drop deleted data", "tombstone", fmt.Sprintf("%x", tomb), "err", err)
-		}
-	}()
-}
-
-// startTopicDrop drops a deleted topic's data: messages, subscriptions,
-// cursors and acked ids.
-func (s *Store) startTopicDrop(tid uint32) {
-	prefixes := make([][]byte, 0, len(topicDataKinds))
-	for _, k := range topicDataKinds {
-		prefixes = append(prefixes, topicPrefix(k, tid))
-	}
-	s.startBackgroundDrop(tombstoneKey(tid), prefixes...)
-}
-
-func (s *Store) drop(tomb []byte, prefixes [][]byte) error {
-	if s.guard.state().Low {
-		// Deletes free no space until a compaction rewrites the tables
-		// holding the data, and with publishing refused none may come.
-		// DropPrefix removes the tables holding only the prefixes at once
-		// and rewrites the few that hold others too; it holds up every
-		// write meanwhile, which a disk below its reserve can afford.
-		if err := s.guard.admit(writeFree, 0); err != nil {
-			return err
-		}
-		if err := s.db.DropPrefix(prefixes...); err != nil {
-			s.guard.observe(err)
-			return fmt.Errorf("drop prefixes: %w", err)
-		}
-		s.guard.look()
-		s.log.Info("deleted data dropped at once to free disk space", "disk", s.guard.state().String())
-	}
-	for _, prefix := range prefixes {
-		for {
-			if s.isClosing() {
-				return ErrClosed
-			}
-			if err := s.guard.admit(writeFree, 0); err != nil {
-				return err
-			}
-			n, err := s.deleteSome(prefix, 10000)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				break
-			}
-		}
-	}
-	return s.update(func(txn *badger.Txn) error { return txn.Delete(tomb) })
-}
-
-// deleteSome deletes up to limit keys under prefix and says how many.
-func (s *Store) deleteSome(prefix []byte, limit int) (int, error) {
-	return deleteSome(s.db, prefix, limit)
-}
-
-// deleteSome deletes up to limit keys of db under prefix and says how many.
-func deleteSome(db *badger.DB, prefix []byte, limit int) (int, error) {
-	var keys [][]byte
-	err := db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.PrefetchValues = false
-		opts.Prefix = prefix
-		it := txn.NewIterator(opts)
-		defer it.Close()
-		for it.Rewind(); it.Valid() && len(keys) < limit; it.Next() {
-			keys = append(keys, it.Item().KeyCopy(nil))
-		}
-		return nil
-	})
-	if err != nil || len(keys) == 0 {
-		return 0, err
-	}
-	wb := db.NewWriteBatch()
-	defer wb.Cancel()
-	for _, k := range keys {
-		if err := wb.Delete(k); err != nil {
-			return 0, err
-		}
-	}
-	return len(keys), wb.Flush()
 }
 
 // Enqueue queues msgs for appending to a partition and returns without

@@ -407,8 +407,7 @@ func (s *Store) applyMulti(parts []*partWrite, states []partitionState) ([]parti
 		}
 		next[i], results[i] = st, res[0]
 	}
-	if err := txn.Commit(); err != nil {
-		s.guard.observe(err)
+	if err := s.guard.commit(txn.Commit); err != nil {
 		return nil, nil, err
 	}
 	return next, results, nil
