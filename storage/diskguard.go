@@ -46,6 +46,11 @@ func levelOf(free, reserve uint64) diskLevel {
 	return diskOK
 }
 
+// resumeAt is the free space at which appends refused for space go again:
+// a sixteenth above the reserve, so that a flush or compaction freeing a
+// little does not let them in and out again.
+func resumeAt(reserve uint64) uint64 { return reserve + reserve/16 }
+
 // refreshBytes is how many bytes of appends the guard lets through on its
 // estimate before it looks at the filesystem again, between polls.
 const refreshBytes = 1 << 20
@@ -65,6 +70,7 @@ type diskGuard struct {
 	openedRO bool // Badger was opened read-only: every write is refused
 
 	free     atomic.Uint64          // bytes free at the last look
+	held     atomic.Bool            // appends refused until free is resumeAt
 	capacity atomic.Uint64          // the filesystem's size at the last look
 	pending  atomic.Int64           // bytes let through since the last look, doubled
 	cause    atomic.Pointer[string] // why every write is refused, if for a cause
@@ -100,6 +106,7 @@ func newDiskGuard(opts *Options, space func(string) (uint64, uint64, error), fre
 	}
 	g.free.Store(free)
 	g.capacity.Store(capacity)
+	g.held.Store(free < reserve)
 	return g
 }
 
@@ -183,7 +190,7 @@ func (g *diskGuard) admit(kind writeKind, bytes int) error {
 		}
 		return &DiskFullError{Free: free, Reserve: g.reserve, ReadOnly: true, Cause: *c}
 	}
-	lvl := levelOf(free, g.reserve)
+	lvl := g.levelOf(free)
 	if kind == writeGrow && lvl >= diskLow || kind == writeState && lvl == diskReadOnly {
 		if kind == writeGrow {
 			g.pending.Add(-2 * int64(bytes)) // not written after all
@@ -191,6 +198,15 @@ func (g *diskGuard) admit(kind writeKind, bytes int) error {
 		return &DiskFullError{Free: free, Reserve: g.reserve, ReadOnly: lvl == diskReadOnly}
 	}
 	return nil
+}
+
+// levelOf is the level at free bytes free: levelOf, but low while held.
+func (g *diskGuard) levelOf(free uint64) diskLevel {
+	lvl := levelOf(free, g.reserve)
+	if lvl == diskOK && g.held.Load() {
+		return diskLow
+	}
+	return lvl
 }
 
 // estimate is the free space of the last look less what was let through
@@ -223,7 +239,13 @@ func (g *diskGuard) look() {
 	g.free.Store(free)
 	g.capacity.Store(capacity)
 	g.pending.Add(-p)
-	lvl := levelOf(free, g.reserve)
+	switch {
+	case free < g.reserve:
+		g.held.Store(true)
+	case free >= resumeAt(g.reserve):
+		g.held.Store(false)
+	}
+	lvl := g.levelOf(free)
 	if g.openedRO {
 		if lvl != diskReadOnly {
 			g.reopenOnce.Do(func() {
@@ -250,7 +272,7 @@ func (g *diskGuard) logLevel(lvl diskLevel) {
 	free, reserve := FormatBytes(g.free.Load()), FormatBytes(g.reserve)
 	switch lvl {
 	case diskOK:
-		g.log.Info("disk space is above the reserve: publishing resumes", "free", free, "reserve", reserve)
+		g.log.Info("disk space is back above the reserve: publishing resumes", "free", free, "reserve", reserve)
 	case diskLow:
 		g.log.Warn("disk space below the reserve: publishes, commits' outputs and dead letters are refused; acks, reads and deletes go on; delete topics or shorten retention to free space",
 			"free", free, "reserve", reserve)
@@ -264,7 +286,7 @@ func (g *diskGuard) logLevel(lvl diskLevel) {
 // state is the guard's view for Store.Disk.
 func (g *diskGuard) state() DiskState {
 	d := DiskState{Free: g.estimate(), Capacity: g.capacity.Load(), Reserve: g.reserve}
-	lvl := levelOf(d.Free, d.Reserve)
+	lvl := g.levelOf(d.Free)
 	d.Low = lvl >= diskLow
 	d.ReadOnly = lvl == diskReadOnly
 	if c := g.cause.Load(); c != nil {

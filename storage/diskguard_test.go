@@ -67,7 +67,8 @@ func TestDiskGuardLevels(t *testing.T) {
 		{127 * mib, "gs-"},
 		{0, "gs-"},
 		{200 * mib, "g--"},
-		{300 * mib, "---"},
+		{260 * mib, "g--"}, // above the reserve, but not by a sixteenth of it
+		{272 * mib, "---"},
 	}
 	prev := "---"
 	for _, s := range steps {
@@ -273,7 +274,11 @@ func TestStoreKeepsDiskReserve(t *testing.T) {
 		t.Fatalf("refused writes changed the log: %+v %v", infos, err)
 	}
 
-	low(reserve + 1<<20)
+	low(reserve + 1<<20) // above the reserve, but not by a sixteenth of it
+	if _, err := st.Append(ctx, "t", 0, []Message{{Payload: []byte("x")}}); !errors.As(err, &full) {
+		t.Fatalf("Append just above the reserve after it was low: %v", err)
+	}
+	low(resumeAt(reserve))
 	mustAppend(t, st, "t", 0, Message{Payload: []byte("after")})
 }
 
