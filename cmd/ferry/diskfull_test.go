@@ -45,7 +45,9 @@ const (
 // acknowledged message of the kept topic is read back at the end.
 //
 // It runs on ext4 (a loop device) and on tmpfs, whose mapped files behave
-// apart: a read of a hole in a mapped tmpfs file takes a page too.
+// apart: a read of a hole in a mapped tmpfs file takes a page too. It takes
+// 20–40 s: each filesystem is filled for real, and the reserve cannot be
+// below four 64 MiB memtables, so each takes ~250 MiB of messages.
 func TestDiskFullRefusesPublishesAndRecovers(t *testing.T) {
 	t.Run("ext4", func(t *testing.T) { diskFullScenario(t, mountExt4(t, diskFS)) })
 	t.Run("tmpfs", func(t *testing.T) { diskFullScenario(t, mountTmpfs(t, diskFS)) })
