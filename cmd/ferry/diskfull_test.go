@@ -88,6 +88,9 @@ func diskFullScenario(t *testing.T, mnt string) {
 	if !strings.Contains(out, "broker storage: publishing refused") {
 		t.Fatalf("ferry topic get says:\n%s", out)
 	}
+	if out := runCLI(t, "topic", "get", "keep", "-o", "json", "--server", p.addr(t)); !strings.Contains(out, `"publishing_refused":true`) {
+		t.Fatalf("ferry topic get -o json says:\n%s", out)
+	}
 	// Reads and acks go on inside the reserve.
 	ackSome(t, sub, 50)
 	readBack(t, admin, acks, 200)
