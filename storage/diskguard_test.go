@@ -333,3 +333,26 @@ func TestDropOnLowDiskHoldsUpWrites(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkDiskGuardAdmit is the guard's cost on the write path: an
+// append of 1 KiB, with a real statfs of the data directory after every
+// MiB let through.
+//
+//	go test -run '^$' -bench DiskGuardAdmit ./storage
+func BenchmarkDiskGuardAdmit(b *testing.B) {
+	opts := DefaultOptions(b.TempDir())
+	opts.Logger = benchLogger()
+	free, capacity, err := DiskSpace(opts.Dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := newDiskGuard(&opts, DiskSpace, free, capacity)
+	if g.reserve >= free {
+		b.Skip("the disk under the benchmark is below the default reserve")
+	}
+	for b.Loop() {
+		if err := g.admit(writeGrow, 1<<10); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
