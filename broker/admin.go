@@ -99,7 +99,15 @@ func (a *admin) GetTopic(ctx context.Context, req *ferryv1.GetTopicRequest) (*fe
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	resp := &ferryv1.GetTopicResponse{Topic: a.topicProto(t)}
+	d := a.store.Disk()
+	resp := &ferryv1.GetTopicResponse{Topic: a.topicProto(t), Storage: &ferryv1.StorageStatus{
+		DiskFreeBytes:     d.Free,
+		DiskCapacityBytes: d.Capacity,
+		DiskReserveBytes:  d.Reserve,
+		PublishingRefused: d.Low,
+		ReadOnly:          d.ReadOnly,
+		Detail:            d.String(),
+	}}
 	for _, pi := range infos {
 		resp.Partitions = append(resp.Partitions, &ferryv1.PartitionStats{
 			Partition:    pi.Partition,

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"syscall"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -92,12 +91,13 @@ func (m *metrics) answered(took time.Duration) {
 	m.publishSeconds.Observe(took.Seconds())
 }
 
-// storeCollector reports the store's size on disk and its filesystem's
-// free and total space at each scrape.
+// storeCollector reports the store's size on disk, its filesystem's free
+// and total space, its disk reserve and what it refuses at each scrape.
 type storeCollector struct {
 	st                   *storage.Store
 	dir                  string
 	used, free, capacity *prometheus.Desc
+	reserve, low, ro     *prometheus.Desc
 }
 
 func newStoreCollector(st *storage.Store, dir string) *storeCollector {
@@ -108,6 +108,12 @@ func newStoreCollector(st *storage.Store, dir string) *storeCollector {
 			"Bytes free for the broker on the data directory's filesystem.", nil, nil),
 		capacity: prometheus.NewDesc("ferry_storage_disk_capacity_bytes",
 			"Size of the data directory's filesystem.", nil, nil),
+		reserve: prometheus.NewDesc("ferry_storage_disk_reserve_bytes",
+			"Free space the broker keeps (--disk-reserve): below it publishes are refused, below half of it every write but deletes.", nil, nil),
+		low: prometheus.NewDesc("ferry_storage_publishing_refused",
+			"1 while publishes, Commit's outputs and dead letters are refused for disk space.", nil, nil),
+		ro: prometheus.NewDesc("ferry_storage_read_only",
+			"1 while the store refuses every write but deletes (free space below half the reserve), or every write (a disk error, or an open on a full disk).", nil, nil),
 	}
 }
 
@@ -115,26 +121,30 @@ func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.used
 	ch <- c.free
 	ch <- c.capacity
+	ch <- c.reserve
+	ch <- c.low
+	ch <- c.ro
 }
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	lsm, vlog := c.st.DiskBytes()
 	ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(lsm), "lsm")
 	ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(vlog), "vlog")
-	if free, capacity, err := diskSpace(c.dir); err == nil {
+	if free, capacity, err := storage.DiskSpace(c.dir); err == nil {
 		ch <- prometheus.MustNewConstMetric(c.free, prometheus.GaugeValue, float64(free))
 		ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(capacity))
 	}
+	d := c.st.Disk()
+	ch <- prometheus.MustNewConstMetric(c.reserve, prometheus.GaugeValue, float64(d.Reserve))
+	ch <- prometheus.MustNewConstMetric(c.low, prometheus.GaugeValue, boolGauge(d.Low))
+	ch <- prometheus.MustNewConstMetric(c.ro, prometheus.GaugeValue, boolGauge(d.ReadOnly))
 }
 
-// diskSpace returns the bytes free to an unprivileged user and the size of
-// the filesystem holding dir.
-func diskSpace(dir string) (free, capacity uint64, err error) {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(dir, &fs); err != nil {
-		return 0, 0, err
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
 	}
-	return fs.Bavail * uint64(fs.Bsize), fs.Blocks * uint64(fs.Bsize), nil
+	return 0
 }
 
 // subscriptionCollector reports every subscription's stats at each scrape,

@@ -174,6 +174,12 @@ func Open(opts Options) (*Server, error) {
 				http.Error(w, "not ready: a raft group has no leader yet", http.StatusServiceUnavailable)
 				return
 			}
+			// A broker short of disk is still ready: it serves reads,
+			// acks and deletes; the detail says what it refuses.
+			if d := s.store.Disk(); d.Low {
+				_, _ = w.Write([]byte("ready\nstorage " + d.String() + "\n"))
+				return
+			}
 			_, _ = w.Write([]byte("ready\n"))
 		})
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}))

@@ -45,11 +45,14 @@ func statusOf(err error) error {
 	var invalid *invalidError
 	var exhausted *exhaustedError
 	var oor *storage.OffsetOutOfRangeError
+	var full *storage.DiskFullError
 	switch {
 	case errors.As(err, &invalid):
 		return status.Error(codes.InvalidArgument, invalid.msg)
 	case errors.As(err, &exhausted):
 		return exhaustedStatus(exhausted.msg, exhausted.retry)
+	case errors.As(err, &full):
+		return toStatus(diskFull(full))
 	case errors.Is(err, storage.ErrInvalidConfig):
 		return status.Error(codes.InvalidArgument, describe(err, storage.ErrInvalidConfig))
 	case errors.Is(err, storage.ErrTopicNotFound):
@@ -122,6 +125,24 @@ func statusOf(err error) error {
 		return status.Error(codes.ResourceExhausted, "the broker's disk is full: "+err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+// diskRetry is how long a client refused for disk space should wait: the
+// store reads free space every second, but space comes back when an
+// operator acts, not in a second.
+const diskRetry = 5 * time.Second
+
+// diskFull is the answer to a write the store refused to keep its disk
+// reserve.
+func diskFull(e *storage.DiskFullError) error {
+	space := fmt.Sprintf("%s free, reserve %s (ferry serve --disk-reserve)", storage.FormatBytes(e.Free), storage.FormatBytes(e.Reserve))
+	switch {
+	case e.Cause != "":
+		return exhaustedf(diskRetry, "the broker is read-only: %s; %s; reads go on", e.Cause, space)
+	case e.ReadOnly:
+		return exhaustedf(diskRetry, "the broker's disk is nearly full, so it is read-only but for deletes: %s; delete topics or grow the volume, then retry", space)
+	}
+	return exhaustedf(diskRetry, "the broker's disk is below its reserve, so publishing is refused: %s; acks, reads and deletes go on; delete topics, shorten retention or grow the volume, then retry", space)
 }
 
 // exhaustedError is a limit the broker is over (disk reserve, memory

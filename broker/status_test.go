@@ -50,3 +50,31 @@ func TestToStatusExhausted(t *testing.T) {
 		t.Fatalf("RetryInfo delay %v, want 1.5s (details %v)", delay, st.Details())
 	}
 }
+
+// TestToStatusDiskFull: a write the store refused for disk space is
+// RESOURCE_EXHAUSTED naming free space and the reserve, with a RetryInfo
+// delay, whichever level refused it.
+func TestToStatusDiskFull(t *testing.T) {
+	for _, e := range []*storage.DiskFullError{
+		{Free: 100 << 20, Reserve: 256 << 20},
+		{Free: 10 << 20, Reserve: 256 << 20, ReadOnly: true},
+		{Free: 0, Reserve: 256 << 20, ReadOnly: true, Cause: "disk error: sync: input/output error"},
+	} {
+		st := status.Convert(toStatus(fmt.Errorf("publish: %w", e)))
+		if st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), " free, reserve 256.0 MiB") {
+			t.Errorf("%v: %v %q", e, st.Code(), st.Message())
+		}
+		if e.Cause != "" && !strings.Contains(st.Message(), e.Cause) {
+			t.Errorf("%v: the cause is not said: %q", e, st.Message())
+		}
+		var retry time.Duration
+		for _, d := range st.Details() {
+			if ri, ok := d.(*errdetails.RetryInfo); ok {
+				retry = ri.GetRetryDelay().AsDuration()
+			}
+		}
+		if retry != diskRetry {
+			t.Errorf("%v: retry %v, want %v", e, retry, diskRetry)
+		}
+	}
+}

@@ -277,7 +277,7 @@ func (l *loop) startWrite(job *writeJob) {
 		l.end(fmt.Errorf("subscription %q: %w: %w", l.key.name, ErrDetached, err))
 	}
 	if err != nil {
-		l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
+		l.writeFailed(err)
 		l.sub.written(job, nil, err, l.e.opts.Clock.Now())
 		return
 	}
@@ -286,10 +286,20 @@ func (l *loop) startWrite(job *writeJob) {
 		defer l.io.Done()
 		res, err := wp.Wait(context.Background())
 		if err != nil {
-			l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
+			l.writeFailed(err)
 		}
 		l.post(func(now time.Time) { l.sub.written(job, res, err, now) })
 	}()
+}
+
+// writeFailed logs a failed write, unless the store refused it for disk
+// space: the store logs that once, not per write (the write is retried).
+func (l *loop) writeFailed(err error) {
+	var full *storage.DiskFullError
+	if errors.As(err, &full) {
+		return
+	}
+	l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
 }
 
 // loadIDs reads the message ids of deliveries the subscription no longer

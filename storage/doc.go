@@ -81,6 +81,19 @@
 // given time, id and Raft index instead of the clock's, for the metadata
 // group that replicates them.
 //
+// # Disk space
+//
+// Badger writes its files through mmap, and a write into a mapped file on a
+// full filesystem is SIGBUS, not an error: the store must stop before the
+// disk fills. Its diskGuard (diskguard.go) reads the data directory's free
+// space every Options.DiskPollInterval and after every MiB of appends, and
+// refuses with *DiskFullError: appends below Options.DiskReserve, every
+// write but deletes and retention below half of it, every write after a
+// disk error from Badger. Open, with less than half the reserve free, cuts
+// Badger's memtable logs as Badger would (wal.go) and opens it read-only;
+// Store.Reopen says when to open it again. A topic deleted on a low disk is
+// dropped with DropPrefix (disk.go), so its space comes back at once.
+//
 // The key layout is drawn in keys.go and the record formats in record.go
 // (the Raft log bounds in raftlog.go, partition entries in entry.go,
 // export chunks in export.go).

@@ -83,6 +83,15 @@ type Options struct {
 	// group, how many bytes of its newest log entries (RaftLog). Default
 	// 1 MiB; 0 turns the caches off.
 	TailCacheBytes int
+	// DiskReserve is the free space kept on the data directory's
+	// filesystem: below it appends are refused, below half of it every
+	// write but deletes and retention (DiskFullError). Default 5% of the
+	// filesystem; never below MinDiskReserve (a fixed size under it is
+	// refused, a percentage under it raised to it).
+	DiskReserve DiskReserve
+	// DiskPollInterval is how often the filesystem's free space is read,
+	// besides after every MiB of appends. Default 1s.
+	DiskPollInterval time.Duration
 	// Metrics records the store's metrics (NewMetrics); nil records none.
 	Metrics *Metrics
 	// Replicated makes every partition a replicated one (cluster mode): a
@@ -108,6 +117,8 @@ func DefaultOptions(dir string) Options {
 		MemTableBytes:     64 << 20,
 		BlockCacheBytes:   64 << 20,
 		TailCacheBytes:    1 << 20,
+		DiskReserve:       DefaultDiskReserve,
+		DiskPollInterval:  time.Second,
 	}
 }
 
@@ -138,6 +149,13 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option TailCacheBytes %d is negative: %w", o.TailCacheBytes, ErrInvalidConfig)
 	case o.BlockCacheBytes < 0:
 		return fmt.Errorf("option BlockCacheBytes %d is negative: %w", o.BlockCacheBytes, ErrInvalidConfig)
+	case o.DiskReserve.Percent < 0 || o.DiskReserve.Percent >= 100:
+		return fmt.Errorf("option DiskReserve %v%% must be above 0%% and below 100%%: %w", o.DiskReserve.Percent, ErrInvalidConfig)
+	case o.DiskReserve.Percent == 0 && o.DiskReserve.Bytes > 0 && o.DiskReserve.Bytes < MinDiskReserve(*o):
+		return fmt.Errorf("option DiskReserve %s is below the minimum %s (four memtables: Badger's own flushes and compactions must fit once publishing is refused): %w",
+			FormatBytes(o.DiskReserve.Bytes), FormatBytes(MinDiskReserve(*o)), ErrInvalidConfig)
+	case o.DiskPollInterval <= 0:
+		return fmt.Errorf("option DiskPollInterval %v must be positive: %w", o.DiskPollInterval, ErrInvalidConfig)
 	}
 	return nil
 }

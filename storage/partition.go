@@ -372,7 +372,7 @@ func (p *Partition) applyTxn(st partitionState, cmds []*command) (partitionState
 	if err != nil {
 		return st, nil, err
 	}
-	if err := txn.Commit(); err != nil {
+	if err := p.sync.guard.commit(txn.Commit); err != nil {
 		return st, nil, err
 	}
 	return next, results, nil
@@ -417,13 +417,14 @@ type syncer struct {
 	clk     clock.Clock
 	metrics *Metrics
 	log     *slog.Logger
+	guard   *diskGuard // told of sync errors; partitions tell it of commit errors
 }
 
 // slowFsync is how long an fsync may take before it is logged.
 const slowFsync = 500 * time.Millisecond
 
-func newSyncer(db *badger.DB, opts *Options) *syncer {
-	s := &syncer{db: db, policy: opts.Fsync, clk: opts.Clock, metrics: opts.Metrics, log: opts.Logger,
+func newSyncer(db *badger.DB, opts *Options, guard *diskGuard) *syncer {
+	s := &syncer{db: db, policy: opts.Fsync, clk: opts.Clock, metrics: opts.Metrics, log: opts.Logger, guard: guard,
 		queue: make(chan syncGroup, opts.QueueLength), done: make(chan struct{})}
 	go s.run()
 	return s
@@ -469,6 +470,7 @@ func (s *syncer) run() {
 		if s.policy == FsyncAlways && wrote {
 			start := s.clk.Now()
 			err = s.db.Sync()
+			s.guard.observe(err)
 			s.syncs.Add(1)
 			unsynced = err != nil
 			requests := 0

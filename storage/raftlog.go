@@ -608,7 +608,7 @@ func (l *RaftLog) save(hs *raftpb.HardState, entries []*raftpb.Entry, snap *raft
 			return nil, tooLarge(err)
 		}
 	}
-	if err := txn.Commit(); err != nil {
+	if err := l.commit(txn); err != nil {
 		return nil, tooLarge(err)
 	}
 
@@ -763,7 +763,7 @@ func (l *RaftLog) createSnapshot(i uint64, cs *raftpb.ConfState, data []byte) (*
 	if err := l.setSnapshot(txn, meta, data); err != nil {
 		return nil, nil, err
 	}
-	if err := txn.Commit(); err != nil {
+	if err := l.commit(txn); err != nil {
 		return nil, nil, tooLarge(err)
 	}
 	l.snap = meta
@@ -870,4 +870,12 @@ func (l *RaftLog) deleteEntries(from, to uint64) error {
 			return nil
 		}
 	}
+}
+
+// commit commits txn through the disk guard (diskGuard.commit).
+func (l *RaftLog) commit(txn *badger.Txn) error {
+	if l.sync == nil {
+		return txn.Commit()
+	}
+	return l.sync.guard.commit(txn.Commit)
 }

@@ -186,7 +186,7 @@ func (p *Partition) applyEntry(st partitionState, r *request) partitionState {
 		next, err = st.skipEntry(txn, r.cmd.index)
 	}
 	if err == nil {
-		err = txn.Commit()
+		err = p.sync.guard.commit(txn.Commit)
 	}
 	if err != nil {
 		r.err = fmt.Errorf("apply entry %d: %w", r.cmd.index, err)

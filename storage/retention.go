@@ -45,6 +45,9 @@ func (s *Store) enforcePartition(ctx context.Context, cfg TopicConfig, p *Partit
 			return nil
 		}
 	}
+	if s.guard.admit(writeFree, 0) != nil {
+		return nil // read-only: the guard has said so
+	}
 	to, err := s.trimPoint(p, cfg, s.opts.Clock.Now())
 	if err != nil {
 		return err
@@ -131,7 +134,9 @@ func (s *Store) gcTick() {
 		return
 	}
 	defer s.bg.Done()
-	for runs := 0; runs < 16 && !s.isClosing(); runs++ {
+	// GC copies a file's live values to the newest file before it removes
+	// the file: below the reserve that copy could fill the disk.
+	for runs := 0; runs < 16 && !s.isClosing() && !s.guard.state().Low; runs++ {
 		if err := s.db.RunValueLogGC(0.5); err != nil {
 			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
 				s.log.Warn("value log gc", "err", err)

@@ -21,10 +21,11 @@ import (
 // database. Open it with Open and release it with Close. All methods are
 // safe for concurrent use.
 type Store struct {
-	opts Options
-	db   *badger.DB
-	log  *slog.Logger
-	sync *syncer
+	opts  Options
+	db    *badger.DB
+	log   *slog.Logger
+	sync  *syncer
+	guard *diskGuard
 
 	adminMu sync.Mutex // serializes CreateTopic, UpdateTopic and DeleteTopic
 	multiMu sync.Mutex // serializes multi-partition writes (write.go)
@@ -82,23 +83,42 @@ func Open(opts Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	db, err := badger.Open(badgerOptions(opts))
+	guard, err := openDiskGuard(&opts)
 	if err != nil {
+		return nil, err
+	}
+	bopts := badgerOptions(opts)
+	if guard.openedRO {
+		if err := cutWALs(opts.Dir); err != nil {
+			return nil, fmt.Errorf("open read-only on a full disk: %w", err)
+		}
+		bopts = bopts.WithReadOnly(true)
+	}
+	db, err := badger.Open(bopts)
+	if err != nil {
+		if guard.openedRO {
+			return nil, fmt.Errorf("open badger read-only in %s (%s): %w", opts.Dir, guard.state(), err)
+		}
 		return nil, fmt.Errorf("open badger in %s: %w", opts.Dir, err)
 	}
 	s := &Store{
 		opts:   opts,
 		db:     db,
 		log:    opts.Logger,
+		guard:  guard,
 		topics: make(map[string]*topicHandle),
 
 		raftLogs: make(map[uint64]*RaftLog),
 	}
-	s.sync = newSyncer(db, &s.opts)
+	s.sync = newSyncer(db, &s.opts, guard)
 	if err := s.load(); err != nil {
 		s.sync.close()
 		_ = db.Close()
 		return nil, err
+	}
+	guard.start()
+	if guard.openedRO {
+		return s, nil // no retention or GC: nothing can be written
 	}
 	s.bgMu.Lock()
 	s.retention = s.opts.Clock.AfterFunc(s.opts.RetentionInterval, s.retentionTick)
@@ -217,9 +237,12 @@ func (s *Store) Close(ctx context.Context) error {
 		defer s.adminMu.Unlock()
 		s.bgMu.Lock()
 		s.closing = true
-		s.retention.Stop()
-		s.gc.Stop()
+		if s.retention != nil {
+			s.retention.Stop()
+			s.gc.Stop()
+		}
 		s.bgMu.Unlock()
+		s.guard.stop()
 
 		s.topicsMu.Lock()
 		handles := s.topics
@@ -273,6 +296,9 @@ func (s *Store) CreateTopicAt(ctx context.Context, name string, cfg TopicConfig,
 	defer s.adminMu.Unlock()
 	if s.isClosing() {
 		return Topic{}, ErrClosed
+	}
+	if err := s.admitAdmin(writeState, st); err != nil {
+		return Topic{}, err
 	}
 	if h, err := s.handle(name); err == nil {
 		if h.topic.Config == cfg {
@@ -385,13 +411,12 @@ func (s *Store) keyAbsent(key []byte, what string) error {
 // update runs fn in a read-write transaction and syncs it under the fsync
 // policy: topic changes are as durable as appends.
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
-	if err := s.db.Update(fn); err != nil {
-		return err
+	err := s.guard.commit(func() error { return s.db.Update(fn) })
+	if err == nil && s.opts.Fsync == FsyncAlways {
+		err = s.db.Sync()
+		s.guard.observe(err)
 	}
-	if s.opts.Fsync == FsyncAlways {
-		return s.db.Sync()
-	}
-	return nil
+	return err
 }
 
 func (s *Store) isClosing() bool {
@@ -472,6 +497,9 @@ func (s *Store) UpdateTopicAt(ctx context.Context, name string, change func(*Top
 	if err := t.Config.Validate(); err != nil {
 		return Topic{}, err
 	}
+	if err := s.admitAdmin(writeState, st); err != nil {
+		return Topic{}, err
+	}
 	if err := s.update(func(txn *badger.Txn) error {
 		if err := setApplied(txn, st); err != nil {
 			return err
@@ -499,6 +527,9 @@ func (s *Store) DeleteTopicAt(ctx context.Context, name string, st Stamp) error 
 	defer s.adminMu.Unlock()
 	h, err := s.handle(name)
 	if err != nil {
+		return err
+	}
+	if err := s.admitAdmin(writeFree, st); err != nil {
 		return err
 	}
 	s.topicsMu.Lock()
@@ -529,85 +560,6 @@ func (s *Store) DeleteTopicAt(ctx context.Context, name string, st Stamp) error 
 	return nil
 }
 
-// startBackgroundDrop deletes every key under prefixes in the background,
-// then the tombstone that marks the drop (resumed at the next Open if
-// interrupted). Badger's DropPrefix would block every other topic's writes
-// meanwhile, so the keys go through write batches instead.
-func (s *Store) startBackgroundDrop(tomb []byte, prefixes ...[]byte) {
-	s.bgMu.Lock()
-	defer s.bgMu.Unlock()
-	if s.closing {
-		return
-	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		if err := s.drop(tomb, prefixes); err != nil && !s.isClosing() {
-			s.log.Error("drop deleted data", "tombstone", fmt.Sprintf("%x", tomb), "err", err)
-		}
-	}()
-}
-
-// startTopicDrop drops a deleted topic's data: messages, subscriptions,
-// cursors and acked ids.
-func (s *Store) startTopicDrop(tid uint32) {
-	prefixes := make([][]byte, 0, len(topicDataKinds))
-	for _, k := range topicDataKinds {
-		prefixes = append(prefixes, topicPrefix(k, tid))
-	}
-	s.startBackgroundDrop(tombstoneKey(tid), prefixes...)
-}
-
-func (s *Store) drop(tomb []byte, prefixes [][]byte) error {
-	for _, prefix := range prefixes {
-		for {
-			if s.isClosing() {
-				return ErrClosed
-			}
-			n, err := s.deleteSome(prefix, 10000)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				break
-			}
-		}
-	}
-	return s.update(func(txn *badger.Txn) error { return txn.Delete(tomb) })
-}
-
-// deleteSome deletes up to limit keys under prefix and says how many.
-func (s *Store) deleteSome(prefix []byte, limit int) (int, error) {
-	return deleteSome(s.db, prefix, limit)
-}
-
-// deleteSome deletes up to limit keys of db under prefix and says how many.
-func deleteSome(db *badger.DB, prefix []byte, limit int) (int, error) {
-	var keys [][]byte
-	err := db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.PrefetchValues = false
-		opts.Prefix = prefix
-		it := txn.NewIterator(opts)
-		defer it.Close()
-		for it.Rewind(); it.Valid() && len(keys) < limit; it.Next() {
-			keys = append(keys, it.Item().KeyCopy(nil))
-		}
-		return nil
-	})
-	if err != nil || len(keys) == 0 {
-		return 0, err
-	}
-	wb := db.NewWriteBatch()
-	defer wb.Cancel()
-	for _, k := range keys {
-		if err := wb.Delete(k); err != nil {
-			return 0, err
-		}
-	}
-	return len(keys), wb.Flush()
-}
-
 // Enqueue queues msgs for appending to a partition and returns without
 // waiting for them to be stored. Appends queued one after another by one
 // goroutine get increasing offsets in that order. Enqueue blocks only while
@@ -625,6 +577,9 @@ func (s *Store) Enqueue(ctx context.Context, topic string, part uint32, msgs []M
 			return nil, fmt.Errorf("message %d: id of %d bytes is over %d: %w", i, len(msgs[i].ID), MaxIDBytes, ErrInvalidMessage)
 		}
 		size += messageRecordSize(&msgs[i])
+	}
+	if err := s.guard.admit(writeGrow, size); err != nil {
+		return nil, err
 	}
 	r, err := p.submit(ctx, command{kind: cmdAppend, msgs: msgs, dedupWindow: h.topic.Config.DedupWindow, size: size})
 	if err != nil {

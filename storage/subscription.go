@@ -172,6 +172,9 @@ func (s *Store) CreateSubscriptionAt(ctx context.Context, topic, name string, co
 			return Subscription{}, err
 		}
 	}
+	if err := s.admitAdmin(writeState, st); err != nil {
+		return Subscription{}, err
+	}
 	sub := Subscription{Topic: topic, Name: name, Config: slices.Clone(config), CreateTime: st.At.UTC().Truncate(time.Microsecond)}
 	err = s.update(func(txn *badger.Txn) error {
 		id, err := takeID(txn, nextSubIDKey(), st.ID)
@@ -274,6 +277,9 @@ func (s *Store) UpdateSubscriptionAt(ctx context.Context, topic, name string, co
 	if err != nil {
 		return Subscription{}, err
 	}
+	if err := s.admitAdmin(writeState, st); err != nil {
+		return Subscription{}, err
+	}
 	sub.Config = slices.Clone(config)
 	if err := s.update(func(txn *badger.Txn) error {
 		if err := setApplied(txn, st); err != nil {
@@ -302,6 +308,9 @@ func (s *Store) DeleteSubscriptionAt(ctx context.Context, topic, name string, st
 	defer s.adminMu.Unlock()
 	h, sub, err := s.subscription(topic, name)
 	if err != nil {
+		return err
+	}
+	if err := s.admitAdmin(writeFree, st); err != nil {
 		return err
 	}
 	h.subs.remove(sub)

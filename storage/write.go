@@ -83,6 +83,9 @@ func (s *Store) Submit(ctx context.Context, w Write) (*WritePending, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.admit(parts); err != nil {
+		return nil, err
+	}
 	wp := &WritePending{w: w, parts: parts}
 	if len(parts) == 1 {
 		if wp.r, err = parts[0].p.submit(ctx, parts[0].cmd); err != nil {
@@ -114,6 +117,20 @@ func (s *Store) Submit(ctx context.Context, w Write) (*WritePending, error) {
 		wp.results, wp.err = s.writeMulti(parts, reqs)
 	}()
 	return wp, nil
+}
+
+// admit asks the disk guard whether a write of parts may go: as an append
+// if it appends (a Commit's outputs, a dead letter), else as a state write
+// (acks, cursor moves).
+func (s *Store) admit(parts []*partWrite) error {
+	kind, size := writeState, 0
+	for _, pw := range parts {
+		if len(pw.cmd.msgs) > 0 {
+			kind = writeGrow
+		}
+		size += pw.cmd.size
+	}
+	return s.guard.admit(kind, size)
 }
 
 // writeOrdered is a write across partitions of which some are replicated,
@@ -390,7 +407,7 @@ func (s *Store) applyMulti(parts []*partWrite, states []partitionState) ([]parti
 		}
 		next[i], results[i] = st, res[0]
 	}
-	if err := txn.Commit(); err != nil {
+	if err := s.guard.commit(txn.Commit); err != nil {
 		return nil, nil, err
 	}
 	return next, results, nil

@@ -14,7 +14,7 @@ import (
 // the --config file, which wins over the defaults.
 func TestConfigPrecedence(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "ferry.yaml")
-	if err := os.WriteFile(file, []byte("grpc-addr: \":9001\"\nfsync: never\nlog-level: warn\nshutdown-timeout: 3s\n"), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte("grpc-addr: \":9001\"\nfsync: never\nlog-level: warn\nshutdown-timeout: 3s\ndisk-reserve: 2GiB\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -24,11 +24,11 @@ func TestConfigPrecedence(t *testing.T) {
 		want map[string]string
 	}{
 		{"defaults", nil, nil,
-			map[string]string{"grpc-addr": ":7420", "fsync": "always", "log-level": "info", "shutdown-timeout": "10s"}},
+			map[string]string{"grpc-addr": ":7420", "fsync": "always", "log-level": "info", "shutdown-timeout": "10s", "disk-reserve": "5%"}},
 		{"file over defaults", nil, []string{"--config", file},
-			map[string]string{"grpc-addr": ":9001", "fsync": "never", "log-level": "warn", "shutdown-timeout": "3s", "http-addr": ":7421"}},
-		{"env over file", map[string]string{"FERRY_FSYNC": "always", "FERRY_GRPC_ADDR": ":9002"}, []string{"--config", file},
-			map[string]string{"grpc-addr": ":9002", "fsync": "always", "log-level": "warn"}},
+			map[string]string{"grpc-addr": ":9001", "fsync": "never", "log-level": "warn", "shutdown-timeout": "3s", "http-addr": ":7421", "disk-reserve": "2GiB"}},
+		{"env over file", map[string]string{"FERRY_FSYNC": "always", "FERRY_GRPC_ADDR": ":9002", "FERRY_DISK_RESERVE": "10%"}, []string{"--config", file},
+			map[string]string{"grpc-addr": ":9002", "fsync": "always", "log-level": "warn", "disk-reserve": "10%"}},
 		{"flag over env and file", map[string]string{"FERRY_GRPC_ADDR": ":9002"}, []string{"--config", file, "--grpc-addr", ":9003", "--log-level", "debug"},
 			map[string]string{"grpc-addr": ":9003", "fsync": "never", "log-level": "debug"}},
 		{"config file from the environment", map[string]string{"FERRY_CONFIG": file}, nil,
@@ -70,6 +70,7 @@ func TestConfigFileRefusals(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
 		{"grpc_adr: x\n", `unknown key "grpc_adr"`},
 		{"retention-interval: soon\n", `key "retention-interval"`},
+		{"disk-reserve: 100%\n", `key "disk-reserve"`},
 		{"data-dir: [a, b]\n", `key "data-dir": want a single value`},
 		{"print-config: true\n", `unknown key "print-config"`},
 		{"grpc-addr:\n", `key "grpc-addr" has no value`},

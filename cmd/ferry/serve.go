@@ -61,6 +61,8 @@ requests, finishes the writes under way and closes the store.`,
 	f.StringVar(&o.Storage.Dir, "data-dir", o.Storage.Dir, "data directory")
 	f.StringVar(&fsync, "fsync", fsync, "when to fsync appends: always (before every ack, grouped) or never (leave it to the OS)")
 	f.DurationVar(&o.Storage.RetentionInterval, "retention-interval", o.Storage.RetentionInterval, "how often retention and dedup expiry run")
+	f.Var(diskReserveFlag{&o.Storage.DiskReserve}, "disk-reserve",
+		"free space kept on the data directory's filesystem, a size (512MiB) or a percentage of it (5%); below it publishes are refused, below half of it every write but deletes; at least four memtables (256MiB)")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "grace period of a shutdown: how long it waits for open RPCs")
 	f.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "at shutdown, how long /readyz says not ready while the broker still serves (for load balancers)")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
@@ -84,7 +86,8 @@ func serve(ctx context.Context, o broker.Options) error {
 		httpAddr = a.String()
 	}
 	lg.Info("ferry serving", "grpc_addr", srv.GRPCAddr().String(), "http_addr", httpAddr,
-		"data_dir", o.Storage.Dir, "fsync", o.Storage.Fsync.String(), "startup", time.Since(start).Round(time.Millisecond).String())
+		"data_dir", o.Storage.Dir, "fsync", o.Storage.Fsync.String(), "disk", srv.Store().Disk().String(),
+		"startup", time.Since(start).Round(time.Millisecond).String())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	select {
@@ -95,16 +98,49 @@ func serve(ctx context.Context, o broker.Options) error {
 		// A server failed: stop the rest.
 		_ = srv.Shutdown(context.Background())
 		return err
+	case <-srv.Store().Reopen():
+		// Opened read-only on a full disk, and space is back: the store
+		// must be opened again, read-write. The simplest correct way is
+		// the way a start takes: stop gracefully and start again, in
+		// place (same process, same flags and environment).
+		lg.Info("restarting in place to open the store read-write")
+		if err := shutdown(srv, served, o); err != nil {
+			return err
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("restart in place: %w", err)
+		}
+		return syscall.Exec(exe, os.Args, os.Environ())
 	}
+	if err := shutdown(srv, served, o); err != nil {
+		return err
+	}
+	lg.Info("stopped cleanly")
+	return nil
+}
+
+// shutdown stops srv gracefully and waits for Serve to return.
+func shutdown(srv *broker.Server, served <-chan error, o broker.Options) error {
 	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownDelay+o.ShutdownTimeout+5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
-	if err := <-served; err != nil {
+	return <-served
+}
+
+// diskReserveFlag is --disk-reserve: a size or a percentage.
+type diskReserveFlag struct{ r *storage.DiskReserve }
+
+func (f diskReserveFlag) String() string { return f.r.String() }
+func (f diskReserveFlag) Type() string   { return "size|pct" }
+func (f diskReserveFlag) Set(s string) error {
+	r, err := storage.ParseDiskReserve(s)
+	if err != nil {
 		return err
 	}
-	lg.Info("stopped cleanly")
+	*f.r = r
 	return nil
 }
 

@@ -50,7 +50,7 @@ partition count cannot change.`,
 		if err != nil {
 			return err
 		}
-		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, nil)
+		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, nil, nil)
 	}
 	return cmd
 }
@@ -113,7 +113,7 @@ func newTopicCreateCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, nil)
+		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, nil, nil)
 	}
 	return cmd
 }
@@ -131,7 +131,7 @@ func newTopicListCommand() *cobra.Command {
 			return err
 		}
 		for _, t := range resp.Topics {
-			if err := printTopic(cmd.OutOrStdout(), cf.output, t, nil); err != nil {
+			if err := printTopic(cmd.OutOrStdout(), cf.output, t, nil, nil); err != nil {
 				return err
 			}
 		}
@@ -152,7 +152,7 @@ func newTopicGetCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, resp.Partitions)
+		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, resp.Partitions, resp.Storage)
 	}
 	return cmd
 }
@@ -188,6 +188,8 @@ type topicJSON struct {
 	MaxMessageBytes      uint32          `json:"max_message_bytes"`
 	CreateTime           time.Time       `json:"create_time"`
 	PartitionStats       []partitionJSON `json:"partition_stats,omitempty"`
+	// Storage is the answering broker's disk (ferry topic get only).
+	Storage *ferryv1.StorageStatus `json:"broker_storage,omitempty"`
 }
 
 type partitionJSON struct {
@@ -198,7 +200,9 @@ type partitionJSON struct {
 	Bytes        uint64 `json:"bytes"`
 }
 
-func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.PartitionStats) error {
+// printTopic prints a topic, its partitions' stats and the broker's
+// storage status if given (parts and st may be nil).
+func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.PartitionStats, st *ferryv1.StorageStatus) error {
 	c := t.GetConfig()
 	j := topicJSON{
 		Name:                 t.GetName(),
@@ -216,6 +220,7 @@ func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.P
 	for _, p := range parts {
 		j.PartitionStats = append(j.PartitionStats, partitionJSON{p.GetPartition(), p.GetFirstOffset(), p.GetHeadOffset(), p.GetMessageCount(), p.GetBytes()})
 	}
+	j.Storage = st
 	if output == "json" {
 		return printJSON(w, j)
 	}
@@ -228,6 +233,10 @@ func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.P
 	for _, p := range j.PartitionStats {
 		fmt.Fprintf(w, "  partition=%d first_offset=%d head_offset=%d messages=%d bytes=%d\n",
 			p.Partition, p.FirstOffset, p.HeadOffset, p.MessageCount, p.Bytes)
+	}
+	if st.GetPublishingRefused() || st.GetReadOnly() {
+		// A broker short of disk says what it refuses.
+		fmt.Fprintf(w, "broker storage: %s\n", st.GetDetail())
 	}
 	return nil
 }

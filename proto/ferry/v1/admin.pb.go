@@ -175,7 +175,9 @@ type GetTopicResponse struct {
 	// The topic with its effective config.
 	Topic *Topic `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
 	// One entry per partition, in partition order.
-	Partitions    []*PartitionStats `protobuf:"bytes,2,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	Partitions []*PartitionStats `protobuf:"bytes,2,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	// The disk of the broker that answered: whether it takes publishes.
+	Storage       *StorageStatus `protobuf:"bytes,3,opt,name=storage,proto3" json:"storage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -224,6 +226,109 @@ func (x *GetTopicResponse) GetPartitions() []*PartitionStats {
 	return nil
 }
 
+func (x *GetTopicResponse) GetStorage() *StorageStatus {
+	if x != nil {
+		return x.Storage
+	}
+	return nil
+}
+
+// StorageStatus is a broker's data disk and what it refuses because of it
+// (ferry serve --disk-reserve).
+type StorageStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes free on the data directory's filesystem, as last read (at most
+	// a second ago).
+	DiskFreeBytes uint64 `protobuf:"varint,1,opt,name=disk_free_bytes,json=diskFreeBytes,proto3" json:"disk_free_bytes,omitempty"`
+	// Size of the data directory's filesystem, in bytes.
+	DiskCapacityBytes uint64 `protobuf:"varint,2,opt,name=disk_capacity_bytes,json=diskCapacityBytes,proto3" json:"disk_capacity_bytes,omitempty"`
+	// The disk reserve, in bytes: below it, publishes are refused.
+	DiskReserveBytes uint64 `protobuf:"varint,3,opt,name=disk_reserve_bytes,json=diskReserveBytes,proto3" json:"disk_reserve_bytes,omitempty"`
+	// Publishes, Commit's outputs and dead letters are refused
+	// (RESOURCE_EXHAUSTED): free space is below the reserve, or read_only.
+	PublishingRefused bool `protobuf:"varint,4,opt,name=publishing_refused,json=publishingRefused,proto3" json:"publishing_refused,omitempty"`
+	// Every write but topic and subscription deletes and retention is
+	// refused: free space is below half the reserve, or a disk error or an
+	// open on a full disk made the broker read-only (then deletes too).
+	ReadOnly bool `protobuf:"varint,5,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// The state in words, with the cause of read_only if any.
+	Detail        string `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StorageStatus) Reset() {
+	*x = StorageStatus{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StorageStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StorageStatus) ProtoMessage() {}
+
+func (x *StorageStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StorageStatus.ProtoReflect.Descriptor instead.
+func (*StorageStatus) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StorageStatus) GetDiskFreeBytes() uint64 {
+	if x != nil {
+		return x.DiskFreeBytes
+	}
+	return 0
+}
+
+func (x *StorageStatus) GetDiskCapacityBytes() uint64 {
+	if x != nil {
+		return x.DiskCapacityBytes
+	}
+	return 0
+}
+
+func (x *StorageStatus) GetDiskReserveBytes() uint64 {
+	if x != nil {
+		return x.DiskReserveBytes
+	}
+	return 0
+}
+
+func (x *StorageStatus) GetPublishingRefused() bool {
+	if x != nil {
+		return x.PublishingRefused
+	}
+	return false
+}
+
+func (x *StorageStatus) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *StorageStatus) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 // ListTopicsRequest lists all topics.
 type ListTopicsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -233,7 +338,7 @@ type ListTopicsRequest struct {
 
 func (x *ListTopicsRequest) Reset() {
 	*x = ListTopicsRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[4]
+	mi := &file_ferry_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +350,7 @@ func (x *ListTopicsRequest) String() string {
 func (*ListTopicsRequest) ProtoMessage() {}
 
 func (x *ListTopicsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[4]
+	mi := &file_ferry_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +363,7 @@ func (x *ListTopicsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTopicsRequest.ProtoReflect.Descriptor instead.
 func (*ListTopicsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 // ListTopicsResponse holds every topic, ordered by name.
@@ -272,7 +377,7 @@ type ListTopicsResponse struct {
 
 func (x *ListTopicsResponse) Reset() {
 	*x = ListTopicsResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[5]
+	mi := &file_ferry_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +389,7 @@ func (x *ListTopicsResponse) String() string {
 func (*ListTopicsResponse) ProtoMessage() {}
 
 func (x *ListTopicsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[5]
+	mi := &file_ferry_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +402,7 @@ func (x *ListTopicsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTopicsResponse.ProtoReflect.Descriptor instead.
 func (*ListTopicsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListTopicsResponse) GetTopics() []*Topic {
@@ -324,7 +429,7 @@ type UpdateTopicRequest struct {
 
 func (x *UpdateTopicRequest) Reset() {
 	*x = UpdateTopicRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[6]
+	mi := &file_ferry_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +441,7 @@ func (x *UpdateTopicRequest) String() string {
 func (*UpdateTopicRequest) ProtoMessage() {}
 
 func (x *UpdateTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[6]
+	mi := &file_ferry_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +454,7 @@ func (x *UpdateTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTopicRequest.ProtoReflect.Descriptor instead.
 func (*UpdateTopicRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UpdateTopicRequest) GetName() string {
@@ -384,7 +489,7 @@ type UpdateTopicResponse struct {
 
 func (x *UpdateTopicResponse) Reset() {
 	*x = UpdateTopicResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[7]
+	mi := &file_ferry_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +501,7 @@ func (x *UpdateTopicResponse) String() string {
 func (*UpdateTopicResponse) ProtoMessage() {}
 
 func (x *UpdateTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[7]
+	mi := &file_ferry_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +514,7 @@ func (x *UpdateTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTopicResponse.ProtoReflect.Descriptor instead.
 func (*UpdateTopicResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UpdateTopicResponse) GetTopic() *Topic {
@@ -432,7 +537,7 @@ type DeleteTopicRequest struct {
 
 func (x *DeleteTopicRequest) Reset() {
 	*x = DeleteTopicRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[8]
+	mi := &file_ferry_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +549,7 @@ func (x *DeleteTopicRequest) String() string {
 func (*DeleteTopicRequest) ProtoMessage() {}
 
 func (x *DeleteTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[8]
+	mi := &file_ferry_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +562,7 @@ func (x *DeleteTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTopicRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteTopicRequest) GetName() string {
@@ -483,7 +588,7 @@ type DeleteTopicResponse struct {
 
 func (x *DeleteTopicResponse) Reset() {
 	*x = DeleteTopicResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[9]
+	mi := &file_ferry_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +600,7 @@ func (x *DeleteTopicResponse) String() string {
 func (*DeleteTopicResponse) ProtoMessage() {}
 
 func (x *DeleteTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[9]
+	mi := &file_ferry_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +613,7 @@ func (x *DeleteTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTopicResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTopicResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 // ReadMessagesRequest selects a range of one partition's log.
@@ -532,7 +637,7 @@ type ReadMessagesRequest struct {
 
 func (x *ReadMessagesRequest) Reset() {
 	*x = ReadMessagesRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[10]
+	mi := &file_ferry_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +649,7 @@ func (x *ReadMessagesRequest) String() string {
 func (*ReadMessagesRequest) ProtoMessage() {}
 
 func (x *ReadMessagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[10]
+	mi := &file_ferry_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +662,7 @@ func (x *ReadMessagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadMessagesRequest.ProtoReflect.Descriptor instead.
 func (*ReadMessagesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReadMessagesRequest) GetTopic() string {
@@ -610,7 +715,7 @@ type ReadMessagesResponse struct {
 
 func (x *ReadMessagesResponse) Reset() {
 	*x = ReadMessagesResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[11]
+	mi := &file_ferry_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +727,7 @@ func (x *ReadMessagesResponse) String() string {
 func (*ReadMessagesResponse) ProtoMessage() {}
 
 func (x *ReadMessagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[11]
+	mi := &file_ferry_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +740,7 @@ func (x *ReadMessagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadMessagesResponse.ProtoReflect.Descriptor instead.
 func (*ReadMessagesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReadMessagesResponse) GetMessages() []*Message {
@@ -674,7 +779,7 @@ type CreateSubscriptionRequest struct {
 
 func (x *CreateSubscriptionRequest) Reset() {
 	*x = CreateSubscriptionRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[12]
+	mi := &file_ferry_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +791,7 @@ func (x *CreateSubscriptionRequest) String() string {
 func (*CreateSubscriptionRequest) ProtoMessage() {}
 
 func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[12]
+	mi := &file_ferry_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +804,7 @@ func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateSubscriptionRequest) GetTopic() string {
@@ -734,7 +839,7 @@ type CreateSubscriptionResponse struct {
 
 func (x *CreateSubscriptionResponse) Reset() {
 	*x = CreateSubscriptionResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[13]
+	mi := &file_ferry_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +851,7 @@ func (x *CreateSubscriptionResponse) String() string {
 func (*CreateSubscriptionResponse) ProtoMessage() {}
 
 func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[13]
+	mi := &file_ferry_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +864,7 @@ func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateSubscriptionResponse) GetSubscription() *Subscription {
@@ -782,7 +887,7 @@ type GetSubscriptionRequest struct {
 
 func (x *GetSubscriptionRequest) Reset() {
 	*x = GetSubscriptionRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[14]
+	mi := &file_ferry_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +899,7 @@ func (x *GetSubscriptionRequest) String() string {
 func (*GetSubscriptionRequest) ProtoMessage() {}
 
 func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[14]
+	mi := &file_ferry_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +912,7 @@ func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetSubscriptionRequest) GetTopic() string {
@@ -837,7 +942,7 @@ type GetSubscriptionResponse struct {
 
 func (x *GetSubscriptionResponse) Reset() {
 	*x = GetSubscriptionResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[15]
+	mi := &file_ferry_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +954,7 @@ func (x *GetSubscriptionResponse) String() string {
 func (*GetSubscriptionResponse) ProtoMessage() {}
 
 func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[15]
+	mi := &file_ferry_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +967,7 @@ func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetSubscriptionResponse) GetSubscription() *Subscription {
@@ -890,7 +995,7 @@ type ListSubscriptionsRequest struct {
 
 func (x *ListSubscriptionsRequest) Reset() {
 	*x = ListSubscriptionsRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[16]
+	mi := &file_ferry_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1007,7 @@ func (x *ListSubscriptionsRequest) String() string {
 func (*ListSubscriptionsRequest) ProtoMessage() {}
 
 func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[16]
+	mi := &file_ferry_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1020,7 @@ func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSubscriptionsRequest) GetTopic() string {
@@ -938,7 +1043,7 @@ type ListSubscriptionsResponse struct {
 
 func (x *ListSubscriptionsResponse) Reset() {
 	*x = ListSubscriptionsResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[17]
+	mi := &file_ferry_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1055,7 @@ func (x *ListSubscriptionsResponse) String() string {
 func (*ListSubscriptionsResponse) ProtoMessage() {}
 
 func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[17]
+	mi := &file_ferry_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1068,7 @@ func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
@@ -999,7 +1104,7 @@ type UpdateSubscriptionRequest struct {
 
 func (x *UpdateSubscriptionRequest) Reset() {
 	*x = UpdateSubscriptionRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[18]
+	mi := &file_ferry_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1116,7 @@ func (x *UpdateSubscriptionRequest) String() string {
 func (*UpdateSubscriptionRequest) ProtoMessage() {}
 
 func (x *UpdateSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[18]
+	mi := &file_ferry_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1129,7 @@ func (x *UpdateSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateSubscriptionRequest) GetTopic() string {
@@ -1066,7 +1171,7 @@ type UpdateSubscriptionResponse struct {
 
 func (x *UpdateSubscriptionResponse) Reset() {
 	*x = UpdateSubscriptionResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[19]
+	mi := &file_ferry_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1183,7 @@ func (x *UpdateSubscriptionResponse) String() string {
 func (*UpdateSubscriptionResponse) ProtoMessage() {}
 
 func (x *UpdateSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[19]
+	mi := &file_ferry_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1196,7 @@ func (x *UpdateSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*UpdateSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UpdateSubscriptionResponse) GetSubscription() *Subscription {
@@ -1114,7 +1219,7 @@ type DeleteSubscriptionRequest struct {
 
 func (x *DeleteSubscriptionRequest) Reset() {
 	*x = DeleteSubscriptionRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[20]
+	mi := &file_ferry_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1231,7 @@ func (x *DeleteSubscriptionRequest) String() string {
 func (*DeleteSubscriptionRequest) ProtoMessage() {}
 
 func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[20]
+	mi := &file_ferry_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1244,7 @@ func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteSubscriptionRequest) GetTopic() string {
@@ -1165,7 +1270,7 @@ type DeleteSubscriptionResponse struct {
 
 func (x *DeleteSubscriptionResponse) Reset() {
 	*x = DeleteSubscriptionResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[21]
+	mi := &file_ferry_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1282,7 @@ func (x *DeleteSubscriptionResponse) String() string {
 func (*DeleteSubscriptionResponse) ProtoMessage() {}
 
 func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[21]
+	mi := &file_ferry_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1295,7 @@ func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 // GetClusterStatusRequest asks for the cluster's status.
@@ -1205,7 +1310,7 @@ type GetClusterStatusRequest struct {
 
 func (x *GetClusterStatusRequest) Reset() {
 	*x = GetClusterStatusRequest{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[22]
+	mi := &file_ferry_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1322,7 @@ func (x *GetClusterStatusRequest) String() string {
 func (*GetClusterStatusRequest) ProtoMessage() {}
 
 func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[22]
+	mi := &file_ferry_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1335,7 @@ func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetClusterStatusRequest) GetLocal() bool {
@@ -1251,7 +1356,7 @@ type GetClusterStatusResponse struct {
 
 func (x *GetClusterStatusResponse) Reset() {
 	*x = GetClusterStatusResponse{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[23]
+	mi := &file_ferry_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1368,7 @@ func (x *GetClusterStatusResponse) String() string {
 func (*GetClusterStatusResponse) ProtoMessage() {}
 
 func (x *GetClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[23]
+	mi := &file_ferry_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1381,7 @@ func (x *GetClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetClusterStatusResponse) GetNodes() []*NodeStatus {
@@ -1304,7 +1409,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[24]
+	mi := &file_ferry_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1421,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[24]
+	mi := &file_ferry_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1434,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *NodeStatus) GetNodeId() uint64 {
@@ -1396,7 +1501,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[25]
+	mi := &file_ferry_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1513,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[25]
+	mi := &file_ferry_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1526,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GroupStatus) GetGroupId() uint64 {
@@ -1534,7 +1639,7 @@ type FollowerStatus struct {
 
 func (x *FollowerStatus) Reset() {
 	*x = FollowerStatus{}
-	mi := &file_ferry_v1_admin_proto_msgTypes[26]
+	mi := &file_ferry_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1651,7 @@ func (x *FollowerStatus) String() string {
 func (*FollowerStatus) ProtoMessage() {}
 
 func (x *FollowerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_admin_proto_msgTypes[26]
+	mi := &file_ferry_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1664,7 @@ func (x *FollowerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FollowerStatus.ProtoReflect.Descriptor instead.
 func (*FollowerStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FollowerStatus) GetNodeId() uint64 {
@@ -1608,12 +1713,20 @@ const file_ferry_v1_admin_proto_rawDesc = "" +
 	"\x13CreateTopicResponse\x12%\n" +
 	"\x05topic\x18\x01 \x01(\v2\x0f.ferry.v1.TopicR\x05topic\"%\n" +
 	"\x0fGetTopicRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"s\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xa6\x01\n" +
 	"\x10GetTopicResponse\x12%\n" +
 	"\x05topic\x18\x01 \x01(\v2\x0f.ferry.v1.TopicR\x05topic\x128\n" +
 	"\n" +
 	"partitions\x18\x02 \x03(\v2\x18.ferry.v1.PartitionStatsR\n" +
-	"partitions\"\x13\n" +
+	"partitions\x121\n" +
+	"\astorage\x18\x03 \x01(\v2\x17.ferry.v1.StorageStatusR\astorage\"\xf9\x01\n" +
+	"\rStorageStatus\x12&\n" +
+	"\x0fdisk_free_bytes\x18\x01 \x01(\x04R\rdiskFreeBytes\x12.\n" +
+	"\x13disk_capacity_bytes\x18\x02 \x01(\x04R\x11diskCapacityBytes\x12,\n" +
+	"\x12disk_reserve_bytes\x18\x03 \x01(\x04R\x10diskReserveBytes\x12-\n" +
+	"\x12publishing_refused\x18\x04 \x01(\bR\x11publishingRefused\x12\x1b\n" +
+	"\tread_only\x18\x05 \x01(\bR\breadOnly\x12\x16\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x13\n" +
 	"\x11ListTopicsRequest\"=\n" +
 	"\x12ListTopicsResponse\x12'\n" +
 	"\x06topics\x18\x01 \x03(\v2\x0f.ferry.v1.TopicR\x06topics\"\x94\x01\n" +
@@ -1731,95 +1844,97 @@ func file_ferry_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_admin_proto_rawDescData
 }
 
-var file_ferry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_ferry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ferry_v1_admin_proto_goTypes = []any{
 	(*CreateTopicRequest)(nil),         // 0: ferry.v1.CreateTopicRequest
 	(*CreateTopicResponse)(nil),        // 1: ferry.v1.CreateTopicResponse
 	(*GetTopicRequest)(nil),            // 2: ferry.v1.GetTopicRequest
 	(*GetTopicResponse)(nil),           // 3: ferry.v1.GetTopicResponse
-	(*ListTopicsRequest)(nil),          // 4: ferry.v1.ListTopicsRequest
-	(*ListTopicsResponse)(nil),         // 5: ferry.v1.ListTopicsResponse
-	(*UpdateTopicRequest)(nil),         // 6: ferry.v1.UpdateTopicRequest
-	(*UpdateTopicResponse)(nil),        // 7: ferry.v1.UpdateTopicResponse
-	(*DeleteTopicRequest)(nil),         // 8: ferry.v1.DeleteTopicRequest
-	(*DeleteTopicResponse)(nil),        // 9: ferry.v1.DeleteTopicResponse
-	(*ReadMessagesRequest)(nil),        // 10: ferry.v1.ReadMessagesRequest
-	(*ReadMessagesResponse)(nil),       // 11: ferry.v1.ReadMessagesResponse
-	(*CreateSubscriptionRequest)(nil),  // 12: ferry.v1.CreateSubscriptionRequest
-	(*CreateSubscriptionResponse)(nil), // 13: ferry.v1.CreateSubscriptionResponse
-	(*GetSubscriptionRequest)(nil),     // 14: ferry.v1.GetSubscriptionRequest
-	(*GetSubscriptionResponse)(nil),    // 15: ferry.v1.GetSubscriptionResponse
-	(*ListSubscriptionsRequest)(nil),   // 16: ferry.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),  // 17: ferry.v1.ListSubscriptionsResponse
-	(*UpdateSubscriptionRequest)(nil),  // 18: ferry.v1.UpdateSubscriptionRequest
-	(*UpdateSubscriptionResponse)(nil), // 19: ferry.v1.UpdateSubscriptionResponse
-	(*DeleteSubscriptionRequest)(nil),  // 20: ferry.v1.DeleteSubscriptionRequest
-	(*DeleteSubscriptionResponse)(nil), // 21: ferry.v1.DeleteSubscriptionResponse
-	(*GetClusterStatusRequest)(nil),    // 22: ferry.v1.GetClusterStatusRequest
-	(*GetClusterStatusResponse)(nil),   // 23: ferry.v1.GetClusterStatusResponse
-	(*NodeStatus)(nil),                 // 24: ferry.v1.NodeStatus
-	(*GroupStatus)(nil),                // 25: ferry.v1.GroupStatus
-	(*FollowerStatus)(nil),             // 26: ferry.v1.FollowerStatus
-	(*TopicConfig)(nil),                // 27: ferry.v1.TopicConfig
-	(*Topic)(nil),                      // 28: ferry.v1.Topic
-	(*PartitionStats)(nil),             // 29: ferry.v1.PartitionStats
-	(*fieldmaskpb.FieldMask)(nil),      // 30: google.protobuf.FieldMask
-	(*Message)(nil),                    // 31: ferry.v1.Message
-	(*SubscriptionConfig)(nil),         // 32: ferry.v1.SubscriptionConfig
-	(*Subscription)(nil),               // 33: ferry.v1.Subscription
-	(*SubscriptionStats)(nil),          // 34: ferry.v1.SubscriptionStats
+	(*StorageStatus)(nil),              // 4: ferry.v1.StorageStatus
+	(*ListTopicsRequest)(nil),          // 5: ferry.v1.ListTopicsRequest
+	(*ListTopicsResponse)(nil),         // 6: ferry.v1.ListTopicsResponse
+	(*UpdateTopicRequest)(nil),         // 7: ferry.v1.UpdateTopicRequest
+	(*UpdateTopicResponse)(nil),        // 8: ferry.v1.UpdateTopicResponse
+	(*DeleteTopicRequest)(nil),         // 9: ferry.v1.DeleteTopicRequest
+	(*DeleteTopicResponse)(nil),        // 10: ferry.v1.DeleteTopicResponse
+	(*ReadMessagesRequest)(nil),        // 11: ferry.v1.ReadMessagesRequest
+	(*ReadMessagesResponse)(nil),       // 12: ferry.v1.ReadMessagesResponse
+	(*CreateSubscriptionRequest)(nil),  // 13: ferry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil), // 14: ferry.v1.CreateSubscriptionResponse
+	(*GetSubscriptionRequest)(nil),     // 15: ferry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),    // 16: ferry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),   // 17: ferry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),  // 18: ferry.v1.ListSubscriptionsResponse
+	(*UpdateSubscriptionRequest)(nil),  // 19: ferry.v1.UpdateSubscriptionRequest
+	(*UpdateSubscriptionResponse)(nil), // 20: ferry.v1.UpdateSubscriptionResponse
+	(*DeleteSubscriptionRequest)(nil),  // 21: ferry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil), // 22: ferry.v1.DeleteSubscriptionResponse
+	(*GetClusterStatusRequest)(nil),    // 23: ferry.v1.GetClusterStatusRequest
+	(*GetClusterStatusResponse)(nil),   // 24: ferry.v1.GetClusterStatusResponse
+	(*NodeStatus)(nil),                 // 25: ferry.v1.NodeStatus
+	(*GroupStatus)(nil),                // 26: ferry.v1.GroupStatus
+	(*FollowerStatus)(nil),             // 27: ferry.v1.FollowerStatus
+	(*TopicConfig)(nil),                // 28: ferry.v1.TopicConfig
+	(*Topic)(nil),                      // 29: ferry.v1.Topic
+	(*PartitionStats)(nil),             // 30: ferry.v1.PartitionStats
+	(*fieldmaskpb.FieldMask)(nil),      // 31: google.protobuf.FieldMask
+	(*Message)(nil),                    // 32: ferry.v1.Message
+	(*SubscriptionConfig)(nil),         // 33: ferry.v1.SubscriptionConfig
+	(*Subscription)(nil),               // 34: ferry.v1.Subscription
+	(*SubscriptionStats)(nil),          // 35: ferry.v1.SubscriptionStats
 }
 var file_ferry_v1_admin_proto_depIdxs = []int32{
-	27, // 0: ferry.v1.CreateTopicRequest.config:type_name -> ferry.v1.TopicConfig
-	28, // 1: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.Topic
-	28, // 2: ferry.v1.GetTopicResponse.topic:type_name -> ferry.v1.Topic
-	29, // 3: ferry.v1.GetTopicResponse.partitions:type_name -> ferry.v1.PartitionStats
-	28, // 4: ferry.v1.ListTopicsResponse.topics:type_name -> ferry.v1.Topic
-	27, // 5: ferry.v1.UpdateTopicRequest.config:type_name -> ferry.v1.TopicConfig
-	30, // 6: ferry.v1.UpdateTopicRequest.update_mask:type_name -> google.protobuf.FieldMask
-	28, // 7: ferry.v1.UpdateTopicResponse.topic:type_name -> ferry.v1.Topic
-	31, // 8: ferry.v1.ReadMessagesResponse.messages:type_name -> ferry.v1.Message
-	32, // 9: ferry.v1.CreateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
-	33, // 10: ferry.v1.CreateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
-	33, // 11: ferry.v1.GetSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
-	34, // 12: ferry.v1.GetSubscriptionResponse.stats:type_name -> ferry.v1.SubscriptionStats
-	33, // 13: ferry.v1.ListSubscriptionsResponse.subscriptions:type_name -> ferry.v1.Subscription
-	34, // 14: ferry.v1.ListSubscriptionsResponse.stats:type_name -> ferry.v1.SubscriptionStats
-	32, // 15: ferry.v1.UpdateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
-	30, // 16: ferry.v1.UpdateSubscriptionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	33, // 17: ferry.v1.UpdateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
-	24, // 18: ferry.v1.GetClusterStatusResponse.nodes:type_name -> ferry.v1.NodeStatus
-	25, // 19: ferry.v1.NodeStatus.groups:type_name -> ferry.v1.GroupStatus
-	26, // 20: ferry.v1.GroupStatus.followers:type_name -> ferry.v1.FollowerStatus
-	0,  // 21: ferry.v1.AdminService.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
-	2,  // 22: ferry.v1.AdminService.GetTopic:input_type -> ferry.v1.GetTopicRequest
-	4,  // 23: ferry.v1.AdminService.ListTopics:input_type -> ferry.v1.ListTopicsRequest
-	6,  // 24: ferry.v1.AdminService.UpdateTopic:input_type -> ferry.v1.UpdateTopicRequest
-	8,  // 25: ferry.v1.AdminService.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
-	10, // 26: ferry.v1.AdminService.ReadMessages:input_type -> ferry.v1.ReadMessagesRequest
-	12, // 27: ferry.v1.AdminService.CreateSubscription:input_type -> ferry.v1.CreateSubscriptionRequest
-	14, // 28: ferry.v1.AdminService.GetSubscription:input_type -> ferry.v1.GetSubscriptionRequest
-	16, // 29: ferry.v1.AdminService.ListSubscriptions:input_type -> ferry.v1.ListSubscriptionsRequest
-	18, // 30: ferry.v1.AdminService.UpdateSubscription:input_type -> ferry.v1.UpdateSubscriptionRequest
-	20, // 31: ferry.v1.AdminService.DeleteSubscription:input_type -> ferry.v1.DeleteSubscriptionRequest
-	22, // 32: ferry.v1.AdminService.GetClusterStatus:input_type -> ferry.v1.GetClusterStatusRequest
-	1,  // 33: ferry.v1.AdminService.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
-	3,  // 34: ferry.v1.AdminService.GetTopic:output_type -> ferry.v1.GetTopicResponse
-	5,  // 35: ferry.v1.AdminService.ListTopics:output_type -> ferry.v1.ListTopicsResponse
-	7,  // 36: ferry.v1.AdminService.UpdateTopic:output_type -> ferry.v1.UpdateTopicResponse
-	9,  // 37: ferry.v1.AdminService.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
-	11, // 38: ferry.v1.AdminService.ReadMessages:output_type -> ferry.v1.ReadMessagesResponse
-	13, // 39: ferry.v1.AdminService.CreateSubscription:output_type -> ferry.v1.CreateSubscriptionResponse
-	15, // 40: ferry.v1.AdminService.GetSubscription:output_type -> ferry.v1.GetSubscriptionResponse
-	17, // 41: ferry.v1.AdminService.ListSubscriptions:output_type -> ferry.v1.ListSubscriptionsResponse
-	19, // 42: ferry.v1.AdminService.UpdateSubscription:output_type -> ferry.v1.UpdateSubscriptionResponse
-	21, // 43: ferry.v1.AdminService.DeleteSubscription:output_type -> ferry.v1.DeleteSubscriptionResponse
-	23, // 44: ferry.v1.AdminService.GetClusterStatus:output_type -> ferry.v1.GetClusterStatusResponse
-	33, // [33:45] is the sub-list for method output_type
-	21, // [21:33] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	28, // 0: ferry.v1.CreateTopicRequest.config:type_name -> ferry.v1.TopicConfig
+	29, // 1: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.Topic
+	29, // 2: ferry.v1.GetTopicResponse.topic:type_name -> ferry.v1.Topic
+	30, // 3: ferry.v1.GetTopicResponse.partitions:type_name -> ferry.v1.PartitionStats
+	4,  // 4: ferry.v1.GetTopicResponse.storage:type_name -> ferry.v1.StorageStatus
+	29, // 5: ferry.v1.ListTopicsResponse.topics:type_name -> ferry.v1.Topic
+	28, // 6: ferry.v1.UpdateTopicRequest.config:type_name -> ferry.v1.TopicConfig
+	31, // 7: ferry.v1.UpdateTopicRequest.update_mask:type_name -> google.protobuf.FieldMask
+	29, // 8: ferry.v1.UpdateTopicResponse.topic:type_name -> ferry.v1.Topic
+	32, // 9: ferry.v1.ReadMessagesResponse.messages:type_name -> ferry.v1.Message
+	33, // 10: ferry.v1.CreateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
+	34, // 11: ferry.v1.CreateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	34, // 12: ferry.v1.GetSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	35, // 13: ferry.v1.GetSubscriptionResponse.stats:type_name -> ferry.v1.SubscriptionStats
+	34, // 14: ferry.v1.ListSubscriptionsResponse.subscriptions:type_name -> ferry.v1.Subscription
+	35, // 15: ferry.v1.ListSubscriptionsResponse.stats:type_name -> ferry.v1.SubscriptionStats
+	33, // 16: ferry.v1.UpdateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
+	31, // 17: ferry.v1.UpdateSubscriptionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	34, // 18: ferry.v1.UpdateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	25, // 19: ferry.v1.GetClusterStatusResponse.nodes:type_name -> ferry.v1.NodeStatus
+	26, // 20: ferry.v1.NodeStatus.groups:type_name -> ferry.v1.GroupStatus
+	27, // 21: ferry.v1.GroupStatus.followers:type_name -> ferry.v1.FollowerStatus
+	0,  // 22: ferry.v1.AdminService.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
+	2,  // 23: ferry.v1.AdminService.GetTopic:input_type -> ferry.v1.GetTopicRequest
+	5,  // 24: ferry.v1.AdminService.ListTopics:input_type -> ferry.v1.ListTopicsRequest
+	7,  // 25: ferry.v1.AdminService.UpdateTopic:input_type -> ferry.v1.UpdateTopicRequest
+	9,  // 26: ferry.v1.AdminService.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
+	11, // 27: ferry.v1.AdminService.ReadMessages:input_type -> ferry.v1.ReadMessagesRequest
+	13, // 28: ferry.v1.AdminService.CreateSubscription:input_type -> ferry.v1.CreateSubscriptionRequest
+	15, // 29: ferry.v1.AdminService.GetSubscription:input_type -> ferry.v1.GetSubscriptionRequest
+	17, // 30: ferry.v1.AdminService.ListSubscriptions:input_type -> ferry.v1.ListSubscriptionsRequest
+	19, // 31: ferry.v1.AdminService.UpdateSubscription:input_type -> ferry.v1.UpdateSubscriptionRequest
+	21, // 32: ferry.v1.AdminService.DeleteSubscription:input_type -> ferry.v1.DeleteSubscriptionRequest
+	23, // 33: ferry.v1.AdminService.GetClusterStatus:input_type -> ferry.v1.GetClusterStatusRequest
+	1,  // 34: ferry.v1.AdminService.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
+	3,  // 35: ferry.v1.AdminService.GetTopic:output_type -> ferry.v1.GetTopicResponse
+	6,  // 36: ferry.v1.AdminService.ListTopics:output_type -> ferry.v1.ListTopicsResponse
+	8,  // 37: ferry.v1.AdminService.UpdateTopic:output_type -> ferry.v1.UpdateTopicResponse
+	10, // 38: ferry.v1.AdminService.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
+	12, // 39: ferry.v1.AdminService.ReadMessages:output_type -> ferry.v1.ReadMessagesResponse
+	14, // 40: ferry.v1.AdminService.CreateSubscription:output_type -> ferry.v1.CreateSubscriptionResponse
+	16, // 41: ferry.v1.AdminService.GetSubscription:output_type -> ferry.v1.GetSubscriptionResponse
+	18, // 42: ferry.v1.AdminService.ListSubscriptions:output_type -> ferry.v1.ListSubscriptionsResponse
+	20, // 43: ferry.v1.AdminService.UpdateSubscription:output_type -> ferry.v1.UpdateSubscriptionResponse
+	22, // 44: ferry.v1.AdminService.DeleteSubscription:output_type -> ferry.v1.DeleteSubscriptionResponse
+	24, // 45: ferry.v1.AdminService.GetClusterStatus:output_type -> ferry.v1.GetClusterStatusResponse
+	34, // [34:46] is the sub-list for method output_type
+	22, // [22:34] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_admin_proto_init() }
@@ -1836,7 +1951,7 @@ func file_ferry_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_admin_proto_rawDesc), len(file_ferry_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
