@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/ferrymq/ferry/internal/echo"
 )
 
 // DiskReserve is how much of the data directory's filesystem the store
@@ -32,16 +34,16 @@ func ParseDiskReserve(s string) (DiskReserve, error) {
 	if p, ok := strings.CutSuffix(t, "%"); ok {
 		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
 		if err != nil || math.IsNaN(v) || v <= 0 || v >= 100 {
-			return DiskReserve{}, fmt.Errorf("disk reserve %q: a percentage must be above 0%% and below 100%%: %w", truncate(s, 40), ErrInvalidConfig)
+			return DiskReserve{}, fmt.Errorf("disk reserve %s: a percentage must be above 0%% and below 100%%: %w", echo.Quote(s), ErrInvalidConfig)
 		}
 		return DiskReserve{Percent: v}, nil
 	}
 	n, err := ParseBytes(t)
 	if err != nil {
-		return DiskReserve{}, fmt.Errorf("disk reserve %q: want a size such as 512MiB or a percentage such as 5%%: %w", truncate(s, 40), ErrInvalidConfig)
+		return DiskReserve{}, fmt.Errorf("disk reserve %s: want a size such as 512MiB or a percentage such as 5%%: %w", echo.Quote(s), ErrInvalidConfig)
 	}
 	if n == 0 {
-		return DiskReserve{}, fmt.Errorf("disk reserve %q: the reserve cannot be 0; Badger's own writes need it: %w", truncate(s, 40), ErrInvalidConfig)
+		return DiskReserve{}, fmt.Errorf("disk reserve %s: the reserve cannot be 0; Badger's own writes need it: %w", echo.Quote(s), ErrInvalidConfig)
 	}
 	return DiskReserve{Bytes: n}, nil
 }
@@ -110,11 +112,11 @@ func ParseBytes(s string) (uint64, error) {
 		i++
 	}
 	if i == 0 {
-		return 0, fmt.Errorf("size %q: want a number with an optional unit such as MiB", truncate(s, 40))
+		return 0, fmt.Errorf("size %s: want a number with an optional unit such as MiB", echo.Quote(s))
 	}
 	n, err := strconv.ParseUint(t[:i], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("size %q: %w", truncate(s, 40), err)
+		return 0, fmt.Errorf("size %s: %w", echo.Quote(s), err)
 	}
 	var mult uint64
 	switch strings.TrimSpace(t[i:]) {
@@ -137,10 +139,10 @@ func ParseBytes(s string) (uint64, error) {
 	case "TB":
 		mult = 1e12
 	default:
-		return 0, fmt.Errorf("size %q: unit %q: want B, KiB, MiB, GiB, TiB, KB, MB, GB or TB", truncate(s, 40), truncate(t[i:], 10))
+		return 0, fmt.Errorf("size %s: unit %s: want B, KiB, MiB, GiB, TiB, KB, MB, GB or TB", echo.Quote(s), echo.Quote(t[i:]))
 	}
 	if n > math.MaxUint64/mult {
-		return 0, fmt.Errorf("size %q is too large", truncate(s, 40))
+		return 0, fmt.Errorf("size %s is too large", echo.Quote(s))
 	}
 	return n * mult, nil
 }

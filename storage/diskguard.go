@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/echo"
 )
 
 // writeKind is what a write does to the disk, as the guard sees it.
@@ -160,9 +161,9 @@ func (g *diskGuard) observe(err error) {
 	switch {
 	case err == nil:
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		g.setReadOnly("disk full: "+truncate(err.Error(), 200), false)
+		g.setReadOnly("disk full: "+echo.Cut(err.Error(), 200), false)
 	case errors.Is(err, syscall.EIO), errors.Is(err, syscall.EROFS):
-		g.setReadOnly("disk error: "+truncate(err.Error(), 200)+"; restart the broker once the disk is fixed", true)
+		g.setReadOnly("disk error: "+echo.Cut(err.Error(), 200)+"; restart the broker once the disk is fixed", true)
 	}
 }
 
