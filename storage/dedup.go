@@ -19,7 +19,7 @@ import (
 // A repeat is a duplicate if its id's d key names a time less than the
 // window before the append's time. In front of the keys, dedupIndex keeps
 // bloom filters of the ids added (dedup_filter.go): a fresh id, the common
-// case, needs no Badger read, and memory is about 1.25 bytes an id, not an
+// case, needs no Badger read, and memory is about 2 bytes an id, not an
 // id's worth (a map of every id took ~85 bytes an id), with a bound per
 // partition past which the filter only gets less selective. Expiry deletes
 // the d keys of messages a window old, walking message keys (which hold
@@ -186,9 +186,14 @@ func deleteDedup(txn *badger.Txn, tid, part uint32, id string, offset uint64) (i
 // openDedup builds a partition's in-memory index when it is opened: it
 // reads the d keys, deletes those that expired before now or whose message
 // retention removed (below the first offset), and puts the others in the
-// filter. Expiry goes on from the first message of the window.
+// filter. Expiry goes on from the first message of the window. An empty
+// partition is not read (so opening many idle partitions stays cheap): the
+// d keys it may hold are below its first offset, forgotten.
 func openDedup(db *badger.DB, tid, part uint32, meta partitionMeta, now time.Time, window time.Duration) (*dedupIndex, error) {
 	d := &dedupIndex{floor: meta.first, expiredTo: meta.first}
+	if meta.head == meta.first {
+		return d, nil
+	}
 	dead := db.NewWriteBatch()
 	defer dead.Cancel()
 	err := db.View(func(txn *badger.Txn) error {
@@ -213,9 +218,6 @@ func openDedup(db *badger.DB, tid, part uint32, meta partitionMeta, now time.Tim
 			}
 			d.filter.add(string(k[partitionPrefixLen:]), e.time)
 		}
-		if meta.head == meta.first {
-			return nil
-		}
 		mopts := badger.DefaultIteratorOptions
 		mopts.PrefetchValues = false
 		mopts.Prefix = partitionPrefix(kindMessage, tid, part)
@@ -234,10 +236,12 @@ func openDedup(db *badger.DB, tid, part uint32, meta partitionMeta, now time.Tim
 	return d, nil
 }
 
-// importDedup writes the d keys of a partition just imported, for the ids
-// of its messages stored less than window before its last publish time
-// (every entry to come is applied at that time or later), and returns its
-// index. Its old d keys were deleted when the import began.
+// importDedup writes the d keys of a partition being imported, whose
+// messages are written and whose meta is not yet, for the ids of its
+// messages stored less than window before its last publish time (every
+// entry to come is applied at that time or later), and returns its index.
+// Its old d keys were deleted when the import began; a crash before the
+// meta is written leaves the import marker, and the import is done again.
 func importDedup(db *badger.DB, tid, part uint32, meta partitionMeta, window time.Duration) (*dedupIndex, error) {
 	d := &dedupIndex{floor: meta.first, expiredTo: meta.first}
 	if meta.head == meta.first {

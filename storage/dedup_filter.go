@@ -9,23 +9,24 @@ import (
 // dedupFilter is a partition's bloom filters of the ids it published: a
 // few generations, the newest taking the adds. It never answers no for an
 // id added (so a lookup it rules out needs no Badger read) and answers yes
-// for about 1% of the others. A generation is dropped once its newest id
-// expired, so expired ids leave with it. Generations start small (an idle
-// partition has none) and double up to dedupFilterMaxIDs; with
-// dedupFilterMaxGens of them the newest takes every further add and grows
-// less selective instead of bigger: memory per partition stays under
-// 4 MiB whatever the rate (10 bits an id, at most about 3 million ids'
-// worth), and a lookup then reads Badger more often, still deciding right.
+// for about 0.2% of the others per generation. A generation is dropped
+// once its newest id expired, so expired ids leave with it. Generations
+// start small (an idle partition has none, one with a few ids 7 KiB) and
+// grow fourfold up to dedupFilterMaxIDs; with dedupFilterMaxGens of them
+// the newest takes every further add and grows less selective instead of
+// bigger: memory per partition stays under 4.5 MiB whatever the rate (14
+// bits an id, at most about 2.3 million ids' worth), and a lookup then
+// reads Badger more often, still deciding right.
 type dedupFilter struct {
 	gens []*bloom // oldest first; the last takes the adds
 }
 
 const (
-	dedupFilterFirstIDs = 1 << 10 // ids the first generation is sized for
+	dedupFilterFirstIDs = 4 << 10 // ids the first generation is sized for
 	dedupFilterMaxIDs   = 1 << 20 // ids the largest generation is sized for
-	dedupFilterMaxGens  = 2 + 10  // 1Ki to 1Mi doubling, then two more at 1Mi
-	bloomBitsPerID      = 10      // with 7 hashes: about 0.8% false positives
-	bloomHashes         = 7
+	dedupFilterMaxGens  = 6       // 4Ki, 16Ki, 64Ki, 256Ki, 1Mi, and one more 1Mi
+	bloomBitsPerID      = 14      // with 10 hashes: about 0.2% false positives
+	bloomHashes         = 10
 )
 
 // bloomSeed hashes ids: the filters live in memory only, so a seed per
@@ -81,7 +82,7 @@ func (f *dedupFilter) add(id string, t time.Time) {
 	if n == 0 || (f.gens[n-1].n >= f.gens[n-1].capacity && n < dedupFilterMaxGens) {
 		capacity := dedupFilterFirstIDs
 		if n > 0 {
-			capacity = min(2*f.gens[n-1].capacity, dedupFilterMaxIDs)
+			capacity = min(4*f.gens[n-1].capacity, dedupFilterMaxIDs)
 		}
 		f.gens = append(f.gens, newBloom(capacity))
 	}

@@ -114,3 +114,111 @@ func BenchmarkDedupMemory(b *testing.B) {
 		b.ReportMetric(float64(int64(with)-int64(without))/float64(n), "bytes/id")
 	}
 }
+
+// TestDedupFilter checks the filters: no id added is ever ruled out, under
+// 1% of the others are let through, generations stop at the bound (then
+// the newest takes every add), and expiry drops the generations whose ids
+// all expired.
+func TestDedupFilter(t *testing.T) {
+	var f dedupFilter
+	const n = 50_000
+	for i := range n {
+		f.add(benchID(uint64(i)), t0.Add(time.Duration(i)*time.Millisecond))
+	}
+	for i := range n {
+		if !f.mayContain(benchID(uint64(i))) {
+			t.Fatalf("id %d added but ruled out", i)
+		}
+	}
+	fp := 0
+	for i := n; i < 2*n; i++ {
+		if f.mayContain(benchID(uint64(i))) {
+			fp++
+		}
+	}
+	if rate := float64(fp) / n; rate > 0.01 {
+		t.Errorf("%.2f%% false positives, want under 1%%", 100*rate)
+	}
+	// 4Ki, 16Ki, 64Ki: 84Ki ids in 3 generations.
+	if len(f.gens) != 3 || f.count() != n {
+		t.Errorf("%d generations holding %d ids, want 3 holding %d", len(f.gens), f.count(), n)
+	}
+	// At 35s with a 10s window, the generations whose newest id is from
+	// 25s or before go: the first two (20Ki ids, up to 20.5s). The third,
+	// whose ids go on to 50s, stays whole.
+	f.expire(t0.Add(35*time.Second), 10*time.Second)
+	if len(f.gens) != 1 {
+		t.Errorf("%d generations after expiry, want 1 (from 20Ki ids on)", len(f.gens))
+	}
+	for i := 20 << 10; i < n; i++ {
+		if !f.mayContain(benchID(uint64(i))) {
+			t.Fatalf("id %d of a live generation ruled out after expiry", i)
+		}
+	}
+
+	var big dedupFilter
+	for i := range 3 << 20 { // far past the bound
+		big.add(benchID(uint64(i)), t0)
+	}
+	bytes := 0
+	for _, g := range big.gens {
+		bytes += 8 * len(g.bits)
+	}
+	if len(big.gens) != dedupFilterMaxGens || bytes > 9<<19 {
+		t.Errorf("%d generations of %d bytes, want %d under 4.5 MiB", len(big.gens), bytes, dedupFilterMaxGens)
+	}
+	if !big.mayContain(benchID(3<<20 - 1)) {
+		t.Error("the last id added to a full filter is ruled out")
+	}
+}
+
+// TestDedupKeysExpire checks that the d keys go once their window passed:
+// expiry deletes them (more than one command's worth), and an open deletes
+// those whose message retention removed first.
+func TestDedupKeysExpire(t *testing.T) {
+	clk := clock.NewFake(t0)
+	opts := testOptions(t, clk)
+	s := openStore(t, opts)
+	mustCreate(t, s, "t", TopicConfig{DedupWindow: time.Minute})
+	const n = dedupExpireLimit + 500
+	msgs := make([]Message, 1000)
+	for off := 0; off < n; off += len(msgs) {
+		msgs = msgs[:min(len(msgs), n-off)]
+		for i := range msgs {
+			msgs[i] = Message{ID: benchID(uint64(off + i)), Payload: []byte("p")}
+		}
+		mustAppend(t, s, "t", 0, msgs...)
+	}
+	if got := countKeys(t, s, kindDedup); got != n {
+		t.Fatalf("%d d keys for %d ids", got, n)
+	}
+	clk.Advance(time.Minute)
+	mustAppend(t, s, "t", 0, msg("late", "stays"))
+	if err := s.EnforceRetention(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := countKeys(t, s, kindDedup); got != 1 {
+		t.Fatalf("%d d keys after the window, want 1 (late's)", got)
+	}
+
+	// Retention removes late's message within its window: its d key stays
+	// (a repeat is still a duplicate) until the next open forgets it.
+	if _, err := s.UpdateTopic(context.Background(), "t", func(c *TopicConfig) { c.RetentionMaxMessages = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, "t", 0, msg("", "newest"))
+	if err := s.EnforceRetention(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if r := mustAppend(t, s, "t", 0, msg("late", "again")); !r[0].Duplicate {
+		t.Fatalf("repeat of late after retention = %+v, want duplicate", r[0])
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, opts)
+	mustAppend(t, s, "t", 0, msg("", "after open"))
+	if got := countKeys(t, s, kindDedup); got != 0 {
+		t.Fatalf("%d d keys after an open, want 0", got)
+	}
+}

@@ -35,7 +35,7 @@
 // An id published within the dedup window has a d key in Badger (dedup.go),
 // written with its message in one transaction, so replicas decide alike.
 // Each partition's writer keeps bloom filters of its ids in memory, about
-// 1.25 bytes an id and bounded per partition, so a fresh id needs no Badger
+// 2 bytes an id and bounded per partition, so a fresh id needs no Badger
 // read. Expiry deletes the d keys a window old as it walks the message keys,
 // which hold the ids. When a partition's writer starts it reads its d keys
 // into the filters; appends wait for that, reads do not. An id whose message
