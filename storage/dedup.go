@@ -26,8 +26,9 @@ import (
 // the ids) from where it stopped last; what it misses (the d keys of
 // messages retention removed first) goes when the partition is next opened.
 
-// dedupExpireLimit bounds the d keys one expiry deletes: a pass continues
-// in the next command (result.more), so no transaction grows too big.
+// dedupExpireLimit bounds the d keys one expiry deletes, and four times it
+// the message keys it walks: a pass continues in the next command
+// (result.more), so no transaction grows too big and no apply takes long.
 const dedupExpireLimit = deleteLimit
 
 // dedupIndex is one partition's in-memory part of the dedup index: the
@@ -119,8 +120,8 @@ func (d *dedupIndex) len() int { return d.filter.count() }
 
 // expire deletes in txn the d keys of messages stored window or more
 // before now, at most dedupExpireLimit of them, walking message keys from
-// expiredTo; more says the limit stopped it. It drops the filters whose
-// ids all expired.
+// expiredTo; more says a limit stopped it. It drops the filters whose ids
+// all expired.
 func (s *partitionState) expireDedup(txn *badger.Txn, now time.Time, window time.Duration) (deleted int, more bool, err error) {
 	d := s.dedup
 	d.filter.expire(now, window)
@@ -133,6 +134,7 @@ func (s *partitionState) expireDedup(txn *badger.Txn, now time.Time, window time
 	opts.Prefix = partitionPrefix(kindMessage, s.tid, s.part)
 	it := txn.NewIterator(opts)
 	defer it.Close()
+	walked := 0
 	for it.Seek(messageSeekKey(s.tid, s.part, from)); it.Valid(); it.Next() {
 		info, err := decodeMessageKey(it.Item().Key())
 		if err != nil {
@@ -140,6 +142,9 @@ func (s *partitionState) expireDedup(txn *badger.Txn, now time.Time, window time
 		}
 		if info.offset >= s.meta.head || now.Sub(info.publishTime) < window {
 			break
+		}
+		if walked++; walked > 4*dedupExpireLimit {
+			return deleted, true, nil
 		}
 		if info.id != "" {
 			if deleted == dedupExpireLimit {
