@@ -173,14 +173,15 @@ func TestDedupFilter(t *testing.T) {
 }
 
 // TestDedupKeysExpire checks that the d keys go once their window passed:
-// expiry deletes them (more than one command's worth), and an open deletes
-// those whose message retention removed first.
+// expiry deletes them (more than three commands' worth: a background pass
+// and EnforceRetention each go on until done), and an open deletes those
+// whose message retention removed first.
 func TestDedupKeysExpire(t *testing.T) {
 	clk := clock.NewFake(t0)
 	opts := testOptions(t, clk)
 	s := openStore(t, opts)
 	mustCreate(t, s, "t", TopicConfig{DedupWindow: time.Minute})
-	const n = dedupExpireLimit + 500
+	const n = 3*dedupExpireLimit + 500
 	msgs := make([]Message, 1000)
 	for off := 0; off < n; off += len(msgs) {
 		msgs = msgs[:min(len(msgs), n-off)]
