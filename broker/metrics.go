@@ -218,30 +218,36 @@ func (c *subscriptionCollector) Collect(ch chan<- prometheus.Metric) {
 	type key struct{ topic, sub string }
 	values := map[key][]float64{}
 	var order []key
-	for _, t := range c.st.Topics() {
-		infos, err := c.engine.Subscriptions(ctx, t.Name)
-		if err != nil {
-			continue // deleted meanwhile
+	topics := c.st.Topics()
+	names := make([]string, len(topics))
+	for i, t := range topics {
+		names[i] = t.Name
+	}
+	// One pass over every subscription: a scrape is linear in topics +
+	// subscriptions.
+	err := c.engine.EachSubscription(ctx, names, func(info consumer.Info) {
+		k := key{info.Topic, info.Name}
+		if len(order) >= MaxSubscriptionSeries {
+			k = key{"_other", "_other"}
 		}
-		for _, info := range infos {
-			k := key{t.Name, info.Name}
-			if len(order) >= MaxSubscriptionSeries {
-				k = key{"_other", "_other"}
-			}
-			v, ok := values[k]
-			if !ok {
-				v = make([]float64, len(subscriptionSeries))
-				values[k] = v
-				order = append(order, k)
-			}
-			for i, s := range subscriptionSeries {
-				if s.counter || i != oldestSeries {
-					v[i] += s.value(info.Stats, now)
-				} else {
-					v[i] = max(v[i], s.value(info.Stats, now)) // an age does not add up
-				}
+		v, ok := values[k]
+		if !ok {
+			v = make([]float64, len(subscriptionSeries))
+			values[k] = v
+			order = append(order, k)
+		}
+		for i, s := range subscriptionSeries {
+			if s.counter || i != oldestSeries {
+				v[i] += s.value(info.Stats, now)
+			} else {
+				v[i] = max(v[i], s.value(info.Stats, now)) // an age does not add up
 			}
 		}
+	})
+	if err != nil {
+		// The broker is closing or the scrape timed out: no series rather
+		// than partial sums, which would look like counter resets.
+		return
 	}
 	for _, k := range order {
 		for i, s := range subscriptionSeries {

@@ -338,21 +338,57 @@ func (e *Engine) heads(topic string) ([]uint64, error) {
 // Subscriptions returns every subscription of topic, ordered by name, with
 // stats.
 func (e *Engine) Subscriptions(ctx context.Context, topic string) ([]Info, error) {
+	return e.subscriptions(ctx, topic, e.ephemeralNames()[topic])
+}
+
+// EachSubscription calls fn with every subscription of each of topics, in
+// the order given, each topic's ordered by name, with stats. A topic or
+// subscription deleted meanwhile is skipped. It walks the engine's loops
+// once, not once per topic: its cost is linear in topics + subscriptions
+// (a scrape of /metrics reads every one).
+func (e *Engine) EachSubscription(ctx context.Context, topics []string, fn func(Info)) error {
+	ephemeral := e.ephemeralNames()
+	for _, t := range topics {
+		infos, err := e.subscriptions(ctx, t, ephemeral[t])
+		if errors.Is(err, storage.ErrTopicNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		for _, info := range infos {
+			fn(info)
+		}
+	}
+	return nil
+}
+
+// ephemeralNames returns the names of the running NONE subscriptions, by
+// topic.
+func (e *Engine) ephemeralNames() map[string][]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	names := make(map[string][]string)
+	for k, l := range e.loops {
+		if l.ephemeral {
+			names[k.topic] = append(names[k.topic], k.name)
+		}
+	}
+	return names
+}
+
+// subscriptions returns the stored subscriptions of topic and the NONE
+// ones named in ephemeral, ordered by name, with stats.
+func (e *Engine) subscriptions(ctx context.Context, topic string, ephemeral []string) ([]Info, error) {
 	subs, err := e.opts.Log.Subscriptions(topic)
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, 0, len(subs))
+	names := make([]string, 0, len(subs)+len(ephemeral))
 	for _, s := range subs {
 		names = append(names, s.Name)
 	}
-	e.mu.Lock()
-	for k, l := range e.loops {
-		if k.topic == topic && l.ephemeral {
-			names = append(names, k.name)
-		}
-	}
-	e.mu.Unlock()
+	names = append(names, ephemeral...)
 	heads, err := e.heads(topic)
 	if err != nil {
 		return nil, err

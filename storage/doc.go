@@ -32,11 +32,13 @@
 //
 // # Dedup
 //
-// Each partition's writer keeps the ids published within the dedup window in
-// memory (dedup.go), as NATS JetStream does; the ids themselves are stored in
-// the message keys, so a message is one Badger entry. When a partition's
-// writer starts it rebuilds the index from the keys of the last window's
-// messages; appends wait for that, reads do not. An id whose message
+// An id published within the dedup window has a d key in Badger (dedup.go),
+// written with its message in one transaction, so replicas decide alike.
+// Each partition's writer keeps bloom filters of its ids in memory, about
+// 2 bytes an id and bounded per partition, so a fresh id needs no Badger
+// read. Expiry deletes the d keys a window old as it walks the message keys,
+// which hold the ids. When a partition's writer starts it reads its d keys
+// into the filters; appends wait for that, reads do not. An id whose message
 // retention removed before its window ended is forgotten at the next start.
 //
 // # Retention

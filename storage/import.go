@@ -13,13 +13,14 @@ import (
 //
 //  1. Replica.Import parks the partition's writer and, in one transaction,
 //     writes the import marker (i <tid> <part>) and an empty meta, whose
-//     applied index is 0. Then it deletes the partition's messages.
+//     applied index is 0. Then it deletes the partition's messages and
+//     dedup ids.
 //  2. Add writes each chunk's pairs, checked (importCheck), in write
 //     batches: messages, cursors (overwriting this node's) and acked ids
 //     (added to this node's: other partitions' groups write them too).
-//  3. Finish writes the export's meta, with its applied index, and deletes
-//     the marker in one last transaction, syncs, rebuilds the writer's
-//     dedup index and tail cache, and resumes the writer.
+//  3. Finish writes the partition's dedup ids (d keys, from the messages'
+//     keys), then the export's meta, with its applied index, and deletes
+//     the marker in one last transaction, syncs, and resumes the writer.
 //
 // So the applied index is written last: a crash (or an Abort) in between
 // leaves a partition that claims nothing applied, whose meta says it is
@@ -96,18 +97,21 @@ func (im *Import) begin(ctx context.Context) error {
 	p.applied.Store(0)
 	p.tail.reset()
 	p.publish(&partitionMeta{}, nil, nil)
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, err := deleteSome(p.db, partitionPrefix(kindMessage, p.tid, p.part), deleteLimit)
-		if err != nil {
-			return fmt.Errorf("delete the partition's messages: %w", err)
-		}
-		if n == 0 {
-			return nil
+	for _, kind := range []byte{kindMessage, kindDedup} {
+		for {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n, err := deleteSome(p.db, partitionPrefix(kind, p.tid, p.part), deleteLimit)
+			if err != nil {
+				return fmt.Errorf("delete the partition's messages and dedup ids: %w", err)
+			}
+			if n == 0 {
+				break
+			}
 		}
 	}
+	return nil
 }
 
 // Import marker, the value of an i key:
@@ -187,7 +191,18 @@ func (im *Import) Finish() error {
 	if err := im.wb.Flush(); err != nil {
 		return im.fail(fmt.Errorf("write the export: %w", err))
 	}
-	err := p.db.Update(func(txn *badger.Txn) error {
+	window := DefaultDedupWindow
+	if h, err := im.s.handle(p.topic); err == nil {
+		window = h.topic.Config.DedupWindow
+	}
+	// The last publish time, not this node's clock: every entry to come is
+	// applied at that time or later, so the d keys hold every id a lookup
+	// can find, whatever this node's clock says.
+	dedup, err := importDedup(p.db, p.tid, p.part, meta, window)
+	if err != nil {
+		return im.fail(fmt.Errorf("write the dedup ids: %w", err))
+	}
+	err = p.db.Update(func(txn *badger.Txn) error {
 		if err := txn.Set(partitionKey(p.tid, p.part), meta.encode()); err != nil {
 			return err
 		}
@@ -200,21 +215,7 @@ func (im *Import) Finish() error {
 	if err := enqueueSync(p.sync).wait(); err != nil {
 		return im.fail(err)
 	}
-	st := partitionState{tid: p.tid, part: p.part, meta: meta}
-	window := DefaultDedupWindow
-	if h, err := im.s.handle(p.topic); err == nil {
-		window = h.topic.Config.DedupWindow
-	}
-	// The last publish time, not this node's clock: every entry to come is
-	// applied at that time or later, so the index holds every id a lookup
-	// can find, whatever this node's clock says.
-	err = p.db.View(func(txn *badger.Txn) (err error) {
-		st.dedup, err = rebuildDedup(txn, p.tid, p.part, meta, meta.lastTime, window)
-		return err
-	})
-	if err != nil {
-		return im.fail(fmt.Errorf("rebuild the dedup index: %w", err))
-	}
+	st := partitionState{tid: p.tid, part: p.part, meta: meta, dedup: dedup}
 	im.done = true
 	p.applied.Store(meta.applied)
 	p.publish(&meta, nil, nil)

@@ -23,6 +23,8 @@ import (
 //	                                           → message record; t is the publish time in
 //	                                             unix nanoseconds, size the record's length
 //	                                             and id the dedup id (may be empty)
+//	d <tid u32> <part u32> <id>                → offset u64 | publish time i64: the id's latest
+//	                                             store, while within the dedup window (dedup.go)
 //	o                                          → next subscription id, u32
 //	s <tid u32> <name>                         → subscription record (sid, config, create time)
 //	c <tid u32> <part u32> <sid u32>           → a subscription's cursor state in a partition,
@@ -43,9 +45,9 @@ import (
 //
 // Per partition the m keys are dense in offset. What retention and dedup need
 // is in the key, so both walk keys without reading values: retention sums
-// sizes and compares times; Open rebuilds a partition's in-memory dedup index
-// (dedup.go) by walking back from the head over the last dedup window. There
-// is no dedup key: one Badger entry per message. The partition meta is
+// sizes and compares times; dedup expiry walks them to find the d keys a
+// window old. A message with an id has its d key written in the same
+// transaction, so a lookup by id is one read. The partition meta is
 // rewritten in every append's transaction, so opening a store reads one key
 // per partition to find every head, never the whole log.
 //
@@ -69,6 +71,7 @@ const (
 	kindTombstone byte = 'z'
 	kindPartition byte = 'p'
 	kindMessage   byte = 'm'
+	kindDedup     byte = 'd'
 	kindNextSubID byte = 'o'
 	kindSub       byte = 's'
 	kindCursor    byte = 'c'
@@ -89,7 +92,7 @@ const (
 )
 
 // topicDataKinds are the kinds of key dropped with a deleted topic.
-var topicDataKinds = []byte{kindMessage, kindCursor, kindAckedID, kindSubTomb, kindSub, kindImport}
+var topicDataKinds = []byte{kindMessage, kindDedup, kindCursor, kindAckedID, kindSubTomb, kindSub, kindImport}
 
 const (
 	partitionPrefixLen = 1 + 4 + 4

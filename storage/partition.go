@@ -193,10 +193,8 @@ func (p *Partition) waitHead(ctx context.Context, off uint64) (uint64, error) {
 func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 	defer close(p.done)
 	if st.dedup == nil {
-		err := p.db.View(func(txn *badger.Txn) (err error) {
-			st.dedup, err = rebuildDedup(txn, p.tid, p.part, st.meta, p.clk.Now(), dedupWindow)
-			return err
-		})
+		var err error
+		st.dedup, err = openDedup(p.db, p.tid, p.part, st.meta, p.clk.Now(), dedupWindow)
 		if err != nil {
 			p.log.Error("partition dedup index rebuild failed; refusing writes", "topic", p.topic, "partition", p.part, "err", err)
 			for r := range p.queue {
@@ -205,7 +203,7 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 			}
 			return
 		}
-		p.log.Debug("partition dedup index rebuilt", "topic", p.topic, "partition", p.part, "ids", st.dedup.len())
+		p.log.Debug("partition dedup index opened", "topic", p.topic, "partition", p.part, "ids", st.dedup.len())
 	}
 	group := make([]*request, 0, p.opts.MaxGroupAppends)
 	cmds := make([]*command, 0, p.opts.MaxGroupAppends)

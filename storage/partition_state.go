@@ -99,8 +99,10 @@ type partitionState struct {
 // give the same writes and results. It reads no clock and starts no
 // goroutine. On error the caller discards txn and keeps the old state; on
 // success it commits txn and then calls commitDedup on the new state. Only
-// expiry changes the dedup index in place, which is harmless if the
-// transaction then fails: an expired id is no longer a duplicate anyway.
+// expiry changes the dedup index in place (its filters and where its walk
+// stands), which is harmless if the transaction then fails: an expired id
+// is no longer a duplicate anyway, and a d key left behind is read as
+// expired and goes at the next open.
 func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (partitionState, []result, error) {
 	s.added, s.addedIDs = nil, nil
 	before := s.meta
@@ -119,7 +121,7 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 		case cmdTrim:
 			results[i].deleted, results[i].more, err = s.trim(txn, c.trimTo, c.limit)
 		case cmdExpireDedup:
-			results[i].deleted = s.dedup.expire(now, c.dedupWindow)
+			results[i].deleted, results[i].more, err = s.expireDedup(txn, now, c.dedupWindow)
 		default:
 			err = fmt.Errorf("command kind %d: %w", c.kind, ErrCorrupt)
 		}
@@ -135,7 +137,7 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 	return s, results, nil
 }
 
-// commitDedup puts the ids of a committed apply into the index.
+// commitDedup lets the index's filter know the ids of a committed apply.
 func (s *partitionState) commitDedup() {
 	for _, r := range s.added {
 		s.dedup.add(r)
@@ -152,13 +154,17 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 	if t.Before(s.meta.lastTime) {
 		t = s.meta.lastTime
 	}
-	s.dedup.expire(t, c.dedupWindow)
+	s.dedup.filter.expire(t, c.dedupWindow)
 	res := make([]AppendResult, len(c.msgs))
 	sizes := make([]int, len(c.msgs))
 	for i := range c.msgs {
 		m := &c.msgs[i]
 		if m.ID != "" {
-			if e, ok := s.lookupID(m.ID, t, c.dedupWindow); ok {
+			e, ok, err := s.lookupID(txn, m.ID, t, c.dedupWindow)
+			if err != nil {
+				return nil, nil, err
+			}
+			if ok {
 				res[i] = AppendResult{Offset: e.offset, Duplicate: true}
 				continue
 			}
@@ -172,7 +178,11 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 		}
 		sizes[i] = len(rec)
 		if m.ID != "" {
-			s.noteAdded(dedupRecord{id: m.ID, dedupEntry: dedupEntry{offset: off, time: t}})
+			r := dedupRecord{id: m.ID, dedupEntry: dedupEntry{offset: off, time: t}}
+			if err := putDedup(txn, s.tid, s.part, r); err != nil {
+				return nil, nil, err
+			}
+			s.noteAdded(r)
 		}
 		s.meta.head++
 		s.meta.bytes += uint64(len(rec))
@@ -183,20 +193,20 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 }
 
 // lookupID finds id among the ids stored within window before now: those
-// of this apply first, then the index.
-func (s *partitionState) lookupID(id string, now time.Time, window time.Duration) (dedupEntry, bool) {
+// of this apply first (the filter learns them on commit), then the index.
+func (s *partitionState) lookupID(txn *badger.Txn, id string, now time.Time, window time.Duration) (dedupEntry, bool, error) {
 	if s.addedIDs != nil {
 		if i, ok := s.addedIDs[id]; ok {
-			return s.added[i].dedupEntry, true
+			return s.added[i].dedupEntry, true, nil
 		}
 	} else {
 		for i := len(s.added) - 1; i >= 0; i-- {
 			if s.added[i].id == id {
-				return s.added[i].dedupEntry, true
+				return s.added[i].dedupEntry, true, nil
 			}
 		}
 	}
-	return s.dedup.lookup(id, now, window)
+	return s.dedup.lookup(txn, s.tid, s.part, id, now, window)
 }
 
 // noteAdded records an id this apply stored.

@@ -62,12 +62,17 @@ func (s *Store) enforcePartition(ctx context.Context, cfg TopicConfig, p *Partit
 			break
 		}
 	}
-	// Frees the memory of expired ids on a partition nobody appends to;
-	// appends expire them as they go.
-	if _, err := p.do(ctx, command{kind: cmdExpireDedup, dedupWindow: cfg.DedupWindow}); err != nil {
-		return fmt.Errorf("forget expired ids: %w", err)
+	// Deletes the d keys of expired ids and drops the filters whose ids
+	// all expired, a bounded number of keys per command.
+	for {
+		res, err := p.do(ctx, command{kind: cmdExpireDedup, dedupWindow: cfg.DedupWindow})
+		if err != nil {
+			return fmt.Errorf("forget expired ids: %w", err)
+		}
+		if !res.more {
+			return nil
+		}
 	}
-	return nil
 }
 
 // trimPoint returns the first offset the partition should keep under cfg's

@@ -17,6 +17,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
 
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/client"
@@ -47,11 +48,15 @@ type benchOptions struct {
 	// lasts at least until then).
 	backlogBytes int64
 	maxInflight  int64
+	// brokerTimeout is how long the broker may go without answering
+	// before the run fails: it went away.
+	brokerTimeout time.Duration
 }
 
 func newBenchCommand() *cobra.Command {
 	o := benchOptions{duration: 10 * time.Second, warmup: 2 * time.Second, size: 1024, producers: 1,
-		partitions: 1, topics: 1, guarantee: "at-least-once", fsync: "always", output: "text", maxInflight: 64 << 20}
+		partitions: 1, topics: 1, guarantee: "at-least-once", fsync: "always", output: "text", maxInflight: 64 << 20,
+		brokerTimeout: 5 * time.Second}
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure publish and consume throughput and latency",
@@ -61,7 +66,8 @@ publish with the Go SDK (batched, pipelined, durable answers); with
 --consumers, each topic gets a subscription of --guarantee and consumers
 ack everything. Results: throughput and latency percentiles (publish: send
 to durable answer; end to end: send to delivery) from HDR histograms,
-measured after --warmup.`,
+measured after --warmup. If the broker stops answering for --broker-timeout
+(killed, unreachable), bench stops and exits 1, saying so.`,
 		Args: cobra.NoArgs,
 	}
 	f := cmd.Flags()
@@ -82,6 +88,7 @@ measured after --warmup.`,
 	f.StringVar(&o.workload, "workload", "", "an OpenMessaging Benchmark workload file (YAML); flags given override it")
 	f.IntVar(&o.subscriptions, "subscriptions", 1, "subscriptions per topic, each with --consumers consumers")
 	f.Int64Var(&o.backlogBytes, "backlog-bytes", 0, "bytes to publish before consumers start (a backlog to drain)")
+	f.DurationVar(&o.brokerTimeout, "broker-timeout", o.brokerTimeout, "give up (exit 1) once the broker has not answered for this long")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if o.workload != "" {
 			if err := applyWorkload(&o, o.workload, cmd.Flags()); err != nil {
@@ -107,6 +114,8 @@ func (o *benchOptions) validate() error {
 	switch {
 	case o.duration <= 0 || o.warmup < 0:
 		return errors.New("--duration must be positive and --warmup not negative")
+	case o.brokerTimeout <= 0:
+		return errors.New("--broker-timeout must be positive")
 	case o.size < 8 || o.size > 4<<20:
 		return fmt.Errorf("--message-size %d: want 8 to 4194304", o.size)
 	case o.producers < 1 || o.consumers < 0 || o.topics < 1 || o.partitions < 1 || o.rate < 0 || o.keys < 0 ||
@@ -241,9 +250,20 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 			}
 		}
 	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	watchCtx, stopWatch := context.WithCancel(ctx) // outlives runCtx: producers' last answers
+	defer stopWatch()
+	gone := watchBroker(watchCtx, c, addr, topics[0], o.brokerTimeout)
+	brokerGone := false
 	defer func() {
+		if brokerGone {
+			return // nothing to clean up there
+		}
 		for _, t := range topics {
-			_ = c.ForceDeleteTopic(context.Background(), t)
+			dctx, cancel := context.WithTimeout(context.Background(), o.brokerTimeout)
+			_ = c.ForceDeleteTopic(dctx, t)
+			cancel()
 		}
 	}()
 
@@ -252,8 +272,6 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 	if o.rate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(o.rate), max(o.rate/100, 1))
 	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	defer stopRun()
 	var wg sync.WaitGroup
 	var sentBytes atomic.Int64
 	backlogBuilt := make(chan struct{}) // consumers start once the backlog is published
@@ -300,6 +318,9 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case err := <-gone:
+			brokerGone = true
+			return nil, err
 		case now := <-tick.C:
 			_ = bar.Set64(now.Sub(start).Milliseconds())
 			if o.backlogBytes > 0 && sentBytes.Load() >= o.backlogBytes {
@@ -328,7 +349,17 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 	e2e.measured.Store(false)
 	elapsed := time.Since(measuredAt).Seconds()
 	stopRun()
-	wg.Wait()
+	stopped := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case err := <-gone: // producers wait for answers that will not come
+		brokerGone = true
+		return nil, err
+	}
 	_ = bar.Finish()
 
 	res := &benchResult{
@@ -354,6 +385,39 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		}
 	}
 	return res, nil
+}
+
+// watchBroker asks the broker for topic every fifth of limit until ctx
+// ends. Once the broker has not answered for limit (unreachable, or no
+// answer in time; any answer, even an error, counts as one), it sends why
+// on the returned channel and stops.
+func watchBroker(ctx context.Context, c *client.Client, addr, topic string, limit time.Duration) <-chan error {
+	gone := make(chan error, 1)
+	go func() {
+		last := time.Now()
+		tick := time.NewTicker(limit / 5)
+		defer tick.Stop()
+		for {
+			pctx, cancel := context.WithTimeout(ctx, limit)
+			_, err := c.GetTopic(pctx, topic)
+			cancel()
+			switch client.StatusCode(err) {
+			case codes.Unavailable, codes.DeadlineExceeded:
+				if silent := time.Since(last); silent >= limit {
+					gone <- fmt.Errorf("the broker at %s went away: no answer for %v: %w", addr, silent.Round(100*time.Millisecond), err)
+					return
+				}
+			default:
+				last = time.Now()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return gone
 }
 
 // window is the point of the second that just ended.

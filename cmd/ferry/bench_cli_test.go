@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -8,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
 // TestBenchCLI runs ferry bench in-process (no --server) and against a
@@ -103,6 +107,61 @@ keyDistributor: "KEY_ROUND_ROBIN"
 	})
 }
 
+// TestBenchBrokerGone runs ferry bench against a ferry serve and SIGKILLs
+// the broker mid-bench, once messages were published and consumed: bench
+// must exit 1 within --broker-timeout and a margin, saying the broker went
+// away, instead of waiting for answers that will not come.
+func TestBenchBrokerGone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real binary")
+	}
+	p := startFerry(t, t.TempDir())
+	admin := ferryv1.NewAdminServiceClient(p.dial(t))
+	bench := exec.Command(buildFerry(t), "bench", "--server", p.grpcAddr, "--duration", "5m", "--warmup", "0s",
+		"--consumers", "1", "--rate", "1000", "--message-size", "128", "--broker-timeout", "2s")
+	var stderr bytes.Buffer
+	bench.Stdout, bench.Stderr = &stderr, &stderr
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var exitErr error
+	go func() {
+		exitErr = bench.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = bench.Process.Kill()
+		<-exited
+	})
+	waitFor(t, 30*time.Second, "bench topic with messages consumed", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		topics, err := admin.ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+		if err != nil || len(topics.GetTopics()) == 0 {
+			return false
+		}
+		subs, err := admin.ListSubscriptions(ctx, &ferryv1.ListSubscriptionsRequest{Topic: topics.GetTopics()[0].GetName()})
+		return err == nil && len(subs.GetStats()) == 1 && subs.GetStats()[0].GetAcked() > 0
+	})
+	p.kill(t)
+	killed := time.Now()
+	const limit = 2*time.Second + 10*time.Second // --broker-timeout, and a margin for a busy machine
+	select {
+	case <-exited:
+		took := time.Since(killed)
+		t.Logf("bench exited %v after the broker was killed: %v\n%s", took.Round(time.Millisecond), exitErr, stderr.String())
+		if _, isExit := exitErr.(*exec.ExitError); !isExit {
+			t.Errorf("bench exited with %v, want exit status 1", exitErr)
+		}
+		if !strings.Contains(stderr.String(), "went away") {
+			t.Errorf("bench did not say the broker went away:\n%s", stderr.String())
+		}
+	case <-time.After(limit):
+		t.Fatalf("bench still running %v after its broker was killed:\n%s", limit, stderr.String())
+	}
+}
+
 // TestWorkloadFiles: every workload file in workloads/ applies and makes a
 // valid run.
 func TestWorkloadFiles(t *testing.T) {
@@ -113,7 +172,7 @@ func TestWorkloadFiles(t *testing.T) {
 	for _, f := range files {
 		cmd := newBenchCommand()
 		o := benchOptions{duration: time.Second, size: 8, producers: 1, partitions: 1, topics: 1, subscriptions: 1,
-			guarantee: "at-least-once", fsync: "always", output: "text"}
+			guarantee: "at-least-once", fsync: "always", output: "text", brokerTimeout: 5 * time.Second}
 		if err := applyWorkload(&o, f, cmd.Flags()); err != nil {
 			t.Errorf("%s: %v", f, err)
 			continue
