@@ -140,6 +140,10 @@ func Open(opts Options) (*Server, error) {
 	reflection.Register(s.grpc)
 	m.grpc.InitializeMetrics(s.grpc)
 	reg.MustRegister(newStoreCollector(st, opts.Storage.Dir), newSubscriptionCollector(st, s.engine, opts.Clock))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "ferry_subscribe_dropped_messages_total",
+		Help: "Messages NONE subscriptions skipped because their consumers fell behind (skipped forward to the head).",
+	}, func() float64 { return float64(s.engine.Dropped()) }))
 	if s.node != nil {
 		reg.MustRegister(newRaftCollector(s.node))
 	}

@@ -24,6 +24,14 @@ const (
 	// pooled buffer of 32 KiB or, above that, 1 MiB; a frame that waits for
 	// a slow consumer holds its buffer, so frames stay under 32 KiB.
 	maxDeliveriesFrame = 30 << 10
+	// maxPendingConfirms bounds an EFFECTIVELY_ONCE stream's ack frames
+	// whose confirmation is not yet sent: taken by the engine, waiting
+	// for their write, or waiting for the client to read. At the bound
+	// the broker stops reading the stream's frames until a confirmation
+	// goes out, so a client that sends acks and never reads the
+	// confirmations is held back by HTTP/2 flow control; it costs at most
+	// this many frames (of at most MaxAckIDs ids each).
+	maxPendingConfirms = 16
 )
 
 // subscriber implements ferryv1.SubscriberServiceServer.
@@ -68,46 +76,53 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 	}
 	defer c.Close()
 
-	confirms := make(chan *ferryv1.AckConfirmation, 64)
+	// Two goroutines per stream: this one sends (deliveries, as the
+	// consumer's queue has them, and ack confirmations), receive reads the
+	// client's frames. Nothing else is kept per stream but the consumer
+	// and its bounded queue (consumer.EngineOptions.QueueBytes).
+	confirms := make(chan ackOutcome, maxPendingConfirms)
+	pending := make(chan struct{}, maxPendingConfirms) // a token per ack frame not yet confirmed
 	recvDone := make(chan error, 1)
-	go func() { recvDone <- s.receive(ctx, stream, c, confirms) }()
-	batches := make(chan []consumer.Delivery)
-	detached := make(chan error, 1)
-	go func() {
-		for {
-			ds, err := c.Receive(ctx)
-			if err != nil {
-				detached <- err
-				return
-			}
-			select {
-			case batches <- ds:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	go func() { recvDone <- s.receive(ctx, stream, c, confirms, pending) }()
 	for {
 		select {
-		case ds := <-batches:
-			if err := sendDeliveries(stream, ds); err != nil {
+		case <-c.Ready():
+			err := sendQueued(stream, c)
+			if errors.Is(err, consumer.ErrDetached) {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return toStatus(err)
+			}
+			if err != nil {
 				return err
 			}
-		case conf := <-confirms:
-			if err := stream.Send(&ferryv1.SubscribeResponse{Frame: &ferryv1.SubscribeResponse_AckConfirmation{AckConfirmation: conf}}); err != nil {
+		case o := <-confirms:
+			s.metrics.ackConfirmations.Inc()
+			if err := stream.Send(o.confirmation()); err != nil {
 				return err
 			}
+			<-pending
 		case err := <-recvDone:
 			return err
-		case err := <-detached:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return toStatus(err)
 		case <-s.draining:
 			return status.Error(codes.Unavailable, "the broker is shutting down; reconnect to resume")
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
+}
+
+// sendQueued sends one frame of the consumer's queued deliveries (the
+// consumer's Ready fires again if more are queued, so confirmations get
+// their turn). It returns the consumer's error once it is detached and
+// nothing is left.
+func sendQueued(stream ferryv1.SubscriberService_SubscribeServer, c *consumer.Consumer) error {
+	ds, err := c.Take(maxDeliveriesFrame)
+	if len(ds) == 0 {
+		return err
+	}
+	return sendDeliveries(stream, ds)
 }
 
 // sendDeliveries sends ds in frames of at most maxDeliveriesFrame bytes.
@@ -131,7 +146,8 @@ func sendDeliveries(stream ferryv1.SubscriberService_SubscribeServer, ds []consu
 
 // receive acts on the client's frames until the stream ends. It returns
 // nil at EOF and a status for a malformed frame.
-func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberService_SubscribeServer, c *consumer.Consumer, confirms chan<- *ferryv1.AckConfirmation) error {
+func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberService_SubscribeServer, c *consumer.Consumer,
+	confirms chan<- ackOutcome, pending chan<- struct{}) error {
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -148,7 +164,7 @@ func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberServi
 				return toStatus(err)
 			}
 		case *ferryv1.SubscribeRequest_Ack:
-			if err := s.streamAck(ctx, c, f.Ack, confirms); err != nil {
+			if err := s.streamAck(ctx, c, f.Ack, confirms, pending); err != nil {
 				return toStatus(err)
 			}
 		case *ferryv1.SubscribeRequest_Nack:
@@ -179,8 +195,11 @@ func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberServi
 
 // streamAck acks a frame's deliveries. Under EFFECTIVELY_ONCE the
 // confirmation goes out once the acks are durable, without holding up the
-// frames behind it; otherwise refused acks are only counted.
-func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *ferryv1.SubscribeAck, confirms chan<- *ferryv1.AckConfirmation) error {
+// frames behind it, but at most maxPendingConfirms frames are unconfirmed:
+// beyond, streamAck waits (and so does the reading of the stream) until a
+// confirmation is sent. Otherwise refused acks are only counted.
+func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *ferryv1.SubscribeAck,
+	confirms chan<- ackOutcome, pending chan<- struct{}) error {
 	ids, bad, err := parseIDs(a.GetDeliveryIds())
 	if err != nil {
 		return err
@@ -189,16 +208,33 @@ func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *fer
 		_, err := c.Ack(ctx, ids)
 		return err
 	}
-	go func() {
-		results, err := c.Ack(ctx, ids)
-		conf := &ferryv1.AckConfirmation{Sequence: a.GetSequence(), Results: ackResults(a.GetDeliveryIds(), bad, results, err)}
-		s.metrics.ackConfirmations.Inc()
-		select {
-		case confirms <- conf:
-		case <-ctx.Done():
-		}
-	}()
+	select {
+	case pending <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	raw, seq := a.GetDeliveryIds(), a.GetSequence()
+	c.AckAsync(ctx, ids, func(results []error, err error) {
+		// Runs on the subscription's loop: the token taken above keeps a
+		// place in confirms, so this never blocks; the sender builds the
+		// answer.
+		confirms <- ackOutcome{seq: seq, raw: raw, bad: bad, results: results, err: err}
+	})
 	return nil
+}
+
+// ackOutcome is the outcome of a stream's ack frame, to confirm.
+type ackOutcome struct {
+	seq     uint64
+	raw     []string
+	bad     map[int]error
+	results []error
+	err     error
+}
+
+func (o ackOutcome) confirmation() *ferryv1.SubscribeResponse {
+	conf := &ferryv1.AckConfirmation{Sequence: o.seq, Results: ackResults(o.raw, o.bad, o.results, o.err)}
+	return &ferryv1.SubscribeResponse{Frame: &ferryv1.SubscribeResponse_AckConfirmation{AckConfirmation: conf}}
 }
 
 // parseIDs parses delivery ids. A malformed one is left out of ids and
