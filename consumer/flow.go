@@ -16,8 +16,14 @@ const (
 	// queued).
 	MaxCredit = 10000
 
-	// DefaultQueueBytes is the default of EngineOptions.QueueBytes.
-	DefaultQueueBytes = 256 << 10
+	// DefaultQueueBytes is the default of EngineOptions.QueueBytes: a
+	// stream that does not read holds at most this much queued for it
+	// (plus gRPC's own per-stream buffers, up to about 100 KiB).
+	DefaultQueueBytes = 64 << 10
+
+	// pendingQueues: a consumer's deliveries waiting for their write may
+	// amount to this many times QueueBytes.
+	pendingQueues = 4
 
 	// deliveryOverhead is what a queued delivery costs besides its
 	// payload, key and id, in bytes (Delivery and its message), for
@@ -48,11 +54,14 @@ func deliverySize(d *Delivery) int {
 // (outstanding deliveries; NONE takes no acks, so for it credit, or
 // fetchMax if more, bounds what is queued instead), every consumer has a
 // queue of deliveries handed to it and not yet taken by its stream: it gets
-// nothing more while QueueBytes are queued (one delivery always fits). A
-// consumer whose stream does not read stops receiving, and costs at most
-// its credit's worth of messages and QueueBytes of queue.
+// nothing more while QueueBytes are queued (one delivery always fits), or
+// while pendingQueues times that wait for their write (AT_MOST_ONCE and
+// EFFECTIVELY_ONCE send a delivery once its write is durable; the larger
+// bound leaves a group commit its batch). A consumer whose stream does not
+// read stops receiving, and costs at most its credit's worth of messages,
+// and of those at most (1+pendingQueues)×QueueBytes with their payload.
 func (s *subscription) hasRoom(c *consumerState) bool {
-	if c.queued > 0 && c.queuedBytes >= s.queueBytes {
+	if c.queued > 0 && c.queuedBytes >= s.queueBytes || c.pendingBytes >= pendingQueues*s.queueBytes {
 		return false
 	}
 	if s.opts.Guarantee == None {
@@ -61,27 +70,25 @@ func (s *subscription) hasRoom(c *consumerState) bool {
 	return c.hasCredit()
 }
 
-// enqueue counts d as queued for c.
-func (s *subscription) enqueue(c *consumerState, d *Delivery) {
-	c.queued++
-	c.queuedBytes += deliverySize(d)
-}
-
-// unqueue counts deliveries of consumer id as gone from its queue: taken
-// by its stream, or never sent (their write failed).
-func (s *subscription) unqueue(id uint64, n, bytes int) {
-	c := s.consumer(id)
-	if c == nil {
-		return
+// send hands d to the loop for its consumer's queue, counting it there.
+// A delivery that waits for a write first (durableSends) is counted once
+// the write is done: until then credit bounds it, and counting it would
+// shrink the batches a group commit takes.
+func (s *subscription) send(d Delivery) {
+	if c := s.consumer(d.Consumer); c != nil {
+		c.queued++
+		c.queuedBytes += deliverySize(&d)
 	}
-	c.queued = max(c.queued-n, 0)
-	c.queuedBytes = max(c.queuedBytes-bytes, 0)
+	s.out.sends = append(s.out.sends, d)
 }
 
 // taken says the stream of consumer id took n deliveries of bytes (as
 // deliverySize counts them) from its queue.
 func (s *subscription) taken(id uint64, n, bytes int, now time.Time) {
-	s.unqueue(id, n, bytes)
+	if c := s.consumer(id); c != nil {
+		c.queued = max(c.queued-n, 0)
+		c.queuedBytes = max(c.queuedBytes-bytes, 0)
+	}
 	s.step(now)
 }
 

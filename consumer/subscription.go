@@ -73,7 +73,11 @@ type partition struct {
 	inflight *Inflight
 	msgs     map[uint64]*storage.Message // outstanding or awaiting redelivery
 	retry    []uint64                    // offsets awaiting redelivery, increasing
-	busy     map[uint64]bool             // in a commit or dead-letter write
+	// retryLater: some offset in retry may have a notBefore still to
+	// come, so nextDeadline looks through retry (else it need not: after
+	// a mass disconnect retry holds thousands, all due at once).
+	retryLater bool
+	busy       map[uint64]bool // in a commit or dead-letter write
 
 	buf      []storage.Message // fetched, not yet delivered, from offset next-len(buf)
 	next     uint64            // the next offset to fetch
@@ -110,6 +114,9 @@ type consumerState struct {
 	// a write to be) and not yet taken by its stream; see hasRoom.
 	queued      int
 	queuedBytes int
+	// pendingBytes are of deliveries waiting for their write
+	// (durableSends) before they are queued.
+	pendingBytes int
 }
 
 func (c *consumerState) hasCredit() bool { return c.out < c.credit }
@@ -274,12 +281,13 @@ func (s *subscription) detach(id uint64, now time.Time) {
 	s.consumers = slices.Delete(s.consumers, i, i+1)
 	freed := c.queued > 0 // a FAILOVER successor may take what waited for it
 	for _, p := range s.parts {
+		var again []uint64
 		for _, l := range p.inflight.RemoveConsumer(id) {
 			freed = true
 			s.unpin(p, l.Offset)
 			switch s.opts.Guarantee {
 			case AtLeastOnce:
-				s.toRetry(p, l.Offset, time.Time{})
+				again = append(again, l.Offset)
 			case EffectivelyOnce:
 				l.Consumer = 0
 				p.inflight.Add(l)
@@ -288,6 +296,7 @@ func (s *subscription) detach(id uint64, now time.Time) {
 				delete(p.msgs, l.Offset)
 			}
 		}
+		s.toRetryAll(p, again)
 	}
 	if freed {
 		s.step(now)
@@ -420,7 +429,7 @@ func (s *subscription) dispatchRetries(p *partition, now time.Time, blocked map[
 			kept = append(kept, off)
 			*stalled = s.hold(m, blocked)
 			if *stalled {
-				kept = append(kept, p.retry[i+1:]...)
+				kept = keepRest(p.retry, kept, i)
 				break
 			}
 			continue
@@ -434,7 +443,7 @@ func (s *subscription) dispatchRetries(p *partition, now time.Time, blocked map[
 			kept = append(kept, off)
 			*stalled = s.hold(m, blocked)
 			if *stalled {
-				kept = append(kept, p.retry[i+1:]...)
+				kept = keepRest(p.retry, kept, i)
 				break
 			}
 			continue
@@ -486,9 +495,8 @@ func (s *subscription) deliver(p *partition, c *consumerState, m *storage.Messag
 	off := m.Offset
 	d := Delivery{Consumer: c.id, ID: DeliveryID{Partition: p.n, Offset: off, Attempt: 1, Epoch: p.st.epoch}, Message: *m}
 	s.stats.Delivered++
-	s.enqueue(c, &d)
 	if s.opts.Guarantee == None {
-		s.out.sends = append(s.out.sends, d)
+		s.send(d)
 		return
 	}
 	deadline := now.Add(s.opts.AckTimeout)
@@ -518,9 +526,10 @@ func (s *subscription) deliver(p *partition, c *consumerState, m *storage.Messag
 	c.out++
 	s.pinTo(p, off, c.id)
 	if s.durableSends() {
+		c.pendingBytes += deliverySize(&d)
 		p.sends = append(p.sends, d)
 	} else {
-		s.out.sends = append(s.out.sends, d)
+		s.send(d)
 	}
 }
 
@@ -568,6 +577,9 @@ func (s *subscription) unpin(p *partition, off uint64) {
 
 // toRetry queues off for redelivery no earlier than notBefore.
 func (s *subscription) toRetry(p *partition, off uint64, notBefore time.Time) {
+	if !notBefore.IsZero() {
+		p.retryLater = true
+	}
 	a := p.st.attempts[off]
 	a.notBefore = notBefore
 	p.st.attempts[off] = a
@@ -823,10 +835,15 @@ func (s *subscription) nextDeadline() (time.Time, bool) {
 		if t, ok := p.inflight.NextDeadline(); ok {
 			earlier(t)
 		}
-		for _, off := range p.retry {
-			if t := p.st.attempts[off].notBefore; t.After(s.now) {
-				earlier(t)
+		if p.retryLater {
+			later := false
+			for _, off := range p.retry {
+				if t := p.st.attempts[off].notBefore; t.After(s.now) {
+					earlier(t)
+					later = true
+				}
 			}
+			p.retryLater = later // s.now only moves on: none will be later again
 		}
 		if p.dirty && p.retryWriteAt.After(s.now) {
 			earlier(p.retryWriteAt)
@@ -1073,8 +1090,15 @@ func (s *subscription) complete(job *writeJob) {
 			p.retryWriteAt = s.now.Add(writeRetry)
 		}
 	}
+	for i := range job.sends {
+		if c := s.consumer(job.sends[i].Consumer); c != nil {
+			c.pendingBytes = max(c.pendingBytes-deliverySize(&job.sends[i]), 0)
+		}
+	}
 	if err == nil {
-		s.out.sends = append(s.out.sends, job.sends...)
+		for _, d := range job.sends {
+			s.send(d)
+		}
 	} else {
 		s.dropSends(job.sends)
 	}
@@ -1092,7 +1116,6 @@ func (s *subscription) complete(job *writeJob) {
 func (s *subscription) dropSends(sends []Delivery) {
 	for i := range sends {
 		d := &sends[i]
-		s.unqueue(d.Consumer, 1, deliverySize(d))
 		p := s.parts[d.ID.Partition]
 		if l, ok := p.inflight.Get(d.ID.Offset); !ok || l.Attempt != d.ID.Attempt {
 			continue

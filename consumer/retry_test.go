@@ -1,0 +1,45 @@
+package consumer
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/storage"
+)
+
+// TestToRetryAllMerges: toRetryAll merges increasing offsets into retry,
+// keeping it increasing and free of duplicates, like one toRetry each.
+func TestToRetryAllMerges(t *testing.T) {
+	rng := rand.New(rand.NewPCG(16, 4))
+	for round := range 500 {
+		s := &subscription{}
+		p := &partition{st: newPartitionState(0), msgs: map[uint64]*storage.Message{}, inflight: NewInflight()}
+		want := map[uint64]bool{}
+		for range rng.IntN(20) {
+			off := rng.Uint64N(50)
+			p.msgs[off] = &storage.Message{}
+			s.toRetry(p, off, time.Time{})
+			want[off] = true
+		}
+		var add []uint64
+		for range rng.IntN(20) {
+			off := rng.Uint64N(50)
+			p.msgs[off] = &storage.Message{}
+			add = append(add, off)
+			want[off] = true
+		}
+		slices.Sort(add)
+		add = slices.Compact(add)
+		s.toRetryAll(p, add)
+		var keys []uint64
+		for off := range want {
+			keys = append(keys, off)
+		}
+		slices.Sort(keys)
+		if !slices.Equal(p.retry, keys) {
+			t.Fatalf("round %d: retry %v, want %v", round, p.retry, keys)
+		}
+	}
+}
