@@ -26,6 +26,14 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// HTTP/2 flow-control windows of the gRPC server, in bytes: the most a
+// client may send on one stream, and on one connection, that the broker
+// has not read yet.
+const (
+	streamWindowBytes = 256 << 10
+	connWindowBytes   = 4 << 20
+)
+
 // maxReplicatedGroupBytes bounds the messages a partition writer gathers
 // into one group in a cluster.
 const maxReplicatedGroupBytes = 2 << 20
@@ -106,6 +114,13 @@ func Open(opts Options) (*Server, error) {
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), logInternal(s.log)),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), logInternalStream(s.log)),
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
+		// A fixed window per stream (gRPC's default grows it with the
+		// bandwidth-delay product, up to 16 MiB): what a client sends on a
+		// stream the broker has stopped reading — an effectively-once
+		// stream with its confirmations unread — waits at the client,
+		// beyond this much.
+		grpc.InitialWindowSize(streamWindowBytes),
+		grpc.InitialConnWindowSize(connWindowBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	var log consumer.Log = st
