@@ -87,14 +87,16 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 	for {
 		select {
 		case <-c.Ready():
-			err := sendQueued(stream, c)
-			if errors.Is(err, consumer.ErrDetached) {
+			// One frame's worth at a time: Ready fires again if more are
+			// queued, so confirmations get their turn.
+			ds, err := c.Take(maxDeliveriesFrame)
+			if err != nil { // detached, and nothing left to send
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
 				return toStatus(err)
 			}
-			if err != nil {
+			if err := sendDeliveries(stream, ds); err != nil {
 				return err
 			}
 		case o := <-confirms:
@@ -113,20 +115,12 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 	}
 }
 
-// sendQueued sends one frame of the consumer's queued deliveries (the
-// consumer's Ready fires again if more are queued, so confirmations get
-// their turn). It returns the consumer's error once it is detached and
-// nothing is left.
-func sendQueued(stream ferryv1.SubscriberService_SubscribeServer, c *consumer.Consumer) error {
-	ds, err := c.Take(maxDeliveriesFrame)
-	if len(ds) == 0 {
-		return err
-	}
-	return sendDeliveries(stream, ds)
-}
-
-// sendDeliveries sends ds in frames of at most maxDeliveriesFrame bytes.
+// sendDeliveries sends ds in frames of at most maxDeliveriesFrame bytes;
+// nothing if ds is empty.
 func sendDeliveries(stream ferryv1.SubscriberService_SubscribeServer, ds []consumer.Delivery) error {
+	if len(ds) == 0 {
+		return nil
+	}
 	frame := &ferryv1.Deliveries{}
 	size := 0
 	for i := range ds {
