@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -180,5 +181,54 @@ func TestCreditMaximum(t *testing.T) {
 	defer c.Close()
 	if err := c.SetCredit(ctx, MaxCredit+1); !errors.Is(err, ErrInvalidCredit) {
 		t.Fatalf("SetCredit(MaxCredit+1): %v, want ErrInvalidCredit", err)
+	}
+}
+
+// TestMassDetachRedeliversAll: 1,000 consumers of an at-least-once
+// subscription, each holding its credit, leave one after another; every
+// message they held is due again, in offset order, and a new consumer gets
+// each exactly once. (This is the path a mass disconnect takes: retries
+// merged per consumer, dispatch stalled without copying.)
+func TestMassDetachRedeliversAll(t *testing.T) {
+	h := newHarness(t)
+	h.createTopic("jobs", storage.TopicConfig{Partitions: 1})
+	if err := h.createSub("jobs", "workers", DefaultOptions(AtLeastOnce)); err != nil {
+		t.Fatal(err)
+	}
+	const consumers, credit = 1000, 5
+	for id := uint64(1); id <= consumers; id++ {
+		if err := h.attach(id, credit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := make([]storage.Message, consumers*credit)
+	for i := range msgs {
+		msgs[i] = storage.Message{Payload: []byte{byte(i)}}
+	}
+	h.publish("jobs", 0, msgs)
+	if got := len(h.takeSent()); got != consumers*credit {
+		t.Fatalf("%d delivered, want %d", got, consumers*credit)
+	}
+	for id := uint64(1); id <= consumers; id++ {
+		h.detach(id)
+	}
+	p := h.sub.parts[0]
+	if len(p.retry) != consumers*credit || !slices.IsSorted(p.retry) {
+		t.Fatalf("after every consumer left: %d retries (sorted: %v), want %d in offset order", len(p.retry), slices.IsSorted(p.retry), consumers*credit)
+	}
+	if err := h.attach(consumers+1, MaxCredit); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]int{}
+	for _, d := range h.takeSent() {
+		seen[d.ID.Offset]++
+		if d.ID.Attempt != 2 {
+			t.Fatalf("offset %d redelivered as attempt %d, want 2", d.ID.Offset, d.ID.Attempt)
+		}
+	}
+	for off := range uint64(consumers * credit) {
+		if seen[off] != 1 {
+			t.Fatalf("offset %d redelivered %d times, want once", off, seen[off])
+		}
 	}
 }

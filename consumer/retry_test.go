@@ -43,3 +43,31 @@ func TestToRetryAllMerges(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepRest: a stalled pass keeps what it kept, the stalled offset and
+// everything after, whether or not it dropped some before.
+func TestKeepRest(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		drop map[int]bool // positions before the stall dispatched
+		want []uint64
+	}{
+		{"none dropped", nil, []uint64{10, 11, 12, 13, 14}},
+		{"first dropped", map[int]bool{0: true}, []uint64{11, 12, 13, 14}},
+		{"one before the stall dropped", map[int]bool{1: true}, []uint64{10, 12, 13, 14}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			retry := []uint64{10, 11, 12, 13, 14}
+			const stall = 2
+			kept := retry[:0]
+			for i, off := range retry[:stall+1] {
+				if !tc.drop[i] {
+					kept = append(kept, off)
+				}
+			}
+			if got := keepRest(retry, kept, stall); !slices.Equal(got, tc.want) {
+				t.Fatalf("keepRest = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
