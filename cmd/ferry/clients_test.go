@@ -525,11 +525,12 @@ func openStreams(tb testing.TB, p *process, admin *grpc.ClientConn, topic, sub s
 }
 
 // TestMassDisconnectThenSigterm: 5,000 consumers of one subscription, each
-// holding deliveries, drop at once; every one is detached within 5 s and
-// what they held is due again (today's broker: detach was O(consumers ×
-// deliveries), 4,367 handlers still blocked 8 s later). Then 5,000 streams
-// open and the broker gets SIGTERM: it exits, cleanly, within its
-// --shutdown-timeout of 10 s (today: ~60 s).
+// holding 20 deliveries, drop at once; every one is detached within 10 s
+// and what they held is due again. Then 5,000 streams open and the broker
+// gets SIGTERM: it exits, cleanly, within its --shutdown-timeout of 10 s.
+// Measured: under 1–2.5 s and ~0.5–3 s; today's broker took 35 s to detach
+// them (detach cost what every consumer held, not what the one leaving
+// held) and did not exit within 10 s of SIGTERM.
 func TestMassDisconnectThenSigterm(t *testing.T) {
 	p := startFerry(t, t.TempDir(), "--shutdown-timeout", "10s", "--fsync", "never")
 	admin := p.dial(t)
@@ -542,8 +543,13 @@ func TestMassDisconnectThenSigterm(t *testing.T) {
 
 	start := time.Now()
 	closeAll()
-	waitFor(t, 5*time.Second, "all 5,000 dropped consumers detached", func() bool { return consumersOf(t, admin, "jobs", "workers") == 0 })
-	t.Logf("5,000 dropped consumers detached in %v", time.Since(start))
+	waitFor(t, 10*time.Second, "all 5,000 dropped consumers detached", func() bool { return consumersOf(t, admin, "jobs", "workers") == 0 })
+	// The stats call itself waits behind the detaches: check the time too.
+	took := time.Since(start)
+	t.Logf("5,000 dropped consumers detached in %v", took)
+	if took > 10*time.Second {
+		t.Fatalf("5,000 dropped consumers took %v to detach; want at most 10 s", took)
+	}
 	if n := inflightOf(t, admin, "jobs", "workers"); n != 0 {
 		t.Fatalf("%d deliveries still outstanding after their consumers left; want them due again", n)
 	}
