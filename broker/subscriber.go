@@ -24,14 +24,17 @@ const (
 	// pooled buffer of 32 KiB or, above that, 1 MiB; a frame that waits for
 	// a slow consumer holds its buffer, so frames stay under 32 KiB.
 	maxDeliveriesFrame = 30 << 10
-	// maxPendingConfirms bounds an EFFECTIVELY_ONCE stream's ack frames
-	// whose confirmation is not yet sent: taken by the engine, waiting
-	// for their write, or waiting for the client to read. At the bound
-	// the broker stops reading the stream's frames until a confirmation
-	// goes out, so a client that sends acks and never reads the
-	// confirmations is held back by HTTP/2 flow control; it costs at most
-	// this many frames (of at most MaxAckIDs ids each).
+	// maxPendingConfirms bounds an EFFECTIVELY_ONCE stream's acks whose
+	// confirmation is not yet sent (taken by the engine, waiting for
+	// their write, or for the client to read), in tokens of up to
+	// confirmTokenIDs ids: a frame takes one token per confirmTokenIDs of
+	// its ids (at most all of them). At the bound the broker stops
+	// reading the stream's frames until a confirmation goes out, so a
+	// client that sends acks and never reads the confirmations is held
+	// back by HTTP/2 flow control; it costs at most about 16,000 ids'
+	// acks and results.
 	maxPendingConfirms = 16
+	confirmTokenIDs    = 1000
 )
 
 // subscriber implements ferryv1.SubscriberServiceServer.
@@ -81,7 +84,7 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 	// client's frames. Nothing else is kept per stream but the consumer
 	// and its bounded queue (consumer.EngineOptions.QueueBytes).
 	confirms := make(chan ackOutcome, maxPendingConfirms)
-	pending := make(chan struct{}, maxPendingConfirms) // a token per ack frame not yet confirmed
+	pending := make(chan struct{}, maxPendingConfirms) // tokens of acks not yet confirmed
 	recvDone := make(chan error, 1)
 	go func() { recvDone <- s.receive(ctx, stream, c, confirms, pending) }()
 	for {
@@ -104,7 +107,9 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 			if err := stream.Send(o.confirmation()); err != nil {
 				return err
 			}
-			<-pending
+			for range o.tokens {
+				<-pending
+			}
 		case err := <-recvDone:
 			return err
 		case <-s.draining:
@@ -202,17 +207,20 @@ func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *fer
 		_, err := c.Ack(ctx, ids)
 		return err
 	}
-	select {
-	case pending <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 	raw, seq := a.GetDeliveryIds(), a.GetSequence()
+	tokens := min((len(raw)+confirmTokenIDs-1)/confirmTokenIDs, maxPendingConfirms)
+	for range tokens { // only this goroutine takes tokens: no deadlock
+		select {
+		case pending <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	c.AckAsync(ctx, ids, func(results []error, err error) {
-		// Runs on the subscription's loop: the token taken above keeps a
-		// place in confirms, so this never blocks; the sender builds the
-		// answer.
-		confirms <- ackOutcome{seq: seq, raw: raw, bad: bad, results: results, err: err}
+		// Runs on the subscription's loop: the tokens taken above keep a
+		// place in confirms (each outcome holds at least one), so this
+		// never blocks; the sender builds the answer.
+		confirms <- ackOutcome{seq: seq, raw: raw, bad: bad, results: results, err: err, tokens: tokens}
 	})
 	return nil
 }
@@ -224,6 +232,7 @@ type ackOutcome struct {
 	bad     map[int]error
 	results []error
 	err     error
+	tokens  int // of pending, released once it is sent
 }
 
 func (o ackOutcome) confirmation() *ferryv1.SubscribeResponse {
