@@ -17,7 +17,8 @@
 // goroutines: one reads the client's frames, one sends deliveries, a frame
 // at a time as the consumer's bounded queue has them, and ack
 // confirmations. An effectively-once stream has at most maxPendingConfirms
-// ack frames unconfirmed; beyond, the reader waits, so a client that does
+// tokens of acks unconfirmed (confirmTokenIDs ids each); beyond, the
+// reader waits, so a client that does
 // not read its confirmations is held back by HTTP/2 flow control (a fixed
 // window of streamWindowBytes a stream), not buffered for.
 //
