@@ -13,6 +13,15 @@
 // requests as they arrive and answers them in order from a second
 // goroutine, so a client can keep many batches in flight.
 //
+// A Subscribe stream attaches a consumer (consumer.Engine) and runs two
+// goroutines: one reads the client's frames, one sends deliveries, a frame
+// at a time as the consumer's bounded queue has them, and ack
+// confirmations. An effectively-once stream has at most maxPendingConfirms
+// tokens of acks unconfirmed (confirmTokenIDs ids each); beyond, the
+// reader waits, so a client that does
+// not read its confirmations is held back by HTTP/2 flow control (a fixed
+// window of streamWindowBytes a stream), not buffered for.
+//
 // Errors from storage and validation become gRPC statuses in one place,
 // toStatus in status.go.
 package broker

@@ -26,6 +26,14 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// HTTP/2 flow-control windows of the gRPC server, in bytes: the most a
+// client may send on one stream, and on one connection, that the broker
+// has not read yet.
+const (
+	streamWindowBytes = 256 << 10
+	connWindowBytes   = 4 << 20
+)
+
 // maxReplicatedGroupBytes bounds the messages a partition writer gathers
 // into one group in a cluster.
 const maxReplicatedGroupBytes = 2 << 20
@@ -119,6 +127,13 @@ func Open(opts Options) (*Server, error) {
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), logInternal(s.log)),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), logInternalStream(s.log)),
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
+		// A fixed window per stream (gRPC's default grows it with the
+		// bandwidth-delay product, up to 16 MiB): what a client sends on a
+		// stream the broker has stopped reading — an effectively-once
+		// stream with its confirmations unread — waits at the client,
+		// beyond this much.
+		grpc.InitialWindowSize(streamWindowBytes),
+		grpc.InitialConnWindowSize(connWindowBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	var log consumer.Log = st
@@ -153,6 +168,10 @@ func Open(opts Options) (*Server, error) {
 	reflection.Register(s.grpc)
 	m.grpc.InitializeMetrics(s.grpc)
 	reg.MustRegister(newStoreCollector(st, opts.Storage.Dir), newSubscriptionCollector(st, s.engine, opts.Clock))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "ferry_subscribe_dropped_messages_total",
+		Help: "Messages NONE subscriptions skipped because their consumers fell behind (skipped forward to the head).",
+	}, func() float64 { return float64(s.engine.Dropped()) }))
 	if s.node != nil {
 		reg.MustRegister(newRaftCollector(s.node))
 	}

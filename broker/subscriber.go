@@ -30,6 +30,17 @@ const (
 	// pooled buffer of 32 KiB or, above that, 1 MiB; a frame that waits for
 	// a slow consumer holds its buffer, so frames stay under 32 KiB.
 	maxDeliveriesFrame = 30 << 10
+	// maxPendingConfirms bounds an EFFECTIVELY_ONCE stream's acks whose
+	// confirmation is not yet sent (taken by the engine, waiting for
+	// their write, or for the client to read), in tokens of up to
+	// confirmTokenIDs ids: a frame takes one token per confirmTokenIDs of
+	// its ids (at most all of them). At the bound the broker stops
+	// reading the stream's frames until a confirmation goes out, so a
+	// client that sends acks and never reads the confirmations is held
+	// back by HTTP/2 flow control; it costs at most about 16,000 ids'
+	// acks and results.
+	maxPendingConfirms = 16
+	confirmTokenIDs    = 1000
 )
 
 // subscriber implements ferryv1.SubscriberServiceServer.
@@ -74,51 +85,53 @@ func (s *subscriber) Subscribe(stream ferryv1.SubscriberService_SubscribeServer)
 	}
 	defer c.Close()
 
-	confirms := make(chan *ferryv1.AckConfirmation, 64)
+	// Two goroutines per stream: this one sends (deliveries, as the
+	// consumer's queue has them, and ack confirmations), receive reads the
+	// client's frames. Nothing else is kept per stream but the consumer
+	// and its bounded queue (consumer.EngineOptions.QueueBytes).
+	confirms := make(chan ackOutcome, maxPendingConfirms)
+	pending := make(chan struct{}, maxPendingConfirms) // tokens of acks not yet confirmed
 	recvDone := make(chan error, 1)
-	go func() { recvDone <- s.receive(ctx, stream, c, confirms) }()
-	batches := make(chan []consumer.Delivery)
-	detached := make(chan error, 1)
-	go func() {
-		for {
-			ds, err := c.Receive(ctx)
-			if err != nil {
-				detached <- err
-				return
-			}
-			select {
-			case batches <- ds:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	go func() { recvDone <- s.receive(ctx, stream, c, confirms, pending) }()
 	for {
 		select {
-		case ds := <-batches:
+		case <-c.Ready():
+			// One frame's worth at a time: Ready fires again if more are
+			// queued, so confirmations get their turn.
+			ds, err := c.Take(maxDeliveriesFrame)
+			if err != nil { // detached, and nothing left to send
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return toStatus(err)
+			}
 			if err := sendDeliveries(stream, c.Seal(), ds); err != nil {
 				return err
 			}
-		case conf := <-confirms:
-			if err := stream.Send(&ferryv1.SubscribeResponse{Frame: &ferryv1.SubscribeResponse_AckConfirmation{AckConfirmation: conf}}); err != nil {
+		case o := <-confirms:
+			s.metrics.ackConfirmations.Inc()
+			if err := stream.Send(o.confirmation()); err != nil {
 				return err
+			}
+			for range o.tokens {
+				<-pending
 			}
 		case err := <-recvDone:
 			return err
-		case err := <-detached:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return toStatus(err)
 		case <-s.draining:
 			return status.Error(codes.Unavailable, "the broker is shutting down; reconnect to resume")
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
 
 // sendDeliveries sends ds, their ids sealed by seal, in frames of at most
-// maxDeliveriesFrame bytes.
+// maxDeliveriesFrame bytes; nothing if ds is empty.
 func sendDeliveries(stream ferryv1.SubscriberService_SubscribeServer, seal *consumer.IDSeal, ds []consumer.Delivery) error {
+	if len(ds) == 0 {
+		return nil
+	}
 	frame := &ferryv1.Deliveries{}
 	size := 0
 	for i := range ds {
@@ -138,7 +151,8 @@ func sendDeliveries(stream ferryv1.SubscriberService_SubscribeServer, seal *cons
 
 // receive acts on the client's frames until the stream ends. It returns
 // nil at EOF and a status for a malformed frame.
-func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberService_SubscribeServer, c *consumer.Consumer, confirms chan<- *ferryv1.AckConfirmation) error {
+func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberService_SubscribeServer, c *consumer.Consumer,
+	confirms chan<- ackOutcome, pending chan<- struct{}) error {
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -155,7 +169,7 @@ func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberServi
 				return toStatus(err)
 			}
 		case *ferryv1.SubscribeRequest_Ack:
-			if err := s.streamAck(ctx, c, f.Ack, confirms); err != nil {
+			if err := s.streamAck(ctx, c, f.Ack, confirms, pending); err != nil {
 				return toStatus(err)
 			}
 		case *ferryv1.SubscribeRequest_Nack:
@@ -186,8 +200,11 @@ func (s *subscriber) receive(ctx context.Context, stream ferryv1.SubscriberServi
 
 // streamAck acks a frame's deliveries. Under EFFECTIVELY_ONCE the
 // confirmation goes out once the acks are durable, without holding up the
-// frames behind it; otherwise refused acks are only counted.
-func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *ferryv1.SubscribeAck, confirms chan<- *ferryv1.AckConfirmation) error {
+// frames behind it, but at most maxPendingConfirms frames are unconfirmed:
+// beyond, streamAck waits (and so does the reading of the stream) until a
+// confirmation is sent. Otherwise refused acks are only counted.
+func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *ferryv1.SubscribeAck,
+	confirms chan<- ackOutcome, pending chan<- struct{}) error {
 	ids, bad, err := parseIDs(c.Seal(), a.GetDeliveryIds())
 	if err != nil {
 		return err
@@ -196,16 +213,37 @@ func (s *subscriber) streamAck(ctx context.Context, c *consumer.Consumer, a *fer
 		_, err := c.Ack(ctx, ids)
 		return err
 	}
-	go func() {
-		results, err := c.Ack(ctx, ids)
-		conf := &ferryv1.AckConfirmation{Sequence: a.GetSequence(), Results: ackResults(a.GetDeliveryIds(), bad, results, err)}
-		s.metrics.ackConfirmations.Inc()
+	raw, seq := a.GetDeliveryIds(), a.GetSequence()
+	tokens := min((len(raw)+confirmTokenIDs-1)/confirmTokenIDs, maxPendingConfirms)
+	for range tokens { // only this goroutine takes tokens: no deadlock
 		select {
-		case confirms <- conf:
+		case pending <- struct{}{}:
 		case <-ctx.Done():
+			return ctx.Err()
 		}
-	}()
+	}
+	c.AckAsync(ctx, ids, func(results []error, err error) {
+		// Runs on the subscription's loop: the tokens taken above keep a
+		// place in confirms (each outcome holds at least one), so this
+		// never blocks; the sender builds the answer.
+		confirms <- ackOutcome{seq: seq, raw: raw, bad: bad, results: results, err: err, tokens: tokens}
+	})
 	return nil
+}
+
+// ackOutcome is the outcome of a stream's ack frame, to confirm.
+type ackOutcome struct {
+	seq     uint64
+	raw     []string
+	bad     map[int]error
+	results []error
+	err     error
+	tokens  int // of pending, released once it is sent
+}
+
+func (o ackOutcome) confirmation() *ferryv1.SubscribeResponse {
+	conf := &ferryv1.AckConfirmation{Sequence: o.seq, Results: ackResults(o.raw, o.bad, o.results, o.err)}
+	return &ferryv1.SubscribeResponse{Frame: &ferryv1.SubscribeResponse_AckConfirmation{AckConfirmation: conf}}
 }
 
 // parseIDs opens delivery ids sealed by seal: their subscription's. One

@@ -41,8 +41,13 @@ func WithConcurrency(n int) SubscribeOption {
 	return func(o *subscribeOptions) { o.concurrency = n }
 }
 
+// MaxCredit is the most credit a broker takes (its consumer.MaxCredit):
+// more is refused.
+const MaxCredit = 10000
+
 // WithCredit sets how many unacked messages the consumer holds: running
-// and waiting for a handler. Default twice the concurrency.
+// and waiting for a handler, 1 to MaxCredit. Default twice the
+// concurrency, at most MaxCredit.
 func WithCredit(n int) SubscribeOption { return func(o *subscribeOptions) { o.credit = n } }
 
 // WithMaxExtension caps how long a running handler's deadline is extended.
@@ -81,7 +86,10 @@ func (c *Client) Subscribe(ctx context.Context, topic, subscription string, h Ha
 		return fmt.Errorf("client: concurrency %d: want at least 1", o.concurrency)
 	}
 	if o.credit < 1 {
-		o.credit = 2 * o.concurrency
+		o.credit = min(2*o.concurrency, MaxCredit)
+	}
+	if o.credit > MaxCredit {
+		return fmt.Errorf("client: credit %d: the broker takes at most %d", o.credit, MaxCredit)
 	}
 	s := &consumer{c: c, topic: topic, sub: subscription, h: h, o: o,
 		work: make(chan *Message, o.credit), acks: make(chan pendingAck, 2*o.credit), running: make(map[string]*delivery)}

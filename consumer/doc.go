@@ -49,4 +49,20 @@
 //
 // Delivery ids (delivery.go) name partition, offset, attempt and epoch; an
 // ack naming an older attempt or epoch is stale.
+//
+// # Bounds
+//
+// What one consumer can cost is capped (flow.go): credit is at most
+// MaxCredit (10,000; more is refused); its queue — deliveries handed to
+// it and not yet taken by its stream with Take — holds at most
+// EngineOptions.QueueBytes (64 KiB), after which it gets nothing more, so
+// a consumer that does not read costs at most its credit's worth of
+// messages, and its subscription's other consumers get the rest. The
+// stream reports what it took (an event), which makes room. A NONE
+// subscription whose consumers have no room reads nothing; once what it
+// buffered is more than noneMaxLag (5 s) old, it is dropped
+// (Stats.Dropped, Engine.Dropped) and reading resumes at the head.
+// Detach costs what the consumer held (Inflight indexes leases by
+// consumer; retries merge in one pass), so thousands of consumers leaving
+// at once do not hold up the loop.
 package consumer

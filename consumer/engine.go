@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymq/ferry/internal/clock"
@@ -46,9 +47,12 @@ type EngineOptions struct {
 	// Route picks the partition of a message the engine publishes (a dead
 	// letter) the way publishers' messages are routed. Required.
 	Route func(topic string, m *storage.Message) (uint32, error)
-	// MaxQueued is how many deliveries a NONE consumer may have waiting to
-	// be sent before newer ones are dropped for it. Default 10000.
-	MaxQueued int
+	// QueueBytes bounds each consumer's queue of deliveries handed to it
+	// and not yet taken by its stream, in bytes of payload, key and id
+	// plus a fixed overhead per delivery: a consumer whose queue is full
+	// gets nothing more until its stream takes some (one delivery always
+	// fits). Default DefaultQueueBytes (256 KiB).
+	QueueBytes int
 }
 
 // Engine runs the delivery of every subscription: one loop per
@@ -63,7 +67,15 @@ type Engine struct {
 	closed  bool
 	nextID  uint64
 	adminMu sync.Mutex // serializes subscription create, update and delete
+	// dropped counts messages NONE subscriptions skipped forward over
+	// (Stats.Dropped of every loop, gone ones included).
+	dropped atomic.Uint64
 }
+
+// Dropped is how many messages NONE subscriptions have skipped since the
+// engine started, because their consumers fell behind: a NONE consumer
+// that cannot keep up is skipped forward to the head, not buffered for.
+func (e *Engine) Dropped() uint64 { return e.dropped.Load() }
 
 type subKey struct{ topic, name string }
 
@@ -75,8 +87,8 @@ func New(opts EngineOptions) *Engine {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.MaxQueued <= 0 {
-		opts.MaxQueued = 10000
+	if opts.QueueBytes <= 0 {
+		opts.QueueBytes = DefaultQueueBytes
 	}
 	return &Engine{opts: opts, log: opts.Logger, loops: make(map[subKey]*loop)}
 }
@@ -282,6 +294,7 @@ func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*
 		done:      make(chan struct{}),
 	}
 	l.sub.horizon = horizon
+	l.sub.queueBytes = e.opts.QueueBytes
 	e.loops[l.key] = l
 	go l.run()
 	return l
@@ -495,22 +508,38 @@ func (e *Engine) Release(topic string, match func(name string) bool, err error) 
 	}
 }
 
+// closeParallel is how many loops Close stops at once: each waits for its
+// last writes (which a group commit lands together) and its reads to end.
+const closeParallel = 64
+
 // Close stops every loop, detaching consumers, and waits for their writes.
+// Loops stop closeParallel at a time, so thousands of subscriptions stop
+// in about the time of their slowest write, not one after another.
 func (e *Engine) Close() {
 	e.mu.Lock()
 	e.closed = true
 	loops := e.loops
 	e.loops = map[subKey]*loop{}
 	e.mu.Unlock()
+	err := fmt.Errorf("broker shutting down: %w", ErrDetached)
+	sem := make(chan struct{}, closeParallel)
+	var wg sync.WaitGroup
 	for _, l := range loops {
-		l.stop(fmt.Errorf("broker shutting down: %w", ErrDetached))
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.stop(err)
+			<-sem
+		}()
 	}
+	wg.Wait()
 }
 
 // AttachOptions says how a consumer attaches.
 type AttachOptions struct {
-	// Credit is the most unacked deliveries the consumer may hold. At
-	// least 1.
+	// Credit is the most unacked deliveries the consumer may hold: 1 to
+	// MaxCredit.
 	Credit int
 	// CreateNone creates a NONE subscription of the name if there is none
 	// (it goes away with its last consumer).
@@ -519,8 +548,8 @@ type AttachOptions struct {
 
 // Attach attaches a consumer to a subscription.
 func (e *Engine) Attach(ctx context.Context, topic, name string, ao AttachOptions) (*Consumer, error) {
-	if ao.Credit < 1 {
-		return nil, fmt.Errorf("credit %d: %w", ao.Credit, ErrInvalidCredit)
+	if err := checkCredit(ao.Credit); err != nil {
+		return nil, err
 	}
 	l, err := e.loopFor(topic, name)
 	if errors.Is(err, ErrSubscriptionNotFound) && ao.CreateNone {
@@ -536,7 +565,7 @@ func (e *Engine) Attach(ctx context.Context, topic, name string, ao AttachOption
 	e.nextID++
 	id := e.nextID
 	e.mu.Unlock()
-	c := &Consumer{id: id, l: l, signal: make(chan struct{}, 1), max: e.opts.MaxQueued}
+	c := &Consumer{id: id, l: l, signal: make(chan struct{}, 1)}
 	var aerr error
 	if err := l.call(ctx, func(now time.Time, done func()) {
 		defer done()

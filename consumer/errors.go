@@ -9,8 +9,8 @@ var (
 	// subscription options or a start position are not acceptable.
 	ErrInvalidOptions = errors.New("consumer: invalid options")
 	// ErrInvalidCredit is returned by Attach and SetCredit for a credit
-	// below 1.
-	ErrInvalidCredit = errors.New("consumer: credit must be at least 1")
+	// outside 1 to MaxCredit.
+	ErrInvalidCredit = errors.New("consumer: invalid credit")
 	// ErrExclusiveBusy is returned by Attach when an EXCLUSIVE subscription
 	// already has its consumer.
 	ErrExclusiveBusy = errors.New("consumer: exclusive subscription already has a consumer")

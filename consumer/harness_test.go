@@ -48,7 +48,10 @@ type harness struct {
 	acksWaiting []func() bool
 
 	credit map[uint64]int // attached consumers' credit
-	model  *model
+	// stuck consumers' streams take nothing: their deliveries stay queued
+	// (counted against their queue) until unstick.
+	stuck map[uint64][]Delivery
+	model *model
 }
 
 // model is what the harness knows from outside the core: the deliveries
@@ -235,12 +238,22 @@ func (h *harness) drain() {
 		for _, d := range out.sends {
 			h.onSend(d)
 		}
+		h.take(out.sends)
 		for _, r := range out.rereads {
 			msgs, err := h.st.Read(context.Background(), h.topic, r.part, r.from, int(r.to-r.from), fetchBytes)
 			h.sub.reread(r, msgs, err, h.now())
 			progress = true
 		}
-		h.pending = append(h.pending, out.fetches...)
+		for _, f := range out.fetches {
+			if f.latest { // from the head at the time it is issued, as loop.read
+				parts, err := h.st.Partitions(h.topic)
+				if err != nil {
+					h.tb.Fatal(err)
+				}
+				f.from = max(f.from, parts[f.part].Head)
+			}
+			h.pending = append(h.pending, f)
+		}
 		pend := h.pending
 		h.pending = nil
 		for _, f := range pend {
@@ -272,6 +285,50 @@ func (h *harness) drain() {
 }
 
 var errInjected = errors.New("injected write failure")
+
+// take plays the consumers' streams: each takes what was sent to it at
+// once, as a reading stream does, unless it is stuck.
+func (h *harness) take(sends []Delivery) {
+	type count struct{ n, bytes int }
+	taken := map[uint64]*count{}
+	var order []uint64
+	for i := range sends {
+		d := &sends[i]
+		if q, ok := h.stuck[d.Consumer]; ok {
+			h.stuck[d.Consumer] = append(q, *d)
+			continue
+		}
+		c := taken[d.Consumer]
+		if c == nil {
+			c = &count{}
+			taken[d.Consumer] = c
+			order = append(order, d.Consumer)
+		}
+		c.n++
+		c.bytes += deliverySize(d)
+	}
+	for _, id := range order {
+		h.sub.taken(id, taken[id].n, taken[id].bytes, h.now())
+	}
+}
+
+// stick makes consumer id's stream stop taking deliveries.
+func (h *harness) stick(id uint64) {
+	if h.stuck == nil {
+		h.stuck = map[uint64][]Delivery{}
+	}
+	h.stuck[id] = nil
+}
+
+// unstick makes consumer id's stream take what waited and go on taking;
+// it returns what waited.
+func (h *harness) unstick(id uint64) []Delivery {
+	q := h.stuck[id]
+	delete(h.stuck, id)
+	h.take(q)
+	h.drain()
+	return q
+}
 
 // read is loop.read without the wait: nothing at the head is nothing.
 func (h *harness) read(f fetch) ([]storage.Message, []bool, error) {

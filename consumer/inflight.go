@@ -21,6 +21,9 @@ type Lease struct {
 type Inflight struct {
 	h        deadlineHeap
 	byOffset map[uint64]*inflightEntry
+	// byConsumer indexes the entries by consumer, so RemoveConsumer costs
+	// what that consumer holds, not what everyone holds.
+	byConsumer map[uint64]map[uint64]*inflightEntry
 }
 
 type inflightEntry struct {
@@ -30,7 +33,7 @@ type inflightEntry struct {
 
 // NewInflight returns an empty Inflight.
 func NewInflight() *Inflight {
-	return &Inflight{byOffset: make(map[uint64]*inflightEntry)}
+	return &Inflight{byOffset: make(map[uint64]*inflightEntry), byConsumer: make(map[uint64]map[uint64]*inflightEntry)}
 }
 
 // Len is the number of outstanding deliveries.
@@ -44,8 +47,24 @@ func (f *Inflight) Add(d Lease) bool {
 	}
 	e := &inflightEntry{Lease: d}
 	f.byOffset[d.Offset] = e
+	held := f.byConsumer[d.Consumer]
+	if held == nil {
+		held = make(map[uint64]*inflightEntry)
+		f.byConsumer[d.Consumer] = held
+	}
+	held[d.Offset] = e
 	heap.Push(&f.h, e)
 	return true
+}
+
+// unindex takes e out of byOffset and byConsumer.
+func (f *Inflight) unindex(e *inflightEntry) {
+	delete(f.byOffset, e.Offset)
+	held := f.byConsumer[e.Consumer]
+	delete(held, e.Offset)
+	if len(held) == 0 {
+		delete(f.byConsumer, e.Consumer)
+	}
 }
 
 // Get returns the outstanding delivery of off.
@@ -65,7 +84,7 @@ func (f *Inflight) Remove(off uint64) (Lease, bool) {
 		return Lease{}, false
 	}
 	heap.Remove(&f.h, e.index)
-	delete(f.byOffset, off)
+	f.unindex(e)
 	return e.Lease, true
 }
 
@@ -95,7 +114,7 @@ func (f *Inflight) Due(now time.Time) []Lease {
 	var due []Lease
 	for len(f.h) > 0 && !f.h[0].Deadline.After(now) {
 		e := heap.Pop(&f.h).(*inflightEntry)
-		delete(f.byOffset, e.Offset)
+		f.unindex(e)
 		due = append(due, e.Lease)
 	}
 	return due
@@ -103,12 +122,15 @@ func (f *Inflight) Due(now time.Time) []Lease {
 
 // RemoveConsumer removes and returns every delivery held by consumer, in
 // offset order: what is redelivered at once when a consumer disconnects.
+// It costs what the consumer holds, whatever others hold.
 func (f *Inflight) RemoveConsumer(consumer uint64) []Lease {
-	var out []Lease
-	for _, e := range f.byOffset {
-		if e.Consumer == consumer {
-			out = append(out, e.Lease)
-		}
+	held := f.byConsumer[consumer]
+	if len(held) == 0 {
+		return nil
+	}
+	out := make([]Lease, 0, len(held))
+	for _, e := range held {
+		out = append(out, e.Lease)
 	}
 	for _, d := range out {
 		f.Remove(d.Offset)

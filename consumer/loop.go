@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -40,6 +41,7 @@ type loop struct {
 
 	timer   clock.Timer
 	timerAt time.Time
+	dropped uint64 // sub.stats.Dropped already added to the engine's count
 	// settled is closed once a stopping subscription has stored what it
 	// holds; set by stop.
 	settled chan struct{}
@@ -52,6 +54,10 @@ func (l *loop) run() {
 		case fn := <-l.events:
 			fn(l.e.opts.Clock.Now())
 			l.flush()
+			if d := l.sub.stats.Dropped; d != l.dropped {
+				l.e.dropped.Add(d - l.dropped)
+				l.dropped = d
+			}
 			if l.settled != nil && l.sub.settled() {
 				close(l.settled)
 				l.settled = nil
@@ -246,6 +252,15 @@ func (l *loop) backOff(part uint32, err error) bool {
 // read reads a partition from f.from, waiting for the head to pass it.
 func (l *loop) read(f fetch) ([]storage.Message, []bool, error) {
 	lg, topic := l.e.opts.Log, l.key.topic
+	if f.latest {
+		parts, err := lg.Partitions(topic)
+		if err != nil {
+			return nil, nil, err
+		}
+		if int(f.part) < len(parts) {
+			f.from = max(f.from, parts[f.part].Head)
+		}
+	}
 	msgs, err := lg.Read(l.ctx, topic, f.part, f.from, f.max, fetchBytes)
 	if err == nil && len(msgs) == 0 {
 		if _, err = lg.WaitHead(l.ctx, topic, f.part, f.from); err == nil {
@@ -404,19 +419,23 @@ func gone(err error) bool {
 		errors.Is(err, storage.ErrPartitionNotFound) || errors.Is(err, storage.ErrClosed)
 }
 
-// Consumer is one consumer attached to a subscription. Receive takes its
-// deliveries; Ack, Nack and Extend act on them; Close detaches it. Methods
-// are safe for concurrent use.
+// Consumer is one consumer attached to a subscription. Its stream takes
+// deliveries with Take when Ready says there are some (or Receive, which
+// waits); Ack, Nack and Extend act on them; Close detaches it. Methods are
+// safe for concurrent use.
+//
+// Its queue holds what the subscription handed it and its stream has not
+// taken; the subscription hands it nothing more while the queue holds
+// EngineOptions.QueueBytes, so a stream that does not read costs at most
+// that much queue (see hasRoom).
 type Consumer struct {
-	id  uint64
-	l   *loop
-	max int // NONE: most deliveries queued before newer ones are dropped
+	id uint64
+	l  *loop
 
-	mu      sync.Mutex // guards queue, err and dropped
-	queue   []Delivery
-	err     error // why it was detached; nil while attached
-	dropped uint64
-	signal  chan struct{} // cap 1: queue or err changed
+	mu     sync.Mutex // guards queue and err
+	queue  []Delivery
+	err    error         // why it was detached; nil while attached
+	signal chan struct{} // cap 1: queue or err changed
 }
 
 // ID is the consumer's id, unique in the engine's life.
@@ -424,11 +443,7 @@ func (c *Consumer) ID() uint64 { return c.id }
 
 func (c *Consumer) push(d Delivery) {
 	c.mu.Lock()
-	if c.l.sub.opts.Guarantee == None && len(c.queue) >= c.max {
-		c.dropped++ // NONE: a consumer that cannot keep up misses messages
-	} else {
-		c.queue = append(c.queue, d)
-	}
+	c.queue = append(c.queue, d)
 	c.mu.Unlock()
 	c.wake()
 }
@@ -449,20 +464,51 @@ func (c *Consumer) wake() {
 	}
 }
 
+// Ready is signalled when deliveries were queued or the consumer was
+// detached since the last Take that left nothing: call Take then.
+func (c *Consumer) Ready() <-chan struct{} { return c.signal }
+
+// Take returns queued deliveries in order, without waiting: as many as fit
+// in maxBytes (as deliverySize counts them; at least one). The caller owns
+// them. Once the consumer is detached and nothing is left it returns the
+// reason, wrapping ErrDetached. What Take returns leaves the consumer's
+// queue, making room for more (the loop is told).
+func (c *Consumer) Take(maxBytes int) ([]Delivery, error) {
+	c.mu.Lock()
+	n, bytes := 0, 0
+	for n < len(c.queue) {
+		sz := deliverySize(&c.queue[n])
+		if n > 0 && bytes+sz > maxBytes {
+			break
+		}
+		n++
+		bytes += sz
+	}
+	ds := c.queue[:n:n]
+	c.queue = c.queue[n:]
+	if len(c.queue) == 0 {
+		c.queue = nil // lets go of the taken deliveries' array
+	}
+	more, err := len(c.queue) > 0, c.err
+	c.mu.Unlock()
+	if more {
+		c.wake()
+	}
+	if n == 0 {
+		return nil, err
+	}
+	c.l.post(func(now time.Time) { c.l.sub.taken(c.id, n, bytes, now) })
+	return ds, nil
+}
+
 // Receive waits for deliveries and returns every one queued, in order. It
 // returns the reason once the consumer is detached (wrapping ErrDetached)
 // and nothing is left, or ctx's error.
 func (c *Consumer) Receive(ctx context.Context) ([]Delivery, error) {
 	for {
-		c.mu.Lock()
-		q, err := c.queue, c.err
-		c.queue = nil
-		c.mu.Unlock()
-		if len(q) > 0 {
-			return q, nil
-		}
-		if err != nil {
-			return nil, err
+		ds, err := c.Take(math.MaxInt)
+		if len(ds) > 0 || err != nil {
+			return ds, err
 		}
 		select {
 		case <-c.signal:
@@ -487,6 +533,27 @@ func (c *Consumer) SetCredit(ctx context.Context, credit int) error {
 // Ack acks deliveries, as Engine.Ack.
 func (c *Consumer) Ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
 	return c.l.ack(ctx, ids)
+}
+
+// AckAsync acks deliveries as Ack does, without waiting for the outcome:
+// done runs once with it, on the subscription's loop, so it must not
+// block. done may not run at all if the subscription stops first (the
+// consumer is then detached). AckAsync itself waits only for the loop to
+// take the acks (and, after a restart under EFFECTIVELY_ONCE, to read
+// ids), so a caller that bounds its acks awaiting done bounds them all.
+func (c *Consumer) AckAsync(ctx context.Context, ids []DeliveryID, done func(results []error, err error)) {
+	l := c.l
+	found, err := l.loadIDs(ctx, ids)
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	if !l.post(func(now time.Time) {
+		l.sub.noteIDs(found)
+		l.sub.ack(ids, now, done)
+	}) {
+		done(nil, l.err())
+	}
 }
 
 // Nack makes deliveries due again after their backoff, as Engine.Nack.

@@ -51,10 +51,13 @@ type subscription struct {
 
 	parts     []*partition
 	consumers []*consumerState // in attach order: FAILOVER's first is active
-	rr        int              // SHARED: where the next round-robin pick starts
-	pins      map[uint64]*pin  // KEY_SHARED: key hash → consumer holding it
-	queued    []*writeJob      // commits and dead letters waiting for their partitions
-	nextJob   uint64
+	byID      map[uint64]*consumerState
+	// queueBytes bounds each consumer's queue (EngineOptions.QueueBytes).
+	queueBytes int
+	rr         int             // SHARED: where the next round-robin pick starts
+	pins       map[uint64]*pin // KEY_SHARED: key hash → consumer holding it
+	queued     []*writeJob     // commits and dead letters waiting for their partitions
+	nextJob    uint64
 
 	stats Stats
 	out   output
@@ -70,12 +73,19 @@ type partition struct {
 	inflight *Inflight
 	msgs     map[uint64]*storage.Message // outstanding or awaiting redelivery
 	retry    []uint64                    // offsets awaiting redelivery, increasing
-	busy     map[uint64]bool             // in a commit or dead-letter write
+	// retryLater: some offset in retry may have a notBefore still to
+	// come, so nextDeadline looks through retry (else it need not: after
+	// a mass disconnect retry holds thousands, all due at once).
+	retryLater bool
+	busy       map[uint64]bool // in a commit or dead-letter write
 
 	buf      []storage.Message // fetched, not yet delivered, from offset next-len(buf)
 	next     uint64            // the next offset to fetch
 	fetchSeq uint64            // bumped by a seek: results of older fetches are dropped
 	fetching bool
+	// behind: a NONE partition skipped what its consumers could not take;
+	// the next fetch starts at the head.
+	behind bool
 
 	writes []*writeJob // in flight, in the order they were issued
 	// retryWriteAt: the last write failed; the next waits until then.
@@ -100,6 +110,13 @@ type consumerState struct {
 	id     uint64
 	credit int // most outstanding deliveries
 	out    int // outstanding deliveries
+	// queued deliveries were handed to the consumer's queue (or wait for
+	// a write to be) and not yet taken by its stream; see hasRoom.
+	queued      int
+	queuedBytes int
+	// pendingBytes are of deliveries waiting for their write
+	// (durableSends) before they are queued.
+	pendingBytes int
 }
 
 func (c *consumerState) hasCredit() bool { return c.out < c.credit }
@@ -143,6 +160,9 @@ type fetch struct {
 	from uint64
 	max  int // most messages to read
 	seq  uint64
+	// latest: read from the partition's head, not from; the messages in
+	// between are skipped (NONE consumers that fell behind).
+	latest bool
 	// ackedIDs: look up which messages' ids the subscription acked
 	// (EFFECTIVELY_ONCE's dedup horizon).
 	ackedIDs bool
@@ -179,11 +199,15 @@ type Stats struct {
 	DeadLettered  uint64
 	StaleAcks     uint64 // acks, nacks and commits refused as stale or unknown
 	Skipped       uint64 // messages skipped as already acked by id (EFFECTIVELY_ONCE)
+	// Dropped counts messages a NONE subscription skipped because its
+	// consumers fell more than noneMaxLag behind (skipped forward).
+	Dropped uint64
 }
 
 func newSubscription(topic, name string, sid uint32, opts Options, states []*partitionState, heads []uint64,
 	route func(string, *storage.Message) (uint32, error)) *subscription {
-	s := &subscription{topic: topic, name: name, sid: sid, opts: opts, route: route, pins: make(map[uint64]*pin)}
+	s := &subscription{topic: topic, name: name, sid: sid, opts: opts, route: route, pins: make(map[uint64]*pin),
+		byID: make(map[uint64]*consumerState), queueBytes: DefaultQueueBytes}
 	for i, st := range states {
 		p := &partition{n: uint32(i), st: st, inflight: NewInflight(), msgs: make(map[uint64]*storage.Message), busy: make(map[uint64]bool)}
 		p.next = st.cursor.Floor()
@@ -210,32 +234,27 @@ func (s *subscription) persistAttempts() bool {
 	return s.opts.Guarantee == EffectivelyOnce || s.opts.MaxDeliveries > 0
 }
 
-func (s *subscription) consumer(id uint64) *consumerState {
-	for _, c := range s.consumers {
-		if c.id == id {
-			return c
-		}
-	}
-	return nil
-}
+func (s *subscription) consumer(id uint64) *consumerState { return s.byID[id] }
 
 // attach adds consumer id with credit.
 func (s *subscription) attach(id uint64, credit int, now time.Time) error {
-	if credit < 1 {
-		return fmt.Errorf("credit %d: %w", credit, ErrInvalidCredit)
+	if err := checkCredit(credit); err != nil {
+		return err
 	}
 	if s.opts.Type == Exclusive && len(s.consumers) > 0 {
 		return fmt.Errorf("subscription %q: %w", s.name, ErrExclusiveBusy)
 	}
-	s.consumers = append(s.consumers, &consumerState{id: id, credit: credit})
+	c := &consumerState{id: id, credit: credit}
+	s.consumers = append(s.consumers, c)
+	s.byID[id] = c
 	s.step(now)
 	return nil
 }
 
 // setCredit changes a consumer's credit.
 func (s *subscription) setCredit(id uint64, credit int, now time.Time) error {
-	if credit < 1 {
-		return fmt.Errorf("credit %d: %w", credit, ErrInvalidCredit)
+	if err := checkCredit(credit); err != nil {
+		return err
 	}
 	c := s.consumer(id)
 	if c == nil {
@@ -249,18 +268,26 @@ func (s *subscription) setCredit(id uint64, credit int, now time.Time) error {
 // detach removes a consumer. What it held is redelivered at once under
 // AT_LEAST_ONCE, when its deadline passes under EFFECTIVELY_ONCE (it may
 // still commit over another connection), and never under AT_MOST_ONCE.
+// It costs the consumer's own deliveries and, per partition, O(1) besides
+// (the list of consumers aside, a copy of pointers): a consumer that held
+// nothing frees nothing, so nothing is dispatched.
 func (s *subscription) detach(id uint64, now time.Time) {
-	i := slices.IndexFunc(s.consumers, func(c *consumerState) bool { return c.id == id })
-	if i < 0 {
+	c := s.byID[id]
+	if c == nil {
 		return
 	}
+	delete(s.byID, id)
+	i := slices.Index(s.consumers, c)
 	s.consumers = slices.Delete(s.consumers, i, i+1)
+	freed := c.queued > 0 // a FAILOVER successor may take what waited for it
 	for _, p := range s.parts {
+		var again []uint64
 		for _, l := range p.inflight.RemoveConsumer(id) {
+			freed = true
 			s.unpin(p, l.Offset)
 			switch s.opts.Guarantee {
 			case AtLeastOnce:
-				s.toRetry(p, l.Offset, time.Time{})
+				again = append(again, l.Offset)
 			case EffectivelyOnce:
 				l.Consumer = 0
 				p.inflight.Add(l)
@@ -269,8 +296,11 @@ func (s *subscription) detach(id uint64, now time.Time) {
 				delete(p.msgs, l.Offset)
 			}
 		}
+		s.toRetryAll(p, again)
 	}
-	s.step(now)
+	if freed {
+		s.step(now)
+	}
 }
 
 // step delivers what can be delivered, then queues fetches and writes.
@@ -290,9 +320,9 @@ func keyHash(key []byte) uint64 {
 }
 
 // pick chooses the consumer for m, or nil if the one it must go to has no
-// credit. NONE ignores credit: it takes no acks to free it.
+// room (hasRoom: credit and queue).
 func (s *subscription) pick(m *storage.Message) *consumerState {
-	ok := func(c *consumerState) bool { return s.opts.Guarantee == None || c.hasCredit() }
+	ok := s.hasRoom
 	switch s.opts.Type {
 	case Exclusive, Failover:
 		if c := s.consumers[0]; ok(c) {
@@ -355,6 +385,7 @@ func (s *subscription) dispatch(now time.Time) {
 			blocked = make(map[uint64]bool)
 		}
 		stalled := false
+		s.skipLagging(p, now)
 		s.dispatchRetries(p, now, blocked, &stalled)
 		if !stalled {
 			n := len(p.retry)
@@ -398,7 +429,7 @@ func (s *subscription) dispatchRetries(p *partition, now time.Time, blocked map[
 			kept = append(kept, off)
 			*stalled = s.hold(m, blocked)
 			if *stalled {
-				kept = append(kept, p.retry[i+1:]...)
+				kept = keepRest(p.retry, kept, i)
 				break
 			}
 			continue
@@ -412,7 +443,7 @@ func (s *subscription) dispatchRetries(p *partition, now time.Time, blocked map[
 			kept = append(kept, off)
 			*stalled = s.hold(m, blocked)
 			if *stalled {
-				kept = append(kept, p.retry[i+1:]...)
+				kept = keepRest(p.retry, kept, i)
 				break
 			}
 			continue
@@ -465,7 +496,7 @@ func (s *subscription) deliver(p *partition, c *consumerState, m *storage.Messag
 	d := Delivery{Consumer: c.id, ID: DeliveryID{Partition: p.n, Offset: off, Attempt: 1, Epoch: p.st.epoch}, Message: *m}
 	s.stats.Delivered++
 	if s.opts.Guarantee == None {
-		s.out.sends = append(s.out.sends, d)
+		s.send(d)
 		return
 	}
 	deadline := now.Add(s.opts.AckTimeout)
@@ -495,9 +526,10 @@ func (s *subscription) deliver(p *partition, c *consumerState, m *storage.Messag
 	c.out++
 	s.pinTo(p, off, c.id)
 	if s.durableSends() {
+		c.pendingBytes += deliverySize(&d)
 		p.sends = append(p.sends, d)
 	} else {
-		s.out.sends = append(s.out.sends, d)
+		s.send(d)
 	}
 }
 
@@ -545,6 +577,9 @@ func (s *subscription) unpin(p *partition, off uint64) {
 
 // toRetry queues off for redelivery no earlier than notBefore.
 func (s *subscription) toRetry(p *partition, off uint64, notBefore time.Time) {
+	if !notBefore.IsZero() {
+		p.retryLater = true
+	}
 	a := p.st.attempts[off]
 	a.notBefore = notBefore
 	p.st.attempts[off] = a
@@ -800,10 +835,15 @@ func (s *subscription) nextDeadline() (time.Time, bool) {
 		if t, ok := p.inflight.NextDeadline(); ok {
 			earlier(t)
 		}
-		for _, off := range p.retry {
-			if t := p.st.attempts[off].notBefore; t.After(s.now) {
-				earlier(t)
+		if p.retryLater {
+			later := false
+			for _, off := range p.retry {
+				if t := p.st.attempts[off].notBefore; t.After(s.now) {
+					earlier(t)
+					later = true
+				}
 			}
+			p.retryLater = later // s.now only moves on: none will be later again
 		}
 		if p.dirty && p.retryWriteAt.After(s.now) {
 			earlier(p.retryWriteAt)
@@ -1050,8 +1090,15 @@ func (s *subscription) complete(job *writeJob) {
 			p.retryWriteAt = s.now.Add(writeRetry)
 		}
 	}
+	for i := range job.sends {
+		if c := s.consumer(job.sends[i].Consumer); c != nil {
+			c.pendingBytes = max(c.pendingBytes-deliverySize(&job.sends[i]), 0)
+		}
+	}
 	if err == nil {
-		s.out.sends = append(s.out.sends, job.sends...)
+		for _, d := range job.sends {
+			s.send(d)
+		}
 	} else {
 		s.dropSends(job.sends)
 	}
@@ -1067,7 +1114,8 @@ func (s *subscription) complete(job *writeJob) {
 // their credit is freed; under EFFECTIVELY_ONCE they are due again at once
 // (AT_MOST_ONCE loses them, as it may).
 func (s *subscription) dropSends(sends []Delivery) {
-	for _, d := range sends {
+	for i := range sends {
+		d := &sends[i]
 		p := s.parts[d.ID.Partition]
 		if l, ok := p.inflight.Get(d.ID.Offset); !ok || l.Attempt != d.ID.Attempt {
 			continue
@@ -1143,6 +1191,9 @@ func (s *subscription) queueFetches() {
 		return
 	}
 	target := fetchMax
+	if s.opts.Guarantee == None && !s.anyRoom() {
+		return // a NONE partition that waits costs nothing; skipLagging
+	}
 	if s.opts.Guarantee != None {
 		free := 0
 		for _, c := range s.consumers {
@@ -1156,7 +1207,7 @@ func (s *subscription) queueFetches() {
 		}
 		p.fetching = true
 		s.out.fetches = append(s.out.fetches, fetch{part: p.n, from: p.next, max: target - len(p.buf), seq: p.fetchSeq,
-			ackedIDs: s.opts.Guarantee == EffectivelyOnce})
+			latest: p.behind, ackedIDs: s.opts.Guarantee == EffectivelyOnce})
 	}
 }
 
@@ -1180,6 +1231,13 @@ func (s *subscription) fetched(f fetch, msgs []storage.Message, ackedID []bool, 
 	case err != nil:
 		// Try again at the next event; the loop backs off.
 	default:
+		if f.latest && len(msgs) > 0 && msgs[0].Offset > p.next {
+			s.stats.Dropped += msgs[0].Offset - p.next
+			p.next = msgs[0].Offset
+		}
+		if f.latest {
+			p.behind = false
+		}
 		for i := range msgs {
 			m := &msgs[i]
 			if m.Offset != p.next {

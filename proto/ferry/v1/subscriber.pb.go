@@ -167,7 +167,8 @@ type SubscribeInit struct {
 	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
 	// The subscription.
 	Subscription string `protobuf:"bytes,2,opt,name=subscription,proto3" json:"subscription,omitempty"`
-	// Most unacked deliveries the consumer may hold, at least 1.
+	// Most unacked deliveries the consumer may hold: 1 to 10000 (the broker's
+	// maximum, consumer.MaxCredit); more is refused with INVALID_ARGUMENT.
 	Credit int32 `protobuf:"varint,3,opt,name=credit,proto3" json:"credit,omitempty"`
 	// Create a NONE subscription of this name if there is none; it goes away
 	// with its last consumer.
@@ -237,7 +238,8 @@ func (x *SubscribeInit) GetCreateNone() bool {
 // SubscribeCredit sets the consumer's credit.
 type SubscribeCredit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Most unacked deliveries the consumer may hold, at least 1.
+	// Most unacked deliveries the consumer may hold: 1 to 10000 (the broker's
+	// maximum, consumer.MaxCredit); more is refused with INVALID_ARGUMENT.
 	Credit        int32 `protobuf:"varint,1,opt,name=credit,proto3" json:"credit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
