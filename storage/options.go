@@ -82,6 +82,11 @@ type Options struct {
 	// group, how many bytes of its newest log entries (RaftLog). Default
 	// 1 MiB; 0 turns the caches off.
 	TailCacheBytes int
+	// TailCacheTotalBytes bounds the partitions' tail caches together: past
+	// it, the oldest cached messages of any partition are dropped first, so
+	// idle partitions' caches empty out and busy ones keep their newest.
+	// Default 64 MiB; 0: no bound beyond TailCacheBytes per partition.
+	TailCacheTotalBytes int
 	// Metrics records the store's metrics (NewMetrics); nil records none.
 	Metrics *Metrics
 	// Replicated makes every partition a replicated one (cluster mode): a
@@ -107,6 +112,8 @@ func DefaultOptions(dir string) Options {
 		MemTableBytes:     64 << 20,
 		BlockCacheBytes:   64 << 20,
 		TailCacheBytes:    1 << 20,
+
+		TailCacheTotalBytes: 64 << 20,
 	}
 }
 
@@ -135,6 +142,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option MemTableBytes %d must be at least %d (32 MiB): %w", o.MemTableBytes, MinMemTableBytes, ErrInvalidConfig)
 	case o.TailCacheBytes < 0:
 		return fmt.Errorf("option TailCacheBytes %d is negative: %w", o.TailCacheBytes, ErrInvalidConfig)
+	case o.TailCacheTotalBytes < 0:
+		return fmt.Errorf("option TailCacheTotalBytes %d is negative: %w", o.TailCacheTotalBytes, ErrInvalidConfig)
 	case o.BlockCacheBytes < 0:
 		return fmt.Errorf("option BlockCacheBytes %d is negative: %w", o.BlockCacheBytes, ErrInvalidConfig)
 	}

@@ -60,7 +60,11 @@ func (s *Store) enforcePartition(ctx context.Context, cfg TopicConfig, p *Partit
 		}
 	}
 	// Frees the memory of expired ids on a partition nobody appends to;
-	// appends expire them as they go.
+	// appends expire them as they go. A partition with none in memory is
+	// left alone: its writer is not started for nothing.
+	if !p.dedupLoaded() {
+		return nil
+	}
 	if _, err := p.do(ctx, command{kind: cmdExpireDedup, dedupWindow: cfg.DedupWindow}); err != nil {
 		return fmt.Errorf("forget expired ids: %w", err)
 	}
@@ -75,7 +79,7 @@ func (s *Store) trimPoint(p *Partition, cfg TopicConfig, now time.Time) (uint64,
 	if n := cfg.RetentionMaxMessages; n > 0 && vis.head-vis.first > n {
 		to = vis.head - n
 	}
-	if cfg.RetentionMaxAge == 0 && cfg.RetentionMaxBytes == 0 {
+	if cfg.RetentionMaxAge == 0 && cfg.RetentionMaxBytes == 0 || vis.head == to {
 		return to, nil
 	}
 	bytes := vis.bytes

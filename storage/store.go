@@ -21,10 +21,11 @@ import (
 // database. Open it with Open and release it with Close. All methods are
 // safe for concurrent use.
 type Store struct {
-	opts Options
-	db   *badger.DB
-	log  *slog.Logger
-	sync *syncer
+	opts  Options
+	db    *badger.DB
+	log   *slog.Logger
+	sync  *syncer
+	tails *tailBudget // every partition's tail cache together
 
 	adminMu sync.Mutex // serializes CreateTopic, UpdateTopic and DeleteTopic
 	multiMu sync.Mutex // serializes multi-partition writes (write.go)
@@ -95,6 +96,7 @@ func Open(opts Options) (*Store, error) {
 		raftLogs: make(map[uint64]*RaftLog),
 	}
 	s.sync = newSyncer(db, &s.opts)
+	s.tails = newTailBudget(opts.TailCacheTotalBytes)
 	if err := s.load(); err != nil {
 		s.sync.close()
 		_ = db.Close()
@@ -164,7 +166,7 @@ func (s *Store) load() error {
 				} else if !errors.Is(err, badger.ErrKeyNotFound) {
 					return fmt.Errorf("topic %q partition %d import marker: %w", name, part, err)
 				}
-				h.partitions = append(h.partitions, newPartition(name, st, t.Config.DedupWindow, s.db, s.sync, &s.opts))
+				h.partitions = append(h.partitions, newPartition(name, st, t.Config.DedupWindow, s.db, s.sync, &s.opts, s.tails))
 			}
 			s.topics[name] = h
 		}
@@ -315,7 +317,7 @@ func (s *Store) CreateTopicAt(ctx context.Context, name string, cfg TopicConfig,
 	h := &topicHandle{topic: t, subs: newSubscriptions()}
 	for part := range cfg.Partitions {
 		st := partitionState{tid: t.id, part: part, dedup: newDedupIndex()}
-		h.partitions = append(h.partitions, newPartition(name, st, cfg.DedupWindow, s.db, s.sync, &s.opts))
+		h.partitions = append(h.partitions, newPartition(name, st, cfg.DedupWindow, s.db, s.sync, &s.opts, s.tails))
 	}
 	s.topicsMu.Lock()
 	s.topics[name] = h
