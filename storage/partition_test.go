@@ -2,9 +2,11 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -96,5 +98,88 @@ func waitGoroutines(tb testing.TB, max int) {
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > max && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestPartitionQueueBound drives a partition's queue to Options.QueueLength
+// while its writer is held: further appends wait (and fail when their ctx
+// ends, storing nothing), then go in, in order, once the writer takes from
+// the queue; when it is empty again the writer exits and lets the queue go.
+func TestPartitionQueueBound(t *testing.T) {
+	opts := testOptions(t, clock.NewFake(t0))
+	opts.QueueLength = 4
+	s := openStore(t, opts)
+	mustCreate(t, s, "q", TopicConfig{})
+	_, p, err := s.partition("q", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	st, hold, err := p.hold(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	resume := func() { once.Do(func() { hold(st) }) }
+	defer resume() // a failure below must not leave the writer held
+	var pending []*Pending
+	for i := range 4 {
+		pd, err := s.Enqueue(ctx, "q", 0, []Message{msg("", fmt.Sprint(i))})
+		if err != nil {
+			t.Fatalf("append %d of 4 to a held writer: %v", i, err)
+		}
+		pending = append(pending, pd)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := s.Enqueue(short, "q", 0, []Message{msg("", "refused")}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("append to a full queue with a deadline: %v, want context.DeadlineExceeded", err)
+	}
+	fifth := make(chan error, 1)
+	go func() {
+		pd, err := s.Enqueue(ctx, "q", 0, []Message{msg("", "4")})
+		if err == nil {
+			pending = append(pending, pd)
+		}
+		fifth <- err
+	}()
+	select {
+	case err := <-fifth:
+		t.Fatalf("append to a full queue returned %v, want it to wait", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	p.queueMu.Lock()
+	queued := len(p.pending)
+	p.queueMu.Unlock()
+	if queued != 4 {
+		t.Fatalf("%d appends queued, want the bound, 4", queued)
+	}
+	resume()
+	if err := <-fifth; err != nil {
+		t.Fatalf("append once the writer took from the queue: %v", err)
+	}
+	for i, pd := range pending {
+		res, err := pd.Wait(ctx)
+		if err != nil || res[0].Offset != uint64(i) {
+			t.Fatalf("append %d: %v, %v; want offset %d", i, res, err, i)
+		}
+	}
+	for i, m := range mustRead(t, s, "q", 0, 0, 10) {
+		if string(m.Payload) != fmt.Sprint(i) {
+			t.Fatalf("offset %d holds %q, want %q (nothing of the refused append)", i, m.Payload, fmt.Sprint(i))
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p.queueMu.Lock()
+		idle := !p.running && p.pending == nil && p.room == nil
+		p.queueMu.Unlock()
+		if idle {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer still runs, or holds its queue, 10s after its queue emptied")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
