@@ -11,7 +11,8 @@ import (
 // id added (so a lookup it rules out needs no Badger read) and answers yes
 // for about 0.2% of the others per generation. A generation is dropped
 // once its newest id expired, so expired ids leave with it. Generations
-// start small (an idle partition has none, one with a few ids 7 KiB) and
+// start small (an idle partition has none, one with a few ids 448 B, so
+// that a partition written once costs little while its ids are remembered) and
 // grow fourfold up to dedupFilterMaxIDs; with dedupFilterMaxGens of them
 // the newest takes every further add and grows less selective instead of
 // bigger: memory per partition stays under 4.5 MiB whatever the rate (14
@@ -22,9 +23,9 @@ type dedupFilter struct {
 }
 
 const (
-	dedupFilterFirstIDs = 4 << 10 // ids the first generation is sized for
+	dedupFilterFirstIDs = 256     // ids the first generation is sized for
 	dedupFilterMaxIDs   = 1 << 20 // ids the largest generation is sized for
-	dedupFilterMaxGens  = 6       // 4Ki, 16Ki, 64Ki, 256Ki, 1Mi, and one more 1Mi
+	dedupFilterMaxGens  = 8       // 256, 1Ki, 4Ki, 16Ki, 64Ki, 256Ki, 1Mi, and one more 1Mi
 	bloomBitsPerID      = 14      // with 10 hashes: about 0.2% false positives
 	bloomHashes         = 10
 )

@@ -139,18 +139,19 @@ func TestDedupFilter(t *testing.T) {
 	if rate := float64(fp) / n; rate > 0.01 {
 		t.Errorf("%.2f%% false positives, want under 1%%", 100*rate)
 	}
-	// 4Ki, 16Ki, 64Ki: 84Ki ids in 3 generations.
-	if len(f.gens) != 3 || f.count() != n {
-		t.Errorf("%d generations holding %d ids, want 3 holding %d", len(f.gens), f.count(), n)
+	// 256, 1Ki, 4Ki, 16Ki, 64Ki: 85.25Ki ids in 5 generations.
+	if len(f.gens) != 5 || f.count() != n {
+		t.Errorf("%d generations holding %d ids, want 5 holding %d", len(f.gens), f.count(), n)
 	}
 	// At 35s with a 10s window, the generations whose newest id is from
-	// 25s or before go: the first two (20Ki ids, up to 20.5s). The third,
-	// whose ids go on to 50s, stays whole.
+	// 25s or before go: the first four (21.25Ki ids, up to 21.8s). The
+	// fifth, whose ids go on to 50s, stays whole.
+	const firstFour = 256 + 1<<10 + 4<<10 + 16<<10
 	f.expire(t0.Add(35*time.Second), 10*time.Second)
 	if len(f.gens) != 1 {
-		t.Errorf("%d generations after expiry, want 1 (from 20Ki ids on)", len(f.gens))
+		t.Errorf("%d generations after expiry, want 1 (from id %d on)", len(f.gens), firstFour)
 	}
-	for i := 20 << 10; i < n; i++ {
+	for i := firstFour; i < n; i++ {
 		if !f.mayContain(benchID(uint64(i))) {
 			t.Fatalf("id %d of a live generation ruled out after expiry", i)
 		}

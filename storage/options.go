@@ -92,6 +92,11 @@ type Options struct {
 	// DiskPollInterval is how often the filesystem's free space is read,
 	// besides after every MiB of appends. Default 1s.
 	DiskPollInterval time.Duration
+	// TailCacheTotalBytes bounds the partitions' tail caches together: past
+	// it, the oldest cached messages of any partition are dropped first, so
+	// idle partitions' caches empty out and busy ones keep their newest.
+	// Default 64 MiB; 0: no bound beyond TailCacheBytes per partition.
+	TailCacheTotalBytes int
 	// Metrics records the store's metrics (NewMetrics); nil records none.
 	Metrics *Metrics
 	// Replicated makes every partition a replicated one (cluster mode): a
@@ -119,6 +124,8 @@ func DefaultOptions(dir string) Options {
 		TailCacheBytes:    1 << 20,
 		DiskReserve:       DefaultDiskReserve,
 		DiskPollInterval:  time.Second,
+
+		TailCacheTotalBytes: 64 << 20,
 	}
 }
 
@@ -147,6 +154,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option MemTableBytes %d must be at least %d (32 MiB): %w", o.MemTableBytes, MinMemTableBytes, ErrInvalidConfig)
 	case o.TailCacheBytes < 0:
 		return fmt.Errorf("option TailCacheBytes %d is negative: %w", o.TailCacheBytes, ErrInvalidConfig)
+	case o.TailCacheTotalBytes < 0:
+		return fmt.Errorf("option TailCacheTotalBytes %d is negative: %w", o.TailCacheTotalBytes, ErrInvalidConfig)
 	case o.BlockCacheBytes < 0:
 		return fmt.Errorf("option BlockCacheBytes %d is negative: %w", o.BlockCacheBytes, ErrInvalidConfig)
 	case o.DiskReserve.Percent < 0 || o.DiskReserve.Percent >= 100:

@@ -20,6 +20,13 @@ import (
 // store's syncer (one fsync for every partition's groups), and moves on to
 // the next group while the sync runs. Requests are answered once the sync
 // covering them is done, in the order they were queued.
+//
+// An idle partition costs a few hundred bytes, not a goroutine and a
+// queue: the writer is started by the first command queued and exits once
+// the queue is empty (and no proposal of its waits for its entry), leaving
+// its state in the partition for the next one. The queue is a slice that
+// grows with what waits, up to Options.QueueLength, and is let go when
+// empty.
 type Partition struct {
 	topic string
 	tid   uint32
@@ -30,10 +37,17 @@ type Partition struct {
 	sync  *syncer
 	opts  *Options
 
-	queueMu sync.RWMutex // guards closed and sends on queue
+	dedupWindow time.Duration // for rebuilding the dedup index on first write
+
+	queueMu sync.Mutex // guards closed, pending, room, running, waiting, exited and idle
 	closed  bool
-	queue   chan *request
-	done    chan struct{} // closed when the writer has exited
+	pending []*request     // queued for the writer, oldest first; at most opts.QueueLength
+	room    chan struct{}  // closed when the writer takes from a full queue; nil if nobody waits
+	running bool           // a writer goroutine runs
+	waiting bool           // the running writer waits on wake for a command
+	wake    chan struct{}  // capacity 1: a command for the waiting writer
+	exited  chan struct{}  // closed when the running writer exits; nil if none runs
+	idle    partitionState // the state while no writer runs
 
 	// visible is the state as of the last durable group: reads, stats and
 	// retention see only synced data.
@@ -75,52 +89,117 @@ func (p *Pending) Wait(ctx context.Context) ([]AppendResult, error) {
 	}
 }
 
-// newPartition starts a partition's writer on st. If st has no dedup index,
-// the writer first rebuilds it from the log with dedupWindow, and appends
-// wait for that; reads do not.
-func newPartition(topic string, st partitionState, dedupWindow time.Duration, db *badger.DB, sy *syncer, opts *Options) *Partition {
+// newPartition makes a partition on st; its writer starts with the first
+// command. If st has no dedup index, the writer first rebuilds it from the
+// log with dedupWindow, and appends wait for that; reads do not.
+func newPartition(topic string, st partitionState, dedupWindow time.Duration, db *badger.DB, sy *syncer, opts *Options, tails *tailBudget) *Partition {
 	p := &Partition{
-		topic:  topic,
-		tid:    st.tid,
-		part:   st.part,
-		db:     db,
-		clk:    opts.Clock,
-		log:    opts.Logger,
-		sync:   sy,
-		opts:   opts,
-		queue:  make(chan *request, opts.QueueLength),
-		done:   make(chan struct{}),
-		tail:   newTailCache(opts.TailCacheBytes),
-		notify: make(chan struct{}),
+		topic:       topic,
+		tid:         st.tid,
+		part:        st.part,
+		db:          db,
+		clk:         opts.Clock,
+		log:         opts.Logger,
+		sync:        sy,
+		opts:        opts,
+		dedupWindow: dedupWindow,
+		wake:        make(chan struct{}, 1),
+		idle:        st,
+		tail:        newTailCache(opts.TailCacheBytes, tails),
+		notify:      make(chan struct{}),
 	}
 	m := st.meta
 	p.visible.Store(&m)
-	go p.run(st, dedupWindow)
 	return p
 }
 
-// submit queues cmd for the writer. It blocks while the queue is full. Once
-// ctx has ended it fails, every time: a select between a queue with room
-// and an ended ctx picks at random, and a caller queueing a stream's
-// batches in order would then see an earlier one refused and a later one
-// stored — a later message of a key ahead of an earlier one once the
-// earlier is sent again.
+// submit queues cmd for the writer, starting it if none runs. It blocks
+// while the queue is full. Once ctx has ended it fails, every time: a
+// caller queueing a stream's batches in order must never see an earlier one
+// refused and a later one stored — a later message of a key ahead of an
+// earlier one once the earlier is sent again.
 func (p *Partition) submit(ctx context.Context, cmd command) (*request, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	r := &request{cmd: cmd, done: make(chan struct{})}
-	p.queueMu.RLock()
-	defer p.queueMu.RUnlock()
+	p.queueMu.Lock()
+	for !p.closed && len(p.pending) >= p.opts.QueueLength {
+		if p.room == nil {
+			p.room = make(chan struct{})
+		}
+		room := p.room
+		p.queueMu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		p.queueMu.Lock()
+	}
+	defer p.queueMu.Unlock()
 	if p.closed {
 		return nil, ErrClosed
 	}
-	select {
-	case p.queue <- r:
-		return r, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	p.pending = append(p.pending, r)
+	switch {
+	case !p.running:
+		p.running = true
+		p.exited = make(chan struct{})
+		go p.run(p.idle, p.exited)
+		p.idle = partitionState{}
+	case p.waiting:
+		p.waiting = false
+		p.wake <- struct{}{}
 	}
+	return r, nil
+}
+
+// next takes the oldest queued command for the writer. If the queue is
+// empty, it returns ok false when the writer should exit: the partition is
+// closed, or (wait true) nothing else is owed to the writer — st is then
+// kept for the next writer. Otherwise, with wait, it waits for a command;
+// without, it returns ok false.
+func (p *Partition) next(st partitionState, wait bool) (r *request, ok bool) {
+	p.queueMu.Lock()
+	defer p.queueMu.Unlock()
+	for len(p.pending) == 0 {
+		if !wait {
+			return nil, false
+		}
+		if p.closed || len(p.proposals) == 0 {
+			p.stop(st)
+			return nil, false
+		}
+		// A proposal waits for its entry or its failure, both of which
+		// come through the queue.
+		p.waiting = true
+		p.queueMu.Unlock()
+		<-p.wake
+		p.queueMu.Lock()
+	}
+	r = p.pending[0]
+	p.pending[0] = nil
+	p.pending = p.pending[1:]
+	if len(p.pending) == 0 {
+		p.pending = nil // let the backing array go
+	}
+	if p.room != nil {
+		close(p.room)
+		p.room = nil
+	}
+	return r, true
+}
+
+// stop records that the writer exits with st; p.queueMu must be held.
+func (p *Partition) stop(st partitionState) {
+	if p.closed {
+		p.failProposals(ErrClosed)
+	}
+	p.idle = st
+	p.running = false
+	close(p.exited)
+	p.exited = nil
 }
 
 // do submits cmd and waits for its outcome.
@@ -141,18 +220,35 @@ func (p *Partition) do(ctx context.Context, cmd command) (result, error) {
 // waits for it. Safe to call more than once.
 func (p *Partition) close() {
 	p.queueMu.Lock()
-	if !p.closed {
-		p.closed = true
-		close(p.queue)
+	p.closed = true
+	if p.room != nil {
+		close(p.room)
+		p.room = nil
 	}
+	if p.waiting {
+		p.waiting = false
+		p.wake <- struct{}{}
+	}
+	exited := p.exited
 	p.queueMu.Unlock()
-	<-p.done
+	if exited != nil {
+		<-exited
+	}
 	p.notifyMu.Lock()
 	if p.notify != nil {
 		close(p.notify)
 		p.notify = nil
 	}
 	p.notifyMu.Unlock()
+}
+
+// dedupLoaded reports whether the partition may hold dedup ids in memory:
+// its writer runs, or the state it left has ids. Retention skips expiry on
+// a partition that has none, so as not to start its writer.
+func (p *Partition) dedupLoaded() bool {
+	p.queueMu.Lock()
+	defer p.queueMu.Unlock()
+	return p.running || (p.idle.dedup != nil && p.idle.dedup.len() > 0)
 }
 
 // publish makes a durable group visible: its messages go into the tail
@@ -189,15 +285,15 @@ func (p *Partition) waitHead(ctx context.Context, off uint64) (uint64, error) {
 	}
 }
 
-// run is the writer loop. It owns st.
-func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
-	defer close(p.done)
+// run is the writer loop. It owns st until it exits, closing exited.
+func (p *Partition) run(st partitionState, exited chan struct{}) {
 	if st.dedup == nil {
 		var err error
-		st.dedup, err = openDedup(p.db, p.tid, p.part, st.meta, p.clk.Now(), dedupWindow)
+		st.dedup, err = openDedup(p.db, p.tid, p.part, st.meta, p.clk.Now(), p.dedupWindow)
 		if err != nil {
 			p.log.Error("partition dedup index rebuild failed; refusing writes", "topic", p.topic, "partition", p.part, "err", err)
-			for r := range p.queue {
+			st.dedup = nil // the next writer tries again
+			for r, ok := p.next(st, true); ok; r, ok = p.next(st, true) {
 				r.err = fmt.Errorf("rebuild dedup index: %w", err)
 				close(r.done)
 			}
@@ -205,9 +301,9 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 		}
 		p.log.Debug("partition dedup index opened", "topic", p.topic, "partition", p.part, "ids", st.dedup.len())
 	}
-	group := make([]*request, 0, p.opts.MaxGroupAppends)
-	cmds := make([]*command, 0, p.opts.MaxGroupAppends)
-	for r := range p.queue {
+	var group []*request
+	var cmds []*command
+	for r, ok := p.next(st, true); ok; r, ok = p.next(st, true) {
 		var parked *request // a control command that ended the group
 		if r.cmd.control() {
 			st = p.control(st, r)
@@ -215,22 +311,17 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 		}
 		group = append(group[:0], r)
 		size := r.cmd.size
-	gather:
 		for len(group) < p.opts.MaxGroupAppends && size < p.opts.MaxGroupBytes {
-			select {
-			case r, ok := <-p.queue:
-				if !ok {
-					break gather
-				}
-				if r.cmd.control() {
-					parked = r
-					break gather
-				}
-				group = append(group, r)
-				size += r.cmd.size
-			default:
-				break gather
+			r, ok := p.next(st, false)
+			if !ok {
+				break
 			}
+			if r.cmd.control() {
+				parked = r
+				break
+			}
+			group = append(group, r)
+			size += r.cmd.size
 		}
 		cmds = cmds[:0]
 		for _, r := range group {
@@ -247,11 +338,11 @@ func (p *Partition) run(st partitionState, dedupWindow time.Duration) {
 		default:
 			st = p.commit(st, group, cmds)
 		}
+		clear(group) // answered: let the requests go
 		if parked != nil {
 			st = p.control(st, parked)
 		}
 	}
-	p.failProposals(ErrClosed)
 }
 
 // control handles a command the writer acts on itself.

@@ -63,7 +63,12 @@ func (s *Store) enforcePartition(ctx context.Context, cfg TopicConfig, p *Partit
 		}
 	}
 	// Deletes the d keys of expired ids and drops the filters whose ids
-	// all expired, a bounded number of keys per command.
+	// all expired, a bounded number of keys per command. A partition with
+	// no ids in memory is left alone: its writer is not started for
+	// nothing (its d keys are expired when the writer next starts).
+	if !p.dedupLoaded() {
+		return nil
+	}
 	for {
 		res, err := p.do(ctx, command{kind: cmdExpireDedup, dedupWindow: cfg.DedupWindow})
 		if err != nil {
@@ -83,7 +88,7 @@ func (s *Store) trimPoint(p *Partition, cfg TopicConfig, now time.Time) (uint64,
 	if n := cfg.RetentionMaxMessages; n > 0 && vis.head-vis.first > n {
 		to = vis.head - n
 	}
-	if cfg.RetentionMaxAge == 0 && cfg.RetentionMaxBytes == 0 {
+	if cfg.RetentionMaxAge == 0 && cfg.RetentionMaxBytes == 0 || vis.head == to {
 		return to, nil
 	}
 	bytes := vis.bytes

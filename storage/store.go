@@ -26,6 +26,7 @@ type Store struct {
 	log   *slog.Logger
 	sync  *syncer
 	guard *diskGuard
+	tails *tailBudget // every partition's tail cache together
 
 	adminMu sync.Mutex // serializes CreateTopic, UpdateTopic and DeleteTopic
 	multiMu sync.Mutex // serializes multi-partition writes (write.go)
@@ -111,6 +112,7 @@ func Open(opts Options) (*Store, error) {
 		raftLogs: make(map[uint64]*RaftLog),
 	}
 	s.sync = newSyncer(db, &s.opts, guard)
+	s.tails = newTailBudget(opts.TailCacheTotalBytes)
 	if err := s.load(); err != nil {
 		s.sync.close()
 		_ = db.Close()
@@ -151,6 +153,10 @@ func (s *Store) load() error {
 	var tombstones []uint32
 	var subTombs [][2]uint32
 	err := s.db.View(func(txn *badger.Txn) (err error) {
+		imports, err := cutImports(txn)
+		if err != nil {
+			return err
+		}
 		opts := badger.DefaultIteratorOptions
 		opts.Prefix = []byte{kindTopic}
 		it := txn.NewIterator(opts)
@@ -166,25 +172,8 @@ func (s *Store) load() error {
 				return err
 			}
 			h := &topicHandle{topic: t, subs: newSubscriptions()}
-			for part := range t.Config.Partitions {
-				st := partitionState{tid: t.id, part: part}
-				pi, err := txn.Get(partitionKey(t.id, part))
-				if err != nil {
-					return fmt.Errorf("topic %q partition %d meta: %w", name, part, err)
-				}
-				if err := pi.Value(func(v []byte) (err error) {
-					st.meta, err = decodePartitionMeta(v)
-					return err
-				}); err != nil {
-					return fmt.Errorf("topic %q partition %d: %w", name, part, err)
-				}
-				if _, err := txn.Get(importKey(t.id, part)); err == nil {
-					s.log.Warn("partition import was cut short: the partition is empty until its raft group restores it",
-						"topic", name, "partition", part)
-				} else if !errors.Is(err, badger.ErrKeyNotFound) {
-					return fmt.Errorf("topic %q partition %d import marker: %w", name, part, err)
-				}
-				h.partitions = append(h.partitions, newPartition(name, st, t.Config.DedupWindow, s.db, s.sync, &s.opts))
+			if h.partitions, err = s.loadPartitions(txn, t, imports); err != nil {
+				return err
 			}
 			s.topics[name] = h
 		}
@@ -341,7 +330,7 @@ func (s *Store) CreateTopicAt(ctx context.Context, name string, cfg TopicConfig,
 	h := &topicHandle{topic: t, subs: newSubscriptions()}
 	for part := range cfg.Partitions {
 		st := partitionState{tid: t.id, part: part, dedup: newDedupIndex()}
-		h.partitions = append(h.partitions, newPartition(name, st, cfg.DedupWindow, s.db, s.sync, &s.opts))
+		h.partitions = append(h.partitions, newPartition(name, st, cfg.DedupWindow, s.db, s.sync, &s.opts, s.tails))
 	}
 	s.topicsMu.Lock()
 	s.topics[name] = h

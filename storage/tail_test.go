@@ -33,7 +33,7 @@ func cachedOffsets(t *testing.T, c *tailCache, from, head uint64) []uint64 {
 }
 
 func TestTailCache(t *testing.T) {
-	c := newTailCache(50) // five 10-byte records
+	c := newTailCache(50, nil) // five 10-byte records
 	c.append(tailMsgs(0, 3))
 	c.append(tailMsgs(3, 4)) // 7 records: the oldest two are evicted
 	if got := cachedOffsets(t, c, 2, 7); len(got) != 5 || got[0] != 2 || got[4] != 6 {
@@ -65,7 +65,7 @@ func TestTailCache(t *testing.T) {
 	if got := cachedOffsets(t, c, 9, 10); len(got) != 1 || got[0] != 9 {
 		t.Fatalf("after the gap read from 9 = %v", got)
 	}
-	off := newTailCache(0)
+	off := newTailCache(0, nil)
 	off.append(tailMsgs(0, 3))
 	if _, ok := off.read(0, 3, 10, 100); ok {
 		t.Fatal("a zero-byte cache served a read")
@@ -123,5 +123,38 @@ func TestWaitHead(t *testing.T) {
 	}
 	if _, err := s.WaitHead(ctx, "w", 0, 0); !errors.Is(err, ErrTopicNotFound) {
 		t.Fatalf("WaitHead on a missing topic: %v", err)
+	}
+}
+
+// TestTailBudget: the store-wide bound evicts the oldest groups first,
+// whichever partition holds them, so a partition gone idle gives its cache
+// up to busy ones, and the caches together never exceed the bound.
+func TestTailBudget(t *testing.T) {
+	b := newTailBudget(100) // ten 10-byte records, all partitions
+	idle, busy := newTailCache(1000, b), newTailCache(1000, b)
+	idle.append(tailMsgs(0, 4))
+	for off := uint64(0); off < 20; off += 2 {
+		busy.append(tailMsgs(off, 2))
+		if total := idle.bytes + busy.bytes; total > 100 || b.bytes != total {
+			t.Fatalf("after busy's %d: caches hold %d bytes, budget counts %d; want at most 100, counted right", off+2, total, b.bytes)
+		}
+	}
+	if _, ok := idle.read(0, 4, 10, 1000); ok || idle.msgs != nil {
+		t.Fatalf("the idle partition kept %d messages (array kept: %v); the oldest go first", len(idle.msgs), idle.msgs != nil)
+	}
+	if got := cachedOffsets(t, busy, 10, 20); len(got) != 10 {
+		t.Fatalf("busy partition holds %v, want its newest ten, 10..19", got)
+	}
+	busy.trim(15)
+	busy.reset()
+	if b.bytes != 0 || b.msgs != 0 {
+		t.Fatalf("after trim and reset the budget counts %d bytes, %d messages; want none", b.bytes, b.msgs)
+	}
+	for off := uint64(20); off < 3000; off++ { // retention trims each at once
+		busy.append(tailMsgs(off, 1))
+		busy.trim(off + 1)
+	}
+	if live := len(b.spans) - b.head; live > 1024 {
+		t.Fatalf("%d spans remembered for an empty cache, want them pruned", live)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -58,8 +59,17 @@ type process struct {
 // logs that it is serving.
 func startFerry(tb testing.TB, dir string, extra ...string) *process {
 	tb.Helper()
+	return startFerryUnder(tb, nil, dir, extra...)
+}
+
+// startFerryUnder is startFerry with the command run by wrap, a command
+// line that ends by exec'ing its arguments (a shell that joins a cgroup
+// first, say); nil runs ferry directly.
+func startFerryUnder(tb testing.TB, wrap []string, dir string, extra ...string) *process {
+	tb.Helper()
 	args := append([]string{"serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "", "--log-format", "json"}, extra...)
-	cmd := exec.Command(buildFerry(tb), args...)
+	line := append(append(slices.Clone(wrap), buildFerry(tb)), args...)
+	cmd := exec.Command(line[0], line[1:]...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		tb.Fatal(err)
