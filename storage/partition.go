@@ -75,6 +75,9 @@ func (p *Pending) Wait(ctx context.Context) ([]AppendResult, error) {
 	}
 }
 
+// Done is closed once the append is durable or failed.
+func (p *Pending) Done() <-chan struct{} { return p.r.done }
+
 // newPartition starts a partition's writer on st. If st has no dedup index,
 // the writer first rebuilds it from the log with dedupWindow, and appends
 // wait for that; reads do not.

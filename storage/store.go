@@ -39,6 +39,7 @@ type Store struct {
 	closing   bool
 	retention clock.Timer
 	gc        clock.Timer
+	pageout   clock.Timer    // nil when Options.PageOutInterval is 0
 	bg        sync.WaitGroup // retention passes, GC runs and topic drops under way
 
 	closeOnce sync.Once
@@ -103,12 +104,19 @@ func Open(opts Options) (*Store, error) {
 	s.bgMu.Lock()
 	s.retention = s.opts.Clock.AfterFunc(s.opts.RetentionInterval, s.retentionTick)
 	s.gc = s.opts.Clock.AfterFunc(s.opts.GCInterval, s.gcTick)
+	if s.opts.PageOutInterval > 0 {
+		s.pageout = s.opts.Clock.AfterFunc(s.opts.PageOutInterval, s.pageOutTick)
+	}
 	s.bgMu.Unlock()
 	return s, nil
 }
 
 // badgerOptions is how the store configures Badger (the raw baseline
-// benchmark opens Badger the same way).
+// benchmark opens Badger the same way). Every size that grows Badger's
+// memory comes from opts (SizeFor derives them from a memory budget):
+// memtables (each a skiplist arena), the caches, and table building — a
+// memtable flush builds a whole L0 table in memory, a compaction up to
+// NumCompactors tables of BaseTableBytes at once.
 func badgerOptions(opts Options) badger.Options {
 	return badger.DefaultOptions(opts.Dir).
 		WithLogger(badgerLogger{opts.Logger}).
@@ -116,14 +124,21 @@ func badgerOptions(opts Options) badger.Options {
 		WithDetectConflicts(false).
 		WithNumVersionsToKeep(1).
 		WithMemTableSize(opts.MemTableBytes).
-		WithNumMemtables(3).
+		WithNumMemtables(opts.NumMemTables).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
 		WithBlockCacheSize(opts.BlockCacheBytes).
-		// Values up to 1 MiB stay in the memtable WAL and the LSM tree, not
-		// the value log: then a group commit fsyncs one file, not two.
-		// Measured with 64 writers of 1 KiB and fsync=always: 31k msgs/s
-		// inline against 6k with a 512 B threshold.
-		WithValueThreshold(1 << 20).
-		WithNumCompactors(2)
+		WithIndexCacheSize(opts.IndexCacheBytes).
+		WithBaseTableSize(opts.BaseTableBytes).
+		WithBaseLevelSize(4 * opts.BaseTableBytes).
+		// Values of ValueThreshold bytes or more go to the value log, so the
+		// LSM tree, its memtables and the tables compactions build hold keys
+		// and pointers only. The syncer's db.Sync syncs the value log and the
+		// memtable's WAL both: an acked publish survives power loss either
+		// way. Measured in docs/benchmarks.md (memory budget).
+		WithValueThreshold(int64(opts.ValueThreshold)).
+		WithValueLogFileSize(opts.ValueLogFileBytes).
+		WithNumCompactors(opts.NumCompactors)
 }
 
 // load reads every topic record and partition meta and starts the writers.
@@ -219,6 +234,9 @@ func (s *Store) Close(ctx context.Context) error {
 		s.closing = true
 		s.retention.Stop()
 		s.gc.Stop()
+		if s.pageout != nil {
+			s.pageout.Stop()
+		}
 		s.bgMu.Unlock()
 
 		s.topicsMu.Lock()

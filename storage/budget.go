@@ -1,0 +1,47 @@
+package storage
+
+// SizeFor returns o with every size that grows the store's memory derived
+// from a memory budget of budget bytes (the broker's --memory-limit; 0 or
+// less keeps o's sizes, the defaults being those of a 512 MiB budget).
+// Per share of the budget:
+//
+//	memtables    NumMemTables × MemTableBytes  budget/32 each, 8 to 64 MiB
+//	block cache  BlockCacheBytes               budget/32, 4 to 256 MiB
+//	index cache  IndexCacheBytes               budget/64, 2 to 128 MiB
+//	tables       BaseTableBytes                1 MiB under 512 MiB, else 2 MiB
+//	value log    ValueLogFileBytes             budget/8, 16 to 512 MiB
+//	tail cache   TailCacheBytes per partition  budget/2048, 64 KiB to 1 MiB
+//	groups       MaxGroupBytes                 budget/64, 1 to 8 MiB
+//
+// What is left (half the budget or more) is for publishes in flight, the
+// dedup index, subscriptions, gRPC buffers and the Go runtime's headroom;
+// the broker's admission control keeps publishes within it.
+func (o Options) SizeFor(budget int64) Options {
+	if budget <= 0 {
+		return o
+	}
+	o.MemTableBytes = clamp(budget/32, MinMemTableBytes, 64<<20)
+	o.BlockCacheBytes = clamp(budget/32, 4<<20, 256<<20)
+	o.IndexCacheBytes = clamp(budget/64, 2<<20, 128<<20)
+	o.BaseTableBytes = 2 << 20
+	if budget < 512<<20 {
+		o.BaseTableBytes = 1 << 20
+	}
+	o.ValueLogFileBytes = clamp(budget/8, 16<<20, 512<<20)
+	o.TailCacheBytes = int(clamp(budget/2048, 64<<10, 1<<20))
+	o.MaxGroupBytes = int(clamp(budget/64, 1<<20, 8<<20))
+	return o
+}
+
+// Footprint is what the sizes in o let Badger and the caches hold at most
+// per store, in bytes, not counting the tail caches (per partition): the
+// memtables plus one being flushed (its table is built in memory), the
+// block and index caches, and the tables the compactors build.
+func (o Options) Footprint() int64 {
+	return int64(o.NumMemTables+1)*o.MemTableBytes + o.BlockCacheBytes + o.IndexCacheBytes +
+		int64(o.NumCompactors)*4*o.BaseTableBytes
+}
+
+func clamp(v, lo, hi int64) int64 {
+	return max(lo, min(v, hi))
+}
