@@ -36,7 +36,7 @@ func parseMemorySize(s string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(t[:i], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("size %q: %w", truncateArg(s), err)
+		return 0, fmt.Errorf("size %q is too large", truncateArg(s))
 	}
 	shift := 0
 	switch strings.ToLower(strings.TrimSpace(t[i:])) {

@@ -58,8 +58,15 @@ type process struct {
 // logs that it is serving.
 func startFerry(tb testing.TB, dir string, extra ...string) *process {
 	tb.Helper()
+	return startFerryWith(tb, buildFerry(tb), dir, extra...)
+}
+
+// startFerryWith is startFerry running bin (the ferry binary, or a
+// wrapper that execs it with the arguments it is given).
+func startFerryWith(tb testing.TB, bin, dir string, extra ...string) *process {
+	tb.Helper()
 	args := append([]string{"serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "", "--log-format", "json"}, extra...)
-	cmd := exec.Command(buildFerry(tb), args...)
+	cmd := exec.Command(bin, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		tb.Fatal(err)
