@@ -167,15 +167,15 @@ func TestMemoryLimitInCgroup(t *testing.T) {
 	go func() {
 		select {
 		case <-p.exited:
-			for _, pr := range prods {
-				_ = pr.Close(dead)
-			}
 			died()
+			for _, pr := range prods {
+				_ = pr.Close(dead) // ended already: stops at once
+			}
 		case <-dead.Done():
 		}
 	}()
 	// Consumers read and ack everything while the producers run.
-	cctx, stopConsumers := context.WithCancel(ctx)
+	cctx, stopConsumers := context.WithCancel(dead)
 	var consumed atomic.Int64
 	var cwg sync.WaitGroup
 	for range 2 {
