@@ -13,6 +13,14 @@
 // requests as they arrive and answers them in order from a second
 // goroutine, so a client can keep many batches in flight.
 //
+// Memory (memory.go): Options.MemoryLimit sizes the store
+// (storage.Options.SizeFor). Each publish holds its bytes, from arrival
+// until durable, out of a cap shared by all streams (a publish at the cap
+// waits and its stream is not read meanwhile); near the limit publishes
+// are delayed, then refused with RESOURCE_EXHAUSTED and a RetryInfo delay.
+// A refused PublishStream batch ends the stream with that status after the
+// batches before it are answered, so that the client's retry keeps order.
+//
 // Errors from storage and validation become gRPC statuses in one place,
 // toStatus in status.go.
 package broker

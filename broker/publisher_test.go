@@ -618,14 +618,14 @@ func TestPublishFullBatchMinMemtable(t *testing.T) {
 		t.Fatalf("Open with a 4 MiB memtable: %v; want the option named", err)
 	}
 	ts := startServer(t, func(o *Options) {
-		o.Storage.MemTableBytes = storage.MinMemTableBytes
-		o.Storage.ValueThreshold = storage.MaxValueThreshold
+		o.Storage.ValueThreshold = 1 << 10
+		o.Storage.MemTableBytes = storage.MinMemTableBytesFor(1 << 10)
 	})
 	ts.createTopic(t, "full", nil)
 	var inline []*ferryv1.PublishMessage
 	for i := range MaxBatchMessages {
 		id := fmt.Sprintf("%0128d", i)
-		inline = append(inline, &ferryv1.PublishMessage{Id: id, Payload: make([]byte, storage.MaxValueThreshold-200)})
+		inline = append(inline, &ferryv1.PublishMessage{Id: id, Payload: make([]byte, 1<<10-200)})
 	}
 	if res := ts.publish(t, "full", inline...); res[MaxBatchMessages-1].GetOffset() != MaxBatchMessages-1 {
 		t.Errorf("last result %v, want offset %d", res[MaxBatchMessages-1], MaxBatchMessages-1)

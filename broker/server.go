@@ -116,6 +116,9 @@ func Open(opts Options) (*Server, error) {
 	}
 	s.engine = consumer.New(consumer.EngineOptions{Log: log, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
 	mem := newMemoryBudget(opts.MemoryLimit, opts.publishBytesInFlight(), opts.Clock, reg)
+	s.log.Info("memory budget", "limit_bytes", opts.MemoryLimit, "badger_bytes", sopts.Footprint(),
+		"memtable_bytes", sopts.MemTableBytes, "block_cache_bytes", sopts.BlockCacheBytes, "index_cache_bytes", sopts.IndexCacheBytes,
+		"tail_cache_bytes_per_partition", sopts.TailCacheBytes, "publish_inflight_bytes", opts.publishBytesInFlight())
 	pub := newPublisher(st, m, opts.Clock, s.log, s.draining, mem)
 	pub.node = s.node
 	sub := &subscriber{engine: s.engine, metrics: m, pub: pub, draining: s.draining, node: s.node}

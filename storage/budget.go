@@ -20,7 +20,7 @@ func (o Options) SizeFor(budget int64) Options {
 	if budget <= 0 {
 		return o
 	}
-	o.MemTableBytes = clamp(budget/32, MinMemTableBytes, 64<<20)
+	o.MemTableBytes = max(clamp(budget/32, MinMemTableBytes, 64<<20), MinMemTableBytesFor(o.ValueThreshold))
 	o.BlockCacheBytes = clamp(budget/32, 4<<20, 256<<20)
 	o.IndexCacheBytes = clamp(budget/64, 2<<20, 128<<20)
 	o.BaseTableBytes = 2 << 20

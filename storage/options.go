@@ -77,9 +77,9 @@ type Options struct {
 	// before Append blocks. Default 4096.
 	QueueLength int
 	// MemTableBytes is the size of one Badger memtable. Default 16 MiB, at
-	// least MinMemTableBytes (8 MiB): Badger caps a transaction at 15% of
-	// a memtable, and a full publish batch (1000 messages, their values
-	// inline up to ValueThreshold, plus their keys) must fit in one.
+	// least MinMemTableBytesFor(ValueThreshold) (8 MiB at the default
+	// threshold): Badger caps a transaction at 15% of a memtable, and a
+	// full publish batch must fit in one.
 	MemTableBytes int64
 	// NumMemTables is how many memtables Badger keeps, the one written and
 	// those waiting to be flushed. Default 2, at least 2.
@@ -97,8 +97,8 @@ type Options struct {
 	NumCompactors int
 	// ValueThreshold is the smallest value, in bytes, that Badger keeps in
 	// its value log instead of the LSM tree (below it the value is
-	// inline). Default 512, at most MaxValueThreshold (1 KiB): a full
-	// publish batch of values just below it must fit in one transaction.
+	// inline). Default 512, 1 to 1 MiB; MemTableBytes must be at least
+	// MinMemTableBytesFor(ValueThreshold).
 	ValueThreshold int
 	// ValueLogFileBytes is the size of one value log file. Default 64 MiB.
 	ValueLogFileBytes int64
@@ -175,8 +175,11 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option BaseTableBytes %d must be at least 1 MiB: %w", o.BaseTableBytes, ErrInvalidConfig)
 	case o.NumCompactors < 2:
 		return fmt.Errorf("option NumCompactors %d must be at least 2: %w", o.NumCompactors, ErrInvalidConfig)
-	case o.ValueThreshold < 1 || o.ValueThreshold > MaxValueThreshold:
-		return fmt.Errorf("option ValueThreshold %d must be 1 to %d: %w", o.ValueThreshold, MaxValueThreshold, ErrInvalidConfig)
+	case o.ValueThreshold < 1 || o.ValueThreshold > 1<<20:
+		return fmt.Errorf("option ValueThreshold %d must be 1 to %d (1 MiB): %w", o.ValueThreshold, 1<<20, ErrInvalidConfig)
+	case o.MemTableBytes < MinMemTableBytesFor(o.ValueThreshold):
+		return fmt.Errorf("option MemTableBytes %d must be at least %d with ValueThreshold %d: a full publish batch of values kept inline must fit in one transaction: %w",
+			o.MemTableBytes, MinMemTableBytesFor(o.ValueThreshold), o.ValueThreshold, ErrInvalidConfig)
 	case o.ValueLogFileBytes < 1<<20 || o.ValueLogFileBytes >= 1<<30:
 		return fmt.Errorf("option ValueLogFileBytes %d must be 1 MiB to 1 GiB: %w", o.ValueLogFileBytes, ErrInvalidConfig)
 	case o.TailCacheBytes < 0:
@@ -187,16 +190,30 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// MinMemTableBytes is the smallest Options.MemTableBytes accepted. Badger
-// caps a transaction at 15% of a memtable (1.2 MiB here), and a full
-// publish batch must fit in one: at most 1000 messages, each an entry of
-// its key (up to ~200 bytes with a 128-byte id) and its value inline only
-// below MaxValueThreshold, else a 12-byte pointer into the value log.
+// MinMemTableBytes is the smallest Options.MemTableBytes accepted at the
+// default ValueThreshold (see MinMemTableBytesFor).
 const MinMemTableBytes = 8 << 20
 
-// MaxValueThreshold is the largest Options.ValueThreshold accepted (see
-// MinMemTableBytes).
-const MaxValueThreshold = 1 << 10
+// Bounds of the largest write the store must take in one transaction: a
+// full publish batch (the broker's limits, 1000 messages of at most 4 MiB
+// in all), each message an entry of its key (at most maxKeyBytes, with a
+// 128-byte id) and its value.
+const (
+	fullBatchMessages = 1000
+	fullBatchBytes    = 4 << 20
+	maxKeyBytes       = 256
+)
+
+// MinMemTableBytesFor is the smallest memtable that takes a full publish
+// batch in one transaction when values below threshold bytes are inline.
+// Badger caps a transaction at 15% of a memtable, counting an inline value
+// in full and one in the value log as a 12-byte pointer: with 1 KiB
+// messages in the value log a batch weighs ~0.2 MB, inline ~1.3 MB, and
+// with 1 MiB inline (everything) up to 4.2 MB, which takes 29 MiB.
+func MinMemTableBytesFor(threshold int) int64 {
+	inline := min(int64(fullBatchMessages)*int64(threshold+maxKeyBytes), fullBatchBytes+fullBatchMessages*maxKeyBytes)
+	return max(MinMemTableBytes, inline*100/15+1<<20)
+}
 
 // Limits on topic configs.
 const (
