@@ -60,11 +60,11 @@ type Options struct {
 	// GCInterval is how often Badger's value log is garbage-collected.
 	// Default 5m.
 	GCInterval time.Duration
-	// PageOutInterval is how often the pages of Badger's value-log and
-	// table files, which Badger maps into memory, are handed back to the
-	// page cache (Linux: madvise MADV_PAGEOUT), so that the data written
-	// does not stay in the broker's resident memory. 0 turns it off.
-	// Default 1s.
+	// PageOutInterval is how often the pages of Badger's value-log, table
+	// and memtable-WAL files, which Badger maps into memory, are handed
+	// back to the page cache (Linux: madvise MADV_PAGEOUT), so that the
+	// data written does not stay in the broker's resident memory. 0 turns
+	// it off. Default 250ms.
 	PageOutInterval time.Duration
 	// MaxGroupBytes bounds the bytes of messages one partition writer
 	// commits in one transaction (a group commit). Default 8 MiB; a single
@@ -126,7 +126,7 @@ func DefaultOptions(dir string) Options {
 		Logger:            slog.Default(),
 		RetentionInterval: 10 * time.Second,
 		GCInterval:        5 * time.Minute,
-		PageOutInterval:   time.Second,
+		PageOutInterval:   250 * time.Millisecond,
 		MaxGroupBytes:     8 << 20,
 		MaxGroupAppends:   1024,
 		QueueLength:       4096,

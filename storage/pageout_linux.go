@@ -15,8 +15,8 @@ import (
 // by something else, loses nothing (anonymous pages without swap stay).
 const madvPageout = 21
 
-// pageOut hands the resident pages of Badger's value-log and table files
-// under dir, which Badger reads and writes through mmap, back to the page
+// pageOut hands the resident pages of Badger's value-log, table and
+// memtable-WAL files under dir, which Badger reads and writes through mmap, back to the page
 // cache, so data written does not stay in the process's resident memory
 // (and its memory budget) as the files grow: the same place write(2) leaves
 // JetStream's data. It returns the bytes of mappings advised.
@@ -44,7 +44,7 @@ func pageOut(dir string) (int64, error) {
 			continue
 		}
 		path := line[i:]
-		if !bytes.HasPrefix(path, prefix) || !(bytes.HasSuffix(path, []byte(".vlog")) || bytes.HasSuffix(path, []byte(".sst"))) {
+		if !bytes.HasPrefix(path, prefix) || !(bytes.HasSuffix(path, []byte(".vlog")) || bytes.HasSuffix(path, []byte(".sst")) || bytes.HasSuffix(path, []byte(".mem"))) {
 			continue
 		}
 		sp := bytes.IndexByte(line, ' ')

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 
 	"github.com/ferrymq/ferry/internal/clock"
 	"github.com/ferrymq/ferry/internal/wire"
@@ -138,7 +139,11 @@ func badgerOptions(opts Options) badger.Options {
 		// way. Measured in docs/benchmarks.md (memory budget).
 		WithValueThreshold(int64(opts.ValueThreshold)).
 		WithValueLogFileSize(opts.ValueLogFileBytes).
-		WithNumCompactors(opts.NumCompactors)
+		WithNumCompactors(opts.NumCompactors).
+		// No compression: the LSM tree holds keys, value-log pointers and
+		// small records, and a table builder keeps a compressed copy of
+		// every block beside the plain one until the table is written.
+		WithCompression(options.None)
 }
 
 // load reads every topic record and partition meta and starts the writers.
