@@ -65,7 +65,14 @@ func TestMemoryBudgetAdmit(t *testing.T) {
 	// At 70%: refused, with a RetryInfo.
 	next()
 	used.Store(limit * 70 / 100)
-	_, err := b.admit(ctx, 1)
+	refused := make(chan error, 1)
+	go func() { _, err := b.admit(ctx, 1); refused <- err }()
+	var err error
+	select {
+	case err = <-refused:
+	case <-time.After(5 * time.Second):
+		t.Fatal("admit at 70% neither admitted nor refused within 5s (delayed on the clock?)")
+	}
 	st := status.Convert(toStatus(err))
 	if st.Code() != codes.ResourceExhausted {
 		t.Fatalf("admit at 70%%: %v, want RESOURCE_EXHAUSTED", err)
