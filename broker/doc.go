@@ -18,7 +18,7 @@
 // until durable, out of a cap shared by all streams (a publish at the cap
 // waits and its stream is not read meanwhile); near the limit publishes
 // are delayed, then refused with RESOURCE_EXHAUSTED and a RetryInfo delay.
-// A refused PublishStream batch ends the stream with that status after the
+// A PublishStream batch refused for memory ends the stream with that status after the
 // batches before it are answered, so that the client's retry keeps order.
 //
 // Errors from storage and validation become gRPC statuses in one place,

@@ -35,6 +35,14 @@ const (
 	memorySampleEvery    = 10 * time.Millisecond
 )
 
+// memoryRefusal is a publish refused at the memory limit: an exhaustedError
+// (RESOURCE_EXHAUSTED with a RetryInfo) that also ends a PublishStream, so
+// that nothing after it is stored before the client's retry.
+type memoryRefusal struct{ err error }
+
+func (r *memoryRefusal) Error() string { return r.err.Error() }
+func (r *memoryRefusal) Unwrap() error { return r.err }
+
 // memoryBudget admits publishes (see above). Safe for concurrent use.
 type memoryBudget struct {
 	limit    int64 // bytes; 0: no limit, only the in-flight cap applies
@@ -81,8 +89,8 @@ func (b *memoryBudget) admit(ctx context.Context, n int64) (release func(), err 
 		switch {
 		case used >= int64(memoryRefuseFraction*float64(b.limit)):
 			b.refused.Inc()
-			return nil, exhaustedf(memoryRetryDelay, "the broker is at its memory limit (%d MiB in use of %d MiB); retry in %v",
-				used>>20, b.limit>>20, memoryRetryDelay)
+			return nil, &memoryRefusal{exhaustedf(memoryRetryDelay, "the broker is at its memory limit (%d MiB in use of %d MiB); retry in %v",
+				used>>20, b.limit>>20, memoryRetryDelay)}
 		case used >= int64(memorySlowFraction*float64(b.limit)):
 			b.delayed.Inc()
 			if !clock.Sleep(b.clk, b.delay(used), ctx.Done()) {

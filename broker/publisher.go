@@ -86,8 +86,8 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 				recvErr <- ctx.Err()
 				return
 			}
-			var exhausted *exhaustedError
-			refused := errors.As(f.err, &exhausted)
+			var refusal *memoryRefusal
+			refused := errors.As(f.err, &refusal)
 			select {
 			case queue <- f:
 			case <-ctx.Done():
@@ -118,8 +118,8 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 			}
 			continue
 		}
-		var exhausted *exhaustedError
-		if errors.As(f.err, &exhausted) {
+		var refusal *memoryRefusal
+		if errors.As(f.err, &refusal) {
 			// The stream's status carries the RetryInfo; the SDK waits it
 			// out and sends this batch and those after it again.
 			return toStatus(f.err)
