@@ -22,6 +22,14 @@
 // not read its confirmations is held back by HTTP/2 flow control (a fixed
 // window of streamWindowBytes a stream), not buffered for.
 //
+// Memory (memory.go): Options.MemoryLimit sizes the store
+// (storage.Options.SizeFor). Each publish holds its bytes, from arrival
+// until durable, out of a cap shared by all streams (a publish at the cap
+// waits and its stream is not read meanwhile); near the limit publishes
+// are delayed, then refused with RESOURCE_EXHAUSTED and a RetryInfo delay.
+// A PublishStream batch refused for memory ends the stream with that status after the
+// batches before it are answered, so that the client's retry keeps order.
+//
 // Errors from storage and validation become gRPC statuses in one place,
 // toStatus in status.go.
 package broker

@@ -36,6 +36,30 @@ type Options struct {
 	Clock clock.Clock
 	// Logger receives the broker's logs. Default slog.Default().
 	Logger *slog.Logger
+	// MemoryLimit is the broker's memory budget in bytes (ferry serve
+	// --memory-limit; by default the container's cgroup limit). Open sizes
+	// the store from it (storage.Options.SizeFor) and refuses publishes
+	// with RESOURCE_EXHAUSTED while the memory in use nears it (memory.go).
+	// Default 0: no limit, the store keeps its own sizes.
+	MemoryLimit int64
+	// MaxPublishBytesInFlight caps the bytes of publishes held from their
+	// arrival until they are durable, over all streams; more wait. Default
+	// 0: MemoryLimit/8 (16 to 256 MiB), or 64 MiB without a limit.
+	MaxPublishBytesInFlight int64
+}
+
+// MinMemoryLimit is the smallest Options.MemoryLimit accepted.
+const MinMemoryLimit = 128 << 20
+
+// publishBytesInFlight is MaxPublishBytesInFlight or its default.
+func (o *Options) publishBytesInFlight() int64 {
+	switch {
+	case o.MaxPublishBytesInFlight > 0:
+		return o.MaxPublishBytesInFlight
+	case o.MemoryLimit > 0:
+		return max(16<<20, min(o.MemoryLimit/8, 256<<20))
+	}
+	return 64 << 20
 }
 
 // DefaultOptions returns the defaults, with data in dir.
@@ -63,6 +87,10 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option Clock is nil: %w", storage.ErrInvalidConfig)
 	case o.Logger == nil:
 		return fmt.Errorf("option Logger is nil: %w", storage.ErrInvalidConfig)
+	case o.MemoryLimit != 0 && o.MemoryLimit < MinMemoryLimit:
+		return fmt.Errorf("option MemoryLimit %d must be 0 (none) or at least %d (128 MiB): %w", o.MemoryLimit, MinMemoryLimit, storage.ErrInvalidConfig)
+	case o.MaxPublishBytesInFlight < 0:
+		return fmt.Errorf("option MaxPublishBytesInFlight %d is negative: %w", o.MaxPublishBytesInFlight, storage.ErrInvalidConfig)
 	}
 	if c := o.Cluster; c != nil {
 		switch {

@@ -24,13 +24,14 @@ type publisher struct {
 	log      *slog.Logger
 	draining <-chan struct{} // closed at shutdown
 	node     *node           // nil on a single node
+	memory   *memoryBudget
 
 	rrMu sync.Mutex // guards rr
 	rr   map[string]*roundRobin
 }
 
-func newPublisher(st *storage.Store, m *metrics, clk clock.Clock, lg *slog.Logger, draining <-chan struct{}) *publisher {
-	return &publisher{store: st, metrics: m, clk: clk, log: lg, draining: draining, rr: make(map[string]*roundRobin)}
+func newPublisher(st *storage.Store, m *metrics, clk clock.Clock, lg *slog.Logger, draining <-chan struct{}, mem *memoryBudget) *publisher {
+	return &publisher{store: st, metrics: m, clk: clk, log: lg, draining: draining, memory: mem, rr: make(map[string]*roundRobin)}
 }
 
 // Publish appends one batch and answers when it is durable.
@@ -85,10 +86,20 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 				recvErr <- ctx.Err()
 				return
 			}
+			var refusal *memoryRefusal
+			refused := errors.As(f.err, &refusal)
 			select {
 			case queue <- f:
 			case <-ctx.Done():
 				recvErr <- ctx.Err()
+				return
+			}
+			if refused {
+				// Over the memory limit: take nothing after this batch,
+				// so that the client's retry keeps its order. The stream
+				// ends with the refusal once the batches before it are
+				// answered.
+				recvErr <- nil
 				return
 			}
 		}
@@ -106,6 +117,12 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 				return nil // shutdown: everything queued is answered
 			}
 			continue
+		}
+		var refusal *memoryRefusal
+		if errors.As(f.err, &refusal) {
+			// The stream's status carries the RetryInfo; the SDK waits it
+			// out and sends this batch and those after it again.
+			return toStatus(f.err)
 		}
 		resp := &ferryv1.PublishStreamResponse{Sequence: f.seq}
 		err := f.err
@@ -179,13 +196,29 @@ func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.P
 	if err != nil {
 		return nil, err
 	}
-	pends := make([]*storage.Pending, len(shares))
-	for i, sh := range shares {
-		if pends[i], err = p.store.Enqueue(ctx, topic, sh.part, sh.msgs); err != nil {
+	release, err := p.memory.admit(ctx, batchBytes(msgs))
+	if err != nil {
+		return nil, err
+	}
+	pends := make([]*storage.Pending, 0, len(shares))
+	// The batch's bytes count against the memory budget until every share
+	// is durable or failed, whether or not anyone waits for the answer.
+	defer func() {
+		go func() {
+			for _, pd := range pends {
+				<-pd.Done()
+			}
+			release()
+		}()
+	}()
+	for _, sh := range shares {
+		pd, err := p.store.Enqueue(ctx, topic, sh.part, sh.msgs)
+		if err != nil {
 			// Shares already queued may still be stored; a retry with the
 			// same ids is answered as duplicates.
 			return nil, err
 		}
+		pends = append(pends, pd)
 	}
 	return func(ctx context.Context) ([]*ferryv1.PublishResult, error) {
 		results := make([]*ferryv1.PublishResult, len(msgs))
@@ -200,6 +233,18 @@ func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.P
 		p.metrics.answered(p.clk.Now().Sub(start))
 		return results, nil
 	}, nil
+}
+
+// batchBytes is what a batch's messages weigh against the memory budget.
+func batchBytes(msgs []*ferryv1.PublishMessage) int64 {
+	var n int64
+	for _, m := range msgs {
+		n += int64(len(m.GetPayload()) + len(m.GetKey()) + len(m.GetId()) + 64)
+		for k, v := range m.GetHeaders() {
+			n += int64(len(k) + len(v))
+		}
+	}
+	return n
 }
 
 // fill puts the share's append results in their places in results.

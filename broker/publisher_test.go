@@ -601,30 +601,43 @@ func TestPublishStreamPipelining(t *testing.T) {
 	}
 }
 
-// TestPublishFullBatchMinMemtable publishes a valid batch of just under
-// 4 MiB made of messages Badger keeps inline (under 1 MiB each) to a broker
-// with the smallest memtable storage accepts, and checks a smaller one is
-// refused at Open, naming the option.
+// TestPublishFullBatchMinMemtable publishes the largest valid batches —
+// 1000 messages with 128-byte ids and values just under the value-log
+// threshold (kept inline in the LSM tree: the most a transaction can
+// weigh), and 4 messages of just under 1 MiB — to a broker with the
+// smallest memtable storage accepts, and checks a smaller one is refused at
+// Open, naming the option.
 func TestPublishFullBatchMinMemtable(t *testing.T) {
 	small := DefaultOptions(t.TempDir())
 	small.GRPCAddr, small.HTTPAddr = "127.0.0.1:0", ""
-	small.Storage.MemTableBytes = 8 << 20
+	small.Storage.MemTableBytes = storage.MinMemTableBytes / 2
 	if srv, err := Open(small); err == nil {
 		_ = srv.Shutdown(context.Background())
-		t.Fatal("Open accepted an 8 MiB memtable")
+		t.Fatal("Open accepted a 4 MiB memtable")
 	} else if !strings.Contains(err.Error(), "MemTableBytes") {
-		t.Fatalf("Open with an 8 MiB memtable: %v; want the option named", err)
+		t.Fatalf("Open with a 4 MiB memtable: %v; want the option named", err)
 	}
-	ts := startServer(t, func(o *Options) { o.Storage.MemTableBytes = storage.MinMemTableBytes })
+	ts := startServer(t, func(o *Options) {
+		o.Storage.ValueThreshold = 1 << 10
+		o.Storage.MemTableBytes = storage.MinMemTableBytesFor(1 << 10)
+	})
 	ts.createTopic(t, "full", nil)
+	var inline []*ferryv1.PublishMessage
+	for i := range MaxBatchMessages {
+		id := fmt.Sprintf("%0128d", i)
+		inline = append(inline, &ferryv1.PublishMessage{Id: id, Payload: make([]byte, 1<<10-200)})
+	}
+	if res := ts.publish(t, "full", inline...); res[MaxBatchMessages-1].GetOffset() != MaxBatchMessages-1 {
+		t.Errorf("last result %v, want offset %d", res[MaxBatchMessages-1], MaxBatchMessages-1)
+	}
 	payload := make([]byte, 1<<20-1<<10)
 	var batch []*ferryv1.PublishMessage
 	for range 4 {
 		batch = append(batch, &ferryv1.PublishMessage{Payload: payload})
 	}
 	res := ts.publish(t, "full", batch...)
-	if res[3].GetOffset() != 3 {
-		t.Errorf("results %v, want offsets 0 to 3", res)
+	if res[3].GetOffset() != MaxBatchMessages+3 {
+		t.Errorf("results %v, want offsets %d to %d", res, MaxBatchMessages, MaxBatchMessages+3)
 	}
 }
 

@@ -73,7 +73,7 @@ func Open(opts Options) (*Server, error) {
 	}
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg)
-	sopts := opts.Storage
+	sopts := opts.Storage.SizeFor(opts.MemoryLimit)
 	sopts.Clock = opts.Clock
 	sopts.Logger = opts.Logger
 	sopts.Metrics = storage.NewMetrics(reg)
@@ -143,7 +143,11 @@ func Open(opts Options) (*Server, error) {
 		log, topics = clusterLog{Store: st, n: s.node}, clusterTopics{n: s.node}
 	}
 	s.engine = consumer.New(consumer.EngineOptions{Log: log, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
-	pub := newPublisher(st, m, opts.Clock, s.log, s.draining)
+	mem := newMemoryBudget(opts.MemoryLimit, opts.publishBytesInFlight(), opts.Clock, reg)
+	s.log.Info("memory budget", "limit_bytes", opts.MemoryLimit, "badger_bytes", sopts.Footprint(),
+		"memtable_bytes", sopts.MemTableBytes, "block_cache_bytes", sopts.BlockCacheBytes, "index_cache_bytes", sopts.IndexCacheBytes,
+		"tail_cache_bytes_per_partition", sopts.TailCacheBytes, "publish_inflight_bytes", opts.publishBytesInFlight())
+	pub := newPublisher(st, m, opts.Clock, s.log, s.draining, mem)
 	pub.node = s.node
 	sub := &subscriber{engine: s.engine, metrics: m, pub: pub, draining: s.draining, node: s.node}
 	adm := &admin{store: st, topics: topics, engine: s.engine, clk: opts.Clock, log: s.log, node: s.node}

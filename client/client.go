@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -140,6 +141,25 @@ func retryable(err error) bool {
 		return true
 	}
 	return false
+}
+
+// maxRetryDelay caps a RetryInfo delay the client honours.
+const maxRetryDelay = time.Minute
+
+// retryDelay is how long the broker asked the client to wait before it
+// tries again: the RetryInfo of a RESOURCE_EXHAUSTED status (the broker is
+// at a limit, such as its memory limit, and the call changed nothing).
+func retryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.ResourceExhausted {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return min(max(ri.GetRetryDelay().AsDuration(), time.Millisecond), maxRetryDelay), true
+		}
+	}
+	return 0, false
 }
 
 // StatusCode returns the gRPC code of an error returned by the client, such

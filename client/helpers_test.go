@@ -380,6 +380,19 @@ func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
 	return nil
 }
 
+// times returns the times of the records with message msg.
+func (r *logRecorder) times(msg string) []time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ts []time.Time
+	for _, rec := range r.records {
+		if rec.Message == msg {
+			ts = append(ts, rec.Time)
+		}
+	}
+	return ts
+}
+
 // sum adds up the int attribute key over the records with message msg.
 func (r *logRecorder) sum(msg, key string) (records int, total int64) {
 	r.mu.Lock()

@@ -78,9 +78,10 @@ type Producer struct {
 	ctx  context.Context // ends when the producer stops for good
 	stop context.CancelFunc
 
-	mu       sync.Mutex // guards pending and seq
+	mu       sync.Mutex // guards pending, seq and retryIn
 	pending  []*batch   // sent and not answered, in order
 	seq      uint64
+	retryIn  time.Duration // the broker's RetryInfo delay from the last stream's end
 	answered chan struct{} // cap 1: a batch was answered
 }
 
@@ -429,6 +430,16 @@ func (s *sender) reconnect() {
 		s.cancelStream()
 		s.stream, s.cancelStream = nil, nil
 	}
+	p.mu.Lock()
+	wait := p.retryIn
+	p.retryIn = 0
+	p.mu.Unlock()
+	if wait > 0 && !sleep(s.ctx, wait) {
+		// The broker refused a batch (RESOURCE_EXHAUSTED, at its memory
+		// limit) and said when to come back: every unanswered batch goes
+		// again then, with the same ids, in order.
+		return
+	}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 && !sleep(s.ctx, s.bo.next()) {
 			return
@@ -477,6 +488,12 @@ func (p *Producer) receive(stream ferryv1.PublisherService_PublishStreamClient, 
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
+			if d, ok := retryDelay(err); ok {
+				p.mu.Lock()
+				p.retryIn = d
+				p.mu.Unlock()
+				p.c.log.Debug("ferry producer: the broker asked to retry later", "topic", p.topic, "retry_in", d.String(), "err", err)
+			}
 			return
 		}
 		p.mu.Lock()

@@ -17,9 +17,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -238,4 +240,94 @@ func BenchmarkReadTail(b *testing.B) {
 			b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
+}
+
+// BenchmarkValueLayout compares where Badger keeps message records: inline
+// in the LSM tree (the old layout: every value under 1 MiB inline, 64 MiB
+// memtables × 3, 64 MiB block cache) against the value log for records of
+// ValueThreshold bytes or more (DefaultOptions). 64 writers append one
+// 1 KiB message each at a time (group commit), and one writer appends
+// batches of 64, both with fsync=always; it reports msgs/s and the peak Go
+// heap in MiB (Badger's memtables and table building are on the heap).
+//
+//	go test -run '^$' -bench ValueLayout -benchtime 200000x ./storage
+func BenchmarkValueLayout(b *testing.B) {
+	layouts := []struct {
+		name string
+		set  func(o *Options)
+	}{
+		{"inline", func(o *Options) {
+			o.ValueThreshold, o.MemTableBytes, o.NumMemTables, o.BlockCacheBytes = 1<<20, 64<<20, 3, 64<<20
+		}},
+		{"vlog", func(*Options) {}},
+	}
+	for _, l := range layouts {
+		for _, writers := range []int{64, 1} {
+			batch := 1
+			if writers == 1 {
+				batch = 64
+			}
+			b.Run(fmt.Sprintf("layout=%s/fsync=always/payload=1024/batch=%d/writers=%d", l.name, batch, writers), func(b *testing.B) {
+				opts := DefaultOptions(b.TempDir())
+				opts.Logger = benchLogger()
+				l.set(&opts)
+				s := openStore(b, opts)
+				mustCreate(b, s, "bench", TopicConfig{})
+				peak := watchHeap(b)
+				body := benchPayload(1024)
+				var next atomic.Uint64
+				b.SetBytes(int64(1024 * batch))
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				for range writers {
+					wg.Go(func() {
+						msgs := make([]Message, batch)
+						for {
+							n := next.Add(1)
+							if n > uint64(b.N) {
+								return
+							}
+							for i := range msgs {
+								msgs[i] = Message{ID: benchID(n*uint64(batch) + uint64(i)), Payload: body}
+							}
+							if _, err := s.Append(context.Background(), "bench", 0, msgs); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				b.StopTimer()
+				b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "msgs/s")
+				b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MiB")
+			})
+		}
+	}
+}
+
+// watchHeap samples the Go heap's objects every 10ms until the benchmark
+// ends; the returned function gives the largest sample so far.
+func watchHeap(b *testing.B) func() uint64 {
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			metrics.Read(s)
+			if v := s[0].Value.Uint64(); v > peak.Load() {
+				peak.Store(v)
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	b.Cleanup(func() { close(done); wg.Wait() })
+	return peak.Load
 }

@@ -61,6 +61,12 @@ type Options struct {
 	// GCInterval is how often Badger's value log is garbage-collected.
 	// Default 5m.
 	GCInterval time.Duration
+	// PageOutInterval is how often the pages of Badger's value-log, table
+	// and memtable-WAL files, which Badger maps into memory, are handed
+	// back to the page cache (Linux: madvise MADV_PAGEOUT), so that the
+	// data written does not stay in the broker's resident memory. 0 turns
+	// it off. Default 250ms.
+	PageOutInterval time.Duration
 	// MaxGroupBytes bounds the bytes of messages one partition writer
 	// commits in one transaction (a group commit). Default 8 MiB; a single
 	// append larger than this is still committed, alone.
@@ -71,13 +77,32 @@ type Options struct {
 	// QueueLength is how many appends may wait for a partition's writer
 	// before Append blocks. Default 4096.
 	QueueLength int
-	// MemTableBytes is the size of one Badger memtable. Default 64 MiB, at
-	// least 32 MiB: Badger caps a transaction at 15% of a memtable, and a
-	// full publish batch (4 MiB of messages plus their keys) must
-	// fit in one.
+	// MemTableBytes is the size of one Badger memtable. Default 16 MiB, at
+	// least MinMemTableBytesFor(ValueThreshold) (8 MiB at the default
+	// threshold): Badger caps a transaction at 15% of a memtable, and a
+	// full publish batch must fit in one.
 	MemTableBytes int64
-	// BlockCacheBytes is the size of Badger's block cache. Default 64 MiB.
+	// NumMemTables is how many memtables Badger keeps, the one written and
+	// those waiting to be flushed. Default 2, at least 2.
+	NumMemTables int
+	// BlockCacheBytes is the size of Badger's block cache. Default 16 MiB.
 	BlockCacheBytes int64
+	// IndexCacheBytes bounds the memory of Badger's table indexes and bloom
+	// filters; 0 keeps every table's index in memory. Default 8 MiB.
+	IndexCacheBytes int64
+	// BaseTableBytes is the size of an SST at Badger's base level, and so
+	// of each table a compaction builds in memory. Default 2 MiB.
+	BaseTableBytes int64
+	// NumCompactors is how many compactions Badger runs at once, each
+	// building tables in memory. Default 2, at least 2.
+	NumCompactors int
+	// ValueThreshold is the smallest value, in bytes, that Badger keeps in
+	// its value log instead of the LSM tree (below it the value is
+	// inline). Default 512, 1 to 1 MiB; MemTableBytes must be at least
+	// MinMemTableBytesFor(ValueThreshold).
+	ValueThreshold int
+	// ValueLogFileBytes is the size of one value log file. Default 64 MiB.
+	ValueLogFileBytes int64
 	// TailCacheBytes is, per partition, how many bytes of the newest durable
 	// messages are kept in memory for readers at the head, and per Raft
 	// group, how many bytes of its newest log entries (RaftLog). Default
@@ -116,11 +141,18 @@ func DefaultOptions(dir string) Options {
 		Logger:            slog.Default(),
 		RetentionInterval: 10 * time.Second,
 		GCInterval:        5 * time.Minute,
+		PageOutInterval:   250 * time.Millisecond,
 		MaxGroupBytes:     8 << 20,
 		MaxGroupAppends:   1024,
 		QueueLength:       4096,
-		MemTableBytes:     64 << 20,
-		BlockCacheBytes:   64 << 20,
+		MemTableBytes:     16 << 20,
+		NumMemTables:      2,
+		BlockCacheBytes:   16 << 20,
+		IndexCacheBytes:   8 << 20,
+		BaseTableBytes:    2 << 20,
+		NumCompactors:     2,
+		ValueThreshold:    512,
+		ValueLogFileBytes: 64 << 20,
 		TailCacheBytes:    1 << 20,
 		DiskReserve:       DefaultDiskReserve,
 		DiskPollInterval:  time.Second,
@@ -144,6 +176,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option RetentionInterval %v must be positive: %w", o.RetentionInterval, ErrInvalidConfig)
 	case o.GCInterval <= 0:
 		return fmt.Errorf("option GCInterval %v must be positive: %w", o.GCInterval, ErrInvalidConfig)
+	case o.PageOutInterval < 0:
+		return fmt.Errorf("option PageOutInterval %v is negative: %w", o.PageOutInterval, ErrInvalidConfig)
 	case o.MaxGroupBytes <= 0:
 		return fmt.Errorf("option MaxGroupBytes %d must be positive: %w", o.MaxGroupBytes, ErrInvalidConfig)
 	case o.MaxGroupAppends <= 0:
@@ -151,7 +185,22 @@ func (o *Options) Validate() error {
 	case o.QueueLength <= 0:
 		return fmt.Errorf("option QueueLength %d must be positive: %w", o.QueueLength, ErrInvalidConfig)
 	case o.MemTableBytes < MinMemTableBytes:
-		return fmt.Errorf("option MemTableBytes %d must be at least %d (32 MiB): %w", o.MemTableBytes, MinMemTableBytes, ErrInvalidConfig)
+		return fmt.Errorf("option MemTableBytes %d must be at least %d (8 MiB): %w", o.MemTableBytes, MinMemTableBytes, ErrInvalidConfig)
+	case o.NumMemTables < 2:
+		return fmt.Errorf("option NumMemTables %d must be at least 2: %w", o.NumMemTables, ErrInvalidConfig)
+	case o.IndexCacheBytes < 0:
+		return fmt.Errorf("option IndexCacheBytes %d is negative: %w", o.IndexCacheBytes, ErrInvalidConfig)
+	case o.BaseTableBytes < 1<<20:
+		return fmt.Errorf("option BaseTableBytes %d must be at least 1 MiB: %w", o.BaseTableBytes, ErrInvalidConfig)
+	case o.NumCompactors < 2:
+		return fmt.Errorf("option NumCompactors %d must be at least 2: %w", o.NumCompactors, ErrInvalidConfig)
+	case o.ValueThreshold < 1 || o.ValueThreshold > 1<<20:
+		return fmt.Errorf("option ValueThreshold %d must be 1 to %d (1 MiB): %w", o.ValueThreshold, 1<<20, ErrInvalidConfig)
+	case o.MemTableBytes < MinMemTableBytesFor(o.ValueThreshold):
+		return fmt.Errorf("option MemTableBytes %d must be at least %d with ValueThreshold %d: a full publish batch of values kept inline must fit in one transaction: %w",
+			o.MemTableBytes, MinMemTableBytesFor(o.ValueThreshold), o.ValueThreshold, ErrInvalidConfig)
+	case o.ValueLogFileBytes < 1<<20 || o.ValueLogFileBytes >= 1<<30:
+		return fmt.Errorf("option ValueLogFileBytes %d must be 1 MiB to 1 GiB: %w", o.ValueLogFileBytes, ErrInvalidConfig)
 	case o.TailCacheBytes < 0:
 		return fmt.Errorf("option TailCacheBytes %d is negative: %w", o.TailCacheBytes, ErrInvalidConfig)
 	case o.TailCacheTotalBytes < 0:
@@ -169,8 +218,30 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// MinMemTableBytes is the smallest Options.MemTableBytes accepted.
-const MinMemTableBytes = 32 << 20
+// MinMemTableBytes is the smallest Options.MemTableBytes accepted at the
+// default ValueThreshold (see MinMemTableBytesFor).
+const MinMemTableBytes = 8 << 20
+
+// Bounds of the largest write the store must take in one transaction: a
+// full publish batch (the broker's limits, 1000 messages of at most 4 MiB
+// in all), each message an entry of its key (at most maxKeyBytes, with a
+// 128-byte id) and its value.
+const (
+	fullBatchMessages = 1000
+	fullBatchBytes    = 4 << 20
+	maxKeyBytes       = 256
+)
+
+// MinMemTableBytesFor is the smallest memtable that takes a full publish
+// batch in one transaction when values below threshold bytes are inline.
+// Badger caps a transaction at 15% of a memtable, counting an inline value
+// in full and one in the value log as a 12-byte pointer: with 1 KiB
+// messages in the value log a batch weighs ~0.2 MB, inline ~1.3 MB, and
+// with 1 MiB inline (everything) up to 4.2 MB, which takes 29 MiB.
+func MinMemTableBytesFor(threshold int) int64 {
+	inline := min(int64(fullBatchMessages)*int64(threshold+maxKeyBytes), fullBatchBytes+fullBatchMessages*maxKeyBytes)
+	return max(MinMemTableBytes, inline*100/15+1<<20)
+}
 
 // Limits on topic configs.
 const (

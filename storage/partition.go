@@ -89,6 +89,9 @@ func (p *Pending) Wait(ctx context.Context) ([]AppendResult, error) {
 	}
 }
 
+// Done is closed once the append is durable or failed.
+func (p *Pending) Done() <-chan struct{} { return p.r.done }
+
 // newPartition makes a partition on st; its writer starts with the first
 // command. If st has no dedup index, the writer first rebuilds it from the
 // log with dedupWindow, and appends wait for that; reads do not.

@@ -162,6 +162,23 @@ func (s *Store) gcTick() {
 	}
 }
 
+// pageOutTick hands the mapped pages of Badger's files back to the page
+// cache (pageOut) and schedules the next pass.
+func (s *Store) pageOutTick() {
+	if !s.startBackground() {
+		return
+	}
+	defer s.bg.Done()
+	if _, err := pageOut(s.opts.Dir); err != nil {
+		s.log.Debug("page out badger files", "err", err)
+	}
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if !s.closing {
+		s.pageout = s.opts.Clock.AfterFunc(s.opts.PageOutInterval, s.pageOutTick)
+	}
+}
+
 // startBackground registers a background run unless the store is closing.
 func (s *Store) startBackground() bool {
 	s.bgMu.Lock()

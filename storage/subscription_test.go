@@ -326,10 +326,11 @@ func TestWriteMultiPartition(t *testing.T) {
 }
 
 func TestWriteTooLargeChangesNothing(t *testing.T) {
-	// Badger caps a transaction at 15% of a 32 MiB memtable, 4.8 MiB;
-	// values under its 1 MiB value threshold count in full.
+	// Badger caps a transaction at 15% of an 8 MiB memtable, 1.2 MiB;
+	// values under its 512-byte value threshold count in full (larger ones
+	// as a pointer into the value log).
 	big := func(prefix string, n int) []Message {
-		payload := bytes.Repeat([]byte("b"), 768<<10)
+		payload := bytes.Repeat([]byte("b"), 400)
 		msgs := make([]Message, n)
 		for i := range msgs {
 			msgs[i] = Message{ID: fmt.Sprint(prefix, i), Payload: payload}
@@ -340,9 +341,9 @@ func TestWriteTooLargeChangesNothing(t *testing.T) {
 		name    string
 		appends []AppendBatch
 	}{
-		{"one partition", []AppendBatch{{Topic: "src", Partition: 0, Messages: big("s", 8)}}},
-		// 3 MiB fits in a transaction, twice that does not.
-		{"two partitions", []AppendBatch{{Topic: "out", Partition: 0, Messages: big("o", 4)}, {Topic: "out", Partition: 1, Messages: big("p", 4)}}},
+		{"one partition", []AppendBatch{{Topic: "src", Partition: 0, Messages: big("s", 4000)}}},
+		// 0.9 MB fits in a transaction, twice that does not.
+		{"two partitions", []AppendBatch{{Topic: "out", Partition: 0, Messages: big("o", 2000)}, {Topic: "out", Partition: 1, Messages: big("p", 2000)}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

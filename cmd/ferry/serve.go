@@ -22,6 +22,7 @@ func newServeCommand() *cobra.Command {
 		fsync       = "always"
 		logLevel    = "info"
 		logFormat   = "text"
+		memLimit    = "auto"
 		configPath  string
 		printConfig bool
 		cf          clusterFlags
@@ -52,6 +53,12 @@ requests, finishes the writes under way and closes the store.`,
 			if o.Cluster, err = cf.options(os.Hostname); err != nil {
 				return err
 			}
+			source := ""
+			if o.MemoryLimit, source, err = resolveMemoryLimit(memLimit, "/"); err != nil {
+				return err
+			}
+			goLimit := setGoMemoryLimit(o.MemoryLimit)
+			o.Logger.Info("memory limit", "limit_bytes", o.MemoryLimit, "source", source, "go_memory_limit_bytes", goLimit)
 			return serve(cmd.Context(), o)
 		},
 	}
@@ -65,6 +72,7 @@ requests, finishes the writes under way and closes the store.`,
 		"free space kept on the data directory's filesystem, a size (512MiB) or a percentage of it (5%); below it publishes are refused, below half of it every write but deletes; at least four memtables (256MiB)")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "grace period of a shutdown: how long it waits for open RPCs")
 	f.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "at shutdown, how long /readyz says not ready while the broker still serves (for load balancers)")
+	f.StringVar(&memLimit, "memory-limit", memLimit, "memory budget: a size (512MiB, 2GiB), none, or auto: the container's cgroup limit if it has one; sizes Badger's caches and memtables, sets GOMEMLIMIT below it unless GOMEMLIMIT is set, and refuses publishes with RESOURCE_EXHAUSTED near it")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logFormat, "text or json")
 	cf.add(f)
