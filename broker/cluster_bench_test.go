@@ -27,7 +27,7 @@ func BenchmarkClusterPublish(b *testing.B) {
 		b.Run("nodes=3/to="+to, func(b *testing.B) {
 			// The default tick (elections after 1 to 2 s), as in production:
 			// at full load the tests' 20 ms tick makes a leader step down.
-			c := startTestCluster(b, 3, fsyncAlways, func(o *Options) { o.Cluster.Tune = nil })
+			c := startTestCluster(b, 3, fsyncAlways, defaultTick)
 			c[1].createTopic(b, "bench", &ferryv1.TopicConfig{Partitions: 1})
 			leader := partitionLeader(b, c[1], "bench", 0)
 			target := leader

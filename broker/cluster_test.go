@@ -35,19 +35,28 @@ func startTestCluster(t testing.TB, n int, modify ...func(*Options)) map[uint64]
 		}
 		peers[id], lis[id] = l.Addr().String(), l
 	}
-	// The ports are known; the listeners are closed for the hosts to bind.
-	for _, l := range lis {
-		l.Close()
-	}
+	// Each host is handed its open listener: closing it for the host to
+	// bind the port again would let another process take it meanwhile.
 	servers := make(map[uint64]*testServer, n)
 	for id := uint64(1); id <= uint64(n); id++ {
 		servers[id] = startServer(t, append([]func(*Options){func(o *Options) {
 			o.Cluster = &ClusterOptions{NodeID: id, Addr: peers[id], Peers: peers, Tune: func(co *cluster.Options) {
 				co.TickInterval = 20 * time.Millisecond
+				co.Listener = lis[id]
 			}}
 		}}, modify...)...)
 	}
 	return servers
+}
+
+// defaultTick runs a test cluster at the production tick (an election
+// timeout of 1 to 2 s) instead of the tests' 20 ms.
+func defaultTick(o *Options) {
+	tune := o.Cluster.Tune
+	o.Cluster.Tune = func(co *cluster.Options) {
+		tune(co)
+		co.TickInterval = cluster.DefaultOptions(0, nil, nil).TickInterval
+	}
 }
 
 // TestClusterPublishSubscribe: a topic created on one node is on every
@@ -358,7 +367,7 @@ func TestClusterLargeConcurrentBatches(t *testing.T) {
 	// The default tick (an election timeout of 1 to 2 s): tens of MiB at
 	// once keep the groups' loops busy longer than the tests' short
 	// election timeout, under the race detector above all.
-	c := startTestCluster(t, 3, func(o *Options) { o.Cluster.Tune = nil })
+	c := startTestCluster(t, 3, defaultTick)
 	ctx := testContext(t)
 	c[1].createTopic(t, "big", &ferryv1.TopicConfig{Partitions: 1, MaxMessageBytes: 1 << 20})
 	leader := c[partitionLeader(t, c[1], "big", 0)]

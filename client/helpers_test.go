@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -72,15 +73,23 @@ func ferryBinary(tb testing.TB) string {
 }
 
 // freeAddr returns a loopback address with a port that was free a moment
-// ago, to restart brokers on.
+// ago, to restart brokers on. The port is below Linux's default ephemeral
+// range (32768 up), as cmd/ferry's cluster tests pick theirs: a broker
+// restarted on it must not find it taken by some outgoing connection or a
+// listener on port 0 meanwhile; and in 10000-19999, apart from cmd/ferry's
+// 20000-31999, whose tests may run at the same time.
 func freeAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	for range 1000 {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(10000)))
+		if err != nil {
+			continue
+		}
+		defer l.Close()
+		return l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	tb.Fatal("no free port found below the ephemeral range")
+	return ""
 }
 
 // ferryProc is a running `ferry serve`.
