@@ -192,6 +192,15 @@ func (g *diskGuard) admit(kind writeKind, bytes int) error {
 		return &DiskFullError{Free: free, Reserve: g.reserve, ReadOnly: true, Cause: *c}
 	}
 	lvl := g.levelOf(free)
+	if kind == writeGrow && lvl >= diskLow && !g.held.Load() {
+		// Only the estimate says low (it counts what was let through
+		// twice, for the WAL and the table): ask the filesystem before
+		// refusing, so that a refusal always means free space below the
+		// reserve, held until it is back above it.
+		g.look()
+		free = g.estimate()
+		lvl = g.levelOf(free)
+	}
 	if kind == writeGrow && lvl >= diskLow || kind == writeState && lvl == diskReadOnly {
 		if kind == writeGrow {
 			g.pending.Add(-2 * int64(bytes)) // not written after all

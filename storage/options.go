@@ -77,8 +77,8 @@ type Options struct {
 	// QueueLength is how many appends may wait for a partition's writer
 	// before Append blocks. Default 4096.
 	QueueLength int
-	// MemTableBytes is the size of one Badger memtable. Default 16 MiB, at
-	// least MinMemTableBytesFor(ValueThreshold) (8 MiB at the default
+	// MemTableBytes is the size of one Badger memtable. Default 32 MiB, at
+	// least MinMemTableBytesFor(ValueThreshold) (30 MiB at the default
 	// threshold): Badger caps a transaction at 15% of a memtable, and a
 	// full publish batch must fit in one.
 	MemTableBytes int64
@@ -98,7 +98,11 @@ type Options struct {
 	NumCompactors int
 	// ValueThreshold is the smallest value, in bytes, that Badger keeps in
 	// its value log instead of the LSM tree (below it the value is
-	// inline). Default 512, 1 to 1 MiB; MemTableBytes must be at least
+	// inline). Default 1 MiB: every record inline, so that deleting a
+	// topic or trimming it by retention gives its space back as Badger
+	// drops or compacts tables, without a value-log GC, which needs free
+	// space to rewrite and runs rarely; the disk reserve (DiskReserve)
+	// counts on it. 1 to 1 MiB; MemTableBytes must be at least
 	// MinMemTableBytesFor(ValueThreshold).
 	ValueThreshold int
 	// ValueLogFileBytes is the size of one value log file. Default 64 MiB.
@@ -145,13 +149,13 @@ func DefaultOptions(dir string) Options {
 		MaxGroupBytes:     8 << 20,
 		MaxGroupAppends:   1024,
 		QueueLength:       4096,
-		MemTableBytes:     16 << 20,
+		MemTableBytes:     32 << 20,
 		NumMemTables:      2,
 		BlockCacheBytes:   16 << 20,
 		IndexCacheBytes:   8 << 20,
 		BaseTableBytes:    2 << 20,
 		NumCompactors:     2,
-		ValueThreshold:    512,
+		ValueThreshold:    1 << 20,
 		ValueLogFileBytes: 64 << 20,
 		TailCacheBytes:    1 << 20,
 		DiskReserve:       DefaultDiskReserve,
@@ -184,8 +188,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option MaxGroupAppends %d must be positive: %w", o.MaxGroupAppends, ErrInvalidConfig)
 	case o.QueueLength <= 0:
 		return fmt.Errorf("option QueueLength %d must be positive: %w", o.QueueLength, ErrInvalidConfig)
-	case o.MemTableBytes < MinMemTableBytes:
-		return fmt.Errorf("option MemTableBytes %d must be at least %d (8 MiB): %w", o.MemTableBytes, MinMemTableBytes, ErrInvalidConfig)
+	case o.MemTableBytes < minMemTableFloor:
+		return fmt.Errorf("option MemTableBytes %d must be at least %d (8 MiB): %w", o.MemTableBytes, minMemTableFloor, ErrInvalidConfig)
 	case o.NumMemTables < 2:
 		return fmt.Errorf("option NumMemTables %d must be at least 2: %w", o.NumMemTables, ErrInvalidConfig)
 	case o.IndexCacheBytes < 0:
@@ -218,9 +222,13 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// MinMemTableBytes is the smallest Options.MemTableBytes accepted at the
-// default ValueThreshold (see MinMemTableBytesFor).
-const MinMemTableBytes = 8 << 20
+// MinMemTableBytes is a memtable size accepted at the default
+// ValueThreshold (at least MinMemTableBytesFor it), for tests and small
+// brokers.
+const MinMemTableBytes = 32 << 20
+
+// minMemTableFloor is the smallest memtable at any ValueThreshold.
+const minMemTableFloor = 8 << 20
 
 // Bounds of the largest write the store must take in one transaction: a
 // full publish batch (the broker's limits, 1000 messages of at most 4 MiB
@@ -240,7 +248,7 @@ const (
 // with 1 MiB inline (everything) up to 4.2 MB, which takes 29 MiB.
 func MinMemTableBytesFor(threshold int) int64 {
 	inline := min(int64(fullBatchMessages)*int64(threshold+maxKeyBytes), fullBatchBytes+fullBatchMessages*maxKeyBytes)
-	return max(MinMemTableBytes, inline*100/15+1<<20)
+	return max(minMemTableFloor, inline*100/15+1<<20)
 }
 
 // Limits on topic configs.

@@ -326,11 +326,11 @@ func TestWriteMultiPartition(t *testing.T) {
 }
 
 func TestWriteTooLargeChangesNothing(t *testing.T) {
-	// Badger caps a transaction at 15% of an 8 MiB memtable, 1.2 MiB;
-	// values under its 512-byte value threshold count in full (larger ones
-	// as a pointer into the value log).
+	// Badger caps a transaction at 15% of the tests' 32 MiB memtable,
+	// 4.8 MiB; values inline (under the value threshold, 1 MiB by
+	// default) count in full.
 	big := func(prefix string, n int) []Message {
-		payload := bytes.Repeat([]byte("b"), 400)
+		payload := bytes.Repeat([]byte("b"), 2000)
 		msgs := make([]Message, n)
 		for i := range msgs {
 			msgs[i] = Message{ID: fmt.Sprint(prefix, i), Payload: payload}
@@ -342,7 +342,7 @@ func TestWriteTooLargeChangesNothing(t *testing.T) {
 		appends []AppendBatch
 	}{
 		{"one partition", []AppendBatch{{Topic: "src", Partition: 0, Messages: big("s", 4000)}}},
-		// 0.9 MB fits in a transaction, twice that does not.
+		// 4.2 MB fits in a transaction, twice that does not.
 		{"two partitions", []AppendBatch{{Topic: "out", Partition: 0, Messages: big("o", 2000)}, {Topic: "out", Partition: 1, Messages: big("p", 2000)}}},
 	}
 	for _, tc := range tests {
