@@ -46,7 +46,8 @@ func FuzzParseDeliveryID(f *testing.F) {
 }
 
 // FuzzOptionsUnmarshal: a stored subscription config never panics the
-// decoder, and what it accepts is valid and encodes back the same.
+// decoder, and what it accepts meets the stored rules and encodes back the
+// same.
 func FuzzOptionsUnmarshal(f *testing.F) {
 	o := DefaultOptions(EffectivelyOnce)
 	o.MaxDeliveries, o.DeadLetterTopic = 3, "dead"
@@ -58,7 +59,10 @@ func FuzzOptionsUnmarshal(f *testing.F) {
 		if err := o.UnmarshalBinary(b); err != nil {
 			return
 		}
-		if err := o.Validate(); err != nil {
+		// A stored record is held to the rules every stored subscription
+		// met (validateStored), not to today's ranges: one created before
+		// them keeps loading.
+		if err := o.validateStored(); err != nil {
 			t.Fatalf("accepted invalid options %+v: %v", o, err)
 		}
 		again, _ := o.MarshalBinary()
