@@ -171,7 +171,12 @@ func (c *consumeRun) run(ctx context.Context, createNone bool) error {
 	if err := c.awaitConfirmations(frames, recvErr); err != nil {
 		return err
 	}
+	// The last deliveries are acked only once the broker ended the stream:
+	// its consumer is detached by then, so the credit those acks free
+	// brings it no more deliveries (under effectively-once they would stay
+	// outstanding until their deadline).
 	_ = stream.CloseSend()
+	c.awaitEnd(frames, recvErr)
 	cancel()
 	if err := c.ackFinal(final); err != nil {
 		return err
@@ -180,6 +185,23 @@ func (c *consumeRun) run(ctx context.Context, createNone bool) error {
 		return fmt.Errorf("%d acks were not confirmed: %s", len(c.failed), c.failed[0])
 	}
 	return nil
+}
+
+// awaitEnd waits, up to a bound, until the broker ends the stream after
+// CloseSend; frames still coming are dropped (credit leaves none but
+// confirmations).
+func (c *consumeRun) awaitEnd(frames <-chan *ferryv1.SubscribeResponse, recvErr <-chan error) {
+	bound := time.NewTimer(5 * time.Second)
+	defer bound.Stop()
+	for {
+		select {
+		case <-frames:
+		case <-recvErr:
+			return
+		case <-bound.C:
+			return
+		}
+	}
 }
 
 // handle prints a batch of deliveries and acts on them. It reports true
