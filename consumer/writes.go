@@ -1,0 +1,196 @@
+package consumer
+
+// The subscription's writes: cursors, attempts and acked ids queued as
+// write jobs, issued to the log in order (pipelined where the partition
+// allows), and completed when durable.
+
+import (
+	"slices"
+	"time"
+
+	"github.com/ferrymq/ferry/storage"
+)
+
+// queue adds a job that acks offsets; it is issued once its partitions
+// have no write in flight.
+func (s *subscription) queue(job *writeJob) {
+	for part := range job.acks {
+		job.parts = append(job.parts, part)
+	}
+	slices.Sort(job.parts)
+	s.queued = append(s.queued, job)
+}
+
+// issueWrites issues queued jobs whose partitions are free, in order, then
+// a plain state write for every other partition behind its store.
+func (s *subscription) issueWrites() {
+	var taken map[uint32]bool // partitions a queued job waits for; none most of the time
+	if len(s.queued) > 0 {
+		taken = make(map[uint32]bool)
+	}
+	kept := s.queued[:0]
+	for _, job := range s.queued {
+		free := true
+		for _, part := range job.parts {
+			free = free && len(s.parts[part].writes) == 0 && !taken[part]
+		}
+		if !free {
+			for _, part := range job.parts {
+				taken[part] = true // later jobs keep their order
+			}
+			kept = append(kept, job)
+			continue
+		}
+		s.issue(job)
+	}
+	clear(s.queued[len(kept):])
+	s.queued = kept
+	for _, p := range s.parts {
+		if p.dirty && !taken[p.n] && s.opts.Guarantee != None && s.mayPipeline(p) {
+			s.issue(&writeJob{parts: []uint32{p.n}})
+		}
+	}
+}
+
+// issue snapshots the state of job's partitions — with job's acks applied,
+// for a commit or dead letter — into its write and hands it to the loop.
+func (s *subscription) issue(job *writeJob) {
+	s.nextJob++
+	job.id = s.nextJob
+	job.epoch = make(map[uint32]uint32, len(job.parts))
+	job.w.Topic, job.w.Subscription, job.w.AckedIDTTL = s.topic, s.sid, s.horizon
+	withAttempts := s.persistAttempts()
+	for _, part := range job.parts {
+		p := s.parts[part]
+		st := p.st
+		if offs := job.acks[part]; len(offs) > 0 {
+			st = p.st.withAcks(offs)
+		}
+		job.w.Cursors = append(job.w.Cursors, storage.CursorWrite{Partition: part, State: st.appendBinary(nil, withAttempts)})
+		job.epoch[part] = p.st.epoch
+		job.sends = append(job.sends, p.sends...)
+		job.waiters = append(job.waiters, p.waiters...)
+		job.w.AckedIDs = append(job.w.AckedIDs, p.ackedIDs...)
+		p.sends, p.waiters, p.ackedIDs = nil, nil, nil
+		p.writes = append(p.writes, job)
+		p.dirty = false
+	}
+	job.w.AckedIDs = append(job.w.AckedIDs, job.ackedIDs...)
+	s.out.writes = append(s.out.writes, job)
+}
+
+// mayPipeline reports whether a plain state write of p may be issued now.
+// Writes of a partition land in the order they are issued, each with the
+// whole state, so several may be in flight — up to maxPipelined, and only
+// when deliveries or replies wait for them (acks alone are written behind,
+// one at a time). A commit or dead letter is alone in flight: a state
+// write issued meanwhile would not hold its acks yet, and would drop them.
+func (s *subscription) mayPipeline(p *partition) bool {
+	switch {
+	case s.now.Before(p.retryWriteAt):
+		return false
+	case len(p.writes) == 0:
+		return true
+	case p.writes[0].acks != nil || len(p.writes) >= maxPipelined:
+		return false
+	}
+	return len(p.sends) > 0 || len(p.waiters) > 0
+}
+
+// settled reports whether everything the subscription holds is stored, or
+// its last write failed: nothing is in flight or queued.
+func (s *subscription) settled() bool {
+	if len(s.queued) > 0 {
+		return false
+	}
+	for _, p := range s.parts {
+		if len(p.writes) > 0 || (p.dirty && p.retryWriteAt.IsZero()) {
+			return false
+		}
+	}
+	return true
+}
+
+// written takes the outcome of a write issued by issue. Outcomes are
+// applied in issue order per partition: one that arrives early waits for
+// those before it.
+func (s *subscription) written(job *writeJob, res [][]storage.AppendResult, err error, now time.Time) {
+	job.finished, job.res, job.err = true, res, err
+	if len(job.parts) == 0 {
+		s.complete(job) // a commit that only publishes holds no partition
+	}
+	for _, part := range job.parts {
+		p := s.parts[part]
+		for len(p.writes) > 0 && p.writes[0].finished {
+			j := p.writes[0]
+			p.writes = p.writes[1:]
+			s.complete(j)
+		}
+	}
+	s.step(now)
+}
+
+// complete applies a finished write: its acks, sends, waiters and reply.
+func (s *subscription) complete(job *writeJob) {
+	if job.completed {
+		return // a multi-partition job, completed from another partition
+	}
+	job.completed = true
+	err := job.err
+	for _, part := range job.parts {
+		p := s.parts[part]
+		for _, off := range job.acks[part] {
+			delete(p.busy, off)
+			if err == nil && job.epoch[part] == p.st.epoch {
+				s.forget(p, off)
+				p.st.cursor.Ack(off)
+				if !job.deadLetter {
+					s.stats.Acked++ // dead letters are counted apart
+				}
+			} else if err != nil {
+				s.toRetry(p, off, s.now.Add(writeRetry))
+			}
+		}
+		p.retryWriteAt = time.Time{}
+		if err != nil {
+			// What it held is still to be stored: try again, not at once.
+			p.dirty = true
+			p.retryWriteAt = s.now.Add(writeRetry)
+		}
+	}
+	for i := range job.sends {
+		if c := s.consumer(job.sends[i].Consumer); c != nil {
+			c.pendingBytes = max(c.pendingBytes-deliverySize(&job.sends[i]), 0)
+		}
+	}
+	if err == nil {
+		for _, d := range job.sends {
+			s.send(d)
+		}
+	} else {
+		s.dropSends(job.sends)
+	}
+	for _, w := range job.waiters {
+		w(err)
+	}
+	if job.done != nil {
+		job.done(job.res, err)
+	}
+}
+
+// dropSends handles deliveries whose write failed: they never went out, so
+// their credit is freed; under EFFECTIVELY_ONCE they are due again at once
+// (AT_MOST_ONCE loses them, as it may).
+func (s *subscription) dropSends(sends []Delivery) {
+	for i := range sends {
+		d := &sends[i]
+		p := s.parts[d.ID.Partition]
+		if l, ok := p.inflight.Get(d.ID.Offset); !ok || l.Attempt != d.ID.Attempt {
+			continue
+		}
+		s.release(p, d.ID.Offset)
+		if s.opts.Guarantee != AtMostOnce {
+			s.toRetry(p, d.ID.Offset, time.Time{})
+		}
+	}
+}
