@@ -6,16 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/ferrymq/ferry/internal/clock"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -252,16 +249,6 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 	return g, nil
 }
 
-// preferredLeader is the voter that campaigns first in a new group: the
-// groups' ids spread their leaders round-robin over sorted voters.
-func preferredLeader(voters []uint64, group uint64) uint64 {
-	if len(voters) == 0 {
-		return 0
-	}
-	vs := slices.Sorted(slices.Values(voters))
-	return vs[group%uint64(len(vs))]
-}
-
 // ID returns the group's id.
 func (g *Group) ID() uint64 { return g.id }
 
@@ -332,79 +319,6 @@ func (g *Group) ProposeAsync(data []byte, done func(index uint64, err error)) {
 	case g.propc <- p:
 	default:
 		done(0, fmt.Errorf("group %d: %d proposals are queued: %w", g.id, proposeQueue, ErrProposalDropped))
-	}
-}
-
-// TransferLeadership asks the leader to hand leadership to node to and
-// returns once to leads, as this replica sees it. It fails with a
-// *NotLeaderError on a replica that is not the leader, an error wrapping
-// ErrTransferFailed if the transfer was given up (to did not catch up
-// within an election timeout) or another node took over, ErrInvalidConfig
-// if to is not a voter, and ctx's error if ctx ends first. Proposals fail
-// with ErrProposalDropped while a transfer is under way.
-func (g *Group) TransferLeadership(ctx context.Context, to uint64) error {
-	t := &transfer{to: to, done: make(chan error, 1)}
-	start := func() {
-		st := g.rn.BasicStatus()
-		switch {
-		case st.RaftState != raft.StateLeader:
-			t.done <- &NotLeaderError{Group: g.id, Leader: st.Lead}
-		case to == g.node:
-			t.done <- nil
-		case !slices.Contains(g.confState.GetVoters(), to):
-			t.done <- fmt.Errorf("group %d: node %d is not a voter: %w", g.id, to, ErrInvalidConfig)
-		default:
-			g.log.Info("transferring leadership", "to", to, "term", st.GetTerm())
-			g.rn.TransferLeader(to)
-			g.transfers = append(g.transfers, t)
-		}
-	}
-	if err := g.do(ctx, start); err != nil {
-		return err
-	}
-	select {
-	case err := <-t.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-g.done:
-		return g.err
-	}
-}
-
-// Status returns the group's state as this replica sees it; once the
-// group has stopped, its state at that moment, with Err set.
-func (g *Group) Status() Status {
-	c := make(chan Status, 1)
-	if err := g.do(context.Background(), func() { c <- g.status() }); err != nil {
-		return g.final
-	}
-	return <-c
-}
-
-// WatchLeader returns a channel that receives the group's LeaderChange
-// each time the leader or the term changes, starting with the current
-// one, and a function that stops the watch and closes the channel. The
-// channel holds one value and a new one replaces an unread one: a slow
-// reader misses steps, never the latest. It is closed when the group
-// stops.
-func (g *Group) WatchLeader() (<-chan LeaderChange, func()) {
-	c := make(chan LeaderChange, 1)
-	g.watchMu.Lock()
-	defer g.watchMu.Unlock()
-	if g.watchClosed {
-		close(c)
-		return c, func() {}
-	}
-	g.watchers[c] = struct{}{}
-	c <- g.current
-	return c, func() {
-		g.watchMu.Lock()
-		defer g.watchMu.Unlock()
-		if _, ok := g.watchers[c]; ok {
-			delete(g.watchers, c)
-			close(c)
-		}
 	}
 }
 
@@ -702,84 +616,9 @@ func (g *Group) save(rd raft.Ready) error {
 	}
 }
 
-// restore replaces the state machine's state with a snapshot from the
-// leader, already saved.
-func (g *Group) restore(snap *raftpb.Snapshot) error {
-	meta := snap.GetMetadata()
-	if pr, ok := g.sm.(peerRestorer); ok && len(snap.GetData()) > 0 {
-		if err := g.restoreFromPeers(pr, snap); err != nil {
-			return err
-		}
-	} else if err := g.sm.Restore(snap); err != nil {
-		return fmt.Errorf("restore the state machine from the snapshot at %d: %w", meta.GetIndex(), err)
-	}
-	g.applied, g.smApplied, g.snapIndex = meta.GetIndex(), meta.GetIndex(), meta.GetIndex()
-	g.confState = proto.Clone(meta.GetConfState()).(*raftpb.ConfState)
-	g.log.Info("state machine restored from a snapshot", "index", meta.GetIndex(), "term", meta.GetTerm(), "bytes", len(snap.GetData()))
-	return nil
-}
-
 // errStopping is what restoreFromPeers returns when the group stops
 // before a peer could restore it; fail makes it ErrClosed.
 var errStopping = errors.New("stopping")
-
-// restoreFromPeers restores snap, saved already, through the peerRestorer
-// state machine from a peer: the node that sent it first (if known), then
-// the other voters of its configuration in turn, over and over with a
-// backoff (ReconnectMin doubling up to ReconnectMax, on the clock) until
-// one works or the group stops. Meanwhile the loop does nothing else: the
-// group cannot apply an entry before it has the snapshot's state. A
-// snapshot this state machine cannot take (storage.ErrCorrupt) fails at
-// once.
-func (g *Group) restoreFromPeers(pr peerRestorer, snap *raftpb.Snapshot) error {
-	index := snap.GetMetadata().GetIndex()
-	var peers []uint64
-	if g.snapFrom != 0 && g.snapFrom != g.node {
-		peers = append(peers, g.snapFrom)
-	}
-	cs := snap.GetMetadata().GetConfState()
-	for _, id := range slices.Sorted(slices.Values(slices.Concat(cs.GetVoters(), cs.GetLearners()))) {
-		if id != g.node && !slices.Contains(peers, id) {
-			peers = append(peers, id)
-		}
-	}
-	if len(peers) == 0 {
-		return fmt.Errorf("restore the snapshot at %d: no other node to fetch its state from", index)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-g.stopc:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	wait := g.h.opts.ReconnectMin
-	for {
-		for _, peer := range peers {
-			err := pr.restoreFrom(ctx, snap, g.h.tr, g.id, peer)
-			if err == nil {
-				g.log.Info("state machine restored from a peer", "index", index, "peer", peer, "applied", g.sm.Applied())
-				return nil
-			}
-			if ctx.Err() != nil {
-				return fmt.Errorf("restore the snapshot at %d: %w", index, errStopping)
-			}
-			if errors.Is(err, storage.ErrCorrupt) {
-				return fmt.Errorf("restore the snapshot at %d: %w", index, err)
-			}
-			g.log.Warn("state machine not restored from a peer; trying the next", "index", index, "peer", peer, "err", err)
-		}
-		if !g.sleep(wait) {
-			return fmt.Errorf("restore the snapshot at %d: %w", index, errStopping)
-		}
-		wait = min(2*wait, g.h.opts.ReconnectMax)
-	}
-}
-
-// sleep waits d on the host's clock; false if the group stops first.
-func (g *Group) sleep(d time.Duration) bool { return clock.Sleep(g.h.opts.Clock, d, g.stopc) }
 
 // trackAppended notes the index each of this node's pending proposals
 // was appended at.
@@ -887,129 +726,6 @@ func (g *Group) saveHardState() error {
 	}
 	g.unsavedHS = nil
 	return nil
-}
-
-// maybeSnapshot snapshots the state machine every SnapshotEntries applied
-// entries and compacts the log up to SnapshotKeepEntries behind.
-func (g *Group) maybeSnapshot() error {
-	if g.noSnapshots || g.applied < g.snapIndex+g.h.opts.SnapshotEntries {
-		return nil
-	}
-	// A restart starts from the snapshot as applied, which Raft takes
-	// only up to the saved commit index.
-	if err := g.saveHardState(); err != nil {
-		return err
-	}
-	data, err := g.sm.Snapshot()
-	if errors.Is(err, ErrNoSnapshots) {
-		g.noSnapshots = true
-		g.log.Debug("the state machine takes no snapshots; the log is not compacted")
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("snapshot the state machine at %d: %w", g.applied, err)
-	}
-	if _, err := g.rlog.CreateSnapshot(g.applied, g.confState, data); err != nil {
-		return fmt.Errorf("save the snapshot at %d: %w", g.applied, err)
-	}
-	g.snapIndex = g.applied
-	if keep := g.h.opts.SnapshotKeepEntries; g.applied > keep {
-		first, err := g.rlog.FirstIndex()
-		if err != nil {
-			return err
-		}
-		if ci := g.applied - keep; ci >= first {
-			if err := g.rlog.Compact(ci); err != nil {
-				return fmt.Errorf("compact the log to %d: %w", ci, err)
-			}
-		}
-	}
-	g.log.Debug("snapshot taken", "index", g.applied, "bytes", len(data))
-	return nil
-}
-
-// observe notices a change of leader or term (telling the watchers),
-// fails the pending proposals once their term or leader has changed, and settles the transfers whose outcome is known.
-func (g *Group) observe() {
-	st := g.rn.BasicStatus()
-	if st.Lead != g.lead || st.GetTerm() != g.term {
-		g.lead, g.term = st.Lead, st.GetTerm()
-		g.leader.Store(st.Lead)
-		if st.Lead != 0 {
-			g.log.Info("raft leader", "leader", st.Lead, "term", st.GetTerm())
-		}
-		g.notify(LeaderChange{Group: g.id, Leader: st.Lead, Term: st.GetTerm()})
-	}
-	if len(g.pending) > 0 && (st.Lead != g.pendLead || st.GetTerm() != g.pendTerm) {
-		err := fmt.Errorf("group %d: proposed in term %d under leader %d, now term %d with leader %d: %w", g.id, g.pendTerm, g.pendLead, st.GetTerm(), st.Lead, ErrLeadershipLost)
-		for seq, p := range g.pending {
-			delete(g.pending, seq)
-			p.finish(0, err)
-		}
-	}
-	if len(g.transfers) > 0 {
-		g.transfers = slices.DeleteFunc(g.transfers, func(t *transfer) bool {
-			switch {
-			case st.Lead == t.to:
-				t.done <- nil
-			case st.RaftState == raft.StateLeader && st.LeadTransferee == 0:
-				t.done <- fmt.Errorf("group %d: node %d did not take over within an election timeout: %w", g.id, t.to, ErrTransferFailed)
-			case st.RaftState != raft.StateLeader && st.Lead != 0:
-				t.done <- fmt.Errorf("group %d: node %d took over instead of node %d: %w", g.id, st.Lead, t.to, ErrTransferFailed)
-			default:
-				return false
-			}
-			return true
-		})
-	}
-}
-
-// notify hands c to every watcher, replacing a value it has not read.
-func (g *Group) notify(c LeaderChange) {
-	g.watchMu.Lock()
-	defer g.watchMu.Unlock()
-	g.current = c
-	for w := range g.watchers {
-		select {
-		case <-w:
-		default:
-		}
-		w <- c
-	}
-}
-
-// status reports the group's state; run calls it.
-func (g *Group) status() Status {
-	st := g.rn.Status()
-	first, _ := g.rlog.FirstIndex()
-	last, _ := g.rlog.LastIndex()
-	s := Status{
-		Group:          g.id,
-		Node:           g.node,
-		State:          st.RaftState,
-		Term:           st.GetTerm(),
-		Leader:         st.Lead,
-		LeadTransferee: st.LeadTransferee,
-		Commit:         st.GetCommit(),
-		Applied:        g.applied,
-		FirstIndex:     first,
-		LastIndex:      last,
-		SnapshotIndex:  g.snapIndex,
-	}
-	if st.RaftState == raft.StateLeader {
-		s.Followers = make(map[uint64]Progress, len(st.Progress))
-		for id, pr := range st.Progress {
-			if id == g.node {
-				continue
-			}
-			p := Progress{Match: pr.Match, Next: pr.Next, State: pr.State.String(), Active: pr.RecentActive}
-			if last > pr.Match {
-				p.Lag = last - pr.Match
-			}
-			s.Followers[id] = p
-		}
-	}
-	return s
 }
 
 // stop ends the loop with err: every waiting call gets it, the watchers'
