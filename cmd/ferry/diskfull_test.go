@@ -290,18 +290,9 @@ func storageStatus(t *testing.T, admin ferryv1.AdminServiceClient) *ferryv1.Stor
 // skipped — or fails with FERRY_REQUIRE_MOUNT=1 (CI).
 func mountExt4(t *testing.T, size int64) string {
 	t.Helper()
-	skip := t.Skipf
-	if os.Getenv("FERRY_REQUIRE_MOUNT") == "1" {
-		skip = t.Fatalf
-	}
-	if os.Geteuid() != 0 {
-		skip("mounting a small filesystem needs root (FERRY_REQUIRE_MOUNT=1 makes this a failure)")
-	}
+	skip := mountSkip(t)
 	tmp := t.TempDir()
-	img, dir := filepath.Join(tmp, "fs.img"), filepath.Join(tmp, "mnt")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	img := filepath.Join(tmp, "fs.img")
 	f, err := os.Create(img)
 	if err != nil {
 		t.Fatal(err)
@@ -312,20 +303,20 @@ func mountExt4(t *testing.T, size int64) string {
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0", img).CombinedOutput(); err != nil {
 		skip("mkfs.ext4: %v: %s (FERRY_REQUIRE_MOUNT=1 makes this a failure)", err, out)
 	}
-	if out, err := exec.Command("mount", "-o", "loop", img, dir).CombinedOutput(); err != nil {
-		skip("mount ext4 on a loop device: %v: %s (FERRY_REQUIRE_MOUNT=1 makes this a failure)", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
+	return mountFor(t, tmp, "mount ext4 on a loop device", "-o", "loop", img)
 }
 
 // mountTmpfs mounts a tmpfs of size bytes for the test, skipped or failed
 // as mountExt4.
 func mountTmpfs(t *testing.T, size int64) string {
+	t.Helper()
+	mountSkip(t)
+	return mountFor(t, t.TempDir(), "mount tmpfs", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs")
+}
+
+// mountSkip is how a test that cannot mount ends: skipped, or failed with
+// FERRY_REQUIRE_MOUNT=1. Without root it ends at once.
+func mountSkip(t *testing.T) func(format string, args ...any) {
 	t.Helper()
 	skip := t.Skipf
 	if os.Getenv("FERRY_REQUIRE_MOUNT") == "1" {
@@ -334,12 +325,19 @@ func mountTmpfs(t *testing.T, size int64) string {
 	if os.Geteuid() != 0 {
 		skip("mounting a small filesystem needs root (FERRY_REQUIRE_MOUNT=1 makes this a failure)")
 	}
-	dir := filepath.Join(t.TempDir(), "mnt")
+	return skip
+}
+
+// mountFor runs mount with args onto a new directory mnt in tmp, unmounted
+// when the test ends, and returns it.
+func mountFor(t *testing.T, tmp, what string, args ...string) string {
+	t.Helper()
+	dir := filepath.Join(tmp, "mnt")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput(); err != nil {
-		skip("mount tmpfs: %v: %s (FERRY_REQUIRE_MOUNT=1 makes this a failure)", err, out)
+	if out, err := exec.Command("mount", append(args, dir)...).CombinedOutput(); err != nil {
+		mountSkip(t)("%s: %v: %s (FERRY_REQUIRE_MOUNT=1 makes this a failure)", what, err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
