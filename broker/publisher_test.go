@@ -610,12 +610,12 @@ func TestPublishStreamPipelining(t *testing.T) {
 func TestPublishFullBatchMinMemtable(t *testing.T) {
 	small := DefaultOptions(t.TempDir())
 	small.GRPCAddr, small.HTTPAddr = "127.0.0.1:0", ""
-	small.Storage.MemTableBytes = storage.MinMemTableBytes / 2
+	small.Storage.MemTableBytes = storage.MinMemTableBytesFor(small.Storage.ValueThreshold) / 2
 	if srv, err := Open(small); err == nil {
 		_ = srv.Shutdown(context.Background())
-		t.Fatal("Open accepted a 4 MiB memtable")
+		t.Fatalf("Open accepted a %d MiB memtable", small.Storage.MemTableBytes>>20)
 	} else if !strings.Contains(err.Error(), "MemTableBytes") {
-		t.Fatalf("Open with a 4 MiB memtable: %v; want the option named", err)
+		t.Fatalf("Open with a %d MiB memtable: %v; want the option named", small.Storage.MemTableBytes>>20, err)
 	}
 	ts := startServer(t, func(o *Options) {
 		o.Storage.ValueThreshold = 1 << 10

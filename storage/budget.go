@@ -12,12 +12,10 @@ import (
 //
 //	memtables    NumMemTables × MemTableBytes  budget/32 each, 8 to 64 MiB,
 //	                                           at least MinMemTableBytesFor
-//	value layout ValueThreshold                inline (1 MiB) from a 512 MiB
-//	                                           budget, else 512 B
 //	block cache  BlockCacheBytes               budget/32, 4 to 256 MiB
 //	index cache  IndexCacheBytes               budget/64, 2 to 128 MiB
 //	tables       BaseTableBytes                1 MiB under 512 MiB, else 2 MiB
-//	value log    ValueLogFileBytes             budget/8, 16 to 512 MiB
+//	value log    ValueLogFileBytes             budget/8, 16 to 64 MiB
 //	tail cache   TailCacheBytes per partition  budget/2048, 64 KiB to 1 MiB
 //	groups       MaxGroupBytes                 budget/64, 1 to 8 MiB
 //
@@ -28,14 +26,6 @@ func (o Options) SizeFor(budget int64) Options {
 	if budget <= 0 {
 		return o
 	}
-	if budget < 512<<20 {
-		// Inline values need memtables of 30 MiB (a full publish batch
-		// in one transaction), too much for a small budget: payloads of
-		// 512 B or more go to the value log. Their space then comes back
-		// only through value-log GC, so on a full disk deleting a topic
-		// frees less at once (docs/operations.md).
-		o.ValueThreshold = 512
-	}
 	o.MemTableBytes = max(clamp(budget/32, minMemTableFloor, 64<<20), MinMemTableBytesFor(o.ValueThreshold))
 	o.BlockCacheBytes = clamp(budget/32, 4<<20, 256<<20)
 	o.IndexCacheBytes = clamp(budget/64, 2<<20, 128<<20)
@@ -43,7 +33,7 @@ func (o Options) SizeFor(budget int64) Options {
 	if budget < 512<<20 {
 		o.BaseTableBytes = 1 << 20
 	}
-	o.ValueLogFileBytes = clamp(budget/8, 16<<20, 512<<20)
+	o.ValueLogFileBytes = clamp(budget/8, 16<<20, 64<<20)
 	o.TailCacheBytes = int(clamp(budget/2048, 64<<10, 1<<20))
 	o.MaxGroupBytes = int(clamp(budget/64, 1<<20, 8<<20))
 	return o

@@ -14,7 +14,7 @@ func TestSizeFor(t *testing.T) {
 	}{
 		{budget: 128 << 20, memtable: 8 << 20, block: 4 << 20, tail: 64 << 10, maxFootprint: 48 << 20},
 		{budget: 256 << 20, memtable: 8 << 20, block: 8 << 20, tail: 128 << 10, maxFootprint: 80 << 20},
-		{budget: 512 << 20, memtable: MinMemTableBytesFor(1 << 20), block: 16 << 20, tail: 256 << 10, maxFootprint: 128 << 20},
+		{budget: 512 << 20, memtable: 16 << 20, block: 16 << 20, tail: 256 << 10, maxFootprint: 128 << 20},
 		{budget: 1 << 30, memtable: 32 << 20, block: 32 << 20, tail: 512 << 10, maxFootprint: 256 << 20},
 		{budget: 64 << 30, memtable: 64 << 20, block: 256 << 20, tail: 1 << 20, maxFootprint: 1 << 30},
 	} {
@@ -30,9 +30,8 @@ func TestSizeFor(t *testing.T) {
 			t.Errorf("SizeFor(%d MiB): Badger's footprint %d MiB, want at most %d MiB and half the budget", tc.budget>>20, fp>>20, tc.maxFootprint>>20)
 		}
 	}
-	// The defaults are those of a 512 MiB budget, the memtables rounded up
-	// to 32 MiB.
-	if got := def.SizeFor(512 << 20); got.MemTableBytes > def.MemTableBytes || got.ValueThreshold != def.ValueThreshold || got.BlockCacheBytes != def.BlockCacheBytes || got.IndexCacheBytes != def.IndexCacheBytes {
+	// The defaults are those of a 512 MiB budget.
+	if got := def.SizeFor(512 << 20); got.MemTableBytes != def.MemTableBytes || got.ValueThreshold != def.ValueThreshold || got.BlockCacheBytes != def.BlockCacheBytes || got.IndexCacheBytes != def.IndexCacheBytes {
 		t.Errorf("SizeFor(512 MiB) = memtable %d, block %d, index %d; the defaults are %d, %d, %d",
 			got.MemTableBytes, got.BlockCacheBytes, got.IndexCacheBytes, def.MemTableBytes, def.BlockCacheBytes, def.IndexCacheBytes)
 	}

@@ -91,17 +91,22 @@ func (r DiskReserve) resolve(capacity, floor uint64) (reserve uint64, raised boo
 }
 
 // MinDiskReserve is the smallest disk reserve a store with opts keeps:
-// four memtables (256 MiB with the default 64 MiB ones). Badger writes its
-// files through mmap, and a write into a mapped file on a full filesystem
-// kills the process (SIGBUS), so once publishing is refused Badger's own
-// writes must still fit: the flush of each memtable that was filling
-// (NumMemtables of them, written one at a time, each an L0 table about
-// its size, whose write-ahead log is removed only after), the write-ahead
-// log of the next memtable, which acks, seeks and deletes keep filling,
-// and the tables a compaction writes before it removes the ones it read.
+// four memtables and two value-log files (192 MiB with the default 16 MiB
+// memtables and 64 MiB files). Badger writes its files through mmap, and a
+// write into a mapped file on a full filesystem kills the process
+// (SIGBUS), so once publishing is refused Badger's own writes must still
+// fit: the flush of each memtable that was filling (NumMemtables of them,
+// written one at a time, each an L0 table about its size, whose
+// write-ahead log is removed only after), the write-ahead log of the next
+// memtable, which acks, seeks and deletes keep filling, the tables a
+// compaction writes before it removes the ones it read, and a value-log
+// GC's copy of a file's live values (at most a file) into the newest file.
 // Half the reserve is kept for those alone: below it, acks and seeks are
-// refused too (see Store.Disk).
-func MinDiskReserve(opts Options) uint64 { return 4 * uint64(opts.MemTableBytes) }
+// refused too (see Store.Disk), and GC runs only with a file's room above
+// it.
+func MinDiskReserve(opts Options) uint64 {
+	return 4*uint64(opts.MemTableBytes) + 2*uint64(opts.ValueLogFileBytes)
+}
 
 // ParseBytes parses a byte size: a whole number with an optional unit, B,
 // KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000).
@@ -270,6 +275,9 @@ func (s *Store) dropAtOnce(prefixes [][]byte) error {
 		return fmt.Errorf("drop prefixes: %w", err)
 	}
 	s.guard.look()
+	// The dropped payloads are in the value log: DropPrefix counted them
+	// as garbage, and GC gives their files back.
+	s.collectValueLog()
 	s.log.Info("deleted data dropped at once to free disk space", "disk", s.guard.state().String())
 	return nil
 }

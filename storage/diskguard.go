@@ -210,6 +210,13 @@ func (g *diskGuard) admit(kind writeKind, bytes int) error {
 	return nil
 }
 
+// roomFor says whether Badger may write n bytes of its own (a value-log
+// GC's copy) and keep half the reserve free: the store is not read-only
+// for a cause and free space, as estimated, is at least reserve/2 + n.
+func (g *diskGuard) roomFor(n uint64) bool {
+	return g.cause.Load() == nil && !g.openedRO && g.estimate() >= g.reserve/2+n
+}
+
 // levelOf is the level at free bytes free: levelOf, but low while held.
 func (g *diskGuard) levelOf(free uint64) diskLevel {
 	lvl := levelOf(free, g.reserve)

@@ -54,8 +54,10 @@
 // A background pass (Options.RetentionInterval on the injected clock)
 // computes each partition's trim point from its message keys alone and
 // queues trim commands through the partition's writer, like appends, plus a
-// command that drops expired ids from memory. Value-log GC runs every
-// Options.GCInterval.
+// command that drops expired ids from memory. Payloads of
+// Options.ValueThreshold bytes or more (512 by default) are in Badger's
+// value log; value-log GC (collectValueLog) runs every Options.GCInterval
+// and rewrites the files Badger's discard statistics say are half garbage.
 //
 // # Raft logs
 //
@@ -102,7 +104,8 @@
 // disk error from Badger. Open, with less than half the reserve free, cuts
 // Badger's memtable logs as Badger would (wal.go) and opens it read-only;
 // Store.Reopen says when to open it again. A topic deleted on a low disk is
-// dropped with DropPrefix (disk.go), so its space comes back at once.
+// dropped with DropPrefix (disk.go), then value-log GC rewrites the files a
+// fifth garbage or more, so its space comes back at once.
 //
 // The key layout is drawn in keys.go and the record formats in record.go
 // (the Raft log bounds in raftlog.go, partition entries in entry.go,

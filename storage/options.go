@@ -58,8 +58,8 @@ type Options struct {
 	// RetentionInterval is how often retention and dedup expiry run.
 	// Default 10s.
 	RetentionInterval time.Duration
-	// GCInterval is how often Badger's value log is garbage-collected.
-	// Default 5m.
+	// GCInterval is how often Badger's value log is garbage-collected,
+	// besides right after a topic is dropped on a low disk. Default 1m.
 	GCInterval time.Duration
 	// PageOutInterval is how often the pages of Badger's value-log, table
 	// and memtable-WAL files, which Badger maps into memory, are handed
@@ -77,10 +77,10 @@ type Options struct {
 	// QueueLength is how many appends may wait for a partition's writer
 	// before Append blocks. Default 4096.
 	QueueLength int
-	// MemTableBytes is the size of one Badger memtable. Default 32 MiB, at
-	// least MinMemTableBytesFor(ValueThreshold) (30 MiB at the default
-	// threshold): Badger caps a transaction at 15% of a memtable, and a
-	// full publish batch must fit in one.
+	// MemTableBytes is the size of one Badger memtable. Default 16 MiB, at
+	// least MinMemTableBytesFor(ValueThreshold) (8 MiB at the default
+	// threshold, 30 MiB with every value inline): Badger caps a transaction
+	// at 15% of a memtable, and a full publish batch must fit in one.
 	MemTableBytes int64
 	// NumMemTables is how many memtables Badger keeps, the one written and
 	// those waiting to be flushed. Default 2, at least 2.
@@ -98,14 +98,15 @@ type Options struct {
 	NumCompactors int
 	// ValueThreshold is the smallest value, in bytes, that Badger keeps in
 	// its value log instead of the LSM tree (below it the value is
-	// inline). Default 1 MiB: every record inline, so that deleting a
-	// topic or trimming it by retention gives its space back as Badger
-	// drops or compacts tables, without a value-log GC, which needs free
-	// space to rewrite and runs rarely; the disk reserve (DiskReserve)
-	// counts on it. 1 to 1 MiB; MemTableBytes must be at least
+	// inline). Default 512: a message's payload goes to the value log, so
+	// memtables, table builds and compactions carry keys and pointers
+	// only; their space comes back through value-log GC (gcTick), which
+	// Badger's compactions and DropPrefix feed with discard statistics.
+	// 1 to 1 MiB; MemTableBytes must be at least
 	// MinMemTableBytesFor(ValueThreshold).
 	ValueThreshold int
-	// ValueLogFileBytes is the size of one value log file. Default 64 MiB.
+	// ValueLogFileBytes is the size of one value log file, the unit in
+	// which value-log GC gives space back. Default 64 MiB.
 	ValueLogFileBytes int64
 	// TailCacheBytes is, per partition, how many bytes of the newest durable
 	// messages are kept in memory for readers at the head, and per Raft
@@ -144,18 +145,18 @@ func DefaultOptions(dir string) Options {
 		Clock:             clock.Real(),
 		Logger:            slog.Default(),
 		RetentionInterval: 10 * time.Second,
-		GCInterval:        5 * time.Minute,
+		GCInterval:        time.Minute,
 		PageOutInterval:   250 * time.Millisecond,
 		MaxGroupBytes:     8 << 20,
 		MaxGroupAppends:   1024,
 		QueueLength:       4096,
-		MemTableBytes:     32 << 20,
+		MemTableBytes:     16 << 20,
 		NumMemTables:      2,
 		BlockCacheBytes:   16 << 20,
 		IndexCacheBytes:   8 << 20,
 		BaseTableBytes:    2 << 20,
 		NumCompactors:     2,
-		ValueThreshold:    1 << 20,
+		ValueThreshold:    512,
 		ValueLogFileBytes: 64 << 20,
 		TailCacheBytes:    1 << 20,
 		DiskReserve:       DefaultDiskReserve,
@@ -214,7 +215,7 @@ func (o *Options) Validate() error {
 	case o.DiskReserve.Percent < 0 || o.DiskReserve.Percent >= 100:
 		return fmt.Errorf("option DiskReserve %v%% must be above 0%% and below 100%%: %w", o.DiskReserve.Percent, ErrInvalidConfig)
 	case o.DiskReserve.Percent == 0 && o.DiskReserve.Bytes > 0 && o.DiskReserve.Bytes < MinDiskReserve(*o):
-		return fmt.Errorf("option DiskReserve %s is below the minimum %s (four memtables: Badger's own flushes and compactions must fit once publishing is refused): %w",
+		return fmt.Errorf("option DiskReserve %s is below the minimum %s (four memtables and two value-log files: Badger's own flushes, compactions and value-log GC must fit once publishing is refused): %w",
 			FormatBytes(o.DiskReserve.Bytes), FormatBytes(MinDiskReserve(*o)), ErrInvalidConfig)
 	case o.DiskPollInterval <= 0:
 		return fmt.Errorf("option DiskPollInterval %v must be positive: %w", o.DiskPollInterval, ErrInvalidConfig)

@@ -144,21 +144,45 @@ func (s *Store) gcTick() {
 		return
 	}
 	defer s.bg.Done()
-	// GC copies a file's live values to the newest file before it removes
-	// the file: below the reserve that copy could fill the disk.
-	for runs := 0; runs < 16 && !s.isClosing() && !s.guard.state().Low; runs++ {
-		if err := s.db.RunValueLogGC(0.5); err != nil {
-			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-				s.log.Warn("value log gc", "err", err)
-			}
-			break
-		}
-		s.opts.Metrics.gcRan()
-	}
+	s.collectValueLog()
 	s.bgMu.Lock()
 	defer s.bgMu.Unlock()
 	if !s.closing {
 		s.gc = s.opts.Clock.AfterFunc(s.opts.GCInterval, s.gcTick)
+	}
+}
+
+// The share of a value-log file that must be garbage for GC to rewrite it
+// (the copy it makes is at most the rest): half, or a fifth while the disk
+// is below its reserve, when any space back counts more than the copying.
+const (
+	gcDiscardRatio        = 0.5
+	gcDiscardRatioLowDisk = 0.2
+)
+
+// collectValueLog runs Badger's value-log GC until it finds no file with
+// enough garbage, at most 16 files a run. Badger learns what is garbage
+// from its compactions and DropPrefix (discard statistics). A GC copies a
+// file's live values into the newest file before it removes the file: it
+// runs only while the disk has room for that copy above half the reserve
+// (diskGuard.roomFor), which Badger's own flushes keep.
+func (s *Store) collectValueLog() {
+	for runs := 0; runs < 16 && !s.isClosing(); runs++ {
+		ratio := gcDiscardRatio
+		if s.guard.state().Low {
+			ratio = gcDiscardRatioLowDisk
+		}
+		if !s.guard.roomFor(uint64(float64(s.opts.ValueLogFileBytes) * (1 - ratio))) {
+			return
+		}
+		if err := s.db.RunValueLogGC(ratio); err != nil {
+			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+				s.log.Warn("value log gc", "err", err)
+			}
+			return
+		}
+		s.opts.Metrics.gcRan()
+		s.guard.look()
 	}
 }
 

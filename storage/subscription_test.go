@@ -327,8 +327,8 @@ func TestWriteMultiPartition(t *testing.T) {
 
 func TestWriteTooLargeChangesNothing(t *testing.T) {
 	// Badger caps a transaction at 15% of the tests' 32 MiB memtable,
-	// 4.8 MiB; values inline (under the value threshold, 1 MiB by
-	// default) count in full.
+	// 4.8 MiB; values inline (under the value threshold, 1 MiB here) count
+	// in full.
 	big := func(prefix string, n int) []Message {
 		payload := bytes.Repeat([]byte("b"), 2000)
 		msgs := make([]Message, n)
@@ -347,7 +347,9 @@ func TestWriteTooLargeChangesNothing(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := openStore(t, testOptions(t, clock.NewFake(t0)))
+			opts := testOptions(t, clock.NewFake(t0))
+			opts.ValueThreshold = 1 << 20
+			s := openStore(t, opts)
 			mustCreate(t, s, "src", TopicConfig{Partitions: 2})
 			mustCreate(t, s, "out", TopicConfig{Partitions: 2})
 			sub := mustCreateSub(t, s, "src", "s", nil, "c0", "c1")

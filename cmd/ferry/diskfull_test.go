@@ -29,8 +29,8 @@ import (
 )
 
 // Disk-full test sizes: a filesystem of diskFS with a reserve of diskReserve
-// (the minimum: four 64 MiB memtables), so about 250 MiB of messages fill
-// it.
+// (above the minimum of four 16 MiB memtables and two 64 MiB value-log
+// files), so about 250 MiB of messages fill it.
 const (
 	diskFS      = 512 << 20
 	diskReserve = "256MiB"
@@ -46,8 +46,9 @@ const (
 //
 // It runs on ext4 (a loop device) and on tmpfs, whose mapped files behave
 // apart: a read of a hole in a mapped tmpfs file takes a page too. It takes
-// 20–40 s: each filesystem is filled for real, and the reserve cannot be
-// below four 64 MiB memtables, so each takes ~250 MiB of messages.
+// 10–40 s: each filesystem is filled for real with ~250 MiB of messages.
+// The messages of both topics share value-log files, so deleting one gives
+// space back through value-log GC of files partly garbage.
 func TestDiskFullRefusesPublishesAndRecovers(t *testing.T) {
 	t.Run("ext4", func(t *testing.T) { diskFullScenario(t, mountExt4(t, diskFS)) })
 	t.Run("tmpfs", func(t *testing.T) { diskFullScenario(t, mountTmpfs(t, diskFS)) })

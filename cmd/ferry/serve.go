@@ -69,7 +69,7 @@ requests, finishes the writes under way and closes the store.`,
 	f.StringVar(&fsync, "fsync", fsync, "when to fsync appends: always (before every ack, grouped) or never (leave it to the OS)")
 	f.DurationVar(&o.Storage.RetentionInterval, "retention-interval", o.Storage.RetentionInterval, "how often retention and dedup expiry run")
 	f.Var(diskReserveFlag{&o.Storage.DiskReserve}, "disk-reserve",
-		"free space kept on the data directory's filesystem, a size (512MiB) or a percentage of it (5%); below it publishes are refused, below half of it every write but deletes; at least four memtables (256MiB)")
+		"free space kept on the data directory's filesystem, a size (512MiB) or a percentage of it (5%); below it publishes are refused, below half of it every write but deletes; at least four memtables and two value-log files (192MiB)")
 	f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "grace period of a shutdown: how long it waits for open RPCs")
 	f.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "at shutdown, how long /readyz says not ready while the broker still serves (for load balancers)")
 	f.StringVar(&memLimit, "memory-limit", memLimit, "memory budget: a size (512MiB, 2GiB), none, or auto: the container's cgroup limit if it has one; sizes Badger's caches and memtables, sets GOMEMLIMIT below it unless GOMEMLIMIT is set, and refuses publishes with RESOURCE_EXHAUSTED near it")
