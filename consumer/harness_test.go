@@ -36,13 +36,14 @@ type harness struct {
 	sub   *subscription
 	opts  Options
 
-	pending []fetch     // reads that found nothing yet
-	hold    bool        // writes are held, not done (a crash loses them)
-	held    []*writeJob // held writes, in issue order
-	failing int         // fail this many writes from now on
-	fired   time.Time   // deadline the last tick ran for
-	notes   []string    // lines to report for the current command
-	sent    []Delivery  // deliveries since takeSent
+	pending []fetch         // reads that found nothing yet
+	hold    bool            // writes are held, not done (a crash loses them)
+	held    []*writeJob     // held writes, in issue order
+	failing int             // fail this many writes from now on
+	fired   time.Time       // deadline the last tick ran for
+	notes   []string        // lines to report for the current command
+	sent    []Delivery      // deliveries since takeSent
+	writes  []storage.Write // every write the core issued, in order
 	// acksWaiting report acks whose reply has not run yet; each says
 	// whether it has reported.
 	acksWaiting []func() bool
@@ -267,6 +268,7 @@ func (h *harness) drain() {
 		}
 		for _, job := range out.writes {
 			progress = true
+			h.writes = append(h.writes, job.w)
 			switch {
 			case h.hold:
 				h.held = append(h.held, job)

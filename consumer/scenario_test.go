@@ -423,3 +423,47 @@ func TestCommitTakesQueuedRedelivery(t *testing.T) {
 		t.Fatalf("delivered after its commit: %v", sent[0].ID) // the harness reports it too
 	}
 }
+
+// TestCommitIsOneWrite: a Commit of inputs from two partitions with
+// outputs in two partitions of another topic is one storage Write — the
+// inputs' cursors and the outputs together — which the store commits as
+// one transaction (storage's TestWriteIsOneTransaction). Written apart, a
+// crash between the writes would leave outputs without the inputs' ack
+// (published twice on redelivery) or the ack without the outputs (lost).
+func TestCommitIsOneWrite(t *testing.T) {
+	h := newHarness(t)
+	h.createTopic("t", storage.TopicConfig{Partitions: 2})
+	h.createTopic("out", storage.TopicConfig{Partitions: 2})
+	o := DefaultOptions(EffectivelyOnce)
+	o.Start = StartPosition{Kind: StartEarliest}
+	if err := h.createSub("t", "s", o); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.attach(1, 10); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("t", 0, []storage.Message{{ID: "a"}})
+	h.publish("t", 1, []storage.Message{{ID: "b"}})
+	h.takeSent()
+	before := len(h.writes)
+	r := h.commit([]DeliveryID{{Partition: 0, Offset: 0, Attempt: 1}, {Partition: 1, Offset: 0, Attempt: 1}},
+		[]storage.AppendBatch{
+			{Topic: "out", Partition: 0, Messages: []storage.Message{{ID: "a-out"}}},
+			{Topic: "out", Partition: 1, Messages: []storage.Message{{ID: "b-out"}}},
+		})
+	if !r.done || r.err != nil {
+		t.Fatalf("commit: %+v", r)
+	}
+	writes := h.writes[before:]
+	if len(writes) != 1 {
+		t.Fatalf("the commit made %d writes, want 1: %+v", len(writes), writes)
+	}
+	w := writes[0]
+	parts := map[uint32]bool{}
+	for _, c := range w.Cursors {
+		parts[c.Partition] = true
+	}
+	if w.Topic != "t" || !parts[0] || !parts[1] || len(w.Appends) != 2 {
+		t.Fatalf("the commit's write has cursors of partitions %v and %d append batches, want both partitions' cursors with both outputs: %+v", parts, len(w.Appends), w)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/ferrymq/ferry/internal/clock"
 )
 
@@ -323,6 +324,95 @@ func TestWriteMultiPartition(t *testing.T) {
 		t.Fatalf("retry after reopen = %s, want %s", got, want)
 	}
 	check(t, s, "3")
+}
+
+// TestWriteIsOneTransaction checks that a Write across partitions and
+// topics — what a Commit stores: the input's cursors and acked id, the
+// outputs — is one Badger transaction: every key it wrote carries the same
+// commit version, which no earlier key has. A Write split into one
+// transaction per partition (a crash between them would leave outputs
+// without the input's ack, or the reverse) gives them different versions.
+func TestWriteIsOneTransaction(t *testing.T) {
+	s := openStore(t, testOptions(t, clock.NewFake(t0)))
+	mustCreate(t, s, "src", TopicConfig{Partitions: 2})
+	mustCreate(t, s, "out", TopicConfig{Partitions: 2})
+	sub := mustCreateSub(t, s, "src", "s", nil, "s0", "s1")
+	mustAppend(t, s, "out", 0, msg("pre", "p"))
+	mustWrite(t, s, Write{Topic: "src", Subscription: sub.ID,
+		Cursors:  []CursorWrite{{0, []byte("s0-1")}, {1, []byte("s1-1")}},
+		AckedIDs: []string{"in-1"},
+		Appends: []AppendBatch{
+			{Topic: "out", Partition: 0, Messages: []Message{msg("y1", "c")}},
+			{Topic: "out", Partition: 1, Messages: []Message{msg("x1", "a"), msg("x2", "b")}},
+		}})
+	src, out := topicID(t, s, "src"), topicID(t, s, "out")
+	keys := map[string][]byte{
+		"cursor src/0": cursorKey(src, 0, sub.ID),
+		"cursor src/1": cursorKey(src, 1, sub.ID),
+		"acked in-1":   ackedIDKey(src, sub.ID, "in-1"),
+	}
+	versions := keyVersions(t, s)
+	for name, k := range keys {
+		if _, ok := versions[string(k)]; !ok {
+			t.Fatalf("%s: key %x not found", name, k)
+		}
+	}
+	messages := map[string]uint64{} // message id: version
+	for k, v := range versions {
+		for part := range uint32(2) {
+			if prefix := partitionPrefix(kindMessage, out, part); strings.HasPrefix(k, string(prefix)) {
+				info, err := decodeMessageKey([]byte(k))
+				if err != nil {
+					t.Fatal(err)
+				}
+				messages[fmt.Sprint(part, ".", info.offset)] = v
+			}
+		}
+	}
+	want := versions[string(keys["acked in-1"])]
+	for name, k := range keys {
+		if v := versions[string(k)]; v != want {
+			t.Errorf("%s has version %d, the acked id %d: not one transaction", name, v, want)
+		}
+	}
+	for _, off := range []string{"0.1", "1.0", "1.1"} {
+		if v, ok := messages[off]; !ok || v != want {
+			t.Errorf("output message out/%s has version %d (found %v), the acked id %d: not one transaction", off, v, ok, want)
+		}
+	}
+	if v := messages["0.0"]; v == want {
+		t.Errorf("the message appended before has the Write's version %d too", v)
+	}
+}
+
+// topicID is the id the store gave topic name.
+func topicID(tb testing.TB, s *Store, name string) uint32 {
+	tb.Helper()
+	h, err := s.handle(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h.topic.id
+}
+
+// keyVersions maps every key in s's Badger to its newest version.
+func keyVersions(tb testing.TB, s *Store) map[string]uint64 {
+	tb.Helper()
+	versions := map[string]uint64{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			versions[string(it.Item().Key())] = it.Item().Version()
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return versions
 }
 
 func TestWriteTooLargeChangesNothing(t *testing.T) {
