@@ -153,7 +153,10 @@ func writeOrdered(parts []*partWrite) ([]result, error) {
 		}
 	}
 	results := make([]result, len(parts))
-	for _, i := range order {
+	for n, i := range order {
+		if n > 0 {
+			failpoint("ordered-write-between-parts")
+		}
 		res, err := parts[i].p.do(context.Background(), parts[i].cmd)
 		if err != nil {
 			return nil, err

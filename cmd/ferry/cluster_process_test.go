@@ -36,6 +36,14 @@ type testCluster struct {
 	nodes   []*clusterNode
 	logDir  string
 	network *peerNetwork // nil: nodes dial each other directly
+	setup   clusterSetup
+}
+
+// clusterSetup is how a testCluster runs its nodes.
+type clusterSetup struct {
+	network bool     // links between nodes through toxiproxy (peerNetwork)
+	tags    string   // build tags of the ferry binary (buildFerryTags)
+	env     []string // added to every node's environment
 }
 
 // clusterNode is one node of a testCluster.
@@ -56,11 +64,17 @@ type clusterNode struct {
 // nodes reach each other only through its proxies, which the test can cut.
 func newTestCluster(tb testing.TB, n int, network bool) *testCluster {
 	tb.Helper()
+	return newTestClusterWith(tb, n, clusterSetup{network: network})
+}
+
+// newTestClusterWith starts a cluster of n nodes set up as setup says.
+func newTestClusterWith(tb testing.TB, n int, setup clusterSetup) *testCluster {
+	tb.Helper()
 	logDir, err := os.MkdirTemp("", "ferry-cluster-")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c := &testCluster{tb: tb, logDir: logDir}
+	c := &testCluster{tb: tb, logDir: logDir, setup: setup}
 	tb.Cleanup(func() {
 		if tb.Failed() || os.Getenv("FERRY_CLUSTER_KEEP_LOGS") != "" {
 			tb.Logf("node logs kept in %s", logDir)
@@ -81,7 +95,7 @@ func newTestCluster(tb testing.TB, n int, network bool) *testCluster {
 		nd.conn = conn
 		c.nodes = append(c.nodes, nd)
 	}
-	if network {
+	if setup.network {
 		c.network = newPeerNetwork(tb, c.nodes)
 	}
 	for _, nd := range c.nodes {
@@ -145,9 +159,12 @@ func (c *testCluster) startNode(nd *clusterNode) error {
 		return err
 	}
 	fmt.Fprintf(logf, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(buildFerry(c.tb), "serve", "--data-dir", nd.dir, "--log-format", "json",
+	cmd := exec.Command(buildFerryTags(c.tb, c.setup.tags), "serve", "--data-dir", nd.dir, "--log-format", "json",
 		"--grpc-addr", nd.grpcAddr, "--http-addr", "127.0.0.1:0", "--shutdown-timeout", "10s",
 		"--node-id", fmt.Sprint(nd.id), "--peers", nd.peers, "--peer-addr", nd.peerAddr)
+	if len(c.setup.env) > 0 {
+		cmd.Env = append(os.Environ(), c.setup.env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		logf.Close()

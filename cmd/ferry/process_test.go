@@ -18,32 +18,48 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// ferryBinary is the ferry binary built once per test run by buildFerry.
+// builds are the ferry binaries built for this test run, by build tags.
 var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
+	buildsMu sync.Mutex
+	builds   = map[string]*ferryBuild{}
 )
 
+type ferryBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
 // buildFerry builds this package into a temp dir, once per test binary.
-func buildFerry(tb testing.TB) string {
+func buildFerry(tb testing.TB) string { return buildFerryTags(tb, "") }
+
+// buildFerryTags builds this package with the build tags tags (as go build
+// -tags takes them) into a temp dir, once per test binary and tags.
+func buildFerryTags(tb testing.TB, tags string) string {
 	tb.Helper()
-	buildOnce.Do(func() {
+	buildsMu.Lock()
+	b, ok := builds[tags]
+	if !ok {
+		b = &ferryBuild{}
+		builds[tags] = b
+	}
+	buildsMu.Unlock()
+	b.once.Do(func() {
 		dir, err := os.MkdirTemp("", "ferry-bin-")
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		buildPath = filepath.Join(dir, "ferry")
-		out, err := exec.Command("go", "build", "-o", buildPath, ".").CombinedOutput()
+		b.path = filepath.Join(dir, "ferry")
+		out, err := exec.Command("go", "build", "-tags", tags, "-o", b.path, ".").CombinedOutput()
 		if err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+			b.err = fmt.Errorf("go build -tags %q: %w\n%s", tags, err, out)
 		}
 	})
-	if buildErr != nil {
-		tb.Fatal(buildErr)
+	if b.err != nil {
+		tb.Fatal(b.err)
 	}
-	return buildPath
+	return b.path
 }
 
 // process is a running `ferry serve`.
