@@ -12,6 +12,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/failpoint"
 )
 
 // Partition is one partition's write path: a queue of commands and the one
@@ -464,6 +465,7 @@ func (p *Partition) applyTxn(st partitionState, cmds []*command) (partitionState
 	if err != nil {
 		return st, nil, err
 	}
+	failpoint.Hit("partition-before-commit")
 	if err := p.sync.guard.commit(txn.Commit); err != nil {
 		return st, nil, err
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/failpoint"
 )
 
 // Write is what the delivery engine stores in one atomic step: a
@@ -155,7 +157,7 @@ func writeOrdered(parts []*partWrite) ([]result, error) {
 	results := make([]result, len(parts))
 	for n, i := range order {
 		if n > 0 {
-			failpoint("ordered-write-between-parts")
+			failpoint.Hit("ordered-write-between-parts")
 		}
 		res, err := parts[i].p.do(context.Background(), parts[i].cmd)
 		if err != nil {

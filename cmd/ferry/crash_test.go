@@ -101,6 +101,43 @@ func TestSigtermUnderLoad(t *testing.T) {
 
 // publishUntil runs publishers until stop (which ends the broker) is called
 // after stopAfter, and returns what was acknowledged.
+// TestCrashRightAfterAnswer kills the broker the moment a publish is
+// answered, in a window a broker that answered early would leave open: it
+// is built with the ferry_failpoints tag and every partition writer stalls
+// 300 ms between applying a group and committing it
+// (partition-before-commit). A publish answered before its transaction
+// commits is answered inside that stall, the SIGKILL lands in it, and the
+// message is gone after the restart — in every cycle, not by chance. A
+// broker that answers after the commit and its fsync loses nothing.
+func TestCrashRightAfterAnswer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills a real broker")
+	}
+	run := ferryRun{tags: "ferry_failpoints", env: []string{"FERRY_FAILPOINT=partition-before-commit", "FERRY_FAILPOINT_ACTION=sleep:300ms"}}
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(1, 2))
+	var acks []ack
+	for cycle := range 3 {
+		p := startFerryRun(t, run, dir)
+		conn := p.dial(t)
+		ctx := context.Background()
+		if cycle == 0 {
+			if _, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 1}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		verify(t, conn, acks)
+		msg := crashMessage(rng, fmt.Sprintf("answered-%d", cycle), true)
+		resp, err := ferryv1.NewPublisherServiceClient(conn).Publish(ctx, &ferryv1.PublishRequest{Topic: "crash", Messages: []*ferryv1.PublishMessage{msg}})
+		p.kill(t) // right after the answer: inside the stall, had it come early
+		if err != nil {
+			t.Fatalf("cycle %d: publish: %v", cycle, err)
+		}
+		acks = append(acks, ack{msg: msg, partition: resp.Results[0].Partition, offset: resp.Results[0].Offset})
+	}
+	verify(t, startFerryRun(t, run, dir).dial(t), acks)
+}
+
 func publishUntil(t *testing.T, conn *grpc.ClientConn, cycle int, seed uint64, stopAfter time.Duration, stop func()) []ack {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -83,9 +83,25 @@ func startFerry(tb testing.TB, dir string, extra ...string) *process {
 // first, say); nil runs ferry directly.
 func startFerryUnder(tb testing.TB, wrap []string, dir string, extra ...string) *process {
 	tb.Helper()
+	return startFerryRun(tb, ferryRun{wrap: wrap}, dir, extra...)
+}
+
+// ferryRun is how startFerryRun runs `ferry serve`.
+type ferryRun struct {
+	wrap []string // a command line that execs its arguments (startFerryUnder)
+	tags string   // build tags of the binary (buildFerryTags)
+	env  []string // added to the environment
+}
+
+// startFerryRun is startFerry run as r says.
+func startFerryRun(tb testing.TB, r ferryRun, dir string, extra ...string) *process {
+	tb.Helper()
 	args := append([]string{"serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "", "--log-format", "json"}, extra...)
-	line := append(append(slices.Clone(wrap), buildFerry(tb)), args...)
+	line := append(append(slices.Clone(r.wrap), buildFerryTags(tb, r.tags)), args...)
 	cmd := exec.Command(line[0], line[1:]...)
+	if len(r.env) > 0 {
+		cmd.Env = append(os.Environ(), r.env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		tb.Fatal(err)
