@@ -72,6 +72,10 @@ type model struct {
 	acked map[pOff]bool
 	// sends counts deliveries per offset.
 	sends map[pOff]int
+	// keys: KEY_SHARED message keys by offset; firstSent: per partition
+	// and key, the highest offset delivered a first time.
+	keys      map[pOff]string
+	firstSent map[string]uint64
 }
 
 type pOff struct {
@@ -83,7 +87,8 @@ func (p pOff) String() string { return fmt.Sprintf("%d.%d", p.part, p.off) }
 
 func newModel() *model {
 	return &model{outstanding: map[uint64]map[pOff]time.Time{}, until: map[pOff]time.Time{},
-		delivered: map[pOff]bool{}, confirmed: map[pOff]bool{}, acked: map[pOff]bool{}, sends: map[pOff]int{}}
+		delivered: map[pOff]bool{}, confirmed: map[pOff]bool{}, acked: map[pOff]bool{}, sends: map[pOff]int{},
+		keys: map[pOff]string{}, firstSent: map[string]uint64{}}
 }
 
 // newHarness opens a store in a temp dir on a fake clock at t0.
@@ -645,10 +650,14 @@ func (h *harness) onSend(d Delivery) {
 	for _, other := range h.model.outstanding {
 		delete(other, k) // a new attempt supersedes the old
 	}
+	h.checkKeyShared(d, k, now)
 	held[k] = now.Add(h.opts.AckTimeout)
 	if n := len(held); n > h.credit[d.Consumer] {
 		h.tb.Logf("outstanding at c%d: %v\n%s", d.Consumer, held, h.dump())
 		h.tb.Errorf("flow control: delivery %s makes %d outstanding at consumer %d, credit %d", d.ID, n, d.Consumer, h.credit[d.Consumer])
+	}
+	if limit := int(h.opts.MaxDeliveries); limit > 0 && h.model.sends[k] > limit {
+		h.tb.Errorf("offset %s delivered %d times (%s), max_deliveries %d", k, h.model.sends[k], d.ID, limit)
 	}
 	switch g {
 	case AtMostOnce:
@@ -665,6 +674,33 @@ func (h *harness) onSend(d Delivery) {
 		}
 		h.model.until[k] = now.Add(h.opts.AckTimeout)
 	}
+}
+
+// checkKeyShared checks a KEY_SHARED delivery d of offset k: no other
+// consumer holds a delivery of its key (one outstanding whose deadline has
+// not passed), and a key's first deliveries in a partition go out in
+// offset order.
+func (h *harness) checkKeyShared(d Delivery, k pOff, now time.Time) {
+	if h.opts.Type != KeyShared || len(d.Message.Key) == 0 {
+		return
+	}
+	key := string(d.Message.Key)
+	h.model.keys[k] = key
+	for c, held := range h.model.outstanding {
+		for o, deadline := range held {
+			if c != d.Consumer && h.model.keys[o] == key && deadline.After(now) {
+				h.tb.Errorf("key-shared: key %q delivered to consumer %d (%s) while consumer %d holds %s", key, d.Consumer, d.ID, c, o)
+			}
+		}
+	}
+	if h.model.sends[k] > 1 {
+		return
+	}
+	pk := fmt.Sprint(k.part, "/", key)
+	if last, ok := h.model.firstSent[pk]; ok && last > k.off {
+		h.tb.Errorf("key-shared: key %q offset %s delivered a first time after offset %d", key, k, last)
+	}
+	h.model.firstSent[pk] = max(h.model.firstSent[pk], k.off)
 }
 
 // takeSent returns the deliveries since the last call.

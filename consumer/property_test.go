@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -18,9 +19,13 @@ import (
 // against each guarantee, and checks them against a plain model: the
 // harness checks every delivery as it goes out (flow control; AT_MOST_ONCE
 // never twice; EFFECTIVELY_ONCE never twice at once and never after a
-// confirmed ack), and at the end a drain — attach, ack everything, let time
-// pass — must empty the backlog with every published message acked by a
-// consumer or dead-lettered: nothing lost.
+// confirmed ack; never more than max_deliveries times, across restarts;
+// KEY_SHARED: a key at one consumer at a time, its first deliveries in
+// offset order), an EFFECTIVELY_ONCE ack or commit naming an attempt older
+// than the latest delivered must be refused (a commit publishing nothing),
+// and at the end a drain — attach, ack everything, let time pass — must
+// empty the backlog with every published message acked by a consumer or
+// dead-lettered: nothing lost.
 //
 // FERRY_PROPERTY_SEED sets the seed (default 1) and FERRY_PROPERTY_ITERS
 // the runs per configuration (default 4); FERRY_PROPERTY_VERBOSE=1 logs
@@ -114,6 +119,27 @@ func propertyRun(t *testing.T, g Guarantee, dlq bool, seed uint64) {
 		}
 		return ids
 	}
+	// staleOf says which of ids name an attempt older than the latest
+	// delivered of their offset.
+	staleOf := func(ids []DeliveryID) []bool {
+		latest := map[pOff]uint32{}
+		for _, d := range all {
+			k := pOff{d.ID.Partition, d.ID.Offset}
+			latest[k] = max(latest[k], d.ID.Attempt)
+		}
+		stale := make([]bool, len(ids))
+		for i, id := range ids {
+			stale[i] = id.Attempt < latest[pOff{id.Partition, id.Offset}]
+		}
+		return stale
+	}
+	outHead := func() uint64 {
+		parts, err := h.st.Partitions("out")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parts[0].Head
+	}
 	verbose := os.Getenv("FERRY_PROPERTY_VERBOSE") != ""
 	steps := 40 + rng.IntN(40)
 	for step := 0; step < steps; step++ {
@@ -153,7 +179,14 @@ func propertyRun(t *testing.T, g Guarantee, dlq bool, seed uint64) {
 			}
 		case k < 62:
 			if ids := randomIDs(); ids != nil {
-				h.ack(ids)
+				stale := staleOf(ids)
+				if r := h.ack(ids); r.done && g == EffectivelyOnce {
+					for i, id := range ids {
+						if stale[i] && r.results[i] == nil {
+							t.Errorf("effectively-once: stale ack of %s taken: a later attempt was delivered", id)
+						}
+					}
+				}
 			}
 		case k < 70:
 			if ids := randomIDs(); ids != nil {
@@ -162,7 +195,12 @@ func propertyRun(t *testing.T, g Guarantee, dlq bool, seed uint64) {
 		case k < 74:
 			if ids := randomIDs(); ids != nil && g != AtMostOnce {
 				nextID++
-				h.commit(ids, []storage.AppendBatch{{Topic: "out", Messages: []storage.Message{{ID: fmt.Sprintf("o%d", nextID), Payload: []byte("o")}}}})
+				stale := slices.Contains(staleOf(ids), true)
+				head := outHead()
+				r := h.commit(ids, []storage.AppendBatch{{Topic: "out", Messages: []storage.Message{{ID: fmt.Sprintf("o%d", nextID), Payload: []byte("o")}}}})
+				if g == EffectivelyOnce && stale && r.done && (r.err == nil || outHead() != head) {
+					t.Errorf("effectively-once: commit of %v with a stale attempt: err %v, out head %d -> %d; want refused, nothing published", ids, r.err, head, outHead())
+				}
 			}
 		case k < 92:
 			h.advance(time.Duration(500+rng.IntN(8000)) * time.Millisecond)
