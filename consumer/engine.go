@@ -571,6 +571,7 @@ func (e *Engine) Attach(ctx context.Context, topic, name string, ao AttachOption
 		defer done()
 		if aerr = l.sub.attach(id, ao.Credit, now); aerr == nil {
 			l.consumers[id] = c
+			l.sub.watchClosing(id, &c.closing)
 		}
 	}); err != nil {
 		// ctx ended first, but the loop may still take the attach: undo it
