@@ -3,7 +3,6 @@ package consumer
 import (
 	"context"
 	"fmt"
-	"math"
 	"testing"
 	"time"
 
@@ -59,14 +58,15 @@ func closingScenario(t *testing.T, g Guarantee) {
 	for range 2 {
 		ackAll(t, a, receiveN(t, a, 20), done)
 	}
-	held := receiveN(t, b, 100) // B's credit is full: messages wait
+	got := receiveN(t, b, 100) // B's credit is full: messages wait
 
-	// Hold the loop, take what A has, ack it without waiting, end A's
-	// stream; then let the loop go: it takes the acks (A's credit frees,
-	// messages wait) before the detach.
-	hold := make(chan struct{})
-	a.l.post(func(time.Time) { <-hold })
-	last, _ := a.Take(math.MaxInt)
+	// Hold the loop, ack what A holds without waiting, end A's stream;
+	// then let the loop go: it takes the acks (A's credit frees, messages
+	// wait) before the detach.
+	last := receiveN(t, a, 20) // A's credit is full: nothing is on its way to A
+	held, hold := make(chan struct{}), make(chan struct{})
+	a.l.post(func(time.Time) { close(held); <-hold })
+	<-held
 	for _, d := range last {
 		done[d.Message.ID] = true
 	}
@@ -81,10 +81,10 @@ func closingScenario(t *testing.T, g Guarantee) {
 	}
 
 	seen := map[string]bool{}
-	for _, d := range held {
+	for _, d := range got {
 		seen[d.Message.ID] = true
 	}
-	ackAll(t, b, held, nil)
+	ackAll(t, b, got, nil)
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for len(seen)+len(done) < total {
