@@ -721,8 +721,8 @@ func (s *subscription) statsNow(heads []uint64) Stats {
 		if s.opts.Guarantee == None {
 			continue
 		}
-		if i < len(heads) && heads[i] > p.st.cursor.Floor() {
-			st.Backlog += heads[i] - p.st.cursor.Floor() - uint64(p.st.cursor.Gaps())
+		if i < len(heads) {
+			st.Backlog += p.st.backlog(heads[i])
 		}
 		floor := p.st.cursor.Floor()
 		var oldest *storage.Message
