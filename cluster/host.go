@@ -37,6 +37,8 @@ type Host struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	gate diskGate // refuses appends on a nearly full disk (diskgate.go)
 }
 
 var _ Handler = (*Host)(nil)
@@ -53,6 +55,7 @@ func OpenHost(opts Options) (*Host, error) {
 		opts:   opts,
 		log:    opts.Logger.With("node", opts.NodeID),
 		groups: make(map[uint64]*Group),
+		gate:   diskGate{disk: opts.Store.Disk},
 	}
 	tr, err := NewTransport(opts.transportOptions(), h)
 	if err != nil {
@@ -210,6 +213,9 @@ func (h *Host) ReceiveSnapshot(ctx context.Context, group uint64, m *raftpb.Mess
 	g, ok := h.Group(group)
 	if !ok {
 		return fmt.Errorf("no group %d on node %d", group, h.opts.NodeID)
+	}
+	if h.refuses(group, m) {
+		return h.refusedSnapshot()
 	}
 	s := inboundSnapshot{m: m, done: make(chan error, 1)}
 	select {

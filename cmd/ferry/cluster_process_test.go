@@ -46,6 +46,7 @@ type clusterNode struct {
 	grpcAddr string
 	peers    string // its --peers: its own address, and how it reaches the others
 	logPath  string
+	args     []string         // more flags of its ferry serve
 	conn     *grpc.ClientConn // to grpcAddr; reconnects by itself after a restart
 
 	mu   sync.Mutex // guards proc
@@ -55,6 +56,13 @@ type clusterNode struct {
 // newTestCluster makes an n-node cluster and starts it. With network, the
 // nodes reach each other only through its proxies, which the test can cut.
 func newTestCluster(tb testing.TB, n int, network bool) *testCluster {
+	tb.Helper()
+	return newTestClusterWith(tb, n, network, nil)
+}
+
+// newTestClusterWith is newTestCluster with prepare, if not nil, called
+// on each node before it first starts (to set its dir or args).
+func newTestClusterWith(tb testing.TB, n int, network bool, prepare func(*clusterNode)) *testCluster {
 	tb.Helper()
 	logDir, err := os.MkdirTemp("", "ferry-cluster-")
 	if err != nil {
@@ -94,6 +102,9 @@ func newTestCluster(tb testing.TB, n int, network bool) *testCluster {
 			peers = append(peers, fmt.Sprintf("%d=%s", o.id, addr))
 		}
 		nd.peers = strings.Join(peers, ",")
+		if prepare != nil {
+			prepare(nd)
+		}
 	}
 	c.start(c.nodes...)
 	return c
@@ -145,9 +156,10 @@ func (c *testCluster) startNode(nd *clusterNode) error {
 		return err
 	}
 	fmt.Fprintf(logf, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(buildFerry(c.tb), "serve", "--data-dir", nd.dir, "--log-format", "json",
+	args := append([]string{"serve", "--data-dir", nd.dir, "--log-format", "json",
 		"--grpc-addr", nd.grpcAddr, "--http-addr", "127.0.0.1:0", "--shutdown-timeout", "10s",
-		"--node-id", fmt.Sprint(nd.id), "--peers", nd.peers, "--peer-addr", nd.peerAddr)
+		"--node-id", fmt.Sprint(nd.id), "--peers", nd.peers, "--peer-addr", nd.peerAddr}, nd.args...)
+	cmd := exec.Command(buildFerry(c.tb), args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		logf.Close()
