@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -16,7 +18,10 @@ import (
 // carry entries and snapshots. They are dropped before they reach the
 // RawNode, so the node acknowledges nothing it could not hold, and a
 // leader cannot count it towards a quorum; heartbeats still go, so it
-// stays a follower and calls no election. The metadata group's entries
+// stays a follower and calls no election. A partition group it leads it
+// hands to its most caught-up follower (its own publishes are refused
+// for disk space already), retrying while it refuses; with its log
+// behind it cannot win an election back. The metadata group's entries
 // (topic and subscription records, and the empty entries reads wait on
 // to see the newest metadata) are small and still taken: reads through
 // the node go on. Without this a follower
@@ -27,10 +32,20 @@ import (
 // diskGate is a Host's view of its store's disk, for refusing appends.
 // Safe for concurrent use.
 type diskGate struct {
-	disk     func() storage.DiskState
-	refusing atomic.Bool   // as of the last append looked at
-	refused  atomic.Uint64 // appends and snapshots dropped
+	disk       func() storage.DiskState
+	refusing   atomic.Bool   // as of the last tick
+	refused    atomic.Uint64 // appends and snapshots dropped
+	handingOff atomic.Bool   // a hand-off of partition groups is under way
+	ticks      atomic.Uint64 // ticks while refusing
 }
+
+const (
+	// handOffTimeout bounds one round of handing partition groups off.
+	handOffTimeout = 5 * time.Second
+	// handOffTicks: while refusing, a round starts every this many ticks
+	// (the first at once).
+	handOffTicks = 10
+)
 
 // carriesData reports whether m would grow this node's Raft log: an
 // append with entries, or a snapshot.
@@ -45,25 +60,50 @@ func carriesData(m *raftpb.Message) bool {
 }
 
 // refuses reports whether m, for group, must be dropped for disk space,
-// counts it if so, and logs a change of state.
+// and counts it if so.
 func (h *Host) refuses(group uint64, m *raftpb.Message) bool {
-	if group == MetadataGroup || !carriesData(m) {
+	if group == MetadataGroup || !carriesData(m) || !h.gate.disk().ReadOnly {
 		return false
 	}
+	h.gate.refused.Add(1)
+	return true
+}
+
+// checkDisk runs at every tick: it logs a change of state and, while the
+// node refuses, hands off the partition groups it leads (one round at a
+// time).
+func (h *Host) checkDisk() {
 	d := h.gate.disk()
 	now := d.ReadOnly
 	if was := h.gate.refusing.Swap(now); was != now {
 		if now {
-			h.log.Error("disk space below half the reserve: this node refuses raft appends and snapshots, so leaders do not count it towards a quorum; free space to let it catch up",
+			h.log.Error("disk space below half the reserve: this node refuses raft appends and snapshots of its partitions, so leaders do not count it towards a quorum, and hands off the partitions it leads; free space to let it catch up",
 				"storage", d.String())
 		} else {
 			h.log.Info("disk space is back: this node takes raft appends again", "storage", d.String())
 		}
 	}
-	if now {
-		h.gate.refused.Add(1)
+	if !now {
+		h.gate.ticks.Store(0)
+		return
 	}
-	return now
+	if h.gate.ticks.Add(1)%handOffTicks != 1 || !h.gate.handingOff.CompareAndSwap(false, true) {
+		return
+	}
+	h.groupsMu.RLock()
+	defer h.groupsMu.RUnlock()
+	if h.closed {
+		h.gate.handingOff.Store(false)
+		return
+	}
+	h.loops.Go(func() {
+		defer h.gate.handingOff.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), handOffTimeout)
+		defer cancel()
+		if err := h.handOff(ctx, func(group uint64) bool { return group != MetadataGroup }); err != nil {
+			h.log.Warn("handing off a partition on a full disk failed; retrying", "err", err)
+		}
+	})
 }
 
 // RefusingAppends reports whether this node refuses Raft appends and

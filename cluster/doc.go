@@ -93,8 +93,9 @@
 // disk error) drops the appends with entries and the snapshots of its
 // partition groups before they are stepped (diskgate.go): it holds nothing
 // it acknowledged, and leaders commit with the other voters until space is
-// back and their appends catch it up. Heartbeats and the metadata group's
-// entries still go.
+// back and their appends catch it up. It hands the partition groups it
+// leads to followers. Heartbeats and the metadata group's entries still
+// go.
 //
 // # Concurrency
 //

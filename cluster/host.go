@@ -191,6 +191,7 @@ func (h *Host) tick() {
 	}
 	h.timer = h.opts.Clock.AfterFunc(h.opts.TickInterval, h.tick)
 	h.tickMu.Unlock()
+	h.checkDisk()
 	h.groupsMu.RLock()
 	defer h.groupsMu.RUnlock()
 	for _, g := range h.groups {
@@ -275,8 +276,16 @@ func (h *Host) ReportSnapshot(group, to uint64, st raft.SnapshotStatus) {
 // others were tried. Proposals to a group fail with ErrProposalDropped
 // while its transfer is under way.
 func (h *Host) HandOffLeadership(ctx context.Context) error {
+	return h.handOff(ctx, func(uint64) bool { return true })
+}
+
+// handOff is HandOffLeadership for the groups whose id match takes.
+func (h *Host) handOff(ctx context.Context, match func(group uint64) bool) error {
 	var first error
 	for _, g := range h.Groups() {
+		if !match(g.id) || g.Leader() != h.opts.NodeID {
+			continue
+		}
 		st := g.Status()
 		if st.State != raft.StateLeader {
 			continue

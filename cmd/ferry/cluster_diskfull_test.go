@@ -16,19 +16,20 @@ import (
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
-// TestClusterFollowerDiskFull runs a three-node cluster whose nodes keep
-// their data on 1 GiB tmpfs mounts with a 256 MiB reserve, and fills a
-// follower of a partition's group to 96 MiB free, below half its reserve.
-// The cluster must go on acknowledging publishes through the other two —
-// 96 MiB of them, which with their raft log entries the full node has no
-// room for — and the full
-// follower stays up, takes none of them (its log does not grow) and says
-// in /readyz and /metrics that it refuses raft appends. Once the filler is
-// removed it catches up and holds every acknowledged message at its
-// offset, as the others do. Without the refusal the follower takes the
-// appends until its disk is full and dies of SIGBUS. It takes ~25 s: the
-// data goes through the cluster twice (publishes, then the catch-up).
-func TestClusterFollowerDiskFull(t *testing.T) {
+// TestClusterNodeDiskFull runs a three-node cluster whose nodes keep their
+// data on 1 GiB tmpfs mounts with a 256 MiB reserve, and fills the node
+// that leads partition 0 of a two-partition topic to 96 MiB free, below
+// half its reserve. It must hand partition 0 to another node, and the
+// cluster must go on acknowledging publishes to both partitions through
+// the other two — 96 MiB of them, which with their raft log entries the
+// full node has no room for. The full node stays up, takes none of them
+// (its logs do not grow) and says in /readyz and /metrics that it refuses
+// raft appends. Once the filler is removed it catches up and holds every
+// acknowledged message at its offset, as the others do. Without the
+// refusal it takes the appends until its disk is full and dies of SIGBUS.
+// It takes ~25 s: the data goes through the cluster twice (publishes, then
+// the catch-up).
+func TestClusterNodeDiskFull(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster of real brokers")
 	}
@@ -38,27 +39,31 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 		nd.dir = filepath.Join(mounts[nd.id], "data")
 		nd.args = []string{"--disk-reserve", diskReserve}
 	})
-	const topic = "orders"
-	createClusterTopic(t, c.nodes[0], topic, 1)
-	leader := waitLeader(t, c.nodes, topic, 0, 10*time.Second)
-	victim := c.others(leader)[0]
+	const topic, parts = "orders", 2
+	createClusterTopic(t, c.nodes[0], topic, parts)
+	victim := c.node(waitLeader(t, c.nodes, topic, 0, 10*time.Second))
 	live := c.others(victim.id)
-	t.Logf("partition leader node %d; filling node %d", leader, victim.id)
+	t.Logf("filling node %d, leader of %s/0 (leader of %s/1: node %d)", victim.id, topic, topic, waitLeader(t, c.nodes, topic, 1, 10*time.Second))
 
-	acks := map[string]uint64{}
+	type place struct {
+		part uint32
+		off  uint64
+	}
+	acks := map[string]place{}
 	rng := rand.New(rand.NewPCG(5, 5))
 	publishN := func(prefix string, batches, size int) {
 		for b := range batches {
+			part := uint32(b % parts)
 			msgs := make([]*ferryv1.PublishMessage, 8)
 			for i := range msgs {
 				payload := make([]byte, size)
 				for j := range payload {
 					payload[j] = byte(rng.Uint32())
 				}
-				msgs[i] = &ferryv1.PublishMessage{Id: fmt.Sprintf("%s-%04d-%d", prefix, b, i), Payload: payload}
+				msgs[i] = &ferryv1.PublishMessage{Id: fmt.Sprintf("%s-%04d-%d", prefix, b, i), Payload: payload, Partition: &part}
 			}
 			for i, off := range publishThrough(t, live, topic, msgs) {
-				acks[msgs[i].GetId()] = off
+				acks[msgs[i].GetId()] = place{part, off}
 			}
 		}
 	}
@@ -72,6 +77,8 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 	waitFor(t, 10*time.Second, "/readyz saying raft appends are refused", func() bool {
 		return strings.Contains(readyzBody(t, victim), "raft appends refused")
 	})
+	handedTo := waitLeader(t, live, topic, 0, 10*time.Second)
+	t.Logf("node %d handed %s/0 to node %d", victim.id, topic, handedTo)
 	start := time.Now()
 	publishN("during", 192, 64<<10) // 96 MiB
 	t.Logf("%d messages (96 MiB) acknowledged through nodes %v in %v with node %d full; %s",
@@ -86,8 +93,10 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hs[0] > 48 {
-		t.Errorf("node %d's log grew to %d messages on a disk below half its reserve (48 before)", victim.id, hs[0])
+	for part, h := range hs {
+		if h > 24 {
+			t.Errorf("node %d's log of %s/%d grew to %d messages on a disk below half its reserve (24 before)", victim.id, topic, part, h)
+		}
 	}
 	metrics := metricsBody(t, victim)
 	if !strings.Contains(metrics, "ferry_raft_appends_refused 1") || strings.Contains(metrics, "ferry_raft_refused_appends_total 0\n") {
@@ -100,12 +109,12 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 	start = time.Now()
 	logs := waitConverged(t, c.nodes, topic, 60*time.Second)
 	t.Logf("node %d caught up %v after its filler was removed", victim.id, time.Since(start).Round(time.Millisecond))
-	if len(logs[0]) != len(acks) {
-		t.Errorf("the partition holds %d messages, want the %d acknowledged", len(logs[0]), len(acks))
+	if n := len(logs[0]) + len(logs[1]); n != len(acks) {
+		t.Errorf("the partitions hold %d messages, want the %d acknowledged", n, len(acks))
 	}
-	for id, off := range acks {
-		if off >= uint64(len(logs[0])) || logs[0][off].GetId() != id {
-			t.Errorf("acknowledged %s at offset %d is not there", id, off)
+	for id, at := range acks {
+		if log := logs[at.part]; at.off >= uint64(len(log)) || log[at.off].GetId() != id {
+			t.Errorf("acknowledged %s at %s/%d offset %d is not there", id, topic, at.part, at.off)
 		}
 	}
 	if strings.Contains(readyzBody(t, victim), "raft appends refused") {
@@ -113,9 +122,8 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 	}
 }
 
-// publishThrough publishes msgs (with ids) to a one-partition topic
-// through the nodes in turn until one acknowledges them, and returns their
-// offsets.
+// publishThrough publishes msgs (with ids, to one partition) through the
+// nodes in turn until one acknowledges them, and returns their offsets.
 func publishThrough(t *testing.T, nodes []*clusterNode, topic string, msgs []*ferryv1.PublishMessage) []uint64 {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
