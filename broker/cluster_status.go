@@ -126,6 +126,7 @@ type raftCollector struct {
 	n                                 *node
 	leader, term, commit, applied, up *prometheus.Desc
 	lag                               *prometheus.Desc
+	refusing, refused                 *prometheus.Desc
 }
 
 func newRaftCollector(n *node) *raftCollector {
@@ -140,16 +141,22 @@ func newRaftCollector(n *node) *raftCollector {
 		applied: d("ferry_raft_applied_index", "The highest log index applied on this node."),
 		up:      d("ferry_raft_group_up", "1 while the group runs on this node, 0 if it stopped on a failure."),
 		lag:     d("ferry_raft_follower_lag_entries", "On the group's leader: log entries the follower lacks.", "follower"),
+		refusing: prometheus.NewDesc("ferry_raft_appends_refused",
+			"1 while this node refuses raft appends and snapshots for disk space (below half its reserve, or read-only on a disk error): leaders do not count it towards a quorum.", nil, nil),
+		refused: prometheus.NewDesc("ferry_raft_refused_appends_total",
+			"Raft appends and snapshots this node dropped for disk space.", nil, nil),
 	}
 }
 
 func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.leader, c.term, c.commit, c.applied, c.up, c.lag} {
+	for _, d := range []*prometheus.Desc{c.leader, c.term, c.commit, c.applied, c.up, c.lag, c.refusing, c.refused} {
 		ch <- d
 	}
 }
 
 func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.refusing, prometheus.GaugeValue, b2f(c.n.host.RefusingAppends()))
+	ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(c.n.host.RefusedAppends()))
 	for _, g := range c.n.localStatus().GetGroups() {
 		part := ""
 		if g.GetTopic() != "" {

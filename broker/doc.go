@@ -28,7 +28,9 @@
 // waits and its stream is not read meanwhile); near the limit publishes
 // are delayed, then refused with RESOURCE_EXHAUSTED and a RetryInfo delay.
 // A PublishStream batch refused for memory ends the stream with that status after the
-// batches before it are answered, so that the client's retry keeps order.
+// batches before it are answered, so that the client's retry keeps order;
+// so does a batch refused at the disk reserve (RESOURCE_EXHAUSTED with a
+// RetryInfo), once its turn to be answered comes.
 //
 // Errors from storage and validation become gRPC statuses in one place,
 // toStatus in status.go.

@@ -131,6 +131,15 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 		}
 		if err != nil {
 			st := status.Convert(toStatus(err))
+			if hasRetryInfo(st) {
+				// Refused for a limit the broker expects to clear (its disk
+				// reserve, here or on the partition's leader): end the
+				// stream with the status, as for memory. The SDK waits out
+				// the RetryInfo and sends this batch and those after it
+				// again, in order, with the same ids; any of those stored
+				// meanwhile answer as duplicates.
+				return st.Err()
+			}
 			resp.Error = &ferryv1.PublishError{Code: uint32(st.Code()), Message: st.Message()}
 			if st.Code() == codes.Internal {
 				p.log.Error("internal error answered", "method", "PublishStream", "err", err)

@@ -200,7 +200,11 @@ func Open(opts Options) (*Server, error) {
 			// A broker short of disk is still ready: it serves reads,
 			// acks and deletes; the detail says what it refuses.
 			if d := s.store.Disk(); d.Low {
-				_, _ = w.Write([]byte("ready\nstorage " + d.String() + "\n"))
+				detail := "ready\nstorage " + d.String() + "\n"
+				if s.node != nil && s.node.host.RefusingAppends() {
+					detail += "raft appends refused: this node takes no entries until disk space is back, and leaders do not count it towards a quorum\n"
+				}
+				_, _ = w.Write([]byte(detail))
 				return
 			}
 			_, _ = w.Write([]byte("ready\n"))

@@ -174,6 +174,20 @@ func exhaustedStatus(msg string, retry time.Duration) error {
 	return withRetry.Err()
 }
 
+// hasRetryInfo reports whether st asks its client to wait and retry:
+// RESOURCE_EXHAUSTED with a RetryInfo, as exhaustedStatus makes.
+func hasRetryInfo(st *status.Status) bool {
+	if st.Code() != codes.ResourceExhausted {
+		return false
+	}
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.RetryInfo); ok {
+			return true
+		}
+	}
+	return false
+}
+
 // describe is err's message without a sentinel's own words at the end,
 // which the status code already says.
 func describe(err error, sentinels ...error) string {

@@ -36,7 +36,13 @@ type ProducerOptions struct {
 	// Default 1ms.
 	Linger time.Duration
 	// MaxInflightBytes caps the bytes queued or sent and not yet answered:
-	// PublishAsync blocks at the cap. Default 64 MiB.
+	// PublishAsync blocks at the cap. Default 64 MiB. Messages the broker
+	// refuses for a limit it expects to clear (RESOURCE_EXHAUSTED with a
+	// RetryInfo: its memory limit, or its disk below --disk-reserve) are
+	// not failed: the producer waits the delay the broker asked for and
+	// sends them again, with the same ids and in order, for as long as the
+	// broker refuses — until Close gives up on them (ErrClosed). They stay
+	// within this cap meanwhile, so publishing blocks instead of growing.
 	MaxInflightBytes int64
 }
 
@@ -141,7 +147,8 @@ func (c *Client) NewProducer(topic string, opts ProducerOptions) *Producer {
 // Publish publishes m and waits until it is durable. Its batch goes out at
 // once, without waiting for the linger: the caller waits anyway. If ctx
 // ends first, Publish returns ctx's error but m stays queued and may still
-// be stored. To retry safely, give m an ID before the first try (an empty
+// be stored (a broker refusing for memory or disk space is waited out; see
+// ProducerOptions.MaxInflightBytes). To retry safely, give m an ID before the first try (an empty
 // ID gets a new UUIDv7 on every call): the broker stores one ID once.
 func (p *Producer) Publish(ctx context.Context, m *Message) (PublishResult, error) {
 	f := p.publish(ctx, m)
@@ -436,8 +443,8 @@ func (s *sender) reconnect() {
 	p.mu.Unlock()
 	if wait > 0 && !sleep(s.ctx, wait) {
 		// The broker refused a batch (RESOURCE_EXHAUSTED, at its memory
-		// limit) and said when to come back: every unanswered batch goes
-		// again then, with the same ids, in order.
+		// limit or disk reserve) and said when to come back: every
+		// unanswered batch goes again then, with the same ids, in order.
 		return
 	}
 	for attempt := 0; ; attempt++ {

@@ -87,6 +87,16 @@
 // INVALID_ARGUMENT. The node-to-node network is trusted beyond that: a
 // well-formed message that lies about the log is Raft's to judge.
 //
+// # Disk
+//
+// A node whose store is below half its disk reserve (or read-only on a
+// disk error) drops the appends with entries and the snapshots of its
+// partition groups before they are stepped (diskgate.go): it holds nothing
+// it acknowledged, and leaders commit with the other voters until space is
+// back and their appends catch it up. It hands the partition groups it
+// leads to followers. Heartbeats and the metadata group's entries still
+// go.
+//
 // # Concurrency
 //
 // Host, Group, Metadata and Transport methods are safe for concurrent use. A

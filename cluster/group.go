@@ -440,6 +440,9 @@ func (g *Group) fail(err error) {
 // step steps an inbound message. Raft refuses some on its own (a response
 // from a node that is not a member); they are dropped.
 func (g *Group) step(m *raftpb.Message) {
+	if g.h.refuses(g.id, m) {
+		return // dropped: no room for it (diskgate.go)
+	}
 	if err := g.rn.Step(m); err != nil {
 		g.log.Debug("raft message not stepped", "from", m.GetFrom(), "type", m.GetType().String(), "err", err)
 	}

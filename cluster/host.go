@@ -37,6 +37,8 @@ type Host struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	gate diskGate // refuses appends on a nearly full disk (diskgate.go)
 }
 
 var _ Handler = (*Host)(nil)
@@ -53,6 +55,7 @@ func OpenHost(opts Options) (*Host, error) {
 		opts:   opts,
 		log:    opts.Logger.With("node", opts.NodeID),
 		groups: make(map[uint64]*Group),
+		gate:   diskGate{disk: opts.Store.Disk},
 	}
 	tr, err := NewTransport(opts.transportOptions(), h)
 	if err != nil {
@@ -188,6 +191,7 @@ func (h *Host) tick() {
 	}
 	h.timer = h.opts.Clock.AfterFunc(h.opts.TickInterval, h.tick)
 	h.tickMu.Unlock()
+	h.checkDisk()
 	h.groupsMu.RLock()
 	defer h.groupsMu.RUnlock()
 	for _, g := range h.groups {
@@ -210,6 +214,9 @@ func (h *Host) ReceiveSnapshot(ctx context.Context, group uint64, m *raftpb.Mess
 	g, ok := h.Group(group)
 	if !ok {
 		return fmt.Errorf("no group %d on node %d", group, h.opts.NodeID)
+	}
+	if h.refuses(group, m) {
+		return h.refusedSnapshot()
 	}
 	s := inboundSnapshot{m: m, done: make(chan error, 1)}
 	select {
@@ -269,8 +276,16 @@ func (h *Host) ReportSnapshot(group, to uint64, st raft.SnapshotStatus) {
 // others were tried. Proposals to a group fail with ErrProposalDropped
 // while its transfer is under way.
 func (h *Host) HandOffLeadership(ctx context.Context) error {
+	return h.handOff(ctx, func(uint64) bool { return true })
+}
+
+// handOff is HandOffLeadership for the groups whose id match takes.
+func (h *Host) handOff(ctx context.Context, match func(group uint64) bool) error {
 	var first error
 	for _, g := range h.Groups() {
+		if !match(g.id) || g.Leader() != h.opts.NodeID {
+			continue
+		}
 		st := g.Status()
 		if st.State != raft.StateLeader {
 			continue

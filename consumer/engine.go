@@ -324,6 +324,9 @@ func (e *Engine) Subscription(ctx context.Context, topic, name string) (Info, er
 // info is a subscription's config and stats, with its backlog measured
 // against heads.
 func (e *Engine) info(ctx context.Context, topic, name string, heads []uint64) (Info, error) {
+	if info, ok, err := e.idleInfo(topic, name, heads); ok {
+		return info, err
+	}
 	l, err := e.loopFor(topic, name)
 	if err != nil {
 		return Info{}, err
@@ -334,6 +337,49 @@ func (e *Engine) info(ctx context.Context, topic, name string, heads []uint64) (
 		done()
 	})
 	return info, err
+}
+
+// idleInfo is the Info of a subscription whose loop is not running (no
+// consumer or call has needed it since the engine started), read from its
+// stored record and cursors without starting the loop: it has no
+// consumers, nothing in flight or in memory, and its counters are zero.
+// A scrape of /metrics after a start reads every subscription; starting
+// 20,000 loops (goroutines, queues, timers) made the first one take
+// seconds. ok is false if the loop is running or the engine is closed:
+// then ask the loop.
+func (e *Engine) idleInfo(topic, name string, heads []uint64) (info Info, ok bool, err error) {
+	e.mu.Lock()
+	running := e.closed || e.loops[subKey{topic, name}] != nil
+	e.mu.Unlock()
+	if running {
+		return Info{}, false, nil
+	}
+	sub, err := e.opts.Log.Subscription(topic, name)
+	if errors.Is(err, storage.ErrSubscriptionNotFound) {
+		return Info{}, true, fmt.Errorf("subscription %q on topic %q: %w", name, topic, ErrSubscriptionNotFound)
+	}
+	if err != nil {
+		return Info{}, true, err
+	}
+	o, _, err := decodeConfig(sub.Config)
+	if err != nil {
+		return Info{}, true, err
+	}
+	raw, err := e.opts.Log.Cursors(topic, sub.ID)
+	if err != nil {
+		return Info{}, true, err
+	}
+	info = Info{Topic: topic, Name: name, Options: o, CreateTime: sub.CreateTime}
+	for i, b := range raw {
+		st, err := decodePartitionState(b)
+		if err != nil {
+			return Info{}, true, fmt.Errorf("subscription %q partition %d: %w", name, i, err)
+		}
+		if i < len(heads) {
+			info.Stats.Backlog += st.backlog(heads[i])
+		}
+	}
+	return info, true, nil
 }
 
 func (e *Engine) heads(topic string) ([]uint64, error) {
@@ -358,7 +404,8 @@ func (e *Engine) Subscriptions(ctx context.Context, topic string) ([]Info, error
 // the order given, each topic's ordered by name, with stats. A topic or
 // subscription deleted meanwhile is skipped. It walks the engine's loops
 // once, not once per topic: its cost is linear in topics + subscriptions
-// (a scrape of /metrics reads every one).
+// (a scrape of /metrics reads every one). A subscription whose loop is not
+// running is read from the store, not started (idleInfo).
 func (e *Engine) EachSubscription(ctx context.Context, topics []string, fn func(Info)) error {
 	ephemeral := e.ephemeralNames()
 	for _, t := range topics {
@@ -571,6 +618,7 @@ func (e *Engine) Attach(ctx context.Context, topic, name string, ao AttachOption
 		defer done()
 		if aerr = l.sub.attach(id, ao.Credit, now); aerr == nil {
 			l.consumers[id] = c
+			l.sub.watchClosing(id, &c.closing)
 		}
 	}); err != nil {
 		// ctx ended first, but the loop may still take the attach: undo it

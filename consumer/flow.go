@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 )
 
@@ -60,7 +61,12 @@ func deliverySize(d *Delivery) int {
 // bound leaves a group commit its batch). A consumer whose stream does not
 // read stops receiving, and costs at most its credit's worth of messages,
 // and of those at most (1+pendingQueues)×QueueBytes with their payload.
+//
+// A closing consumer (its stream ended, its detach not yet run) has none.
 func (s *subscription) hasRoom(c *consumerState) bool {
+	if c.closing != nil && c.closing.Load() {
+		return false
+	}
 	if c.queued > 0 && c.queuedBytes >= s.queueBytes || c.pendingBytes >= pendingQueues*s.queueBytes {
 		return false
 	}
@@ -80,6 +86,44 @@ func (s *subscription) send(d Delivery) {
 		c.queuedBytes += deliverySize(&d)
 	}
 	s.out.sends = append(s.out.sends, d)
+}
+
+// watchClosing gives consumer id its Consumer's closing flag (hasRoom).
+func (s *subscription) watchClosing(id uint64, closing *atomic.Bool) {
+	if c := s.consumer(id); c != nil {
+		c.closing = closing
+	}
+}
+
+// unsent takes back d, which its consumer's queue refused or which found
+// its consumer detached: its stream ended after d was made (durableSends:
+// while its write was on its way), so no client saw it. Under AT_LEAST_ONCE and EFFECTIVELY_ONCE it is due
+// again at once, for another consumer, instead of at its ack deadline;
+// AT_MOST_ONCE moved its cursor past it before it went out, and NONE keeps
+// nothing, so there it is gone, as at a detach.
+func (s *subscription) unsent(d Delivery, now time.Time) {
+	if c := s.consumer(d.Consumer); c != nil {
+		c.queued = max(c.queued-1, 0)
+		c.queuedBytes = max(c.queuedBytes-deliverySize(&d), 0)
+	}
+	if d.ID.Partition >= uint32(len(s.parts)) || s.opts.Guarantee == None {
+		return
+	}
+	p := s.parts[d.ID.Partition]
+	l, ok := p.inflight.Get(d.ID.Offset)
+	if !ok || l.Attempt != d.ID.Attempt || l.Consumer != d.Consumer && l.Consumer != 0 {
+		// Acked, or delivered again since. (A detach under
+		// EFFECTIVELY_ONCE leaves a lease with no consumer until its
+		// deadline, for a client that saw it: this one did not.)
+		return
+	}
+	s.release(p, d.ID.Offset)
+	if s.opts.Guarantee == AtMostOnce {
+		delete(p.msgs, d.ID.Offset)
+		return
+	}
+	s.toRetry(p, d.ID.Offset, time.Time{})
+	s.step(now)
 }
 
 // taken says the stream of consumer id took n deliveries of bytes (as

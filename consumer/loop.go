@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymq/ferry/internal/clock"
@@ -52,8 +53,9 @@ func (l *loop) run() {
 	for {
 		select {
 		case fn := <-l.events:
-			fn(l.e.opts.Clock.Now())
-			l.flush()
+			now := l.e.opts.Clock.Now()
+			fn(now)
+			l.flush(now)
 			if d := l.sub.stats.Dropped; d != l.dropped {
 				l.e.dropped.Add(d - l.dropped)
 				l.dropped = d
@@ -157,7 +159,7 @@ func (l *loop) call(ctx context.Context, fn func(now time.Time, done func())) er
 
 // flush does what the subscription asked for, until it asks for nothing
 // more.
-func (l *loop) flush() {
+func (l *loop) flush(now time.Time) {
 	for {
 		out := l.sub.out
 		l.sub.out = output{}
@@ -165,8 +167,10 @@ func (l *loop) flush() {
 			break
 		}
 		for _, d := range out.sends {
-			if c := l.consumers[d.Consumer]; c != nil {
-				c.push(d)
+			if c := l.consumers[d.Consumer]; c == nil || !c.push(d) {
+				// Its stream ended after the delivery was made (while
+				// its write was on its way): no one saw it.
+				l.sub.unsent(d, now)
 			}
 		}
 		for _, r := range out.rereads {
@@ -432,20 +436,32 @@ type Consumer struct {
 	id uint64
 	l  *loop
 
-	mu     sync.Mutex // guards queue and err
+	mu     sync.Mutex // guards queue and err, and orders closing with push
 	queue  []Delivery
 	err    error         // why it was detached; nil while attached
 	signal chan struct{} // cap 1: queue or err changed
+	// closing is set by Close, under mu, before the detach is posted to
+	// the loop (which runs it when it comes to it): from then on the
+	// subscription picks the consumer no more (hasRoom) and push queues
+	// nothing more, so no delivery waits in a queue no stream will take.
+	closing atomic.Bool
 }
 
 // ID is the consumer's id, unique in the engine's life.
 func (c *Consumer) ID() uint64 { return c.id }
 
-func (c *Consumer) push(d Delivery) {
+// push queues d for the stream. It reports false, queuing nothing, once
+// the consumer is closing.
+func (c *Consumer) push(d Delivery) bool {
 	c.mu.Lock()
+	if c.closing.Load() {
+		c.mu.Unlock()
+		return false
+	}
 	c.queue = append(c.queue, d)
 	c.mu.Unlock()
 	c.wake()
+	return true
 }
 
 func (c *Consumer) detached(err error) {
@@ -566,9 +582,15 @@ func (c *Consumer) Extend(ctx context.Context, ids []DeliveryID, d time.Duration
 	return c.l.extend(ctx, ids, d)
 }
 
-// Close detaches the consumer. What it held is redelivered as its
-// subscription's guarantee says.
-func (c *Consumer) Close() { c.l.detach(c) }
+// Close detaches the consumer: at once it gets no more deliveries (its
+// stream has ended); what it held is redelivered as its subscription's
+// guarantee says once the loop runs the detach.
+func (c *Consumer) Close() {
+	c.mu.Lock()
+	c.closing.Store(true)
+	c.mu.Unlock()
+	c.l.detach(c)
+}
 
 // Seal is the delivery id seal of the consumer's subscription (see
 // Engine.Seal).

@@ -27,6 +27,14 @@ type attempt struct {
 	notBefore time.Time
 }
 
+// backlog is how many messages below head the cursor has not acked.
+func (s *partitionState) backlog(head uint64) uint64 {
+	if head <= s.cursor.Floor() {
+		return 0
+	}
+	return head - s.cursor.Floor() - uint64(s.cursor.Gaps())
+}
+
 func newPartitionState(floor uint64) *partitionState {
 	return &partitionState{cursor: NewCursor(floor), attempts: make(map[uint64]attempt)}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymq/ferry/storage"
@@ -115,6 +116,9 @@ type consumerState struct {
 	// pendingBytes are of deliveries waiting for their write
 	// (durableSends) before they are queued.
 	pendingBytes int
+	// closing is its Consumer's flag, set when its stream ends, before
+	// the detach reaches the loop; nil: never (the core's own tests).
+	closing *atomic.Bool
 }
 
 func (c *consumerState) hasCredit() bool { return c.out < c.credit }
@@ -717,8 +721,8 @@ func (s *subscription) statsNow(heads []uint64) Stats {
 		if s.opts.Guarantee == None {
 			continue
 		}
-		if i < len(heads) && heads[i] > p.st.cursor.Floor() {
-			st.Backlog += heads[i] - p.st.cursor.Floor() - uint64(p.st.cursor.Gaps())
+		if i < len(heads) {
+			st.Backlog += p.st.backlog(heads[i])
 		}
 		floor := p.st.cursor.Floor()
 		var oldest *storage.Message

@@ -217,6 +217,17 @@ func (g *diskGuard) roomFor(n uint64) bool {
 	return g.cause.Load() == nil && !g.openedRO && g.estimate() >= g.reserve/2+n
 }
 
+// grew counts bytes written without admit (a replica's raft log appends:
+// the node's own were admitted as publishes, a follower's come from its
+// leaders), so that the estimate drops with them and the filesystem is
+// looked at after every refreshBytes, not only at the next poll: a
+// cluster node refuses appends by the state this keeps current.
+func (g *diskGuard) grew(bytes int) {
+	if g.pending.Add(2*int64(bytes)) > refreshBytes {
+		g.look()
+	}
+}
+
 // levelOf is the level at free bytes free: levelOf, but low while held.
 func (g *diskGuard) levelOf(free uint64) diskLevel {
 	lvl := levelOf(free, g.reserve)

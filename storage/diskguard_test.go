@@ -105,6 +105,23 @@ func TestDiskGuardCountsAppends(t *testing.T) {
 	}
 }
 
+// TestDiskGuardCountsRaftAppends: a replica's raft log appends, which no
+// admit counts, make the guard look at the disk after a MiB too, so a
+// cluster node sees itself below half the reserve (and refuses appends)
+// before the next poll.
+func TestDiskGuardCountsRaftAppends(t *testing.T) {
+	g, disk, _ := newTestGuard(t, 130*mib)
+	disk.free.Store(100 * mib) // a leader's appends filled it; no poll yet
+	g.grew(256 << 10)          // 512 KiB counted: 129.5 MiB by the estimate
+	if d := g.state(); d.ReadOnly || d.Free != 129*mib+mib/2 {
+		t.Fatalf("after 256 KiB appended: %+v, want 129.5 MiB free by the estimate", d)
+	}
+	g.grew(300 << 10) // over a MiB: looks
+	if d := g.state(); !d.ReadOnly || d.Free != 100*mib {
+		t.Fatalf("after over a MiB appended: %+v, want read-only at 100 MiB free", d)
+	}
+}
+
 // TestDiskGuardDiskErrors: ENOSPC makes the store read-only until space
 // is back above the reserve; EIO until a restart.
 func TestDiskGuardDiskErrors(t *testing.T) {

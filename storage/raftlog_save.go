@@ -154,6 +154,11 @@ func (l *RaftLog) save(hs *raftpb.HardState, entries []*raftpb.Entry, snap *raft
 	if err := l.commit(txn); err != nil {
 		return nil, tooLarge(err)
 	}
+	var appended int
+	for _, n := range sizes {
+		appended += n
+	}
+	l.sync.guard.grew(appended)
 
 	old := l.b
 	l.b, l.lastTerm, l.snap = b, lastTerm, meta

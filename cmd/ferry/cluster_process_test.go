@@ -44,6 +44,9 @@ type clusterSetup struct {
 	network bool     // links between nodes through toxiproxy (peerNetwork)
 	tags    string   // build tags of the ferry binary (buildFerryTags)
 	env     []string // added to every node's environment
+	// prepare, if not nil, is called on each node before it first starts
+	// (to set its dir or args).
+	prepare func(*clusterNode)
 }
 
 // clusterNode is one node of a testCluster.
@@ -54,6 +57,7 @@ type clusterNode struct {
 	grpcAddr string
 	peers    string // its --peers: its own address, and how it reaches the others
 	logPath  string
+	args     []string         // more flags of its ferry serve
 	conn     *grpc.ClientConn // to grpcAddr; reconnects by itself after a restart
 
 	mu   sync.Mutex // guards proc
@@ -108,6 +112,9 @@ func newTestClusterWith(tb testing.TB, n int, setup clusterSetup) *testCluster {
 			peers = append(peers, fmt.Sprintf("%d=%s", o.id, addr))
 		}
 		nd.peers = strings.Join(peers, ",")
+		if setup.prepare != nil {
+			setup.prepare(nd)
+		}
 	}
 	c.start(c.nodes...)
 	return c
@@ -159,9 +166,10 @@ func (c *testCluster) startNode(nd *clusterNode) error {
 		return err
 	}
 	fmt.Fprintf(logf, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(buildFerryTags(c.tb, c.setup.tags), "serve", "--data-dir", nd.dir, "--log-format", "json",
+	args := append([]string{"serve", "--data-dir", nd.dir, "--log-format", "json",
 		"--grpc-addr", nd.grpcAddr, "--http-addr", "127.0.0.1:0", "--shutdown-timeout", "10s",
-		"--node-id", fmt.Sprint(nd.id), "--peers", nd.peers, "--peer-addr", nd.peerAddr)
+		"--node-id", fmt.Sprint(nd.id), "--peers", nd.peers, "--peer-addr", nd.peerAddr}, nd.args...)
+	cmd := exec.Command(buildFerryTags(c.tb, c.setup.tags), args...)
 	if len(c.setup.env) > 0 {
 		cmd.Env = append(os.Environ(), c.setup.env...)
 	}
