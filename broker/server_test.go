@@ -135,11 +135,24 @@ func testContext(tb testing.TB) context.Context {
 // createTopic creates a topic and fails the test if it cannot.
 func (ts *testServer) createTopic(tb testing.TB, name string, cfg *ferryv1.TopicConfig) *ferryv1.Topic {
 	tb.Helper()
-	resp, err := ts.admin.CreateTopic(testContext(tb), &ferryv1.CreateTopicRequest{Name: name, Config: cfg})
+	var topic *ferryv1.Topic
+	attempts := 0
+	err := retryUnavailable(testContext(tb), func(ctx context.Context) error { // as createSub
+		attempts++
+		resp, err := ts.admin.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: name, Config: cfg})
+		if attempts > 1 && status.Code(err) == codes.AlreadyExists {
+			var got *ferryv1.GetTopicResponse
+			got, err = ts.admin.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: name})
+			topic = got.GetTopic()
+			return err
+		}
+		topic = resp.GetTopic()
+		return err
+	})
 	if err != nil {
 		tb.Fatalf("CreateTopic(%q): %v", name, err)
 	}
-	return resp.GetTopic()
+	return topic
 }
 
 // heads returns the head offset of every partition of a topic.

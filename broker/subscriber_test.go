@@ -59,11 +59,27 @@ const (
 // createSub creates a subscription and fails the test if it cannot.
 func (ts *testServer) createSub(tb testing.TB, topic, name string, cfg *ferryv1.SubscriptionConfig) *ferryv1.Subscription {
 	tb.Helper()
-	resp, err := ts.admin.CreateSubscription(testContext(tb), &ferryv1.CreateSubscriptionRequest{Topic: topic, Name: name, Config: cfg})
+	// In a cluster the metadata group may be between leaders: retried as
+	// the SDK does, and a retry that finds it made by the attempt before
+	// takes it.
+	var sub *ferryv1.Subscription
+	attempts := 0
+	err := retryUnavailable(testContext(tb), func(ctx context.Context) error {
+		attempts++
+		resp, err := ts.admin.CreateSubscription(ctx, &ferryv1.CreateSubscriptionRequest{Topic: topic, Name: name, Config: cfg})
+		if attempts > 1 && status.Code(err) == codes.AlreadyExists {
+			var got *ferryv1.GetSubscriptionResponse
+			got, err = ts.admin.GetSubscription(ctx, &ferryv1.GetSubscriptionRequest{Topic: topic, Name: name})
+			sub = got.GetSubscription()
+			return err
+		}
+		sub = resp.GetSubscription()
+		return err
+	})
 	if err != nil {
 		tb.Fatalf("CreateSubscription(%q, %q): %v", topic, name, err)
 	}
-	return resp.GetSubscription()
+	return sub
 }
 
 // stats returns a subscription's stats. It is also a barrier: the engine
