@@ -1,0 +1,246 @@
+package powerloss
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// pageSize is the unit in which a file's synced content is copied.
+const pageSize = 4096
+
+// fileID names a backing inode, whatever its path.
+type fileID struct{ dev, ino uint64 }
+
+func idOf(st *unix.Stat_t) fileID { return fileID{dev: uint64(st.Dev), ino: st.Ino} }
+
+// record is what a cut restores one file to: its size and the content of
+// the pages below that size changed since its last fsync.
+type record struct {
+	fd    int              // the backing file, opened read-write for the rewind
+	size  int64            // its size at its last fsync
+	pages map[int64][]byte // page index → content at its last fsync
+}
+
+// change is one metadata change in the journal.
+type change struct {
+	what    string
+	touches []fileID     // directories and files it names
+	undo    func() error // takes the backing directory back to before it
+	commit  func() error // once durable: drops what undo would need; may be nil
+}
+
+// state is one mount's undo log. Every method that changes the backing
+// directory holds mu while it records and applies the change, so a cut
+// sees each change whole or not at all.
+type state struct {
+	mu        sync.Mutex
+	cut       atomic.Bool // set by PowerCut: every operation fails with EIO
+	trash     string      // where unlinked files wait for their unlink to commit
+	trashN    int
+	failSyncs int // fsyncs still to fail with EIO
+	files     map[fileID]*record
+	journal   []change // uncommitted metadata changes, oldest first
+}
+
+func newState(trash string) *state {
+	return &state{trash: trash, files: map[fileID]*record{}}
+}
+
+// down is EIO once the power is cut.
+func (s *state) down() syscall.Errno {
+	if s.cut.Load() {
+		return syscall.EIO
+	}
+	return 0
+}
+
+// recordOf returns the record of the file open as fd, noting its current
+// size as synced if it has none. The caller holds mu.
+func (s *state) recordOf(fd int) (*record, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	id := idOf(&st)
+	if r := s.files[id]; r != nil {
+		return r, nil
+	}
+	// A second, read-write description of the same inode: the handle
+	// that wrote may be write-only, and it may be closed before the cut.
+	rfd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	r := &record{fd: rfd, size: st.Size, pages: map[int64][]byte{}}
+	s.files[id] = r
+	return r, nil
+}
+
+// save copies the synced content of every page of r that [from, to)
+// touches and that was not copied yet. Holes are skipped when sparse is
+// set (they read back as zeros after the rewind's truncate anyway); the
+// caller holds mu.
+func (r *record) save(from, to int64, sparse bool) error {
+	to = min(to, r.size)
+	for from < to {
+		start, end := from, to
+		if sparse {
+			d, err := unix.Seek(r.fd, from, unix.SEEK_DATA)
+			if errors.Is(err, unix.ENXIO) || err == nil && d >= to {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			h, err := unix.Seek(r.fd, d, unix.SEEK_HOLE)
+			if err != nil {
+				return err
+			}
+			start, end = d, min(h, to)
+		}
+		for p := start / pageSize; p*pageSize < end; p++ {
+			if _, ok := r.pages[p]; ok {
+				continue
+			}
+			buf := make([]byte, min(pageSize, r.size-p*pageSize))
+			n, err := unix.Pread(r.fd, buf, p*pageSize)
+			if err != nil {
+				return err
+			}
+			r.pages[p] = buf[:n]
+		}
+		from = end
+	}
+	return nil
+}
+
+// rewind takes the file back to its last fsync and closes the record.
+func (r *record) rewind() error {
+	defer unix.Close(r.fd)
+	if err := unix.Ftruncate(r.fd, r.size); err != nil {
+		return err
+	}
+	for p, buf := range r.pages {
+		if _, err := unix.Pwrite(r.fd, buf, p*pageSize); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// log appends a metadata change to the journal. The caller holds mu.
+func (s *state) log(c change) { s.journal = append(s.journal, c) }
+
+// toTrash moves path into the trash and returns where it went. The caller
+// holds mu.
+func (s *state) toTrash(path string) (string, error) {
+	s.trashN++
+	dst := filepath.Join(s.trash, strconv.Itoa(s.trashN))
+	return dst, os.Rename(path, dst)
+}
+
+// synced makes the file or directory id durable, as an fsync of it does
+// on ext4: its data, and the journal up to the last change naming it. The
+// caller holds mu.
+func (s *state) synced(id fileID) error {
+	var err error
+	if r := s.files[id]; r != nil {
+		delete(s.files, id)
+		err = unix.Close(r.fd)
+	}
+	last := -1
+	for i, c := range s.journal {
+		for _, t := range c.touches {
+			if t == id {
+				last = i
+			}
+		}
+	}
+	for _, c := range s.journal[:last+1] {
+		if c.commit != nil {
+			err = errors.Join(err, c.commit())
+		}
+	}
+	s.journal = s.journal[last+1:]
+	return err
+}
+
+// fsync is an fsync of id: it fails with EIO while FailSyncs asks, else
+// makes id durable.
+func (s *state) fsync(id fileID) syscall.Errno {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if errno := s.down(); errno != 0 {
+		return errno
+	}
+	if s.failSyncs > 0 {
+		s.failSyncs--
+		return syscall.EIO
+	}
+	if err := s.synced(id); err != nil {
+		return errnoOf(err)
+	}
+	return 0
+}
+
+// powerCut fails every operation from now on, then takes the backing
+// directory back to what was durable: every file to its last fsync, then
+// the uncommitted metadata changes undone, newest first. It returns what
+// went wrong while rewinding.
+func (s *state) powerCut() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cut.Swap(true) {
+		return nil
+	}
+	var errs []error
+	for _, r := range s.files {
+		if err := r.rewind(); err != nil {
+			errs = append(errs, fmt.Errorf("rewinding a file: %w", err))
+		}
+	}
+	s.files = map[fileID]*record{}
+	for i := len(s.journal) - 1; i >= 0; i-- {
+		if err := s.journal[i].undo(); err != nil {
+			errs = append(errs, fmt.Errorf("undoing %s: %w", s.journal[i].what, err))
+		}
+	}
+	s.journal = nil
+	return errors.Join(errs...)
+}
+
+// forget makes everything durable without rewinding, as a clean shutdown
+// does.
+func (s *state) forget() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var err error
+	for _, r := range s.files {
+		err = errors.Join(err, unix.Close(r.fd))
+	}
+	s.files = map[fileID]*record{}
+	for _, c := range s.journal {
+		if c.commit != nil {
+			err = errors.Join(err, c.commit())
+		}
+	}
+	s.journal = nil
+	return err
+}
+
+// errnoOf is err's errno, or EIO.
+func errnoOf(err error) syscall.Errno {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return syscall.EIO
+}
