@@ -16,14 +16,15 @@
 // The model is ext4 with data=ordered, its default, seen from the worst
 // moment the kernel allows:
 //
-//   - File data and size (writes, truncates, fallocate) are durable once
-//     that file is fsynced (fsync, fdatasync, msync(MS_SYNC) or
-//     sync_file_range's waiting forms all reach the filesystem as FSYNC).
-//     Until then a cut rewinds them, however long ago they were written:
-//     neither the kernel's writeback nor ext4's 5-second journal commit is
-//     assumed to have happened.
+//   - File data, and the size a write extends a file to, are durable once
+//     that file is fsynced (fsync, fdatasync and msync(MS_SYNC) all reach
+//     the filesystem as FSYNC). Until then a cut rewinds them, however
+//     long ago they were written: neither the kernel's writeback nor
+//     ext4's 5-second journal commit is assumed to have happened.
 //   - Metadata (create, mkdir, mknod, symlink, link, unlink, rmdir,
-//     rename) goes into one journal, in order, as in ext4. An fsync of a
+//     rename, and the size set by truncate or an allocating fallocate,
+//     which ext4 journals at once) goes into one journal, in order, as in
+//     ext4. An fsync of a
 //     directory commits the journal up to the last change in that
 //     directory; an fsync of a file commits it up to the last change that
 //     named that file (its create, a rename of it). Commits are prefixes:
@@ -48,7 +49,8 @@
 // restore is kept in memory, as an undo log. Before the first change to a
 // file since its last fsync the filesystem opens it a second time and
 // notes its size; before a write, truncate or hole punch it copies each
-// 4 KiB page below that size the first time it changes. An unlink, rmdir
+// 4 KiB page below that size the first time it changes (a journaled
+// truncate's size counts once it is committed). An unlink, rmdir
 // or replacing rename moves the victim into a trash directory beside the
 // backing one instead of deleting it. An fsync forgets the file's copies
 // and commits the journal as above (committed unlinks empty the trash).

@@ -52,17 +52,9 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	return uint32(n), fs.ToErrno(err)
 }
 
-// truncate sets the file's size, keeping what it cuts off. The caller
-// holds mu.
+// truncate sets the file's size (see state.resize). The caller holds mu.
 func (f *file) truncate(size int64) syscall.Errno {
-	r, err := f.s.recordOf(f.fd)
-	if err == nil {
-		err = r.save(size, r.size, true)
-	}
-	if err == nil {
-		err = unix.Ftruncate(f.fd, size)
-	}
-	return fs.ToErrno(err)
+	return fs.ToErrno(f.s.resize(f.fd, size, func() error { return unix.Ftruncate(f.fd, size) }))
 }
 
 func (f *file) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
@@ -71,19 +63,28 @@ func (f *file) Allocate(ctx context.Context, off, size uint64, mode uint32) sysc
 	if errno := f.s.down(); errno != 0 {
 		return errno
 	}
-	const sizeOnly = unix.FALLOC_FL_KEEP_SIZE
+	apply := func() error { return unix.Fallocate(f.fd, mode, int64(off), int64(size)) }
 	const zeroes = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE
-	r, err := f.s.recordOf(f.fd)
+	var st unix.Stat_t
+	err := unix.Fstat(f.fd, &st)
 	switch {
 	case err != nil:
-	case mode&^sizeOnly == 0: // allocates, may grow the size: the record's size covers it
-	case mode&^zeroes == 0:
-		err = r.save(int64(off), int64(off+size), false)
+	case mode == unix.FALLOC_FL_KEEP_SIZE: // allocates only: nothing to rewind
+		err = apply()
+	case mode == 0 && int64(off+size) > st.Size: // grows the file
+		err = f.s.resize(f.fd, int64(off+size), apply)
+	case mode == 0:
+		err = apply()
+	case mode&^zeroes == 0: // writes zeros
+		var r *record
+		if r, err = f.s.recordOf(f.fd); err == nil {
+			err = r.save(int64(off), int64(off+size), false)
+		}
+		if err == nil {
+			err = apply()
+		}
 	default:
 		return syscall.EOPNOTSUPP
-	}
-	if err == nil {
-		err = unix.Fallocate(f.fd, mode, int64(off), int64(size))
 	}
 	return fs.ToErrno(err)
 }

@@ -261,3 +261,28 @@ func TestFailedFsyncMakesNothingDurable(t *testing.T) {
 	cut(fs, f)
 	wantFile(t, path, []byte("first third"))
 }
+
+// TestTruncateCommitsWithTheJournal: on ext4 a truncate is a journaled
+// size change, durable with the next journal commit (any fsync naming an
+// earlier or later change), while data written to the file stays unsynced.
+func TestTruncateCommitsWithTheJournal(t *testing.T) {
+	fs := Mount(t, t.TempDir())
+	d := fs.Dir()
+	f, err := os.Create(filepath.Join(d, "sized"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(3 * pageSize); err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("unsynced"), 10)
+	g, err := os.Create(filepath.Join(d, "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Sync(); err != nil { // commits the journal: sized's create and truncate
+		t.Fatal(err)
+	}
+	cut(fs, f, g)
+	wantFile(t, filepath.Join(d, "sized"), make([]byte, 3*pageSize))
+}

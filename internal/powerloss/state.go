@@ -21,12 +21,16 @@ type fileID struct{ dev, ino uint64 }
 
 func idOf(st *unix.Stat_t) fileID { return fileID{dev: uint64(st.Dev), ino: st.Ino} }
 
-// record is what a cut restores one file to: its size and the content of
-// the pages below that size changed since its last fsync.
+// record is what a cut restores one file to: its durable size and the
+// durable content of the pages changed since its last fsync.
 type record struct {
-	fd    int              // the backing file, opened read-write for the rewind
-	size  int64            // its size at its last fsync
-	pages map[int64][]byte // page index → content at its last fsync
+	fd   int   // the backing file, opened read-write for the rewind
+	size int64 // its durable size: at its last fsync, or a committed truncate's
+	// limit is the largest size that may become durable without an fsync
+	// of the file (a truncate or fallocate in the journal): pages below it
+	// are copied before they change.
+	limit int64
+	pages map[int64][]byte // page index → durable content
 }
 
 // change is one metadata change in the journal.
@@ -79,17 +83,17 @@ func (s *state) recordOf(fd int) (*record, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &record{fd: rfd, size: st.Size, pages: map[int64][]byte{}}
+	r := &record{fd: rfd, size: st.Size, limit: st.Size, pages: map[int64][]byte{}}
 	s.files[id] = r
 	return r, nil
 }
 
-// save copies the synced content of every page of r that [from, to)
+// save copies the durable content of every page of r that [from, to)
 // touches and that was not copied yet. Holes are skipped when sparse is
 // set (they read back as zeros after the rewind's truncate anyway); the
 // caller holds mu.
 func (r *record) save(from, to int64, sparse bool) error {
-	to = min(to, r.size)
+	to = min(to, r.limit)
 	for from < to {
 		start, end := from, to
 		if sparse {
@@ -110,7 +114,7 @@ func (r *record) save(from, to int64, sparse bool) error {
 			if _, ok := r.pages[p]; ok {
 				continue
 			}
-			buf := make([]byte, min(pageSize, r.size-p*pageSize))
+			buf := make([]byte, min(pageSize, r.limit-p*pageSize))
 			n, err := unix.Pread(r.fd, buf, p*pageSize)
 			if err != nil {
 				return err
@@ -122,17 +126,65 @@ func (r *record) save(from, to int64, sparse bool) error {
 	return nil
 }
 
-// rewind takes the file back to its last fsync and closes the record.
+// rewind takes the file back to its durable size and content and closes
+// the record.
 func (r *record) rewind() error {
 	defer unix.Close(r.fd)
 	if err := unix.Ftruncate(r.fd, r.size); err != nil {
 		return err
 	}
 	for p, buf := range r.pages {
+		buf = buf[:max(0, min(int64(len(buf)), r.size-p*pageSize))]
 		if _, err := unix.Pwrite(r.fd, buf, p*pageSize); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// resize sets the size of the file open as fd, as ftruncate or an
+// allocating fallocate does: on ext4 a metadata change, journaled, so it
+// becomes durable with the journal (an fsync of anything that commits it)
+// even if the file is never fsynced. What it cuts off is copied first;
+// what it adds is zeros, so pages there that were written since the last
+// fsync are durable as zeros once it commits. The caller holds mu.
+func (s *state) resize(fd int, size int64, apply func() error) error {
+	r, err := s.recordOf(fd)
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if err := r.save(size, r.limit, true); err != nil {
+		return err
+	}
+	for p := r.limit / pageSize; p*pageSize < min(st.Size, size); p++ {
+		buf := r.pages[p]
+		if buf == nil && p*pageSize < r.limit { // straddles the limit: keep what is below
+			buf = make([]byte, r.limit-p*pageSize)
+			n, err := unix.Pread(fd, buf, p*pageSize)
+			if err != nil {
+				return err
+			}
+			buf = buf[:n]
+		}
+		r.pages[p] = append(buf, make([]byte, pageSize-len(buf))...)
+	}
+	if err := apply(); err != nil {
+		return err
+	}
+	r.limit = max(r.limit, size)
+	id := idOf(&st)
+	s.log(change{what: fmt.Sprintf("resize to %d", size), touches: []fileID{id},
+		undo: func() error { return nil }, // the file's record rewinds it
+		commit: func() error {
+			if r := s.files[id]; r != nil {
+				r.size = size
+			}
+			return nil
+		}})
 	return nil
 }
 
