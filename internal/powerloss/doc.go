@@ -24,16 +24,17 @@
 //   - Metadata (create, mkdir, mknod, symlink, link, unlink, rmdir,
 //     rename, and the size set by truncate or an allocating fallocate,
 //     which ext4 journals at once) goes into one journal, in order, as in
-//     ext4. An fsync of a
-//     directory commits the journal up to the last change in that
-//     directory; an fsync of a file commits it up to the last change that
-//     named that file (its create, a rename of it). Commits are prefixes:
-//     once a change is durable every earlier one is too, as with ext4's
-//     transactions. This is what ext4 promises, and no more: POSIX alone
-//     asks for the directory's fsync even for a new file's name, but on
-//     ext4 the fsync of a new file commits the transaction that created
-//     it (Badger relies on that for its memtable and value-log files), and
-//     a rename or create is never durable on its own before some fsync.
+//     ext4. An fsync of a file or directory that has anything unsynced
+//     (data written since its last fsync, or a change in the journal
+//     naming it) commits the whole journal, as an ext4 fsync commits the
+//     running transaction and with it every earlier create, rename and
+//     truncate on the filesystem; an fsync with nothing to do commits
+//     nothing. This is what ext4 does, and no more: POSIX alone asks for
+//     the directory's fsync even for a new file's name, but on ext4 the
+//     fsync of a new file commits the transaction that created it (Badger
+//     relies on that for its memtable and value-log files), and a rename
+//     or create is never durable on its own before some fsync (the
+//     journal's 5-second commit is assumed never to come).
 //   - Mode, owner, times and extended attributes are passed through and
 //     never rewound: nothing here depends on them.
 //   - fallocate's allocating modes (0, KEEP_SIZE) are size changes;
@@ -53,7 +54,7 @@
 // truncate's size counts once it is committed). An unlink, rmdir
 // or replacing rename moves the victim into a trash directory beside the
 // backing one instead of deleting it. An fsync forgets the file's copies
-// and commits the journal as above (committed unlinks empty the trash).
+// and may commit the journal as above (committed unlinks empty the trash).
 // A cut rewinds every file to its noted size and copied pages, then undoes
 // the uncommitted journal entries newest first. The effect is LazyFS's
 // (unsynced data is held in memory and dropped on a cut), seen from the

@@ -200,28 +200,31 @@ func (s *state) toTrash(path string) (string, error) {
 }
 
 // synced makes the file or directory id durable, as an fsync of it does
-// on ext4: its data, and the journal up to the last change naming it. The
-// caller holds mu.
+// on ext4: its data and, if it had anything unsynced (data, or a change
+// in the journal naming it), the whole journal, as ext4 commits its
+// running transaction. The caller holds mu.
 func (s *state) synced(id fileID) error {
 	var err error
-	if r := s.files[id]; r != nil {
+	r := s.files[id]
+	dirty := r != nil
+	if r != nil {
 		delete(s.files, id)
 		err = unix.Close(r.fd)
 	}
-	last := -1
-	for i, c := range s.journal {
+	for _, c := range s.journal {
 		for _, t := range c.touches {
-			if t == id {
-				last = i
-			}
+			dirty = dirty || t == id
 		}
 	}
-	for _, c := range s.journal[:last+1] {
+	if !dirty {
+		return err
+	}
+	for _, c := range s.journal {
 		if c.commit != nil {
 			err = errors.Join(err, c.commit())
 		}
 	}
-	s.journal = s.journal[last+1:]
+	s.journal = nil
 	return err
 }
 
