@@ -9,6 +9,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // RequireEnv is the environment variable that turns a missing FUSE from a
@@ -75,25 +76,34 @@ func (f *FS) mount() error {
 }
 
 // unmount unmounts, retrying while the mount is busy for up to 10 s (a
-// killed process's descriptors close a moment after it is reaped).
+// killed process's descriptors close a moment after it is reaped). If it
+// stays busy (a test failed with files open) it aborts the FUSE
+// connection, so that nothing waits on this server again, and detaches
+// the mount.
 func (f *FS) unmount() {
 	if f.server == nil {
 		return
 	}
+	var st syscall.Stat_t
+	statErr := syscall.Stat(f.dir, &st)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		err := f.server.Unmount()
 		if err == nil {
+			f.server.Wait()
 			break
 		}
 		if time.Now().After(deadline) {
-			f.tb.Errorf("powerloss: unmount %s: %v; detached instead: is a process still using it?", f.dir, err)
+			f.tb.Errorf("powerloss: unmount %s: %v; aborting the connection: is a process still using it?", f.dir, err)
+			if statErr == nil {
+				abort := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(st.Dev))
+				os.WriteFile(abort, []byte("1"), 0)
+			}
 			syscall.Unmount(f.dir, syscall.MNT_DETACH)
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	f.server.Wait()
 	f.server = nil
 }
 
