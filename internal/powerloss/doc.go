@@ -90,6 +90,10 @@
 // them; a store that stops writing on the first failed sync, as ferry's
 // does, never depends on the difference.)
 //
+// CutAfterSyncs(n) cuts the power right after the nth next fsync that
+// succeeds: a crash point between two fsyncs that does not depend on
+// timing.
+//
 // # Skipping
 //
 // Mount needs /dev/fuse and root (it mounts directly, without

@@ -148,5 +148,16 @@ func (f *FS) FailSyncs(n int) {
 	f.s.failSyncs = n
 }
 
+// CutAfterSyncs arms a power cut right after the nth fsync from now that
+// succeeds: that fsync is durable, nothing after it is. It makes a crash
+// point between two fsyncs deterministic (say, between the two a store
+// does to commit). Call PowerCut afterwards all the same, before killing
+// the process: it reports what the armed cut found and does nothing more.
+func (f *FS) CutAfterSyncs(n int) {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	f.s.cutAfter = n
+}
+
 // String names the mount, for logs.
 func (f *FS) String() string { return fmt.Sprintf("powerloss %s over %s", f.dir, f.backing) }

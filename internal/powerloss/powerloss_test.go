@@ -286,3 +286,23 @@ func TestTruncateCommitsWithTheJournal(t *testing.T) {
 	cut(fs, f, g)
 	wantFile(t, filepath.Join(d, "sized"), make([]byte, 3*pageSize))
 }
+
+func TestCutAfterSyncs(t *testing.T) {
+	fs := Mount(t, t.TempDir())
+	d := fs.Dir()
+	a, _ := os.Create(filepath.Join(d, "a"))
+	b, _ := os.Create(filepath.Join(d, "b"))
+	syncDir(t, d)
+	a.WriteString("a")
+	b.WriteString("b")
+	fs.CutAfterSyncs(1)
+	if err := a.Sync(); err != nil {
+		t.Fatalf("the fsync the cut comes after: %v", err)
+	}
+	if err := b.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("an fsync after the armed cut: %v, want EIO", err)
+	}
+	cut(fs, a, b)
+	wantFile(t, filepath.Join(d, "a"), []byte("a"))
+	wantFile(t, filepath.Join(d, "b"), []byte{})
+}

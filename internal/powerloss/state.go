@@ -50,6 +50,8 @@ type state struct {
 	trash     string      // where unlinked files wait for their unlink to commit
 	trashN    int
 	failSyncs int // fsyncs still to fail with EIO
+	cutAfter  int // successful fsyncs still to go before a cut; 0: none armed
+	cutErr    error
 	files     map[fileID]*record
 	journal   []change // uncommitted metadata changes, oldest first
 }
@@ -243,6 +245,11 @@ func (s *state) fsync(id fileID) syscall.Errno {
 	if err := s.synced(id); err != nil {
 		return errnoOf(err)
 	}
+	if s.cutAfter > 0 {
+		if s.cutAfter--; s.cutAfter == 0 {
+			s.cutErr = s.powerCutLocked()
+		}
+	}
 	return 0
 }
 
@@ -253,6 +260,13 @@ func (s *state) fsync(id fileID) syscall.Errno {
 func (s *state) powerCut() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	err := s.cutErr
+	s.cutErr = nil
+	return errors.Join(err, s.powerCutLocked())
+}
+
+// powerCutLocked is powerCut; the caller holds mu.
+func (s *state) powerCutLocked() error {
 	if s.cut.Swap(true) {
 		return nil
 	}
