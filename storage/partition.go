@@ -564,7 +564,7 @@ func (s *syncer) run() {
 		if s.policy == FsyncAlways && wrote {
 			start := s.clk.Now()
 			err = s.db.Sync()
-			s.guard.observe(err)
+			s.guard.observeSync(err)
 			s.syncs.Add(1)
 			unsynced = err != nil
 			requests := 0

@@ -391,7 +391,7 @@ func (s *Store) update(fn func(txn *badger.Txn) error) error {
 	err := s.guard.commit(func() error { return s.db.Update(fn) })
 	if err == nil && s.opts.Fsync == FsyncAlways {
 		err = s.db.Sync()
-		s.guard.observe(err)
+		s.guard.observeSync(err)
 	}
 	return err
 }

@@ -35,42 +35,54 @@ type ack struct {
 // number of kill cycles (default 5) for a soak; FERRY_CRASH_SEED replays a
 // run.
 func TestCrashKeepsAcknowledgedMessages(t *testing.T) {
+	cycles, seed := crashKnobs(t, 5)
+	for _, fsync := range []string{"always", "never"} {
+		t.Run("fsync="+fsync, func(t *testing.T) { publishCrashCycles(t, newCrasher(t, false), fsync, cycles, seed) })
+	}
+}
+
+// crashKnobs skips a short run and returns the cycle count (def unless
+// FERRY_CRASH_CYCLES says) and the seed (FERRY_CRASH_SEED, else random).
+func crashKnobs(t *testing.T, def int) (cycles int, seed uint64) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and kills a real broker")
 	}
-	cycles := envInt(t, "FERRY_CRASH_CYCLES", 5)
-	seed := uint64(envInt(t, "FERRY_CRASH_SEED", int(time.Now().UnixNano()%1e9)))
+	cycles = envInt(t, "FERRY_CRASH_CYCLES", def)
+	seed = uint64(envInt(t, "FERRY_CRASH_SEED", int(time.Now().UnixNano()%1e9)))
 	t.Logf("seed %d (FERRY_CRASH_SEED=%d replays), %d cycles", seed, seed, cycles)
-	for _, fsync := range []string{"always", "never"} {
-		t.Run("fsync="+fsync, func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(seed, 7))
-			dir := t.TempDir()
-			var acks []ack
-			for cycle := range cycles {
-				p := startFerry(t, dir, "--fsync", fsync)
-				conn := p.dial(t)
-				if cycle == 0 {
-					_, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(context.Background(), &ferryv1.CreateTopicRequest{
-						// A dedup window longer than any soak: verify expects every
-						// acked id, however old, to come back as a duplicate.
-						Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 3, DedupWindow: durationpb.New(24 * time.Hour)}})
-					if err != nil {
-						t.Fatal(err)
-					}
-				}
-				verify(t, conn, acks)
-				killAfter := time.Duration(50+rng.IntN(400)) * time.Millisecond
-				got := publishUntil(t, conn, cycle, rng.Uint64(), killAfter, func() { p.kill(t) })
-				t.Logf("cycle %d: %d acks before SIGKILL at %v", cycle, len(got), killAfter)
-				acks = append(acks, got...)
+	return cycles, seed
+}
+
+// publishCrashCycles is TestCrashKeepsAcknowledgedMessages's run with
+// --fsync fsync, its crashes made by c.
+func publishCrashCycles(t *testing.T, c *crasher, fsync string, cycles int, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	dir := c.dir
+	var acks []ack
+	for cycle := range cycles {
+		p := startFerry(t, dir, "--fsync", fsync)
+		conn := p.dial(t)
+		if cycle == 0 {
+			_, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(context.Background(), &ferryv1.CreateTopicRequest{
+				// A dedup window longer than any soak: verify expects every
+				// acked id, however old, to come back as a duplicate.
+				Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 3, DedupWindow: durationpb.New(24 * time.Hour)}})
+			if err != nil {
+				t.Fatal(err)
 			}
-			p := startFerry(t, dir, "--fsync", fsync)
-			conn := p.dial(t)
-			verify(t, conn, acks)
-			if took, err := p.stop(t, 10*time.Second); err != nil {
-				t.Fatalf("SIGTERM: %v after %v", err, took)
-			}
-		})
+		}
+		verify(t, conn, acks)
+		killAfter := time.Duration(50+rng.IntN(400)) * time.Millisecond
+		got := publishUntil(t, conn, cycle, rng.Uint64(), killAfter, func() { c.crash(t, p) })
+		t.Logf("cycle %d: %d acks before %s at %v", cycle, len(got), c, killAfter)
+		acks = append(acks, got...)
+	}
+	p := startFerry(t, dir, "--fsync", fsync)
+	conn := p.dial(t)
+	verify(t, conn, acks)
+	if took, err := p.stop(t, 10*time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v after %v", err, took)
 	}
 }
 

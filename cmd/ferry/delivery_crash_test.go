@@ -237,7 +237,12 @@ func dlvCheckMessage(t *testing.T, published map[string]dlvMsg, d *ferryv1.Deliv
 // mid-consumption, until the backlog is 0: no message may ever be
 // delivered twice; loss is allowed.
 func TestDeliveryCrashAtMostOnce(t *testing.T) {
-	seen, published := runAckCrashCycles(t, ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_MOST_ONCE)
+	seen, published := runAckCrashCycles(t, ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_MOST_ONCE, false)
+	checkAtMostOnce(t, seen, published)
+}
+
+// checkAtMostOnce checks that no message was delivered twice.
+func checkAtMostOnce(t *testing.T, seen []dlvSeen, published map[string]dlvMsg) {
 	byID := map[string][]dlvSeen{}
 	byPos := map[[2]uint64][]dlvSeen{}
 	for _, s := range seen {
@@ -267,7 +272,12 @@ func TestDeliveryCrashAtMostOnce(t *testing.T) {
 // sometimes dropping the stream) mid-consumption, then drains it: every
 // published message must have been delivered at least once.
 func TestDeliveryCrashAtLeastOnce(t *testing.T) {
-	seen, published := runAckCrashCycles(t, ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_LEAST_ONCE)
+	seen, published := runAckCrashCycles(t, ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_LEAST_ONCE, false)
+	checkAtLeastOnce(t, seen, published)
+}
+
+// checkAtLeastOnce checks that every published message was delivered.
+func checkAtLeastOnce(t *testing.T, seen []dlvSeen, published map[string]dlvMsg) {
 	got := map[string]int{}
 	for _, s := range seen {
 		got[s.id]++
@@ -295,10 +305,12 @@ func TestDeliveryCrashAtLeastOnce(t *testing.T) {
 // deliveries (sometimes dropping and reopening one stream before that), then a last run drains
 // the subscription to backlog 0, and a clean restart must find it still
 // drained. It returns every delivery received and what was published.
-func runAckCrashCycles(t *testing.T, g ferryv1.DeliveryGuarantee) ([]dlvSeen, map[string]dlvMsg) {
+// With power, each kill follows a power cut (see newCrasher).
+func runAckCrashCycles(t *testing.T, g ferryv1.DeliveryGuarantee, power bool) ([]dlvSeen, map[string]dlvMsg) {
 	cycles, seed, n := dlvKnobs(t)
 	rng := rand.New(rand.NewPCG(seed, uint64(g)))
-	dir := t.TempDir()
+	c := newCrasher(t, power)
+	dir := c.dir
 	const topic, sub = "events", "sub"
 	var (
 		mu        sync.Mutex
@@ -374,14 +386,14 @@ func runAckCrashCycles(t *testing.T, g ferryv1.DeliveryGuarantee) ([]dlvSeen, ma
 				t.Fatalf("cycle %d: not %d deliveries within %v", cycle, killAt, dlvWait)
 			}
 			time.Sleep(jitter) // a random moment: the streams keep consuming
-			p.kill(t)
+			c.crash(t, p)
 			for _, err := range waitConsumers() {
 				if !dlvExpectedEnd(err) {
 					t.Errorf("cycle %d: a stream ended with %v after SIGKILL, want UNAVAILABLE", cycle, err)
 				}
 			}
 			cancel()
-			t.Logf("cycle %d: SIGKILL after %d deliveries (target %d, a stream dropped at %d)", cycle, count, killAt, dropAt)
+			t.Logf("cycle %d: %s after %d deliveries (target %d, a stream dropped at %d)", cycle, c, count, killAt, dropAt)
 			continue
 		}
 		select {
@@ -418,10 +430,17 @@ func runAckCrashCycles(t *testing.T, g ferryv1.DeliveryGuarantee) ([]dlvSeen, ma
 // cannot hide a double commit; a Commit answered with duplicate=true fails
 // the test anyway.
 func TestDeliveryCrashEffectivelyOnceCommit(t *testing.T) {
+	runEffectivelyOnceCrashCycles(t, false)
+}
+
+// runEffectivelyOnceCrashCycles is TestDeliveryCrashEffectivelyOnceCommit;
+// with power, each kill follows a power cut (see newCrasher).
+func runEffectivelyOnceCrashCycles(t *testing.T, power bool) {
 	cycles, seed, n := dlvKnobs(t)
 	n = max(1, n/3)
 	rng := rand.New(rand.NewPCG(seed, 4))
-	dir := t.TempDir()
+	c := newCrasher(t, power)
+	dir := c.dir
 	const in, out, sub, workers = "in", "out", "pipe", 8
 	var (
 		published map[string]dlvMsg
@@ -621,15 +640,15 @@ func TestDeliveryCrashEffectivelyOnceCommit(t *testing.T) {
 				t.Fatalf("cycle %d: not %d deliveries within %v", cycle, killAt, dlvWait)
 			}
 			time.Sleep(jitter) // a random moment: commits keep going
-			p.kill(t)
+			c.crash(t, p)
 			if err := <-consumerDone; !dlvExpectedEnd(err) {
 				t.Errorf("cycle %d: the stream ended with %v after SIGKILL, want UNAVAILABLE", cycle, err)
 			}
 			cancel()
 			wg.Wait()
 			mu.Lock()
-			t.Logf("cycle %d: SIGKILL after %d deliveries (target %d), %d stream drops, %d confirmed commits so far, %d queued",
-				cycle, count, killAt, drops, len(confirmed), len(work))
+			t.Logf("cycle %d: %s after %d deliveries (target %d), %d stream drops, %d confirmed commits so far, %d queued",
+				cycle, c, count, killAt, drops, len(confirmed), len(work))
 			mu.Unlock()
 			continue
 		}
