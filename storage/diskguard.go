@@ -69,6 +69,10 @@ type diskGuard struct {
 	log      *slog.Logger
 	interval time.Duration
 	openedRO bool // Badger was opened read-only: every write is refused
+	// syncWrites: Badger syncs every commit before it returns (FsyncAlways),
+	// so a failed commit may be a failed sync (durableCommit).
+	syncWrites bool
+	metrics    *Metrics
 
 	free     atomic.Uint64          // bytes free at the last look
 	held     atomic.Bool            // appends refused until free is resumeAt
@@ -104,6 +108,7 @@ func newDiskGuard(opts *Options, space func(string) (uint64, uint64, error), fre
 	g := &diskGuard{
 		dir: opts.Dir, reserve: reserve, space: space, clk: opts.Clock, log: opts.Logger,
 		interval: opts.DiskPollInterval, reopen: make(chan struct{}),
+		syncWrites: opts.Fsync == FsyncAlways, metrics: opts.Metrics,
 	}
 	g.free.Store(free)
 	g.capacity.Store(capacity)
@@ -169,10 +174,14 @@ func (g *diskGuard) observe(err error) {
 
 // commit runs a Badger commit (or update) so that a DropPrefix under way
 // makes it wait, not fail, and turns the store read-only if it fails with
-// a disk error.
+// a disk error, or under FsyncAlways with any error a sync may have
+// caused (durableCommit).
 func (g *diskGuard) commit(fn func() error) error {
 	g.dropMu.RLock()
 	defer g.dropMu.RUnlock()
+	if g.syncWrites {
+		return g.durableCommit(fn)
+	}
 	err := fn()
 	g.observe(err)
 	return err

@@ -8,9 +8,10 @@
 // (append a batch, trim below an offset, forget expired ids) and the
 // one goroutine that applies them. That goroutine gathers everything queued
 // into a group, applies the group with partitionState.apply in one Badger
-// transaction and passes it to the syncer; the syncer fsyncs once for all
-// groups waiting from every partition (group commit) and only then answers
-// their callers and makes the new messages visible to readers. Offsets and
+// transaction, commits it — durably under FsyncAlways: Badger gathers the
+// commits of every partition waiting into one write and syncs it (group
+// commit) — and passes it to the syncer, which answers the callers and
+// makes the new messages visible to readers, in commit order. Offsets and
 // dedup decisions are made in apply and nowhere else; apply reads no clock
 // (the time is an argument), so the same commands replayed give the same
 // log — the seam where replication proposes command batches instead.
@@ -25,12 +26,15 @@
 //
 // # Durability
 //
-// With FsyncAlways an append is answered after the fsync covering it; with
-// FsyncNever after its transaction commits (it then survives a process crash
-// in the page cache, not a power loss). Badger's Sync syncs the active
-// memtable's WAL and the value log; a memtable rotated out between a commit
-// and the next Sync is written to an SST by Badger's flush, and is not
-// covered by that Sync in the meantime (power loss only, see DESIGN notes).
+// With FsyncAlways an append is answered after the fsync covering it;
+// with FsyncNever after its transaction commits (it then survives a process
+// crash in the page cache, not a power loss). Under FsyncAlways Badger
+// syncs each write (SyncWrites): the value log holding its payloads first,
+// then the memtable WAL whose entries point into it, so no durable pointer
+// leads to a payload a power cut took (Badger's own DB.Sync syncs them the
+// other way round). A rotated value-log file is synced as it is closed.
+// Under FsyncNever the OS writes both back in any order: a power cut (not a
+// process crash) can leave the newest records of a partition unreadable.
 //
 // # Reads
 //

@@ -19,12 +19,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		fsyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ferry_storage_fsync_duration_seconds",
-			Help:    "Time of one fsync of the log (a group commit of every partition's waiting writes).",
+			Help:    "Time of one durable commit under --fsync=always: Badger writes it and syncs its value log, then its memtable log (commits waiting meanwhile are gathered into one write).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs to 3.3s
 		}),
 		groupCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ferry_storage_group_commit_requests",
-			Help:    "Write requests (publish batches, cursor writes) made durable by one fsync.",
+			Help:    "Write requests (publish batches, cursor writes) answered together once durable.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12), // 1 to 2048
 		}),
 		retentionDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -40,11 +40,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) observeSync(seconds float64, requests int) {
+func (m *Metrics) observeFsync(seconds float64) {
 	if m == nil {
 		return
 	}
 	m.fsyncSeconds.Observe(seconds)
+}
+
+func (m *Metrics) observeGroup(requests int) {
+	if m == nil {
+		return
+	}
 	m.groupCommit.Observe(float64(requests))
 }
 

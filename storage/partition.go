@@ -498,27 +498,27 @@ func cachedMessage(m *Message, part uint32, off uint64, t time.Time) Message {
 	return c
 }
 
-// syncer makes committed groups durable: it takes every group waiting, syncs
-// Badger once for all of them (group commit across partitions), then
-// publishes each partition's new state and answers the requests.
+// syncer answers committed groups once they are durable: under FsyncAlways
+// every commit is synced by Badger before it returns (durableCommit), so a
+// group is durable once committed; the syncer takes every group waiting,
+// publishes each partition's new state (the tail cache, waiting readers)
+// and answers the requests, in commit order across partitions. Under
+// FsyncNever nothing is synced.
 type syncer struct {
-	db     *badger.DB
-	policy FsyncPolicy
-	queue  chan syncGroup
-	done   chan struct{}
-	syncs  atomic.Uint64 // fsyncs done, for benchmarks
-
-	clk     clock.Clock
+	queue   chan syncGroup
+	done    chan struct{}
+	always  bool          // FsyncAlways
+	syncs   atomic.Uint64 // batches with a group that wrote, under FsyncAlways
 	metrics *Metrics
-	log     *slog.Logger
-	guard   *diskGuard // told of sync errors; partitions tell it of commit errors
+	guard   *diskGuard // partitions tell it of commit errors
 }
 
-// slowFsync is how long an fsync may take before it is logged.
+// slowFsync is how long a durable commit (its fsyncs) may take before it
+// is logged.
 const slowFsync = 500 * time.Millisecond
 
-func newSyncer(db *badger.DB, opts *Options, guard *diskGuard) *syncer {
-	s := &syncer{db: db, policy: opts.Fsync, clk: opts.Clock, metrics: opts.Metrics, log: opts.Logger, guard: guard,
+func newSyncer(opts *Options, guard *diskGuard) *syncer {
+	s := &syncer{always: opts.Fsync == FsyncAlways, metrics: opts.Metrics, guard: guard,
 		queue: make(chan syncGroup, opts.QueueLength), done: make(chan struct{})}
 	go s.run()
 	return s
@@ -526,8 +526,8 @@ func newSyncer(db *badger.DB, opts *Options, guard *diskGuard) *syncer {
 
 func (s *syncer) enqueue(g syncGroup) { s.queue <- g }
 
-// close waits for every enqueued group to be synced and answered. Only call
-// it after every writer has exited.
+// close waits for every enqueued group to be answered. Only call it after
+// every writer has exited.
 func (s *syncer) close() {
 	close(s.queue)
 	<-s.done
@@ -536,7 +536,6 @@ func (s *syncer) close() {
 func (s *syncer) run() {
 	defer close(s.done)
 	var batch []syncGroup
-	unsynced := false // the last sync failed: data may be committed but not durable
 	for g := range s.queue {
 		batch = append(batch[:0], g)
 	gather:
@@ -551,40 +550,20 @@ func (s *syncer) run() {
 				break gather
 			}
 		}
-		// fsync before answering: an acknowledged append survives power
-		// loss, not only a process crash. A batch in which no group wrote
-		// (duplicates only, or forgetting expired ids) needs none: every
-		// earlier batch was synced before this one was taken — unless that
-		// sync failed, and then every batch syncs until one succeeds.
-		wrote := unsynced
+		requests, wrote := 0, false
 		for _, g := range batch {
+			requests += len(g.reqs)
 			wrote = wrote || g.wrote
 		}
-		var err error
-		if s.policy == FsyncAlways && wrote {
-			start := s.clk.Now()
-			err = s.db.Sync()
-			s.guard.observeSync(err)
+		s.metrics.observeGroup(requests)
+		if s.always && wrote {
 			s.syncs.Add(1)
-			unsynced = err != nil
-			requests := 0
-			for _, g := range batch {
-				requests += len(g.reqs)
-			}
-			took := s.clk.Now().Sub(start)
-			s.metrics.observeSync(took.Seconds(), requests)
-			if took >= slowFsync {
-				s.log.Warn("slow fsync", "duration", took.String(), "requests", requests, "err", err)
-			}
 		}
 		for _, g := range batch {
-			if err == nil && g.p != nil {
+			if g.p != nil {
 				g.p.publish(g.meta, g.msgs, g.sizes)
 			}
 			for _, r := range g.reqs {
-				if err != nil {
-					r.err = fmt.Errorf("sync: %w", err)
-				}
 				close(r.done)
 			}
 		}
