@@ -61,4 +61,3 @@ func TestCheckLog(t *testing.T) {
 		})
 	}
 }
-
