@@ -15,7 +15,7 @@ func checkPipeline(s Setup, ix *index) (int, []Violation) {
 	}
 	outs := map[string][]Event{}
 	for _, r := range ix.stored {
-		if r.Topic == s.OutputTopic {
+		if r.Topic == s.OutputTopic && r.Detail != MarkerDetail {
 			outs[r.Input] = append(outs[r.Input], r)
 		}
 	}
@@ -69,12 +69,15 @@ func checkKeyShared(s Setup, ix *index) (int, []Violation) {
 	return n, vs
 }
 
-// keyOrder checks that the first deliveries of one key's messages come in
-// offset order.
+// keyOrder checks that the first deliveries (attempt 1) of one key's
+// messages come in offset order. Redeliveries may come later: a nack
+// frees the key for the next message. A first delivery the consumer
+// never handled (nacked by the SDK while it detached) is not in the
+// history, and its message is left out.
 func keyOrder(sub, key string, ds []Event) []Violation {
 	first := map[place]Event{}
 	for _, d := range ds {
-		if f, ok := first[d.place()]; !ok || d.Time.Before(f.Time) {
+		if d.Attempt == 1 {
 			first[d.place()] = d
 		}
 	}
