@@ -106,7 +106,7 @@ func Run(ctx context.Context, o Options) (Result, []Event, error) {
 		return Result{}, nil, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	c, err := client.Dial(dctx, o.Server, client.WithCallTimeout(5*time.Second), client.WithLogger(o.Log))
+	c, err := client.Dial(dctx, o.Server, client.WithCallTimeout(5*time.Second), client.WithLogger(slog.New(slog.DiscardHandler)))
 	cancel()
 	if err != nil {
 		return Result{}, nil, err

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	vfy "github.com/ferrymq/ferry/internal/verify"
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+// runVerifyCLI runs `ferry verify -o json` with args and returns its
+// result and exit code; its log goes to the test's.
+func runVerifyCLI(t *testing.T, args ...string) (vfy.Result, int) {
+	t.Helper()
+	cmd := exec.Command(buildFerry(t), append([]string{"verify", "-o", "json"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	t.Logf("ferry verify %s: exit %d\n%s", strings.Join(args, " "), code, lastLines(stderr.String(), 15))
+	var res vfy.Result
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatalf("verify -o json printed no result (%v): %s", err, stdout.String())
+	}
+	return res, code
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// requireClean fails t unless verify judged something in every check and
+// found no violation.
+func requireClean(t *testing.T, res vfy.Result, code int) {
+	t.Helper()
+	for _, v := range res.Violations {
+		t.Errorf("violation %s: %s", v.Check, v.Message)
+	}
+	if code != 0 || !res.OK() {
+		t.Fatalf("verify exited %d with %d violations, want a clean run", code, len(res.Violations))
+	}
+	if !res.Setup.Drained {
+		t.Fatal("verify's consumers did not drain: loss was not judged")
+	}
+	for _, c := range res.Checks {
+		if c.Checked == 0 {
+			t.Errorf("check %s judged nothing", c.Name)
+		}
+	}
+	t.Logf("verify: %d publishes, %d deliveries, %d acks confirmed, %d refused, %d disruption steps",
+		res.Counts[vfy.Publish], res.Counts[vfy.Deliver], res.Counts[vfy.AckConfirmed], res.Counts[vfy.AckRefused], res.Counts[vfy.Disruption])
+}
+
+// requireNoTopics fails t if verify left a topic behind.
+func requireNoTopics(t *testing.T, admin ferryv1.AdminServiceClient) {
+	t.Helper()
+	resp, err := admin.ListTopics(context.Background(), &ferryv1.ListTopicsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range resp.GetTopics() {
+		t.Errorf("verify left topic %s behind", tp.GetName())
+	}
+}
+
+// TestVerifySingleNode: against a healthy broker, verify finds nothing,
+// exits 0, writes its report and deletes what it created.
+func TestVerifySingleNode(t *testing.T) {
+	p := startFerry(t, t.TempDir())
+	report := filepath.Join(t.TempDir(), "verify.html")
+	res, code := runVerifyCLI(t, "--server", p.grpcAddr, "--duration", "8s", "--report", report)
+	requireClean(t, res, code)
+	requireNoTopics(t, ferryv1.NewAdminServiceClient(p.dial(t)))
+	html, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<svg", "no violations", "at-most-once", "disruptions"} {
+		if !bytes.Contains(html, []byte(want)) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}
+
+// TestVerifyCatchesBrokenAtMostOnce: a broker built with the
+// ferry_broken_amo tag delivers every message twice; verify must report
+// at-most-once violations, with their evidence, and exit non-zero.
+func TestVerifyCatchesBrokenAtMostOnce(t *testing.T) {
+	broken := filepath.Join(t.TempDir(), "ferry-broken")
+	if out, err := exec.Command("go", "build", "-tags", "ferry_broken_amo", "-o", broken, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags ferry_broken_amo: %v\n%s", err, out)
+	}
+	// startFerryUnder's wrapper swaps the binary for the broken build.
+	p := startFerryUnder(t, []string{"sh", "-c", `shift; exec "$0" "$@"`, broken}, t.TempDir())
+	res, code := runVerifyCLI(t, "--server", p.grpcAddr, "--duration", "5s")
+	if code == 0 || res.OK() {
+		t.Fatalf("verify exited %d with no violations against a broker that delivers twice", code)
+	}
+	var amo *vfy.Violation
+	for i, v := range res.Violations {
+		if v.Check == "at-most-once" {
+			amo = &res.Violations[i]
+			break
+		}
+	}
+	if amo == nil {
+		t.Fatalf("no at-most-once violation among %d", len(res.Violations))
+	}
+	if len(amo.Evidence) < 2 || amo.Evidence[0].ID == "" || amo.Evidence[0].ID != amo.Evidence[1].ID {
+		t.Fatalf("at-most-once violation without two deliveries of one id as evidence: %+v", amo)
+	}
+	t.Logf("caught: %s", amo.Message)
+	requireNoTopics(t, ferryv1.NewAdminServiceClient(p.dial(t)))
+}
+
+// TestVerifyClusterNemesis: against a three-node cluster whose nodes
+// verify's nemesis SIGKILLs (the test restarts each on its data dir, as
+// systemd would, and keeps its pid file current), verify finds nothing.
+func TestVerifyClusterNemesis(t *testing.T) {
+	c := newTestCluster(t, 3, false)
+	dir := t.TempDir()
+	var pidFiles []string
+	for _, nd := range c.nodes {
+		pidFiles = append(pidFiles, filepath.Join(dir, fmt.Sprintf("node-%d.pid", nd.id)))
+	}
+	writePids := func() {
+		for i, nd := range c.nodes {
+			if p := nd.process(); p != nil {
+				_ = os.WriteFile(pidFiles[i], fmt.Appendf(nil, "%d\n", p.cmd.Process.Pid), 0o644)
+			}
+		}
+	}
+	writePids()
+	stop := make(chan struct{})
+	var restarts sync.WaitGroup
+	restarts.Go(func() { restartKilled(t, c, stop, writePids) })
+	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "12s", "--nemesis", "kill",
+		"--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "4s")
+	close(stop)
+	restarts.Wait()
+	requireClean(t, res, code)
+	if res.Counts[vfy.Disruption] == 0 {
+		t.Fatal("the nemesis disrupted nothing")
+	}
+	requireNoTopics(t, c.nodes[0].admin())
+}
+
+// restartKilled restarts every node that exits, on its data dir, until
+// stop is closed.
+func restartKilled(t *testing.T, c *testCluster, stop <-chan struct{}, restarted func()) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		for _, nd := range c.nodes {
+			select {
+			case <-nd.process().exited:
+				t.Logf("node %d was killed; restarting it", nd.id)
+				if err := c.startNode(nd); err != nil {
+					t.Errorf("restart node %d: %v", nd.id, err)
+					return
+				}
+				restarted()
+			default:
+			}
+		}
+	}
+}
