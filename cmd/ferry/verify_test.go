@@ -25,6 +25,7 @@ func runVerifyCLI(t *testing.T, args ...string) (vfy.Result, int) {
 	cmd := exec.Command(buildFerry(t), append([]string{"verify", "-o", "json"}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	err := cmd.Run()
 	code := 0
 	var exit *exec.ExitError
@@ -34,7 +35,7 @@ func runVerifyCLI(t *testing.T, args ...string) (vfy.Result, int) {
 	case err != nil:
 		t.Fatal(err)
 	}
-	t.Logf("ferry verify %s: exit %d\n%s", strings.Join(args, " "), code, lastLines(stderr.String(), 15))
+	t.Logf("ferry verify %s: exit %d after %v\n%s", strings.Join(args, " "), code, time.Since(start).Round(time.Millisecond), lastLines(stderr.String(), 15))
 	var res vfy.Result
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 		t.Fatalf("verify -o json printed no result (%v): %s", err, stdout.String())
@@ -98,6 +99,52 @@ func TestVerifySingleNode(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
+}
+
+// TestVerifyPauseNemesis: verify's pause nemesis stops the broker with
+// SIGSTOP and resumes it with SIGCONT; the broker keeps its promises.
+func TestVerifyPauseNemesis(t *testing.T) {
+	p := startFerry(t, t.TempDir())
+	res, code := runVerifyCLI(t, "--server", p.grpcAddr, "--duration", "8s", "--nemesis", "pause",
+		"--pids", fmt.Sprint(p.cmd.Process.Pid), "--nemesis-interval", "3s", "--pause-for", "1s")
+	requireClean(t, res, code)
+	if res.Counts[vfy.Disruption] < 2 {
+		t.Fatalf("%d disruption steps recorded, want a SIGSTOP and its SIGCONT at least", res.Counts[vfy.Disruption])
+	}
+	requireNoTopics(t, ferryv1.NewAdminServiceClient(p.dial(t)))
+}
+
+// TestVerifyInterruptCleansUp: Ctrl-C stops verify, which deletes what it
+// created and exits non-zero (nothing was judged).
+func TestVerifyInterruptCleansUp(t *testing.T) {
+	p := startFerry(t, t.TempDir())
+	admin := ferryv1.NewAdminServiceClient(p.dial(t))
+	cmd := exec.Command(buildFerry(t), "verify", "--server", p.grpcAddr, "--duration", "1m")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Interrupt mid-run: once its consumers attached (the none
+	// subscription exists only while they are).
+	waitFor(t, 30*time.Second, "verify's consumers", func() bool {
+		resp, err := admin.ListTopics(context.Background(), &ferryv1.ListTopicsRequest{})
+		for _, tp := range resp.GetTopics() {
+			subs, serr := admin.ListSubscriptions(context.Background(), &ferryv1.ListSubscriptionsRequest{Topic: tp.GetName()})
+			if err == nil && serr == nil && len(subs.GetSubscriptions()) == 7 {
+				return true
+			}
+		}
+		return false
+	})
+	_ = cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	t.Logf("verify after Ctrl-C: %v\n%s", err, lastLines(stderr.String(), 5))
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Fatalf("verify interrupted exited with %v, want a non-zero status", err)
+	}
+	requireNoTopics(t, admin)
 }
 
 // TestVerifyCatchesBrokenAtMostOnce: a broker built with the

@@ -31,6 +31,7 @@ func checkStored(s Setup, ix *index) (int, []Violation) {
 	}
 	vs = append(vs, storedTwice(ix)...)
 	vs = append(vs, ackedTwice(ix)...)
+	vs = append(vs, realTimeOrder(s, ix)...)
 	if len(vs) == 0 {
 		if res, why := linearizable(s, ix); res != porcupine.Ok {
 			vs = append(vs, Violation{Message: fmt.Sprintf("the log of %s is not linearizable (%s): %s", s.Topic, res, strings.Join(why, "; "))})
@@ -87,6 +88,30 @@ func ackedTwice(ix *index) []Violation {
 				Evidence: []Event{o, e}})
 		}
 		at[e.place()] = e
+	}
+	return vs
+}
+
+// realTimeOrder finds a message stored before another whose publish was
+// acknowledged before its own publish was called: the log does not follow
+// real time.
+func realTimeOrder(s Setup, ix *index) []Violation {
+	var vs []Violation
+	for _, rs := range readsByPartition(ix, s.Topic) {
+		var later *Event // the acknowledged publish stored after, answered first
+		for i := len(rs) - 1; i >= 0; i-- {
+			x, ok := ix.published[rs[i].ID]
+			if !ok {
+				continue
+			}
+			if later != nil && later.Time.Before(x.Call) {
+				vs = append(vs, Violation{Message: fmt.Sprintf("%s is stored at %s, before %s at %s, though %s was acknowledged at %s and %s only called at %s",
+					x.ID, rs[i].place(), later.ID, later.place(), later.ID, stamp(later.Time), x.ID, stamp(x.Call)), Evidence: []Event{x, *later, rs[i]}})
+			}
+			if x.Acked && (later == nil || x.Time.Before(later.Time)) {
+				later = &x
+			}
+		}
 	}
 	return vs
 }

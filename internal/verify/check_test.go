@@ -88,6 +88,13 @@ func TestCheckRejects(t *testing.T) {
 			c.Acked = false
 			return append(ev, c, read("in", "c", "", 0), read("in", "a", "", 1), read("in", "b", "", 2))
 		}, "acknowledged at"},
+		{"stored before a publish answered before it was called", "stored", func(ev []Event) []Event {
+			// Every acknowledged offset holds its id; the order breaks real time.
+			ev = drop(ev, func(e Event) bool { return e.Topic == "in" && (e.Kind == Read || e.Kind == Publish) })
+			c := pub("c", "", 0, 50)
+			c.Acked = false
+			return append(ev, pub("a", "k", 1, 10), c, read("in", "c", "", 0), read("in", "a", "", 1))
+		}, "c is stored at in/0@0, before a"},
 		{"phantom delivery", "delivered-as-stored", func(ev []Event) []Event {
 			return append(ev, deliver("alo", "c2", "zz", "", 0, 2, 200))
 		}, "the log holds a there"},

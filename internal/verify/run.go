@@ -91,8 +91,7 @@ type run struct {
 	setup Setup
 
 	draining atomic.Bool // producers stopped: consumers only ack now
-	seq      atomic.Int64
-	rngMu    sync.Mutex // guards rng
+	rngMu    sync.Mutex  // guards rng
 	rng      *rand.Rand
 }
 

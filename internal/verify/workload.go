@@ -41,7 +41,9 @@ func (r *run) workload(ctx context.Context) error {
 	stopNemesis()
 	nemesis.Wait()
 	r.draining.Store(true)
-	r.setup.Drained = r.drain(ctx)
+	if ctx.Err() == nil {
+		r.setup.Drained = r.drain(ctx)
+	}
 	stopConsumers()
 	consumers.Wait()
 	close(errs)
