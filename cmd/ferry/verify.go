@@ -82,7 +82,7 @@ delete pod ferry-1"). Each disruption is recorded in the history.`,
 	f.DurationVar(&vf.nemesisInterval, "nemesis-interval", 5*time.Second, "time between disruptions")
 	f.DurationVar(&vf.pauseFor, "pause-for", 2*time.Second, "how long --nemesis pause keeps a process stopped")
 	f.IntVar(&vf.o.Producers, "producers", 3, "producers publishing at once")
-	f.IntVar(&vf.o.Rate, "rate", 100, "publishes per second per producer")
+	f.IntVar(&vf.o.Rate, "rate", 50, "publishes per second per producer")
 	f.Uint32Var(&vf.o.Partitions, "partitions", 3, "partitions of the topics verify creates")
 	f.DurationVar(&vf.o.AckTimeout, "ack-timeout", 2*time.Second, "ack timeout of the subscriptions verify creates")
 	f.DurationVar(&vf.o.DrainTimeout, "drain-timeout", time.Minute, "how long consumers may take to drain once producers stop")

@@ -199,7 +199,7 @@ func TestVerifyClusterNemesis(t *testing.T) {
 	stop := make(chan struct{})
 	var restarts sync.WaitGroup
 	restarts.Go(func() { restartKilled(t, c, stop, writePids) })
-	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "12s", "--nemesis", "kill",
+	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "12s", "--rate", "40", "--nemesis", "kill",
 		"--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "4s")
 	close(stop)
 	restarts.Wait()

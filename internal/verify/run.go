@@ -25,7 +25,7 @@ type Options struct {
 	Duration time.Duration
 	// Producers is how many producers publish at once. Default 3.
 	Producers int
-	// Rate is each producer's publishes per second. Default 100.
+	// Rate is each producer's publishes per second. Default 50.
 	Rate int
 	// Partitions of the topics the run creates. Default 3.
 	Partitions uint32
@@ -66,7 +66,7 @@ func (o *Options) withDefaults() error {
 		o.Producers = 3
 	}
 	if o.Rate <= 0 {
-		o.Rate = 100
+		o.Rate = 50
 	}
 	if o.Partitions == 0 {
 		o.Partitions = 3
@@ -113,18 +113,25 @@ func Run(ctx context.Context, o Options) (Result, []Event, error) {
 	defer c.Close()
 	r := &run{o: o, c: c, h: &History{}, rng: rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15))}
 	defer r.cleanup()
+	start := time.Now()
 	if err := r.create(ctx); err != nil {
 		return Result{}, nil, err
 	}
-	o.Log.Info("verify: running", "prefix", o.Prefix, "duration", o.Duration, "seed", o.Seed)
+	o.Log.Info("verify: topics and subscriptions created; running", "prefix", o.Prefix, "took", time.Since(start).Round(time.Millisecond),
+		"duration", o.Duration, "seed", o.Seed)
 	if err := r.workload(ctx); err != nil {
 		return Result{}, r.h.Events(), err
 	}
+	start = time.Now()
 	if err := r.readBack(ctx); err != nil {
 		return Result{}, r.h.Events(), err
 	}
+	o.Log.Info("verify: logs read back", "took", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
 	ev := r.h.Events()
-	return Check(r.setup, ev), ev, nil
+	res := Check(r.setup, ev)
+	o.Log.Info("verify: history checked", "events", len(ev), "violations", len(res.Violations), "took", time.Since(start).Round(time.Millisecond))
+	return res, ev, nil
 }
 
 // The subscriptions a run creates: one of each guarantee and type.

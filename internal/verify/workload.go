@@ -24,14 +24,16 @@ func (r *run) workload(ctx context.Context) error {
 	cctx, stopConsumers := context.WithCancel(ctx)
 	defer stopConsumers()
 	var consumers sync.WaitGroup
-	errs := make(chan error, 64)
 	for _, s := range runSubs {
 		n := 2
-		if s.spec.Type == "exclusive" {
+		switch s.spec.Type {
+		case "exclusive":
 			n = 1
+		case KeyShared:
+			n = 4 // one handler each (see session)
 		}
 		for i := range n {
-			consumers.Go(func() { r.consume(cctx, r.o.Prefix+s.name, s.spec, i, errs) })
+			consumers.Go(func() { r.consume(cctx, r.o.Prefix+s.name, s.spec, i) })
 		}
 	}
 	nctx, stopNemesis := context.WithCancel(ctx)
@@ -42,15 +44,16 @@ func (r *run) workload(ctx context.Context) error {
 	nemesis.Wait()
 	r.draining.Store(true)
 	if ctx.Err() == nil {
+		start := time.Now()
 		r.setup.Drained = r.drain(ctx)
+		r.o.Log.Info("verify: producers stopped; consumers drained", "drained", r.setup.Drained, "took", time.Since(start).Round(time.Millisecond))
 	}
 	stopConsumers()
 	consumers.Wait()
-	close(errs)
 	if ctx.Err() != nil {
 		return fmt.Errorf("verify: interrupted: %w", ctx.Err())
 	}
-	return <-errs
+	return nil
 }
 
 // publish runs the producers for the run's duration.
@@ -113,59 +116,69 @@ func (r *run) answered(f *client.PublishFuture, m *client.Message, call time.Tim
 func (r *run) drain(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, r.o.DrainTimeout)
 	defer cancel()
+	lastLog := time.Now()
 	for {
-		if r.drained(ctx) {
+		left := r.undrained(ctx)
+		if left == "" {
 			return true
+		}
+		if time.Since(lastLog) > 5*time.Second {
+			r.o.Log.Info("verify: draining", "left", left)
+			lastLog = time.Now()
 		}
 		select {
 		case <-ctx.Done():
-			r.o.Log.Warn("verify: consumers did not drain in time; loss is not judged", "drain_timeout", r.o.DrainTimeout)
+			r.o.Log.Warn("verify: consumers did not drain in time; loss is not judged", "drain_timeout", r.o.DrainTimeout, "left", left)
 			return false
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
 
-func (r *run) drained(ctx context.Context) bool {
-	for name, spec := range r.setup.Subs {
-		if spec.Guarantee != AtLeastOnce && spec.Guarantee != EffectivelyOnce {
+// undrained says what a durable subscription still has to deliver; ""
+// when none has anything.
+func (r *run) undrained(ctx context.Context) string {
+	for _, name := range sortedKeys(r.setup.Subs) {
+		if g := r.setup.Subs[name].Guarantee; g != AtLeastOnce && g != EffectivelyOnce {
 			continue
 		}
 		s, err := r.c.GetSubscription(ctx, r.setup.Topic, name)
-		if err != nil || s.Stats.Backlog > 0 || s.Stats.InFlight > 0 {
-			return false
+		switch {
+		case err != nil:
+			return fmt.Sprintf("%s: %v", name, err)
+		case s.Stats.Backlog > 0 || s.Stats.InFlight > 0:
+			return fmt.Sprintf("%s: backlog %d, in flight %d, consumers %d", name, s.Stats.Backlog, s.Stats.InFlight, s.Stats.Consumers)
 		}
 	}
-	return true
+	return ""
 }
 
 // consume runs one consumer of sub until ctx ends: sessions of a few
-// seconds each, each ended by a deliberate disconnect.
-func (r *run) consume(ctx context.Context, sub string, spec SubSpec, i int, errs chan<- error) {
+// seconds each, each ended by a deliberate disconnect. A session the
+// broker refuses (an exclusive subscription still held by the last
+// session, a node that does not know the subscription yet) is recorded
+// and tried again: what it missed shows in the checks.
+func (r *run) consume(ctx context.Context, sub string, spec SubSpec, i int) {
 	for session := 0; ctx.Err() == nil; session++ {
 		name := fmt.Sprintf("%s/c%d.%d", strings.TrimPrefix(sub, r.o.Prefix), i, session)
 		sctx, cancel := context.WithTimeout(ctx, r.between(2*time.Second, 6*time.Second))
 		err := r.session(sctx, sub, spec, name)
 		cancel()
-		if err != nil && !r.refusedExclusive(spec, err) {
-			select {
-			case errs <- fmt.Errorf("verify: consumer %s: %w", name, err):
-			default:
+		e := Event{Kind: Disconnect, Topic: r.setup.Topic, Sub: sub, Consumer: name}
+		if err != nil {
+			e.Err = err.Error()
+			if spec.Type != "exclusive" {
+				r.o.Log.Warn("verify: consumer refused; trying again", "consumer", name, "err", err)
 			}
-			return
 		}
-		r.h.Add(Event{Kind: Disconnect, Topic: r.setup.Topic, Sub: sub, Consumer: name})
+		r.h.Add(e)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
 	}
-}
-
-// refusedExclusive: an exclusive subscription refuses a consumer while its
-// last one is still attached on the broker; the next session tries again.
-func (r *run) refusedExclusive(spec SubSpec, err error) bool {
-	if spec.Type != "exclusive" {
-		return false
-	}
-	time.Sleep(200 * time.Millisecond)
-	return true
 }
 
 // session is one Subscribe (or Process, for the pipeline) call.
@@ -180,6 +193,9 @@ func (r *run) session(ctx context.Context, sub string, spec SubSpec, name string
 		opts = append(opts, client.WithCreateNone())
 	}
 	if sub == r.setup.Pipeline {
+		// A Commit to another topic's partitions is slow in a cluster:
+		// more of them in flight keep up with the producers.
+		opts = append(opts, client.WithConcurrency(16))
 		return r.c.Process(ctx, r.setup.Topic, sub, func(ctx context.Context, m *client.Message) ([]*client.Message, error) {
 			return r.transform(sub, name, m)
 		}, opts...)
