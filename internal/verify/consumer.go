@@ -12,7 +12,7 @@ import (
 var errNack = errors.New("verify: nacked on purpose")
 
 // handle records a delivery and settles it at random: mostly an ack, else
-// a nack or a silence (the ack deadline passes, then the consumer acks
+// a nack (10%) or a silence (2%) (the ack deadline passes, then the consumer acks
 // anyway: under effectively-once that ack must be refused if the message
 // was redelivered meanwhile). Once producers stop it only acks.
 // Effectively-once acks wait for the broker's answer, which says whether
@@ -31,7 +31,7 @@ func (r *run) handle(ctx context.Context, sub string, spec SubSpec, name string,
 	case roll < 0.1:
 		mark(Nack)
 		return errNack
-	case roll < 0.15 && spec.Guarantee != AtMostOnce && spec.Type != KeyShared:
+	case roll < 0.12 && spec.Guarantee != AtMostOnce && spec.Type != KeyShared:
 		mark(Silence)
 		select {
 		case <-time.After(r.o.AckTimeout + r.between(100*time.Millisecond, time.Second)):

@@ -25,6 +25,9 @@ func WriteReport(path string, r Result, events []Event) error {
 	return f.Close()
 }
 
+// maxReported is how many violations the report shows; -o json has all.
+const maxReported = 200
+
 // Timeline geometry, in SVG units.
 const (
 	tlLeft   = 240
@@ -53,6 +56,7 @@ type tick struct {
 
 type reportData struct {
 	Result Result
+	Shown  []Violation // the first maxReported violations
 	Lanes  []lane
 	Height int
 	Width  int
@@ -63,7 +67,7 @@ type reportData struct {
 
 // RenderReport writes the report's HTML to w.
 func RenderReport(w io.Writer, r Result, events []Event) error {
-	d := reportData{Result: r, Width: tlLeft + tlWidth + 10, Left: tlLeft}
+	d := reportData{Result: r, Width: tlLeft + tlWidth + 10, Left: tlLeft, Shown: r.Violations[:min(len(r.Violations), maxReported)]}
 	if len(events) > 0 {
 		start, end := events[0].Time, events[len(events)-1].Time
 		d.Start, d.Span = start.UTC().Format(time.RFC3339Nano), end.Sub(start).Round(time.Millisecond).String()
@@ -101,7 +105,7 @@ func lanes(r Result, events []Event, start, end time.Time) []lane {
 		}
 	}
 	vio := lane{Label: "violations"}
-	for _, v := range r.Violations {
+	for _, v := range r.Violations[:min(len(r.Violations), maxReported)] {
 		for _, e := range v.Evidence {
 			if !e.Time.IsZero() {
 				vio.Ticks = append(vio.Ticks, tick{x(e.Time), v.Check + ": " + v.Message})
@@ -169,7 +173,8 @@ pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:12px}
 <h2>Counts</h2>
 <table>{{range $k, $v := .Result.Counts}}<tr><td>{{$k}}</td><td>{{$v}}</td></tr>{{end}}</table>
 {{if .Result.Violations}}<h2>Violations</h2>
-{{range .Result.Violations}}<p class="fail">{{.Check}}: {{.Message}}</p><pre>{{range .Evidence}}{{.}}
+{{if gt (len .Result.Violations) (len .Shown)}}<p>The first {{len .Shown}} are shown; <code>-o json</code> lists them all.</p>{{end}}
+{{range .Shown}}<p class="fail">{{.Check}}: {{.Message}}</p><pre>{{range .Evidence}}{{.}}
 {{end}}</pre>{{end}}{{end}}
 </body></html>
 `))

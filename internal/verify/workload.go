@@ -182,8 +182,11 @@ func (r *run) consume(ctx context.Context, sub string, spec SubSpec, i int) {
 }
 
 // session is one Subscribe (or Process, for the pipeline) call.
+// Sixteen handlers a consumer: a silenced one holds its handler past the
+// ack deadline, and a Commit to another topic's partitions is slow in a
+// cluster.
 func (r *run) session(ctx context.Context, sub string, spec SubSpec, name string) error {
-	opts := []client.SubscribeOption{client.WithConcurrency(4), client.WithMaxExtension(time.Millisecond),
+	opts := []client.SubscribeOption{client.WithConcurrency(16), client.WithMaxExtension(time.Millisecond),
 		client.WithDrainTimeout(2 * r.o.AckTimeout), client.WithReconnectBackoff(50*time.Millisecond, time.Second)}
 	if spec.Type == KeyShared {
 		// One handler: deliveries are recorded in the order received.
@@ -193,9 +196,6 @@ func (r *run) session(ctx context.Context, sub string, spec SubSpec, name string
 		opts = append(opts, client.WithCreateNone())
 	}
 	if sub == r.setup.Pipeline {
-		// A Commit to another topic's partitions is slow in a cluster:
-		// more of them in flight keep up with the producers.
-		opts = append(opts, client.WithConcurrency(16))
 		return r.c.Process(ctx, r.setup.Topic, sub, func(ctx context.Context, m *client.Message) ([]*client.Message, error) {
 			return r.transform(sub, name, m)
 		}, opts...)
