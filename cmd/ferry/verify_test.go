@@ -83,12 +83,19 @@ func requireNoTopics(t *testing.T, admin ferryv1.AdminServiceClient) {
 }
 
 // TestVerifySingleNode: against a healthy broker, verify finds nothing,
-// exits 0, writes its report and deletes what it created.
+// exits 0, writes its report and deletes what it created. Its nemesis
+// command only leaves a trace, to show it runs and is recorded.
 func TestVerifySingleNode(t *testing.T) {
 	p := startFerry(t, t.TempDir())
-	report := filepath.Join(t.TempDir(), "verify.html")
-	res, code := runVerifyCLI(t, "--server", p.grpcAddr, "--duration", "8s", "--report", report)
+	dir := t.TempDir()
+	report, trace := filepath.Join(dir, "verify.html"), filepath.Join(dir, "nemesis.log")
+	res, code := runVerifyCLI(t, "--server", p.grpcAddr, "--duration", "8s", "--report", report,
+		"--nemesis-command", "echo disrupted >> "+trace, "--nemesis-interval", "3s")
 	requireClean(t, res, code)
+	ran, _ := os.ReadFile(trace)
+	if n := bytes.Count(ran, []byte("disrupted")); n == 0 || res.Counts[vfy.Disruption] != n {
+		t.Errorf("the nemesis command ran %d times, %d disruptions recorded", n, res.Counts[vfy.Disruption])
+	}
 	requireNoTopics(t, ferryv1.NewAdminServiceClient(p.dial(t)))
 	html, err := os.ReadFile(report)
 	if err != nil {

@@ -164,3 +164,19 @@ func drop(ev []Event, bad func(Event) bool) []Event {
 	}
 	return out
 }
+
+// TestPrintText: a violation is printed with its evidence, and a failed
+// check is marked.
+func TestPrintText(t *testing.T) {
+	ev := append(cleanHistory(), deliver("amo", "c2", "a", "k", 0, 1, 200))
+	var b strings.Builder
+	if err := PrintText(&b, Check(testSetup(), ev)); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"FAIL at-most-once", "VIOLATION at-most-once: amo (at-most-once) delivered a (in/0@0) 2 times",
+		"deliver sub=amo consumer=c2 id=a key=k at=in/0@0 attempt=1", "ok   stored"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, b.String())
+		}
+	}
+}
