@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -154,35 +155,40 @@ func TestVerifyInterruptCleansUp(t *testing.T) {
 	requireNoTopics(t, admin)
 }
 
-// TestVerifyCatchesBrokenAtMostOnce: a broker built with the
-// ferry_broken_amo tag delivers every message twice; verify must report
-// at-most-once violations, with their evidence, and exit non-zero.
-func TestVerifyCatchesBrokenAtMostOnce(t *testing.T) {
-	broken := filepath.Join(t.TempDir(), "ferry-broken")
-	if out, err := exec.Command("go", "build", "-tags", "ferry_broken_amo", "-o", broken, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build -tags ferry_broken_amo: %v\n%s", err, out)
+// TestVerifyCatchesBrokenBuilds: brokers built with a ferry_broken_* tag
+// break one promise each — broken_amo.go sends every delivery twice,
+// broken_offset.go acknowledges some publishes at the wrong offset — and
+// verify must report that promise's violations, with two events of one id
+// as evidence, and exit non-zero.
+func TestVerifyCatchesBrokenBuilds(t *testing.T) {
+	for _, tc := range []struct{ tag, check string }{
+		{"ferry_broken_amo", "at-most-once"},
+		{"ferry_broken_offset", "stored"},
+	} {
+		t.Run(tc.tag, func(t *testing.T) {
+			broken := filepath.Join(t.TempDir(), "ferry-broken")
+			if out, err := exec.Command("go", "build", "-tags", tc.tag, "-o", broken, ".").CombinedOutput(); err != nil {
+				t.Fatalf("go build -tags %s: %v\n%s", tc.tag, err, out)
+			}
+			// startFerryUnder's wrapper swaps the binary for the broken build.
+			p := startFerryUnder(t, []string{"sh", "-c", `shift; exec "$0" "$@"`, broken}, t.TempDir())
+			res, code := runVerifyCLI(t, "--server", p.grpcAddr, "--duration", "5s")
+			if code == 0 || res.OK() {
+				t.Fatalf("verify exited %d with no violations against a broken broker", code)
+			}
+			i := slices.IndexFunc(res.Violations, func(v vfy.Violation) bool { return v.Check == tc.check })
+			if i < 0 {
+				t.Fatalf("no %s violation among %d", tc.check, len(res.Violations))
+			}
+			v := res.Violations[i]
+			if len(v.Evidence) < 2 || v.Evidence[0].ID == "" || v.Evidence[0].ID != v.Evidence[1].ID &&
+				v.Evidence[0].Offset != v.Evidence[1].Offset {
+				t.Fatalf("%s violation without evidence naming one id or offset twice: %+v", tc.check, v)
+			}
+			t.Logf("caught: %s", v.Message)
+			requireNoTopics(t, ferryv1.NewAdminServiceClient(p.dial(t)))
+		})
 	}
-	// startFerryUnder's wrapper swaps the binary for the broken build.
-	p := startFerryUnder(t, []string{"sh", "-c", `shift; exec "$0" "$@"`, broken}, t.TempDir())
-	res, code := runVerifyCLI(t, "--server", p.grpcAddr, "--duration", "5s")
-	if code == 0 || res.OK() {
-		t.Fatalf("verify exited %d with no violations against a broker that delivers twice", code)
-	}
-	var amo *vfy.Violation
-	for i, v := range res.Violations {
-		if v.Check == "at-most-once" {
-			amo = &res.Violations[i]
-			break
-		}
-	}
-	if amo == nil {
-		t.Fatalf("no at-most-once violation among %d", len(res.Violations))
-	}
-	if len(amo.Evidence) < 2 || amo.Evidence[0].ID == "" || amo.Evidence[0].ID != amo.Evidence[1].ID {
-		t.Fatalf("at-most-once violation without two deliveries of one id as evidence: %+v", amo)
-	}
-	t.Logf("caught: %s", amo.Message)
-	requireNoTopics(t, ferryv1.NewAdminServiceClient(p.dial(t)))
 }
 
 // TestVerifyClusterNemesis: against a three-node cluster whose nodes
