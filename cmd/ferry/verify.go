@@ -54,6 +54,8 @@ partition is read back, and the history is checked:
                        a confirmed ack, a stale attempt's ack refused
   pipeline             exactly one Commit output per input
   key-order            key-shared: per-key order, one consumer per key
+  drained              once producers stop, consumers receive everything
+                       within --drain-timeout
 
 Each violation is printed with its evidence (ids, offsets, times); the exit
 status is 0 only when there is none. What verify created is deleted at the

@@ -50,6 +50,17 @@ var checkers = []checker{
 	{"effectively-once", "effectively-once: an attempt is never delivered twice, nothing is delivered after a confirmed ack, a stale attempt's ack is refused", checkEffectivelyOnce},
 	{"pipeline", "a Commit pipeline writes exactly one output per input", checkPipeline},
 	{"key-order", "key-shared: each key's messages are first delivered in offset order, to one consumer at a time", checkKeyShared},
+	{"drained", "once producers stop, durable subscriptions deliver everything within the drain timeout", checkDrained},
+}
+
+// checkDrained: a subscription that never delivers what it holds breaks
+// its promise as surely as one that loses it; the other checks judge loss
+// only when the run drained.
+func checkDrained(s Setup, _ *index) (int, []Violation) {
+	if s.Drained {
+		return 1, nil
+	}
+	return 1, []Violation{{Message: "consumers did not receive everything in time (loss was not judged): " + s.Undrained}}
 }
 
 // Check judges events against every promise of the subscriptions in s.

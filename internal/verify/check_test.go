@@ -145,13 +145,15 @@ func TestCheckRejects(t *testing.T) {
 	}
 }
 
-// TestCheckUndrained: loss is not judged when the run could not drain.
+// TestCheckUndrained: loss is not judged when the run could not drain,
+// but the run fails for it.
 func TestCheckUndrained(t *testing.T) {
 	s := testSetup()
-	s.Drained = false
+	s.Drained, s.Undrained = false, "alo: backlog 2, in flight 0, consumers 1"
 	ev := drop(cleanHistory(), func(e Event) bool { return e.Kind == Deliver && e.Sub == "alo" })
-	if res := Check(s, ev); !res.OK() {
-		t.Fatalf("violations: %+v", res.Violations)
+	res := Check(s, ev)
+	if len(res.Violations) != 1 || res.Violations[0].Check != "drained" || !strings.Contains(res.Violations[0].Message, "alo: backlog 2") {
+		t.Fatalf("violations: %+v, want one of drained", res.Violations)
 	}
 }
 

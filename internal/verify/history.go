@@ -112,6 +112,8 @@ type Setup struct {
 	// Drained: consumers ran until every acknowledged publish was delivered
 	// (or gave up trying); loss is only judged when true.
 	Drained bool `json:"drained"`
+	// Undrained says what was left when the run gave up draining.
+	Undrained string `json:"undrained,omitempty"`
 }
 
 // SubSpec is a subscription's guarantee and type, in the CLI's words

@@ -15,7 +15,7 @@ func PrintText(w io.Writer, r Result) error {
 	var b strings.Builder
 	drained := "drained"
 	if !r.Setup.Drained {
-		drained = "NOT drained (loss not judged)"
+		drained = "NOT drained"
 	}
 	fmt.Fprintf(&b, "ferry verify: topic %s, %d publishes, %d deliveries, %d acks confirmed, %d refused, %d disruption steps; %s\n",
 		r.Setup.Topic, r.Counts[Publish], r.Counts[Deliver], r.Counts[AckConfirmed], r.Counts[AckRefused], r.Counts[Disruption], drained)

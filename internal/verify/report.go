@@ -157,7 +157,7 @@ pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:12px}
 </style></head><body>
 <h1>ferry verify: {{if .Result.OK}}<span class="ok">no violations</span>{{else}}<span class="fail">{{len .Result.Violations}} violations</span>{{end}}</h1>
 <p>Topic {{.Result.Setup.Topic}}, output topic {{.Result.Setup.OutputTopic}}; started {{.Start}}, lasted {{.Span}};
-{{if .Result.Setup.Drained}}consumers drained{{else}}consumers did not drain: loss not judged{{end}}.</p>
+{{if .Result.Setup.Drained}}consumers drained{{else}}consumers did not drain: loss not judged ({{.Result.Setup.Undrained}}){{end}}.</p>
 <h2>Timeline</h2>
 <svg width="{{.Width}}" height="{{.Height}}" xmlns="http://www.w3.org/2000/svg" font-size="11">
 {{range .Lanes}}<text x="4" y="{{.Y}}" dy="18">{{.Label}}</text>

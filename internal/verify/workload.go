@@ -45,7 +45,8 @@ func (r *run) workload(ctx context.Context) error {
 	r.draining.Store(true)
 	if ctx.Err() == nil {
 		start := time.Now()
-		r.setup.Drained = r.drain(ctx)
+		r.setup.Undrained = r.drain(ctx)
+		r.setup.Drained = r.setup.Undrained == ""
 		r.o.Log.Info("verify: producers stopped; consumers drained", "drained", r.setup.Drained, "took", time.Since(start).Round(time.Millisecond))
 	}
 	stopConsumers()
@@ -112,15 +113,15 @@ func (r *run) answered(f *client.PublishFuture, m *client.Message, call time.Tim
 
 // drain waits until every durable subscription has nothing left to
 // deliver (no backlog, nothing in flight) or the drain timeout passes. It
-// reports whether it drained.
-func (r *run) drain(ctx context.Context) bool {
+// returns what was left, "" when it drained.
+func (r *run) drain(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, r.o.DrainTimeout)
 	defer cancel()
 	lastLog := time.Now()
 	for {
 		left := r.undrained(ctx)
 		if left == "" {
-			return true
+			return ""
 		}
 		if time.Since(lastLog) > 5*time.Second {
 			r.o.Log.Info("verify: draining", "left", left)
@@ -128,8 +129,8 @@ func (r *run) drain(ctx context.Context) bool {
 		}
 		select {
 		case <-ctx.Done():
-			r.o.Log.Warn("verify: consumers did not drain in time; loss is not judged", "drain_timeout", r.o.DrainTimeout, "left", left)
-			return false
+			r.o.Log.Warn("verify: consumers did not drain in time", "drain_timeout", r.o.DrainTimeout, "left", left)
+			return left
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
