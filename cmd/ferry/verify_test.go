@@ -212,8 +212,8 @@ func TestVerifyClusterNemesis(t *testing.T) {
 	stop := make(chan struct{})
 	var restarts sync.WaitGroup
 	restarts.Go(func() { restartKilled(t, c, stop, writePids) })
-	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "12s", "--rate", "40", "--nemesis", "kill",
-		"--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "4s")
+	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "8s", "--rate", "40", "--nemesis", "kill",
+		"--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "3s")
 	close(stop)
 	restarts.Wait()
 	requireClean(t, res, code)
