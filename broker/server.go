@@ -126,6 +126,7 @@ func Open(opts Options) (*Server, error) {
 		grpc.ForceServerCodecV2(newRequestCodec()),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), logInternal(s.log)),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), logInternalStream(s.log)),
+		grpc.ChainStreamInterceptor(brokenStreams...), // none but in a ferry_broken_* test build
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		// A fixed window per stream (gRPC's default grows it with the
 		// bandwidth-delay product, up to 16 MiB): what a client sends on a

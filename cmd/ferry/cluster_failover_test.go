@@ -268,7 +268,7 @@ func (l *publishLoad) produce(tb testing.TB, w int) {
 		part := uint32(rng.IntN(int(l.parts)))
 		payload := fmt.Appendf(nil, "%s|%016x", id, rng.Uint64())
 		msg := &ferryv1.PublishMessage{Id: id, Payload: payload, Partition: &part}
-		key := logKey{l.topic, part}
+		key := logKey{Topic: l.topic, Partition: part}
 		call := l.hist.now()
 		deadline := time.Now().Add(30 * time.Second)
 		for attempt := 0; ; attempt++ {
@@ -317,7 +317,7 @@ func (l *publishLoad) send(nd *clusterNode, msg *ferryv1.PublishMessage, limit t
 // recorded in the history (and as an ack, if it is one).
 func (l *publishLoad) publishVia(nd *clusterNode, id string, part uint32, limit time.Duration) (*ferryv1.PublishResult, error) {
 	msg := &ferryv1.PublishMessage{Id: id, Payload: []byte(id), Partition: &part}
-	key := logKey{l.topic, part}
+	key := logKey{Topic: l.topic, Partition: part}
 	call := l.hist.now()
 	start := time.Now()
 	r, err := l.send(nd, msg, limit)
@@ -364,7 +364,7 @@ func (l *publishLoad) readSince(nd *clusterNode, part uint32, call int64) error 
 	for i, m := range msgs {
 		ids[i] = m.GetId()
 	}
-	l.hist.read(logKey{l.topic, part}, call, ids)
+	l.hist.read(logKey{Topic: l.topic, Partition: part}, call, ids)
 	return nil
 }
 

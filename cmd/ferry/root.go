@@ -28,6 +28,7 @@ func newRootCommand() *cobra.Command {
 		newConsumeCommand(),
 		newTopCommand(),
 		newBenchCommand(),
+		newVerifyCommand(),
 		newClusterCommand(),
 		newVersionCommand(),
 	)
