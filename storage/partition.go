@@ -408,11 +408,15 @@ func (p *Partition) hold(ctx context.Context) (partitionState, func(partitionSta
 	}
 }
 
-// commit applies one group in one transaction and passes it to the syncer.
-// A group too big for one transaction is split and each command committed
-// alone.
+// commit has the store's committer apply one group, commit it (with other
+// partitions' groups) and pass it to the syncer. A group too big for one
+// transaction is split and each command committed alone.
 func (p *Partition) commit(st partitionState, group []*request, cmds []*command) partitionState {
-	next, results, err := p.applyTxn(st, cmds)
+	size := 0
+	for _, c := range cmds {
+		size += c.size
+	}
+	next, err := p.sync.commits.do(p, st, group, cmds, size)
 	if errors.Is(err, badger.ErrTxnTooBig) && len(group) > 1 {
 		for i := range group {
 			st = p.commit(st, group[i:i+1], cmds[i:i+1])
@@ -427,8 +431,6 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		}
 		return st
 	}
-	next.commitDedup()
-	p.sync.enqueue(p.syncGroupOf(st, next, group, cmds, results))
 	return next
 }
 
@@ -510,6 +512,7 @@ type syncer struct {
 	metrics *Metrics
 	log     *slog.Logger
 	guard   *diskGuard // told of sync errors; partitions tell it of commit errors
+	commits *committer // commits partitions' groups, then queues them here
 }
 
 // slowFsync is how long an fsync may take before it is logged.
@@ -519,6 +522,7 @@ func newSyncer(db *badger.DB, opts *Options, guard *diskGuard) *syncer {
 	s := &syncer{db: db, policy: opts.Fsync, clk: opts.Clock, metrics: opts.Metrics, log: opts.Logger, guard: guard,
 		queue: make(chan syncGroup, opts.QueueLength), done: make(chan struct{})}
 	go s.run()
+	s.commits = newCommitter(s, opts)
 	return s
 }
 
@@ -527,6 +531,7 @@ func (s *syncer) enqueue(g syncGroup) { s.queue <- g }
 // close waits for every enqueued group to be synced and answered. Only call
 // it after every writer has exited.
 func (s *syncer) close() {
+	s.commits.close()
 	close(s.queue)
 	<-s.done
 }
