@@ -18,7 +18,10 @@ import (
 // transaction, commits once and queues each group with the syncer, which
 // fsyncs them together.
 //
-// A writer hands its state with its group (commitJob) and waits for the
+// A writer whose partition is the only one committing commits its group
+// itself, in a transaction of its own: with nothing to share it with, the
+// hand-over would only add latency. Otherwise it hands its state with its
+// group (commitJob) to the committer and waits for the
 // state after it, so the committer owns the state meanwhile and a
 // partition's groups are committed one at a time, in order. Keys of
 // different partitions are disjoint: applying one partition's group sees
@@ -34,6 +37,7 @@ type committer struct {
 	done     chan struct{}
 	maxBytes int           // record bytes of one shared transaction's groups
 	taken    atomic.Uint64 // groups taken from the queue (tests)
+	active   atomic.Int32  // writers committing a group, alone or through the queue
 }
 
 // maxCommitJobs bounds the groups of one shared transaction.
@@ -69,6 +73,14 @@ var jobs = sync.Pool{New: func() any { return &commitJob{done: make(chan struct{
 // sync: it returns the state after the group, or an error and nothing
 // committed.
 func (c *committer) do(p *Partition, st partitionState, group []*request, cmds []*command, size int) (partitionState, error) {
+	defer c.active.Add(-1)
+	if c.active.Add(1) == 1 {
+		// No other partition is committing: nothing to share a
+		// transaction with, and the way through the committer would
+		// only add two goroutine switches to a lone writer's commit.
+		next, results, err := p.applyTxn(st, cmds)
+		return c.finish(p, st, group, cmds, next, results, err)
+	}
 	j := jobs.Get().(*commitJob)
 	j.p, j.st, j.group, j.cmds, j.size = p, st, group, cmds, size
 	c.queue <- j
@@ -123,7 +135,7 @@ func (c *committer) run() {
 		if len(batch) == 1 || !c.commitTogether(batch) {
 			for _, j := range batch {
 				next, results, err := j.p.applyTxn(j.st, j.cmds)
-				c.finish(j, next, results, err)
+				c.finishJob(j, next, results, err)
 			}
 		}
 		clear(batch)
@@ -151,20 +163,24 @@ func (c *committer) commitTogether(batch []*commitJob) bool {
 		return false
 	}
 	for i, j := range batch {
-		c.finish(j, nexts[i], results[i], err)
+		c.finishJob(j, nexts[i], results[i], err)
 	}
 	return true
 }
 
-// finish queues a committed group for the sync and hands the writer the
-// state after it, or hands it err and its old state.
-func (c *committer) finish(j *commitJob, next partitionState, results []result, err error) {
-	if err != nil {
-		j.next, j.err = j.st, err
-	} else {
-		next.commitDedup()
-		c.sync.enqueue(j.p.syncGroupOf(j.st, next, j.group, j.cmds, results))
-		j.next, j.err = next, nil
-	}
+// finishJob finishes j's group and hands the writer the outcome.
+func (c *committer) finishJob(j *commitJob, next partitionState, results []result, err error) {
+	j.next, j.err = c.finish(j.p, j.st, j.group, j.cmds, next, results, err)
 	j.done <- struct{}{}
+}
+
+// finish queues a committed group, which took p from st to next, for the
+// sync and returns next; or, if it failed with err, returns st and err.
+func (c *committer) finish(p *Partition, st partitionState, group []*request, cmds []*command, next partitionState, results []result, err error) (partitionState, error) {
+	if err != nil {
+		return st, err
+	}
+	next.commitDedup()
+	c.sync.enqueue(p.syncGroupOf(st, next, group, cmds, results))
+	return next, nil
 }

@@ -26,7 +26,8 @@ func stallCommits(t *testing.T, s *Store, topic string) (release func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.guard.dropMu.Lock() // the committer waits for it to commit
+	s.guard.dropMu.Lock()        // the committer waits for it to commit
+	s.sync.commits.active.Add(1) // a commit under way: writers queue theirs
 	r := &request{cmd: command{kind: cmdAppend, msgs: []Message{{Payload: []byte("stall")}}}, done: make(chan struct{})}
 	j := &commitJob{p: p, st: st, group: []*request{r}, cmds: []*command{&r.cmd}, done: make(chan struct{}, 1)}
 	s.sync.commits.queue <- j
@@ -35,6 +36,7 @@ func stallCommits(t *testing.T, s *Store, topic string) (release func()) {
 		once.Do(func() {
 			s.guard.dropMu.Unlock()
 			<-j.done
+			s.sync.commits.active.Add(-1)
 			<-r.done
 			resume(j.next)
 			if j.err != nil || r.err != nil {
@@ -184,5 +186,22 @@ func TestCommitterTooBigCommitsAlone(t *testing.T) {
 		if err != nil || len(msgs) != n || msgs[n-1].Payload[0] != byte(part) {
 			t.Errorf("partition %d reads %d messages, %v; want its %d", part, len(msgs), err, n)
 		}
+	}
+}
+
+// A writer alone in committing commits its groups itself: none goes
+// through the committer's queue.
+func TestCommitterLoneWriterCommitsItself(t *testing.T) {
+	s := openStore(t, testOptions(t, clock.NewFake(t0)))
+	mustCreate(t, s, "t", TopicConfig{Partitions: 2})
+	before := s.sync.commits.taken.Load()
+	for i := range 20 {
+		mustAppend(t, s, "t", 1, Message{ID: fmt.Sprint(i), Payload: []byte("x")})
+	}
+	if n := s.sync.commits.taken.Load() - before; n != 0 {
+		t.Errorf("%d of 20 groups of a lone writer went through the committer, want 0", n)
+	}
+	if v := messageVersions(t, s, "t", 1); len(v) != 20 || v[0] == v[19] {
+		t.Errorf("versions %v, want 20 transactions", v)
 	}
 }
