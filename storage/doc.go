@@ -7,10 +7,12 @@
 // topic, and a syncer. A Partition owns its write path: a queue of commands
 // (append a batch, trim below an offset, forget expired ids) and the
 // one goroutine that applies them. That goroutine gathers everything queued
-// into a group, applies the group with partitionState.apply in one Badger
-// transaction and passes it to the syncer; the syncer fsyncs once for all
-// groups waiting from every partition (group commit) and only then answers
-// their callers and makes the new messages visible to readers. Offsets and
+// into a group, applies the group with partitionState.apply in a Badger
+// transaction — one shared by the groups of every partition committing at
+// the time (the committer, commit.go) — and passes it to the syncer; the
+// syncer fsyncs once for all groups waiting from every partition (group
+// commit) and only then answers their callers and makes the new messages
+// visible to readers. Offsets and
 // dedup decisions are made in apply and nowhere else; apply reads no clock
 // (the time is an argument), so the same commands replayed give the same
 // log — the seam where replication proposes command batches instead.

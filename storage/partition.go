@@ -16,8 +16,9 @@ import (
 
 // Partition is one partition's write path: a queue of commands and the one
 // goroutine that applies them. The writer gathers whatever is queued into a
-// group, applies it in one Badger transaction, hands the group to the
-// store's syncer (one fsync for every partition's groups), and moves on to
+// group, applies it in one Badger transaction (shared with other
+// partitions' groups committing at the time: commit.go), hands the group to
+// the store's syncer (one fsync for every partition's groups), and moves on to
 // the next group while the sync runs. Requests are answered once the sync
 // covering them is done, in the order they were queued.
 //
