@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -36,11 +37,11 @@ func newPublisher(st *storage.Store, m *metrics, clk clock.Clock, lg *slog.Logge
 
 // Publish appends one batch and answers when it is durable.
 func (p *publisher) Publish(ctx context.Context, req *ferryv1.PublishRequest) (*ferryv1.PublishResponse, error) {
-	wait, err := p.enqueue(ctx, req.GetTopic(), req.GetMessages())
+	batch, err := p.enqueue(ctx, req.GetTopic(), req.GetMessages())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	results, err := wait(ctx)
+	results, err := batch.wait(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -55,15 +56,25 @@ func (p *publisher) Publish(ctx context.Context, req *ferryv1.PublishRequest) (*
 // is answered as a duplicate.
 func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamServer) error {
 	type inflight struct {
-		seq  uint64
-		wait func(context.Context) ([]*ferryv1.PublishResult, error)
-		err  error
+		seq   uint64
+		batch *pendingBatch
+		err   error
 	}
 	ctx := stream.Context()
 	// A bounded queue: once this many batches await fsync, stop reading and
 	// let gRPC flow control push back on the client.
 	queue := make(chan inflight, 256)
 	recvErr := make(chan error, 1)
+	// Batches not answered when the handler returns still hold their
+	// memory until stored or failed: hand them back once the receiver,
+	// which ends with the stream, has queued its last.
+	defer func() {
+		go func() {
+			for f := range queue {
+				f.batch.abandon()
+			}
+		}()
+	}()
 	// The receiver ends with the stream: at EOF, on an error, or when this
 	// handler returns and gRPC cancels ctx.
 	go func() {
@@ -78,7 +89,7 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 				return
 			}
 			f := inflight{seq: req.GetSequence()}
-			f.wait, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
+			f.batch, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
 			if f.err != nil && ctx.Err() != nil {
 				// The stream is over and this batch may be stored in part:
 				// take nothing after it, which the client sends again, in
@@ -91,6 +102,7 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 			select {
 			case queue <- f:
 			case <-ctx.Done():
+				f.batch.abandon()
 				recvErr <- ctx.Err()
 				return
 			}
@@ -127,7 +139,7 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 		resp := &ferryv1.PublishStreamResponse{Sequence: f.seq}
 		err := f.err
 		if err == nil {
-			resp.Results, err = f.wait(ctx)
+			resp.Results, err = f.batch.wait(ctx)
 		}
 		if err != nil {
 			st := status.Convert(toStatus(err))
@@ -191,8 +203,10 @@ func (p *publisher) route(topic string, msgs []*ferryv1.PublishMessage) ([]*shar
 
 // enqueue validates a batch, routes it, and queues each partition's share
 // with its writer before returning, so batches queued one after another
-// keep their order. The returned wait blocks until all shares are durable.
-func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.PublishMessage) (func(context.Context) ([]*ferryv1.PublishResult, error), error) {
+// keep their order. The batch's bytes count against the memory budget
+// until every share is durable or failed, whether or not anyone waits for
+// the answer: the caller calls wait or, if it will not, abandon.
+func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.PublishMessage) (*pendingBatch, error) {
 	start := p.clk.Now()
 	shares, err := p.route(topic, msgs)
 	if errors.Is(err, storage.ErrTopicNotFound) && p.node != nil {
@@ -209,39 +223,77 @@ func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.P
 	if err != nil {
 		return nil, err
 	}
-	pends := make([]*storage.Pending, 0, len(shares))
-	// The batch's bytes count against the memory budget until every share
-	// is durable or failed, whether or not anyone waits for the answer.
-	defer func() {
-		go func() {
-			for _, pd := range pends {
-				<-pd.Done()
-			}
-			release()
-		}()
-	}()
+	b := &pendingBatch{p: p, topic: topic, n: len(msgs), start: start, shares: shares, release: release,
+		pends: make([]*storage.Pending, 0, len(shares))}
 	for _, sh := range shares {
 		pd, err := p.store.Enqueue(ctx, topic, sh.part, sh.msgs)
 		if err != nil {
 			// Shares already queued may still be stored; a retry with the
 			// same ids is answered as duplicates.
+			b.abandon()
 			return nil, err
 		}
-		pends = append(pends, pd)
+		b.pends = append(b.pends, pd)
 	}
-	return func(ctx context.Context) ([]*ferryv1.PublishResult, error) {
-		results := make([]*ferryv1.PublishResult, len(msgs))
-		for i, sh := range shares {
-			res, err := pends[i].Wait(ctx)
-			if err != nil {
-				return nil, err
+	return b, nil
+}
+
+// pendingBatch is a publish batch queued with the partitions' writers.
+type pendingBatch struct {
+	p       *publisher
+	topic   string
+	n       int // messages
+	start   time.Time
+	shares  []*share
+	pends   []*storage.Pending // one per share queued
+	release func()             // gives the batch's bytes back to the memory budget; idempotent
+}
+
+// wait blocks until every share is durable, and answers with each
+// message's result in request order. If ctx ends first, the batch is
+// abandoned.
+func (b *pendingBatch) wait(ctx context.Context) ([]*ferryv1.PublishResult, error) {
+	results := make([]*ferryv1.PublishResult, b.n)
+	for i, sh := range b.shares {
+		res, err := b.pends[i].Wait(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				b.abandon()
+			} else {
+				b.releaseWhenDone(i + 1)
 			}
-			sh.fill(results, res)
-			p.metrics.published(topic, sh.msgs, res)
+			return nil, err
 		}
-		p.metrics.answered(p.clk.Now().Sub(start))
-		return results, nil
-	}, nil
+		sh.fill(results, res)
+		b.p.metrics.published(b.topic, sh.msgs, res)
+	}
+	b.release()
+	b.p.metrics.answered(b.p.clk.Now().Sub(b.start))
+	return results, nil
+}
+
+// abandon releases the batch's memory once every share queued is durable
+// or failed, without an answer. Safe on a nil batch.
+func (b *pendingBatch) abandon() {
+	if b != nil {
+		b.releaseWhenDone(0)
+	}
+}
+
+// releaseWhenDone releases the batch's memory once the shares from the
+// from-th on are done (those before are).
+func (b *pendingBatch) releaseWhenDone(from int) {
+	rest := b.pends[from:]
+	if len(rest) == 0 {
+		b.release()
+		return
+	}
+	go func() {
+		for _, pd := range rest {
+			<-pd.Done()
+		}
+		b.release()
+	}()
 }
 
 // batchBytes is what a batch's messages weigh against the memory budget.

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -655,5 +656,47 @@ func TestPublishOverGRPCLimit(t *testing.T) {
 	ts.wantEmpty(t, "huge")
 	if r := ts.publish(t, "huge", &ferryv1.PublishMessage{Payload: []byte("small")})[0]; r.GetOffset() != 0 {
 		t.Errorf("publish after the oversize one = %v, want offset 0", r)
+	}
+}
+
+// A publish stream that ends with batches unanswered — its client gone
+// mid-flight — gives their bytes back to the in-flight budget once they
+// are stored: afterwards a publish as big as the whole budget goes
+// through. Batches answered give theirs back as they are answered.
+func TestPublishStreamEndReleasesBudget(t *testing.T) {
+	const budget = 32 << 10
+	ts := startServer(t, func(o *Options) { o.MaxPublishBytesInFlight = budget })
+	ts.createTopic(t, "rel", nil)
+	for round := range 3 {
+		ctx, cancel := context.WithCancel(testContext(t))
+		stream, err := ts.pub.PublishStream(ctx)
+		if err != nil {
+			t.Fatalf("PublishStream: %v", err)
+		}
+		// 64 batches of 1 KiB: twice the budget, so the stream's own
+		// answers must free it as it goes.
+		for i := range 64 {
+			req := &ferryv1.PublishStreamRequest{Sequence: uint64(i), Topic: "rel",
+				Messages: []*ferryv1.PublishMessage{{Payload: make([]byte, 1<<10)}}}
+			if err := stream.Send(req); err != nil {
+				t.Fatalf("round %d: Send %d: %v", round, i, err)
+			}
+		}
+		if round > 0 {
+			// Wait for one answer, so the handler is past its first
+			// batches, and leave the rest unread.
+			if _, err := stream.Recv(); err != nil {
+				t.Fatalf("round %d: Recv: %v", round, err)
+			}
+		}
+		cancel()
+	}
+	// A batch of the whole budget waits for every byte to be back.
+	ctx, cancel := context.WithTimeout(testContext(t), 10*time.Second)
+	defer cancel()
+	_, err := ts.pub.Publish(ctx, &ferryv1.PublishRequest{Topic: "rel",
+		Messages: []*ferryv1.PublishMessage{{Payload: make([]byte, budget-100)}}})
+	if err != nil {
+		t.Fatalf("publish of the whole budget after the streams ended: %v (bytes not given back?)", err)
 	}
 }

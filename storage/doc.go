@@ -7,11 +7,13 @@
 // topic, and a syncer. A Partition owns its write path: a queue of commands
 // (append a batch, trim below an offset, forget expired ids) and the
 // one goroutine that applies them. That goroutine gathers everything queued
-// into a group, applies the group with partitionState.apply in one Badger
-// transaction, commits it — durably under FsyncAlways: Badger gathers the
-// commits of every partition waiting into one write and syncs it (group
-// commit) — and passes it to the syncer, which answers the callers and
-// makes the new messages visible to readers, in commit order. Offsets and
+// into a group, applies the group with partitionState.apply in a Badger
+// transaction — one shared by the groups of every partition committing at
+// the time (the committer, commit.go) — commits it, durably under
+// FsyncAlways (Badger syncs each write, gathering the commits waiting into
+// one: group commit), and passes it to the syncer, which answers the
+// callers and makes the new messages visible to readers, in commit order.
+// Offsets and
 // dedup decisions are made in apply and nowhere else; apply reads no clock
 // (the time is an argument), so the same commands replayed give the same
 // log — the seam where replication proposes command batches instead.

@@ -17,8 +17,9 @@ import (
 
 // Partition is one partition's write path: a queue of commands and the one
 // goroutine that applies them. The writer gathers whatever is queued into a
-// group, applies it in one Badger transaction, hands the group to the
-// store's syncer (one fsync for every partition's groups), and moves on to
+// group, applies it in one Badger transaction (shared with other
+// partitions' groups committing at the time: commit.go), hands the group to
+// the store's syncer (one fsync for every partition's groups), and moves on to
 // the next group while the sync runs. Requests are answered once the sync
 // covering them is done, in the order they were queued.
 //
@@ -409,11 +410,15 @@ func (p *Partition) hold(ctx context.Context) (partitionState, func(partitionSta
 	}
 }
 
-// commit applies one group in one transaction and passes it to the syncer.
-// A group too big for one transaction is split and each command committed
-// alone.
+// commit has the store's committer apply one group, commit it (with other
+// partitions' groups) and pass it to the syncer. A group too big for one
+// transaction is split and each command committed alone.
 func (p *Partition) commit(st partitionState, group []*request, cmds []*command) partitionState {
-	next, results, err := p.applyTxn(st, cmds)
+	size := 0
+	for _, c := range cmds {
+		size += c.size
+	}
+	next, err := p.sync.commits.do(p, st, group, cmds, size)
 	if errors.Is(err, badger.ErrTxnTooBig) && len(group) > 1 {
 		for i := range group {
 			st = p.commit(st, group[i:i+1], cmds[i:i+1])
@@ -428,8 +433,6 @@ func (p *Partition) commit(st partitionState, group []*request, cmds []*command)
 		}
 		return st
 	}
-	next.commitDedup()
-	p.sync.enqueue(p.syncGroupOf(st, next, group, cmds, results))
 	return next
 }
 
@@ -511,16 +514,18 @@ type syncer struct {
 	syncs   atomic.Uint64 // batches with a group that wrote, under FsyncAlways
 	metrics *Metrics
 	guard   *diskGuard // partitions tell it of commit errors
+	commits *committer // commits partitions' groups, then queues them here
 }
 
 // slowFsync is how long a durable commit (its fsyncs) may take before it
 // is logged.
 const slowFsync = 500 * time.Millisecond
 
-func newSyncer(opts *Options, guard *diskGuard) *syncer {
+func newSyncer(db *badger.DB, opts *Options, guard *diskGuard) *syncer {
 	s := &syncer{always: opts.Fsync == FsyncAlways, metrics: opts.Metrics, guard: guard,
 		queue: make(chan syncGroup, opts.QueueLength), done: make(chan struct{})}
 	go s.run()
+	s.commits = newCommitter(s, db, opts)
 	return s
 }
 
@@ -529,6 +534,7 @@ func (s *syncer) enqueue(g syncGroup) { s.queue <- g }
 // close waits for every enqueued group to be answered. Only call it after
 // every writer has exited.
 func (s *syncer) close() {
+	s.commits.close()
 	close(s.queue)
 	<-s.done
 }

@@ -112,7 +112,7 @@ func Open(opts Options) (*Store, error) {
 
 		raftLogs: make(map[uint64]*RaftLog),
 	}
-	s.sync = newSyncer(&s.opts, guard)
+	s.sync = newSyncer(db, &s.opts, guard)
 	s.tails = newTailBudget(opts.TailCacheTotalBytes)
 	if err := s.load(); err != nil {
 		s.sync.close()

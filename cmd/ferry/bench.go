@@ -231,12 +231,12 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		return nil, err
 	}
 	defer c.Close()
-	pool, err := dialPool(ctx, addr, c, o.topics*(o.producers+o.subscriptions*o.consumers))
+	pool, err := dialPool(ctx, addr, o.topics*(o.producers+o.subscriptions*o.consumers))
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
-		for _, pc := range pool[1:] {
+		for _, pc := range pool {
 			pc.Close()
 		}
 	}()
@@ -494,15 +494,19 @@ func produce(ctx context.Context, c *client.Client, topic string, w int, o bench
 // thousands of real clients would have connections of their own.
 const streamsPerConn = 128
 
-// dialPool returns c and as many more clients as streams need, at most 64.
-func dialPool(ctx context.Context, addr string, c *client.Client, streams int) ([]*client.Client, error) {
-	pool := []*client.Client{c}
-	for len(pool) < min(64, (streams+streamsPerConn-1)/streamsPerConn) {
+// dialPool returns as many clients as streams need, at least 1 and at most
+// 64, for the producers and consumers. They are not the client of the
+// admin calls and the broker watch: a watch on a connection whose reader,
+// the bench, is behind with deliveries would take the bench's backlog for
+// a broker gone.
+func dialPool(ctx context.Context, addr string, streams int) ([]*client.Client, error) {
+	var pool []*client.Client
+	for len(pool) < max(1, min(64, (streams+streamsPerConn-1)/streamsPerConn)) {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		pc, err := client.Dial(dctx, addr, client.WithLogger(slog.New(slog.DiscardHandler)))
 		cancel()
 		if err != nil {
-			for _, pc := range pool[1:] {
+			for _, pc := range pool {
 				pc.Close()
 			}
 			return nil, err

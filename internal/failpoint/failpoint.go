@@ -16,8 +16,9 @@
 //	ordered-write-between-parts  storage's writeOrdered stored some parts of
 //	                             a write across Raft groups (a cluster
 //	                             Commit's outputs) but not the rest
-//	partition-before-commit      a partition writer applied a group of
-//	                             appends to its transaction and is about to
+//	partition-before-commit      a partition writer (or the committer, for
+//	                             several) applied groups of appends to a
+//	                             transaction and is about to
 //	                             commit it: nothing of it may have been
 //	                             answered yet
 package failpoint
