@@ -12,7 +12,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
-	vfy "github.com/ferrymq/ferry/internal/verify"
+	vfy "github.com/ferrymq/ferry/verify"
 )
 
 // A logHistory records what a test did to partition logs — every publish
@@ -40,7 +40,7 @@ type logHistory struct {
 }
 
 // logKey names one partition; the log model and its checker live in
-// internal/verify, which `ferry verify` shares.
+// verify, which `ferry verify` shares.
 type logKey = vfy.LogKey
 
 func newLogHistory() *logHistory {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	vfy "github.com/ferrymq/ferry/internal/verify"
+	vfy "github.com/ferrymq/ferry/verify"
 )
 
 // verifyFlags are ferry verify's flags.

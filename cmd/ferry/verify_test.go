@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	vfy "github.com/ferrymq/ferry/internal/verify"
+	vfy "github.com/ferrymq/ferry/verify"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
