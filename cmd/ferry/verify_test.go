@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	vfy "github.com/ferrymq/ferry/verify"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	vfy "github.com/ferrymq/ferry/verify"
 )
 
 // runVerifyCLI runs `ferry verify -o json` with args and returns its
