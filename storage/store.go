@@ -89,6 +89,13 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	removed, err := removeEmptyLogs(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if len(removed) > 0 {
+		opts.Logger.Warn("removed empty log files a crash left behind", "files", removed)
+	}
 	bopts := badgerOptions(opts)
 	if guard.openedRO {
 		if err := cutWALs(opts.Dir); err != nil {

@@ -40,10 +40,58 @@ var walCRC = crc32.MakeTable(crc32.Castagnoli)
 
 // cutWALs cuts every memtable log in dir to the end of its last whole
 // transaction, as Badger does when it opens read-write. Cutting frees
-// space and takes none. It holds dir's lock meanwhile, so a store open in
-// another process is never touched.
+// space and takes none.
 func cutWALs(dir string) error {
+	return withDirLock(dir, func() error {
+		paths, err := filepath.Glob(filepath.Join(dir, "*.mem"))
+		if err != nil {
+			return err
+		}
+		for _, path := range paths {
+			if err := cutWAL(path); err != nil {
+				return fmt.Errorf("memtable log %s: %w", filepath.Base(path), err)
+			}
+		}
+		return nil
+	})
+}
+
+// removeEmptyLogs removes the memtable logs and value-log files of dir that
+// are empty, not even their header written: a crash between Badger creating
+// the next file and sizing it leaves one, and Badger then refuses to open
+// ("while opening fid: N err: Create a new file"). Holding no entry, it
+// loses nothing. It returns the names removed.
+func removeEmptyLogs(dir string) ([]string, error) {
+	var removed []string
+	err := withDirLock(dir, func() error {
+		for _, pattern := range []string{"*.mem", "*.vlog"} {
+			paths, err := filepath.Glob(filepath.Join(dir, pattern))
+			if err != nil {
+				return err
+			}
+			for _, path := range paths {
+				if fi, err := os.Stat(path); err != nil || fi.Size() != 0 {
+					continue
+				}
+				if err := os.Remove(path); err != nil {
+					return err
+				}
+				removed = append(removed, filepath.Base(path))
+			}
+		}
+		return nil
+	})
+	return removed, err
+}
+
+// withDirLock runs fn holding dir's lock, the one Badger takes (flock of
+// the directory), so that a store open in another process is never
+// touched. A missing dir runs nothing.
+func withDirLock(dir string, fn func() error) error {
 	d, err := os.Open(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("open data directory: %w", err)
 	}
@@ -52,16 +100,7 @@ func cutWALs(dir string) error {
 		return fmt.Errorf("lock data directory %s (is another broker using it?): %w", dir, err)
 	}
 	defer func() { _ = syscall.Flock(int(d.Fd()), syscall.LOCK_UN) }()
-	paths, err := filepath.Glob(filepath.Join(dir, "*.mem"))
-	if err != nil {
-		return err
-	}
-	for _, path := range paths {
-		if err := cutWAL(path); err != nil {
-			return fmt.Errorf("memtable log %s: %w", filepath.Base(path), err)
-		}
-	}
-	return nil
+	return fn()
 }
 
 func cutWAL(path string) error {

@@ -1,13 +1,17 @@
 package storage
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/clock"
 )
 
 // TestCutWALsLetsBadgerOpenReadOnly copies a live Badger directory, as
@@ -98,5 +102,35 @@ func copyDir(t *testing.T, from, to string) {
 		}
 		src.Close()
 		dst.Close()
+	}
+}
+
+// TestOpenAfterCrashBetweenCreateAndSize: a crash right after Badger
+// created its next memtable log or value-log file, before it sized it,
+// leaves an empty file, and Badger refuses to open with one ("while
+// opening fid: 2 err: Create a new file", seen after a kill -9 under
+// load). The store removes such files first and opens with its data.
+func TestOpenAfterCrashBetweenCreateAndSize(t *testing.T) {
+	for _, name := range []string{"00042.mem", "000042.vlog"} {
+		t.Run(name, func(t *testing.T) {
+			opts := testOptions(t, clock.NewFake(t0))
+			s := openStore(t, opts)
+			mustCreate(t, s, "t", TopicConfig{})
+			mustAppend(t, s, "t", 0, msg("a", strings.Repeat("x", 2000)))
+			if err := s.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(opts.Dir, name), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s, err := Open(opts)
+			if err != nil {
+				t.Fatalf("open with an empty %s: %v", name, err)
+			}
+			defer s.Close(context.Background())
+			if got := mustRead(t, s, "t", 0, 0, 10); len(got) != 1 || got[0].ID != "a" {
+				t.Fatalf("read %+v after the reopen, want message a", got)
+			}
+		})
 	}
 }
