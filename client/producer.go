@@ -434,6 +434,15 @@ func (s *sender) send(b *batch) {
 func (s *sender) reconnect() {
 	p := s.p
 	if s.cancelStream != nil {
+		// A failed Send says only that the stream ended; its receiver
+		// learns why from Recv (the broker's RetryInfo, say): let it
+		// first, or the cancel makes that a Canceled, and the stream is
+		// opened again at once instead of after the delay asked for.
+		select {
+		case <-s.broken:
+		case <-time.After(time.Second):
+		case <-s.ctx.Done():
+		}
 		s.cancelStream()
 		s.stream, s.cancelStream = nil, nil
 	}
