@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"testing"
 
@@ -105,7 +106,20 @@ func TestUnsyncedFileIsLost(t *testing.T) {
 	wantFile(t, lost, nil)
 }
 
+// noGC turns the garbage collector off for the rest of t. A test that
+// touches a mapping of the mount in its own process faults pages in from
+// its own FUSE server: the faulting thread waits in the kernel, not in a
+// syscall Go knows of, and a stop-the-world GC meanwhile waits for it for
+// ever while the server's goroutines stay stopped (a suite run under two
+// busy loops hung so, in TestKillKeepsMmapWrites). ferry itself always runs
+// in a process of its own.
+func noGC(t *testing.T) {
+	old := debug.SetGCPercent(-1)
+	t.Cleanup(func() { debug.SetGCPercent(old) })
+}
+
 func TestMmapWritesSurviveOnlyOnceMsynced(t *testing.T) {
+	noGC(t)
 	fs := Mount(t, t.TempDir())
 	path := filepath.Join(fs.Dir(), "mapped")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -142,6 +156,7 @@ func TestMmapWritesSurviveOnlyOnceMsynced(t *testing.T) {
 // TestKillKeepsMmapWrites is why a cut must come before the kill: without
 // one, a mapping's unsynced pages reach the filesystem when it is closed.
 func TestKillKeepsMmapWrites(t *testing.T) {
+	noGC(t)
 	fs := Mount(t, t.TempDir())
 	path := filepath.Join(fs.Dir(), "mapped")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
