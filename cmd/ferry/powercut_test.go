@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -100,14 +101,8 @@ func TestFailedSyncIsNeverAcked(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a real broker")
 	}
-	c := newCrasher(t, true)
-	p := startFerry(t, c.dir, "--fsync", "always")
-	conn := p.dial(t)
+	c, p, conn := startOnPowerLoss(t, 2)
 	ctx := context.Background()
-	if _, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(ctx, &ferryv1.CreateTopicRequest{
-		Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 2, DedupWindow: durationpb.New(24 * time.Hour)}}); err != nil {
-		t.Fatal(err)
-	}
 	client := ferryv1.NewPublisherServiceClient(conn)
 	rng := rand.New(rand.NewPCG(1, 2))
 	var acks []ack
@@ -153,23 +148,18 @@ func TestFailedSyncIsNeverAcked(t *testing.T) {
 
 // TestPowerCutBetweenLogSyncs cuts the power at one exact point: right
 // after the first fsync of a publish's sync under --fsync=always (Badger's
-// DB.Sync syncs the memtable WAL, then the value log). The publish must
-// not be answered OK, and after a restart the topic must read back whole:
-// every acked message, offsets dense, nothing unreadable. It fails while
-// a payload in the value log can be left behind by a pointer to it that
-// was synced first (see docs/testing.md).
+// DB.Sync synced the memtable WAL, then the value log; Badger's synced
+// writes now sync the value log first). The publish must not be answered
+// OK, and after a restart the topic must read back whole: every acked
+// message, offsets dense, nothing unreadable. It failed while a payload in
+// the value log could be left behind by a pointer to it synced first (see
+// docs/testing.md).
 func TestPowerCutBetweenLogSyncs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a real broker")
 	}
-	c := newCrasher(t, true)
-	p := startFerry(t, c.dir, "--fsync", "always")
-	conn := p.dial(t)
+	c, p, conn := startOnPowerLoss(t, 1)
 	ctx := context.Background()
-	if _, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(ctx, &ferryv1.CreateTopicRequest{
-		Name: "crash", Config: &ferryv1.TopicConfig{Partitions: 1, DedupWindow: durationpb.New(24 * time.Hour)}}); err != nil {
-		t.Fatal(err)
-	}
 	client := ferryv1.NewPublisherServiceClient(conn)
 	var acks []ack
 	for i := range 3 {
@@ -193,4 +183,19 @@ func TestPowerCutBetweenLogSyncs(t *testing.T) {
 	}
 	c.crash(t, p)
 	verify(t, startFerry(t, c.dir, "--fsync", "always").dial(t), acks)
+}
+
+// startOnPowerLoss starts ferry --fsync=always on a power-loss filesystem
+// (a crasher that cuts) and creates topic "crash" with parts partitions and
+// a dedup window longer than any test.
+func startOnPowerLoss(t *testing.T, parts uint32) (*crasher, *process, *grpc.ClientConn) {
+	t.Helper()
+	c := newCrasher(t, true)
+	p := startFerry(t, c.dir, "--fsync", "always")
+	conn := p.dial(t)
+	if _, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(context.Background(), &ferryv1.CreateTopicRequest{
+		Name: "crash", Config: &ferryv1.TopicConfig{Partitions: parts, DedupWindow: durationpb.New(24 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	return c, p, conn
 }

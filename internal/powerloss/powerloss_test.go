@@ -118,25 +118,32 @@ func noGC(t *testing.T) {
 	t.Cleanup(func() { debug.SetGCPercent(old) })
 }
 
-func TestMmapWritesSurviveOnlyOnceMsynced(t *testing.T) {
+// mapFile creates the file name on fs, sized to size and fsynced, and
+// maps it shared, read-write, with the GC off (noGC).
+func mapFile(t *testing.T, fs *FS, name string, size int) (path string, f *os.File, m []byte) {
+	t.Helper()
 	noGC(t)
-	fs := Mount(t, t.TempDir())
-	path := filepath.Join(fs.Dir(), "mapped")
+	path = filepath.Join(fs.Dir(), name)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const size = 4 * pageSize
-	if err := f.Truncate(size); err != nil {
+	if err := f.Truncate(int64(size)); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
+	if m, err = unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		t.Fatal(err)
 	}
+	return path, f, m
+}
+
+func TestMmapWritesSurviveOnlyOnceMsynced(t *testing.T) {
+	fs := Mount(t, t.TempDir())
+	const size = 4 * pageSize
+	path, f, m := mapFile(t, fs, "mapped", size)
 	copy(m, "msynced")
 	if err := unix.Msync(m, unix.MS_SYNC); err != nil {
 		t.Fatalf("msync: %v", err)
@@ -156,21 +163,8 @@ func TestMmapWritesSurviveOnlyOnceMsynced(t *testing.T) {
 // TestKillKeepsMmapWrites is why a cut must come before the kill: without
 // one, a mapping's unsynced pages reach the filesystem when it is closed.
 func TestKillKeepsMmapWrites(t *testing.T) {
-	noGC(t)
 	fs := Mount(t, t.TempDir())
-	path := filepath.Join(fs.Dir(), "mapped")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(pageSize); err != nil {
-		t.Fatal(err)
-	}
-	f.Sync()
-	m, err := unix.Mmap(int(f.Fd()), 0, pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, f, m := mapFile(t, fs, "mapped", pageSize)
 	copy(m, "never msynced")
 	unix.Munmap(m)
 	f.Close() // as a killed process's descriptors are: FLUSH writes the page back
