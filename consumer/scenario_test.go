@@ -371,15 +371,7 @@ func (h *harness) pendingAck(ids []DeliveryID, r *ackResult) {
 // Skipped until the core records the id (see the test report).
 func TestEffectivelyOnceAckBeforeRefetch(t *testing.T) {
 	h := newHarness(t)
-	h.createTopic("t", storage.TopicConfig{Partitions: 2})
-	o := DefaultOptions(EffectivelyOnce)
-	o.Start = StartPosition{Kind: StartEarliest}
-	if err := h.createSub("t", "s", o); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.attach(1, 10); err != nil {
-		t.Fatal(err)
-	}
+	h.effectivelyOnce("t", 2, 10)
 	h.publish("t", 0, []storage.Message{{ID: "a", Payload: []byte("p")}})
 	h.restart(true)
 	if r := h.ack([]DeliveryID{{Partition: 0, Offset: 0, Attempt: 1}}); !r.done || r.results[0] != nil || r.err != nil {
@@ -402,15 +394,7 @@ func TestEffectivelyOnceAckBeforeRefetch(t *testing.T) {
 // confirmed, under EFFECTIVELY_ONCE.
 func TestCommitTakesQueuedRedelivery(t *testing.T) {
 	h := newHarness(t)
-	h.createTopic("t", storage.TopicConfig{})
-	o := DefaultOptions(EffectivelyOnce)
-	o.Start = StartPosition{Kind: StartEarliest}
-	if err := h.createSub("t", "s", o); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.attach(1, 2); err != nil {
-		t.Fatal(err)
-	}
+	h.effectivelyOnce("t", 1, 2)
 	h.publish("t", 0, []storage.Message{{ID: "e"}, {ID: "f"}, {ID: "g"}})
 	h.nack([]DeliveryID{{Partition: 0, Offset: 0, Attempt: 1}})
 	h.advance(time.Second) // e is due; g holds the credit e's nack freed
@@ -432,16 +416,8 @@ func TestCommitTakesQueuedRedelivery(t *testing.T) {
 // (published twice on redelivery) or the ack without the outputs (lost).
 func TestCommitIsOneWrite(t *testing.T) {
 	h := newHarness(t)
-	h.createTopic("t", storage.TopicConfig{Partitions: 2})
 	h.createTopic("out", storage.TopicConfig{Partitions: 2})
-	o := DefaultOptions(EffectivelyOnce)
-	o.Start = StartPosition{Kind: StartEarliest}
-	if err := h.createSub("t", "s", o); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.attach(1, 10); err != nil {
-		t.Fatal(err)
-	}
+	h.effectivelyOnce("t", 2, 10)
 	h.publish("t", 0, []storage.Message{{ID: "a"}})
 	h.publish("t", 1, []storage.Message{{ID: "b"}})
 	h.takeSent()
@@ -465,5 +441,21 @@ func TestCommitIsOneWrite(t *testing.T) {
 	}
 	if w.Topic != "t" || !parts[0] || !parts[1] || len(w.Appends) != 2 {
 		t.Fatalf("the commit's write has cursors of partitions %v and %d append batches, want both partitions' cursors with both outputs: %+v", parts, len(w.Appends), w)
+	}
+}
+
+// effectivelyOnce creates topic with parts partitions and an
+// effectively-once subscription "s" on it from the earliest offset, and
+// attaches consumer 1 with credit.
+func (h *harness) effectivelyOnce(topic string, parts uint32, credit int) {
+	h.tb.Helper()
+	h.createTopic(topic, storage.TopicConfig{Partitions: parts})
+	o := DefaultOptions(EffectivelyOnce)
+	o.Start = StartPosition{Kind: StartEarliest}
+	if err := h.createSub(topic, "s", o); err != nil {
+		h.tb.Fatal(err)
+	}
+	if err := h.attach(1, credit); err != nil {
+		h.tb.Fatal(err)
 	}
 }

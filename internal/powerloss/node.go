@@ -84,59 +84,47 @@ func (n *node) created(what, name string) syscall.Errno {
 	return 0
 }
 
-func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+// make runs op, which makes name in n (a directory, node, link), under
+// the state's lock and unless the power is off, and journals the entry it
+// made (created).
+func (n *node) make(what, name string, op func() (*fs.Inode, syscall.Errno)) (*fs.Inode, syscall.Errno) {
 	n.s.mu.Lock()
 	defer n.s.mu.Unlock()
 	if errno := n.s.down(); errno != 0 {
 		return nil, errno
 	}
-	ch, errno := n.LoopbackNode.Mkdir(ctx, name, mode, out)
+	ch, errno := op()
 	if errno == 0 {
-		errno = n.created("mkdir", name)
+		errno = n.created(what, name)
 	}
 	return ch, errno
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return n.make("mkdir", name, func() (*fs.Inode, syscall.Errno) {
+		return n.LoopbackNode.Mkdir(ctx, name, mode, out)
+	})
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	n.s.mu.Lock()
-	defer n.s.mu.Unlock()
-	if errno := n.s.down(); errno != 0 {
-		return nil, errno
-	}
-	ch, errno := n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
-	if errno == 0 {
-		errno = n.created("mknod", name)
-	}
-	return ch, errno
+	return n.make("mknod", name, func() (*fs.Inode, syscall.Errno) {
+		return n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
+	})
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	n.s.mu.Lock()
-	defer n.s.mu.Unlock()
-	if errno := n.s.down(); errno != 0 {
-		return nil, errno
-	}
-	ch, errno := n.LoopbackNode.Symlink(ctx, target, name, out)
-	if errno == 0 {
-		errno = n.created("symlink", name)
-	}
-	return ch, errno
+	return n.make("symlink", name, func() (*fs.Inode, syscall.Errno) {
+		return n.LoopbackNode.Symlink(ctx, target, name, out)
+	})
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	n.s.mu.Lock()
-	defer n.s.mu.Unlock()
-	if errno := n.s.down(); errno != 0 {
-		return nil, errno
-	}
 	if t, ok := target.(*node); ok {
 		target = t.LoopbackNode
 	}
-	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
-	if errno == 0 {
-		errno = n.created("link", name)
-	}
-	return ch, errno
+	return n.make("link", name, func() (*fs.Inode, syscall.Errno) {
+		return n.LoopbackNode.Link(ctx, target, name, out)
+	})
 }
 
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
