@@ -60,13 +60,15 @@ func TestClusterCommitCrashBetweenParts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster of real brokers")
 	}
+	// Armed only once the pipeline runs: a crash before that, with no one
+	// to restart the node, could leave the pipeline no progress to show.
 	armed := filepath.Join(t.TempDir(), "armed")
-	if err := os.WriteFile(armed, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	c := newTestClusterWith(t, 3, clusterSetup{tags: "ferry_failpoints", env: []string{
 		"FERRY_FAILPOINT=ordered-write-between-parts", "FERRY_FAILPOINT_EVERY=50", "FERRY_FAILPOINT_WHILE=" + armed}})
 	runPipeline(t, c, func(progress func(what string)) {
+		if err := os.WriteFile(armed, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		const want = 3
 		crashes := 0
 		deadline := time.Now().Add(90 * time.Second)
