@@ -41,12 +41,16 @@ func newCrasher(t *testing.T, power bool) *crasher {
 	return &crasher{dir: fs.Dir(), fs: fs}
 }
 
-// crash ends p. With a power cut, the cut comes first (from then on
-// nothing reaches the disk), then SIGKILL (which would otherwise flush the
-// broker's mmap'd pages), then a remount (a fresh page cache).
+// crash ends p. With a power cut the broker is frozen first (SIGSTOP: a
+// machine that loses power answers no one after), then the cut (from then
+// on nothing reaches the disk), then SIGKILL (which would otherwise flush
+// the broker's mmap'd pages), then a remount (a fresh page cache). Cut
+// while it ran, the broker would answer the failed writes with errors,
+// which no real power cut lets a client see.
 func (c *crasher) crash(t *testing.T, p *process) {
 	t.Helper()
 	if c.fs != nil {
+		p.freeze(t)
 		c.fs.PowerCut()
 	}
 	p.kill(t)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -155,6 +156,47 @@ func (p *process) kill(tb testing.TB) {
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.exited
+}
+
+// freeze sends SIGSTOP and waits until every thread of the process is
+// stopped: a thread inside a system call (a FUSE write, say) stops as it
+// returns, so nothing the process does after freeze reaches user space.
+func (p *process) freeze(tb testing.TB) {
+	tb.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGSTOP)
+	deadline := time.Now().Add(10 * time.Second)
+	for !allThreadsStopped(p.cmd.Process.Pid) {
+		select {
+		case <-p.exited:
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("pid %d: not every thread stopped within 10s of SIGSTOP", p.cmd.Process.Pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// allThreadsStopped reports whether every thread of pid is in state T
+// (stopped) or t (traced), from /proc/pid/task/*/stat.
+func allThreadsStopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		// pid (comm) state ...: comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+			return false
+		}
+	}
+	return true
 }
 
 // stop sends SIGTERM and returns how long the process took to exit and its
