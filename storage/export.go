@@ -111,6 +111,7 @@ type Export struct {
 	tid     uint32
 	part    uint32
 	meta    []byte // the meta pair's value, until it is sent
+	first   uint64 // the partition's first offset: messages are read from it
 	applied uint64
 	stage   int // index into exportStages of the prefix being read
 	it      *badger.Iterator
@@ -142,7 +143,7 @@ func (r *Replica) Export(ctx context.Context) (*Export, error) {
 		if !m.equal(st.meta) {
 			return fmt.Errorf("stored meta %+v differs from the writer's %+v: %w", m, st.meta, ErrCorrupt)
 		}
-		ex.meta, ex.applied = bytes.Clone(v), m.applied
+		ex.meta, ex.first, ex.applied = bytes.Clone(v), m.first, m.applied
 		return nil
 	})
 	if err == nil && ex.meta == nil {
@@ -190,7 +191,13 @@ func (ex *Export) Next(maxBytes int) ([]byte, error) {
 			opts.PrefetchValues = false
 			opts.Prefix = ex.prefix(exportStages[ex.stage])
 			ex.it = ex.txn.NewIterator(opts)
-			ex.it.Rewind()
+			if exportStages[ex.stage] == kindMessage {
+				// From first: a key below it is one Badger brought back
+				// (sweep.go), never part of the partition.
+				ex.it.Seek(messageSeekKey(ex.tid, ex.part, ex.first))
+			} else {
+				ex.it.Rewind()
+			}
 		}
 		if !ex.it.Valid() {
 			ex.it.Close()

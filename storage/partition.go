@@ -55,6 +55,7 @@ type Partition struct {
 	// retention see only synced data.
 	visible atomic.Pointer[partitionMeta]
 	tail    *tailCache
+	sweptTo atomic.Uint64 // where the next sweep below first starts (sweep.go)
 
 	notifyMu sync.Mutex    // guards notify
 	notify   chan struct{} // closed when visible changes; nil once closed for good

@@ -138,13 +138,16 @@ func (s *Store) retentionTick() {
 }
 
 // gcTick rewrites value-log files that are mostly garbage (deleted or
-// expired messages) and schedules the next run.
+// expired messages), deletes the message keys such rewrites brought back
+// below their partition's first offset (sweep.go), and schedules the next
+// run.
 func (s *Store) gcTick() {
 	if !s.startBackground() {
 		return
 	}
 	defer s.bg.Done()
 	s.collectValueLog()
+	s.sweepPartitions()
 	s.bgMu.Lock()
 	defer s.bgMu.Unlock()
 	if !s.closing {
