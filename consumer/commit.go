@@ -168,11 +168,6 @@ func (s *subscription) landedCommit(ids []DeliveryID, sum uint64) *commitRecord 
 	return rec
 }
 
-func (s *subscription) refuseCommit(err error, reply func([][]storage.AppendResult, error)) {
-	s.stats.StaleAcks++
-	s.reply(func() { reply(nil, err) })
-}
-
 // inFlightCommit is the commit in flight that acks exactly ids with
 // outputs summing to sum, if any: a retry of it waits for its outcome.
 func (s *subscription) inFlightCommit(ids []DeliveryID, sum uint64) *writeJob {
