@@ -33,7 +33,9 @@ import (
 )
 
 // recentCommits is how many committed delivery ids a subscription
-// remembers, to answer a retry of their Commit OK.
+// remembers at least, to answer a retry of their Commit OK: between
+// recentCommits and twice that many, the latest (commitDone). A retry of
+// an older one is refused as already acked.
 const recentCommits = 4096
 
 // commitLease is an outstanding delivery a commit took: restored if the
@@ -204,7 +206,10 @@ func (s *subscription) commitDone(job *writeJob, err error) {
 			s.committed[id] = rec
 		}
 	}
-	if n := len(s.recent) - recentCommits; n > 0 {
+	if len(s.recent) > 2*recentCommits {
+		// Forget the oldest, down to recentCommits: amortized, not a
+		// copy of the ring per commit.
+		n := len(s.recent) - recentCommits
 		for _, id := range s.recent[:n] {
 			delete(s.committed, id)
 		}

@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -74,5 +75,38 @@ func TestCommitRetryJoinsOneInFlight(t *testing.T) {
 	msgs, err := h.st.Read(t.Context(), "out", 0, 0, 10, 1<<20)
 	if err != nil || len(msgs) != 2 {
 		t.Fatalf("out holds %d messages (%v), want 2: one output per input", len(msgs), err)
+	}
+}
+
+// TestCommittedIDsAreBounded commits three times recentCommits deliveries
+// and checks the subscription remembers at most twice recentCommits of
+// them, the latest: a retry of the latest is answered OK with its results,
+// one of the oldest is refused (already acked).
+func TestCommittedIDsAreBounded(t *testing.T) {
+	s := newSubscription("t", "s", 1, DefaultOptions(EffectivelyOnce), []*partitionState{newPartitionState(0)}, nil, nil)
+	const n = 3 * recentCommits
+	for i := range n {
+		id := DeliveryID{Offset: uint64(i), Attempt: 1}
+		s.parts[0].st.cursor.Ack(uint64(i))
+		s.commitDone(&writeJob{ids: []DeliveryID{id}, sum: sumAppends(nil), res: [][]storage.AppendResult{{{Offset: uint64(i)}}}}, nil)
+		if len(s.committed) > 2*recentCommits || len(s.recent) != len(s.committed) {
+			t.Fatalf("after %d commits: %d remembered, %d in the ring; want at most %d", i+1, len(s.committed), len(s.recent), 2*recentCommits)
+		}
+	}
+	retry := func(off uint64) ([][]storage.AppendResult, error) {
+		var res [][]storage.AppendResult
+		var err error
+		s.commit([]DeliveryID{{Offset: off, Attempt: 1}}, nil, t0, func(r [][]storage.AppendResult, e error) { res, err = r, e })
+		for _, r := range s.out.replies {
+			r()
+		}
+		s.out = output{}
+		return res, err
+	}
+	if res, err := retry(n - 1); err != nil || len(res) != 1 || !res[0][0].Duplicate || res[0][0].Offset != n-1 {
+		t.Fatalf("a retry of the latest commit: %+v, %v; want its result as a duplicate", res, err)
+	}
+	if _, err := retry(0); !errors.Is(err, ErrAlreadyAcked) {
+		t.Fatalf("a retry of the oldest commit: %v, want ErrAlreadyAcked", err)
 	}
 }
