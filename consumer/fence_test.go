@@ -99,13 +99,14 @@ func TestEngineStopsWhenFenced(t *testing.T) {
 		t.Fatalf("attach at the fenced epoch: %v, want ErrFenced", err)
 	}
 	lg.epoch.Store(3)
+	clk.Advance(10 * time.Second) // what goes out now is due at t0+40s, after 0 and 1
 	c, err = e.Attach(ctx, "orders", "kitchen", AttachOptions{Credit: 4})
 	if err != nil {
 		t.Fatalf("attach at epoch 3: %v", err)
 	}
 	first := receiveN(t, c, 2) // offsets 2 and 3, never delivered
-	clk.Advance(31 * time.Second)
-	again := receiveN(t, c, 2) // 0 and 1: outstanding until their deadline
+	clk.Advance(21 * time.Second)
+	again := receiveN(t, c, 2) // 0 and 1: outstanding until their deadline, t0+30s
 	for _, d := range append(first, again...) {
 		want := uint32(1)
 		if d.ID.Offset < 2 {
