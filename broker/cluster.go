@@ -42,8 +42,10 @@ import (
 //     to it over the node-to-node port, which serves the broker's API too.
 //     When the owner loses that leadership it releases the subscription: its
 //     consumers' streams end with UNAVAILABLE and reconnect, to the new
-//     owner. A new owner first applies everything committed in the topic's
-//     partitions (a barrier per partition) before it loads the cursors.
+//     owner. A new owner first fences off the earlier ones in every
+//     partition of the topic (Own: an owner epoch, the term it leads in,
+//     raised by an entry in each partition) before it loads the cursors;
+//     a write of an older epoch is refused wherever it lands.
 //   - New topics. When the metadata group creates a topic, every node starts
 //     the Raft groups of its partitions (reconcile); a partition takes no
 //     write before its group runs (storage.Options.Replicated).
@@ -530,6 +532,68 @@ func (l clusterLog) Cursors(topic string, sid uint32) ([][]byte, error) {
 		return nil, err
 	}
 	return l.Store.Cursors(topic, sid)
+}
+
+// Own takes subscription name of topic over as its owner
+// (consumer.Owner). Its epoch is the Raft term in which this node leads the
+// subscription's owner partition: one leader per term, and a later owner
+// is elected in a later term, so epochs grow with every change of owner.
+// The fence at that epoch goes through every partition of the topic, and
+// once it is applied here, so is every write committed before it: the
+// cursors read then hold every write an earlier owner made, and none it
+// makes after can land (storage.ErrFenced).
+func (l clusterLog) Own(ctx context.Context, topic, name string, sid uint32) (uint64, [][]byte, error) {
+	epoch, err := l.n.ownerEpoch(topic, name)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := l.n.fence(ctx, topic, name, sid, epoch); err != nil {
+		return 0, nil, err
+	}
+	cursors, err := l.Store.Cursors(topic, sid)
+	return epoch, cursors, err
+}
+
+// ownerEpoch is the term in which this node leads subscription sub's owner
+// partition; an error wrapping consumer.ErrDetached if it does not.
+func (n *node) ownerEpoch(topic, sub string) (uint64, error) {
+	t, err := n.store.Topic(topic)
+	if err != nil {
+		return 0, err
+	}
+	part := ownerPartition(sub, t.Config.Partitions)
+	g, err := n.group(topic, part)
+	if err != nil {
+		return 0, err
+	}
+	st := g.Status()
+	if st.Err != nil {
+		return 0, st.Err
+	}
+	if st.Leader != n.id {
+		return 0, fmt.Errorf("node %d does not lead topic %q partition %d, which owns subscription %q: %w", n.id, topic, part, sub, consumer.ErrDetached)
+	}
+	return st.Term, nil
+}
+
+// fence raises subscription sid's owner epoch to epoch in every partition
+// of topic, trying again while a partition's outcome is unknown (an
+// election) as long as this node still owns the subscription in that
+// epoch. A fence is idempotent.
+func (n *node) fence(ctx context.Context, topic, sub string, sid uint32, epoch uint64) error {
+	for {
+		err := n.store.Fence(ctx, topic, sid, epoch)
+		if !errors.Is(err, cluster.ErrLeadershipLost) && !errors.Is(err, cluster.ErrNotLeader) &&
+			!errors.Is(err, cluster.ErrProposalDropped) && !errors.Is(err, storage.ErrNotReplicated) {
+			return err
+		}
+		if now, oerr := n.ownerEpoch(topic, sub); oerr != nil || now != epoch {
+			return err
+		}
+		if !clock.Sleep(n.clk, retryPause, ctx.Done()) {
+			return err
+		}
+	}
 }
 
 // clusterTopics makes topic changes through the metadata group.

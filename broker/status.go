@@ -95,6 +95,10 @@ func statusOf(err error) error {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, consumer.ErrDetached):
 		return status.Error(codes.Unavailable, describe(err, consumer.ErrDetached)+"; reconnect")
+	case errors.Is(err, storage.ErrFenced):
+		// Another node took the subscription over: this node's write was
+		// refused and changed nothing. The owner answers a retry.
+		return status.Error(codes.Unavailable, err.Error()+"; the subscription moved to another node: retry (with the same ids), or reconnect")
 	case errors.Is(err, storage.ErrNeedIDs):
 		return status.Error(codes.FailedPrecondition, describe(err, storage.ErrNeedIDs)+
 			": a commit across replicated partitions needs an id on every output message, so that a retry stores it once (client.Process derives them)")

@@ -24,6 +24,7 @@ func TestToStatusReplicatedWrites(t *testing.T) {
 	}{
 		{fmt.Errorf("topic %q partition 1 message 0 has no id: %w", "out", storage.ErrNeedIDs), codes.FailedPrecondition, "needs an id on every output message"},
 		{fmt.Errorf("topic %q partition 0: %w", "in", storage.ErrReplicatedMulti), codes.Unavailable, "retry"},
+		{fmt.Errorf("topic %q partition 0: subscription 3: write of owner epoch 4, partition 0 has seen 5: %w", "in", storage.ErrFenced), codes.Unavailable, "moved to another node"},
 	} {
 		st := status.Convert(toStatus(tc.err))
 		if st.Code() != tc.code || !strings.Contains(st.Message(), tc.says) {

@@ -5,7 +5,6 @@ package consumer
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 
@@ -191,55 +190,6 @@ func (s *subscription) extend(ids []DeliveryID, d time.Duration, now time.Time) 
 	}
 	s.step(now)
 	return results
-}
-
-// commit acks deliveries and appends messages in one atomic write. Every
-// id must name the current attempt; else nothing happens and reply gets
-// the first refusal.
-func (s *subscription) commit(ids []DeliveryID, appends []storage.AppendBatch, now time.Time,
-	reply func(res [][]storage.AppendResult, err error)) {
-	if s.opts.Guarantee != AtLeastOnce && s.opts.Guarantee != EffectivelyOnce {
-		s.reply(func() { reply(nil, fmt.Errorf("commit: %w", ErrNotSupported)) })
-		return
-	}
-	acks := map[uint32][]uint64{}
-	seen := map[DeliveryID]bool{}
-	for _, id := range ids {
-		if _, err := s.check(id, s.opts.Guarantee == AtLeastOnce); err != nil || seen[id] {
-			if err == nil {
-				err = fmt.Errorf("delivery %s named twice: %w", id, ErrUnknownDelivery)
-			}
-			s.stats.StaleAcks++
-			s.reply(func() { reply(nil, err) })
-			return
-		}
-		seen[id] = true
-		acks[id.Partition] = append(acks[id.Partition], id.Offset)
-	}
-	job := &writeJob{acks: acks, w: storage.Write{Appends: appends}, done: func(res [][]storage.AppendResult, err error) {
-		s.reply(func() { reply(res, err) })
-	}}
-	if s.opts.Guarantee == EffectivelyOnce {
-		for _, id := range ids {
-			if mid := s.messageID(s.parts[id.Partition], id.Offset); mid != "" {
-				job.ackedIDs = append(job.ackedIDs, mid)
-			}
-		}
-	}
-	for part, offs := range acks {
-		p := s.parts[part]
-		for _, off := range offs {
-			s.release(p, off)
-			p.busy[off] = true
-			// Not redelivered while its commit is in flight: a failed
-			// write queues it again (written).
-			if i, found := slices.BinarySearch(p.retry, off); found {
-				p.retry = slices.Delete(p.retry, i, i+1)
-			}
-		}
-	}
-	s.queue(job)
-	s.step(now)
 }
 
 // deadLetter sends off to the dead-letter topic and acks it, atomically.

@@ -39,6 +39,26 @@ type Log interface {
 	Cursors(topic string, sid uint32) ([][]byte, error)
 }
 
+// Owner is what a Log may also do in a cluster, where a subscription's
+// delivery runs on one node at a time, its owner, and ownership moves:
+// take the subscription's state over. The engine loads a subscription
+// through Own instead of Cursors when its Log has it, and every write of
+// the subscription then carries the epoch (storage.Write.Epoch). A write
+// refused with storage.ErrFenced means a newer owner took over: the engine
+// stops the subscription at once (Engine.Attach, Ack and the rest start it
+// again, through Own).
+type Owner interface {
+	// Own fences off the subscription's earlier owners in every partition
+	// of topic (storage.Store.Fence) and returns the owner epoch this
+	// node's writes must carry and the cursors as of the fence. It fails
+	// if this node does not own the subscription, or a newer owner fenced
+	// it off (storage.ErrFenced).
+	Own(ctx context.Context, topic, name string, sid uint32) (epoch uint64, cursors [][]byte, err error)
+}
+
+// ownWait bounds how long loading a subscription waits for Own.
+const ownWait = 10 * time.Second
+
 // EngineOptions configures an Engine.
 type EngineOptions struct {
 	Log    Log
@@ -255,7 +275,7 @@ func (e *Engine) loopFor(topic, name string) (*loop, error) {
 	if key == nil {
 		key = legacySealKey(topic, name, sub.ID, sub.CreateTime)
 	}
-	raw, err := e.opts.Log.Cursors(topic, sub.ID)
+	epoch, raw, err := e.cursors(topic, name, sub.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -275,7 +295,21 @@ func (e *Engine) loopFor(topic, name string) (*loop, error) {
 	}
 	l := e.startLoop(topic, name, sub.ID, o, states, nil, horizon, key)
 	l.created = sub.CreateTime
+	l.sub.epoch = epoch
 	return l, nil
+}
+
+// cursors loads a subscription's cursors to run it: through Own if the
+// Log is an Owner, with the epoch its writes carry.
+func (e *Engine) cursors(topic, name string, sid uint32) (uint64, [][]byte, error) {
+	o, ok := e.opts.Log.(Owner)
+	if !ok {
+		raw, err := e.opts.Log.Cursors(topic, sid)
+		return 0, raw, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ownWait)
+	defer cancel()
+	return o.Own(ctx, topic, name, sid)
 }
 
 // startLoop starts a subscription's loop. e.mu is held.

@@ -40,6 +40,7 @@ type harness struct {
 	hold    bool            // writes are held, not done (a crash loses them)
 	held    []*writeJob     // held writes, in issue order
 	failing int             // fail this many writes from now on
+	losing  int             // store this many writes, but answer them failed
 	fired   time.Time       // deadline the last tick ran for
 	notes   []string        // lines to report for the current command
 	sent    []Delivery      // deliveries since takeSent
@@ -208,7 +209,7 @@ func (h *harness) restart(reopen bool) {
 		h.notes = append(h.notes, fmt.Sprintf("%d held writes lost", n))
 	}
 	h.acksWaiting = nil
-	h.sub, h.pending, h.held, h.hold, h.failing = nil, nil, nil, false, 0
+	h.sub, h.pending, h.held, h.hold, h.failing, h.losing = nil, nil, nil, false, 0, 0
 	h.fired = time.Time{}
 	h.credit = map[uint64]int{}
 	h.model.outstanding = map[uint64]map[pOff]time.Time{}
@@ -279,6 +280,14 @@ func (h *harness) drain() {
 				h.held = append(h.held, job)
 			case h.failing > 0:
 				h.failing--
+				h.sub.written(job, nil, errInjected, h.now())
+			case h.losing > 0:
+				// Stored, and answered as a lost leadership is: the
+				// outcome unknown to the writer.
+				h.losing--
+				if _, err := h.st.Write(context.Background(), job.w); err != nil {
+					h.tb.Fatal(err)
+				}
 				h.sub.written(job, nil, errInjected, h.now())
 			default:
 				res, err := h.st.Write(context.Background(), job.w)

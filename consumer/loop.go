@@ -53,6 +53,9 @@ func (l *loop) run() {
 	for {
 		select {
 		case fn := <-l.events:
+			if l.ctx.Err() != nil {
+				continue // stopped (fenced off, say): nothing more runs, nothing more goes out
+			}
 			now := l.e.opts.Clock.Now()
 			fn(now)
 			l.flush(now)
@@ -103,6 +106,7 @@ func (l *loop) stop(err error) {
 		t := l.e.opts.Clock.AfterFunc(stopGrace, func() { close(grace) })
 		select {
 		case <-settled:
+		case <-l.done: // it ended from within meanwhile (end)
 		case <-grace:
 			l.e.log.Warn("subscription stopped before its last writes landed", "topic", l.key.topic, "subscription", l.key.name)
 		}
@@ -295,6 +299,7 @@ func (l *loop) startWrite(job *writeJob) {
 	if gone(err) {
 		l.end(fmt.Errorf("subscription %q: %w: %w", l.key.name, ErrDetached, err))
 	}
+	l.checkFenced(err)
 	if err != nil {
 		l.writeFailed(err)
 		l.sub.written(job, nil, err, l.e.opts.Clock.Now())
@@ -307,8 +312,24 @@ func (l *loop) startWrite(job *writeJob) {
 		if err != nil {
 			l.writeFailed(err)
 		}
+		l.checkFenced(err)
 		l.post(func(now time.Time) { l.sub.written(job, res, err, now) })
 	}()
+}
+
+// checkFenced stops the loop at once if err says a newer owner of the
+// subscription fenced this one off (storage.ErrFenced): what it holds is
+// stale, its writes are refused, and it must deliver nothing more. Its
+// consumers are detached with ErrDetached (UNAVAILABLE: reconnect, to the
+// new owner) and the deliveries queued for them are dropped.
+func (l *loop) checkFenced(err error) {
+	if !errors.Is(err, storage.ErrFenced) {
+		return
+	}
+	if l.ctx.Err() == nil {
+		l.e.log.Warn("subscription fenced off by a newer owner; releasing it", "topic", l.key.topic, "subscription", l.key.name, "err", err)
+	}
+	l.end(fmt.Errorf("subscription %q moved to a newer owner: %w: %w", l.key.name, ErrDetached, err))
 }
 
 // writeFailed logs a failed write, unless the store refused it for disk
@@ -464,10 +485,15 @@ func (c *Consumer) push(d Delivery) bool {
 	return true
 }
 
+// detached ends the consumer with err. If err is storage.ErrFenced, what
+// its queue holds is dropped: a fenced owner delivers nothing more.
 func (c *Consumer) detached(err error) {
 	c.mu.Lock()
 	if c.err == nil {
 		c.err = err
+	}
+	if errors.Is(err, storage.ErrFenced) {
+		c.queue = nil
 	}
 	c.mu.Unlock()
 	c.wake()

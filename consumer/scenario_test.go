@@ -237,7 +237,8 @@ func runScenarioCmd(t *testing.T, h *harness, d *datadriven.TestData, b *strings
 			var out []string
 			for i, res := range r.res {
 				for _, x := range res {
-					out = append(out, fmt.Sprintf("%s/%d@%d", appends[i].Topic, appends[i].Partition, x.Offset))
+					dup := map[bool]string{true: "(dup)"}[x.Duplicate]
+					out = append(out, fmt.Sprintf("%s/%d@%d%s", appends[i].Topic, appends[i].Partition, x.Offset, dup))
 				}
 			}
 			fmt.Fprintf(b, "commit: ok %s\n", strings.Join(out, " "))
@@ -275,8 +276,11 @@ func runScenarioCmd(t *testing.T, h *harness, d *datadriven.TestData, b *strings
 		case hasKey(a, "fail"):
 			h.failing = int(num(t, a["fail"]))
 			h.settle()
+		case hasKey(a, "lose-reply"):
+			h.losing = int(num(t, a["lose-reply"]))
+			h.settle()
 		default:
-			t.Fatal("writes hold|release|fail=N")
+			t.Fatal("writes hold|release|fail=N|lose-reply=N")
 		}
 
 	case "retention":

@@ -57,6 +57,15 @@ type subscription struct {
 	pins       map[uint64]*pin // KEY_SHARED: key hash → consumer holding it
 	queued     []*writeJob     // commits and dead letters waiting for their partitions
 	nextJob    uint64
+	// epoch is the owner epoch its writes carry (storage.Write.Epoch):
+	// given by an Owner log when the subscription was loaded; 0 else.
+	epoch uint64
+	// committing maps the ids of commits in flight to their job;
+	// committed are the last recentCommits ids committed, oldest first
+	// in recent (commit.go).
+	committing map[DeliveryID]*writeJob
+	committed  map[DeliveryID]*commitRecord
+	recent     []DeliveryID
 
 	stats Stats
 	out   output
@@ -134,10 +143,16 @@ type pin struct {
 // partition has at most one write in flight, so writes of a partition land
 // in the order they were made and each carries the whole state.
 type writeJob struct {
-	id         uint64
-	parts      []uint32
-	epoch      map[uint32]uint32 // each partition's epoch when the job was made
-	acks       map[uint32][]uint64
+	id    uint64
+	parts []uint32
+	epoch map[uint32]uint32 // each partition's epoch when the job was made
+	acks  map[uint32][]uint64
+	// ids, leases and joined are a commit's: the ids it acks, the
+	// outstanding deliveries it took, and retries waiting for its outcome.
+	ids        []DeliveryID
+	sum        uint64 // sumAppends of w.Appends
+	leases     []commitLease
+	joined     []func(res [][]storage.AppendResult, err error)
 	deadLetter bool // a dead letter's write, not a commit's
 	// ackedIDs are the ids of the messages it acks, for the acked-id
 	// horizon (EFFECTIVELY_ONCE).
@@ -209,7 +224,8 @@ type Stats struct {
 func newSubscription(topic, name string, sid uint32, opts Options, states []*partitionState, heads []uint64,
 	route func(string, *storage.Message) (uint32, error)) *subscription {
 	s := &subscription{topic: topic, name: name, sid: sid, opts: opts, route: route, pins: make(map[uint64]*pin),
-		byID: make(map[uint64]*consumerState), queueBytes: DefaultQueueBytes}
+		byID: make(map[uint64]*consumerState), queueBytes: DefaultQueueBytes,
+		committing: make(map[DeliveryID]*writeJob), committed: make(map[DeliveryID]*commitRecord)}
 	for i, st := range states {
 		p := &partition{n: uint32(i), st: st, inflight: NewInflight(), msgs: make(map[uint64]*storage.Message), busy: make(map[uint64]bool)}
 		p.next = st.cursor.Floor()

@@ -58,7 +58,7 @@ func (s *subscription) issue(job *writeJob) {
 	s.nextJob++
 	job.id = s.nextJob
 	job.epoch = make(map[uint32]uint32, len(job.parts))
-	job.w.Topic, job.w.Subscription, job.w.AckedIDTTL = s.topic, s.sid, s.horizon
+	job.w.Topic, job.w.Subscription, job.w.AckedIDTTL, job.w.Epoch = s.topic, s.sid, s.horizon, s.epoch
 	withAttempts := s.persistAttempts()
 	for _, part := range job.parts {
 		p := s.parts[part]
@@ -141,14 +141,19 @@ func (s *subscription) complete(job *writeJob) {
 		p := s.parts[part]
 		for _, off := range job.acks[part] {
 			delete(p.busy, off)
-			if err == nil && job.epoch[part] == p.st.epoch {
+			switch {
+			case job.epoch[part] != p.st.epoch:
+				// Seeked since: the delivery is gone either way.
+			case err == nil:
 				s.forget(p, off)
 				p.st.cursor.Ack(off)
 				if !job.deadLetter {
 					s.stats.Acked++ // dead letters are counted apart
 				}
-			} else if err != nil {
+			case job.deadLetter:
 				s.toRetry(p, off, s.now.Add(writeRetry))
+			default:
+				s.restoreLease(p, job, off)
 			}
 		}
 		p.retryWriteAt = time.Time{}
@@ -172,6 +177,9 @@ func (s *subscription) complete(job *writeJob) {
 	}
 	for _, w := range job.waiters {
 		w(err)
+	}
+	if !job.deadLetter && job.ids != nil {
+		s.commitDone(job, err)
 	}
 	if job.done != nil {
 		job.done(job.res, err)

@@ -186,7 +186,7 @@ func (c *committer) finish(p *Partition, st partitionState, group []*request, cm
 	if err != nil {
 		return st, err
 	}
-	next.commitDedup()
+	next.committed()
 	c.sync.enqueue(p.syncGroupOf(st, next, group, cmds, results))
 	return next, nil
 }

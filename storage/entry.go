@@ -35,13 +35,23 @@ import (
 //	  append:       window uvar (ns) | nmsgs uvar | (id bytes | record bytes)*
 //	                | ncursors uvar | (sid u32 | state bytes)*
 //	                | hasAcked u8 [| sid u32 | ttl uvar (ns) | nids uvar | (id bytes)*]
+//	                | epoch uvar                                   (version 2)
 //	  trim:         trimTo u64 | limit uvar
 //	  expire dedup: window uvar (ns)
+//	  fence:        sid u32 | epoch uvar                           (version 2)
 //
+// Version 2 added the subscription owner epochs (fence.go); an entry of
+// version 1, from before, decodes with epoch 0 and has no fences.
 // "bytes" is a uvarint length and the bytes; a record is a message record
 // as stored under its m key (record.go), so headers are encoded sorted and
 // the same message always gives the same entry. A barrier (write.go) is a
 // single-node device and is never encoded.
+
+// Entry versions: 1 had no owner epochs, 2 has them.
+const (
+	entryVersion1 = 1
+	entryVersion  = 2
+)
 
 // errNotReplicable is what encodeEntry says of a command that has no place
 // in an entry.
@@ -50,7 +60,7 @@ var errNotReplicable = errors.New("command cannot be replicated")
 // encodeEntry encodes cmds, to be applied with the time at, as proposal.
 func encodeEntry(at time.Time, proposal uint64, cmds []*command) ([]byte, error) {
 	b := make([]byte, 0, entrySize(cmds))
-	b = append(b, recordVersion)
+	b = append(b, entryVersion)
 	b = binary.BigEndian.AppendUint64(b, uint64(at.UnixNano()))
 	b = binary.BigEndian.AppendUint64(b, proposal)
 	b = binary.AppendUvarint(b, uint64(len(cmds)))
@@ -71,17 +81,11 @@ func encodeEntry(at time.Time, proposal uint64, cmds []*command) ([]byte, error)
 				b = binary.BigEndian.AppendUint32(b, w.sid)
 				b = appendBytes(b, w.state)
 			}
-			if c.acked == nil {
-				b = append(b, 0)
-				continue
-			}
-			b = append(b, 1)
-			b = binary.BigEndian.AppendUint32(b, c.acked.sid)
-			b = binary.AppendUvarint(b, uint64(c.acked.ttl))
-			b = binary.AppendUvarint(b, uint64(len(c.acked.ids)))
-			for _, id := range c.acked.ids {
-				b = appendBytes(b, []byte(id))
-			}
+			b = appendAcked(b, c.acked)
+			b = binary.AppendUvarint(b, c.epoch)
+		case cmdFence:
+			b = binary.BigEndian.AppendUint32(b, c.sid)
+			b = binary.AppendUvarint(b, c.epoch)
 		case cmdTrim:
 			b = binary.BigEndian.AppendUint64(b, c.trimTo)
 			b = binary.AppendUvarint(b, uint64(c.limit))
@@ -94,11 +98,26 @@ func encodeEntry(at time.Time, proposal uint64, cmds []*command) ([]byte, error)
 	return b, nil
 }
 
+// appendAcked encodes an append's acked ids: hasAcked and, if set, them.
+func appendAcked(b []byte, a *ackedIDs) []byte {
+	if a == nil {
+		return append(b, 0)
+	}
+	b = append(b, 1)
+	b = binary.BigEndian.AppendUint32(b, a.sid)
+	b = binary.AppendUvarint(b, uint64(a.ttl))
+	b = binary.AppendUvarint(b, uint64(len(a.ids)))
+	for _, id := range a.ids {
+		b = appendBytes(b, []byte(id))
+	}
+	return b
+}
+
 // entrySize is about len(encodeEntry(at, cmds)), for sizing its buffer.
 func entrySize(cmds []*command) int {
 	n := 1 + 8 + 8 + binary.MaxVarintLen64
 	for _, c := range cmds {
-		n += 1 + 3*binary.MaxVarintLen64
+		n += 1 + 4 + 4*binary.MaxVarintLen64
 		for i := range c.msgs {
 			n += 2*binary.MaxVarintLen64 + len(c.msgs[i].ID) + messageRecordSize(&c.msgs[i])
 		}
@@ -123,7 +142,8 @@ func appendBytes(b, v []byte) []byte {
 // reused once it returns. A malformed entry is ErrCorrupt.
 func decodeEntry(b []byte) (at time.Time, proposal uint64, cmds []*command, err error) {
 	d := wire.NewDecoder(b, ErrCorrupt)
-	if ver := d.Byte(); ver != recordVersion {
+	ver := d.Byte()
+	if ver != entryVersion1 && ver != entryVersion {
 		return time.Time{}, 0, nil, fmt.Errorf("entry version %d: %w", ver, ErrCorrupt)
 	}
 	at = time.Unix(0, int64(d.U64())).UTC()
@@ -189,6 +209,14 @@ func decodeEntry(b []byte) (at time.Time, proposal uint64, cmds []*command, err 
 			default:
 				d.Fail()
 			}
+			if ver >= entryVersion {
+				c.epoch = d.Uvarint()
+			}
+		case cmdFence:
+			if ver < entryVersion {
+				d.Fail()
+			}
+			c.sid, c.epoch = d.U32(), d.Uvarint()
 		case cmdTrim:
 			c.trimTo = d.U64()
 			l := d.Uvarint()

@@ -121,7 +121,7 @@ func (r *replica) apply(tb testing.TB, index uint64, data []byte) ([]result, err
 	if err := txn.Commit(); err != nil {
 		tb.Fatalf("commit entry %d: %v", index, err)
 	}
-	next.commitDedup()
+	next.committed()
 	r.st = next
 	return res, nil
 }

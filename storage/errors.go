@@ -70,6 +70,13 @@ var (
 	// so its outcome is unknown, as a timeout's is. A retry with the same
 	// ids is answered as duplicates if it was stored.
 	ErrReplaced = errors.New("storage: partition replaced by an import; the write's outcome is unknown")
+	// ErrFenced is returned by Write for a write of a subscription's
+	// cursors or acked ids decided under an owner epoch (Write.Epoch)
+	// below one a partition of its topic has seen, and by Fence for such
+	// an epoch: a newer owner of the subscription took over (fence.go).
+	// Nothing of the refused partition's part is written, its messages
+	// included; the caller is no longer the owner.
+	ErrFenced = errors.New("storage: subscription owner fenced off by a newer owner")
 	// ErrCorrupt is returned when a stored key or value cannot be decoded.
 	ErrCorrupt = errors.New("storage: corrupt record")
 )

@@ -300,8 +300,11 @@ func (c *importCheck) add(p exportPair) error {
 		}
 		return nil
 	case kindCursor:
-		if !bytes.HasPrefix(p.key, partitionPrefix(kindCursor, c.tid, c.part)) || len(p.key) != partitionPrefixLen+4 {
+		if !bytes.HasPrefix(p.key, partitionPrefix(kindCursor, c.tid, c.part)) || (len(p.key) != partitionPrefixLen+4 && !isEpochKey(p.key)) {
 			return errExport(p.key, "not a cursor of the partition")
+		}
+		if isEpochKey(p.key) && len(p.value) != 8 {
+			return errExport(p.key, "epoch of %d bytes", len(p.value))
 		}
 	case kindMessage:
 		info, err := decodeMessageKey(p.key)

@@ -29,6 +29,8 @@ import (
 //	s <tid u32> <name>                         → subscription record (sid, config, create time)
 //	c <tid u32> <part u32> <sid u32>           → a subscription's cursor state in a partition,
 //	                                             opaque bytes the delivery engine encodes
+//	c <tid u32> <part u32> <sid u32> 'e'       → the highest owner epoch the partition has seen
+//	                                             for the subscription, u64 (cluster; fence.go)
 //	a <tid u32> <sid u32> <id>                 → an id the subscription acked (its dedup horizon);
 //	                                             empty value, Badger TTL = the horizon
 //	y <tid u32> <sid u32>                      → tombstone: a deleted subscription's acked ids

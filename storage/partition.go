@@ -445,6 +445,9 @@ func (p *Partition) syncGroupOf(st, next partitionState, reqs []*request, cmds [
 	g := syncGroup{p: p, reqs: append([]*request(nil), reqs...)}
 	for i, r := range reqs {
 		r.res = results[i]
+		if err := results[i].err; err != nil {
+			r.err = fmt.Errorf("topic %q partition %d: %w", p.topic, p.part, err)
+		}
 	}
 	for i, c := range cmds {
 		g.wrote = g.wrote || c.writes()

@@ -14,6 +14,7 @@ const (
 	cmdAppend      commandKind = iota + 1 // store msgs, dedup by id
 	cmdTrim                               // delete messages below trimTo
 	cmdExpireDedup                        // forget ids published more than dedupWindow ago
+	cmdFence                              // raise a subscription's owner epoch (fence.go)
 	cmdBarrier                            // hand the state to a multi-partition write (write.go)
 	// Control commands of a replicated partition (replica.go): the writer
 	// acts on them itself, they never reach apply or an entry.
@@ -43,6 +44,11 @@ type command struct {
 	// them (acks, cursor moves).
 	cursors []cursorWrite
 	acked   *ackedIDs
+	// epoch is the subscription owner epoch its cursor writes and acked
+	// ids were decided under (cmdAppend), or the one to raise to
+	// (cmdFence, for subscription sid); 0 on a single node (fence.go).
+	epoch   uint64
+	sid     uint32   // cmdFence
 	barrier *barrier // cmdBarrier, cmdHold
 
 	proposer Proposer // cmdReplicate
@@ -73,6 +79,9 @@ type result struct {
 	at       time.Time      // cmdAppend: the publish time given to the stored messages
 	deleted  int            // cmdTrim: messages removed; cmdExpireDedup: ids forgotten
 	more     bool           // cmdTrim: limit reached, call again
+	// err refuses the command alone, which changed nothing: ErrFenced.
+	// Its request is answered with it; the rest of the group applies.
+	err error
 }
 
 // AppendResult says where one appended message is.
@@ -92,25 +101,33 @@ type partitionState struct {
 	// is long enough for a scan to cost.
 	added    []dedupRecord
 	addedIDs map[string]int
+	// epochs are the highest owner epoch seen per subscription (fence.go),
+	// loaded on first need; raised holds an apply's raises, for committed
+	// to put in epochs once the transaction has committed.
+	epochs map[uint32]uint64
+	raised map[uint32]uint64
 }
 
 // apply runs cmds against txn and returns one result per command and the
 // state after them; it writes the partition meta only if it changed. It is deterministic: the same state, commands and now
 // give the same writes and results. It reads no clock and starts no
 // goroutine. On error the caller discards txn and keeps the old state; on
-// success it commits txn and then calls commitDedup on the new state. Only
+// success it commits txn and then calls committed on the new state. Only
 // expiry changes the dedup index in place (its filters and where its walk
 // stands), which is harmless if the transaction then fails: an expired id
 // is no longer a duplicate anyway, and a d key left behind is read as
 // expired and goes at the next open.
 func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (partitionState, []result, error) {
-	s.added, s.addedIDs = nil, nil
+	s.added, s.addedIDs, s.raised = nil, nil, nil
 	before := s.meta
 	results := make([]result, len(cmds))
 	for i, c := range cmds {
 		var err error
 		switch c.kind {
 		case cmdAppend:
+			if results[i].err, err = s.admit(txn, c); results[i].err != nil || err != nil {
+				break // fenced: nothing of c is written, its messages neither
+			}
 			if len(c.msgs) > 0 {
 				results[i].appended, results[i].sizes, err = s.append(txn, c, now)
 				results[i].at = s.meta.lastTime
@@ -122,6 +139,8 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 			results[i].deleted, results[i].more, err = s.trim(txn, c.trimTo, c.limit)
 		case cmdExpireDedup:
 			results[i].deleted, results[i].more, err = s.expireDedup(txn, now, c.dedupWindow)
+		case cmdFence:
+			results[i].err, err = s.fence(txn, c.sid, c.epoch)
 		default:
 			err = fmt.Errorf("command kind %d: %w", c.kind, ErrCorrupt)
 		}
@@ -137,12 +156,16 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 	return s, results, nil
 }
 
-// commitDedup lets the index's filter know the ids of a committed apply.
-func (s *partitionState) commitDedup() {
+// committed lets the dedup index's filter know the ids of a committed
+// apply, and the epochs its raises.
+func (s *partitionState) committed() {
 	for _, r := range s.added {
 		s.dedup.add(r)
 	}
-	s.added, s.addedIDs = nil, nil
+	for sid, e := range s.raised {
+		s.epochs[sid] = e
+	}
+	s.added, s.addedIDs, s.raised = nil, nil, nil
 }
 
 // append stores c.msgs at the head. A message whose id was stored within the
@@ -248,7 +271,7 @@ func (s *partitionState) writeCursors(txn *badger.Txn, c *command, now time.Time
 
 // writes reports whether c stores something besides messages.
 func (c *command) writes() bool {
-	return len(c.cursors) > 0 || (c.acked != nil && len(c.acked.ids) > 0)
+	return len(c.cursors) > 0 || (c.acked != nil && len(c.acked.ids) > 0) || c.kind == cmdFence
 }
 
 // trim deletes messages below trimTo, oldest first, at most limit of them.

@@ -193,7 +193,7 @@ func (p *Partition) applyEntry(st partitionState, r *request) partitionState {
 		close(r.done)
 		return st
 	}
-	next.commitDedup()
+	next.committed()
 	p.applied.Store(r.cmd.index)
 	reqs := p.proposals[a.proposal]
 	delete(p.proposals, a.proposal)

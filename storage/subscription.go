@@ -326,6 +326,9 @@ func (s *Store) DeleteSubscriptionAt(ctx context.Context, topic, name string, st
 			if err := txn.Delete(cursorKey(tid, part, sub.ID)); err != nil {
 				return err
 			}
+			if err := txn.Delete(epochKey(tid, part, sub.ID)); err != nil {
+				return err
+			}
 		}
 		return txn.Set(subTombstoneKey(tid, sub.ID), nil)
 	})

@@ -31,6 +31,11 @@ type Write struct {
 	AckedIDTTL time.Duration
 	// Appends are stored with the cursors, deduplicated by id as any append.
 	Appends []AppendBatch
+	// Epoch is the owner epoch the write was decided under (fence.go): a
+	// partition that has seen a higher one for the subscription refuses
+	// its cursors and acked ids, and the messages of the same partition,
+	// with ErrFenced. 0 on a single node, which never fences.
+	Epoch uint64
 }
 
 // CursorWrite is a subscription's new cursor state in one partition.
@@ -244,7 +249,7 @@ func (s *Store) plan(w Write) ([]*partWrite, error) {
 		p := h.partitions[n]
 		pw, ok := byPart[p]
 		if !ok {
-			pw = &partWrite{p: p, cmd: command{kind: cmdAppend, dedupWindow: h.topic.Config.DedupWindow}}
+			pw = &partWrite{p: p, cmd: command{kind: cmdAppend, dedupWindow: h.topic.Config.DedupWindow, epoch: w.Epoch}}
 			byPart[p] = pw
 			parts = append(parts, pw)
 		}
@@ -383,7 +388,7 @@ func (s *Store) writeMulti(parts []*partWrite, reqs []*request) ([]result, error
 	}
 	done := make([]*request, len(parts))
 	for i, pw := range parts {
-		next[i].commitDedup()
+		next[i].committed()
 		done[i] = &request{cmd: pw.cmd, done: make(chan struct{})}
 		s.sync.enqueue(pw.p.syncGroupOf(states[i], next[i], done[i:i+1], []*command{&pw.cmd}, results[i:i+1]))
 	}
@@ -407,6 +412,9 @@ func (s *Store) applyMulti(parts []*partWrite, states []partitionState) ([]parti
 	results := make([]result, len(parts))
 	for i, pw := range parts {
 		st, res, err := states[i].apply(txn, []*command{&pw.cmd}, now)
+		if err == nil {
+			err = res[0].err // one part refused: nothing is written
+		}
 		if err != nil {
 			return nil, nil, err
 		}
