@@ -278,16 +278,23 @@ func (n *node) group(topic string, part uint32) (*cluster.Group, error) {
 	return rp.group, nil
 }
 
+// ownerGroup returns the group of subscription sub's owner partition, and
+// that partition.
+func (n *node) ownerGroup(topic, sub string) (*cluster.Group, uint32, error) {
+	t, err := n.store.Topic(topic)
+	if err != nil {
+		return nil, 0, err
+	}
+	part := ownerPartition(sub, t.Config.Partitions)
+	g, err := n.group(topic, part)
+	return g, part, err
+}
+
 // owner returns the node that owns subscription sub of topic: the leader
 // of its owner partition, or an error wrapping cluster.ErrNotLeader while
 // there is none.
 func (n *node) owner(topic, sub string) (uint64, error) {
-	t, err := n.store.Topic(topic)
-	if err != nil {
-		return 0, err
-	}
-	part := ownerPartition(sub, t.Config.Partitions)
-	g, err := n.group(topic, part)
+	g, _, err := n.ownerGroup(topic, sub)
 	if err != nil {
 		return 0, err
 	}
@@ -557,12 +564,7 @@ func (l clusterLog) Own(ctx context.Context, topic, name string, sid uint32) (ui
 // ownerEpoch is the term in which this node leads subscription sub's owner
 // partition; an error wrapping consumer.ErrDetached if it does not.
 func (n *node) ownerEpoch(topic, sub string) (uint64, error) {
-	t, err := n.store.Topic(topic)
-	if err != nil {
-		return 0, err
-	}
-	part := ownerPartition(sub, t.Config.Partitions)
-	g, err := n.group(topic, part)
+	g, part, err := n.ownerGroup(topic, sub)
 	if err != nil {
 		return 0, err
 	}
