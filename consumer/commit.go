@@ -123,18 +123,20 @@ var sumSeed = maphash.MakeSeed()
 func sumAppends(appends []storage.AppendBatch) uint64 {
 	var h maphash.Hash
 	h.SetSeed(sumSeed)
-	field := func(b []byte) {
-		_, _ = h.Write(binary.AppendUvarint(nil, uint64(len(b))))
-		_, _ = h.Write(b)
-	}
+	var n [binary.MaxVarintLen64]byte // lengths, so fields cannot run together
+	length := func(l int) { _, _ = h.Write(binary.AppendUvarint(n[:0], uint64(l))) }
 	for _, b := range appends {
-		field([]byte(b.Topic))
-		field(binary.BigEndian.AppendUint32(nil, b.Partition))
+		length(len(b.Topic))
+		_, _ = h.WriteString(b.Topic)
+		_, _ = h.Write(binary.BigEndian.AppendUint32(n[:0], b.Partition))
 		for i := range b.Messages {
 			m := &b.Messages[i]
-			field([]byte(m.ID))
-			field(m.Key)
-			field(m.Payload)
+			length(len(m.ID))
+			_, _ = h.WriteString(m.ID)
+			length(len(m.Key))
+			_, _ = h.Write(m.Key)
+			length(len(m.Payload))
+			_, _ = h.Write(m.Payload)
 		}
 	}
 	return h.Sum64()

@@ -111,24 +111,35 @@ func (s *partitionState) admit(txn *badger.Txn, c *command) (refused, err error)
 	if err := s.loadEpochs(txn); err != nil {
 		return nil, err
 	}
-	sids := make([]uint32, 0, len(c.cursors)+1)
+	acked := c.acked != nil && len(c.acked.ids) > 0
 	for _, w := range c.cursors {
-		sids = append(sids, w.sid)
-	}
-	if c.acked != nil && len(c.acked.ids) > 0 {
-		sids = append(sids, c.acked.sid)
-	}
-	for _, sid := range sids {
-		if have := s.epoch(sid); c.epoch < have {
-			return fmt.Errorf("subscription %d: write of owner epoch %d, partition %d has seen %d: %w", sid, c.epoch, s.part, have, ErrFenced), nil
+		if refused := s.stale(w.sid, c.epoch, "write of"); refused != nil {
+			return refused, nil
 		}
 	}
-	for _, sid := range sids {
-		if err := s.raise(txn, sid, c.epoch); err != nil {
+	if acked {
+		if refused := s.stale(c.acked.sid, c.epoch, "write of"); refused != nil {
+			return refused, nil
+		}
+	}
+	for _, w := range c.cursors {
+		if err := s.raise(txn, w.sid, c.epoch); err != nil {
 			return nil, err
 		}
 	}
+	if acked {
+		return nil, s.raise(txn, c.acked.sid, c.epoch)
+	}
 	return nil, nil
+}
+
+// stale is ErrFenced if sid has seen an epoch above epoch: what, at that
+// epoch, comes from an owner a newer one fenced off.
+func (s *partitionState) stale(sid uint32, epoch uint64, what string) error {
+	if have := s.epoch(sid); epoch < have {
+		return fmt.Errorf("subscription %d: %s owner epoch %d, partition %d has seen %d: %w", sid, what, epoch, s.part, have, ErrFenced)
+	}
+	return nil
 }
 
 // fence raises sid's epoch to epoch; refused is ErrFenced if it has seen
@@ -137,8 +148,8 @@ func (s *partitionState) fence(txn *badger.Txn, sid uint32, epoch uint64) (refus
 	if err := s.loadEpochs(txn); err != nil {
 		return nil, err
 	}
-	if have := s.epoch(sid); epoch < have {
-		return fmt.Errorf("subscription %d: fence at owner epoch %d, partition %d has seen %d: %w", sid, epoch, s.part, have, ErrFenced), nil
+	if refused := s.stale(sid, epoch, "fence at"); refused != nil {
+		return refused, nil
 	}
 	return nil, s.raise(txn, sid, epoch)
 }
