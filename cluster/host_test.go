@@ -307,14 +307,29 @@ func TestManyGroups(t *testing.T) {
 	for g := range uint64(groups) {
 		c.checkConverged(g + 1)
 	}
-	t.Logf("leaders per node, %d groups: %v", groups, spread)
 	// New groups campaign first on their preferred voter, round-robin
-	// (preferredLeader): 17, 17 and 16 unless an election was lost or a
-	// leader stepped down meanwhile; the bound allows for some of that.
-	for _, id := range c.ids {
-		if spread[id] < groups/6 {
-			t.Fatalf("node %d leads %d of %d groups: %v", id, spread[id], groups, spread)
+	// (TestPreferredLeaderSpreads), so the spread is about 17, 17 and 16;
+	// but an election lost under load moves a group, so it is logged, not
+	// asserted (a bound on it failed a CI run: 24, 23 and 3).
+	t.Logf("leaders per node, %d groups: %v", groups, spread)
+}
+
+// TestPreferredLeaderSpreads: the voters that campaign first in new groups
+// take the groups' ids round-robin, whatever the order of the voters.
+func TestPreferredLeaderSpreads(t *testing.T) {
+	count := map[uint64]int{}
+	for g := range uint64(50) {
+		a, b := preferredLeader([]uint64{3, 1, 2}, g+1), preferredLeader([]uint64{1, 2, 3}, g+1)
+		if a != b {
+			t.Fatalf("group %d: preferred leader %d or %d by the voters' order", g+1, a, b)
 		}
+		count[a]++
+	}
+	if count[1] != 16 || count[2] != 17 || count[3] != 17 {
+		t.Fatalf("preferred leaders of 50 groups: %v, want 16, 17 and 17", count)
+	}
+	if preferredLeader(nil, 1) != 0 {
+		t.Fatal("a group without voters has a preferred leader")
 	}
 }
 
