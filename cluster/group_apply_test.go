@@ -1,0 +1,217 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// blockApply makes sm's Apply block on the entry with data "block" until
+// release is called (at the latest at cleanup); entered is closed once it
+// blocks.
+func blockApply(t *testing.T, sm *testSM) (entered chan struct{}, release func()) {
+	entered, unblock := make(chan struct{}), make(chan struct{})
+	var once, rel sync.Once
+	sm.mu.Lock()
+	sm.onApply = func(ents []testEntry) { // under sm.mu
+		for _, e := range ents {
+			if e.data == "block" {
+				once.Do(func() { close(entered) })
+				<-unblock
+			}
+		}
+	}
+	sm.mu.Unlock()
+	release = func() { rel.Do(func() { close(unblock) }) }
+	t.Cleanup(release)
+	return entered, release
+}
+
+// waitClosed waits for c to be closed, or fails the test after waitLong.
+func waitClosed(t *testing.T, c <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(waitLong):
+		t.Fatalf("not after %v: %s", waitLong, what)
+	}
+}
+
+type asyncResult struct {
+	n     int
+	index uint64
+	err   error
+}
+
+// TestApplyBlockedKeepsLeadership blocks the leader's Apply for five
+// election timeouts: its loop goes on ticking and sending heartbeats, so
+// no follower calls an election (leader and term unchanged everywhere),
+// and it goes on committing entries the followers apply, while its own
+// applied index (Status.Applied) stays put and no proposal is answered
+// before its entry is applied there. Once Apply returns, everything
+// applies in order and every proposal is answered, after its entry is
+// applied.
+func TestApplyBlockedKeepsLeadership(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.addGroup(1)
+	leader := c.waitLeader(1, c.ids...)
+	c.propose(1, "warm")
+	lg := c.group(leader, 1)
+	term := lg.Status().Term
+	var watches []<-chan LeaderChange
+	for _, id := range c.ids {
+		w, stop := c.group(id, 1).WatchLeader()
+		t.Cleanup(stop)
+		<-w // the current one
+		watches = append(watches, w)
+	}
+	sm := c.nodes[leader].sms[1]
+	before := sm.Applied()
+	entered, release := blockApply(t, sm)
+
+	const after = 5
+	results := make(chan asyncResult, after+1)
+	answer := func(n int) func(uint64, error) {
+		return func(index uint64, err error) {
+			if err == nil && sm.Applied() < index { // sm.mu is free once Apply returned
+				err = fmt.Errorf("answered at %d with the state machine applied up to %d", index, sm.Applied())
+			}
+			results <- asyncResult{n: n, index: index, err: err}
+		}
+	}
+	lg.ProposeAsync([]byte("block"), answer(0))
+	waitClosed(t, entered, "the leader's Apply blocks")
+	for n := 1; n <= after; n++ {
+		lg.ProposeAsync(fmt.Appendf(nil, "after-%d", n), answer(n))
+	}
+
+	// Five election timeouts (at their longest: 2 × ElectionTicks) in
+	// the nodes' time, watching for any change of leader or term.
+	wait := time.Duration(5*2*c.nodes[leader].host.opts.ElectionTicks) * testTick
+	start := c.clk.Now()
+	eventually(t, waitLong, "five election timeouts pass", func() bool {
+		for i, w := range watches {
+			select {
+			case lc := <-w:
+				t.Fatalf("node %d saw leader %d in term %d while the leader's Apply blocked (leader %d, term %d before)",
+					c.ids[i], lc.Leader, lc.Term, leader, term)
+			default:
+			}
+		}
+		return c.clk.Now().Sub(start) >= wait
+	})
+	st := lg.Status() // the loop answers
+	if st.Term != term || st.State.String() != "StateLeader" {
+		t.Fatalf("leader %d: %v in term %d, want the leader in term %d", leader, st.State, st.Term, term)
+	}
+	if st.Commit < before+1+after || st.Applied != before {
+		t.Fatalf("leader: commit %d, applied %d; want commit ≥ %d and applied %d (the blocked batch not applied)",
+			st.Commit, st.Applied, before+1+after, before)
+	}
+	for _, id := range c.ids {
+		if id != leader {
+			c.nodes[id].sms[1].waitApplied(t, st.Commit)
+		}
+	}
+	select {
+	case r := <-results:
+		t.Fatalf("proposal %d answered (index %d, %v) before the leader applied it", r.n, r.index, r.err)
+	default:
+	}
+
+	release()
+	var last uint64
+	for range after + 1 {
+		select {
+		case r := <-results:
+			if r.err != nil || r.index <= last {
+				t.Fatalf("proposal %d: index %d, %v; want an index after %d", r.n, r.index, r.err, last)
+			}
+			last = r.index
+		case <-time.After(waitLong):
+			t.Fatalf("proposals not answered after %v", waitLong)
+		}
+	}
+	ents := c.checkConverged(1)
+	var got []string
+	for _, e := range ents {
+		if e.index > before {
+			got = append(got, e.data)
+		}
+	}
+	want := []string{"block", "after-1", "after-2", "after-3", "after-4", "after-5"}
+	if len(got) < len(want) || fmt.Sprint(got[:len(want)]) != fmt.Sprint(want) {
+		t.Fatalf("applied after %d: %q, want %q first", before, got, want)
+	}
+	if st := lg.Status(); st.Term != term || st.Leader != leader {
+		t.Fatalf("leader %d in term %d at the end, want %d in term %d", st.Leader, st.Term, leader, term)
+	}
+}
+
+// TestApplyStopAbandons closes a node while its Apply blocks: Close waits
+// for the batch under way, applies nothing after it, and fails the
+// proposals whose entries it did not apply with ErrClosed. Restarted, the
+// node applies everything in order, once.
+func TestApplyStopAbandons(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.addGroup(1)
+	leader := c.waitLeader(1, c.ids...)
+	c.propose(1, "warm")
+	lg := c.group(leader, 1)
+	sm := c.nodes[leader].sms[1]
+	entered, release := blockApply(t, sm)
+	results := make(chan asyncResult, 2)
+	lg.ProposeAsync([]byte("block"), func(index uint64, err error) { results <- asyncResult{n: 0, index: index, err: err} })
+	waitClosed(t, entered, "the leader's Apply blocks")
+	lg.ProposeAsync([]byte("after"), func(index uint64, err error) { results <- asyncResult{n: 1, index: index, err: err} })
+	eventually(t, waitLong, "the entry after the blocked one commits", func() bool {
+		st := lg.Status()
+		return st.Commit >= st.Applied+2
+	})
+
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		if err := c.nodes[leader].host.Close(ctx); err != nil {
+			t.Errorf("close host: %v", err)
+		}
+	}()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while Apply was still under way")
+	case <-time.After(10 * tickPace): // not an assertion of timing: Close may not return before release
+	}
+	release()
+	waitClosed(t, closed, "Close returns")
+	got := map[int]asyncResult{}
+	for range 2 {
+		r := <-results // both answered before Close returned
+		got[r.n] = r
+	}
+	if r := got[0]; r.err != nil {
+		t.Fatalf("the blocked entry's proposal: %v, want its index (its batch applied)", r.err)
+	}
+	if r := got[1]; !errors.Is(r.err, ErrClosed) {
+		t.Fatalf("the proposal after it: index %d, %v; want ErrClosed (never applied here)", r.index, r.err)
+	}
+	if applied := sm.Applied(); applied != got[0].index {
+		t.Fatalf("applied %d after Close, want %d: nothing applies after the batch under way", applied, got[0].index)
+	}
+	c.stop(leader)
+	c.restart(leader)
+	ents := c.checkConverged(1)
+	var n int
+	for _, e := range ents {
+		if e.data == "block" || e.data == "after" {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Fatalf("applied %d of the entries block and after on every node, want each once", n)
+	}
+}
