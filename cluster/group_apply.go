@@ -71,8 +71,9 @@ type applier struct {
 
 	mu      sync.Mutex // guards the fields below
 	queue   []applyBatch
-	bytes   int   // the data of the queued batches and the one applying
-	err     error // why run stopped applying
+	bytes   int    // the data of the queued batches and the one applying
+	done    uint64 // the last index of the last batch run is through with (its snapshot too)
+	err     error  // why run stopped applying
 	closing bool
 
 	wake     chan struct{} // capacity 1: batches are queued, or closing
@@ -88,6 +89,7 @@ type applier struct {
 func newApplier(g *Group) *applier {
 	return &applier{
 		g:        g,
+		done:     g.queued,
 		wake:     make(chan struct{}, 1),
 		progress: make(chan struct{}, 1),
 		taken:    make(chan takenSnapshot, 1),
@@ -111,6 +113,24 @@ func (a *applier) backlog() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.bytes
+}
+
+// through reports whether run is through with every batch up to index:
+// applied, answered, snapshotted. It has let go of the state machine then,
+// until the next push.
+func (a *applier) through(index uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.done >= index
+}
+
+// skipTo records that the loop itself took the group to index (a
+// configuration change, a restore) while run was through with everything.
+func (a *applier) skipTo(index uint64) {
+	a.mu.Lock()
+	a.done = index
+	a.mu.Unlock()
+	a.g.applied.Store(index)
 }
 
 // failure returns why the applier stopped applying, nil while it works.
@@ -180,7 +200,9 @@ func (a *applier) run() {
 		if err != nil {
 			a.err = err
 		}
-		if !applied {
+		if applied {
+			a.done = b.last
+		} else {
 			a.queue = append([]applyBatch{b}, a.queue...) // its proposals fail with the group
 		}
 		a.mu.Unlock()
@@ -274,7 +296,7 @@ func (g *Group) handOff(ents []*raftpb.Entry) error {
 				return err
 			}
 			g.queued = e.GetIndex()
-			g.applied.Store(g.queued) // the applier is idle: nothing to apply before the next batch
+			g.ap.skipTo(g.queued)
 			continue
 		}
 		b.last = e.GetIndex()
@@ -283,14 +305,15 @@ func (g *Group) handOff(ents []*raftpb.Entry) error {
 	return nil
 }
 
-// waitApplied waits until the applier has applied everything handed to
-// it; errStopping if the group stops first, or why the applier failed.
+// waitApplied waits until the applier is through with everything handed
+// to it, and so has let go of the state machine; errStopping if the group
+// stops first, or why the applier failed.
 func (g *Group) waitApplied() error {
 	for {
 		if err := g.ap.failure(); err != nil {
 			return err
 		}
-		if g.applied.Load() >= g.queued {
+		if g.ap.through(g.queued) {
 			return nil
 		}
 		select {

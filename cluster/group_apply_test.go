@@ -50,12 +50,12 @@ type asyncResult struct {
 // election timeouts: its loop goes on ticking and sending heartbeats, so
 // no follower calls an election (leader and term unchanged everywhere),
 // and it goes on committing entries the followers apply, while its own
-// applied index (Status.Applied) stays put and no proposal is answered
-// before its entry is applied there. Once Apply returns, everything
-// applies in order and every proposal is answered, after its entry is
-// applied.
+// applied index (Status.Applied) stays put, it takes no snapshot beyond
+// it, and no proposal is answered before its entry is applied there.
+// Once Apply returns, everything applies in order, every proposal is
+// answered after its entry is applied, and snapshots go on.
 func TestApplyBlockedKeepsLeadership(t *testing.T) {
-	c := newTestCluster(t, 3, nil)
+	c := newTestCluster(t, 3, func(o *Options) { o.SnapshotEntries, o.SnapshotKeepEntries = 2, 1 })
 	c.addGroup(1)
 	leader := c.waitLeader(1, c.ids...)
 	c.propose(1, "warm")
@@ -107,9 +107,9 @@ func TestApplyBlockedKeepsLeadership(t *testing.T) {
 	if st.Term != term || st.State.String() != "StateLeader" {
 		t.Fatalf("leader %d: %v in term %d, want the leader in term %d", leader, st.State, st.Term, term)
 	}
-	if st.Commit < before+1+after || st.Applied != before {
-		t.Fatalf("leader: commit %d, applied %d; want commit ≥ %d and applied %d (the blocked batch not applied)",
-			st.Commit, st.Applied, before+1+after, before)
+	if st.Commit < before+1+after || st.Applied != before || st.SnapshotIndex > st.Applied {
+		t.Fatalf("leader: commit %d, applied %d, snapshot at %d; want commit ≥ %d, applied %d (the blocked batch not applied) and no snapshot beyond it",
+			st.Commit, st.Applied, st.SnapshotIndex, before+1+after, before)
 	}
 	for _, id := range c.ids {
 		if id != leader {
@@ -149,6 +149,10 @@ func TestApplyBlockedKeepsLeadership(t *testing.T) {
 	if st := lg.Status(); st.Term != term || st.Leader != leader {
 		t.Fatalf("leader %d in term %d at the end, want %d in term %d", st.Leader, st.Term, leader, term)
 	}
+	eventually(t, waitLong, "the leader snapshots past the entries once blocked", func() bool {
+		st := lg.Status()
+		return st.SnapshotIndex > before+after && st.SnapshotIndex <= st.Applied
+	})
 }
 
 // TestApplyStopAbandons closes a node while its Apply blocks: Close waits

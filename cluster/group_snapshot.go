@@ -33,7 +33,7 @@ func (g *Group) restore(snap *raftpb.Snapshot) error {
 		return fmt.Errorf("restore the state machine from the snapshot at %d: %w", meta.GetIndex(), err)
 	}
 	g.queued, g.smApplied = meta.GetIndex(), meta.GetIndex()
-	g.applied.Store(meta.GetIndex())
+	g.ap.skipTo(meta.GetIndex())
 	g.snapIndex.Store(meta.GetIndex())
 	g.confState = proto.Clone(meta.GetConfState()).(*raftpb.ConfState)
 	g.log.Info("state machine restored from a snapshot", "index", meta.GetIndex(), "term", meta.GetTerm(), "bytes", len(snap.GetData()))
