@@ -43,8 +43,8 @@ import (
 )
 
 // maxApplyBacklog bounds the bytes of entries handed to the applier and
-// not applied yet.
-const maxApplyBacklog = 4 * maxCommittedPerReady
+// not applied yet (a variable for tests: a group takes it when it opens).
+var maxApplyBacklog = 4 * maxCommittedPerReady
 
 // applyBatch is committed entries for the applier.
 type applyBatch struct {
@@ -67,7 +67,8 @@ type takenSnapshot struct {
 // The loop calls push, backlog, failure, close and abandon; run is the
 // goroutine.
 type applier struct {
-	g *Group
+	g     *Group
+	limit int // maxApplyBacklog when the group opened
 
 	mu      sync.Mutex // guards the fields below
 	queue   []applyBatch
@@ -89,6 +90,7 @@ type applier struct {
 func newApplier(g *Group) *applier {
 	return &applier{
 		g:        g,
+		limit:    maxApplyBacklog,
 		done:     g.queued,
 		wake:     make(chan struct{}, 1),
 		progress: make(chan struct{}, 1),
@@ -328,7 +330,7 @@ func (g *Group) waitApplied() error {
 // more: the loop then takes no proposals, and drops m if it carries
 // entries.
 func (g *Group) applyFull(m *raftpb.Message) bool {
-	return g.ap.backlog() >= maxApplyBacklog && (m == nil || carriesData(m))
+	return g.ap.backlog() >= g.ap.limit && (m == nil || carriesData(m))
 }
 
 // applyConfChange applies a configuration change entry to the RawNode.

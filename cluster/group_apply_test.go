@@ -219,3 +219,64 @@ func TestApplyStopAbandons(t *testing.T) {
 		t.Fatalf("applied %d of the entries block and after on every node, want each once", n)
 	}
 }
+
+// TestApplyBacklogPausesProposals blocks the leader's Apply with a small
+// backlog bound: once what it was handed and has not applied passes the
+// bound, it takes no more proposals (they wait in the queue, its log does
+// not grow) while it keeps its leadership; once Apply returns, they are
+// all appended, applied in order and answered.
+func TestApplyBacklogPausesProposals(t *testing.T) {
+	defer func(b int) { maxApplyBacklog = b }(maxApplyBacklog)
+	maxApplyBacklog = 4 << 10 // the groups take it when they open
+	c := newTestCluster(t, 3, nil)
+	c.addGroup(1)
+	leader := c.waitLeader(1, c.ids...)
+	c.propose(1, "warm")
+	lg := c.group(leader, 1)
+	term := lg.Status().Term
+	sm := c.nodes[leader].sms[1]
+	entered, release := blockApply(t, sm)
+	const wave = 16 // of 1 KiB each: four times the bound
+	results := make(chan asyncResult, 2*wave+1)
+	propose := func(n int, data []byte) {
+		lg.ProposeAsync(data, func(index uint64, err error) { results <- asyncResult{n: n, index: index, err: err} })
+	}
+	propose(0, []byte("block"))
+	waitClosed(t, entered, "the leader's Apply blocks")
+	pad := make([]byte, 1<<10)
+	for n := 1; n <= wave; n++ {
+		propose(n, fmt.Appendf(nil, "%03d-%s", n, pad))
+	}
+	var last uint64
+	eventually(t, waitLong, "the first wave commits", func() bool {
+		st := lg.Status()
+		last = st.LastIndex
+		return st.Commit == st.LastIndex && st.Commit > st.Applied+wave
+	})
+	for n := wave + 1; n <= 2*wave; n++ {
+		propose(n, fmt.Appendf(nil, "%03d-%s", n, pad))
+	}
+	wait := time.Duration(3*2*c.nodes[leader].host.opts.ElectionTicks) * testTick
+	start := c.clk.Now()
+	eventually(t, waitLong, "three election timeouts pass", func() bool {
+		if st := lg.Status(); st.LastIndex != last || st.Term != term || st.Leader != leader {
+			t.Fatalf("leader %d in term %d with last index %d while its applier is over the bound; want leader %d in term %d, last index %d",
+				st.Leader, st.Term, st.LastIndex, leader, term, last)
+		}
+		return c.clk.Now().Sub(start) >= wait
+	})
+	release()
+	var prev uint64
+	for n := 0; n <= 2*wave; n++ {
+		select {
+		case r := <-results:
+			if r.err != nil || r.n != n || r.index <= prev {
+				t.Fatalf("answer %d: proposal %d, index %d, %v; want proposal %d at an index after %d", n, r.n, r.index, r.err, n, prev)
+			}
+			prev = r.index
+		case <-time.After(waitLong):
+			t.Fatalf("proposals not answered after %v", waitLong)
+		}
+	}
+	c.checkConverged(1)
+}
