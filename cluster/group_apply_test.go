@@ -280,3 +280,62 @@ func TestApplyBacklogPausesProposals(t *testing.T) {
 	}
 	c.checkConverged(1)
 }
+
+// TestApplyBacklogDropsAppends blocks a follower's Apply with a small
+// backlog bound: once what it was handed and has not applied passes the
+// bound, it drops the appends that carry entries (its log stops growing
+// while the leader's grows), but it still takes heartbeats: no election,
+// the term unchanged. Once Apply returns it catches up and applies the
+// same entries as the others.
+func TestApplyBacklogDropsAppends(t *testing.T) {
+	defer func(b int) { maxApplyBacklog = b }(maxApplyBacklog)
+	maxApplyBacklog = 4 << 10 // the groups take it when they open
+	c := newTestCluster(t, 3, nil)
+	c.addGroup(1)
+	leader := c.waitLeader(1, c.ids...)
+	c.propose(1, "warm")
+	term := c.group(leader, 1).Status().Term
+	follower := c.ids[0]
+	if follower == leader {
+		follower = c.ids[1]
+	}
+	fg, lg := c.group(follower, 1), c.group(leader, 1)
+	propose := func(data string) { // on the leader: a follower would answer once it applied
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		if _, err := lg.Propose(ctx, []byte(data)); err != nil {
+			t.Fatalf("propose %.10q: %v", data, err)
+		}
+	}
+	entered, release := blockApply(t, c.nodes[follower].sms[1])
+	propose("block")
+	waitClosed(t, entered, "the follower's Apply blocks")
+	pad := make([]byte, 1<<10)
+	for n := 1; n <= 16; n++ { // four times the bound
+		propose(fmt.Sprintf("%03d-%s", n, pad))
+	}
+	var last uint64
+	eventually(t, waitLong, "the follower's applier is handed more than the bound", func() bool {
+		return fg.ap.backlog() >= maxApplyBacklog
+	})
+	last = fg.Status().LastIndex // from now on it takes no entries
+	for n := 17; n <= 32; n++ {
+		propose(fmt.Sprintf("%03d-%s", n, pad))
+	}
+	wait := time.Duration(3*2*c.nodes[leader].host.opts.ElectionTicks) * testTick
+	start := c.clk.Now()
+	eventually(t, waitLong, "three election timeouts pass", func() bool {
+		st := fg.Status()
+		if st.LastIndex != last || st.Term != term || st.Leader != leader {
+			t.Fatalf("follower: leader %d in term %d, last index %d while its applier is over the bound; want leader %d in term %d, last index %d",
+				st.Leader, st.Term, st.LastIndex, leader, term, last)
+		}
+		return c.clk.Now().Sub(start) >= wait
+	})
+	if lst := lg.Status(); lst.Commit < last+16 {
+		t.Fatalf("leader: commit %d, want at least %d (the second wave committed without the follower)", lst.Commit, last+16)
+	}
+	release()
+	c.checkConverged(1)
+}
