@@ -25,7 +25,8 @@ const (
 	// maxUncommittedBytes bounds what a leader holds proposed and not yet
 	// committed; beyond it proposals fail with ErrProposalDropped.
 	maxUncommittedBytes = 64 << 20
-	// maxCommittedPerReady bounds the bytes of entries applied per Ready.
+	// maxCommittedPerReady bounds the bytes of entries one Ready hands to
+	// the applier.
 	maxCommittedPerReady = 16 << 20
 )
 
