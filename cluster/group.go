@@ -582,7 +582,7 @@ func (g *Group) handleReadies() error {
 		if !lead {
 			g.h.tr.Send(g.id, rd.Messages)
 		}
-		if err := g.handOff(rd.CommittedEntries); err != nil {
+		if err := g.handToApplier(rd.CommittedEntries); err != nil {
 			return err
 		}
 		g.rn.Advance(rd)

@@ -2,7 +2,7 @@ package cluster
 
 // A group's applier: the goroutine that applies committed entries to the
 // state machine, off the group's loop, as etcd's server does. The loop
-// hands each Ready's committed entries over (handOff) and calls Advance at
+// hands each Ready's committed entries over (handToApplier) and calls Advance at
 // once, so it goes on ticking, stepping and sending while they apply: a
 // long apply (a burst of MiB, a slow disk, a starved CPU) delays no
 // heartbeat, and followers call no election for it.
@@ -254,11 +254,11 @@ func (a *applier) maybeSnapshot(b applyBatch) error {
 	return nil
 }
 
-// handOff hands committed entries to the applier: proposals in batches,
+// handToApplier hands committed entries to the applier: proposals in batches,
 // configuration changes applied by the loop itself once the applier has
 // applied everything before them. Entries the state machine has already
 // (a restart) or a snapshot covered are skipped.
-func (g *Group) handOff(ents []*raftpb.Entry) error {
+func (g *Group) handToApplier(ents []*raftpb.Entry) error {
 	b := applyBatch{}
 	flush := func() {
 		if b.last > g.queued {
