@@ -396,9 +396,9 @@ func (g *Group) run() {
 	}
 	g.ap.start()
 	for {
-		propc := g.propc
+		propc, progress := g.propc, (<-chan struct{})(nil)
 		if g.applyFull(nil) {
-			propc = nil // until the applier catches up
+			propc, progress = nil, g.ap.progress // until the applier catches up
 		}
 		select {
 		case <-g.stopc:
@@ -428,11 +428,10 @@ func (g *Group) run() {
 			f()
 		case <-g.reportc:
 			g.takeReports()
-		case <-g.ap.progress:
-			if err := g.ap.failure(); err != nil {
-				g.fail(err)
-				return
-			}
+		case <-progress:
+		case <-g.ap.failed:
+			g.fail(g.ap.failure())
+			return
 		case t := <-g.ap.taken:
 			if err := g.saveSnapshot(t); err != nil {
 				g.fail(err)

@@ -79,6 +79,7 @@ type applier struct {
 
 	wake     chan struct{} // capacity 1: batches are queued, or closing
 	progress chan struct{} // capacity 1: a batch applied, or the applier failed
+	failed   chan struct{} // closed when the applier failed
 	taken    chan takenSnapshot
 	wg       sync.WaitGroup
 
@@ -94,6 +95,7 @@ func newApplier(g *Group) *applier {
 		done:     g.queued,
 		wake:     make(chan struct{}, 1),
 		progress: make(chan struct{}, 1),
+		failed:   make(chan struct{}),
 		taken:    make(chan takenSnapshot, 1),
 	}
 }
@@ -210,6 +212,7 @@ func (a *applier) run() {
 		a.mu.Unlock()
 		signal(a.progress)
 		if err != nil {
+			close(a.failed)
 			return
 		}
 	}
@@ -261,7 +264,12 @@ func (a *applier) maybeSnapshot(b applyBatch) error {
 func (g *Group) handToApplier(ents []*raftpb.Entry) error {
 	b := applyBatch{}
 	flush := func() {
-		if b.last > g.queued {
+		switch {
+		case b.last <= g.queued:
+		case len(b.ents) == 0 && len(b.props) == 0 && g.ap.through(g.queued):
+			g.queued = b.last // Raft's own entries only, and nothing to wait for
+			g.ap.skipTo(b.last)
+		default:
 			b.conf = g.confState
 			g.ap.push(b)
 			g.queued = b.last
