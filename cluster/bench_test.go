@@ -83,7 +83,7 @@ func benchPropose(b *testing.B, nodes, proposers, size int) {
 // benchSM counts what it applies: the benchmark measures replication, not
 // a state machine.
 type benchSM struct {
-	applied, n uint64 // owned by the group's loop
+	applied, n uint64 // the group's: one call at a time
 }
 
 func (s *benchSM) Apply(ents []*raftpb.Entry) error {

@@ -14,15 +14,20 @@
 // every Options.TickInterval on its Clock.
 //
 // A Group is one raft.RawNode, owned by one goroutine (its loop) with the
-// state machine and the group's bookkeeping. The loop takes one event at
-// a time — a tick, inbound messages, proposals, a snapshot, a status or
-// transfer request, the transport's reports — and then handles every
-// Ready: save the entries, hard state and snapshot (RaftLog.Save, durable
-// on return), send the messages, apply the committed entries, Advance.
-// A leader sends its appends before it saves them, so followers write in
-// parallel (raft's doc, step 2); everything else is sent after the save.
-// Every Options.SnapshotEntries applied entries the loop snapshots the
-// state machine and compacts the log, keeping SnapshotKeepEntries for
+// group's bookkeeping, and an applier goroutine that owns the state
+// machine. The loop takes one event at a time — a tick, inbound messages,
+// proposals, a snapshot, a status or transfer request, the transport's
+// reports, the applier's progress — and then handles every Ready: save
+// the entries, hard state and snapshot (RaftLog.Save, durable on return),
+// send the messages, hand the committed entries to the applier, Advance.
+// It does not wait for them to apply (as etcd's server does), so a long
+// apply delays no tick or heartbeat; it waits for the applier only before
+// a configuration change and before restoring a snapshot
+// (group_apply.go). A leader sends its appends before it saves them, so
+// followers write in parallel (raft's doc, step 2); everything else is
+// sent after the save. Every Options.SnapshotEntries applied entries the
+// applier snapshots the state machine and the loop saves it and compacts
+// the log, keeping SnapshotKeepEntries for
 // slightly slow followers; one further behind gets the snapshot. A state
 // machine whose snapshots only mark where they were taken (a partition's:
 // its messages are in every replica's store) restores one by fetching its
@@ -100,7 +105,8 @@
 // # Concurrency
 //
 // Host, Group, Metadata and Transport methods are safe for concurrent use. A
-// StateMachine is called from its group's loop only. Host.Close stops the
+// StateMachine is called one call at a time: from its group's applier, or
+// its loop while the applier is idle. Host.Close stops the
 // ticks, the transport and then every group; calls still waiting fail
 // with ErrClosed. The Host does not close the store.
 package cluster

@@ -11,7 +11,6 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrymq/ferry/storage"
 )
@@ -26,7 +25,8 @@ const (
 	// maxUncommittedBytes bounds what a leader holds proposed and not yet
 	// committed; beyond it proposals fail with ErrProposalDropped.
 	maxUncommittedBytes = 64 << 20
-	// maxCommittedPerReady bounds the bytes of entries applied per Ready.
+	// maxCommittedPerReady bounds the bytes of entries one Ready hands to
+	// the applier.
 	maxCommittedPerReady = 16 << 20
 )
 
@@ -50,10 +50,11 @@ const (
 )
 
 // Group is one Raft group on this node: a raft.RawNode over the group's
-// storage.RaftLog, driven by one goroutine (run) that owns the RawNode,
-// the state machine and every field marked "owned by run". Other
-// goroutines talk to it through channels. All exported methods are safe
-// for concurrent use.
+// storage.RaftLog, driven by one goroutine (run) that owns the RawNode
+// and every field marked "owned by run", and an applier goroutine that
+// applies the committed entries to the state machine (group_apply.go).
+// Other goroutines talk to it through channels. All exported methods are
+// safe for concurrent use.
 type Group struct {
 	id   uint64
 	node uint64
@@ -64,15 +65,13 @@ type Group struct {
 
 	// Owned by run.
 	rn          *raft.RawNode
-	pending     map[uint64]*proposal // by seq: proposed and not yet applied
+	pending     map[uint64]*proposal // by seq: proposed and not handed to the applier yet
 	pendTerm    uint64               // the term the pending proposals were made in
 	pendLead    uint64               // and the leader they were made under (this node, or the one forwarded to)
 	ticks       uint64               // ticks taken, the clock of forwarded proposals
-	noSnapshots bool                 // the state machine answered ErrNoSnapshots
-	applied     uint64               // last index applied (entries of Raft's own too)
+	queued      uint64               // last index handed to the applier (entries of Raft's own too)
 	smApplied   uint64               // entries up to here are in the state machine already (a restart)
 	confState   *raftpb.ConfState
-	snapIndex   uint64            // index of the latest snapshot
 	snapFrom    uint64            // the node that sent the last snapshot stepped: where a peerRestorer fetches first
 	restoreOpen *raftpb.Snapshot  // a snapshot openGroup left to run to restore from peers, before anything else
 	unsavedHS   *raftpb.HardState // the latest hard state, if save put it off
@@ -94,6 +93,10 @@ type Group struct {
 	reportsMu   sync.Mutex // guards unreachable and snapReports
 	unreachable map[uint64]struct{}
 	snapReports []snapshotReport
+
+	ap        *applier      // applies what run hands it; run and stop call it
+	applied   atomic.Uint64 // last index applied (entries of Raft's own too): the applier's, or run's while the applier is idle
+	snapIndex atomic.Uint64 // index of the latest snapshot; written by run
 
 	leader atomic.Uint64 // the leader as last seen by run
 	seq    atomic.Uint64 // the last proposal seq handed out
@@ -216,10 +219,9 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 		log:         lg,
 		rn:          rn,
 		pending:     make(map[uint64]*proposal),
-		applied:     snapIndex,
+		queued:      snapIndex,
 		smApplied:   smApplied,
 		confState:   cs,
-		snapIndex:   snapIndex,
 		restoreOpen: restoreOpen,
 		savedTerm:   hs.GetTerm(),
 		savedVote:   hs.GetVote(),
@@ -236,6 +238,9 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 		current:     LeaderChange{Group: id},
 	}
 	g.seq.Store(rand.Uint64() >> 1) // see proposal.go; >> 1 leaves room to count up
+	g.applied.Store(snapIndex)
+	g.snapIndex.Store(snapIndex)
+	g.ap = newApplier(g)
 	if bootstrap && preferredLeader(cs.GetVoters(), id) == g.node {
 		// Spread the leaders of new groups over their voters: the
 		// preferred one campaigns at once instead of waiting out an
@@ -300,8 +305,8 @@ func (g *Group) Propose(ctx context.Context, data []byte) (uint64, error) {
 // called once: with the entry's index once it is applied here, or with
 // why it failed — Propose's errors, or ErrProposalDropped when
 // proposeQueue proposals are waiting already. It runs on the group's loop
-// (in the caller, for a failure found at once) and must not block. data
-// is copied.
+// or its applier (in the caller, for a failure found at once) and must
+// not block. data is copied.
 func (g *Group) ProposeAsync(data []byte, done func(index uint64, err error)) {
 	if len(data) > g.h.opts.MaxEntryBytes {
 		done(0, fmt.Errorf("group %d: %d bytes, at most %d: %w", g.id, len(data), g.h.opts.MaxEntryBytes, ErrTooLarge))
@@ -379,7 +384,8 @@ func (g *Group) notifyReports() {
 // Each Ready is handled in the order raft's docs give for synchronous
 // storage writes: save the hard state, entries and snapshot (durable on
 // return), send the messages (a leader sends first: see handleReadies),
-// apply the committed entries, Advance.
+// hand the committed entries to the applier, Advance. The loop does not
+// wait for them to apply (group_apply.go).
 func (g *Group) run() {
 	if snap := g.restoreOpen; snap != nil {
 		g.restoreOpen = nil
@@ -388,7 +394,12 @@ func (g *Group) run() {
 			return
 		}
 	}
+	g.ap.start()
 	for {
+		propc, progress := g.propc, (<-chan struct{})(nil)
+		if g.applyFull(nil) {
+			propc, progress = nil, g.ap.progress // until the applier catches up
+		}
 		select {
 		case <-g.stopc:
 			g.stop(fmt.Errorf("group %d: %w", g.id, ErrClosed))
@@ -408,7 +419,7 @@ func (g *Group) run() {
 				}
 				break
 			}
-		case p := <-g.propc:
+		case p := <-propc:
 			g.propose(p)
 		case s := <-g.snapc:
 			g.snapFrom = s.m.GetFrom()
@@ -417,6 +428,15 @@ func (g *Group) run() {
 			f()
 		case <-g.reportc:
 			g.takeReports()
+		case <-progress:
+		case <-g.ap.failed:
+			g.fail(g.ap.failure())
+			return
+		case t := <-g.ap.taken:
+			if err := g.saveSnapshot(t); err != nil {
+				g.fail(err)
+				return
+			}
 		}
 		if err := g.handleReadies(); err != nil {
 			g.fail(err)
@@ -440,8 +460,8 @@ func (g *Group) fail(err error) {
 // step steps an inbound message. Raft refuses some on its own (a response
 // from a node that is not a member); they are dropped.
 func (g *Group) step(m *raftpb.Message) {
-	if g.h.refuses(g.id, m) {
-		return // dropped: no room for it (diskgate.go)
+	if g.h.refuses(g.id, m) || g.applyFull(m) {
+		return // dropped: no room for it (diskgate.go, group_apply.go)
 	}
 	if err := g.rn.Step(m); err != nil {
 		g.log.Debug("raft message not stepped", "from", m.GetFrom(), "type", m.GetType().String(), "err", err)
@@ -561,13 +581,10 @@ func (g *Group) handleReadies() error {
 		if !lead {
 			g.h.tr.Send(g.id, rd.Messages)
 		}
-		if err := g.apply(rd.CommittedEntries); err != nil {
+		if err := g.handToApplier(rd.CommittedEntries); err != nil {
 			return err
 		}
 		g.rn.Advance(rd)
-		if err := g.maybeSnapshot(); err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -643,82 +660,6 @@ func (g *Group) trackAppended(ents []*raftpb.Entry) {
 	}
 }
 
-// apply applies committed entries: proposals go to the state machine in
-// batches, configuration changes to the RawNode; then the proposals this
-// node made among them are answered.
-func (g *Group) apply(ents []*raftpb.Entry) error {
-	if len(ents) == 0 {
-		return nil
-	}
-	batch := make([]*raftpb.Entry, 0, len(ents))
-	var applied []*proposal
-	flush := func() error {
-		if len(batch) > 0 {
-			if err := g.sm.Apply(batch); err != nil {
-				return fmt.Errorf("apply entries %d to %d: %w", batch[0].GetIndex(), batch[len(batch)-1].GetIndex(), err)
-			}
-			batch = batch[:0]
-		}
-		for _, p := range applied {
-			p.finish(p.index, nil)
-		}
-		applied = applied[:0]
-		return nil
-	}
-	for _, e := range ents {
-		if e.GetIndex() <= g.applied {
-			continue // a snapshot in the same Ready covered it
-		}
-		switch e.GetType() {
-		case raftpb.EntryNormal:
-			if len(e.GetData()) == 0 || e.GetIndex() <= g.smApplied {
-				break // a leader's empty entry, or in the state machine already
-			}
-			node, seq, data, err := decodeEntry(e.GetData())
-			if err != nil {
-				return fmt.Errorf("entry %d: %w: %w", e.GetIndex(), storage.ErrCorrupt, err)
-			}
-			batch = append(batch, &raftpb.Entry{Term: e.Term, Index: e.Index, Type: e.Type, Data: data})
-			if node == g.node {
-				if p := g.pending[seq]; p != nil && p.index == e.GetIndex() {
-					delete(g.pending, seq)
-					applied = append(applied, p)
-				}
-			}
-		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
-			if err := flush(); err != nil {
-				return err
-			}
-			if err := g.applyConfChange(e); err != nil {
-				return err
-			}
-		}
-		g.applied = e.GetIndex()
-	}
-	return flush()
-}
-
-// applyConfChange applies a configuration change entry to the RawNode.
-func (g *Group) applyConfChange(e *raftpb.Entry) error {
-	var cc raftpb.ConfChangeI
-	if e.GetType() == raftpb.EntryConfChange {
-		c := new(raftpb.ConfChange)
-		if err := proto.Unmarshal(e.GetData(), c); err != nil {
-			return fmt.Errorf("entry %d: conf change: %w: %w", e.GetIndex(), storage.ErrCorrupt, err)
-		}
-		cc = c
-	} else {
-		c := new(raftpb.ConfChangeV2)
-		if err := proto.Unmarshal(e.GetData(), c); err != nil {
-			return fmt.Errorf("entry %d: conf change: %w: %w", e.GetIndex(), storage.ErrCorrupt, err)
-		}
-		cc = c
-	}
-	g.confState = g.rn.ApplyConfChange(cc)
-	g.log.Info("configuration changed", "index", e.GetIndex(), "voters", g.confState.GetVoters(), "learners", g.confState.GetLearners())
-	return nil
-}
-
 // saveHardState saves a hard state save left unsaved.
 func (g *Group) saveHardState() error {
 	if g.unsavedHS == nil {
@@ -738,6 +679,9 @@ func (g *Group) stop(err error) {
 		if serr := g.saveHardState(); serr != nil {
 			g.log.Debug("hard state not saved at stop", "err", serr)
 		}
+	}
+	for _, p := range g.ap.close() { // nothing applies once it returns
+		p.finish(0, err)
 	}
 	g.final = g.status()
 	g.final.Err = err

@@ -157,10 +157,10 @@ func (g *Group) status() Status {
 		Leader:         st.Lead,
 		LeadTransferee: st.LeadTransferee,
 		Commit:         st.GetCommit(),
-		Applied:        g.applied,
+		Applied:        g.applied.Load(),
 		FirstIndex:     first,
 		LastIndex:      last,
-		SnapshotIndex:  g.snapIndex,
+		SnapshotIndex:  g.snapIndex.Load(),
 	}
 	if st.RaftState == raft.StateLeader {
 		s.Followers = make(map[uint64]Progress, len(st.Progress))

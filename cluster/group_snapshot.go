@@ -18,8 +18,12 @@ import (
 )
 
 // restore replaces the state machine's state with a snapshot from the
-// leader, already saved.
+// leader, already saved, once the applier has applied what it was handed:
+// the state machine is the loop's meanwhile.
 func (g *Group) restore(snap *raftpb.Snapshot) error {
+	if err := g.waitApplied(); err != nil {
+		return err
+	}
 	meta := snap.GetMetadata()
 	if pr, ok := g.sm.(peerRestorer); ok && len(snap.GetData()) > 0 {
 		if err := g.restoreFromPeers(pr, snap); err != nil {
@@ -28,7 +32,9 @@ func (g *Group) restore(snap *raftpb.Snapshot) error {
 	} else if err := g.sm.Restore(snap); err != nil {
 		return fmt.Errorf("restore the state machine from the snapshot at %d: %w", meta.GetIndex(), err)
 	}
-	g.applied, g.smApplied, g.snapIndex = meta.GetIndex(), meta.GetIndex(), meta.GetIndex()
+	g.queued, g.smApplied = meta.GetIndex(), meta.GetIndex()
+	g.ap.skipTo(meta.GetIndex())
+	g.snapIndex.Store(meta.GetIndex())
 	g.confState = proto.Clone(meta.GetConfState()).(*raftpb.ConfState)
 	g.log.Info("state machine restored from a snapshot", "index", meta.GetIndex(), "term", meta.GetTerm(), "bytes", len(snap.GetData()))
 	return nil
@@ -92,41 +98,35 @@ func (g *Group) restoreFromPeers(pr peerRestorer, snap *raftpb.Snapshot) error {
 // sleep waits d on the host's clock; false if the group stops first.
 func (g *Group) sleep(d time.Duration) bool { return clock.Sleep(g.h.opts.Clock, d, g.stopc) }
 
-// maybeSnapshot snapshots the state machine every SnapshotEntries applied
-// entries and compacts the log up to SnapshotKeepEntries behind.
-func (g *Group) maybeSnapshot() error {
-	if g.noSnapshots || g.applied < g.snapIndex+g.h.opts.SnapshotEntries {
+// saveSnapshot saves a snapshot the applier took (applier.maybeSnapshot)
+// as the Raft snapshot at its index, and compacts the log up to
+// SnapshotKeepEntries behind. One older than the latest (a restore from
+// the leader overtook it) is dropped.
+func (g *Group) saveSnapshot(t takenSnapshot) error {
+	if t.index <= g.snapIndex.Load() {
 		return nil
 	}
 	// A restart starts from the snapshot as applied, which Raft takes
-	// only up to the saved commit index.
+	// only up to the saved commit index: the hard state that committed
+	// t.index was handed with its entries, saved or in unsavedHS.
 	if err := g.saveHardState(); err != nil {
 		return err
 	}
-	data, err := g.sm.Snapshot()
-	if errors.Is(err, ErrNoSnapshots) {
-		g.noSnapshots = true
-		g.log.Debug("the state machine takes no snapshots; the log is not compacted")
-		return nil
+	if _, err := g.rlog.CreateSnapshot(t.index, t.conf, t.data); err != nil {
+		return fmt.Errorf("save the snapshot at %d: %w", t.index, err)
 	}
-	if err != nil {
-		return fmt.Errorf("snapshot the state machine at %d: %w", g.applied, err)
-	}
-	if _, err := g.rlog.CreateSnapshot(g.applied, g.confState, data); err != nil {
-		return fmt.Errorf("save the snapshot at %d: %w", g.applied, err)
-	}
-	g.snapIndex = g.applied
-	if keep := g.h.opts.SnapshotKeepEntries; g.applied > keep {
+	g.snapIndex.Store(t.index)
+	if keep := g.h.opts.SnapshotKeepEntries; t.index > keep {
 		first, err := g.rlog.FirstIndex()
 		if err != nil {
 			return err
 		}
-		if ci := g.applied - keep; ci >= first {
+		if ci := t.index - keep; ci >= first {
 			if err := g.rlog.Compact(ci); err != nil {
 				return fmt.Errorf("compact the log to %d: %w", ci, err)
 			}
 		}
 	}
-	g.log.Debug("snapshot taken", "index", g.applied, "bytes", len(data))
+	g.log.Debug("snapshot taken", "index", t.index, "bytes", len(t.data))
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -272,7 +273,7 @@ func (h *Host) ReportSnapshot(group, to uint64, st raft.SnapshotStatus) {
 // graceful shutdown does not leave its groups without a leader for an
 // election timeout (a rolling restart then moves leaders in a round trip,
 // not in seconds). Call it before Close. A group with no active follower
-// keeps its leader; the first transfer that fails is returned after the
+// (after waiting up to an election timeout for one) keeps its leader; the first transfer that fails is returned after the
 // others were tried. Proposals to a group fail with ErrProposalDropped
 // while its transfer is under way.
 func (h *Host) HandOffLeadership(ctx context.Context) error {
@@ -287,14 +288,20 @@ func (h *Host) handOff(ctx context.Context, match func(group uint64) bool) error
 			continue
 		}
 		st := g.Status()
+		to := transferee(st)
+		// Each quorum check (every election timeout) clears the leader's
+		// record of active followers until their next answers to its
+		// heartbeats: wait for those, up to an election timeout.
+		beat := time.Duration(h.opts.HeartbeatTicks) * h.opts.TickInterval
+		for waited := 0; st.State == raft.StateLeader && to == 0 && waited < h.opts.ElectionTicks; waited += h.opts.HeartbeatTicks {
+			if !clock.Sleep(h.opts.Clock, beat, ctx.Done()) {
+				return fmt.Errorf("hand off group %d: %w", st.Group, ctx.Err())
+			}
+			st = g.Status()
+			to = transferee(st)
+		}
 		if st.State != raft.StateLeader {
 			continue
-		}
-		to, best := uint64(0), uint64(0)
-		for id, pr := range st.Followers {
-			if pr.Active && (to == 0 || pr.Match > best || (pr.Match == best && id < to)) {
-				to, best = id, pr.Match
-			}
 		}
 		if to == 0 {
 			h.log.Warn("no active follower to hand leadership to", "group", st.Group)
@@ -305,6 +312,18 @@ func (h *Host) handOff(ctx context.Context, match func(group uint64) bool) error
 		}
 	}
 	return first
+}
+
+// transferee returns a leader's most caught-up active follower, the lowest
+// id among equals; 0 if none is active (or st is not a leader's).
+func transferee(st Status) uint64 {
+	to, best := uint64(0), uint64(0)
+	for id, pr := range st.Followers {
+		if pr.Active && (to == 0 || pr.Match > best || (pr.Match == best && id < to)) {
+			to, best = id, pr.Match
+		}
+	}
+	return to
 }
 
 // Close stops the host: the ticks, the transport (inbound and outbound

@@ -10,7 +10,9 @@ import (
 
 // StateMachine is what a Group replicates: the deterministic application
 // of the group's committed entries, in log order, on every replica. The
-// Group calls it from its own goroutine only, one call at a time.
+// Group calls it one call at a time: Apply and Snapshot from its applier
+// goroutine, Applied and Restore from its loop while the applier is idle
+// (group_apply.go).
 type StateMachine interface {
 	// Apply applies committed entries, in log order, each exactly once
 	// (counting what Restore brought in). Each entry is one Propose's data,
