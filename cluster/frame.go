@@ -85,7 +85,11 @@ func decodeMessage(group uint64, b []byte, from, to uint64) (*raftpb.Message, er
 	if raft.IsLocalMsg(m.GetType()) {
 		return nil, fmt.Errorf("group %d: %v is local to a node: %w", group, m.GetType(), ErrInvalidFrame)
 	}
-	if m.GetFrom() != from || m.GetTo() != to {
+	// A MsgProp keeps the node that proposed it as From: a follower that
+	// took a proposal forwarded to it when it was leader forwards it again,
+	// so a proposal may arrive from a node other than its From.
+	relayed := m.GetType() == raftpb.MsgProp && m.GetFrom() != 0
+	if (m.GetFrom() != from && !relayed) || m.GetTo() != to {
 		return nil, fmt.Errorf("group %d: %v from node %d to node %d in a frame from node %d to node %d: %w",
 			group, m.GetType(), m.GetFrom(), m.GetTo(), from, to, ErrInvalidFrame)
 	}

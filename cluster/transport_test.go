@@ -223,19 +223,22 @@ func TestTransportRefusesBadFrames(t *testing.T) {
 		})
 	}
 
-	// The server still takes good frames.
+	// The server still takes good frames, a proposal relayed by a former
+	// leader (proposed on node 3, forwarded again by node 1) among them.
+	relayed := msg(&raftpb.Message{Type: raftpb.MsgProp.Enum(), From: new(uint64(3)), To: new(uint64(2)),
+		Entries: []*raftpb.Entry{{Data: []byte("p")}}})
 	st, err := client.Send(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Send(batch(1, 2, gm(7, hb), gm(8, hb))); err != nil {
+	if err := st.Send(batch(1, 2, gm(7, hb), gm(8, hb), gm(8, relayed))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.CloseAndRecv(); err != nil {
 		t.Fatal(err)
 	}
-	if n, _, _, _ := h.counts(); n != 2 {
-		t.Fatalf("%d messages received, want 2", n)
+	if n, _, _, _ := h.counts(); n != 3 {
+		t.Fatalf("%d messages received, want 3", n)
 	}
 	if got := tr.rejected.Load(); got == 0 {
 		t.Fatal("no frame counted as rejected")
