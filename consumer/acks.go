@@ -4,6 +4,7 @@ package consumer
 // outstanding, ack, nack, extend, Commit and dead letters.
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -103,6 +104,9 @@ func (s *subscription) ack(ids []DeliveryID, now time.Time, reply func(results [
 		if err != nil {
 			results[i] = err
 			s.stats.StaleAcks++
+			if q := s.unstored(id, err); q != nil {
+				touched[q] = true // answered once what it says is stored
+			}
 			continue
 		}
 		if s.opts.Guarantee == AtMostOnce {
@@ -125,6 +129,21 @@ func (s *subscription) ack(ids []DeliveryID, now time.Time, reply func(results [
 		s.afterWrites(touched, func(err error) { reply(results, err) })
 	}
 	s.step(now)
+}
+
+// unstored returns the partition of an EFFECTIVELY_ONCE ack refused as
+// already acked while the partition's state is not all stored: an ack
+// answered with a failed write (outcome unknown) stands in memory and is
+// written again; its retry is answered "already acked" only once that is
+// true on disk, or with the error of the write that failed again.
+func (s *subscription) unstored(id DeliveryID, err error) *partition {
+	if s.opts.Guarantee != EffectivelyOnce || !errors.Is(err, ErrAlreadyAcked) {
+		return nil
+	}
+	if p := s.parts[id.Partition]; p.dirty || len(p.writes) > 0 {
+		return p
+	}
+	return nil
 }
 
 // afterWrites runs fn once the next write of every partition in parts is
