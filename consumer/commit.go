@@ -14,7 +14,7 @@ package consumer
 //     made as a Commit of its own: if the first did land after all, its
 //     ack is written again and its outputs are duplicates, answered with
 //     their offsets;
-//   - if the first succeeded (one of the last recentCommits commits), the
+//   - if the first succeeded (and is still remembered: commit_memory.go), the
 //     retry — the same ids and the same outputs — is answered with the
 //     first's results, every output a duplicate, and writes nothing. A
 //     commit of the same ids with other outputs is refused as before
@@ -31,12 +31,6 @@ import (
 
 	"github.com/ferrymq/ferry/storage"
 )
-
-// recentCommits is how many committed delivery ids a subscription
-// remembers at least, to answer a retry of their Commit OK: between
-// recentCommits and twice that many, the latest (commitDone). A retry of
-// an older one is refused as already acked.
-const recentCommits = 4096
 
 // commitLease is an outstanding delivery a commit took: restored if the
 // commit's write fails.
@@ -160,12 +154,12 @@ func (s *subscription) landedCommit(ids []DeliveryID, sum uint64) *commitRecord 
 	if len(ids) == 0 {
 		return nil
 	}
-	rec := s.committed[ids[0]]
+	rec := s.commits.get(s.num, ids[0])
 	if rec == nil || rec.ids != len(ids) || rec.sum != sum {
 		return nil
 	}
-	for _, id := range ids {
-		if s.committed[id] != rec {
+	for _, id := range ids[1:] {
+		if s.commits.get(s.num, id) != rec {
 			return nil
 		}
 	}
@@ -202,20 +196,8 @@ func (s *subscription) commitDone(job *writeJob, err error) {
 			delete(s.committing, id)
 		}
 		if rec != nil {
-			if _, ok := s.committed[id]; !ok {
-				s.recent = append(s.recent, id)
-			}
-			s.committed[id] = rec
+			s.commits.add(s.num, id, rec)
 		}
-	}
-	if len(s.recent) > 2*recentCommits {
-		// Forget the oldest, down to recentCommits: amortized, not a
-		// copy of the ring per commit.
-		n := len(s.recent) - recentCommits
-		for _, id := range s.recent[:n] {
-			delete(s.committed, id)
-		}
-		s.recent = slices.Delete(s.recent, 0, n)
 	}
 	for _, r := range job.joined {
 		res := job.res

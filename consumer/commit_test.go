@@ -78,35 +78,50 @@ func TestCommitRetryJoinsOneInFlight(t *testing.T) {
 	}
 }
 
-// TestCommittedIDsAreBounded commits three times recentCommits deliveries
-// and checks the subscription remembers at most twice recentCommits of
-// them, the latest: a retry of the latest is answered OK with its results,
-// one of the oldest is refused (already acked).
+// TestCommittedIDsAreBounded: the ids of landed commits are remembered
+// up to one bound for all the subscriptions of an engine together. Two
+// subscriptions share a memory of 100 ids and commit 150 each: at most 100
+// are held; a retry of the latest commit of each is answered OK with its
+// results, a retry of one of the oldest is refused (already acked) and
+// writes nothing.
 func TestCommittedIDsAreBounded(t *testing.T) {
-	s := newSubscription("t", "s", 1, DefaultOptions(EffectivelyOnce), []*partitionState{newPartitionState(0)}, nil, nil)
-	const n = 3 * recentCommits
-	for i := range n {
-		id := DeliveryID{Offset: uint64(i), Attempt: 1}
-		s.parts[0].st.cursor.Ack(uint64(i))
-		s.commitDone(&writeJob{ids: []DeliveryID{id}, sum: sumAppends(nil), res: [][]storage.AppendResult{{{Offset: uint64(i)}}}}, nil)
-		if len(s.committed) > 2*recentCommits || len(s.recent) != len(s.committed) {
-			t.Fatalf("after %d commits: %d remembered, %d in the ring; want at most %d", i+1, len(s.committed), len(s.recent), 2*recentCommits)
+	const bound, n = 100, 150
+	mem := newCommitMemory(bound)
+	subs := []*subscription{
+		newSubscription("t", "a", 1, DefaultOptions(EffectivelyOnce), []*partitionState{newPartitionState(0)}, nil, nil),
+		newSubscription("t", "b", 2, DefaultOptions(EffectivelyOnce), []*partitionState{newPartitionState(0)}, nil, nil),
+	}
+	for _, s := range subs {
+		s.commits = mem
+		for i := range n {
+			id := DeliveryID{Offset: uint64(i), Attempt: 1}
+			s.parts[0].st.cursor.Ack(uint64(i))
+			s.commitDone(&writeJob{ids: []DeliveryID{id}, sum: sumAppends(nil), res: [][]storage.AppendResult{{{Offset: uint64(i)}}}}, nil)
+			if mem.len() > bound {
+				t.Fatalf("after %d commits of %s: %d remembered, want at most %d", i+1, s.name, mem.len(), bound)
+			}
 		}
 	}
-	retry := func(off uint64) ([][]storage.AppendResult, error) {
+	retry := func(s *subscription, off uint64) ([][]storage.AppendResult, error) {
 		var res [][]storage.AppendResult
 		var err error
 		s.commit([]DeliveryID{{Offset: off, Attempt: 1}}, nil, t0, func(r [][]storage.AppendResult, e error) { res, err = r, e })
 		for _, r := range s.out.replies {
 			r()
 		}
+		if len(s.out.writes) != 0 {
+			t.Fatalf("a retry of %s/%d wrote", s.name, off)
+		}
 		s.out = output{}
 		return res, err
 	}
-	if res, err := retry(n - 1); err != nil || len(res) != 1 || !res[0][0].Duplicate || res[0][0].Offset != n-1 {
-		t.Fatalf("a retry of the latest commit: %+v, %v; want its result as a duplicate", res, err)
+	if res, err := retry(subs[1], n-1); err != nil || len(res) != 1 || !res[0][0].Duplicate || res[0][0].Offset != n-1 {
+		t.Fatalf("a retry of b's latest commit: %+v, %v; want its result as a duplicate", res, err)
 	}
-	if _, err := retry(0); !errors.Is(err, ErrAlreadyAcked) {
-		t.Fatalf("a retry of the oldest commit: %v, want ErrAlreadyAcked", err)
+	if _, err := retry(subs[0], n-1); !errors.Is(err, ErrAlreadyAcked) {
+		t.Fatalf("a retry of a's latest commit, pushed out by b's: %v, want ErrAlreadyAcked", err)
+	}
+	if _, err := retry(subs[1], 0); !errors.Is(err, ErrAlreadyAcked) {
+		t.Fatalf("a retry of b's oldest commit: %v, want ErrAlreadyAcked", err)
 	}
 }

@@ -73,6 +73,12 @@ type EngineOptions struct {
 	// gets nothing more until its stream takes some (one delivery always
 	// fits). Default DefaultQueueBytes (256 KiB).
 	QueueBytes int
+	// RememberedCommits bounds how many delivery ids of landed commits
+	// the engine remembers, over all subscriptions, to answer a retry of
+	// such a commit with its results (the most recently used are kept; a
+	// retry of a forgotten one is refused as already acked). Default
+	// DefaultRememberedCommits (32,768, about 9 MiB).
+	RememberedCommits int
 }
 
 // Engine runs the delivery of every subscription: one loop per
@@ -90,6 +96,7 @@ type Engine struct {
 	// dropped counts messages NONE subscriptions skipped forward over
 	// (Stats.Dropped of every loop, gone ones included).
 	dropped atomic.Uint64
+	commits *commitMemory // landed commits' ids, for every subscription
 }
 
 // Dropped is how many messages NONE subscriptions have skipped since the
@@ -110,7 +117,7 @@ func New(opts EngineOptions) *Engine {
 	if opts.QueueBytes <= 0 {
 		opts.QueueBytes = DefaultQueueBytes
 	}
-	return &Engine{opts: opts, log: opts.Logger, loops: make(map[subKey]*loop)}
+	return &Engine{opts: opts, log: opts.Logger, loops: make(map[subKey]*loop), commits: newCommitMemory(opts.RememberedCommits)}
 }
 
 // Info is a subscription's config and stats.
@@ -328,6 +335,7 @@ func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*
 		done:      make(chan struct{}),
 	}
 	l.sub.horizon = horizon
+	l.sub.commits = e.commits
 	l.sub.queueBytes = e.opts.QueueBytes
 	e.loops[l.key] = l
 	go l.run()

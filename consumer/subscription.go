@@ -60,12 +60,12 @@ type subscription struct {
 	// epoch is the owner epoch its writes carry (storage.Write.Epoch):
 	// given by an Owner log when the subscription was loaded; 0 else.
 	epoch uint64
-	// committing maps the ids of commits in flight to their job;
-	// committed are the last recentCommits ids committed, oldest first
-	// in recent (commit.go).
+	// committing maps the ids of commits in flight to their job; commits
+	// remembers the ids of landed ones, for the whole engine, under num
+	// (commit.go, commit_memory.go).
 	committing map[DeliveryID]*writeJob
-	committed  map[DeliveryID]*commitRecord
-	recent     []DeliveryID
+	commits    *commitMemory
+	num        uint64
 
 	stats Stats
 	out   output
@@ -225,7 +225,7 @@ func newSubscription(topic, name string, sid uint32, opts Options, states []*par
 	route func(string, *storage.Message) (uint32, error)) *subscription {
 	s := &subscription{topic: topic, name: name, sid: sid, opts: opts, route: route, pins: make(map[uint64]*pin),
 		byID: make(map[uint64]*consumerState), queueBytes: DefaultQueueBytes,
-		committing: make(map[DeliveryID]*writeJob), committed: make(map[DeliveryID]*commitRecord)}
+		committing: make(map[DeliveryID]*writeJob), commits: newCommitMemory(0), num: subNumbers.Add(1)}
 	for i, st := range states {
 		p := &partition{n: uint32(i), st: st, inflight: NewInflight(), msgs: make(map[uint64]*storage.Message), busy: make(map[uint64]bool)}
 		p.next = st.cursor.Floor()
