@@ -23,7 +23,8 @@ import (
 // in a temp dir, every link between two nodes through a TCP proxy the test
 // can cut, and one fake clock for all of them. The clock is the only fake:
 // a driver goroutine advances it one tick per tickPace of real time, so an
-// election timeout (10 to 20 ticks) takes 200 to 400ms.
+// election timeout (10 to 20 ticks) takes 200 to 400ms on an idle machine,
+// and never faster than the groups' loops take the ticks (drive).
 
 // t0 is where the fake clocks start.
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -255,6 +256,9 @@ type testCluster struct {
 	cfg   clusterConfig
 	stopc chan struct{}
 	wg    sync.WaitGroup
+
+	liveMu sync.Mutex       // guards live
+	live   map[uint64]*Host // the running hosts, for drive
 }
 
 type testNode struct {
@@ -303,6 +307,7 @@ func startCluster(tb testing.TB, n int, cfg clusterConfig) *testCluster {
 		nodes: make(map[uint64]*testNode),
 		links: make(map[[2]uint64]*proxy),
 		stopc: make(chan struct{}),
+		live:  make(map[uint64]*Host),
 	}
 	for i := range n {
 		c.ids = append(c.ids, uint64(i+1))
@@ -342,7 +347,12 @@ func (c *testCluster) clock() clock.Clock {
 	return c.clk
 }
 
-// drive advances the fake clock one tick per pace.
+// drive advances the fake clock one tick per pace, and no faster than
+// the groups take their ticks: after each tick it waits (up to
+// maxTickLag paces) until every running group's loop has taken it. On a
+// starved CPU fake time then slows with the loops instead of running
+// elections and proposal timeouts the loops never had the time to
+// prevent — the nodes see the same ticks they would on an idle machine.
 func (c *testCluster) drive() {
 	pace := c.cfg.pace
 	if pace == 0 {
@@ -354,10 +364,44 @@ func (c *testCluster) drive() {
 		select {
 		case <-tk.C:
 			c.clk.Advance(testTick)
+			c.waitTicksTaken(maxTickLag * pace)
 		case <-c.stopc:
 			return
 		}
 	}
+}
+
+// maxTickLag bounds, in paces, how long drive waits for the loops to take
+// a tick: a loop a test blocks on purpose does not stop the clock.
+const maxTickLag = 25
+
+// waitTicksTaken waits until no running group has a tick it has not
+// taken, or for at most d.
+func (c *testCluster) waitTicksTaken(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for c.ticksPending() && time.Now().Before(deadline) {
+		select {
+		case <-time.After(time.Millisecond):
+		case <-c.stopc:
+			return
+		}
+	}
+}
+
+// ticksPending reports whether a running group's loop has not taken its
+// last tick yet.
+func (c *testCluster) ticksPending() bool {
+	c.liveMu.Lock()
+	hosts := slices.Collect(maps.Values(c.live))
+	c.liveMu.Unlock()
+	for _, h := range hosts {
+		for _, g := range h.Groups() {
+			if len(g.tickc) > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (c *testCluster) close() {
@@ -422,6 +466,9 @@ func (c *testCluster) start(id uint64) {
 		c.t.Fatalf("node %d: OpenHost: %v", id, err)
 	}
 	n.store, n.host = st, h
+	c.liveMu.Lock()
+	c.live[id] = h
+	c.liveMu.Unlock()
 	for _, from := range c.ids {
 		if p := c.links[[2]uint64{from, id}]; p != nil {
 			p.setTarget(h.Addr().String())
@@ -435,6 +482,9 @@ func (c *testCluster) stop(id uint64) {
 	if n.host == nil {
 		return
 	}
+	c.liveMu.Lock()
+	delete(c.live, id)
+	c.liveMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	if err := n.host.Close(ctx); err != nil {
