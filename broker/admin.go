@@ -59,7 +59,7 @@ func (a *admin) GetClusterStatus(ctx context.Context, req *ferryv1.GetClusterSta
 }
 
 // topicAdmin makes topic changes: *storage.Store on a single node,
-// clusterTopics in a cluster.
+// the cluster.Node in a cluster.
 type topicAdmin interface {
 	CreateTopic(ctx context.Context, name string, cfg storage.TopicConfig) (storage.Topic, error)
 	UpdateTopic(ctx context.Context, name string, change func(*storage.TopicConfig)) (storage.Topic, error)
