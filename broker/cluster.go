@@ -69,7 +69,7 @@ type node struct {
 }
 
 // newNode returns the node over st, serving register's services on the
-// node-to-node port too, with srvOpts; start starts it.
+// node-to-node port too, with srvOpts; its Start starts it.
 func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Logger, register func(*grpc.Server), srvOpts []grpc.ServerOption) (*node, error) {
 	co := cluster.DefaultOptions(o.NodeID, o.Peers, st)
 	if o.Addr != "" {
