@@ -123,6 +123,11 @@ func (c *nodeCluster) start(id uint64, dir string, peers map[uint64]string, lis 
 	opts.Clock = c.clk
 	opts.Logger = testLogger(c.t).With("test_node", id)
 	opts.TickInterval = testTick
+	// An election timeout of 1 to 2 s of real time, not the package's
+	// 200 ms: these tests move leaders on purpose only, and a starved CPU
+	// (the race detector, a loaded machine) must not start elections.
+	// New groups elect their preferred leader at once all the same.
+	opts.ElectionTicks = 50
 	n, err := NewNode(opts)
 	if err != nil {
 		c.t.Fatal(err)
@@ -165,6 +170,22 @@ func (c *nodeCluster) owner(topic, sub string) uint64 {
 		return true
 	})
 	return owner
+}
+
+// retryUnknown calls f until it does not fail with an outcome unknown
+// (an election under load), and fails the test on any other error. A
+// retried append carries the same id: a duplicate if the first landed.
+func retryUnknown(tb testing.TB, f func() error) {
+	tb.Helper()
+	var err error
+	for deadline := time.Now().Add(waitLong); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if err = f(); !outcomeUnknown(err) && !errors.Is(err, storage.ErrNotReplicated) {
+			break
+		}
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // TestNodeMetadataAndBarriers: a topic created through one node is on
@@ -222,17 +243,16 @@ func TestNodeMetadataAndBarriers(t *testing.T) {
 		}
 		via := max(g.Leader(), 1)
 		id := fmt.Sprintf("m%d", i)
-		res, err := c.stores[via].Append(ctx, "orders", part, []storage.Message{{ID: id, Payload: []byte("x")}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		var res []storage.AppendResult
+		retryUnknown(t, func() (err error) {
+			res, err = c.stores[via].Append(ctx, "orders", part, []storage.Message{{ID: id, Payload: []byte("x")}})
+			return err
+		})
 		for at := range c.nodes {
 			if at == via {
 				continue
 			}
-			if err := c.nodes[at].SyncPartition(ctx, "orders", part); err != nil {
-				t.Fatal(err)
-			}
+			retryUnknown(t, func() error { return c.nodes[at].SyncPartition(ctx, "orders", part) })
 			msgs, err := c.stores[at].Read(ctx, "orders", part, res[0].Offset, 1, 1<<20)
 			if err != nil || len(msgs) != 1 || msgs[0].ID != id {
 				t.Fatalf("message %s appended through node %d at %d/%d; node %d after SyncPartition reads %v, %v", id, via, part, res[0].Offset, at, msgs, err)
@@ -288,6 +308,11 @@ func TestNodeOwnership(t *testing.T) {
 	other := "bar"
 	for i := 0; OwnerPartition(other, 2) == part; i++ {
 		other = fmt.Sprintf("bar-%d", i)
+	}
+	for _, n := range c.nodes {
+		if err := n.SyncMeta(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	owner := c.owner("orders", "kitchen")
 	next := owner%3 + 1
