@@ -64,6 +64,9 @@ type Node struct {
 	parts   map[uint64]*replicatedPart // by group id
 	stop    chan struct{}
 	wg      sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Releaser runs the delivery of the subscriptions this node owns (in a
@@ -284,15 +287,19 @@ func (n *Node) HandOff(ctx context.Context) error { return n.host.HandOffLeaders
 
 // Close stops the node: its groups and the Host. Whatever writes through
 // the groups (the delivery engine's last cursor writes) must be stopped
-// first, and the store closed after. Close only once, after Start.
+// first, and the store closed after. Idempotent.
 func (n *Node) Close(ctx context.Context) error {
-	close(n.stop)
-	err := n.host.Close(ctx)
-	n.partsMu.Lock()
-	for _, rp := range n.parts {
-		rp.unwatch()
-	}
-	n.partsMu.Unlock()
-	n.wg.Wait()
-	return err
+	n.closeOnce.Do(func() {
+		close(n.stop)
+		if n.host != nil {
+			n.closeErr = n.host.Close(ctx)
+		}
+		n.partsMu.Lock()
+		for _, rp := range n.parts {
+			rp.unwatch()
+		}
+		n.partsMu.Unlock()
+		n.wg.Wait()
+	})
+	return n.closeErr
 }

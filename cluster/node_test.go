@@ -146,6 +146,9 @@ func (c *nodeCluster) close() {
 		if err := n.Close(ctx); err != nil {
 			c.t.Errorf("node %d: Close: %v", id, err)
 		}
+		if err := n.Close(ctx); err != nil { // idempotent
+			c.t.Errorf("node %d: Close again: %v", id, err)
+		}
 	}
 	for id, st := range c.stores {
 		if err := st.Close(ctx); err != nil {
