@@ -36,7 +36,7 @@ func (a *admin) replicas() uint32 {
 	if a.node == nil {
 		return 1
 	}
-	return uint32(len(a.node.voters))
+	return uint32(len(a.node.Voters()))
 }
 
 // syncMeta makes a read of topics and subscriptions linearizable in a
@@ -47,7 +47,7 @@ func (a *admin) syncMeta(ctx context.Context) error {
 	if a.node == nil {
 		return nil
 	}
-	return a.node.syncMeta(ctx)
+	return a.node.SyncMeta(ctx)
 }
 
 // GetClusterStatus reports every node's Raft groups.
@@ -59,7 +59,7 @@ func (a *admin) GetClusterStatus(ctx context.Context, req *ferryv1.GetClusterSta
 }
 
 // topicAdmin makes topic changes: *storage.Store on a single node,
-// clusterTopics in a cluster.
+// the cluster.Node in a cluster.
 type topicAdmin interface {
 	CreateTopic(ctx context.Context, name string, cfg storage.TopicConfig) (storage.Topic, error)
 	UpdateTopic(ctx context.Context, name string, change func(*storage.TopicConfig)) (storage.Topic, error)
@@ -226,10 +226,10 @@ func (a *admin) ReadMessages(ctx context.Context, req *ferryv1.ReadMessagesReque
 	if a.node != nil {
 		// Linearizable: the read sees the topic and every write
 		// acknowledged before it, wherever they were made.
-		if err := a.node.syncMeta(ctx); err != nil {
+		if err := a.node.SyncMeta(ctx); err != nil {
 			return nil, toStatus(err)
 		}
-		if err := a.node.syncPartition(ctx, req.GetTopic(), req.GetPartition()); err != nil {
+		if err := a.node.SyncPartition(ctx, req.GetTopic(), req.GetPartition()); err != nil {
 			return nil, toStatus(err)
 		}
 	}

@@ -235,7 +235,7 @@ func TestClusterOwnerMoves(t *testing.T) {
 		c[2].publish(t, "orders", &ferryv1.PublishMessage{Id: fmt.Sprintf("m%d", i), Payload: []byte("x")})
 	}
 	c[3].createSub(t, "orders", "kitchen", subConfig(effOnce, shared))
-	owner := partitionLeader(t, c[1], "orders", ownerPartition("kitchen", 2))
+	owner := partitionLeader(t, c[1], "orders", cluster.OwnerPartition("kitchen", 2))
 	via := owner%3 + 1 // attach through a node that forwards
 
 	attach := func() ferryv1.SubscriberService_SubscribeClient {
@@ -286,8 +286,8 @@ func TestClusterOwnerMoves(t *testing.T) {
 	consume(stream, 15)
 
 	// The owner hands its leadership to another node.
-	part := ownerPartition("kitchen", 2)
-	g, err := c[owner].srv.node.group("orders", part)
+	part := cluster.OwnerPartition("kitchen", 2)
+	g, err := c[owner].srv.node.PartitionGroup("orders", part)
 	if err != nil {
 		t.Fatal(err)
 	}

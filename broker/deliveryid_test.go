@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
@@ -224,13 +225,13 @@ func TestClusterDeliveryIDsAfterOwnerMoves(t *testing.T) {
 	c[1].createTopic(t, "orders", &ferryv1.TopicConfig{Partitions: 1})
 	c[2].publish(t, "orders", &ferryv1.PublishMessage{Id: "m0", Payload: []byte("x")})
 	c[3].createSub(t, "orders", "kitchen", subConfig(effOnce, shared))
-	part := ownerPartition("kitchen", 1)
+	part := cluster.OwnerPartition("kitchen", 1)
 	owner := partitionLeader(t, c[1], "orders", part)
 	s := c[owner].attach(t, "orders", "kitchen", 1)
 	id := s.next(t).GetDeliveryId()
 
 	next := owner%3 + 1
-	g, err := c[owner].srv.node.group("orders", part)
+	g, err := c[owner].srv.node.PartitionGroup("orders", part)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -212,7 +212,7 @@ func (p *publisher) enqueue(ctx context.Context, topic string, msgs []*ferryv1.P
 	if errors.Is(err, storage.ErrTopicNotFound) && p.node != nil {
 		// Created on another node a moment ago, perhaps: catch up with
 		// the metadata group and look again.
-		if serr := p.node.meta.Sync(ctx); serr == nil {
+		if serr := p.node.CatchUpMeta(ctx); serr == nil {
 			shares, err = p.route(topic, msgs)
 		}
 	}

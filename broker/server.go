@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/internal/clock"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -137,11 +138,24 @@ func Open(opts Options) (*Server, error) {
 		grpc.InitialConnWindowSize(connWindowBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
+	closeAll := func() {
+		grpcLis.Close()
+		if httpLis != nil {
+			httpLis.Close()
+		}
+		_ = st.Close(context.Background())
+	}
 	var log consumer.Log = st
 	var topics topicAdmin = st
+	// The node-to-node port serves the services too; they are built
+	// below, on the engine, whose log is the node's.
+	var register func(*grpc.Server)
 	if opts.Cluster != nil {
-		s.node = newNode(opts.Cluster, st, opts.Clock, s.log)
-		log, topics = clusterLog{Store: st, n: s.node}, clusterTopics{n: s.node}
+		if s.node, err = newNode(opts.Cluster, st, opts.Clock, s.log, func(g *grpc.Server) { register(g) }, peerOpts); err != nil {
+			closeAll()
+			return nil, fmt.Errorf("cluster node %d: %w", opts.Cluster.NodeID, err)
+		}
+		log, topics = clusterLog{Store: st, n: s.node.Node}, s.node.Node
 	}
 	s.engine = consumer.New(consumer.EngineOptions{Log: log, Clock: opts.Clock, Logger: opts.Logger, Route: storeRouter(st)})
 	mem := newMemoryBudget(opts.MemoryLimit, opts.publishBytesInFlight(), opts.Clock, reg)
@@ -152,20 +166,15 @@ func Open(opts Options) (*Server, error) {
 	pub.node = s.node
 	sub := &subscriber{engine: s.engine, metrics: m, pub: pub, draining: s.draining, node: s.node}
 	adm := &admin{store: st, topics: topics, engine: s.engine, clk: opts.Clock, log: s.log, node: s.node}
-	register := func(g *grpc.Server) {
+	register = func(g *grpc.Server) {
 		ferryv1.RegisterPublisherServiceServer(g, pub)
 		ferryv1.RegisterSubscriberServiceServer(g, sub)
 		ferryv1.RegisterAdminServiceServer(g, adm)
 	}
 	register(s.grpc)
 	if s.node != nil {
-		s.node.engine = s.engine
-		if err := s.node.start(opts.Cluster, register, peerOpts); err != nil {
-			grpcLis.Close()
-			if httpLis != nil {
-				httpLis.Close()
-			}
-			_ = st.Close(context.Background())
+		if err := s.node.Start(s.engine); err != nil {
+			closeAll()
 			return nil, fmt.Errorf("start cluster node %d: %w", opts.Cluster.NodeID, err)
 		}
 	}
@@ -178,7 +187,7 @@ func Open(opts Options) (*Server, error) {
 		Help: "Messages NONE subscriptions skipped because their consumers fell behind (skipped forward to the head).",
 	}, func() float64 { return float64(s.engine.Dropped()) }))
 	if s.node != nil {
-		reg.MustRegister(newRaftCollector(s.node))
+		reg.MustRegister(cluster.NewCollector(s.node.Node))
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	for _, svc := range []string{ferryv1.PublisherService_ServiceDesc.ServiceName, ferryv1.SubscriberService_ServiceDesc.ServiceName, ferryv1.AdminService_ServiceDesc.ServiceName} {
@@ -194,7 +203,7 @@ func Open(opts Options) (*Server, error) {
 				http.Error(w, "not ready", http.StatusServiceUnavailable)
 				return
 			}
-			if s.node != nil && !s.node.ready() {
+			if s.node != nil && !s.node.Ready() {
 				http.Error(w, "not ready: a raft group has no leader yet", http.StatusServiceUnavailable)
 				return
 			}
@@ -202,7 +211,7 @@ func Open(opts Options) (*Server, error) {
 			// acks and deletes; the detail says what it refuses.
 			if d := s.store.Disk(); d.Low {
 				detail := "ready\nstorage " + d.String() + "\n"
-				if s.node != nil && s.node.host.RefusingAppends() {
+				if s.node != nil && s.node.RefusingAppends() {
 					detail += "raft appends refused: this node takes no entries until disk space is back, and leaders do not count it towards a quorum\n"
 				}
 				_, _ = w.Write([]byte(detail))
@@ -294,7 +303,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			// Hand the leaderships over first, so the others take over
 			// at once instead of after an election timeout.
 			hctx, cancel := context.WithTimeout(ctx, s.opts.ShutdownTimeout)
-			if err := s.node.handOff(hctx); err != nil {
+			if err := s.node.HandOff(hctx); err != nil {
 				s.log.Warn("shutdown: leadership hand-off incomplete", "err", err)
 			}
 			cancel()

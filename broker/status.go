@@ -93,8 +93,8 @@ func statusOf(err error) error {
 			": not a delivery id of this subscription (another subscription's or topic's, or altered); ack on the subscription that delivered it")
 	case errors.Is(err, consumer.ErrNotSupported):
 		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, consumer.ErrDetached):
-		return status.Error(codes.Unavailable, describe(err, consumer.ErrDetached)+"; reconnect")
+	case errors.Is(err, consumer.ErrDetached), errors.Is(err, cluster.ErrNotOwner):
+		return status.Error(codes.Unavailable, describe(err, consumer.ErrDetached, cluster.ErrNotOwner)+"; reconnect")
 	case errors.Is(err, storage.ErrFenced):
 		// Another node took the subscription over: this node's write was
 		// refused and changed nothing. The owner answers a retry.

@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrymq/ferry/cluster"
+	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -76,6 +78,28 @@ func TestToStatusDiskFull(t *testing.T) {
 		}
 		if retry != diskRetry {
 			t.Errorf("%v: retry %v, want %v", e, retry, diskRetry)
+		}
+	}
+}
+
+// TestToStatusNotOwner: a node that does not own a subscription (Own, or
+// a release when it lost the owner partition, as the engine wraps it)
+// answers UNAVAILABLE, reconnect, as for a detached consumer, and the
+// message names the node and partition without the sentinel's text.
+func TestToStatusNotOwner(t *testing.T) {
+	lost := fmt.Errorf("node 2 no longer leads topic %q partition 1, which owns the subscription: %w", "orders", cluster.ErrNotOwner)
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("node 2 does not lead topic %q partition 1, which owns subscription %q: %w", "orders", "kitchen", cluster.ErrNotOwner),
+			`node 2 does not lead topic "orders" partition 1, which owns subscription "kitchen"; reconnect`},
+		{fmt.Errorf("subscription %q: %w: %w", "kitchen", consumer.ErrDetached, lost),
+			`subscription "kitchen": consumer: detached: node 2 no longer leads topic "orders" partition 1, which owns the subscription; reconnect`},
+	} {
+		st := status.Convert(toStatus(tc.err))
+		if st.Code() != codes.Unavailable || st.Message() != tc.want {
+			t.Errorf("%v: %v %q, want UNAVAILABLE %q", tc.err, st.Code(), st.Message(), tc.want)
 		}
 	}
 }

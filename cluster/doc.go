@@ -72,6 +72,36 @@
 // in the same transaction as each change; a change the store refuses the
 // same way everywhere is returned to the proposer and changes nothing.
 //
+// # Node
+//
+// A Node is what a broker runs as one node of a ferry cluster, on top of
+// the Host: the layers are
+//
+//	broker        gRPC: routes a subscription's calls to its owner, serves the API
+//	cluster.Node  placement, group lifecycle, metadata changes, barriers, ownership
+//	cluster.Host  Raft groups (Group), their loops and appliers, the Transport
+//	storage       the store: Raft logs, partitions, topics, subscriptions
+//
+// The Node starts the metadata group and a group for every partition of
+// the store's topics (group id topic id << 32 | partition, every node a
+// voter), and follows the metadata group (Metadata.Changed): a created
+// topic's groups start on every node, a deleted topic's stop. It makes
+// topic and subscription changes through the metadata group from any
+// node, trying again while an attempt's outcome is unknown (an election);
+// every change is idempotent. Its barriers (SyncMeta, SyncTopic,
+// SyncPartition) return once every entry committed before is applied
+// here: linearizable reads, and a new owner's cursors.
+//
+// Each subscription has one owner, the leader of its owner partition
+// (OwnerPartition: a hash of its name). Own takes a subscription over at
+// an owner epoch, the term this node leads that partition in, fencing off
+// its earlier owners in every partition of the topic (storage.Store.Fence)
+// before it reads the cursors. When this node stops leading a partition,
+// the Node tells its Releaser (the broker's delivery engine) to release
+// the subscriptions that partition owned. A Node knows nothing of gRPC
+// clients or the public API: the broker routes and forwards calls, and
+// turns a Node's LocalStatus into `ferry cluster status`.
+//
 // # Transport
 //
 // Transport speaks ferry.cluster.v1.RaftTransportService (proto/ferry/
@@ -104,9 +134,10 @@
 //
 // # Concurrency
 //
-// Host, Group, Metadata and Transport methods are safe for concurrent use. A
-// StateMachine is called one call at a time: from its group's applier, or
-// its loop while the applier is idle. Host.Close stops the
-// ticks, the transport and then every group; calls still waiting fail
-// with ErrClosed. The Host does not close the store.
+// Host, Group, Metadata, Node and Transport methods are safe for
+// concurrent use. A StateMachine is called one call at a time: from its
+// group's applier, or its loop while the applier is idle. Host.Close
+// stops the ticks, the transport and then every group; calls still
+// waiting fail with ErrClosed. Node.Close stops the Node's goroutines and
+// its Host. Neither closes the store.
 package cluster

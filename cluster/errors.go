@@ -50,6 +50,12 @@ var (
 	// is malformed, too large or addressed to another node. The receiver
 	// ends the stream with it; nothing of the frame reaches a group.
 	ErrInvalidFrame = errors.New("cluster: invalid frame")
+	// ErrNotOwner is returned, wrapped with the subscription and the
+	// partition, by Node.Own when this node does not lead the
+	// subscription's owner partition; and it is what the error a Node
+	// hands to Releaser.Release wraps, once it stopped leading one. The
+	// subscription's consumers reconnect, to its owner.
+	ErrNotOwner = errors.New("cluster: not the subscription's owner")
 )
 
 // NotLeaderError is returned by Propose and TransferLeadership on a node

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"maps"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/client"
+	"github.com/ferrymq/ferry/cluster"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
@@ -89,7 +89,7 @@ func TestClusterStalledOwnerIsFenced(t *testing.T) {
 	}
 	progress("commits before the stall", 150)
 
-	part := ownerPartition(sub, parts)
+	part := cluster.OwnerPartition(sub, parts)
 	owner := c.node(waitLeader(t, c.nodes, in, part, 10*time.Second))
 	owner.process().freeze(t)
 	frozeAt := time.Now()
@@ -119,14 +119,6 @@ func TestClusterStalledOwnerIsFenced(t *testing.T) {
 	h.check(t, ackTimeout)
 	checkOnePerInput(t, c, in, out, prod.acked())
 	t.Logf("%d inputs, %d deliveries, %d Commits confirmed", len(prod.acked()), h.deliveries(), h.confirmed())
-}
-
-// ownerPartition is broker's: the partition whose leader owns a
-// subscription, FNV-1a of its name modulo the partitions.
-func ownerPartition(sub string, n uint32) uint32 {
-	f := fnv.New32a()
-	f.Write([]byte(sub))
-	return f.Sum32() % n
 }
 
 type seenDelivery struct {
