@@ -113,7 +113,7 @@ func (r *replica) apply(tb testing.TB, index uint64, data []byte) ([]result, err
 	tb.Helper()
 	txn := r.s.db.NewTransaction(true)
 	defer txn.Discard()
-	next, a, err := r.st.applyEntry(txn, index, data)
+	next, a, err := r.st.applyEntry(txn, nil, index, data)
 	if err != nil {
 		return nil, err
 	}
