@@ -176,14 +176,14 @@ func (p *Partition) replicate(st partitionState, r *request) {
 
 // entryRef returns where the entry the writer applies at index is, in a
 // log of this store, or nil if the writer does not know (yet): the
-// proposer may tell it (EntryLog) once its group runs.
+// proposer may tell it (EntryLog) once its group runs. Asked at every
+// entry, so that a log loaded anew (its group dropped and run again) is
+// bounded too.
 func (p *Partition) entryRef(index uint64) *entryRef {
-	if p.refSkip < 0 {
-		if el, ok := p.proposer.(EntryLog); ok {
-			if l, skip := el.EntryLog(); l != nil && l.db == p.db && skip >= 0 && skip <= maxEntrySkip {
-				p.refSkip = skip
-				p.useLog(l)
-			}
+	if el, ok := p.proposer.(EntryLog); ok {
+		if l, skip := el.EntryLog(); l != nil && l.db == p.db && skip >= 0 && skip <= maxEntrySkip {
+			p.refSkip = skip
+			p.useLog(l)
 		}
 	}
 	if p.refSkip < 0 {
