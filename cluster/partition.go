@@ -32,6 +32,17 @@ func (p *PartitionProposer) Leads() bool {
 	return g != nil && g.Leader() == g.node
 }
 
+// EntryLog returns the group's Raft log, nil until the group is set, and
+// the length of the header the group puts before a proposal's data
+// (storage.EntryLog): the partition then stores applied messages as
+// references to their entries in it, not copies.
+func (p *PartitionProposer) EntryLog() (*storage.RaftLog, int) {
+	if g := p.g.Load(); g != nil {
+		return g.rlog, entryHeaderLen
+	}
+	return nil, 0
+}
+
 // Propose proposes data to the group; see storage.Proposer.
 func (p *PartitionProposer) Propose(data []byte, failed func(error)) {
 	g := p.g.Load()

@@ -88,6 +88,13 @@
 // which some are replicated cannot be one transaction: Write makes it in
 // order, outputs first, and needs an id on every message.
 //
+// The entry is the data: once the proposer tells the group's log
+// (EntryLog), an applied message's m key holds a reference to it in its
+// entry instead of a copy of its record, so each payload is written once
+// per node (refs.go). Reads and exports resolve references; the group's
+// log is never compacted past the oldest entry a retained message
+// references (the partition's pin, which retention's trims move).
+//
 // A replica too far behind its group's compacted log gets a copy of the
 // partition from a peer instead: Replica.Export reads every key of the
 // partition in one read transaction taken while the writer waits, cut into

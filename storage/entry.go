@@ -259,10 +259,12 @@ type appliedEntry struct {
 
 // applyEntry applies the entry data at Raft index index against txn, as
 // apply does, and records index in the partition meta in the same
-// transaction. An entry at or below the applied index is errApplied and
+// transaction. If ref is not nil it says where the entry is in a log of
+// this store, and the messages are stored as references to it (refs.go),
+// not records. An entry at or below the applied index is errApplied and
 // writes nothing; a malformed one is ErrCorrupt and writes nothing either
 // (skipEntry records it as applied).
-func (s partitionState) applyEntry(txn *badger.Txn, index uint64, data []byte) (partitionState, appliedEntry, error) {
+func (s partitionState) applyEntry(txn *badger.Txn, ref *entryRef, index uint64, data []byte) (partitionState, appliedEntry, error) {
 	if index <= s.meta.applied {
 		return s, appliedEntry{}, fmt.Errorf("index %d, applied %d: %w", index, s.meta.applied, errApplied)
 	}
@@ -270,7 +272,10 @@ func (s partitionState) applyEntry(txn *badger.Txn, index uint64, data []byte) (
 	if err != nil {
 		return s, appliedEntry{}, err
 	}
-	next, results, err := s.apply(txn, cmds, at)
+	in := s
+	in.ref = ref
+	next, results, err := in.apply(txn, cmds, at)
+	next.ref = nil
 	if err != nil {
 		return s, appliedEntry{}, err
 	}

@@ -113,7 +113,7 @@ func (r *replica) apply(tb testing.TB, index uint64, data []byte) ([]result, err
 	tb.Helper()
 	txn := r.s.db.NewTransaction(true)
 	defer txn.Discard()
-	next, a, err := r.st.applyEntry(txn, index, data)
+	next, a, err := r.st.applyEntry(txn, nil, index, data)
 	if err != nil {
 		return nil, err
 	}
@@ -273,6 +273,12 @@ func TestPartitionMetaApplied(t *testing.T) {
 	if _, err := decodePartitionMeta(append(pm.encode(), 1)); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("meta with a trailing byte: %v, want ErrCorrupt", err)
 	}
+	pm.pin, pm.pinOff = 9, 2
+	got, err = decodePartitionMeta(pm.encode())
+	if err != nil || !got.equal(pm) {
+		t.Fatalf("decode(encode(%+v)) = %+v, %v", pm, got, err)
+	}
+	pm.pin, pm.pinOff = 0, 0
 	pm.applied = 0
 	if _, err := decodePartitionMeta(binary.BigEndian.AppendUint64(pm.encode(), 0)); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("meta with an applied index of 0 written out: %v, want ErrCorrupt (it is never encoded)", err)

@@ -116,6 +116,7 @@ type Export struct {
 	stage   int // index into exportStages of the prefix being read
 	it      *badger.Iterator
 	carry   *exportPair // read, did not fit the last chunk
+	refs    refReader   // resolves references into records
 }
 
 // exportStages are the kinds of key an export reads after the meta, in key
@@ -134,7 +135,7 @@ func (r *Replica) Export(ctx context.Context) (*Export, error) {
 	}
 	txn := p.db.NewTransaction(false)
 	resume(st)
-	ex := &Export{txn: txn, tid: p.tid, part: p.part}
+	ex := &Export{txn: txn, tid: p.tid, part: p.part, refs: refReader{txn: txn}}
 	err = getValue(txn, partitionKey(p.tid, p.part), func(v []byte) error {
 		m, err := decodePartitionMeta(v)
 		if err != nil {
@@ -143,7 +144,9 @@ func (r *Replica) Export(ctx context.Context) (*Export, error) {
 		if !m.equal(st.meta) {
 			return fmt.Errorf("stored meta %+v differs from the writer's %+v: %w", m, st.meta, ErrCorrupt)
 		}
-		ex.meta, ex.first, ex.applied = bytes.Clone(v), m.first, m.applied
+		// The export holds records only, so it pins nothing.
+		m.pin, m.pinOff = 0, 0
+		ex.meta, ex.first, ex.applied = m.encode(), m.first, m.applied
 		return nil
 	})
 	if err == nil && ex.meta == nil {
@@ -206,7 +209,7 @@ func (ex *Export) Next(maxBytes int) ([]byte, error) {
 			continue
 		}
 		item := ex.it.Item()
-		v, err := item.ValueCopy(nil)
+		v, err := ex.value(item)
 		if err != nil {
 			return nil, fmt.Errorf("export key %x: %w", item.Key(), err)
 		}
@@ -220,6 +223,20 @@ func (ex *Export) Next(maxBytes int) ([]byte, error) {
 		return nil, io.EOF
 	}
 	return encodeExportChunk(pairs), nil
+}
+
+// value is item's value as exported: a message's record, whether it is
+// stored as one or as a reference to its entry (refs.go), which a peer's
+// log does not have at that index.
+func (ex *Export) value(item *badger.Item) ([]byte, error) {
+	if exportStages[ex.stage] != kindMessage {
+		return item.ValueCopy(nil)
+	}
+	info, err := decodeMessageKey(item.Key())
+	if err != nil {
+		return nil, err
+	}
+	return ex.refs.record(item, info)
 }
 
 // prefix is the prefix of the exported keys of kind.

@@ -176,6 +176,9 @@ func FuzzDecodePartitionMeta(f *testing.F) {
 		{first: 3, head: 10, bytes: 700, lastTime: t0},
 		{first: math.MaxUint64, head: math.MaxUint64, bytes: math.MaxUint64, lastTime: time.Unix(0, math.MinInt64).UTC()},
 		{first: 2, head: 1}, // first beyond head: corrupt
+		{first: 3, head: 10, bytes: 700, lastTime: t0, applied: 40, pin: 31, pinOff: 4},
+		{first: 3, head: 10, applied: 40, pin: 41, pinOff: 4},  // pins beyond what it applied: corrupt
+		{first: 3, head: 10, applied: 40, pin: 31, pinOff: 10}, // pins a message beyond head: corrupt
 	} {
 		v := pm.encode()
 		f.Add(v)
@@ -193,8 +196,50 @@ func FuzzDecodePartitionMeta(f *testing.F) {
 		if pm.first > pm.head {
 			t.Fatalf("decoded first %d > head %d", pm.first, pm.head)
 		}
+		if pm.pin != 0 && (pm.pin > pm.applied || pm.pinOff < pm.first || pm.pinOff >= pm.head) {
+			t.Fatalf("decoded pin %d at %d, applied %d, first %d, head %d", pm.pin, pm.pinOff, pm.applied, pm.first, pm.head)
+		}
 		if got := pm.encode(); !bytes.Equal(got, v) {
 			t.Fatalf("meta %x decodes to %+v, which encodes to %x", v, pm, got)
+		}
+	})
+}
+
+// FuzzDecodeMessageRef: whatever an m key's value holds, a reference
+// decodes without panicking, to a group, index, skip and place in range,
+// which encode to a reference that decodes to the same (a varint need not
+// be minimal); anything else is ErrCorrupt.
+func FuzzDecodeMessageRef(f *testing.F) {
+	for _, r := range []struct {
+		ref entryRef
+		n   int
+	}{
+		{entryRef{group: 1, index: 1}, 0},
+		{entryRef{group: 1<<32 | 5, index: 1 << 40, skip: 17}, 399},
+		{entryRef{group: math.MaxUint64, index: math.MaxUint64, skip: maxEntrySkip}, 1 << 31},
+		{entryRef{group: 0, index: 3}, 0},                         // no group: corrupt
+		{entryRef{group: 1, index: 3, skip: maxEntrySkip + 1}, 0}, // skip too long: corrupt
+	} {
+		v := appendMessageRef(nil, r.ref, r.n)
+		f.Add(v)
+		f.Add(v[:len(v)-1])
+	}
+	f.Add([]byte{refVersion})
+	f.Add([]byte{recordVersion, 0, 0})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		ref, n, err := decodeMessageRef(v)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("decode %x: %v, want ErrCorrupt", v, err)
+			}
+			return
+		}
+		if !isMessageRef(v) || ref.group == 0 || ref.index == 0 || ref.skip < 0 || ref.skip > maxEntrySkip || n < 0 || n > 1<<31 {
+			t.Fatalf("%x decodes to %+v, message %d", v, ref, n)
+		}
+		again, m, err := decodeMessageRef(appendMessageRef(nil, ref, n))
+		if err != nil || again != ref || m != n {
+			t.Fatalf("reference %x decodes to %+v, message %d, which encodes to one that decodes to %+v, %d, %v", v, ref, n, again, m, err)
 		}
 	})
 }

@@ -188,6 +188,8 @@ func (im *Import) Finish() error {
 		return im.fail(err)
 	}
 	p, meta := im.p, *im.check.meta
+	// Every message imported is a record: none pins the log here.
+	meta.pin, meta.pinOff = 0, 0
 	if err := im.wb.Flush(); err != nil {
 		return im.fail(fmt.Errorf("write the export: %w", err))
 	}
@@ -218,6 +220,15 @@ func (im *Import) Finish() error {
 	st := partitionState{tid: p.tid, part: p.part, meta: meta, dedup: dedup}
 	im.done = true
 	p.applied.Store(meta.applied)
+	p.syncedPin.Store(0)
+	p.pin.Store(0)
+	if p.refLog != nil {
+		// The entries the snapshot that asked for the import replaced
+		// were kept while the partition referenced them (RaftLog.save).
+		if err := p.refLog.dropReplaced(); err != nil {
+			p.log.Warn("entries a snapshot replaced not deleted; they go when the log is next loaded", "topic", p.topic, "partition", p.part, "err", err)
+		}
+	}
 	p.publish(&meta, nil, nil)
 	im.resume(st)
 	p.log.Info("partition imported", "topic", p.topic, "partition", p.part, "applied", meta.applied,

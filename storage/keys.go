@@ -20,8 +20,10 @@ import (
 //	                                             replaced by a peer's export (import.go); its
 //	                                             meta is empty meanwhile
 //	m <tid u32> <part u32> <off u64> <t i64> <size u32> <id>
-//	                                           → message record; t is the publish time in
-//	                                             unix nanoseconds, size the record's length
+//	                                           → message record, or in a cluster a reference
+//	                                             to the message in its Raft entry (record.go);
+//	                                             t is the publish time in unix nanoseconds,
+//	                                             size the record's length (a reference's too)
 //	                                             and id the dedup id (may be empty)
 //	d <tid u32> <part u32> <id>                → offset u64 | publish time i64: the id's latest
 //	                                             store, while within the dedup window (dedup.go)
@@ -58,6 +60,19 @@ import (
 // topicDataKinds prefixes. A cursor is written by the partition's writer in
 // the same transaction as the messages (and, for Commit, as the messages of
 // other partitions), so it is exactly as durable as they are.
+//
+// In a cluster the Raft entry is the data: a replicated partition whose
+// group's log is in this store (Replica, EntryLog) stores an applied
+// message as a reference — the group, the entry's index and the message's
+// place among the entry's messages — not a second copy of its payload. A
+// read resolves references against the entries in the same read
+// transaction, decoding each entry once per read; an export to a peer
+// resolves them into records, and what a replica imports, or applies
+// before its group's log is known, stays a record. The partition meta
+// holds the index of the oldest entry a retained message references (its
+// pin, advanced by the trims of retention), and the group's log is never
+// compacted past it (RaftLog.Compact): a message is written once per node,
+// in its entry, and its entry lives exactly as long as the message.
 //
 // The r keys are Raft's (raftlog.go), one set per group, and belong to no
 // topic: dropping a topic never touches them. Every key of a group starts

@@ -68,6 +68,29 @@ type Partition struct {
 	applied      atomic.Uint64              // the Raft index of the last entry applied
 	replicated   atomic.Bool                // a proposer is set (read by Write)
 	leadership   atomic.Pointer[Leadership] // the proposer's, if it tells (read by retention)
+	// refLog is the log the partition's entries are in, once known
+	// (EntryLog, or a reference already stored), and refSkip the bytes of
+	// the group's header in their data, -1 until the proposer tells it:
+	// applied messages are then stored as references to the entries.
+	refLog  *RaftLog
+	refSkip int
+	// syncedPin is the pin (refs.go) as of the last Replica.Sync, or as
+	// loaded, and pin the pin as of the last entry applied: refLog keeps
+	// the entries from the lower of the two that is not 0 (retained).
+	syncedPin, pin atomic.Uint64
+}
+
+// retained is the index of the oldest entry of refLog the partition's
+// messages may reference, 0 if none: the pin as of the last sync — a trim
+// applied since may be lost in a power cut, and replayed — or, if that
+// says none, the pin since, as references applied since may be lost but
+// are read meanwhile.
+func (p *Partition) retained() uint64 {
+	synced, now := p.syncedPin.Load(), p.pin.Load()
+	if synced == 0 || now != 0 && now < synced {
+		return now
+	}
+	return synced
 }
 
 // request is a queued command and, once done is closed, its outcome.

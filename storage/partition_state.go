@@ -52,6 +52,7 @@ type command struct {
 	barrier *barrier // cmdBarrier, cmdHold
 
 	proposer Proposer // cmdReplicate
+	refLog   *RaftLog // cmdReplicate: the log the partition's references are to, if it has any
 	index    uint64   // cmdApplyEntry: the entry's Raft index
 	entry    []byte   // cmdApplyEntry: the entry
 	proposal uint64   // cmdProposalFailed
@@ -106,6 +107,9 @@ type partitionState struct {
 	// to put in epochs once the transaction has committed.
 	epochs map[uint32]uint64
 	raised map[uint32]uint64
+	// ref, while applyEntry applies an entry of a log in this store, is
+	// that entry: append stores references to it (refs.go), not records.
+	ref *entryRef
 }
 
 // apply runs cmds against txn and returns one result per command and the
@@ -121,15 +125,18 @@ func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (
 	s.added, s.addedIDs, s.raised = nil, nil, nil
 	before := s.meta
 	results := make([]result, len(cmds))
+	nmsgs := 0 // messages of the commands before c: where c's are in an entry
 	for i, c := range cmds {
 		var err error
 		switch c.kind {
 		case cmdAppend:
+			base := nmsgs
+			nmsgs += len(c.msgs)
 			if results[i].err, err = s.admit(txn, c); results[i].err != nil || err != nil {
 				break // fenced: nothing of c is written, its messages neither
 			}
 			if len(c.msgs) > 0 {
-				results[i].appended, results[i].sizes, err = s.append(txn, c, now)
+				results[i].appended, results[i].sizes, err = s.append(txn, c, now, base)
 				results[i].at = s.meta.lastTime
 			}
 			if err == nil {
@@ -171,8 +178,11 @@ func (s *partitionState) committed() {
 // append stores c.msgs at the head. A message whose id was stored within the
 // dedup window is not stored again; its result names the original offset.
 // Publish times never go back, even if the clock does, so offset order is
-// time order (dedup expiry and age retention rely on it).
-func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]AppendResult, []int, error) {
+// time order (dedup expiry and age retention rely on it). While an entry
+// of a log in this store is applied (s.ref), each message is stored as a
+// reference to it, the message base+i of the entry (refs.go), and the
+// first reference of the partition pins the entry.
+func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time, base int) ([]AppendResult, []int, error) {
 	t := now.UTC()
 	if t.Before(s.meta.lastTime) {
 		t = s.meta.lastTime
@@ -195,11 +205,20 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 		off := s.meta.head
 		// Badger keeps the value slice until the transaction commits, so
 		// each record gets its own, sized exactly.
-		rec := appendMessageRecord(make([]byte, 0, messageRecordSize(m)), m)
-		if err := txn.Set(messageKey(s.tid, s.part, off, t, uint32(len(rec)), m.ID), rec); err != nil {
+		size := messageRecordSize(m)
+		var v []byte
+		if s.ref != nil {
+			v = appendMessageRef(make([]byte, 0, refMaxLen), *s.ref, base+i)
+			if s.meta.pin == 0 {
+				s.meta.pin, s.meta.pinOff = s.ref.index, off
+			}
+		} else {
+			v = appendMessageRecord(make([]byte, 0, size), m)
+		}
+		if err := txn.Set(messageKey(s.tid, s.part, off, t, uint32(size), m.ID), v); err != nil {
 			return nil, nil, fmt.Errorf("set message %d: %w", off, err)
 		}
-		sizes[i] = len(rec)
+		sizes[i] = size
 		if m.ID != "" {
 			r := dedupRecord{id: m.ID, dedupEntry: dedupEntry{offset: off, time: t}}
 			if err := putDedup(txn, s.tid, s.part, r); err != nil {
@@ -208,7 +227,7 @@ func (s *partitionState) append(txn *badger.Txn, c *command, now time.Time) ([]A
 			s.noteAdded(r)
 		}
 		s.meta.head++
-		s.meta.bytes += uint64(len(rec))
+		s.meta.bytes += uint64(size)
 		res[i] = AppendResult{Offset: off}
 	}
 	s.meta.lastTime = t
@@ -288,7 +307,8 @@ func (s *partitionState) trim(txn *badger.Txn, trimTo uint64, limit int) (delete
 	defer it.Close()
 	for it.Seek(messageSeekKey(s.tid, s.part, s.meta.first)); it.Valid(); it.Next() {
 		if deleted == limit {
-			return deleted, true, nil
+			more = true
+			break
 		}
 		k := it.Item().KeyCopy(nil)
 		info, err := decodeMessageKey(k)
@@ -305,6 +325,14 @@ func (s *partitionState) trim(txn *badger.Txn, trimTo uint64, limit int) (delete
 		s.meta.bytes -= min(s.meta.bytes, uint64(info.size))
 		deleted++
 	}
-	s.meta.first = max(s.meta.first, trimTo)
-	return deleted, false, nil
+	if !more {
+		s.meta.first = max(s.meta.first, trimTo)
+	}
+	it.Close()
+	if s.meta.pin != 0 && s.meta.pinOff < s.meta.first {
+		if err := s.repin(txn); err != nil {
+			return deleted, false, err
+		}
+	}
+	return deleted, more, nil
 }

@@ -56,6 +56,9 @@ type RaftLog struct {
 	snap      *raftpb.SnapshotMetadata // never nil; index 0 until there is a snapshot
 	tail      []raftTailEntry          // the newest entries, consecutive, ending at b.last
 	tailBytes int
+	// retain, if set, is the index of the oldest entry a partition's
+	// messages reference (refs.go), 0 if none: Compact keeps it.
+	retain func() uint64
 }
 
 // raftTailEntry is a cached entry and its encoded size, which Entries'
@@ -533,11 +536,16 @@ func (l *RaftLog) createSnapshot(i uint64, cs *raftpb.ConfState, data []byte) (*
 // raft.ErrCompacted if compactIndex is not above FirstIndex-1 and an error
 // wrapping raft.ErrUnavailable if it is beyond LastIndex. The caller must
 // not compact beyond what it applied, and should have a snapshot there.
+//
+// Unlike MemoryStorage's, it never discards an entry the messages of a
+// partition replicated by the group still reference (refs.go): it
+// compacts only up to the entry before the oldest such, and a compaction
+// that would then discard nothing does nothing and returns nil.
 func (l *RaftLog) Compact(compactIndex uint64) error {
 	l.logMu.Lock()
 	r, err := l.compact(compactIndex)
 	l.logMu.Unlock()
-	if err == nil {
+	if err == nil && r != nil {
 		err = r.wait()
 	}
 	if err != nil {
@@ -558,6 +566,13 @@ func (l *RaftLog) compact(ci uint64) (*request, error) {
 	case ci > l.b.last:
 		return nil, fmt.Errorf("last index is %d: %w", l.b.last, raft.ErrUnavailable)
 	}
+	if l.retain != nil {
+		if pin := l.retain(); pin != 0 && ci >= pin {
+			if ci = pin - 1; ci <= l.b.prev {
+				return nil, nil // every entry is still referenced
+			}
+		}
+	}
 	term, err := l.term(ci)
 	if err != nil {
 		return nil, err
@@ -577,6 +592,25 @@ func (l *RaftLog) compact(ci uint64) (*request, error) {
 		return nil, fmt.Errorf("delete compacted entries: %w", errors.Join(err, r.wait()))
 	}
 	return r, nil
+}
+
+// retainFrom makes Compact keep the entries from pin() on, pin() being the
+// index of the oldest entry a partition's messages reference (0: none).
+func (l *RaftLog) retainFrom(pin func() uint64) {
+	l.logMu.Lock()
+	defer l.logMu.Unlock()
+	l.retain = pin
+}
+
+// dropReplaced deletes the entries below the log's first index that save
+// kept because a partition referenced them, once it no longer does.
+func (l *RaftLog) dropReplaced() error {
+	l.logMu.Lock()
+	defer l.logMu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	return l.deleteEntries(0, l.b.prev)
 }
 
 // raftDeleteBatch is how many entry keys one deletion step removes.

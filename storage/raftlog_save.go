@@ -171,8 +171,18 @@ func (l *RaftLog) save(hs *raftpb.HardState, entries []*raftpb.Entry, snap *raft
 	l.cacheTail(entries, sizes)
 	r := enqueueSync(l.sync)
 	// Entries of the old log outside the new bounds (compacted by the
-	// snapshot, or truncated) are garbage now; the sync runs meanwhile.
-	if err := l.deleteEntries(old.prev+1, min(old.last, b.prev)); err != nil {
+	// snapshot, or truncated) are garbage now; the sync runs meanwhile —
+	// except those a partition's messages still reference: the snapshot
+	// is a marker, and until the import it asks for replaces the
+	// partition, reads resolve the references (refs.go). The import
+	// deletes them (dropReplaced), or the group's next load.
+	replaced := min(old.last, b.prev)
+	if l.retain != nil {
+		if pin := l.retain(); pin != 0 {
+			replaced = min(replaced, pin-1)
+		}
+	}
+	if err := l.deleteEntries(old.prev+1, replaced); err != nil {
 		return nil, fmt.Errorf("delete entries replaced by the snapshot: %w", errors.Join(err, r.wait()))
 	}
 	if err := l.deleteEntries(max(b.last, old.prev)+1, old.last); err != nil {

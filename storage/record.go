@@ -152,25 +152,32 @@ func decodeTopicRecord(name string, v []byte) (Topic, error) {
 // appends to or trims the partition.
 //
 //	ver u8 | first offset u64 | head offset u64 | bytes u64 | last publish time i64
+//	[| applied u64 [| pin u64 | pin offset u64]]
 type partitionMeta struct {
 	first    uint64    // offset of the oldest retained message
 	head     uint64    // offset the next message gets
 	bytes    uint64    // sum of the retained records' sizes
 	lastTime time.Time // publish time of the newest message; times never go back
 	applied  uint64    // in a cluster, the Raft index of the last entry applied (entry.go); 0 on a single node
+	// pin is the Raft index of the oldest entry a retained message
+	// references (refs.go), and pinOff that message's offset; both 0 if
+	// no retained message is a reference.
+	pin, pinOff uint64
 }
 
 // equal reports whether pm and o describe the same partition state.
 func (pm partitionMeta) equal(o partitionMeta) bool {
 	return pm.first == o.first && pm.head == o.head && pm.bytes == o.bytes && pm.lastTime.Equal(o.lastTime) &&
-		pm.applied == o.applied
+		pm.applied == o.applied && pm.pin == o.pin && pm.pinOff == o.pinOff
 }
 
 // encode is the partition meta record: version, first, head, bytes and
 // lastTime as big-endian u64s, then applied only when it is not 0 — so a
-// single node's record is what it was before clusters.
+// single node's record is what it was before clusters — and the pin only
+// when it is not 0, so a partition without references has the record it
+// had before them.
 func (pm *partitionMeta) encode() []byte {
-	b := make([]byte, 0, 41)
+	b := make([]byte, 0, 57)
 	b = append(b, recordVersion)
 	b = binary.BigEndian.AppendUint64(b, pm.first)
 	b = binary.BigEndian.AppendUint64(b, pm.head)
@@ -178,6 +185,10 @@ func (pm *partitionMeta) encode() []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(pm.lastTime.UnixNano()))
 	if pm.applied != 0 {
 		b = binary.BigEndian.AppendUint64(b, pm.applied)
+		if pm.pin != 0 {
+			b = binary.BigEndian.AppendUint64(b, pm.pin)
+			b = binary.BigEndian.AppendUint64(b, pm.pinOff)
+		}
 	}
 	return b
 }
@@ -195,11 +206,19 @@ func decodePartitionMeta(v []byte) (partitionMeta, error) {
 			d.Fail()
 		}
 	}
+	if len(d.Rest()) > 0 {
+		if pm.pin, pm.pinOff = d.U64(), d.U64(); pm.pin == 0 || pm.pin > pm.applied {
+			d.Fail()
+		}
+	}
 	if err := d.End(); err != nil {
 		return partitionMeta{}, fmt.Errorf("partition meta: %w", err)
 	}
 	if pm.first > pm.head {
 		return partitionMeta{}, fmt.Errorf("partition meta first %d > head %d: %w", pm.first, pm.head, ErrCorrupt)
+	}
+	if pm.pin != 0 && (pm.pinOff < pm.first || pm.pinOff >= pm.head) {
+		return partitionMeta{}, fmt.Errorf("partition meta pins offset %d outside %d to %d: %w", pm.pinOff, pm.first, pm.head, ErrCorrupt)
 	}
 	return pm, nil
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // A replicated partition (cluster mode) keeps its write path and changes
@@ -67,10 +69,45 @@ func (s *Store) Replicate(ctx context.Context, topic string, part uint32, propos
 	if err != nil {
 		return nil, err
 	}
-	if _, err := p.do(ctx, command{kind: cmdReplicate, proposer: proposer}); err != nil {
+	// A partition holding references already (a restart) bounds its log's
+	// compaction from the start, before its proposer knows the log.
+	refLog, err := s.pinnedLog(p)
+	if err != nil {
+		return nil, fmt.Errorf("replicate %s/%d: %w", topic, part, err)
+	}
+	if _, err := p.do(ctx, command{kind: cmdReplicate, proposer: proposer, refLog: refLog}); err != nil {
 		return nil, err
 	}
 	return &Replica{p: p, s: s}, nil
+}
+
+// pinnedLog returns the Raft log of the entry p's pinned message references
+// (refs.go), loading it, or nil if p pins none.
+func (s *Store) pinnedLog(p *Partition) (*RaftLog, error) {
+	vis := p.visible.Load()
+	if vis.pin == 0 {
+		return nil, nil
+	}
+	var ref entryRef
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		opts.Prefix = partitionPrefix(kindMessage, p.tid, p.part)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		it.Seek(messageSeekKey(p.tid, p.part, vis.pinOff))
+		if !it.Valid() {
+			return fmt.Errorf("pinned message %d is missing: %w", vis.pinOff, ErrCorrupt)
+		}
+		return it.Item().Value(func(v []byte) (err error) {
+			ref, _, err = decodeMessageRef(v)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pinned message %d: %w", vis.pinOff, err)
+	}
+	return s.RaftLog(ref.group)
 }
 
 // Applied is the Raft index of the last entry the partition applied (0 if
@@ -99,6 +136,9 @@ func (r *Replica) Sync(ctx context.Context) error {
 	if err := req.wait(); err != nil {
 		return fmt.Errorf("sync topic %q partition %d: %w", r.p.topic, r.p.part, err)
 	}
+	// Durable now: the log may be compacted up to the pin of st, not
+	// beyond — a later trim not yet synced could be lost and replayed.
+	r.p.syncedPin.Store(st.meta.pin)
 	return nil
 }
 
@@ -116,6 +156,7 @@ func (r *Replica) Apply(ctx context.Context, index uint64, data []byte) error {
 // replicate switches the writer to proposing.
 func (p *Partition) replicate(st partitionState, r *request) {
 	if p.proposer == nil {
+		p.refSkip = -1
 		p.proposals = make(map[uint64][]*request)
 		p.nextProposal = rand.Uint64() >> 1 // ids of another node's proposals are unlikely to meet ours
 	}
@@ -125,7 +166,41 @@ func (p *Partition) replicate(st partitionState, r *request) {
 	}
 	p.replicated.Store(true)
 	p.applied.Store(st.meta.applied)
+	p.syncedPin.Store(st.meta.pin)
+	p.pin.Store(st.meta.pin)
+	if r.cmd.refLog != nil {
+		p.useLog(r.cmd.refLog)
+	}
 	close(r.done)
+}
+
+// entryRef returns where the entry the writer applies at index is, in a
+// log of this store, or nil if the writer does not know (yet): the
+// proposer may tell it (EntryLog) once its group runs. Asked at every
+// entry, so that a log loaded anew (its group dropped and run again) is
+// bounded too.
+func (p *Partition) entryRef(index uint64) *entryRef {
+	if el, ok := p.proposer.(EntryLog); ok {
+		if l, skip := el.EntryLog(); l != nil && l.db == p.db && skip >= 0 && skip <= maxEntrySkip {
+			p.refSkip = skip
+			p.useLog(l)
+		}
+	}
+	if p.refSkip < 0 {
+		return nil
+	}
+	return &entryRef{group: p.refLog.group, index: index, skip: p.refSkip}
+}
+
+// useLog makes l, in the partition's store, the log of the partition's
+// entries as far as compaction goes: Compact keeps what the synced pin
+// says is referenced.
+func (p *Partition) useLog(l *RaftLog) {
+	if p.refLog == l || l.db != p.db {
+		return
+	}
+	p.refLog = l
+	l.retainFrom(p.retained)
 }
 
 // propose encodes a group as an entry and proposes it; its requests are
@@ -174,7 +249,7 @@ func (p *Partition) failProposals(cause error) {
 func (p *Partition) applyEntry(st partitionState, r *request) partitionState {
 	txn := p.db.NewTransaction(true)
 	defer txn.Discard()
-	next, a, err := st.applyEntry(txn, r.cmd.index, r.cmd.entry)
+	next, a, err := st.applyEntry(txn, p.entryRef(r.cmd.index), r.cmd.index, r.cmd.entry)
 	switch {
 	case errors.Is(err, errApplied):
 		close(r.done)
@@ -195,6 +270,7 @@ func (p *Partition) applyEntry(st partitionState, r *request) partitionState {
 	}
 	next.committed()
 	p.applied.Store(r.cmd.index)
+	p.pin.Store(next.meta.pin)
 	reqs := p.proposals[a.proposal]
 	delete(p.proposals, a.proposal)
 	if len(reqs) != len(a.cmds) {

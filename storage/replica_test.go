@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +27,19 @@ type raftProposer struct {
 	rn    *raft.RawNode
 	l     *RaftLog
 	rep   *Replica
+	// header is how many bytes the group puts before each proposal's data
+	// in its entries (as cluster's groups do); tell, whether EntryLog
+	// tells the log (refs.go) yet.
+	header int
+	tell   atomic.Bool
+}
+
+// EntryLog tells the group's log once tell is set; see storage.EntryLog.
+func (p *raftProposer) EntryLog() (*RaftLog, int) {
+	if !p.tell.Load() {
+		return nil, 0
+	}
+	return p.l, p.header
 }
 
 type proposed struct {
@@ -41,8 +55,13 @@ func (p *raftProposer) Propose(data []byte, failed func(error)) {
 // starts driving the group; it does not campaign.
 func startRaftProposer(t *testing.T, s *Store, topic string, part uint32, l *RaftLog) *raftProposer {
 	t.Helper()
-	p := &raftProposer{t: t, props: make(chan proposed, 4096), camp: make(chan struct{}, 1),
-		stop: make(chan struct{}), done: make(chan struct{}), l: l}
+	return startRaftProposerWith(t, s, topic, part, l, &raftProposer{})
+}
+
+// startRaftProposerWith is startRaftProposer with p's header and tell.
+func startRaftProposerWith(t *testing.T, s *Store, topic string, part uint32, l *RaftLog, p *raftProposer) *raftProposer {
+	t.Helper()
+	p.t, p.props, p.camp, p.stop, p.done, p.l = t, make(chan proposed, 4096), make(chan struct{}, 1), make(chan struct{}), make(chan struct{}), l
 	rep, err := s.Replicate(context.Background(), topic, part, p)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +92,7 @@ func (p *raftProposer) run() {
 	for {
 		select {
 		case pr := <-p.props:
-			if err := p.rn.Propose(pr.data); err != nil {
+			if err := p.rn.Propose(append(make([]byte, p.header), pr.data...)); err != nil {
 				pr.failed(err)
 			}
 		case <-p.camp:
@@ -95,7 +114,7 @@ func (p *raftProposer) run() {
 				if e.GetType() != raftpb.EntryNormal || len(e.GetData()) == 0 {
 					continue
 				}
-				if err := p.rep.Apply(context.Background(), e.GetIndex(), e.GetData()); err != nil {
+				if err := p.rep.Apply(context.Background(), e.GetIndex(), e.GetData()[p.header:]); err != nil {
 					p.t.Errorf("Apply %d: %v", e.GetIndex(), err)
 					return
 				}

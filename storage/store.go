@@ -607,11 +607,12 @@ func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64
 	err = s.db.View(func(txn *badger.Txn) error {
 		opts := badger.DefaultIteratorOptions
 		opts.Prefix = partitionPrefix(kindMessage, tid, part)
-		// Values are inline in the LSM tree (ValueThreshold): prefetching
-		// would only copy each one once more before decode copies it.
+		// Prefetching would only copy each value once more before decode
+		// copies it, and a reference's entry is read on its own anyway.
 		opts.PrefetchValues = false
 		it := txn.NewIterator(opts)
 		defer it.Close()
+		rr := refReader{txn: txn}
 		next, bytes := from, 0
 		for it.Seek(messageSeekKey(tid, part, from)); it.Valid(); it.Next() {
 			if len(msgs) == maxMessages || ctx.Err() != nil {
@@ -634,7 +635,7 @@ func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64
 				return &OffsetOutOfRangeError{Offset: next, First: cur.first, Head: cur.head}
 			}
 			m := Message{ID: info.id, Partition: part, Offset: info.offset, PublishTime: info.publishTime}
-			if err := item.Value(func(v []byte) error { return decodeMessageRecord(v, &m) }); err != nil {
+			if err := rr.message(item, info, &m); err != nil {
 				return fmt.Errorf("offset %d: %w", info.offset, err)
 			}
 			msgs = append(msgs, m)
