@@ -146,20 +146,29 @@ func (s *subscription) unstored(id DeliveryID, err error) *partition {
 	return nil
 }
 
-// afterWrites runs fn once the next write of every partition in parts is
-// done, with the first error.
+// afterWrites runs fn once what every partition in parts holds now is
+// stored, with the first error: by the partition's next write if it has
+// changes no write carries yet (dirty), else by its last write in flight
+// (each write carries the whole state). A partition of parts is dirty or
+// has a write in flight.
 func (s *subscription) afterWrites(parts map[*partition]bool, fn func(error)) {
 	left := len(parts)
 	var first error
 	for p := range parts {
-		p.waiters = append(p.waiters, func(err error) {
+		w := func(err error) {
 			if first == nil {
 				first = err
 			}
 			if left--; left == 0 {
 				s.reply(func() { fn(first) })
 			}
-		})
+		}
+		if !p.dirty && len(p.writes) > 0 {
+			last := p.writes[len(p.writes)-1]
+			last.waiters = append(last.waiters, w)
+			continue
+		}
+		p.waiters = append(p.waiters, w)
 	}
 }
 
