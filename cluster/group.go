@@ -80,6 +80,8 @@ type Group struct {
 	transfers   []*transfer
 	lead        uint64 // as last seen, to notice changes
 	term        uint64
+	quiesced    bool   // at rest: ticks are ignored (quiesce.go)
+	silent      uint64 // ticks an awake follower has not heard from its leader
 
 	tickc   chan struct{} // capacity 1: ticks the loop has not taken merge
 	recvc   chan *raftpb.Message
@@ -90,9 +92,12 @@ type Group struct {
 	stopc   chan struct{} // closed by Host.Close
 	done    chan struct{} // closed when run has returned
 
-	reportsMu   sync.Mutex // guards unreachable and snapReports
+	reportsMu   sync.Mutex // guards unreachable, snapReports and peers
 	unreachable map[uint64]struct{}
 	snapReports []snapshotReport
+	peers       map[uint64]bool // peer nodes found down (true) or back up, not taken yet
+
+	asleep atomic.Bool // quiesced, as run last set it: the Host does not tick it
 
 	ap        *applier      // applies what run hands it; run and stop call it
 	applied   atomic.Uint64 // last index applied (entries of Raft's own too): the applier's, or run's while the applier is idle
@@ -342,6 +347,9 @@ func (g *Group) do(ctx context.Context, f func()) error {
 
 // tick gives the loop a tick; one the loop has not taken yet absorbs it.
 func (g *Group) tick() {
+	if g.asleep.Load() {
+		return
+	}
 	select {
 	case g.tickc <- struct{}{}:
 	default:
@@ -366,6 +374,19 @@ func (g *Group) reportUnreachable(to uint64) {
 func (g *Group) reportSnapshot(to uint64, st raft.SnapshotStatus) {
 	g.reportsMu.Lock()
 	g.snapReports = append(g.snapReports, snapshotReport{to: to, st: st})
+	g.reportsMu.Unlock()
+	g.notifyReports()
+}
+
+// reportPeers hands the loop peer nodes found down or back up (liveness.go).
+func (g *Group) reportPeers(changed map[uint64]bool) {
+	g.reportsMu.Lock()
+	if g.peers == nil {
+		g.peers = make(map[uint64]bool)
+	}
+	for id, down := range changed {
+		g.peers[id] = down
+	}
 	g.reportsMu.Unlock()
 	g.notifyReports()
 }
@@ -405,9 +426,7 @@ func (g *Group) run() {
 			g.stop(fmt.Errorf("group %d: %w", g.id, ErrClosed))
 			return
 		case <-g.tickc:
-			g.rn.Tick()
-			g.ticks++
-			g.expireForwarded()
+			g.onTick()
 		case m := <-g.recvc:
 			g.step(m)
 			for range maxStepBatch - 1 {
@@ -422,6 +441,7 @@ func (g *Group) run() {
 		case p := <-propc:
 			g.propose(p)
 		case s := <-g.snapc:
+			g.wake(s.m.GetFrom())
 			g.snapFrom = s.m.GetFrom()
 			s.done <- g.rn.Step(s.m)
 		case f := <-g.ctrlc:
@@ -460,6 +480,12 @@ func (g *Group) fail(err error) {
 // step steps an inbound message. Raft refuses some on its own (a response
 // from a node that is not a member); they are dropped.
 func (g *Group) step(m *raftpb.Message) {
+	if isQuiesceBeat(m) {
+		g.stepQuiesceBeat(m)
+		return
+	}
+	g.wake(m.GetFrom())
+	g.heard(m.GetFrom())
 	if g.h.refuses(g.id, m) || g.applyFull(m) {
 		return // dropped: no room for it (diskgate.go, group_apply.go)
 	}
@@ -483,6 +509,7 @@ func (g *Group) propose(first *proposal) {
 		}
 		break
 	}
+	g.wake(0)
 	st := g.rn.BasicStatus()
 	forwarded := st.RaftState != raft.StateLeader
 	if forwarded && (!g.h.opts.ForwardProposals || st.Lead == 0) {
@@ -541,9 +568,15 @@ func (g *Group) expireForwarded() {
 // takeReports passes the transport's reports to the RawNode.
 func (g *Group) takeReports() {
 	g.reportsMu.Lock()
-	unreachable, snaps := g.unreachable, g.snapReports
-	g.unreachable, g.snapReports = make(map[uint64]struct{}), nil
+	unreachable, snaps, peers := g.unreachable, g.snapReports, g.peers
+	g.unreachable, g.snapReports, g.peers = make(map[uint64]struct{}), nil, nil
 	g.reportsMu.Unlock()
+	if len(unreachable) > 0 || len(snaps) > 0 {
+		g.wake(0) // a follower's progress changed: re-check before quiescing
+	}
+	if len(peers) > 0 {
+		g.peersChanged(peers)
+	}
 	for to := range unreachable {
 		g.rn.ReportUnreachable(to)
 	}
@@ -566,8 +599,9 @@ func (g *Group) handleReadies() error {
 		hs := rd.HardState
 		lead := g.rn.BasicStatus().RaftState == raft.StateLeader &&
 			(hs == nil || hs.GetTerm() == g.savedTerm && hs.GetVote() == g.savedVote)
+		msgs := g.outgoing(rd.Messages)
 		if lead {
-			g.h.tr.Send(g.id, rd.Messages)
+			g.h.tr.Send(g.id, msgs)
 		}
 		if err := g.save(rd); err != nil {
 			return err
@@ -579,7 +613,7 @@ func (g *Group) handleReadies() error {
 		}
 		g.trackAppended(rd.Entries)
 		if !lead {
-			g.h.tr.Send(g.id, rd.Messages)
+			g.h.tr.Send(g.id, msgs)
 		}
 		if err := g.handToApplier(rd.CommittedEntries); err != nil {
 			return err

@@ -39,7 +39,8 @@ type Host struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	gate diskGate // refuses appends on a nearly full disk (diskgate.go)
+	gate diskGate  // refuses appends on a nearly full disk (diskgate.go)
+	live *liveness // the peers' nodes, for quiesced groups (liveness.go)
 }
 
 var _ Handler = (*Host)(nil)
@@ -57,12 +58,19 @@ func OpenHost(opts Options) (*Host, error) {
 		log:    opts.Logger.With("node", opts.NodeID),
 		groups: make(map[uint64]*Group),
 		gate:   diskGate{disk: opts.Store.Disk},
+		live:   newLiveness(&opts),
 	}
 	tr, err := NewTransport(opts.transportOptions(), h)
 	if err != nil {
 		return nil, err
 	}
 	h.tr = tr
+	if opts.Registerer != nil {
+		if err := h.registerMetrics(opts.Registerer); err != nil {
+			_ = tr.Close(context.Background())
+			return nil, fmt.Errorf("register cluster metrics: %w", err)
+		}
+	}
 	h.tickMu.Lock()
 	h.timer = opts.Clock.AfterFunc(opts.TickInterval, h.tick)
 	h.tickMu.Unlock()
@@ -183,7 +191,8 @@ func (h *Host) Groups() []*Group {
 	return gs
 }
 
-// tick ticks every group and schedules the next tick.
+// tick ticks every group that is not quiesced, tracks the peers'
+// liveness and sends them beats, and schedules the next tick.
 func (h *Host) tick() {
 	h.tickMu.Lock()
 	if h.tickStop {
@@ -193,6 +202,7 @@ func (h *Host) tick() {
 	h.timer = h.opts.Clock.AfterFunc(h.opts.TickInterval, h.tick)
 	h.tickMu.Unlock()
 	h.checkDisk()
+	h.tickLiveness()
 	h.groupsMu.RLock()
 	defer h.groupsMu.RUnlock()
 	for _, g := range h.groups {

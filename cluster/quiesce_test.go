@@ -1,0 +1,158 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// electionTimeout is the tests' election timeout in fake time: the
+// default ElectionTicks of testTick.
+const electionTimeout = 10 * testTick
+
+// waitQuiesced waits until group is quiesced on every running node.
+func (c *testCluster) waitQuiesced(group uint64) {
+	c.t.Helper()
+	eventually(c.t, waitLong, fmt.Sprintf("group %d quiesced on nodes %v", group, c.running()), func() bool {
+		for _, id := range c.running() {
+			if !c.group(id, group).Quiesced() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// raftSent is how many Raft messages the running nodes have sent.
+func (c *testCluster) raftSent() uint64 {
+	n := uint64(0)
+	for _, id := range c.running() {
+		n += c.nodes[id].host.tr.queued.Load()
+	}
+	return n
+}
+
+// wakes is how many times the running nodes' quiesced groups woke.
+func (c *testCluster) wakes() uint64 {
+	n := uint64(0)
+	for _, id := range c.running() {
+		n += c.nodes[id].host.live.wakes.Load()
+	}
+	return n
+}
+
+// TestIdleGroupQuiesces: an idle group's leader and followers stop ticking
+// and sending once everything is committed and applied everywhere; for
+// three election timeouts of ticks nothing is sent and nothing wakes (the
+// nodes only beat, one batch per node pair). A proposal wakes it and is
+// applied on every node well within one election timeout, and the group
+// goes back to rest.
+func TestIdleGroupQuiesces(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.addGroup(1)
+	c.addGroup(2)
+	c.waitLeader(1, c.ids...)
+	for i := range 20 {
+		c.propose(1, fmt.Sprintf("before %d", i))
+	}
+	c.waitQuiesced(1)
+	c.waitQuiesced(2)
+
+	sent, wakes := c.raftSent(), c.wakes()
+	start := c.clk.Now()
+	for c.clk.Now().Sub(start) < 3*electionTimeout {
+		time.Sleep(tickPace)
+	}
+	for _, id := range c.ids {
+		for _, gid := range []uint64{1, 2} {
+			if g := c.group(id, gid); !g.Quiesced() {
+				t.Fatalf("node %d: group %d woke with nothing to do: %+v", id, gid, g.Status())
+			}
+		}
+	}
+	if got := c.raftSent(); got != sent {
+		t.Fatalf("%d raft messages sent over three election timeouts at rest; want none", got-sent)
+	}
+	if got := c.wakes(); got != wakes {
+		t.Fatalf("%d wakes at rest; want none", got-wakes)
+	}
+	leader := c.group(1, 1).Leader()
+	if st := c.group(leader, 1).Status(); !st.Quiesced || st.State.String() != "StateLeader" {
+		t.Fatalf("node %d: %+v, want a quiesced leader", leader, st)
+	}
+
+	woke := c.clk.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	idx, err := c.group(leader, 1).Propose(ctx, []byte("wake up"))
+	if err != nil {
+		t.Fatalf("propose to the quiesced leader: %v", err)
+	}
+	for _, id := range c.ids {
+		c.nodes[id].sms[1].waitApplied(t, idx)
+	}
+	took := c.clk.Now().Sub(woke)
+	t.Logf("a proposal to the quiesced group was applied on every node after %v of fake time", took)
+	if took >= electionTimeout {
+		t.Fatalf("waking and applying took %v of fake time; want under one election timeout, %v", took, electionTimeout)
+	}
+	if got := c.group(leader, 1).Leader(); got != leader {
+		t.Fatalf("leader changed from %d to %d on waking", leader, got)
+	}
+	c.waitQuiesced(1)
+	c.checkConverged(1)
+}
+
+// TestQuiescedLeaderLost: when the leader node of a quiesced group stops
+// (closed) or goes silent (every link cut, as a SIGSTOP or a partition
+// looks), its followers find the node down from the missing beats and
+// elect a new leader within three election timeouts, as an unquiesced
+// group would within two; the group takes proposals again; and the old
+// leader, back, follows the new one.
+func TestQuiescedLeaderLost(t *testing.T) {
+	for _, how := range []string{"stop", "isolate"} {
+		t.Run(how, func(t *testing.T) {
+			c := newTestCluster(t, 3, nil)
+			c.addGroup(1)
+			old := c.waitLeader(1, c.ids...)
+			c.propose(1, "before")
+			c.waitQuiesced(1)
+
+			lost := c.clk.Now()
+			if how == "stop" {
+				c.stop(old)
+			} else {
+				c.isolate(old)
+			}
+			var rest []uint64
+			for _, id := range c.running() {
+				if id != old {
+					rest = append(rest, id)
+				}
+			}
+			leader := c.waitLeader(1, rest...)
+			took := c.clk.Now().Sub(lost)
+			t.Logf("node %d lost (%s); node %d leads after %v of fake time (%d ticks)", old, how, leader, took, took/testTick)
+			if limit := 3 * electionTimeout; took > limit {
+				t.Fatalf("a new leader took %v, more than %v", took, limit)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			defer cancel()
+			if _, err := c.group(leader, 1).Propose(ctx, []byte("after")); err != nil {
+				t.Fatalf("propose to the new leader: %v", err)
+			}
+
+			if how == "stop" {
+				c.restart(old)
+			} else {
+				c.heal(old)
+			}
+			if got := c.waitLeader(1, c.ids...); got == old {
+				t.Fatalf("node %d leads again; the new leader %d should have kept it", old, leader)
+			}
+			c.checkConverged(1)
+			c.waitQuiesced(1)
+		})
+	}
+}
