@@ -84,8 +84,8 @@ type Group struct {
 	silent      uint64 // ticks an awake follower has not heard from its leader
 
 	tickc   chan struct{} // capacity 1: ticks the loop has not taken merge
-	recvc   chan *raftpb.Message
-	propc   chan *proposal
+	recvq   *inbox[*raftpb.Message]
+	propq   *inbox[*proposal]
 	snapc   chan inboundSnapshot
 	ctrlc   chan func()
 	reportc chan struct{} // capacity 1: reports are waiting
@@ -231,8 +231,8 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 		savedTerm:   hs.GetTerm(),
 		savedVote:   hs.GetVote(),
 		tickc:       make(chan struct{}, 1),
-		recvc:       make(chan *raftpb.Message, recvQueue),
-		propc:       make(chan *proposal, proposeQueue),
+		recvq:       newInbox[*raftpb.Message](recvQueue),
+		propq:       newInbox[*proposal](proposeQueue),
 		snapc:       make(chan inboundSnapshot),
 		ctrlc:       make(chan func()),
 		reportc:     make(chan struct{}, 1),
@@ -282,12 +282,13 @@ func (g *Group) Propose(ctx context.Context, data []byte) (uint64, error) {
 	}
 	seq := g.seq.Add(1)
 	p := &proposal{seq: seq, data: encodeEntry(g.node, seq, data), done: make(chan proposalResult, 1)}
-	select {
-	case g.propc <- p:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case <-g.done:
-		return 0, g.err
+	if !g.propq.pushWait(p, ctx.Done(), g.done) {
+		select {
+		case <-g.done:
+			return 0, g.err
+		default:
+			return 0, ctx.Err()
+		}
 	}
 	select {
 	case r := <-p.done:
@@ -325,9 +326,7 @@ func (g *Group) ProposeAsync(data []byte, done func(index uint64, err error)) {
 		done(0, g.err)
 		return
 	}
-	select {
-	case g.propc <- p:
-	default:
+	if !g.propq.push(p) {
 		done(0, fmt.Errorf("group %d: %d proposals are queued: %w", g.id, proposeQueue, ErrProposalDropped))
 	}
 }
@@ -358,10 +357,7 @@ func (g *Group) tick() {
 
 // receive queues an inbound message, or drops it if the queue is full.
 func (g *Group) receive(m *raftpb.Message) {
-	select {
-	case g.recvc <- m:
-	default:
-	}
+	g.recvq.push(m)
 }
 
 func (g *Group) reportUnreachable(to uint64) {
@@ -417,7 +413,7 @@ func (g *Group) run() {
 	}
 	g.ap.start()
 	for {
-		propc, progress := g.propc, (<-chan struct{})(nil)
+		propc, progress := g.propq.ready, (<-chan struct{})(nil)
 		if g.applyFull(nil) {
 			propc, progress = nil, g.ap.progress // until the applier catches up
 		}
@@ -427,19 +423,20 @@ func (g *Group) run() {
 			return
 		case <-g.tickc:
 			g.onTick()
-		case m := <-g.recvc:
-			g.step(m)
-			for range maxStepBatch - 1 {
-				select {
-				case m := <-g.recvc:
-					g.step(m)
-					continue
-				default:
+		case <-g.recvq.ready:
+			for range maxStepBatch {
+				m, ok := g.recvq.pop()
+				if !ok {
+					break
 				}
-				break
+				g.step(m)
 			}
-		case p := <-propc:
-			g.propose(p)
+			g.recvq.more()
+		case <-propc:
+			if p, ok := g.propq.pop(); ok {
+				g.propose(p)
+			}
+			g.propq.more()
 		case s := <-g.snapc:
 			g.wake(s.m.GetFrom())
 			g.snapFrom = s.m.GetFrom()
@@ -500,14 +497,12 @@ func (g *Group) propose(first *proposal) {
 	batch := []*proposal{first}
 	size := len(first.data)
 	for len(batch) < maxProposeBatch && size < maxProposeBytes {
-		select {
-		case p := <-g.propc:
-			batch = append(batch, p)
-			size += len(p.data)
-			continue
-		default:
+		p, ok := g.propq.pop()
+		if !ok {
+			break
 		}
-		break
+		batch = append(batch, p)
+		size += len(p.data)
 	}
 	g.wake(0)
 	st := g.rn.BasicStatus()
@@ -728,13 +723,11 @@ func (g *Group) stop(err error) {
 	g.stopped = true
 	g.stopMu.Unlock()
 	for {
-		select {
-		case p := <-g.propc: // queued, never taken
-			p.finish(0, err)
-			continue
-		default:
+		p, ok := g.propq.pop() // queued, never taken
+		if !ok {
+			break
 		}
-		break
+		p.finish(0, err)
 	}
 	for _, t := range g.transfers {
 		t.done <- err

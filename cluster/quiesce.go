@@ -81,7 +81,7 @@ func (g *Group) setQuiesced(q bool) {
 func (g *Group) maybeQuiesce() bool {
 	st := g.rn.BasicStatus()
 	if st.RaftState != raft.StateLeader || st.LeadTransferee != 0 ||
-		len(g.pending) > 0 || len(g.propc) > 0 || len(g.transfers) > 0 ||
+		len(g.pending) > 0 || g.propq.len() > 0 || len(g.transfers) > 0 ||
 		g.queued != st.GetCommit() || g.applied.Load() != st.GetCommit() {
 		return false
 	}
@@ -133,7 +133,7 @@ func (g *Group) stepQuiesceBeat(m *raftpb.Message) {
 		return
 	}
 	if st.RaftState == raft.StateFollower && st.Lead == m.GetFrom() && st.GetTerm() == m.GetTerm() &&
-		st.GetCommit() == m.GetCommit() && len(g.pending) == 0 && len(g.propc) == 0 {
+		st.GetCommit() == m.GetCommit() && len(g.pending) == 0 && g.propq.len() == 0 {
 		g.setQuiesced(true)
 	}
 }

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+// BenchmarkIdleCluster measures what partitions at rest cost: a cluster
+// of three `ferry serve` processes with N partitions (topics of 100
+// partitions, one Raft group each, plus the metadata group) is left idle
+// once every node runs every group with a leader; then each node's CPU
+// (utime+stime of /proc/PID/stat) over idleWindow and its RSS are read,
+// and a publish to one partition of each topic, through node 1, measures
+// how long a quiesced partition takes to wake and take it. It reports
+// the busiest node's CPU in percent of one core, the largest RSS, and the
+// slowest publish.
+//
+//	go test -run '^$' -bench IdleCluster -benchtime 1x -timeout 30m ./cmd/ferry
+//	FERRY_IDLE_PARTITIONS=10000 go test -run '^$' -bench IdleCluster -benchtime 1x -timeout 30m ./cmd/ferry
+func BenchmarkIdleCluster(b *testing.B) {
+	sizes := []int{1000}
+	if s := os.Getenv("FERRY_IDLE_PARTITIONS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 100 || n%100 != 0 {
+			b.Fatalf("FERRY_IDLE_PARTITIONS=%q: want a multiple of 100", s)
+		}
+		sizes = []int{n}
+	}
+	for _, parts := range sizes {
+		b.Run(fmt.Sprintf("partitions=%d", parts), func(b *testing.B) {
+			for b.Loop() {
+				benchIdleCluster(b, parts)
+			}
+		})
+	}
+}
+
+// idleWindow is how long the CPU of an idle node is measured.
+const idleWindow = 10 * time.Second
+
+func benchIdleCluster(b *testing.B, parts int) {
+	c := newTestClusterWith(b, 3, clusterSetup{prepare: func(nd *clusterNode) {
+		nd.args = append(nd.args, "--fsync", "never") // setup speed only: nothing is written at rest
+	}})
+	start := time.Now()
+	topics := parts / 100
+	for i := range topics {
+		createClusterTopic(b, c.node(uint64(i%3+1)), fmt.Sprintf("idle%d", i), 100)
+	}
+	created := time.Since(start)
+	for _, nd := range c.nodes {
+		waitFor(b, 10*time.Minute, fmt.Sprintf("node %d runs %d groups with leaders", nd.id, parts+1), func() bool {
+			st, err := nd.localStatus(context.Background())
+			if err != nil || len(st.GetGroups()) != parts+1 {
+				return false
+			}
+			for _, g := range st.GetGroups() {
+				if g.GetLeader() == 0 {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	b.Logf("%d partitions created in %v, every group led after %v", parts, created.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	time.Sleep(3 * time.Second) // the groups settle (the last commits reach the followers) before the window
+
+	before := make([]float64, len(c.nodes))
+	for i, nd := range c.nodes {
+		before[i] = cpuSeconds(b, nd.process().cmd.Process.Pid)
+	}
+	t0 := time.Now()
+	time.Sleep(idleWindow)
+	elapsed := time.Since(t0).Seconds()
+	var maxCPU, maxRSS float64
+	for i, nd := range c.nodes {
+		pid := nd.process().cmd.Process.Pid
+		cpu := 100 * (cpuSeconds(b, pid) - before[i]) / elapsed
+		rss := procMemory(b, pid)["VmRSS"]
+		b.Logf("node %d idle with %d partitions: %.1f%% of a core, RSS %.0f MiB", nd.id, parts, cpu, rss)
+		maxCPU, maxRSS = max(maxCPU, cpu), max(maxRSS, rss)
+	}
+
+	var slowest time.Duration
+	pub := c.node(1).publisher()
+	for i := range topics {
+		part := uint32(i % 100)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t := time.Now()
+		_, err := pub.Publish(ctx, &ferryv1.PublishRequest{Topic: fmt.Sprintf("idle%d", i),
+			Messages: []*ferryv1.PublishMessage{{Id: "wake", Payload: []byte("x"), Partition: &part}}})
+		cancel()
+		if err != nil {
+			b.Fatalf("publish to idle%d/%d: %v", i, part, err)
+		}
+		slowest = max(slowest, time.Since(t))
+	}
+	b.Logf("a publish to a partition at rest (one per topic) took at most %v", slowest)
+	b.ReportMetric(maxCPU, "cpu%/node")
+	b.ReportMetric(maxRSS, "MiB-rss/node")
+	b.ReportMetric(float64(slowest.Milliseconds()), "ms-wake-publish")
+}
+
+// cpuSeconds is a process's user and system CPU time so far, in seconds
+// (/proc/PID/stat fields 14 and 15, in clock ticks of 1/100 s).
+func cpuSeconds(tb testing.TB, pid int) float64 {
+	tb.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // the command name may hold spaces
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		tb.Fatalf("parse /proc/%d/stat: %q", pid, s)
+	}
+	return (utime + stime) / 100
+}
