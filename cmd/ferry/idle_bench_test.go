@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,6 +26,10 @@ import (
 // slowest publish.
 //
 //	go test -run '^$' -bench IdleCluster -benchtime 1x -timeout 30m ./cmd/ferry
+//
+// FERRY_IDLE_PARTITIONS=10000 sets the number of partitions;
+// FERRY_IDLE_PROFILE=dir saves node 1's CPU profile over the window there.
+//
 //	FERRY_IDLE_PARTITIONS=10000 go test -run '^$' -bench IdleCluster -benchtime 1x -timeout 30m ./cmd/ferry
 func BenchmarkIdleCluster(b *testing.B) {
 	sizes := []int{1000}
@@ -77,7 +84,11 @@ func benchIdleCluster(b *testing.B, parts int) {
 		before[i] = cpuSeconds(b, nd.process().cmd.Process.Pid)
 	}
 	t0 := time.Now()
-	time.Sleep(idleWindow)
+	if dir := os.Getenv("FERRY_IDLE_PROFILE"); dir != "" {
+		saveCPUProfile(b, c.node(1).process().httpAddr, filepath.Join(dir, fmt.Sprintf("ferry-idle-%d.pprof", parts)))
+	} else {
+		time.Sleep(idleWindow)
+	}
 	elapsed := time.Since(t0).Seconds()
 	var maxCPU, maxRSS float64
 	for i, nd := range c.nodes {
@@ -124,4 +135,24 @@ func cpuSeconds(tb testing.TB, pid int) float64 {
 		tb.Fatalf("parse /proc/%d/stat: %q", pid, s)
 	}
 	return (utime + stime) / 100
+}
+
+// saveCPUProfile takes a CPU profile of idleWindow from the node serving
+// HTTP at addr and writes it to path.
+func saveCPUProfile(tb testing.TB, addr, path string) {
+	tb.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(idleWindow.Seconds())))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Logf("node 1's CPU profile: %s", path)
 }
