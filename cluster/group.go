@@ -722,6 +722,7 @@ func (g *Group) stop(err error) {
 	g.stopMu.Lock()
 	g.stopped = true
 	g.stopMu.Unlock()
+	g.h.setAwake(g, false) // run sets it no more
 	for {
 		p, ok := g.propq.pop() // queued, never taken
 		if !ok {

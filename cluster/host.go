@@ -32,6 +32,9 @@ type Host struct {
 	closed   bool
 	loops    sync.WaitGroup // the groups' run loops
 
+	awakeMu sync.Mutex          // guards awake
+	awake   map[*Group]struct{} // the groups that are not quiesced: the ones tick ticks
+
 	tickMu   sync.Mutex // guards timer and tickStop
 	timer    clock.Timer
 	tickStop bool
@@ -57,6 +60,7 @@ func OpenHost(opts Options) (*Host, error) {
 		opts:   opts,
 		log:    opts.Logger.With("node", opts.NodeID),
 		groups: make(map[uint64]*Group),
+		awake:  make(map[*Group]struct{}),
 		gate:   diskGate{disk: opts.Store.Disk},
 		live:   newLiveness(&opts),
 	}
@@ -117,6 +121,7 @@ func (h *Host) AddGroup(id uint64, voters []uint64, sm StateMachine) (*Group, er
 		return nil, ErrClosed
 	}
 	h.groups[id] = g
+	h.setAwake(g, true)
 	h.loops.Go(g.run)
 	return g, nil
 }
@@ -203,10 +208,21 @@ func (h *Host) tick() {
 	h.tickMu.Unlock()
 	h.checkDisk()
 	h.tickLiveness()
-	h.groupsMu.RLock()
-	defer h.groupsMu.RUnlock()
-	for _, g := range h.groups {
+	h.awakeMu.Lock()
+	defer h.awakeMu.Unlock()
+	for g := range h.awake { // not the quiesced ones: idle, a tick costs nothing per group
 		g.tick()
+	}
+}
+
+// setAwake adds g to the groups tick ticks, or takes it out.
+func (h *Host) setAwake(g *Group, awake bool) {
+	h.awakeMu.Lock()
+	defer h.awakeMu.Unlock()
+	if awake {
+		h.awake[g] = struct{}{}
+	} else {
+		delete(h.awake, g)
 	}
 }
 

@@ -69,6 +69,7 @@ func (g *Group) onTick() {
 func (g *Group) setQuiesced(q bool) {
 	g.quiesced = q
 	g.asleep.Store(q)
+	g.h.setAwake(g, !q)
 	if q {
 		g.silent = 0
 	} else {
