@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,9 +22,12 @@ import (
 // once every node runs every group with a leader; then each node's CPU
 // (utime+stime of /proc/PID/stat) over idleWindow and its RSS are read,
 // and a publish to one partition of each topic, through node 1, measures
-// how long a quiesced partition takes to wake and take it. It reports
-// the busiest node's CPU in percent of one core, the largest RSS, and the
-// slowest publish.
+// how long a quiesced partition takes to wake and take it. Then every
+// partition takes a publish with an id, and once they are at rest again
+// the CPU and RSS are measured again ("-used": each partition now has a
+// dedup index, which retention expires on the leader every 10 s). It
+// reports the busiest node's CPU in percent of one core, the largest RSS,
+// and the slowest publish.
 //
 //	go test -run '^$' -bench IdleCluster -benchtime 1x -timeout 30m ./cmd/ferry
 //
@@ -79,44 +83,74 @@ func benchIdleCluster(b *testing.B, parts int) {
 	b.Logf("%d partitions created in %v, every group led after %v", parts, created.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	time.Sleep(3 * time.Second) // the groups settle (the last commits reach the followers) before the window
 
+	cpu, rss := measureIdle(b, c, parts, "new")
+
+	var slowest time.Duration
+	pub := c.node(1).publisher()
+	for i := range topics {
+		part := uint32(i % 100)
+		t := time.Now()
+		publishOne(b, pub, fmt.Sprintf("idle%d", i), part)
+		slowest = max(slowest, time.Since(t))
+	}
+	b.Logf("a publish to a partition at rest (one per topic) took at most %v", slowest)
+
+	// Every partition takes a publish with an id, through every node; then
+	// the partitions are at rest again, with a dedup index in memory.
+	var wg sync.WaitGroup
+	for w := range 8 {
+		pub := c.node(uint64(w%3 + 1)).publisher()
+		wg.Go(func() {
+			for i := w; i < parts; i += 8 {
+				publishOne(b, pub, fmt.Sprintf("idle%d", i/100), uint32(i%100))
+			}
+		})
+	}
+	wg.Wait()
+	time.Sleep(3 * time.Second)
+	cpuUsed, rssUsed := measureIdle(b, c, parts, "used")
+
+	b.ReportMetric(cpu, "cpu%/node")
+	b.ReportMetric(rss, "MiB-rss/node")
+	b.ReportMetric(cpuUsed, "cpu%/node-used")
+	b.ReportMetric(rssUsed, "MiB-rss/node-used")
+	b.ReportMetric(float64(slowest.Milliseconds()), "ms-wake-publish")
+}
+
+// measureIdle measures each node's CPU over idleWindow (node 1's profile
+// saved meanwhile if FERRY_IDLE_PROFILE names a dir) and its RSS, logs
+// them, and returns the largest of each.
+func measureIdle(b *testing.B, c *testCluster, parts int, label string) (maxCPU, maxRSS float64) {
 	before := make([]float64, len(c.nodes))
 	for i, nd := range c.nodes {
 		before[i] = cpuSeconds(b, nd.process().cmd.Process.Pid)
 	}
 	t0 := time.Now()
 	if dir := os.Getenv("FERRY_IDLE_PROFILE"); dir != "" {
-		saveCPUProfile(b, c.node(1).process().httpAddr, filepath.Join(dir, fmt.Sprintf("ferry-idle-%d.pprof", parts)))
+		saveCPUProfile(b, c.node(1).process().httpAddr, filepath.Join(dir, fmt.Sprintf("ferry-idle-%d-%s.pprof", parts, label)))
 	} else {
 		time.Sleep(idleWindow)
 	}
 	elapsed := time.Since(t0).Seconds()
-	var maxCPU, maxRSS float64
 	for i, nd := range c.nodes {
 		pid := nd.process().cmd.Process.Pid
 		cpu := 100 * (cpuSeconds(b, pid) - before[i]) / elapsed
 		rss := procMemory(b, pid)["VmRSS"]
-		b.Logf("node %d idle with %d partitions: %.1f%% of a core, RSS %.0f MiB", nd.id, parts, cpu, rss)
+		b.Logf("%s: node %d idle with %d partitions: %.1f%% of a core, RSS %.0f MiB", label, nd.id, parts, cpu, rss)
 		maxCPU, maxRSS = max(maxCPU, cpu), max(maxRSS, rss)
 	}
+	return maxCPU, maxRSS
+}
 
-	var slowest time.Duration
-	pub := c.node(1).publisher()
-	for i := range topics {
-		part := uint32(i % 100)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		t := time.Now()
-		_, err := pub.Publish(ctx, &ferryv1.PublishRequest{Topic: fmt.Sprintf("idle%d", i),
-			Messages: []*ferryv1.PublishMessage{{Id: "wake", Payload: []byte("x"), Partition: &part}}})
-		cancel()
-		if err != nil {
-			b.Fatalf("publish to idle%d/%d: %v", i, part, err)
-		}
-		slowest = max(slowest, time.Since(t))
+// publishOne publishes one message with an id to topic's partition part.
+func publishOne(tb testing.TB, pub ferryv1.PublisherServiceClient, topic string, part uint32) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := pub.Publish(ctx, &ferryv1.PublishRequest{Topic: topic,
+		Messages: []*ferryv1.PublishMessage{{Id: "wake", Payload: []byte("x"), Partition: &part}}})
+	if err != nil {
+		tb.Errorf("publish to %s/%d: %v", topic, part, err)
 	}
-	b.Logf("a publish to a partition at rest (one per topic) took at most %v", slowest)
-	b.ReportMetric(maxCPU, "cpu%/node")
-	b.ReportMetric(maxRSS, "MiB-rss/node")
-	b.ReportMetric(float64(slowest.Milliseconds()), "ms-wake-publish")
 }
 
 // cpuSeconds is a process's user and system CPU time so far, in seconds
