@@ -78,7 +78,7 @@ func (l *liveness) isLive(id uint64) bool {
 	return p == nil || !p.down.Load()
 }
 
-// Heard is called by the transport for each batch from node id; see
+// heard is called by the transport for each batch from node id; see
 // beatHandler.
 func (h *Host) heard(id uint64) { h.live.heard(id) }
 
