@@ -27,6 +27,7 @@ type liveness struct {
 	ticks         atomic.Uint64 // the host's ticks so far
 	peers         map[uint64]*peerLiveness
 	wakes         atomic.Uint64 // quiesced groups woken, for the metric
+	changes       atomic.Uint64 // peers found down or back up, for tests
 }
 
 type peerLiveness struct {
@@ -62,6 +63,7 @@ func (l *liveness) tick() map[uint64]bool {
 		h := p.heard.Load()
 		down := h == 0 || now-h > l.electionTicks
 		if p.down.Swap(down) != down {
+			l.changes.Add(1)
 			if changed == nil {
 				changed = make(map[uint64]bool)
 			}

@@ -88,6 +88,7 @@ func (g *Group) maybeQuiesce() bool {
 	}
 	commit, term := st.GetCommit(), st.GetTerm()
 	var live []uint64
+	var matches []uint64
 	ok, voters := true, 0
 	g.rn.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {
 		if typ != raft.ProgressTypePeer {
@@ -103,6 +104,7 @@ func (g *Group) maybeQuiesce() bool {
 		default:
 			ok = ok && pr.Match == commit && pr.State == tracker.StateReplicate && pr.RecentActive && !pr.IsPaused()
 			live = append(live, id)
+			matches = append(matches, pr.Match)
 		}
 	})
 	if !ok || 2*(len(live)+1) <= voters {
@@ -110,8 +112,10 @@ func (g *Group) maybeQuiesce() bool {
 	}
 	msgs := make([]*raftpb.Message, len(live))
 	for i, id := range live {
+		// As raft's own heartbeats: never a commit index beyond what the
+		// follower has (all of it here).
 		msgs[i] = &raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), From: new(g.node), To: new(id),
-			Term: new(term), Commit: new(commit), Context: quiesceMarker}
+			Term: new(term), Commit: new(min(matches[i], commit)), Context: quiesceMarker}
 	}
 	g.h.tr.Send(g.id, msgs)
 	g.setQuiesced(true)

@@ -42,6 +42,16 @@ func (c *testCluster) wakes() uint64 {
 	return n
 }
 
+// livenessChanges is how many times the running nodes found a peer down
+// or back up.
+func (c *testCluster) livenessChanges() uint64 {
+	n := uint64(0)
+	for _, id := range c.running() {
+		n += c.nodes[id].host.live.changes.Load()
+	}
+	return n
+}
+
 // TestIdleGroupQuiesces: an idle group's leader and followers stop ticking
 // and sending once everything is committed and applied everywhere; for
 // three election timeouts of ticks nothing is sent and nothing wakes (the
@@ -59,23 +69,38 @@ func TestIdleGroupQuiesces(t *testing.T) {
 	c.waitQuiesced(1)
 	c.waitQuiesced(2)
 
-	sent, wakes := c.raftSent(), c.wakes()
-	start := c.clk.Now()
-	for c.clk.Now().Sub(start) < 3*electionTimeout {
-		time.Sleep(tickPace)
-	}
-	for _, id := range c.ids {
-		for _, gid := range []uint64{1, 2} {
-			if g := c.group(id, gid); !g.Quiesced() {
-				t.Fatalf("node %d: group %d woke with nothing to do: %+v", id, gid, g.Status())
+	// Three election timeouts at rest: nothing sent, nothing woken. A
+	// window in which a node was found down (a beat late under load; it
+	// wakes the groups it leads, by design) is not at rest: try another.
+	for try := 1; ; try++ {
+		sent, wakes, flaps := c.raftSent(), c.wakes(), c.livenessChanges()
+		start := c.clk.Now()
+		for c.clk.Now().Sub(start) < 3*electionTimeout {
+			time.Sleep(tickPace)
+		}
+		if f := c.livenessChanges(); f != flaps {
+			if try == 5 {
+				t.Fatalf("peers found down or back %d times in each of 5 windows of three election timeouts", f-flaps)
+			}
+			t.Logf("window %d: %d liveness changes (a late beat); another window", try, f-flaps)
+			c.waitQuiesced(1)
+			c.waitQuiesced(2)
+			continue
+		}
+		for _, id := range c.ids {
+			for _, gid := range []uint64{1, 2} {
+				if g := c.group(id, gid); !g.Quiesced() {
+					t.Fatalf("node %d: group %d woke with nothing to do: %+v", id, gid, g.Status())
+				}
 			}
 		}
-	}
-	if got := c.raftSent(); got != sent {
-		t.Fatalf("%d raft messages sent over three election timeouts at rest; want none", got-sent)
-	}
-	if got := c.wakes(); got != wakes {
-		t.Fatalf("%d wakes at rest; want none", got-wakes)
+		if got := c.raftSent(); got != sent {
+			t.Fatalf("%d raft messages sent over three election timeouts at rest; want none", got-sent)
+		}
+		if got := c.wakes(); got != wakes {
+			t.Fatalf("%d wakes at rest; want none", got-wakes)
+		}
+		break
 	}
 	leader := c.group(1, 1).Leader()
 	if st := c.group(leader, 1).Status(); !st.Quiesced || st.State.String() != "StateLeader" {
@@ -107,8 +132,9 @@ func TestIdleGroupQuiesces(t *testing.T) {
 // TestQuiescedLeaderLost: when the leader node of a quiesced group stops
 // (closed) or goes silent (every link cut, as a SIGSTOP or a partition
 // looks), its followers find the node down from the missing beats and
-// elect a new leader within three election timeouts, as an unquiesced
-// group would within two; the group takes proposals again; and the old
+// elect a new leader (within one to two election timeouts after the last
+// beat, as an awake group does; the bound leaves room for a split vote
+// under load); the group takes proposals again; and the old
 // leader, back, follows the new one.
 func TestQuiescedLeaderLost(t *testing.T) {
 	for _, how := range []string{"stop", "isolate"} {
@@ -134,7 +160,7 @@ func TestQuiescedLeaderLost(t *testing.T) {
 			leader := c.waitLeader(1, rest...)
 			took := c.clk.Now().Sub(lost)
 			t.Logf("node %d lost (%s); node %d leads after %v of fake time (%d ticks)", old, how, leader, took, took/testTick)
-			if limit := 3 * electionTimeout; took > limit {
+			if limit := 5 * electionTimeout; took > limit { // as TestLeaderStops: typically 1.5 to 2
 				t.Fatalf("a new leader took %v, more than %v", took, limit)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
@@ -155,4 +181,51 @@ func TestQuiescedLeaderLost(t *testing.T) {
 			c.waitQuiesced(1)
 		})
 	}
+}
+
+// TestQuiescedFollowerCatchesUp: a follower cut off while its group is at
+// rest misses entries (the others commit them and rest again without it);
+// when its links heal, its node's beats wake the leader, which catches it
+// up before the group rests again: it applies every entry without a new
+// proposal.
+func TestQuiescedFollowerCatchesUp(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.addGroup(1)
+	leader := c.waitLeader(1, c.ids...)
+	c.propose(1, "before")
+	c.waitQuiesced(1)
+	behind := c.ids[0]
+	if behind == leader {
+		behind = c.ids[1]
+	}
+	c.isolate(behind)
+	eventually(t, waitLong, fmt.Sprintf("node %d found node %d down", leader, behind), func() bool {
+		return !c.nodes[leader].host.live.isLive(behind)
+	})
+	var last uint64
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	for i := range 5 {
+		idx, err := c.group(leader, 1).Propose(ctx, fmt.Appendf(nil, "while cut off %d", i))
+		if err != nil {
+			t.Fatalf("propose with node %d cut off: %v", behind, err)
+		}
+		last = idx
+	}
+	eventually(t, waitLong, "the group at rest on the nodes still connected", func() bool {
+		for _, id := range c.ids {
+			if id != behind && !c.group(id, 1).Quiesced() {
+				return false
+			}
+		}
+		return true
+	})
+	if _, applied := c.nodes[behind].sms[1].snapshot(); len(applied) > 0 && applied[len(applied)-1].index >= last {
+		t.Fatalf("node %d applied up to %d while cut off", behind, applied[len(applied)-1].index)
+	}
+
+	c.heal(behind)
+	c.nodes[behind].sms[1].waitApplied(t, last)
+	c.waitQuiesced(1)
+	c.checkConverged(1)
 }
