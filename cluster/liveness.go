@@ -73,6 +73,17 @@ func (l *liveness) tick() map[uint64]bool {
 	return changed
 }
 
+// gone reports whether node id has not been heard from for two election
+// timeouts: a leader leaves such a voter out when it decides to quiesce.
+// Twice the timeout that makes a node down, so that a node found down for
+// a moment (a late beat under load) is still waited for: quiescing
+// without it would leave it, if its group is awake, with no heartbeats
+// until it calls an election.
+func (l *liveness) gone(id uint64) bool {
+	p := l.peers[id]
+	return p != nil && l.ticks.Load()-p.heard.Load() > 2*l.electionTicks
+}
+
 // isLive reports whether node id was heard from within an election
 // timeout; this node is always live.
 func (l *liveness) isLive(id uint64) bool {

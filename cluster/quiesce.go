@@ -8,7 +8,8 @@ package cluster
 // pending or queued, no transfer, everything committed is applied, and
 // every follower on a live node (liveness.go) has the whole log, is
 // replicated to and was heard from — and those live voters, itself
-// included, are a quorum. It then sends each live follower a quiesce
+// included, are a quorum. (A voter counts as live here until its node
+// has been silent for two election timeouts: liveness.go's gone.) It then sends each live follower a quiesce
 // heartbeat (a MsgHeartbeat whose Context is quiesceMarker, carrying the
 // commit index) and stops ticking. A follower that steps a quiesce
 // heartbeat from its leader, in its term, with nothing of its own pending
@@ -98,9 +99,10 @@ func (g *Group) maybeQuiesce() bool {
 		switch {
 		case id == g.node:
 			ok = ok && pr.Match == commit // the leader's own log holds nothing uncommitted
-		case !g.h.live.isLive(id):
-			// A voter on a down node is left out: it catches up when its
-			// node is back, which wakes the group.
+		case g.h.live.gone(id):
+			// A voter on a node silent for two election timeouts is left
+			// out: it catches up when its node is back, which wakes the
+			// group.
 		default:
 			ok = ok && pr.Match == commit && pr.State == tracker.StateReplicate && pr.RecentActive && !pr.IsPaused()
 			live = append(live, id)
