@@ -3,8 +3,11 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // electionTimeout is the tests' election timeout in fake time: the
@@ -59,7 +62,14 @@ func (c *testCluster) livenessChanges() uint64 {
 // applied on every node well within one election timeout, and the group
 // goes back to rest.
 func TestIdleGroupQuiesces(t *testing.T) {
-	c := newTestCluster(t, 3, nil)
+	var regsMu sync.Mutex
+	regs := make(map[uint64]*prometheus.Registry)
+	c := newTestCluster(t, 3, func(o *Options) {
+		regsMu.Lock()
+		defer regsMu.Unlock()
+		regs[o.NodeID] = prometheus.NewRegistry()
+		o.Registerer = regs[o.NodeID]
+	})
 	c.addGroup(1)
 	c.addGroup(2)
 	c.waitLeader(1, c.ids...)
@@ -101,6 +111,14 @@ func TestIdleGroupQuiesces(t *testing.T) {
 			t.Fatalf("%d wakes at rest; want none", got-wakes)
 		}
 		break
+	}
+	for _, id := range c.ids {
+		regsMu.Lock()
+		reg := regs[id]
+		regsMu.Unlock()
+		if q, live := gauge(t, reg, "ferry_raft_groups_quiesced"), gauge(t, reg, "ferry_raft_peers_live"); q != 2 || live != 2 {
+			t.Fatalf("node %d: ferry_raft_groups_quiesced %v, ferry_raft_peers_live %v; want 2 and 2", id, q, live)
+		}
 	}
 	leader := c.group(1, 1).Leader()
 	if st := c.group(leader, 1).Status(); !st.Quiesced || st.State.String() != "StateLeader" {
@@ -228,4 +246,20 @@ func TestQuiescedFollowerCatchesUp(t *testing.T) {
 	c.nodes[behind].sms[1].waitApplied(t, last)
 	c.waitQuiesced(1)
 	c.checkConverged(1)
+}
+
+// gauge returns the value of the unlabelled gauge name in reg.
+func gauge(tb testing.TB, reg *prometheus.Registry, name string) float64 {
+	tb.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	tb.Fatalf("no gauge %s", name)
+	return 0
 }
