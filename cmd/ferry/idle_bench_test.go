@@ -27,7 +27,8 @@ import (
 // the CPU and RSS are measured again ("-used": each partition now has a
 // dedup index, which retention expires on the leader every 10 s). It
 // reports the busiest node's CPU in percent of one core, the largest RSS,
-// and the slowest publish.
+// and the slowest publish; and, last, how long a partition at rest takes
+// from a SIGKILL of its leader to an acknowledged publish.
 //
 //	go test -run '^$' -bench IdleCluster -benchtime 1x -timeout 30m ./cmd/ferry
 //
@@ -109,12 +110,54 @@ func benchIdleCluster(b *testing.B, parts int) {
 	wg.Wait()
 	time.Sleep(3 * time.Second)
 	cpuUsed, rssUsed := measureIdle(b, c, parts, "used")
+	failover := idleFailover(b, c, "idle0", 50)
 
 	b.ReportMetric(cpu, "cpu%/node")
 	b.ReportMetric(rss, "MiB-rss/node")
 	b.ReportMetric(cpuUsed, "cpu%/node-used")
 	b.ReportMetric(rssUsed, "MiB-rss/node-used")
 	b.ReportMetric(float64(slowest.Milliseconds()), "ms-wake-publish")
+	b.ReportMetric(float64(failover.Milliseconds()), "ms-idle-failover")
+}
+
+// idleFailover SIGKILLs the leader of topic's partition part, at rest, and
+// returns how long until a publish to it through another node is
+// acknowledged: its quiesced followers must find the leader's node down
+// (no beat for an election timeout) and elect.
+func idleFailover(b *testing.B, c *testCluster, topic string, part uint32) time.Duration {
+	ns, err := c.node(1).localStatus(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var leader uint64
+	for _, g := range ns.GetGroups() {
+		if g.GetTopic() == topic && g.GetPartition() == part {
+			leader = g.GetLeader()
+		}
+	}
+	if leader == 0 {
+		b.Fatalf("%s/%d has no leader", topic, part)
+	}
+	via := c.others(leader)[0]
+	pub := via.publisher()
+	c.node(leader).process().kill(b)
+	killed := time.Now()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := pub.Publish(ctx, &ferryv1.PublishRequest{Topic: topic,
+			Messages: []*ferryv1.PublishMessage{{Id: "after-kill", Payload: []byte("x"), Partition: &part}}})
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Since(killed) > time.Minute {
+			b.Fatalf("no publish to %s/%d acknowledged within a minute of killing its leader: %v", topic, part, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	b.Logf("SIGKILL of node %d, leader of %s/%d at rest: a publish through node %d acknowledged after %v", leader, topic, part, via.id, took.Round(time.Millisecond))
+	return took
 }
 
 // measureIdle measures each node's CPU over idleWindow (node 1's profile
