@@ -22,8 +22,9 @@ package cluster
 //     election timeout. The follower then counts that silence as its
 //     election timeout (it ticks ElectionTicks at once) and campaigns,
 //     with pre-vote, as after any leader loss;
-//   - on a leader, a voter's node found down or back up: it re-checks
-//     the quorum, or catches the voter up.
+//   - on a leader, its live voters no longer a quorum (it re-checks it,
+//     and steps down if it is cut off), or a voter's node back up that
+//     lacks entries (it catches the voter up).
 //
 // A follower that wakes for anything but its leader sends the leader a
 // wake (an unsolicited MsgHeartbeatResp, which a leader takes as a sign
@@ -211,27 +212,56 @@ func (g *Group) heard(from uint64) {
 // peersChanged handles nodes found down or back up (down says which): a
 // quiesced follower whose leader's node is down wakes and campaigns as
 // soon as its election timeout allows, counting the silence already
-// waited; a quiesced leader wakes for any of its voters, to re-check its
-// quorum or to catch the voter up.
+// waited. A quiesced leader wakes only if the change concerns it: the
+// live nodes among its voters are no longer a quorum (it re-checks its
+// quorum, and steps down if it is cut off), or a voter back up lacks
+// entries (it catches the voter up). A node down takes the groups it led
+// to an election; the many others stay at rest.
 func (g *Group) peersChanged(changed map[uint64]bool) {
 	if !g.quiesced {
 		return
 	}
 	st := g.rn.BasicStatus()
 	if st.RaftState == raft.StateLeader {
-		for _, v := range g.confState.GetVoters() {
-			if _, ok := changed[v]; ok {
-				g.wake(0)
-				return
-			}
+		if g.leaderConcerned(changed, st.GetCommit()) {
+			g.wake(0)
 		}
 		return
 	}
 	if down, ok := changed[st.Lead]; ok && down {
-		g.log.Info("quiesced group's leader node is down; waking to elect another", "leader", st.Lead, "term", st.GetTerm())
+		g.log.Debug("quiesced group's leader node is down; waking to elect another", "leader", st.Lead, "term", st.GetTerm())
 		g.setQuiesced(false)
 		for range g.h.opts.ElectionTicks {
 			g.rn.Tick()
 		}
 	}
+}
+
+// leaderConcerned reports whether a quiesced leader must wake for the
+// peers' changes: its live voters, itself included, are no quorum any
+// more, or a voter back up has not all of the log up to commit.
+func (g *Group) leaderConcerned(changed map[uint64]bool, commit uint64) bool {
+	voters := g.confState.GetVoters()
+	live, concerned := 0, false
+	for _, v := range voters {
+		if v == g.node || g.h.live.isLive(v) {
+			live++
+		}
+		if _, ok := changed[v]; ok {
+			concerned = true
+		}
+	}
+	if !concerned {
+		return false
+	}
+	if 2*live <= len(voters) {
+		return true
+	}
+	behind := false
+	g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if down, ok := changed[id]; ok && !down && pr.Match < commit {
+			behind = true
+		}
+	})
+	return behind
 }
