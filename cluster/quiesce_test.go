@@ -152,8 +152,8 @@ func TestIdleGroupQuiesces(t *testing.T) {
 // looks), its followers find the node down from the missing beats and
 // elect a new leader (within one to two election timeouts after the last
 // beat, as an awake group does; the bound leaves room for a split vote
-// under load); the group takes proposals again; and the old
-// leader, back, follows the new one.
+// under load); the group takes proposals again; a cut-off leader steps
+// down; and the old leader, back, follows the new one.
 func TestQuiescedLeaderLost(t *testing.T) {
 	for _, how := range []string{"stop", "isolate"} {
 		t.Run(how, func(t *testing.T) {
@@ -187,6 +187,17 @@ func TestQuiescedLeaderLost(t *testing.T) {
 				t.Fatalf("propose to the new leader: %v", err)
 			}
 
+			if how == "isolate" {
+				// Cut off from every peer, the old leader finds them down,
+				// wakes and steps down (CheckQuorum) instead of resting as
+				// a leader nobody follows.
+				eventually(t, waitLong, fmt.Sprintf("cut-off node %d steps down", old), func() bool {
+					return c.group(old, 1).Status().State.String() != "StateLeader"
+				})
+				if took := c.clk.Now().Sub(lost); took > 5*electionTimeout {
+					t.Fatalf("the cut-off leader stepped down after %v, more than %v", took, 5*electionTimeout)
+				}
+			}
 			if how == "stop" {
 				c.restart(old)
 			} else {
