@@ -33,7 +33,8 @@ import (
 //	go test -run '^$' -bench IdleCluster -benchtime 1x -timeout 30m ./cmd/ferry
 //
 // FERRY_IDLE_PARTITIONS=10000 sets the number of partitions;
-// FERRY_IDLE_PROFILE=dir saves node 1's CPU profile over the window there.
+// FERRY_IDLE_PROFILE=dir saves node 1's CPU profile over the window, its heap
+// and its goroutines there.
 //
 //	FERRY_IDLE_PARTITIONS=10000 go test -run '^$' -bench IdleCluster -benchtime 1x -timeout 30m ./cmd/ferry
 func BenchmarkIdleCluster(b *testing.B) {
@@ -170,7 +171,10 @@ func measureIdle(b *testing.B, c *testCluster, parts int, label string) (maxCPU,
 	}
 	t0 := time.Now()
 	if dir := os.Getenv("FERRY_IDLE_PROFILE"); dir != "" {
-		saveCPUProfile(b, c.node(1).process().httpAddr, filepath.Join(dir, fmt.Sprintf("ferry-idle-%d-%s.pprof", parts, label)))
+		addr := c.node(1).process().httpAddr
+		saveProfile(b, addr, fmt.Sprintf("profile?seconds=%d", int(idleWindow.Seconds())), filepath.Join(dir, fmt.Sprintf("ferry-idle-%d-%s.pprof", parts, label)))
+		saveProfile(b, addr, "heap?debug=1", filepath.Join(dir, fmt.Sprintf("ferry-idle-%d-%s.heap", parts, label)))
+		saveProfile(b, addr, "goroutine?debug=1", filepath.Join(dir, fmt.Sprintf("ferry-idle-%d-%s.goroutines", parts, label)))
 	} else {
 		time.Sleep(idleWindow)
 	}
@@ -214,11 +218,11 @@ func cpuSeconds(tb testing.TB, pid int) float64 {
 	return (utime + stime) / 100
 }
 
-// saveCPUProfile takes a CPU profile of idleWindow from the node serving
-// HTTP at addr and writes it to path.
-func saveCPUProfile(tb testing.TB, addr, path string) {
+// saveProfile fetches /debug/pprof/<what> from the node serving HTTP at
+// addr and writes it to path.
+func saveProfile(tb testing.TB, addr, what, path string) {
 	tb.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(idleWindow.Seconds())))
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/%s", addr, what))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -231,5 +235,5 @@ func saveCPUProfile(tb testing.TB, addr, path string) {
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Logf("node 1's CPU profile: %s", path)
+	tb.Logf("node 1's %s: %s", what, path)
 }
