@@ -26,7 +26,8 @@
 //
 // A Group is one raft.RawNode, owned by one goroutine (its loop) with the
 // group's bookkeeping, and an applier goroutine that owns the state
-// machine. The loop takes one event at a time — a tick, inbound messages,
+// machine (parked, with no goroutine, while the group is at rest). The
+// loop takes one event at a time — a tick, inbound messages,
 // proposals, a snapshot, a status or transfer request, the transport's
 // reports, the applier's progress — and then handles every Ready: save
 // the entries, hard state and snapshot (RaftLog.Save, durable on return),

@@ -74,6 +74,7 @@ func (g *Group) setQuiesced(q bool) {
 	g.h.setAwake(g, !q)
 	if q {
 		g.silent = 0
+		g.ap.park()
 	} else {
 		g.h.live.wakes.Add(1)
 	}

@@ -58,7 +58,7 @@ func (c *testCluster) livenessChanges() uint64 {
 // TestIdleGroupQuiesces: an idle group's leader and followers stop ticking
 // and sending once everything is committed and applied everywhere; for
 // three election timeouts of ticks nothing is sent and nothing wakes (the
-// nodes only beat, one batch per node pair). A proposal wakes it and is
+// nodes only beat, one batch per node pair), and no applier goroutine runs. A proposal wakes it and is
 // applied on every node well within one election timeout, and the group
 // goes back to rest.
 func TestIdleGroupQuiesces(t *testing.T) {
@@ -99,8 +99,15 @@ func TestIdleGroupQuiesces(t *testing.T) {
 		}
 		for _, id := range c.ids {
 			for _, gid := range []uint64{1, 2} {
-				if g := c.group(id, gid); !g.Quiesced() {
+				g := c.group(id, gid)
+				if !g.Quiesced() {
 					t.Fatalf("node %d: group %d woke with nothing to do: %+v", id, gid, g.Status())
+				}
+				g.ap.mu.Lock()
+				running := g.ap.running
+				g.ap.mu.Unlock()
+				if running {
+					t.Fatalf("node %d: group %d at rest still runs its applier goroutine", id, gid)
 				}
 			}
 		}
