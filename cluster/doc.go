@@ -11,11 +11,23 @@
 // Transport. Host.AddGroup starts a Group with a StateMachine: a new
 // group is bootstrapped from a snapshot at index 1 holding its voters; a
 // known one restarts from its storage.RaftLog. The Host ticks every group
-// every Options.TickInterval on its Clock.
+// that is awake every Options.TickInterval on its Clock.
+//
+// # Quiescence
+//
+// An idle group quiesces (quiesce.go): a leader with nothing under way
+// and every follower on a live node caught up sends them a quiesce
+// heartbeat and stops ticking, and so do they. A proposal, a transfer or
+// any other message wakes it; a quiesced follower whose leader's node is
+// found down wakes and campaigns. Node liveness (liveness.go) stands in
+// for the heartbeats of quiesced groups: each host sends each peer one
+// beat per heartbeat interval, whatever the number of groups, and finds a
+// peer down after an election timeout without a batch from it.
 //
 // A Group is one raft.RawNode, owned by one goroutine (its loop) with the
 // group's bookkeeping, and an applier goroutine that owns the state
-// machine. The loop takes one event at a time — a tick, inbound messages,
+// machine (parked, with no goroutine, while the group is at rest). The
+// loop takes one event at a time — a tick, inbound messages,
 // proposals, a snapshot, a status or transfer request, the transport's
 // reports, the applier's progress — and then handles every Ready: save
 // the entries, hard state and snapshot (RaftLog.Save, durable on return),

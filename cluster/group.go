@@ -80,19 +80,24 @@ type Group struct {
 	transfers   []*transfer
 	lead        uint64 // as last seen, to notice changes
 	term        uint64
+	quiesced    bool   // at rest: ticks are ignored (quiesce.go)
+	silent      uint64 // ticks an awake follower has not heard from its leader
 
 	tickc   chan struct{} // capacity 1: ticks the loop has not taken merge
-	recvc   chan *raftpb.Message
-	propc   chan *proposal
+	recvq   *inbox[*raftpb.Message]
+	propq   *inbox[*proposal]
 	snapc   chan inboundSnapshot
 	ctrlc   chan func()
 	reportc chan struct{} // capacity 1: reports are waiting
 	stopc   chan struct{} // closed by Host.Close
 	done    chan struct{} // closed when run has returned
 
-	reportsMu   sync.Mutex // guards unreachable and snapReports
+	reportsMu   sync.Mutex // guards unreachable, snapReports and peers
 	unreachable map[uint64]struct{}
 	snapReports []snapshotReport
+	peers       map[uint64]bool // peer nodes found down (true) or back up, not taken yet
+
+	asleep atomic.Bool // quiesced, as run last set it: the Host does not tick it
 
 	ap        *applier      // applies what run hands it; run and stop call it
 	applied   atomic.Uint64 // last index applied (entries of Raft's own too): the applier's, or run's while the applier is idle
@@ -226,8 +231,8 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 		savedTerm:   hs.GetTerm(),
 		savedVote:   hs.GetVote(),
 		tickc:       make(chan struct{}, 1),
-		recvc:       make(chan *raftpb.Message, recvQueue),
-		propc:       make(chan *proposal, proposeQueue),
+		recvq:       newInbox[*raftpb.Message](recvQueue),
+		propq:       newInbox[*proposal](proposeQueue),
 		snapc:       make(chan inboundSnapshot),
 		ctrlc:       make(chan func()),
 		reportc:     make(chan struct{}, 1),
@@ -277,12 +282,13 @@ func (g *Group) Propose(ctx context.Context, data []byte) (uint64, error) {
 	}
 	seq := g.seq.Add(1)
 	p := &proposal{seq: seq, data: encodeEntry(g.node, seq, data), done: make(chan proposalResult, 1)}
-	select {
-	case g.propc <- p:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case <-g.done:
-		return 0, g.err
+	if !g.propq.pushWait(p, ctx.Done(), g.done) {
+		select {
+		case <-g.done:
+			return 0, g.err
+		default:
+			return 0, ctx.Err()
+		}
 	}
 	select {
 	case r := <-p.done:
@@ -320,9 +326,7 @@ func (g *Group) ProposeAsync(data []byte, done func(index uint64, err error)) {
 		done(0, g.err)
 		return
 	}
-	select {
-	case g.propc <- p:
-	default:
+	if !g.propq.push(p) {
 		done(0, fmt.Errorf("group %d: %d proposals are queued: %w", g.id, proposeQueue, ErrProposalDropped))
 	}
 }
@@ -342,6 +346,9 @@ func (g *Group) do(ctx context.Context, f func()) error {
 
 // tick gives the loop a tick; one the loop has not taken yet absorbs it.
 func (g *Group) tick() {
+	if g.asleep.Load() {
+		return
+	}
 	select {
 	case g.tickc <- struct{}{}:
 	default:
@@ -350,10 +357,7 @@ func (g *Group) tick() {
 
 // receive queues an inbound message, or drops it if the queue is full.
 func (g *Group) receive(m *raftpb.Message) {
-	select {
-	case g.recvc <- m:
-	default:
-	}
+	g.recvq.push(m)
 }
 
 func (g *Group) reportUnreachable(to uint64) {
@@ -366,6 +370,19 @@ func (g *Group) reportUnreachable(to uint64) {
 func (g *Group) reportSnapshot(to uint64, st raft.SnapshotStatus) {
 	g.reportsMu.Lock()
 	g.snapReports = append(g.snapReports, snapshotReport{to: to, st: st})
+	g.reportsMu.Unlock()
+	g.notifyReports()
+}
+
+// reportPeers hands the loop peer nodes found down or back up (liveness.go).
+func (g *Group) reportPeers(changed map[uint64]bool) {
+	g.reportsMu.Lock()
+	if g.peers == nil {
+		g.peers = make(map[uint64]bool)
+	}
+	for id, down := range changed {
+		g.peers[id] = down
+	}
 	g.reportsMu.Unlock()
 	g.notifyReports()
 }
@@ -396,7 +413,7 @@ func (g *Group) run() {
 	}
 	g.ap.start()
 	for {
-		propc, progress := g.propc, (<-chan struct{})(nil)
+		propc, progress := g.propq.ready, (<-chan struct{})(nil)
 		if g.applyFull(nil) {
 			propc, progress = nil, g.ap.progress // until the applier catches up
 		}
@@ -405,23 +422,23 @@ func (g *Group) run() {
 			g.stop(fmt.Errorf("group %d: %w", g.id, ErrClosed))
 			return
 		case <-g.tickc:
-			g.rn.Tick()
-			g.ticks++
-			g.expireForwarded()
-		case m := <-g.recvc:
-			g.step(m)
-			for range maxStepBatch - 1 {
-				select {
-				case m := <-g.recvc:
-					g.step(m)
-					continue
-				default:
+			g.onTick()
+		case <-g.recvq.ready:
+			for range maxStepBatch {
+				m, ok := g.recvq.pop()
+				if !ok {
+					break
 				}
-				break
+				g.step(m)
 			}
-		case p := <-propc:
-			g.propose(p)
+			g.recvq.more()
+		case <-propc:
+			if p, ok := g.propq.pop(); ok {
+				g.propose(p)
+			}
+			g.propq.more()
 		case s := <-g.snapc:
+			g.wake(s.m.GetFrom())
 			g.snapFrom = s.m.GetFrom()
 			s.done <- g.rn.Step(s.m)
 		case f := <-g.ctrlc:
@@ -460,6 +477,12 @@ func (g *Group) fail(err error) {
 // step steps an inbound message. Raft refuses some on its own (a response
 // from a node that is not a member); they are dropped.
 func (g *Group) step(m *raftpb.Message) {
+	if isQuiesceBeat(m) {
+		g.stepQuiesceBeat(m)
+		return
+	}
+	g.wake(m.GetFrom())
+	g.heard(m.GetFrom())
 	if g.h.refuses(g.id, m) || g.applyFull(m) {
 		return // dropped: no room for it (diskgate.go, group_apply.go)
 	}
@@ -474,15 +497,14 @@ func (g *Group) propose(first *proposal) {
 	batch := []*proposal{first}
 	size := len(first.data)
 	for len(batch) < maxProposeBatch && size < maxProposeBytes {
-		select {
-		case p := <-g.propc:
-			batch = append(batch, p)
-			size += len(p.data)
-			continue
-		default:
+		p, ok := g.propq.pop()
+		if !ok {
+			break
 		}
-		break
+		batch = append(batch, p)
+		size += len(p.data)
 	}
+	g.wake(0)
 	st := g.rn.BasicStatus()
 	forwarded := st.RaftState != raft.StateLeader
 	if forwarded && (!g.h.opts.ForwardProposals || st.Lead == 0) {
@@ -541,9 +563,15 @@ func (g *Group) expireForwarded() {
 // takeReports passes the transport's reports to the RawNode.
 func (g *Group) takeReports() {
 	g.reportsMu.Lock()
-	unreachable, snaps := g.unreachable, g.snapReports
-	g.unreachable, g.snapReports = make(map[uint64]struct{}), nil
+	unreachable, snaps, peers := g.unreachable, g.snapReports, g.peers
+	g.unreachable, g.snapReports, g.peers = make(map[uint64]struct{}), nil, nil
 	g.reportsMu.Unlock()
+	if len(unreachable) > 0 || len(snaps) > 0 {
+		g.wake(0) // a follower's progress changed: re-check before quiescing
+	}
+	if len(peers) > 0 {
+		g.peersChanged(peers)
+	}
 	for to := range unreachable {
 		g.rn.ReportUnreachable(to)
 	}
@@ -566,8 +594,9 @@ func (g *Group) handleReadies() error {
 		hs := rd.HardState
 		lead := g.rn.BasicStatus().RaftState == raft.StateLeader &&
 			(hs == nil || hs.GetTerm() == g.savedTerm && hs.GetVote() == g.savedVote)
+		msgs := g.outgoing(rd.Messages)
 		if lead {
-			g.h.tr.Send(g.id, rd.Messages)
+			g.h.tr.Send(g.id, msgs)
 		}
 		if err := g.save(rd); err != nil {
 			return err
@@ -579,7 +608,7 @@ func (g *Group) handleReadies() error {
 		}
 		g.trackAppended(rd.Entries)
 		if !lead {
-			g.h.tr.Send(g.id, rd.Messages)
+			g.h.tr.Send(g.id, msgs)
 		}
 		if err := g.handToApplier(rd.CommittedEntries); err != nil {
 			return err
@@ -693,14 +722,13 @@ func (g *Group) stop(err error) {
 	g.stopMu.Lock()
 	g.stopped = true
 	g.stopMu.Unlock()
+	g.h.setAwake(g, false) // run sets it no more
 	for {
-		select {
-		case p := <-g.propc: // queued, never taken
-			p.finish(0, err)
-			continue
-		default:
+		p, ok := g.propq.pop() // queued, never taken
+		if !ok {
+			break
 		}
-		break
+		p.finish(0, err)
 	}
 	for _, t := range g.transfers {
 		t.done <- err

@@ -26,6 +26,10 @@ package cluster
 //     proposals of the batches it never applied: nothing applies after
 //     the group stopped, and no goroutine is left.
 //
+// A quiesced group parks its applier (quiesce.go): its goroutine exits
+// once everything handed to it is applied, and the next push starts one
+// again, so a group at rest holds one goroutine, its loop, not two.
+//
 // The applier holds at most maxApplyBacklog bytes of entries: beyond it
 // the loop takes no proposals and drops appends that carry entries (the
 // leader sends them again), as a full disk does (diskgate.go); heartbeats
@@ -76,6 +80,8 @@ type applier struct {
 	done    uint64 // the last index of the last batch run is through with (its snapshot too)
 	err     error  // why run stopped applying
 	closing bool
+	running bool // a run goroutine is under way (or failed)
+	parked  bool // the group is at rest: run exits once the queue is empty
 
 	wake     chan struct{} // capacity 1: batches are queued, or closing
 	progress chan struct{} // capacity 1: a batch applied, or the applier failed
@@ -83,7 +89,8 @@ type applier struct {
 	taken    chan takenSnapshot
 	wg       sync.WaitGroup
 
-	// Owned by run.
+	// Owned by run (one run goroutine at a time: a parked one exits before
+	// push starts the next, under mu).
 	noSnapshots bool   // the state machine answered ErrNoSnapshots
 	snapAsked   uint64 // the index of the last snapshot handed to the loop
 }
@@ -101,13 +108,45 @@ func newApplier(g *Group) *applier {
 }
 
 // start starts run.
-func (a *applier) start() { a.wg.Go(a.run) }
+func (a *applier) start() {
+	a.mu.Lock()
+	a.running = true
+	a.wg.Add(1) // under mu: close cannot wait before it is counted
+	a.mu.Unlock()
+	go a.goRun()
+}
 
-// push queues b; it never blocks.
+func (a *applier) goRun() {
+	defer a.wg.Done()
+	a.run()
+}
+
+// push queues b; it never blocks. It starts run again if the applier was
+// parked (and has not failed or been closed).
 func (a *applier) push(b applyBatch) {
 	a.mu.Lock()
 	a.queue = append(a.queue, b)
 	a.bytes += b.bytes
+	a.parked = false
+	restart := !a.running && !a.closing
+	if restart {
+		a.running = true
+		a.wg.Add(1)
+	}
+	a.mu.Unlock()
+	if restart {
+		go a.goRun()
+		return
+	}
+	signal(a.wake)
+}
+
+// park lets run exit once it has applied everything queued: the group is
+// at rest, and a parked applier holds no goroutine (nor its stack, grown
+// by the applies). The next push starts it again.
+func (a *applier) park() {
+	a.mu.Lock()
+	a.parked = true
 	a.mu.Unlock()
 	signal(a.wake)
 }
@@ -170,7 +209,8 @@ func signal(c chan struct{}) {
 	}
 }
 
-// next waits for the next batch; false once closing.
+// next waits for the next batch; false once closing, or once parked with
+// nothing queued (run then exits, and push starts it again).
 func (a *applier) next() (applyBatch, bool) {
 	for {
 		a.mu.Lock()
@@ -184,6 +224,10 @@ func (a *applier) next() (applyBatch, bool) {
 			a.queue = a.queue[1:]
 			a.mu.Unlock()
 			return b, true
+		case a.parked:
+			a.running = false
+			a.mu.Unlock()
+			return applyBatch{}, false
 		}
 		a.mu.Unlock()
 		<-a.wake

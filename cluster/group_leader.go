@@ -40,6 +40,7 @@ func (g *Group) TransferLeadership(ctx context.Context, to uint64) error {
 		case !slices.Contains(g.confState.GetVoters(), to):
 			t.done <- fmt.Errorf("group %d: node %d is not a voter: %w", g.id, to, ErrInvalidConfig)
 		default:
+			g.wake(0)
 			g.log.Info("transferring leadership", "to", to, "term", st.GetTerm())
 			g.rn.TransferLeader(to)
 			g.transfers = append(g.transfers, t)
@@ -161,6 +162,7 @@ func (g *Group) status() Status {
 		FirstIndex:     first,
 		LastIndex:      last,
 		SnapshotIndex:  g.snapIndex.Load(),
+		Quiesced:       g.quiesced,
 	}
 	if st.RaftState == raft.StateLeader {
 		s.Followers = make(map[uint64]Progress, len(st.Progress))
@@ -169,6 +171,9 @@ func (g *Group) status() Status {
 				continue
 			}
 			p := Progress{Match: pr.Match, Next: pr.Next, State: pr.State.String(), Active: pr.RecentActive}
+			if g.quiesced {
+				p.Active = g.h.live.isLive(id) // raft's activity is frozen with its ticks
+			}
 			if last > pr.Match {
 				p.Lag = last - pr.Match
 			}

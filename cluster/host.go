@@ -32,6 +32,9 @@ type Host struct {
 	closed   bool
 	loops    sync.WaitGroup // the groups' run loops
 
+	awakeMu sync.Mutex          // guards awake
+	awake   map[*Group]struct{} // the groups that are not quiesced: the ones tick ticks
+
 	tickMu   sync.Mutex // guards timer and tickStop
 	timer    clock.Timer
 	tickStop bool
@@ -39,7 +42,8 @@ type Host struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	gate diskGate // refuses appends on a nearly full disk (diskgate.go)
+	gate diskGate  // refuses appends on a nearly full disk (diskgate.go)
+	live *liveness // the peers' nodes, for quiesced groups (liveness.go)
 }
 
 var _ Handler = (*Host)(nil)
@@ -56,13 +60,21 @@ func OpenHost(opts Options) (*Host, error) {
 		opts:   opts,
 		log:    opts.Logger.With("node", opts.NodeID),
 		groups: make(map[uint64]*Group),
+		awake:  make(map[*Group]struct{}),
 		gate:   diskGate{disk: opts.Store.Disk},
+		live:   newLiveness(&opts),
 	}
 	tr, err := NewTransport(opts.transportOptions(), h)
 	if err != nil {
 		return nil, err
 	}
 	h.tr = tr
+	if opts.Registerer != nil {
+		if err := h.registerMetrics(opts.Registerer); err != nil {
+			_ = tr.Close(context.Background())
+			return nil, fmt.Errorf("register cluster metrics: %w", err)
+		}
+	}
 	h.tickMu.Lock()
 	h.timer = opts.Clock.AfterFunc(opts.TickInterval, h.tick)
 	h.tickMu.Unlock()
@@ -109,6 +121,7 @@ func (h *Host) AddGroup(id uint64, voters []uint64, sm StateMachine) (*Group, er
 		return nil, ErrClosed
 	}
 	h.groups[id] = g
+	h.setAwake(g, true)
 	h.loops.Go(g.run)
 	return g, nil
 }
@@ -183,7 +196,8 @@ func (h *Host) Groups() []*Group {
 	return gs
 }
 
-// tick ticks every group and schedules the next tick.
+// tick ticks every group that is not quiesced, tracks the peers'
+// liveness and sends them beats, and schedules the next tick.
 func (h *Host) tick() {
 	h.tickMu.Lock()
 	if h.tickStop {
@@ -193,10 +207,22 @@ func (h *Host) tick() {
 	h.timer = h.opts.Clock.AfterFunc(h.opts.TickInterval, h.tick)
 	h.tickMu.Unlock()
 	h.checkDisk()
-	h.groupsMu.RLock()
-	defer h.groupsMu.RUnlock()
-	for _, g := range h.groups {
+	h.tickLiveness()
+	h.awakeMu.Lock()
+	defer h.awakeMu.Unlock()
+	for g := range h.awake { // not the quiesced ones: idle, a tick costs nothing per group
 		g.tick()
+	}
+}
+
+// setAwake adds g to the groups tick ticks, or takes it out.
+func (h *Host) setAwake(g *Group, awake bool) {
+	h.awakeMu.Lock()
+	defer h.awakeMu.Unlock()
+	if awake {
+		h.awake[g] = struct{}{}
+	} else {
+		delete(h.awake, g)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/internal/clock"
@@ -53,6 +54,10 @@ type Options struct {
 	// server: a broker passes its request codec and interceptors, so that
 	// what it serves there is answered as on its own port.
 	ServerOptions []grpc.ServerOption
+	// Registerer, if set, is where the host registers its metrics
+	// (ferry_raft_groups_quiesced, ferry_raft_group_wakes_total,
+	// ferry_raft_peers_live). Default none.
+	Registerer prometheus.Registerer
 	// ForwardProposals makes a follower forward proposals to its group's
 	// leader, as Raft can, instead of failing them with a *NotLeaderError:
 	// every node then takes writes for every group it is a voter of. A

@@ -38,13 +38,14 @@ type peer struct {
 	client clusterv1.RaftTransportServiceClient
 	queue  chan outbound
 	down   atomic.Bool   // the stream failed and is not open again yet: drop at once
+	sent   atomic.Bool   // a batch went out since the last beat (Transport.beat)
 	snaps  chan struct{} // a slot per snapshot being sent
 
 	carry      *clusterv1.GroupMessage // encoded, did not fit the last batch; owned by run
 	carryGroup uint64
 }
 
-// outbound is a queued message and its group.
+// outbound is a queued message and its group; a beat if m is nil.
 type outbound struct {
 	group uint64
 	m     *raftpb.Message
@@ -95,6 +96,18 @@ func (p *peer) enqueue(group uint64, m *raftpb.Message) {
 	}
 }
 
+// enqueueBeat queues a beat, unless the stream is down or the queue full:
+// then the peer does not hear from this node, as it should not.
+func (p *peer) enqueueBeat() {
+	if p.down.Load() {
+		return
+	}
+	select {
+	case p.queue <- outbound{}:
+	default:
+	}
+}
+
 // run keeps a stream to the peer open until the transport closes: after a
 // failure it drops what is queued, waits (ReconnectMin, doubling up to
 // ReconnectMax while the peer stays unreachable) and opens a new one.
@@ -138,11 +151,11 @@ func (p *peer) stream() (sent bool, err error) {
 	}
 	p.down.Store(false)
 	for {
-		req, groups := p.batch(ctx)
+		req, groups, beat := p.batch(ctx)
 		if req == nil {
 			return sent, ctx.Err()
 		}
-		if len(req.Messages) == 0 {
+		if len(req.Messages) == 0 && !beat {
 			continue // all dropped as too large
 		}
 		if err := st.Send(req); err != nil {
@@ -156,14 +169,18 @@ func (p *peer) stream() (sent bool, err error) {
 			return sent, err
 		}
 		sent = true
+		if len(req.Messages) > 0 {
+			p.sent.Store(true)
+		}
 	}
 }
 
 // batch waits for a message, then takes what else is queued, up to half a
-// frame, and encodes them. It returns nil when ctx ends first.
-func (p *peer) batch(ctx context.Context) (*clusterv1.SendRequest, map[uint64]struct{}) {
-	req := &clusterv1.SendRequest{FromNode: p.t.opts.NodeID, ToNode: p.id}
-	groups := make(map[uint64]struct{})
+// frame, and encodes them; beat says a beat was among them. It returns nil
+// when ctx ends first.
+func (p *peer) batch(ctx context.Context) (req *clusterv1.SendRequest, groups map[uint64]struct{}, beat bool) {
+	req = &clusterv1.SendRequest{FromNode: p.t.opts.NodeID, ToNode: p.id}
+	groups = make(map[uint64]struct{})
 	limit := p.t.opts.MaxFrameBytes - frameOverhead
 	size := 0
 	if p.carry != nil {
@@ -174,26 +191,31 @@ func (p *peer) batch(ctx context.Context) (*clusterv1.SendRequest, map[uint64]st
 	} else {
 		select {
 		case <-ctx.Done():
-			return nil, nil
+			return nil, nil, false
 		case o := <-p.queue:
+			beat = beat || o.m == nil
 			size += p.add(req, groups, o, limit)
 		}
 	}
 	for size < limit/2 && len(req.Messages) < maxBatchMessages && p.carry == nil {
 		select {
 		case o := <-p.queue:
+			beat = beat || o.m == nil
 			size += p.add(req, groups, o, limit-size)
 		default:
-			return req, groups
+			return req, groups, beat
 		}
 	}
-	return req, groups
+	return req, groups, beat
 }
 
 // add encodes o into req if it fits in room bytes, or keeps it for the
 // next batch; a message larger than a frame is dropped. It returns the
 // bytes added.
 func (p *peer) add(req *clusterv1.SendRequest, groups map[uint64]struct{}, o outbound, room int) int {
+	if o.m == nil {
+		return 0 // a beat: the batch itself is the sign of life
+	}
 	// Raft's doc asks to marshal messages on the Raft loop, as a later
 	// append could change the entries under them. In raft v3.7 entries
 	// are pointers never changed once made, and the slices it hands out
@@ -230,6 +252,9 @@ func (p *peer) drainQueue() {
 	for {
 		select {
 		case o := <-p.queue:
+			if o.m == nil {
+				continue // a beat
+			}
 			p.t.dropped.Add(1)
 			reported[o.group] = struct{}{}
 		default:

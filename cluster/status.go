@@ -20,6 +20,9 @@ type Status struct {
 	FirstIndex     uint64 // first entry still in the log
 	LastIndex      uint64 // last entry in the log
 	SnapshotIndex  uint64 // index of the latest snapshot
+	// Quiesced says the group is at rest on this replica: no ticks, no
+	// heartbeats, until a proposal or a message wakes it.
+	Quiesced bool
 	// Followers is, on the leader, each other voter's replication
 	// progress; nil on other replicas.
 	Followers map[uint64]Progress
@@ -38,7 +41,8 @@ type Progress struct {
 	// StateSnapshot (a snapshot is being sent).
 	State string
 	// Active says the leader heard from it within the last election
-	// timeout.
+	// timeout; on a quiesced leader, which counts no time, that the
+	// follower's node was heard from (a beat) within one.
 	Active bool
 }
 

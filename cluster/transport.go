@@ -65,6 +65,7 @@ type Transport struct {
 	closeOnce sync.Once
 
 	// Counters, for tests and the report of Close.
+	queued   atomic.Uint64 // outbound messages given to Send
 	dropped  atomic.Uint64 // outbound messages dropped
 	rejected atomic.Uint64 // inbound frames refused
 }
@@ -136,6 +137,7 @@ func (t *Transport) Addr() net.Addr { return t.lis.Addr() }
 // SnapshotFailure for a MsgSnap). The messages must not be modified
 // afterwards.
 func (t *Transport) Send(group uint64, msgs []*raftpb.Message) {
+	t.queued.Add(uint64(len(msgs)))
 	for _, m := range msgs {
 		p := t.peers[m.GetTo()]
 		if p == nil || t.ctx.Err() != nil {
@@ -147,6 +149,20 @@ func (t *Transport) Send(group uint64, msgs []*raftpb.Message) {
 			continue
 		}
 		p.enqueue(group, m)
+	}
+}
+
+// beat sends each peer a beat, an empty batch, unless a batch went to it
+// since the last beat: the peer's liveness (liveness.go) counts batches,
+// one per node pair whatever the number of groups.
+func (t *Transport) beat() {
+	if t.ctx.Err() != nil {
+		return
+	}
+	for _, p := range t.peers {
+		if !p.sent.Swap(false) {
+			p.enqueueBeat()
+		}
 	}
 }
 
@@ -219,6 +235,9 @@ func (s *transportServer) Send(stream grpc.ClientStreamingServer[clusterv1.SendR
 		msgs, err := decodeBatch(s.t.opts.NodeID, req)
 		if err != nil {
 			return s.t.refuse(err)
+		}
+		if bh, ok := s.t.h.(beatHandler); ok {
+			bh.heard(req.GetFromNode()) // a beat (no messages) or any batch: the peer is live
 		}
 		for _, in := range msgs {
 			s.t.h.Receive(in.group, in.m)
