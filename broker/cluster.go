@@ -9,6 +9,7 @@ import (
 	"maps"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -69,13 +70,14 @@ type node struct {
 }
 
 // newNode returns the node over st, serving register's services on the
-// node-to-node port too, with srvOpts; its Start starts it.
-func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Logger, register func(*grpc.Server), srvOpts []grpc.ServerOption) (*node, error) {
+// node-to-node port too, with srvOpts, and the hosts' metrics on reg; its
+// Start starts it.
+func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Logger, reg prometheus.Registerer, register func(*grpc.Server), srvOpts []grpc.ServerOption) (*node, error) {
 	co := cluster.DefaultOptions(o.NodeID, o.Peers, st)
 	if o.Addr != "" {
 		co.Addr = o.Addr
 	}
-	co.Clock, co.Logger = clk, lg
+	co.Clock, co.Logger, co.Registerer = clk, lg, reg
 	co.Register = register
 	co.ServerOptions = srvOpts
 	if o.Tune != nil {

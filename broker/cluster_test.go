@@ -210,7 +210,8 @@ func TestClusterStatusAndMetrics(t *testing.T) {
 		t.Fatalf("/readyz: %d %s", code, body)
 	}
 	_, body := httpGet(t, "http://"+c[1].srv.HTTPAddr().String()+"/metrics")
-	for _, want := range []string{`ferry_raft_leader{group="9223372036854775808",partition="",topic=""}`, `ferry_raft_applied_index{group="4294967296",partition="0",topic="orders"}`} {
+	for _, want := range []string{`ferry_raft_leader{group="9223372036854775808",partition="",topic=""}`, `ferry_raft_applied_index{group="4294967296",partition="0",topic="orders"}`,
+		"ferry_raft_groups_quiesced ", "ferry_raft_peers_live ", "ferry_raft_group_wakes_total "} {
 		if !strings.Contains(body, want) {
 			t.Fatalf("/metrics lacks %s", want)
 		}

@@ -151,7 +151,7 @@ func Open(opts Options) (*Server, error) {
 	// below, on the engine, whose log is the node's.
 	var register func(*grpc.Server)
 	if opts.Cluster != nil {
-		if s.node, err = newNode(opts.Cluster, st, opts.Clock, s.log, func(g *grpc.Server) { register(g) }, peerOpts); err != nil {
+		if s.node, err = newNode(opts.Cluster, st, opts.Clock, s.log, reg, func(g *grpc.Server) { register(g) }, peerOpts); err != nil {
 			closeAll()
 			return nil, fmt.Errorf("cluster node %d: %w", opts.Cluster.NodeID, err)
 		}
