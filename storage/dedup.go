@@ -118,6 +118,37 @@ func (d *dedupIndex) add(r dedupRecord) { d.filter.add(r.id, r.time) }
 // their filter goes).
 func (d *dedupIndex) len() int { return d.filter.count() }
 
+// expiryDue reports whether an expiry at now would forget anything: the
+// first message expiry has not walked past is a window old. Publish times
+// only grow along a partition, so if that one is younger, all are. One key
+// read, no value. A replicated writer asks before proposing an expiry, so
+// that a partition at rest is not woken by retention for nothing.
+func (s *partitionState) expiryDue(db *badger.DB, now time.Time, window time.Duration) (bool, error) {
+	from := max(s.dedup.expiredTo, s.meta.first)
+	if from >= s.meta.head {
+		return false, nil
+	}
+	due := false
+	err := db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		opts.Prefix = partitionPrefix(kindMessage, s.tid, s.part)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		it.Seek(messageSeekKey(s.tid, s.part, from))
+		if !it.Valid() {
+			return nil
+		}
+		info, err := decodeMessageKey(it.Item().Key())
+		if err != nil {
+			return err
+		}
+		due = info.offset < s.meta.head && now.Sub(info.publishTime) >= window
+		return nil
+	})
+	return due, err
+}
+
 // expire deletes in txn the d keys of messages stored window or more
 // before now, at most dedupExpireLimit of them, walking message keys from
 // expiredTo; more says a limit stopped it. It drops the filters whose ids

@@ -225,3 +225,52 @@ func TestDedupKeysExpire(t *testing.T) {
 		t.Fatalf("%d d keys after an open, want 0", got)
 	}
 }
+
+// TestReplicatedExpiryOnlyWhenDue: a replicated partition's leader
+// proposes a dedup expiry only when an id is a window old — retention
+// asks at every pass, and an entry for nothing would wake the partition's
+// resting group on every node. Once due, the expiry is proposed and the
+// ids are forgotten; after it, nothing is proposed until another is due.
+func TestReplicatedExpiryOnlyWhenDue(t *testing.T) {
+	clk := clock.NewFake(t0)
+	opts := testOptions(t, clk)
+	opts.Replicated = true
+	s := openStore(t, opts)
+	ctx := context.Background()
+	if _, err := s.CreateTopic(ctx, "orders", TopicConfig{Partitions: 1, DedupWindow: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	g := &leaderEcho{echoGroup: newEchoGroup()}
+	g.leads.Store(true)
+	g.start(t, s, "orders", 0, g)
+	mustAppend(t, s, "orders", 0, msg("a", "1"), msg("b", "2"))
+	entries := func() uint64 { return g.rep.Applied() }
+	pass := func() {
+		t.Helper()
+		if err := s.EnforceRetention(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := entries()
+	for range 3 {
+		clk.Advance(10 * time.Second)
+		pass()
+	}
+	if got := entries(); got != before {
+		t.Fatalf("%d entries proposed by retention passes with no id a window old", got-before)
+	}
+	clk.Advance(time.Minute)
+	pass()
+	if got := entries(); got != before+1 {
+		t.Fatalf("%d entries proposed once the ids were a window old, want 1 expiry", got-before)
+	}
+	res, err := s.Append(ctx, "orders", 0, []Message{msg("a", "again")})
+	if err != nil || res[0].Duplicate {
+		t.Fatalf("append of an expired id: %+v, %v; want stored anew", res, err)
+	}
+	before = entries()
+	pass()
+	if got := entries(); got != before {
+		t.Fatalf("%d entries proposed by a pass right after the expiry", got-before)
+	}
+}

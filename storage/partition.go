@@ -352,11 +352,15 @@ func (p *Partition) run(st partitionState, exited chan struct{}) {
 			group = append(group, r)
 			size += r.cmd.size
 		}
+		if p.proposer != nil {
+			group = p.skipUndueExpiries(st, group)
+		}
 		cmds = cmds[:0]
 		for _, r := range group {
 			cmds = append(cmds, &r.cmd)
 		}
 		switch {
+		case len(group) == 0:
 		case p.proposer != nil:
 			p.propose(group, cmds)
 		case p.opts.Replicated:
@@ -372,6 +376,26 @@ func (p *Partition) run(st partitionState, exited chan struct{}) {
 			st = p.control(st, parked)
 		}
 	}
+}
+
+// skipUndueExpiries answers, without proposing them, the expiries of group
+// that would forget nothing (expiryDue), and returns the rest: retention
+// asks every partition that holds ids at every pass, and an entry would
+// wake a resting group on every node for nothing.
+func (p *Partition) skipUndueExpiries(st partitionState, group []*request) []*request {
+	kept := group[:0]
+	for _, r := range group {
+		if r.cmd.kind == cmdExpireDedup {
+			due, err := st.expiryDue(p.db, p.clk.Now(), r.cmd.dedupWindow)
+			if err == nil && !due {
+				close(r.done) // nothing to forget: result zero, no more
+				continue
+			}
+		}
+		kept = append(kept, r)
+	}
+	clear(group[len(kept):])
+	return kept
 }
 
 // control handles a command the writer acts on itself.
