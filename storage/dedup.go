@@ -130,10 +130,7 @@ func (s *partitionState) expiryDue(db *badger.DB, now time.Time, window time.Dur
 	}
 	due := false
 	err := db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.PrefetchValues = false
-		opts.Prefix = partitionPrefix(kindMessage, s.tid, s.part)
-		it := txn.NewIterator(opts)
+		it := messageKeys(txn, s.tid, s.part)
 		defer it.Close()
 		it.Seek(messageSeekKey(s.tid, s.part, from))
 		if !it.Valid() {
@@ -160,10 +157,7 @@ func (s *partitionState) expireDedup(txn *badger.Txn, now time.Time, window time
 	if from >= s.meta.head {
 		return 0, false, nil
 	}
-	opts := badger.DefaultIteratorOptions
-	opts.PrefetchValues = false
-	opts.Prefix = partitionPrefix(kindMessage, s.tid, s.part)
-	it := txn.NewIterator(opts)
+	it := messageKeys(txn, s.tid, s.part)
 	defer it.Close()
 	walked := 0
 	for it.Seek(messageSeekKey(s.tid, s.part, from)); it.Valid(); it.Next() {
@@ -254,10 +248,7 @@ func openDedup(db *badger.DB, tid, part uint32, meta partitionMeta, now time.Tim
 			}
 			d.filter.add(string(k[partitionPrefixLen:]), e.time)
 		}
-		mopts := badger.DefaultIteratorOptions
-		mopts.PrefetchValues = false
-		mopts.Prefix = partitionPrefix(kindMessage, tid, part)
-		mit := txn.NewIterator(mopts)
+		mit := messageKeys(txn, tid, part)
 		defer mit.Close()
 		var err error
 		d.expiredTo, err = searchTime(mit, tid, part, meta.first, meta.head, func(t time.Time) bool { return now.Sub(t) >= window })
@@ -286,10 +277,7 @@ func importDedup(db *badger.DB, tid, part uint32, meta partitionMeta, window tim
 	wb := db.NewWriteBatch()
 	defer wb.Cancel()
 	err := db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.PrefetchValues = false
-		opts.Prefix = partitionPrefix(kindMessage, tid, part)
-		it := txn.NewIterator(opts)
+		it := messageKeys(txn, tid, part)
 		defer it.Close()
 		lo, err := searchTime(it, tid, part, meta.first, meta.head, func(t time.Time) bool { return meta.lastTime.Sub(t) >= window })
 		if err != nil {

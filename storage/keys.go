@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // Keys. One byte names the kind; integers are big-endian so Badger iterates
@@ -249,4 +251,14 @@ func decodeRaftEntryKey(k []byte) (group, index uint64, err error) {
 		return 0, 0, fmt.Errorf("raft entry key %x: %w", k, ErrCorrupt)
 	}
 	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[10:]), nil
+}
+
+// messageKeys returns an iterator over the message keys of partition part
+// of topic tid in txn, values not prefetched (what is needed is in the
+// key; a value is read on demand). The caller closes it.
+func messageKeys(txn *badger.Txn, tid, part uint32) *badger.Iterator {
+	opts := badger.DefaultIteratorOptions
+	opts.PrefetchValues = false
+	opts.Prefix = partitionPrefix(kindMessage, tid, part)
+	return txn.NewIterator(opts)
 }

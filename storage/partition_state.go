@@ -300,10 +300,7 @@ func (s *partitionState) trim(txn *badger.Txn, trimTo uint64, limit int) (delete
 	if trimTo <= s.meta.first {
 		return 0, false, nil
 	}
-	opts := badger.DefaultIteratorOptions
-	opts.PrefetchValues = false
-	opts.Prefix = partitionPrefix(kindMessage, s.tid, s.part)
-	it := txn.NewIterator(opts)
+	it := messageKeys(txn, s.tid, s.part)
 	defer it.Close()
 	for it.Seek(messageSeekKey(s.tid, s.part, s.meta.first)); it.Valid(); it.Next() {
 		if deleted == limit {

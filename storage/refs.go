@@ -205,10 +205,7 @@ func (rr *refReader) entryMessages(ref entryRef) ([]Message, error) {
 // pinned message.
 func (s *partitionState) repin(txn *badger.Txn) error {
 	s.meta.pin, s.meta.pinOff = 0, 0
-	opts := badger.DefaultIteratorOptions
-	opts.PrefetchValues = false
-	opts.Prefix = partitionPrefix(kindMessage, s.tid, s.part)
-	it := txn.NewIterator(opts)
+	it := messageKeys(txn, s.tid, s.part)
 	defer it.Close()
 	for it.Seek(messageSeekKey(s.tid, s.part, s.meta.first)); it.Valid(); it.Next() {
 		info, err := decodeMessageKey(it.Item().Key())

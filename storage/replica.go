@@ -90,10 +90,7 @@ func (s *Store) pinnedLog(p *Partition) (*RaftLog, error) {
 	}
 	var ref entryRef
 	err := s.db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.PrefetchValues = false
-		opts.Prefix = partitionPrefix(kindMessage, p.tid, p.part)
-		it := txn.NewIterator(opts)
+		it := messageKeys(txn, p.tid, p.part)
 		defer it.Close()
 		it.Seek(messageSeekKey(p.tid, p.part, vis.pinOff))
 		if !it.Valid() {

@@ -93,10 +93,7 @@ func (s *Store) trimPoint(p *Partition, cfg TopicConfig, now time.Time) (uint64,
 	}
 	bytes := vis.bytes
 	err := s.db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.PrefetchValues = false
-		opts.Prefix = partitionPrefix(kindMessage, p.tid, p.part)
-		it := txn.NewIterator(opts)
+		it := messageKeys(txn, p.tid, p.part)
 		defer it.Close()
 		for it.Seek(messageSeekKey(p.tid, p.part, vis.first)); it.Valid(); it.Next() {
 			info, err := decodeMessageKey(it.Item().Key())

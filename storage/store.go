@@ -605,12 +605,10 @@ func (s *Store) Read(ctx context.Context, topic string, part uint32, from uint64
 	tid := p.tid
 	var msgs []Message
 	err = s.db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.Prefix = partitionPrefix(kindMessage, tid, part)
-		// Prefetching would only copy each value once more before decode
-		// copies it, and a reference's entry is read on its own anyway.
-		opts.PrefetchValues = false
-		it := txn.NewIterator(opts)
+		// Values are not prefetched: that would only copy each once more
+		// before decode copies it, and a reference's entry is read on its
+		// own anyway.
+		it := messageKeys(txn, tid, part)
 		defer it.Close()
 		rr := refReader{txn: txn}
 		next, bytes := from, 0
@@ -672,10 +670,7 @@ func (s *Store) OffsetAt(topic string, part uint32, t time.Time) (uint64, error)
 	vis := p.visible.Load()
 	var off uint64
 	err = s.db.View(func(txn *badger.Txn) error {
-		opts := badger.DefaultIteratorOptions
-		opts.PrefetchValues = false
-		opts.Prefix = partitionPrefix(kindMessage, p.tid, part)
-		it := txn.NewIterator(opts)
+		it := messageKeys(txn, p.tid, part)
 		defer it.Close()
 		off, err = searchTime(it, p.tid, part, vis.first, vis.head, func(pt time.Time) bool { return pt.Before(t) })
 		return err
