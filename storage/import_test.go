@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -401,5 +402,46 @@ func TestReplicatedRetentionOnLeaderOnly(t *testing.T) {
 	}
 	if f := first(); f != 15 {
 		t.Fatalf("the leader trimmed to %d, want 15", f)
+	}
+}
+
+// TestExportEmptyPartition: a partition that applied entries but holds no
+// message yet (a subscription's cursor write, or an owner's fence: every
+// subscription's first load fences each partition) exports and imports
+// like any other. Its newest publish time is zero, which the stored meta
+// once encoded as a time in 1754 that no longer equalled the writer's
+// zero, and the export was refused as corrupt — a follower behind the
+// compacted log could not catch up on it.
+func TestExportEmptyPartition(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, testOptions(t, clock.NewFake(t0)))
+	dst := openStore(t, testOptions(t, clock.NewFake(t0)))
+	var sub Subscription
+	for _, s := range []*Store{src, dst} {
+		mustCreate(t, s, "orders", TopicConfig{Partitions: 1})
+		sub = mustCreateSub(t, s, "orders", "audit", []byte("config"), "")
+	}
+	srcG, dstG := replicateEcho(t, src, "orders", 0), replicateEcho(t, dst, "orders", 0)
+	if _, err := src.Write(ctx, Write{Topic: "orders", Subscription: sub.ID, Cursors: []CursorWrite{{Partition: 0, State: []byte("c0")}}}); err != nil {
+		t.Fatal(err)
+	}
+	applied, chunks := exportChunks(t, srcG.rep, 1<<20)
+	if applied == 0 {
+		t.Fatal("the export applied nothing")
+	}
+	if err := importChunks(t, dstG.rep, applied, chunks); err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	want, _ := partitionDump(t, src, srcG.rep.TopicID(), 0)
+	got, _ := partitionDump(t, dst, dstG.rep.TopicID(), 0)
+	if !slices.Equal(got, want) {
+		t.Fatalf("after the import:\n got %q\nwant %q", got, want)
+	}
+	// A meta written before the fix holds the zero time's out-of-range
+	// nanoseconds: it reads back as zero too.
+	legacy := (&partitionMeta{applied: 1}).encode()
+	binary.BigEndian.PutUint64(legacy[25:], uint64(time.Time{}.UnixNano()))
+	if m, err := decodePartitionMeta(legacy); err != nil || !m.lastTime.IsZero() || !m.equal(partitionMeta{applied: 1}) {
+		t.Fatalf("a legacy meta of an empty partition reads back as %+v, %v", m, err)
 	}
 }

@@ -165,6 +165,28 @@ type partitionMeta struct {
 	pin, pinOff uint64
 }
 
+// unixNanos is t in unix nanoseconds, 0 for the zero time (a partition
+// that never held a message): the zero time's own UnixNano is out of
+// range, and read back it is a time in 1754, not zero.
+func unixNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// legacyZeroNanos is what metas written before unixNanos hold for the zero
+// time; read back as zero, as 0 is.
+var legacyZeroNanos = time.Time{}.UnixNano()
+
+// fromUnixNanos is the time unixNanos encoded as ns.
+func fromUnixNanos(ns int64) time.Time {
+	if ns == 0 || ns == legacyZeroNanos {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
 // equal reports whether pm and o describe the same partition state.
 func (pm partitionMeta) equal(o partitionMeta) bool {
 	return pm.first == o.first && pm.head == o.head && pm.bytes == o.bytes && pm.lastTime.Equal(o.lastTime) &&
@@ -182,7 +204,7 @@ func (pm *partitionMeta) encode() []byte {
 	b = binary.BigEndian.AppendUint64(b, pm.first)
 	b = binary.BigEndian.AppendUint64(b, pm.head)
 	b = binary.BigEndian.AppendUint64(b, pm.bytes)
-	b = binary.BigEndian.AppendUint64(b, uint64(pm.lastTime.UnixNano()))
+	b = binary.BigEndian.AppendUint64(b, uint64(unixNanos(pm.lastTime)))
 	if pm.applied != 0 {
 		b = binary.BigEndian.AppendUint64(b, pm.applied)
 		if pm.pin != 0 {
@@ -199,7 +221,7 @@ func decodePartitionMeta(v []byte) (partitionMeta, error) {
 		return partitionMeta{}, fmt.Errorf("partition meta version %d: %w", ver, ErrCorrupt)
 	}
 	pm := partitionMeta{first: d.U64(), head: d.U64(), bytes: d.U64()}
-	pm.lastTime = time.Unix(0, int64(d.U64())).UTC()
+	pm.lastTime = fromUnixNanos(int64(d.U64()))
 	if len(d.Rest()) > 0 {
 		// Written only when not 0: one meta, one encoding.
 		if pm.applied = d.U64(); pm.applied == 0 {
