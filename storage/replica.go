@@ -21,10 +21,14 @@ import (
 // which are answered with the entry's results: a publish is acknowledged
 // once a quorum holds it and this node applied it.
 //
-// An apply is not fsynced by itself: the entry is durable in the Raft log
+// An apply needs no fsync of its own: the entry is durable in the Raft log
 // of a quorum, a replica that loses an apply in a power cut finds the
 // applied index behind and the entry replayed, and the Raft log is only
-// compacted behind a snapshot, which calls Sync first.
+// compacted behind a snapshot, which calls Sync first. Under FsyncAlways
+// it gets one all the same: Badger's SyncWrites is the whole database's,
+// so each entry's apply transaction is synced as it commits — a second
+// fsync per entry on every node, and what bounds a cluster's publish rate
+// on one disk (docs/benchmarks.md).
 //
 // A write across partitions cannot be one entry of one group: Write makes
 // it in order instead (writeOrdered). A barrier that reaches a replicated
