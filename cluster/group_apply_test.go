@@ -226,12 +226,7 @@ func TestApplyStopAbandons(t *testing.T) {
 // not grow) while it keeps its leadership; once Apply returns, they are
 // all appended, applied in order and answered.
 func TestApplyBacklogPausesProposals(t *testing.T) {
-	defer func(b int) { maxApplyBacklog = b }(maxApplyBacklog)
-	maxApplyBacklog = 4 << 10 // the groups take it when they open
-	c := newTestCluster(t, 3, nil)
-	c.addGroup(1)
-	leader := c.waitLeader(1, c.ids...)
-	c.propose(1, "warm")
+	c, leader := backlogCluster(t)
 	lg := c.group(leader, 1)
 	term := lg.Status().Term
 	sm := c.nodes[leader].sms[1]
@@ -288,12 +283,7 @@ func TestApplyBacklogPausesProposals(t *testing.T) {
 // the term unchanged. Once Apply returns it catches up and applies the
 // same entries as the others.
 func TestApplyBacklogDropsAppends(t *testing.T) {
-	defer func(b int) { maxApplyBacklog = b }(maxApplyBacklog)
-	maxApplyBacklog = 4 << 10 // the groups take it when they open
-	c := newTestCluster(t, 3, nil)
-	c.addGroup(1)
-	leader := c.waitLeader(1, c.ids...)
-	c.propose(1, "warm")
+	c, leader := backlogCluster(t)
 	term := c.group(leader, 1).Status().Term
 	follower := c.ids[0]
 	if follower == leader {
@@ -338,4 +328,19 @@ func TestApplyBacklogDropsAppends(t *testing.T) {
 	}
 	release()
 	c.checkConverged(1)
+}
+
+// backlogCluster starts three nodes whose groups take an applier backlog
+// bound of 4 KiB, with group 1 led and one entry applied; it returns the
+// cluster and group 1's leader. The bound is put back when t ends.
+func backlogCluster(t *testing.T) (*testCluster, uint64) {
+	t.Helper()
+	b := maxApplyBacklog
+	t.Cleanup(func() { maxApplyBacklog = b })
+	maxApplyBacklog = 4 << 10 // the groups take it when they open
+	c := newTestCluster(t, 3, nil)
+	c.addGroup(1)
+	leader := c.waitLeader(1, c.ids...)
+	c.propose(1, "warm")
+	return c, leader
 }

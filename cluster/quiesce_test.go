@@ -27,32 +27,29 @@ func (c *testCluster) waitQuiesced(group uint64) {
 	})
 }
 
-// raftSent is how many Raft messages the running nodes have sent.
-func (c *testCluster) raftSent() uint64 {
+// sumHosts adds up count over the running nodes' hosts.
+func (c *testCluster) sumHosts(count func(*Host) uint64) uint64 {
 	n := uint64(0)
 	for _, id := range c.running() {
-		n += c.nodes[id].host.tr.queued.Load()
+		n += count(c.nodes[id].host)
 	}
 	return n
 }
 
+// raftSent is how many Raft messages the running nodes have sent.
+func (c *testCluster) raftSent() uint64 {
+	return c.sumHosts(func(h *Host) uint64 { return h.tr.queued.Load() })
+}
+
 // wakes is how many times the running nodes' quiesced groups woke.
 func (c *testCluster) wakes() uint64 {
-	n := uint64(0)
-	for _, id := range c.running() {
-		n += c.nodes[id].host.live.wakes.Load()
-	}
-	return n
+	return c.sumHosts(func(h *Host) uint64 { return h.live.wakes.Load() })
 }
 
 // livenessChanges is how many times the running nodes found a peer down
 // or back up.
 func (c *testCluster) livenessChanges() uint64 {
-	n := uint64(0)
-	for _, id := range c.running() {
-		n += c.nodes[id].host.live.changes.Load()
-	}
-	return n
+	return c.sumHosts(func(h *Host) uint64 { return h.live.changes.Load() })
 }
 
 // TestIdleGroupQuiesces: an idle group's leader and followers stop ticking
