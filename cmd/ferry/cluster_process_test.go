@@ -268,6 +268,16 @@ func (c *testCluster) restart(nd *clusterNode) {
 	}
 }
 
+// exited reports whether nd's process has exited.
+func (nd *clusterNode) exited() bool {
+	select {
+	case <-nd.process().exited:
+		return true
+	default:
+		return false
+	}
+}
+
 // ready reports whether nd's /readyz answers 200.
 func (nd *clusterNode) ready() bool {
 	p := nd.process()
@@ -333,10 +343,25 @@ func waitLeader(tb testing.TB, among []*clusterNode, topic string, part uint32, 
 // had committed when asked. FERRY_CLUSTER_TRACE logs what it waited for.
 func (c *testCluster) waitFollowing(nd *clusterNode, limit time.Duration) {
 	c.tb.Helper()
+	c.awaitFollowing(nd, limit, false)
+}
+
+// waitFollowingUnlessExit is waitFollowing, but gives up, reporting false,
+// as soon as nd's process exits: for a node that may crash on purpose.
+func (c *testCluster) waitFollowingUnlessExit(nd *clusterNode, limit time.Duration) bool {
+	c.tb.Helper()
+	return c.awaitFollowing(nd, limit, true)
+}
+
+func (c *testCluster) awaitFollowing(nd *clusterNode, limit time.Duration, unlessExit bool) bool {
+	c.tb.Helper()
 	start := time.Now()
 	deadline := start.Add(limit)
 	last, since := "", start
 	for {
+		if unlessExit && nd.exited() {
+			return false
+		}
 		why := c.following(nd)
 		if why != last {
 			if last != "" && os.Getenv("FERRY_CLUSTER_TRACE") != "" {
@@ -345,7 +370,7 @@ func (c *testCluster) waitFollowing(nd *clusterNode, limit time.Duration) {
 			last, since = why, time.Now()
 		}
 		if why == "" {
-			return
+			return true
 		}
 		if time.Now().After(deadline) {
 			c.tb.Fatalf("node %d not following within %v: %s", nd.id, limit, why)

@@ -89,23 +89,35 @@ func TestClusterCommitCrashBetweenParts(t *testing.T) {
 }
 
 // restartExited restarts every node of c whose process has exited and
-// waits until it follows its groups again; it says how many it restarted.
+// waits until each follows its groups again; it says how many restarts it
+// made. The failpoint stays armed meanwhile, so a node may crash again, or
+// another one may, while it waits: then it restarts those too and waits
+// again, until every node is back at once.
 func (c *testCluster) restartExited(t *testing.T) int {
 	t.Helper()
 	n := 0
-	for _, nd := range c.nodes {
-		select {
-		case <-nd.process().exited:
-		default:
-			continue
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var back []*clusterNode
+		for _, nd := range c.nodes {
+			if nd.exited() {
+				c.restart(nd)
+				back = append(back, nd)
+				n++
+			}
 		}
-		start := time.Now()
-		c.restart(nd)
-		c.waitFollowing(nd, 30*time.Second)
-		t.Logf("node %d exited; back and following after %v", nd.id, time.Since(start).Round(time.Millisecond))
-		n++
+		if len(back) == 0 {
+			return n
+		}
+		for _, nd := range back {
+			start := time.Now()
+			if !c.waitFollowingUnlessExit(nd, time.Until(deadline)) {
+				t.Logf("node %d exited again before it followed", nd.id)
+				break
+			}
+			t.Logf("node %d exited; back and following after %v", nd.id, time.Since(start).Round(time.Millisecond))
+		}
 	}
-	return n
 }
 
 // runPipeline runs a producer publishing to "in" and an effectively-once
@@ -158,6 +170,10 @@ func runPipeline(t *testing.T, c *testCluster, disrupt func(progress func(what s
 	)
 	stopProducing := make(chan struct{})
 	var producing sync.WaitGroup
+	// However the test ends (disrupt may call t.Fatal), the producers stop
+	// before it does: none may report to a finished test.
+	stopOnce := sync.OnceFunc(func() { close(stopProducing); producing.Wait() })
+	defer stopOnce()
 	for w := range 2 {
 		producing.Go(func() {
 			for i := 0; ; i++ {
@@ -209,8 +225,7 @@ func runPipeline(t *testing.T, c *testCluster, disrupt func(progress func(what s
 
 	disrupt(progress)
 
-	close(stopProducing)
-	producing.Wait()
+	stopOnce()
 	if err := producer.Close(ctx); err != nil {
 		t.Errorf("close producer: %v", err)
 	}
