@@ -10,7 +10,7 @@ package cluster
 // What apply promised on the loop still holds:
 //   - Entries apply in log order, each once: the loop hands them over in
 //     order, skipping what the state machine has (smApplied), and the
-//     applier applies batch after batch.
+//     applier applies batch after batch (every batch queued at once).
 //   - A proposal is answered once its entry is applied here: its batch
 //     carries it, and the applier answers it after Apply returns.
 //   - The loop waits for the applier (waitApplied) only before a
@@ -219,9 +219,9 @@ func (a *applier) next() (applyBatch, bool) {
 			a.mu.Unlock()
 			return applyBatch{}, false
 		case len(a.queue) > 0:
-			b := a.queue[0]
-			a.queue[0] = applyBatch{}
-			a.queue = a.queue[1:]
+			b := merge(a.queue)
+			clear(a.queue)
+			a.queue = a.queue[:0]
 			a.mu.Unlock()
 			return b, true
 		case a.parked:
@@ -232,6 +232,24 @@ func (a *applier) next() (applyBatch, bool) {
 		a.mu.Unlock()
 		<-a.wake
 	}
+}
+
+// merge makes the batches queued one: the state machine applies a
+// partition's entries handed over together in one run (storage's
+// Replica.Apply commits a run once), so the more Readies the applier
+// finds waiting, the fewer commits it makes.
+func merge(queue []applyBatch) applyBatch {
+	if len(queue) == 1 {
+		return queue[0]
+	}
+	var b applyBatch
+	for _, q := range queue {
+		b.ents = append(b.ents, q.ents...)
+		b.props = append(b.props, q.props...)
+		b.last, b.conf = q.last, q.conf
+		b.bytes += q.bytes
+	}
+	return b
 }
 
 // run applies batch after batch until close, or until the state machine

@@ -86,15 +86,14 @@ func NewPartitionStateMachine(rep *storage.Replica) *PartitionStateMachine {
 
 // Apply applies entries through the Replica; see StateMachine.
 func (m *PartitionStateMachine) Apply(ents []*raftpb.Entry) error {
+	run := make([]storage.Entry, 0, len(ents))
 	for _, e := range ents {
 		if len(e.GetData()) == 0 {
 			continue // a barrier
 		}
-		if err := m.rep.Apply(context.Background(), e.GetIndex(), e.GetData()); err != nil {
-			return err
-		}
+		run = append(run, storage.Entry{Index: e.GetIndex(), Data: e.GetData()})
 	}
-	return nil
+	return m.rep.Apply(context.Background(), run)
 }
 
 // Applied returns the index of the last entry the partition applied. It

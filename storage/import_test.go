@@ -32,7 +32,7 @@ func (g *echoGroup) run(tb testing.TB) {
 	defer close(g.done)
 	for data := range g.q {
 		g.index++
-		if err := g.rep.Apply(context.Background(), g.index, data); err != nil {
+		if err := g.rep.Apply(context.Background(), []Entry{{Index: g.index, Data: data}}); err != nil {
 			tb.Errorf("apply %d: %v", g.index, err)
 		}
 	}

@@ -411,7 +411,7 @@ func (p *Partition) control(st partitionState, r *request) partitionState {
 	case cmdReplicate:
 		p.replicate(st, r)
 	case cmdApplyEntry:
-		return p.applyEntry(st, r)
+		return p.applyEntries(st, r)
 	case cmdProposalFailed:
 		p.failProposal(r.cmd.proposal, r.cmd.cause)
 		close(r.done)

@@ -53,8 +53,7 @@ type command struct {
 
 	proposer Proposer // cmdReplicate
 	refLog   *RaftLog // cmdReplicate: the log the partition's references are to, if it has any
-	index    uint64   // cmdApplyEntry: the entry's Raft index
-	entry    []byte   // cmdApplyEntry: the entry
+	entries  []Entry  // cmdApplyEntry: committed entries, in log order
 	proposal uint64   // cmdProposalFailed
 	cause    error    // cmdProposalFailed
 }
@@ -116,13 +115,15 @@ type partitionState struct {
 // state after them; it writes the partition meta only if it changed. It is deterministic: the same state, commands and now
 // give the same writes and results. It reads no clock and starts no
 // goroutine. On error the caller discards txn and keeps the old state; on
-// success it commits txn and then calls committed on the new state. Only
+// success it commits txn and then calls committed on the new state. s is
+// a committed state, or the state an earlier apply in the same
+// transaction returned (applyRun chains a run of entries): its ids and
+// raises not committed yet (added, raised) count as stored. Only
 // expiry changes the dedup index in place (its filters and where its walk
 // stands), which is harmless if the transaction then fails: an expired id
 // is no longer a duplicate anyway, and a d key left behind is read as
 // expired and goes at the next open.
 func (s partitionState) apply(txn *badger.Txn, cmds []*command, now time.Time) (partitionState, []result, error) {
-	s.added, s.addedIDs, s.raised = nil, nil, nil
 	before := s.meta
 	results := make([]result, len(cmds))
 	nmsgs := 0 // messages of the commands before c: where c's are in an entry

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -143,14 +144,24 @@ func (r *Replica) Sync(ctx context.Context) error {
 	return nil
 }
 
-// Apply applies the committed entry data at index, and returns once it is
-// applied (or, for an index already applied, at once). Call it in log
-// order. An entry that every replica finds malformed is recorded as applied
-// and changes nothing else; an error means the entry could not be applied
-// here (the store is closing, a Badger write failed) and the group must not
-// move past it.
-func (r *Replica) Apply(ctx context.Context, index uint64, data []byte) error {
-	_, err := r.p.do(ctx, command{kind: cmdApplyEntry, index: index, entry: data})
+// Entry is a committed Raft entry of a partition's group, for Apply.
+type Entry struct {
+	Index uint64
+	Data  []byte
+}
+
+// Apply applies committed entries, given in log order, and returns once
+// they are applied (an entry at an index already applied is skipped). An
+// entry that every replica finds malformed is recorded as applied and
+// changes nothing else; an error means an entry could not be applied here
+// (the store is closing, a Badger write failed) and the group must not
+// move past it: the entries before it may be applied, Applied says how
+// far. The entries go in as few transactions as hold them (applyRun).
+func (r *Replica) Apply(ctx context.Context, entries []Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	_, err := r.p.do(ctx, command{kind: cmdApplyEntry, entries: entries})
 	return err
 }
 
@@ -245,43 +256,177 @@ func (p *Partition) failProposals(cause error) {
 	}
 }
 
-// applyEntry applies a committed entry and, if this writer proposed it,
-// answers its requests once the store's syncer has published the result.
-func (p *Partition) applyEntry(st partitionState, r *request) partitionState {
-	txn := p.db.NewTransaction(true)
-	defer txn.Discard()
-	next, a, err := st.applyEntry(txn, p.entryRef(r.cmd.index), r.cmd.index, r.cmd.entry)
-	switch {
-	case errors.Is(err, errApplied):
+// applyEntries applies a run of committed entries, a transaction's worth
+// at a time (maxRun), and answers r once every entry is applied and
+// published by the store's syncer, or at the first that fails.
+func (p *Partition) applyEntries(st partitionState, r *request) partitionState {
+	ents := r.cmd.entries
+	var last *syncGroup
+	for len(ents) > 0 {
+		n := p.maxRun(ents)
+		next, g, err := p.applyRun(st, ents[:n])
+		if err != nil {
+			if last != nil {
+				p.sync.enqueue(*last)
+			}
+			r.err = err
+			close(r.done)
+			return next
+		}
+		st, ents = next, ents[n:]
+		if g != nil {
+			if last != nil {
+				p.sync.enqueue(*last)
+			}
+			last = g
+		}
+	}
+	if last == nil { // every entry applied already
 		close(r.done)
 		return st
-	case errors.Is(err, ErrCorrupt):
-		p.log.Error("replicated entry is malformed; skipped", "topic", p.topic, "partition", p.part, "index", r.cmd.index, "err", err)
-		txn.Discard()
-		txn = p.db.NewTransaction(true)
-		next, err = st.skipEntry(txn, r.cmd.index)
 	}
+	last.reqs = append(last.reqs, r)
+	p.sync.enqueue(*last)
+	return st
+}
+
+// maxRun is how many of ents, from the first, one transaction takes: as
+// many as hold at most the committer's bytes of data (at least one). A
+// message stored as a reference writes much less than its data, so the
+// bound is cautious; a run too big all the same is split (applyRun).
+func (p *Partition) maxRun(ents []Entry) int {
+	size := len(ents[0].Data)
+	n := 1
+	for n < len(ents) && size+len(ents[n].Data) <= p.sync.commits.maxBytes {
+		size += len(ents[n].Data)
+		n++
+	}
+	return n
+}
+
+// applyRun applies ents in one transaction, committed once: under
+// FsyncAlways Badger syncs each commit, which an apply does not need (its
+// entries are durable in the Raft log), so one commit per run rather than
+// per entry is what lets a replica apply as fast as its group commits.
+// It enqueues the sync groups of every entry but the last, and returns
+// the last's for the caller to answer its request with; nil if every
+// entry was applied already. A run too big for a transaction is applied
+// in halves; a run with an entry that fails otherwise (malformed, a
+// Badger error) is applied again one entry at a time, as the states are
+// values and apply deterministic, so that a malformed entry is skipped
+// alone and the ones before a failure stay applied.
+func (p *Partition) applyRun(st partitionState, ents []Entry) (partitionState, *syncGroup, error) {
+	txn := p.db.NewTransaction(true)
+	defer txn.Discard()
+	next, groups, err := p.applyInTxn(txn, st, ents)
+	if err == nil {
+		err = p.sync.guard.commit(txn.Commit)
+	}
+	switch {
+	case err == nil:
+		return p.pastRun(next, ents, groups)
+	case len(ents) == 1 && errors.Is(err, ErrCorrupt):
+		return p.skipMalformed(st, ents[0], err)
+	case len(ents) == 1:
+		return st, nil, fmt.Errorf("apply entry %d: %w", ents[0].Index, err)
+	}
+	txn.Discard()
+	step := 1
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		step = (len(ents) + 1) / 2
+	}
+	var last *syncGroup
+	for i := 0; i < len(ents); i += step {
+		next, g, err := p.applyRun(st, ents[i:min(i+step, len(ents))])
+		if err != nil {
+			if last != nil {
+				p.sync.enqueue(*last)
+			}
+			return next, nil, err
+		}
+		st = next
+		if g != nil {
+			if last != nil {
+				p.sync.enqueue(*last)
+			}
+			last = g
+		}
+	}
+	return st, last, nil
+}
+
+// appliedGroup is an entry applied in a run, not committed yet: its sync
+// group, and its proposal if this writer proposed it and waits for it.
+type appliedGroup struct {
+	g        syncGroup
+	proposal uint64 // 0: nobody here waits for it
+}
+
+// applyInTxn applies ents, one after the other, against txn: each sees
+// the ones before it, not committed yet (partitionState.apply). It
+// returns the state after the last and one group per entry applied (none
+// for an entry applied already).
+func (p *Partition) applyInTxn(txn *badger.Txn, st partitionState, ents []Entry) (partitionState, []appliedGroup, error) {
+	var groups []appliedGroup
+	for _, e := range ents {
+		next, a, err := st.applyEntry(txn, p.entryRef(e.Index), e.Index, e.Data)
+		if errors.Is(err, errApplied) {
+			continue
+		}
+		if err != nil {
+			return st, nil, err
+		}
+		reqs := p.proposals[a.proposal]
+		claimed := slices.ContainsFunc(groups, func(ag appliedGroup) bool { return ag.proposal == a.proposal })
+		if len(reqs) != len(a.cmds) || claimed {
+			// Not proposed here (or failed here first, or skipped, or
+			// committed twice and answered by the first): nobody waits
+			// for the results, but the messages go to the tail cache.
+			reqs, a.proposal = nil, 0
+		}
+		g := p.syncGroupOf(st, next, reqs, a.cmds, a.results)
+		g.wrote = false // durable in the Raft log already
+		groups = append(groups, appliedGroup{g: g, proposal: a.proposal})
+		st = next
+	}
+	return st, groups, nil
+}
+
+// pastRun takes the writer past a committed run of entries, which took it
+// to next: the proposals answered leave the pending ones, every group but
+// the last is enqueued with the syncer, and the last returned.
+func (p *Partition) pastRun(next partitionState, ents []Entry, groups []appliedGroup) (partitionState, *syncGroup, error) {
+	next.committed()
+	p.applied.Store(ents[len(ents)-1].Index)
+	p.pin.Store(next.meta.pin)
+	for _, ag := range groups {
+		if ag.proposal != 0 {
+			delete(p.proposals, ag.proposal)
+		}
+	}
+	if len(groups) == 0 {
+		return next, nil, nil
+	}
+	for _, ag := range groups[:len(groups)-1] {
+		p.sync.enqueue(ag.g)
+	}
+	return next, &groups[len(groups)-1].g, nil
+}
+
+// skipMalformed records a malformed entry, which every replica finds so,
+// as applied, in a transaction of its own.
+func (p *Partition) skipMalformed(st partitionState, e Entry, cause error) (partitionState, *syncGroup, error) {
+	p.log.Error("replicated entry is malformed; skipped", "topic", p.topic, "partition", p.part, "index", e.Index, "err", cause)
+	txn := p.db.NewTransaction(true)
+	defer txn.Discard()
+	next, err := st.skipEntry(txn, e.Index)
 	if err == nil {
 		err = p.sync.guard.commit(txn.Commit)
 	}
 	if err != nil {
-		r.err = fmt.Errorf("apply entry %d: %w", r.cmd.index, err)
-		close(r.done)
-		return st
+		return st, nil, fmt.Errorf("apply entry %d: %w", e.Index, err)
 	}
-	next.committed()
-	p.applied.Store(r.cmd.index)
-	p.pin.Store(next.meta.pin)
-	reqs := p.proposals[a.proposal]
-	delete(p.proposals, a.proposal)
-	if len(reqs) != len(a.cmds) {
-		// Not proposed here (or failed here first, or skipped): nobody
-		// waits for the results, but the messages go to the tail cache.
-		reqs = nil
-	}
-	g := p.syncGroupOf(st, next, reqs, a.cmds, a.results)
-	g.wrote = false // durable in the Raft log already
-	g.reqs = append(g.reqs, r)
-	p.sync.enqueue(g)
-	return next
+	g := p.syncGroupOf(st, next, nil, nil, nil)
+	g.wrote = false
+	return p.pastRun(next, []Entry{e}, []appliedGroup{{g: g}})
 }

@@ -110,14 +110,16 @@ func (p *raftProposer) run() {
 				p.t.Errorf("Save: %v", err)
 				return
 			}
+			var run []Entry // the Ready's entries, applied as one run
 			for _, e := range rd.CommittedEntries {
 				if e.GetType() != raftpb.EntryNormal || len(e.GetData()) == 0 {
 					continue
 				}
-				if err := p.rep.Apply(context.Background(), e.GetIndex(), e.GetData()[p.header:]); err != nil {
-					p.t.Errorf("Apply %d: %v", e.GetIndex(), err)
-					return
-				}
+				run = append(run, Entry{Index: e.GetIndex(), Data: e.GetData()[p.header:]})
+			}
+			if err := p.rep.Apply(context.Background(), run); err != nil {
+				p.t.Errorf("Apply %d entries: %v", len(run), err)
+				return
 			}
 			p.rn.Advance(rd)
 		}
