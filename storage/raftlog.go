@@ -56,6 +56,7 @@ type RaftLog struct {
 	snap      *raftpb.SnapshotMetadata // never nil; index 0 until there is a snapshot
 	tail      []raftTailEntry          // the newest entries, consecutive, ending at b.last
 	tailBytes int
+	terms     termRuns // the terms of the entries saved since the load or the last snapshot
 	// retain, if set, is the index of the oldest entry a partition's
 	// messages reference (refs.go), 0 if none: Compact keeps it.
 	retain func() uint64
@@ -420,6 +421,9 @@ func (l *RaftLog) term(i uint64) (uint64, error) {
 	if len(l.tail) > 0 && i >= l.tail[0].e.GetIndex() {
 		return l.tail[i-l.tail[0].e.GetIndex()].e.GetTerm(), nil
 	}
+	if t, ok := l.terms.term(i); ok {
+		return t, nil
+	}
 	var t uint64
 	err := l.db.View(func(txn *badger.Txn) error {
 		e, err := readRaftEntry(txn, l.group, i)
@@ -587,6 +591,7 @@ func (l *RaftLog) compact(ci uint64) (*request, error) {
 	}
 	l.b = b
 	l.trimTail(ci)
+	l.terms.compact(ci)
 	r := enqueueSync(l.sync)
 	if err := l.deleteEntries(old.prev+1, ci); err != nil {
 		return nil, fmt.Errorf("delete compacted entries: %w", errors.Join(err, r.wait()))

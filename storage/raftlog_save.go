@@ -167,8 +167,10 @@ func (l *RaftLog) save(hs *raftpb.HardState, entries []*raftpb.Entry, snap *raft
 	}
 	if applySnap {
 		l.tail, l.tailBytes = nil, 0
+		l.terms.reset()
 	}
 	l.cacheTail(entries, sizes)
+	l.terms.append(entries)
 	r := enqueueSync(l.sync)
 	// Entries of the old log outside the new bounds (compacted by the
 	// snapshot, or truncated) are garbage now; the sync runs meanwhile —

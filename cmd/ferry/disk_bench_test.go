@@ -18,9 +18,10 @@ import (
 // BenchmarkClusterDisk publishes the same load to one `ferry serve` and to
 // a three-node cluster of `ferry serve --node-id/--peers` processes, in one
 // run: durable pipelined publish (the bench's producers, 4 of them, SDK
-// PublishAsync with ids), 1 KiB payloads, fsync=always, one partition,
-// through node 1. It reports each setup's throughput, the ratio three
-// nodes / one node, and for every process the bytes it wrote to disk
+// PublishAsync with ids), 1 KiB payloads, fsync=always, one partition;
+// to the cluster twice, through the partition's leader and through a
+// follower. It reports each setup's throughput, the ratios three nodes /
+// one node (ratio through the leader, follower-ratio), and for every process the bytes it wrote to disk
 // (/proc/PID/io write_bytes, from before the load until its writes settle
 // after it) per payload byte acknowledged: 1node-disk-B/pub-B, n1-, n2-,
 // n3-disk-B/pub-B, and disk-ratio, the largest of a cluster node's over
@@ -40,7 +41,7 @@ func BenchmarkClusterDisk(b *testing.B) {
 	const size, producers = 1024, 4
 	for b.Loop() {
 		one := startFerry(b, b.TempDir())
-		single := diskLoad(b, one.grpcAddr, []int{one.cmd.Process.Pid}, d, size, producers)
+		single := diskLoad(b, one.grpcAddr, []int{one.cmd.Process.Pid}, d, size, producers, nil)
 		one.kill(b)
 
 		c := newTestCluster(b, 3, false)
@@ -48,11 +49,16 @@ func BenchmarkClusterDisk(b *testing.B) {
 		for _, nd := range c.nodes {
 			pids = append(pids, nd.process().cmd.Process.Pid)
 		}
-		three := diskLoad(b, c.nodes[0].grpcAddr, pids, d, size, producers)
+		// Through the partition's leader, as a client that knows it
+		// publishes, then through a follower, which forwards each call.
+		three := diskLoad(b, c.nodes[0].grpcAddr, pids, d, size, producers, c.routeTo(b, true))
+		forwarded := diskLoad(b, c.nodes[0].grpcAddr, pids, d, size, producers, c.routeTo(b, false))
 
 		b.ReportMetric(single.perSec, "1node-msgs/s")
 		b.ReportMetric(three.perSec, "3node-msgs/s")
 		b.ReportMetric(three.perSec/single.perSec, "ratio")
+		b.ReportMetric(forwarded.perSec, "3node-follower-msgs/s")
+		b.ReportMetric(forwarded.perSec/single.perSec, "follower-ratio")
 		b.ReportMetric(single.perPub[0], "1node-disk-B/pub-B")
 		worst := 0.0
 		for i, r := range three.perPub {
@@ -69,18 +75,31 @@ type diskRun struct {
 	perPub []float64 // per process: bytes written to disk per payload byte acknowledged
 }
 
+// routeTo returns, for diskLoad, the address of the node that leads a
+// topic's partition 0 (leader), or of one that does not.
+func (c *testCluster) routeTo(tb testing.TB, leader bool) func(topic string) string {
+	return func(topic string) string {
+		id := waitLeader(tb, c.nodes, topic, 0, 30*time.Second)
+		if !leader {
+			id = id%uint64(len(c.nodes)) + 1
+		}
+		return c.node(id).grpcAddr
+	}
+}
+
 // diskLoad creates a one-partition topic through addr and publishes to it
-// from producers bench producers for d, then waits until the processes
-// pids stop writing and returns the throughput and each process's bytes
-// written per payload byte acknowledged.
-func diskLoad(tb testing.TB, addr string, pids []int, d time.Duration, size, producers int) diskRun {
+// from producers bench producers for d — through the node route names for
+// the topic, if route is not nil — then waits until the processes pids
+// stop writing and returns the throughput and each process's bytes written
+// per payload byte acknowledged.
+func diskLoad(tb testing.TB, addr string, pids []int, d time.Duration, size, producers int, route func(topic string) string) diskRun {
 	tb.Helper()
 	ctx := context.Background()
 	c, err := client.Dial(ctx, addr, client.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { c.Close() }()
 	topic := fmt.Sprintf("disk-%d", time.Now().UnixNano())
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		_, err := c.CreateTopic(ctx, topic, client.TopicConfig{Partitions: 1})
@@ -100,6 +119,14 @@ func diskLoad(tb testing.TB, addr string, pids []int, d time.Duration, size, pro
 	}
 	if err := first.Close(ctx); err != nil {
 		tb.Fatal(err)
+	}
+	if route != nil {
+		if to := route(topic); to != addr {
+			c.Close()
+			if c, err = client.Dial(ctx, to, client.WithLogger(slog.New(slog.DiscardHandler))); err != nil {
+				tb.Fatal(err)
+			}
+		}
 	}
 	before := make([]int64, len(pids))
 	for i, pid := range pids {
