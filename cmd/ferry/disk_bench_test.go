@@ -21,7 +21,8 @@ import (
 // PublishAsync with ids), 1 KiB payloads, fsync=always, one partition;
 // to the cluster twice, through the partition's leader and through a
 // follower. It reports each setup's throughput, the ratios three nodes /
-// one node (ratio through the leader, follower-ratio), and for every process the bytes it wrote to disk
+// one node (ratio through the leader, follower-ratio), the CPU time of
+// each setup's processes per message (cpu-µs/msg), and for every process the bytes it wrote to disk
 // (/proc/PID/io write_bytes, from before the load until its writes settle
 // after it) per payload byte acknowledged: 1node-disk-B/pub-B, n1-, n2-,
 // n3-disk-B/pub-B, and disk-ratio, the largest of a cluster node's over
@@ -59,6 +60,9 @@ func BenchmarkClusterDisk(b *testing.B) {
 		b.ReportMetric(three.perSec/single.perSec, "ratio")
 		b.ReportMetric(forwarded.perSec, "3node-follower-msgs/s")
 		b.ReportMetric(forwarded.perSec/single.perSec, "follower-ratio")
+		b.ReportMetric(single.cpuPer, "1node-cpu-µs/msg")
+		b.ReportMetric(three.cpuPer, "3node-cpu-µs/msg")
+		b.ReportMetric(forwarded.cpuPer, "3node-follower-cpu-µs/msg")
 		b.ReportMetric(single.perPub[0], "1node-disk-B/pub-B")
 		worst := 0.0
 		for i, r := range three.perPub {
@@ -73,6 +77,7 @@ func BenchmarkClusterDisk(b *testing.B) {
 type diskRun struct {
 	perSec float64   // messages acknowledged per second
 	perPub []float64 // per process: bytes written to disk per payload byte acknowledged
+	cpuPer float64   // CPU time of all the processes per message acknowledged, in µs
 }
 
 // routeTo returns, for diskLoad, the address of the node that leads a
@@ -129,8 +134,10 @@ func diskLoad(tb testing.TB, addr string, pids []int, d time.Duration, size, pro
 		}
 	}
 	before := make([]int64, len(pids))
+	var cpuBefore time.Duration
 	for i, pid := range pids {
 		before[i] = writeBytes(tb, pid)
+		cpuBefore += cpuTime(tb, pid)
 	}
 	o := benchOptions{size: size, producers: producers, topics: 1, maxInflight: 64 << 20}
 	rec := newRecorder()
@@ -150,10 +157,13 @@ func diskLoad(tb testing.TB, addr string, pids []int, d time.Duration, size, pro
 	}
 	acked := rec.count.Load()
 	run := diskRun{perSec: float64(acked) / elapsed.Seconds()}
+	var cpuAfter time.Duration
 	for i, pid := range pids {
 		after := settledWriteBytes(tb, pid)
 		run.perPub = append(run.perPub, float64(after-before[i])/float64(acked*int64(size)))
+		cpuAfter += cpuTime(tb, pid)
 	}
+	run.cpuPer = float64((cpuAfter-cpuBefore).Microseconds()) / float64(acked)
 	tb.Logf("%d processes: %d messages acknowledged in %v (%.0f/s); disk bytes per payload byte %.2f",
 		len(pids), acked, elapsed.Round(time.Millisecond), run.perSec, run.perPub)
 	return run
@@ -174,6 +184,31 @@ func settledWriteBytes(tb testing.TB, pid int) int64 {
 		last = n
 	}
 	return last
+}
+
+// cpuTime is the CPU time process pid has used, user and system
+// (/proc/PID/stat), in clock ticks of 10 ms.
+func cpuTime(tb testing.TB, pid int) time.Duration {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// The command name, field 2, may hold spaces: count from after it.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		tb.Fatalf("/proc/%d/stat: %q", pid, b)
+	}
+	var ticks int64
+	for _, v := range f[11:13] { // utime, stime: fields 14 and 15
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
 
 // writeBytes is process pid's write_bytes in /proc/PID/io: the bytes it
