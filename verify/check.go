@@ -24,11 +24,18 @@ type CheckSummary struct {
 
 // Result is a checked history.
 type Result struct {
-	Setup      Setup          `json:"setup"`
-	Counts     map[Kind]int   `json:"counts"`
-	Checks     []CheckSummary `json:"checks"`
-	Violations []Violation    `json:"violations"`
+	Setup  Setup        `json:"setup"`
+	Counts map[Kind]int `json:"counts"`
+	// Disruptions counts the disruptions made, by fault, and under
+	// FailedDisruption those that failed.
+	Disruptions map[Fault]int  `json:"disruptions,omitempty"`
+	Checks      []CheckSummary `json:"checks"`
+	Violations  []Violation    `json:"violations"`
 }
+
+// FailedDisruption counts, in Result.Disruptions, the disruptions that
+// failed (a pid file that names no process, a command that failed).
+const FailedDisruption Fault = "failed"
 
 // OK reports whether no promise was broken.
 func (r Result) OK() bool { return len(r.Violations) == 0 }
@@ -48,6 +55,7 @@ var checkers = []checker{
 	{"at-most-once", "an at-most-once subscription never delivers a message twice", checkAtMostOnce},
 	{"at-least-once", "at-least-once and effectively-once subscriptions deliver every stored message at least once", checkAtLeastOnce},
 	{"effectively-once", "effectively-once: an attempt is never delivered twice, nothing is delivered after a confirmed ack, a stale attempt's ack is refused", checkEffectivelyOnce},
+	{"outstanding-once", "effectively-once: a message is never outstanding at two consumers at once: a later attempt is delivered only once the previous one was nacked or its ack deadline passed", checkOutstandingOnce},
 	{"pipeline", "a Commit pipeline writes exactly one output per input", checkPipeline},
 	{"key-order", "key-shared: each key's messages are first delivered in offset order, to one consumer at a time", checkKeyShared},
 	{"drained", "once producers stop, durable subscriptions deliver everything within the drain timeout", checkDrained},
@@ -66,9 +74,16 @@ func checkDrained(s Setup, _ *index) (int, []Violation) {
 // Check judges events against every promise of the subscriptions in s.
 func Check(s Setup, events []Event) Result {
 	ix := newIndex(s, events)
-	res := Result{Setup: s, Counts: map[Kind]int{}}
+	res := Result{Setup: s, Counts: map[Kind]int{}, Disruptions: map[Fault]int{}}
 	for _, e := range events {
 		res.Counts[e.Kind]++
+		switch {
+		case e.Kind != Disruption:
+		case e.Err != "":
+			res.Disruptions[FailedDisruption]++
+		case e.Fault != "":
+			res.Disruptions[e.Fault]++
+		}
 	}
 	for _, c := range checkers {
 		n, vs := c.check(s, ix)
@@ -89,12 +104,14 @@ type index struct {
 	storedIDs map[string][]Event           // Read by id, per topic in order read
 	delivered map[string]map[place][]Event // Deliver by subscription, place
 	confirmed map[string][]Event           // AckConfirmed by subscription
+	nacked    map[string]map[place][]Event // Nack by subscription, place
 	disrupted []Event
 }
 
 func newIndex(s Setup, events []Event) *index {
 	ix := &index{published: map[string]Event{}, stored: map[place]Event{}, storedIDs: map[string][]Event{},
-		delivered: map[string]map[place][]Event{}, confirmed: map[string][]Event{}}
+		delivered: map[string]map[place][]Event{}, confirmed: map[string][]Event{},
+		nacked: map[string]map[place][]Event{}}
 	for _, e := range events {
 		switch e.Kind {
 		case Publish:
@@ -110,6 +127,11 @@ func newIndex(s Setup, events []Event) *index {
 			ix.delivered[e.Sub][e.place()] = append(ix.delivered[e.Sub][e.place()], e)
 		case AckConfirmed:
 			ix.confirmed[e.Sub] = append(ix.confirmed[e.Sub], e)
+		case Nack:
+			if ix.nacked[e.Sub] == nil {
+				ix.nacked[e.Sub] = map[place][]Event{}
+			}
+			ix.nacked[e.Sub][e.place()] = append(ix.nacked[e.Sub][e.place()], e)
 		case Disruption:
 			ix.disrupted = append(ix.disrupted, e)
 		}
