@@ -55,7 +55,6 @@ var checkers = []checker{
 	{"at-most-once", "an at-most-once subscription never delivers a message twice", checkAtMostOnce},
 	{"at-least-once", "at-least-once and effectively-once subscriptions deliver every stored message at least once", checkAtLeastOnce},
 	{"effectively-once", "effectively-once: an attempt is never delivered twice, nothing is delivered after a confirmed ack, a stale attempt's ack is refused", checkEffectivelyOnce},
-	{"outstanding-once", "effectively-once: a message is never outstanding at two consumers at once: a later attempt is delivered only once the previous one was nacked or its ack deadline passed", checkOutstandingOnce},
 	{"pipeline", "a Commit pipeline writes exactly one output per input", checkPipeline},
 	{"key-order", "key-shared: each key's messages are first delivered in offset order, to one consumer at a time", checkKeyShared},
 	{"drained", "once producers stop, durable subscriptions deliver everything within the drain timeout", checkDrained},
@@ -104,14 +103,12 @@ type index struct {
 	storedIDs map[string][]Event           // Read by id, per topic in order read
 	delivered map[string]map[place][]Event // Deliver by subscription, place
 	confirmed map[string][]Event           // AckConfirmed by subscription
-	nacked    map[string]map[place][]Event // Nack by subscription, place
 	disrupted []Event
 }
 
 func newIndex(s Setup, events []Event) *index {
 	ix := &index{published: map[string]Event{}, stored: map[place]Event{}, storedIDs: map[string][]Event{},
-		delivered: map[string]map[place][]Event{}, confirmed: map[string][]Event{},
-		nacked: map[string]map[place][]Event{}}
+		delivered: map[string]map[place][]Event{}, confirmed: map[string][]Event{}}
 	for _, e := range events {
 		switch e.Kind {
 		case Publish:
@@ -127,11 +124,6 @@ func newIndex(s Setup, events []Event) *index {
 			ix.delivered[e.Sub][e.place()] = append(ix.delivered[e.Sub][e.place()], e)
 		case AckConfirmed:
 			ix.confirmed[e.Sub] = append(ix.confirmed[e.Sub], e)
-		case Nack:
-			if ix.nacked[e.Sub] == nil {
-				ix.nacked[e.Sub] = map[place][]Event{}
-			}
-			ix.nacked[e.Sub][e.place()] = append(ix.nacked[e.Sub][e.place()], e)
 		case Disruption:
 			ix.disrupted = append(ix.disrupted, e)
 		}

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"time"
 )
 
 // checkAtMostOnce: an at-most-once subscription delivers each message at
@@ -121,57 +120,4 @@ func sortedPlaces(m map[place][]Event) []place {
 		return cmp.Or(cmp.Compare(a.topic, b.topic), cmp.Compare(a.partition, b.partition), cmp.Compare(a.offset, b.offset))
 	})
 	return ps
-}
-
-// DeadlineSlack is how much earlier than the ack timeout after the last
-// attempt's delivery the outstanding-once check accepts the next: the
-// time a delivery spends between the broker's decision (its deadline
-// runs from there) and the consumer's handler, where verify records it.
-const DeadlineSlack = 500 * time.Millisecond
-
-// checkOutstandingOnce: under effectively-once a message is outstanding at
-// one consumer at a time: attempt n+1 goes out only once attempt n was
-// nacked or its deadline passed — an ack timeout after it went out, since
-// no consumer extends it (verify's handlers are not extended past 1ms).
-// Each later attempt is compared with the last one recorded before it (an
-// attempt in between that no handler saw went out after that one's
-// deadline anyway); its delivery must come no sooner than the ack timeout
-// less DeadlineSlack after it, unless that one was nacked before.
-// Key-shared subscriptions are left out: their consumers' one handler
-// records a delivery only once it is done with the one before, which may
-// take a stalled node's call timeout.
-func checkOutstandingOnce(s Setup, ix *index) (int, []Violation) {
-	if s.AckTimeout <= 0 {
-		return 0, nil
-	}
-	n := 0
-	var vs []Violation
-	for _, sub := range subsWith(s, func(sp SubSpec) bool { return sp.Guarantee == EffectivelyOnce && sp.Type != KeyShared }) {
-		for _, p := range sortedPlaces(ix.delivered[sub]) {
-			ds := slices.Clone(ix.delivered[sub][p])
-			slices.SortStableFunc(ds, func(a, b Event) int { return cmp.Compare(a.Attempt, b.Attempt) })
-			for i := 1; i < len(ds); i++ {
-				prev, d := ds[i-1], ds[i]
-				if d.Attempt == prev.Attempt {
-					continue // a reused attempt: the effectively-once check's
-				}
-				n++
-				if nackedBefore(ix.nacked[sub][p], prev, d.Time) || d.Time.Sub(prev.Time) >= s.AckTimeout-DeadlineSlack {
-					continue
-				}
-				vs = append(vs, Violation{Message: fmt.Sprintf("%s (effectively-once): %s (%s) attempt %d was delivered to %s at %s, %v after attempt %d went to %s at %s, which did not nack it: before its deadline (ack timeout %v), outstanding at two consumers at once",
-					sub, d.ID, p, d.Attempt, d.Consumer, stamp(d.Time), d.Time.Sub(prev.Time).Round(time.Millisecond), prev.Attempt, prev.Consumer, stamp(prev.Time), s.AckTimeout),
-					Evidence: []Event{prev, d}})
-			}
-		}
-	}
-	return n, vs
-}
-
-// nackedBefore reports whether delivery d was nacked by its consumer
-// before t.
-func nackedBefore(nacks []Event, d Event, t time.Time) bool {
-	return slices.ContainsFunc(nacks, func(e Event) bool {
-		return e.Attempt == d.Attempt && e.Consumer == d.Consumer && !e.Time.After(t)
-	})
 }

@@ -112,9 +112,6 @@ type Setup struct {
 	Subs map[string]SubSpec `json:"subscriptions"`
 	// Pipeline is the subscription the Commit pipeline consumes.
 	Pipeline string `json:"pipeline"`
-	// AckTimeout is the subscriptions' ack timeout; 0: unknown (the
-	// outstanding-once check judges nothing).
-	AckTimeout time.Duration `json:"ack_timeout"`
 	// Drained: consumers ran until every acknowledged publish was delivered
 	// (or gave up trying); loss is only judged when true.
 	Drained bool `json:"drained"`

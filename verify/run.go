@@ -163,7 +163,7 @@ var subTypes = map[string]client.SubscriptionType{
 // create makes the run's topics and durable subscriptions; the none
 // subscription is made by its consumers.
 func (r *run) create(ctx context.Context) error {
-	r.setup = Setup{Topic: r.o.Prefix + "in", OutputTopic: r.o.Prefix + "out", Subs: map[string]SubSpec{}, AckTimeout: r.o.AckTimeout}
+	r.setup = Setup{Topic: r.o.Prefix + "in", OutputTopic: r.o.Prefix + "out", Subs: map[string]SubSpec{}}
 	for _, t := range []string{r.setup.Topic, r.setup.OutputTopic} {
 		if _, err := r.c.CreateTopic(ctx, t, client.TopicConfig{Partitions: r.o.Partitions}); err != nil {
 			return fmt.Errorf("verify: create topic %s: %w", t, err)

@@ -183,20 +183,15 @@ func (r *run) consume(ctx context.Context, sub string, spec SubSpec, i int) {
 }
 
 // session is one Subscribe (or Process, for the pipeline) call.
-// Sixteen deliveries a consumer at once (its credit): a silenced one holds
-// its handler past the ack deadline, and a Commit to another topic's
-// partitions is slow in a cluster. Four times as many handlers, so that a
-// delivery is handled, and recorded, as it arrives — the outstanding-once
-// check times it from there — even when a reconnected stream brings new
-// deliveries while the last stream's handlers still wait for a stalled
-// node's answer.
+// Sixteen handlers a consumer: a silenced one holds its handler past the
+// ack deadline, and a Commit to another topic's partitions is slow in a
+// cluster.
 func (r *run) session(ctx context.Context, sub string, spec SubSpec, name string) error {
-	opts := []client.SubscribeOption{client.WithCredit(16), client.WithConcurrency(64), client.WithMaxExtension(time.Millisecond),
+	opts := []client.SubscribeOption{client.WithConcurrency(16), client.WithMaxExtension(time.Millisecond),
 		client.WithDrainTimeout(2 * r.o.AckTimeout), client.WithReconnectBackoff(50*time.Millisecond, time.Second)}
 	if spec.Type == KeyShared {
-		// One handler: deliveries are recorded in the order received (and
-		// one may wait for it: the outstanding-once check leaves these out).
-		opts = append(opts, client.WithConcurrency(1), client.WithCredit(2))
+		// One handler: deliveries are recorded in the order received.
+		opts = append(opts, client.WithConcurrency(1))
 	}
 	if spec.Guarantee == None {
 		opts = append(opts, client.WithCreateNone())

@@ -278,7 +278,8 @@ func TestClusterChaos(t *testing.T) {
 	var restarts sync.WaitGroup
 	restarts.Go(func() { restartKilled(t, c, stop, writePids) })
 	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "10s", "--rate", "40",
-		"--nemesis", "kill,pause", "--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "2500ms", "--pause-for", "3s", "--keep")
+		"--nemesis", "kill,pause", "--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "2500ms", "--pause-for", "3s", "--keep",
+		"--history", filepath.Join(c.logDir, "verify-history.jsonl")) // kept with the node logs if the test fails
 	close(stop)
 	restarts.Wait()
 	requireClean(t, res, code)
