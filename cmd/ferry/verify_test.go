@@ -251,11 +251,16 @@ func TestVerifyCatchesBrokenBuilds(t *testing.T) {
 // kill,pause nemesis SIGKILLs a node (the test restarts it on its data dir,
 // as systemd would, and keeps its pid file current) and SIGSTOPs one for
 // 3s, past the nodes' election timeout (1-2s), then continues it: one of
-// each in every two disruptions, so both happen in the run's two. The
-// whole history must hold (never delivered after a confirmed ack, never
-// outstanding at two consumers at once, one output per input, no
-// acknowledged publish lost, …), and at the end every node holds the same
-// partitions of both topics verify used (kept for it with --keep).
+// each in every two disruptions, 1.5s apart (a pause's 3s aside), so the
+// run's 10s hold three or four, the first two one of each. The whole
+// history must hold (never delivered after a confirmed ack, no attempt at
+// two consumers, no stale attempt's ack confirmed, one output per input,
+// no acknowledged publish lost, …), and at the end every node holds the
+// same partitions of both topics verify used (kept for it with --keep).
+//
+// With the epoch check of storage/fence.go dropped for writes, it failed 4
+// runs of 16 (attempts delivered twice by two owners); the deterministic
+// stall case is TestClusterStalledOwnerIsFenced.
 func TestClusterChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster of real brokers")
@@ -278,7 +283,7 @@ func TestClusterChaos(t *testing.T) {
 	var restarts sync.WaitGroup
 	restarts.Go(func() { restartKilled(t, c, stop, writePids) })
 	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "10s", "--rate", "40",
-		"--nemesis", "kill,pause", "--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "2500ms", "--pause-for", "3s", "--keep",
+		"--nemesis", "kill,pause", "--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "1500ms", "--pause-for", "3s", "--keep",
 		"--history", filepath.Join(c.logDir, "verify-history.jsonl")) // kept with the node logs if the test fails
 	close(stop)
 	restarts.Wait()
