@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +188,30 @@ func TestPrintText(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestCheckCountsDisruptions: the result counts disruptions by fault (a
+// pause's SIGCONT is no disruption of its own) and those that failed, and
+// the text summary names them.
+func TestCheckCountsDisruptions(t *testing.T) {
+	ev := append(cleanHistory(),
+		Event{Kind: Disruption, Fault: Kill, Detail: "SIGKILL pid 41 (n1.pid)", Time: at(200)},
+		Event{Kind: Disruption, Fault: Pause, Detail: "SIGSTOP pid 42 (n2.pid)", Time: at(300)},
+		Event{Kind: Disruption, Detail: "SIGCONT pid 42 (n2.pid)", Time: at(3300)},
+		Event{Kind: Disruption, Detail: "failed", Err: "verify: none of the 3 processes to disrupt is running", Time: at(4000)},
+		Event{Kind: Disruption, Fault: Pause, Detail: "SIGSTOP pid 43 (n3.pid)", Time: at(5000)},
+		Event{Kind: Disruption, Detail: "SIGCONT pid 43 (n3.pid)", Time: at(8000)})
+	res := Check(testSetup(), ev)
+	want := map[Fault]int{Kill: 1, Pause: 2, FailedDisruption: 1}
+	if !maps.Equal(res.Disruptions, want) {
+		t.Fatalf("disruptions %v, want %v", res.Disruptions, want)
+	}
+	var b strings.Builder
+	if err := PrintText(&b, res); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "disruptions: 1 failed, 1 kill, 2 pause;") {
+		t.Fatalf("summary lacks the disruptions:\n%s", b.String())
 	}
 }

@@ -81,6 +81,7 @@ func (e Event) String() string {
 	if !e.Call.IsZero() {
 		fmt.Fprintf(&b, " called=%s", e.Call.UTC().Format("15:04:05.000000"))
 	}
+	add("fault", string(e.Fault))
 	add("detail", e.Detail)
 	add("err", e.Err)
 	return b.String()
