@@ -147,12 +147,21 @@ func (vf *verifyFlags) resolve() error {
 	return nil
 }
 
+// maxElectionTimeout is the longest election timeout of ferry serve's
+// cluster nodes (cluster.DefaultOptions: 10 ticks of 100ms, randomized up
+// to twice that).
+const maxElectionTimeout = 2 * time.Second
+
 // runVerify runs and checks, prints the result, writes the report and
 // history if asked, and fails when a promise was broken.
 func runVerify(ctx context.Context, vf *verifyFlags, out, errw io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	vf.o.Log = slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if sig, ok := vf.o.Nemesis.(*vfy.Signals); ok && slices.Contains(sig.Faults, vfy.Pause) && sig.PauseFor <= maxElectionTimeout {
+		vf.o.Log.Warn("verify: --pause-for is within ferry serve's election timeout: a cluster may elect no new leaders while a node is stopped",
+			"pause_for", sig.PauseFor, "election_timeout", "1s-2s")
+	}
 	res, events, err := vfy.Run(ctx, vf.o)
 	if vf.history != "" && len(events) > 0 {
 		if herr := writeHistory(vf.history, events); herr != nil {
