@@ -259,7 +259,7 @@ func TestVerifyCatchesBrokenBuilds(t *testing.T) {
 // same partitions of both topics verify used (kept for it with --keep).
 //
 // With the epoch check of storage/fence.go dropped for writes it failed 2
-// runs of 6 (attempts delivered twice, by two owners); the deterministic
+// runs of 12 (attempts delivered twice, by two owners); the deterministic
 // stall case is TestClusterStalledOwnerIsFenced.
 func TestClusterChaos(t *testing.T) {
 	if testing.Short() {
