@@ -24,11 +24,18 @@ type CheckSummary struct {
 
 // Result is a checked history.
 type Result struct {
-	Setup      Setup          `json:"setup"`
-	Counts     map[Kind]int   `json:"counts"`
-	Checks     []CheckSummary `json:"checks"`
-	Violations []Violation    `json:"violations"`
+	Setup  Setup        `json:"setup"`
+	Counts map[Kind]int `json:"counts"`
+	// Disruptions counts the disruptions made, by fault, and under
+	// FailedDisruption those that failed.
+	Disruptions map[Fault]int  `json:"disruptions,omitempty"`
+	Checks      []CheckSummary `json:"checks"`
+	Violations  []Violation    `json:"violations"`
 }
+
+// FailedDisruption counts, in Result.Disruptions, the disruptions that
+// failed (a pid file that names no process, a command that failed).
+const FailedDisruption Fault = "failed"
 
 // OK reports whether no promise was broken.
 func (r Result) OK() bool { return len(r.Violations) == 0 }
@@ -66,9 +73,16 @@ func checkDrained(s Setup, _ *index) (int, []Violation) {
 // Check judges events against every promise of the subscriptions in s.
 func Check(s Setup, events []Event) Result {
 	ix := newIndex(s, events)
-	res := Result{Setup: s, Counts: map[Kind]int{}}
+	res := Result{Setup: s, Counts: map[Kind]int{}, Disruptions: map[Fault]int{}}
 	for _, e := range events {
 		res.Counts[e.Kind]++
+		switch {
+		case e.Kind != Disruption:
+		case e.Err != "":
+			res.Disruptions[FailedDisruption]++
+		case e.Fault != "":
+			res.Disruptions[e.Fault]++
+		}
 	}
 	for _, c := range checkers {
 		n, vs := c.check(s, ix)

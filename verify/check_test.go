@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -38,8 +39,14 @@ func confirm(sub, consumer string, off uint64, attempt uint32, call, ms int) Eve
 	return Event{Kind: AckConfirmed, Topic: "in", Sub: sub, Consumer: consumer, Offset: off, Attempt: attempt, Call: at(call), Time: at(ms)}
 }
 
+func nack(sub, consumer string, off uint64, attempt uint32, ms int) Event {
+	return Event{Kind: Nack, Topic: "in", Sub: sub, Consumer: consumer, Offset: off, Attempt: attempt, Time: at(ms)}
+}
+
 // cleanHistory is a correct run: two keyed messages, each delivered once
-// to every subscription, the pipeline's outputs read back.
+// to every subscription, the pipeline's outputs read back; eo redelivers a
+// once its deadline passed (its later attempt confirmed), pipe once c1
+// nacked it.
 func cleanHistory() []Event {
 	ev := []Event{pub("a", "k", 0, 10), pub("b", "k", 1, 20), read("in", "a", "", 0), read("in", "b", "", 1),
 		read("out", "oa", "a", 0), read("out", "ob", "b", 1)}
@@ -47,7 +54,8 @@ func cleanHistory() []Event {
 		ev = append(ev, deliver(sub, "c1", "a", "k", 0, 1, 100), deliver(sub, "c1", "b", "k", 1, 1, 110))
 	}
 	ev = append(ev, confirm("ks", "c1", 0, 1, 101, 102), confirm("ks", "c1", 1, 1, 111, 112))
-	return ev
+	ev = append(ev, deliver("eo", "c2", "a", "k", 0, 2, 2100), confirm("eo", "c2", 0, 2, 2101, 2102))
+	return append(ev, nack("pipe", "c1", 0, 1, 105), deliver("pipe", "c2", "a", "k", 0, 2, 300))
 }
 
 func TestCheckCleanHistory(t *testing.T) {
@@ -180,5 +188,30 @@ func TestPrintText(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestCheckCountsDisruptions: the result counts disruptions by fault (a
+// pause's SIGCONT is no disruption of its own) and those that failed, and
+// the text summary names them.
+func TestCheckCountsDisruptions(t *testing.T) {
+	ev := append(cleanHistory(),
+		Event{Kind: Disruption, Fault: Kill, Detail: "SIGKILL pid 41 (n1.pid)", Time: at(200)},
+		Event{Kind: Disruption, Fault: Pause, Detail: "SIGSTOP pid 42 (n2.pid)", Time: at(300)},
+		Event{Kind: Disruption, Detail: "SIGCONT pid 42 (n2.pid)", Time: at(3300)},
+		Event{Kind: Disruption, Detail: "failed", Err: "verify: none of the 3 processes to disrupt is running", Time: at(4000)},
+		Event{Kind: Disruption, Fault: Pause, Detail: "SIGSTOP pid 43 (n3.pid)", Time: at(5000)},
+		Event{Kind: Disruption, Detail: "SIGCONT pid 43 (n3.pid)", Time: at(8000)})
+	res := Check(testSetup(), ev)
+	want := map[Fault]int{Kill: 1, Pause: 2, FailedDisruption: 1}
+	if !maps.Equal(res.Disruptions, want) {
+		t.Fatalf("disruptions %v, want %v", res.Disruptions, want)
+	}
+	var b strings.Builder
+	if err := PrintText(&b, res); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "disruptions: 1 failed, 1 kill, 2 pause;") {
+		t.Fatalf("summary lacks the disruptions:\n%s", b.String())
 	}
 }

@@ -30,7 +30,9 @@ const (
 	Silence Kind = "silence"
 	// Disconnect: Consumer detached from Sub on purpose.
 	Disconnect Kind = "disconnect"
-	// Disruption: the nemesis disrupted the broker (Detail says how).
+	// Disruption: a step of a disruption of the broker by the nemesis:
+	// Fault names the disruption a step begins, Detail says what was done;
+	// a failed one has Err.
 	Disruption Kind = "disruption"
 	// Read: the final read-back found ID at Topic Partition/Offset. Call is
 	// when the read of that partition began.
@@ -55,6 +57,7 @@ type Event struct {
 	Acked     bool      `json:"acked,omitempty"`
 	Err       string    `json:"err,omitempty"`
 	Detail    string    `json:"detail,omitempty"`
+	Fault     Fault     `json:"fault,omitempty"` // the disruption a Disruption step begins
 }
 
 // History is the events of one run. It is safe for concurrent use.

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,47 +15,168 @@ import (
 )
 
 // A Nemesis disrupts the broker. Disrupt makes one disruption and calls
-// note for each step of it (e.g. "SIGSTOP pid 41", then "SIGCONT pid 41"),
+// note for each step of it (e.g. a SIGSTOP of pid 41, then its SIGCONT),
 // as it happens; it returns once the disruption is over, the broker's
 // recovery left to whatever restarts it.
 type Nemesis interface {
-	Disrupt(ctx context.Context, note func(detail string)) error
+	Disrupt(ctx context.Context, note func(Step)) error
 }
 
-// Signals disrupts local broker processes: Kill sends SIGKILL (something
-// else — systemd, Kubernetes, a test — restarts the broker), Pause sends
-// SIGSTOP and, PauseFor later, SIGCONT.
+// A Fault is a kind of disruption.
+type Fault string
+
+// The faults a Nemesis makes.
+const (
+	// Kill: SIGKILL of a broker process (something else restarts it).
+	Kill Fault = "kill"
+	// Pause: SIGSTOP of a broker process, SIGCONT some time later — a
+	// stalled node, which in a cluster should be stopped for longer than
+	// an election timeout, so that others take over what it led while it
+	// still believes it leads.
+	Pause Fault = "pause"
+	// RunCommand: a run of a shell command (Command).
+	RunCommand Fault = "command"
+)
+
+// Step is one step of a disruption.
+type Step struct {
+	// Fault is the disruption the step begins (Kill, Pause, RunCommand);
+	// "" for a step that ends one (the SIGCONT of a pause).
+	Fault Fault
+	// Detail says what was done, e.g. "SIGSTOP pid 41 (/run/ferry-1.pid)".
+	Detail string
+}
+
+// ParseFaults parses a comma-separated list of signal faults: "kill",
+// "pause", or both ("kill,pause"), each at most once.
+func ParseFaults(list string) ([]Fault, error) {
+	var faults []Fault
+	for f := range strings.SplitSeq(list, ",") {
+		switch fault := Fault(strings.TrimSpace(f)); {
+		case fault != Kill && fault != Pause:
+			return nil, fmt.Errorf("verify: fault %q: want kill or pause", f)
+		case slices.Contains(faults, fault):
+			return nil, fmt.Errorf("verify: fault %s given twice", fault)
+		default:
+			faults = append(faults, fault)
+		}
+	}
+	return faults, nil
+}
+
+// Signals disrupts local broker processes with signals: Kill sends
+// SIGKILL, Pause sends SIGSTOP and, PauseFor later, SIGCONT. Each
+// disruption signals one of the Targets that is alive, picked at random.
+// It is not safe for concurrent use.
 type Signals struct {
 	// Targets are process ids, or paths of pid files, read at each
-	// disruption (a restarted broker has a new pid).
+	// disruption (a restarted broker has a new pid). A target whose process
+	// is gone (killed and not restarted yet) is passed over.
 	Targets []string
-	// Pause: SIGSTOP then SIGCONT; else SIGKILL.
-	Pause bool
-	// PauseFor is how long a process stays stopped. Default 2s.
+	// Faults are the disruptions to make: each disruption makes one, in
+	// rounds that hold every fault once in a random order, so any run of
+	// disruptions holds each fault at least once in every len(Faults) in a
+	// row that start a round (with Kill and Pause: the 1st and 2nd, the 3rd
+	// and 4th, …). A fault whose signal fails is made again next time.
+	// Default: Kill.
+	Faults []Fault
+	// PauseFor is how long a Pause keeps a process stopped. Default 3s:
+	// past ferry serve's election timeout (1s to 2s).
 	PauseFor time.Duration
+
+	round  []Fault      // what the current round has left, next first
+	killed map[int]bool // pids it sent SIGKILL, dying or gone
 }
 
-// Disrupt signals one target, picked at random.
-func (s *Signals) Disrupt(ctx context.Context, note func(string)) error {
-	if len(s.Targets) == 0 {
-		return errors.New("verify: no process ids to disrupt")
+// DefaultPauseFor is how long a Pause keeps a process stopped by default:
+// longer than ferry serve's election timeout (10 ticks of 100ms,
+// randomized up to twice that), so a cluster elects new leaders meanwhile.
+const DefaultPauseFor = 3 * time.Second
+
+// next is the fault the next disruption makes.
+func (s *Signals) next() Fault {
+	if len(s.Faults) == 0 {
+		return Kill
 	}
-	target := s.Targets[rand.IntN(len(s.Targets))]
-	pid, err := readPid(target)
+	if len(s.round) == 0 {
+		s.round = slices.Clone(s.Faults)
+		rand.Shuffle(len(s.round), func(i, j int) { s.round[i], s.round[j] = s.round[j], s.round[i] })
+	}
+	return s.round[0]
+}
+
+// made marks the fault next returned as made.
+func (s *Signals) made() {
+	if len(s.round) > 0 {
+		s.round = s.round[1:]
+	}
+}
+
+// pick reads every target and returns one whose process is alive, at
+// random, with its pid.
+func (s *Signals) pick() (target string, pid int, err error) {
+	if len(s.Targets) == 0 {
+		return "", 0, errors.New("verify: no process ids to disrupt")
+	}
+	var live []int
+	pids := make([]int, len(s.Targets))
+	for i, t := range s.Targets {
+		if pids[i], err = readPid(t); err != nil {
+			return "", 0, err
+		}
+		if !s.killed[pids[i]] && alive(pids[i]) {
+			live = append(live, i)
+		}
+	}
+	if len(live) == 0 {
+		return "", 0, fmt.Errorf("verify: none of the %d processes to disrupt is running", len(s.Targets))
+	}
+	i := live[rand.IntN(len(live))]
+	return s.Targets[i], pids[i], nil
+}
+
+// alive reports whether pid is a running (or stopped) process, not gone
+// nor a zombie awaiting its parent.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return syscall.Kill(pid, 0) == nil // no /proc: signal 0 says it exists
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+3 > len(s) {
+		return false
+	}
+	return s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// Disrupt makes the next fault on one live target, picked at random.
+func (s *Signals) Disrupt(ctx context.Context, note func(Step)) error {
+	fault := s.next()
+	target, pid, err := s.pick()
 	if err != nil {
 		return err
 	}
-	if !s.Pause {
-		note(fmt.Sprintf("SIGKILL pid %d (%s)", pid, target))
-		return signal(pid, syscall.SIGKILL)
+	if fault == Kill {
+		if err := signal(pid, syscall.SIGKILL); err != nil {
+			return err
+		}
+		if s.killed == nil {
+			s.killed = map[int]bool{}
+		}
+		s.killed[pid] = true // it may take a moment to die
+		s.made()
+		note(Step{Kill, fmt.Sprintf("SIGKILL pid %d (%s)", pid, target)})
+		return nil
 	}
-	note(fmt.Sprintf("SIGSTOP pid %d (%s)", pid, target))
 	if err := signal(pid, syscall.SIGSTOP); err != nil {
 		return err
 	}
+	s.made()
+	note(Step{Pause, fmt.Sprintf("SIGSTOP pid %d (%s)", pid, target)})
 	pause := s.PauseFor
 	if pause <= 0 {
-		pause = 2 * time.Second
+		pause = DefaultPauseFor
 	}
 	t := time.NewTimer(pause)
 	select {
@@ -62,8 +184,11 @@ func (s *Signals) Disrupt(ctx context.Context, note func(string)) error {
 	case <-ctx.Done(): // never leave a broker stopped
 		t.Stop()
 	}
-	note(fmt.Sprintf("SIGCONT pid %d (%s)", pid, target))
-	return signal(pid, syscall.SIGCONT)
+	if err := signal(pid, syscall.SIGCONT); err != nil {
+		return err
+	}
+	note(Step{Detail: fmt.Sprintf("SIGCONT pid %d (%s)", pid, target)})
+	return nil
 }
 
 // readPid reads a target: a process id, or a file holding one.
@@ -99,14 +224,14 @@ type Command struct {
 }
 
 // Disrupt runs the command once.
-func (c *Command) Disrupt(ctx context.Context, note func(string)) error {
+func (c *Command) Disrupt(ctx context.Context, note func(Step)) error {
 	timeout := c.Timeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	note("run: " + c.Run)
+	note(Step{RunCommand, "run: " + c.Run})
 	out, err := exec.CommandContext(ctx, "sh", "-c", c.Run).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("verify: nemesis command: %w: %s", err, lastLine(out))
@@ -139,9 +264,9 @@ func (r *run) disrupt(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		err := r.o.Nemesis.Disrupt(ctx, func(detail string) {
-			r.h.Add(Event{Kind: Disruption, Detail: detail})
-			r.o.Log.Info("verify: disruption", "detail", detail)
+		err := r.o.Nemesis.Disrupt(ctx, func(st Step) {
+			r.h.Add(Event{Kind: Disruption, Fault: st.Fault, Detail: st.Detail})
+			r.o.Log.Info("verify: disruption", "fault", st.Fault, "detail", st.Detail)
 		})
 		if err != nil {
 			r.h.Add(Event{Kind: Disruption, Detail: "failed", Err: err.Error()})

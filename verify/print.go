@@ -3,6 +3,8 @@ package verify
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -17,8 +19,8 @@ func PrintText(w io.Writer, r Result) error {
 	if !r.Setup.Drained {
 		drained = "NOT drained"
 	}
-	fmt.Fprintf(&b, "ferry verify: topic %s, %d publishes, %d deliveries, %d acks confirmed, %d refused, %d disruption steps; %s\n",
-		r.Setup.Topic, r.Counts[Publish], r.Counts[Deliver], r.Counts[AckConfirmed], r.Counts[AckRefused], r.Counts[Disruption], drained)
+	fmt.Fprintf(&b, "ferry verify: topic %s, %d publishes, %d deliveries, %d acks confirmed, %d refused, disruptions: %s; %s\n",
+		r.Setup.Topic, r.Counts[Publish], r.Counts[Deliver], r.Counts[AckConfirmed], r.Counts[AckRefused], disruptions(r), drained)
 	for _, c := range r.Checks {
 		verdict := "ok  "
 		if c.Violations > 0 {
@@ -41,6 +43,19 @@ func PrintText(w io.Writer, r Result) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// disruptions says how many disruptions of each kind were made, and how
+// many failed: "2 kill, 1 pause, 1 failed" or "none".
+func disruptions(r Result) string {
+	var parts []string
+	for _, f := range slices.Sorted(maps.Keys(r.Disruptions)) {
+		parts = append(parts, fmt.Sprintf("%d %s", r.Disruptions[f], f))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // String formats an event on one line: time, kind and what is set.
@@ -66,6 +81,7 @@ func (e Event) String() string {
 	if !e.Call.IsZero() {
 		fmt.Fprintf(&b, " called=%s", e.Call.UTC().Format("15:04:05.000000"))
 	}
+	add("fault", string(e.Fault))
 	add("detail", e.Detail)
 	add("err", e.Err)
 	return b.String()

@@ -43,6 +43,10 @@ type Options struct {
 	// Prefix starts the name of every topic and subscription the run
 	// creates. Default "verify-" and a random suffix.
 	Prefix string
+	// Keep leaves the topics and subscriptions the run created in place at
+	// its end (the Result's Setup names them), to inspect them or compare
+	// the nodes' copies; default false: deleted, also when ctx ends early.
+	Keep bool
 	// Seed seeds the consumers' random choices. 0: random.
 	Seed uint64
 	// Log is where progress goes. Default: discarded.
@@ -97,7 +101,7 @@ type run struct {
 
 // Run creates its topics and subscriptions, runs the workload (and the
 // nemesis) against the broker, reads the logs back, deletes what it
-// created (also when ctx ends early) and checks the history. The error is
+// created (also when ctx ends early; unless Keep) and checks the history. The error is
 // for a run that could not be carried out; broken promises are in the
 // Result.
 func Run(ctx context.Context, o Options) (Result, []Event, error) {
@@ -184,8 +188,14 @@ func (r *run) create(ctx context.Context) error {
 }
 
 // cleanup deletes the run's topics and their subscriptions, on a context
-// of its own: it runs after Ctrl-C too.
+// of its own: it runs after Ctrl-C too. With Keep it leaves them.
 func (r *run) cleanup() {
+	if r.o.Keep {
+		if r.setup.Topic != "" {
+			r.o.Log.Info("verify: topics kept", "topics", []string{r.setup.Topic, r.setup.OutputTopic})
+		}
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, t := range []string{r.setup.Topic, r.setup.OutputTopic} {

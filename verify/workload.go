@@ -223,7 +223,8 @@ func (r *run) delivered(sub, name string, m *client.Message) Event {
 func (r *run) transform(sub, name string, m *client.Message) ([]*client.Message, error) {
 	r.delivered(sub, name, m)
 	if !r.draining.Load() && r.roll() < 0.1 {
-		r.h.Add(Event{Kind: Nack, Topic: r.setup.Topic, Sub: sub, Consumer: name, ID: m.ID, Offset: m.Offset, Partition: *m.Partition})
+		r.h.Add(Event{Kind: Nack, Topic: r.setup.Topic, Sub: sub, Consumer: name, ID: m.ID, Offset: m.Offset, Partition: *m.Partition,
+			Attempt: m.Attempt})
 		return nil, errors.New("verify: pipeline step fails on purpose")
 	}
 	out := &client.Message{Topic: r.setup.OutputTopic, Key: m.Key, Payload: m.Payload,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -31,6 +32,13 @@ type verifyFlags struct {
 }
 
 func newVerifyCommand() *cobra.Command {
+	return verifyCommand(func(cmd *cobra.Command, vf *verifyFlags) error {
+		return runVerify(cmd.Context(), vf, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	})
+}
+
+// verifyCommand builds ferry verify; run gets its flags once resolved.
+func verifyCommand(run func(*cobra.Command, *verifyFlags) error) *cobra.Command {
 	vf := &verifyFlags{server: "localhost:7420", output: "text", nemesis: "none"}
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -61,14 +69,23 @@ Each violation is printed with its evidence (ids, offsets, times); the exit
 status is 0 only when there is none. What verify created is deleted at the
 end, also on Ctrl-C.
 
-A nemesis disrupts the broker during the run, every --nemesis-interval:
---nemesis kill sends SIGKILL to one of --pids (process ids or pid files of
-local broker processes; something else — systemd, Kubernetes, your script —
-must restart them); --nemesis pause sends SIGSTOP and, --pause-for later,
-SIGCONT; --nemesis-command runs a shell command instead (e.g. "kubectl
-delete pod ferry-1"). Each disruption is recorded in the history.`,
+A nemesis disrupts the broker during the run, every --nemesis-interval,
+signalling one of --pids (process ids or pid files of local broker
+processes) that is running: --nemesis kill sends SIGKILL (something else —
+systemd, Kubernetes, your script — must restart the broker); --nemesis
+pause sends SIGSTOP and, --pause-for later, SIGCONT (a stalled node: keep
+--pause-for above the election timeout, 1-2s for ferry serve, so a cluster
+takes over what the node led while it still believes it leads); --nemesis
+kill,pause mixes both, one of each in every two disruptions (the first
+and second, the third and fourth, …), in random order. --nemesis-command
+runs a shell command instead (e.g. "kubectl delete pod ferry-1"). Each
+disruption is recorded in the history and counted by kind in the result.
+
+--keep leaves the topics and subscriptions in place (to inspect them, or
+compare the nodes' copies of the partitions); they are named in the
+result.`,
 		Example: `  ferry verify --server localhost:7420
-  ferry verify --server n1:7420,n2:7420,n3:7420 --duration 1m --nemesis kill --pids /run/ferry-1.pid,/run/ferry-2.pid
+  ferry verify --server n1:7420,n2:7420,n3:7420 --duration 1m --nemesis kill,pause --pids /run/ferry-1.pid,/run/ferry-2.pid,/run/ferry-3.pid
   ferry verify --server ferry:7420 --nemesis-command 'kubectl delete pod -l app=ferry --wait=false' -o json --report verify.html`,
 		Args: cobra.NoArgs,
 	}
@@ -78,11 +95,12 @@ delete pod ferry-1"). Each disruption is recorded in the history.`,
 	f.StringVar(&vf.report, "report", "", "also write a self-contained HTML timeline (disruptions, deliveries, violations) to this file")
 	f.StringVar(&vf.history, "history", "", "also write the full history (one JSON event per line) to this file")
 	f.DurationVar(&vf.o.Duration, "duration", 20*time.Second, "how long producers publish; consumers drain after")
-	f.StringVar(&vf.nemesis, "nemesis", vf.nemesis, "disrupt the broker: none, kill (SIGKILL one of --pids) or pause (SIGSTOP, then SIGCONT)")
-	f.StringSliceVar(&vf.pids, "pids", nil, "broker process ids or pid files, for --nemesis kill or pause (comma-separated)")
+	f.StringVar(&vf.nemesis, "nemesis", vf.nemesis, "disrupt the broker: none, kill (SIGKILL one of --pids), pause (SIGSTOP, then SIGCONT) or kill,pause (one of each in every two disruptions)")
+	f.StringSliceVar(&vf.pids, "pids", nil, "broker process ids or pid files, for --nemesis kill and pause (comma-separated)")
 	f.StringVar(&vf.nemesisCommand, "nemesis-command", "", "a shell command that disrupts the broker, run every --nemesis-interval (instead of --nemesis)")
 	f.DurationVar(&vf.nemesisInterval, "nemesis-interval", 5*time.Second, "time between disruptions")
-	f.DurationVar(&vf.pauseFor, "pause-for", 2*time.Second, "how long --nemesis pause keeps a process stopped")
+	f.DurationVar(&vf.pauseFor, "pause-for", vfy.DefaultPauseFor, "how long --nemesis pause keeps a process stopped (above the election timeout: ferry serve's is 1-2s)")
+	f.BoolVar(&vf.o.Keep, "keep", false, "leave the topics and subscriptions verify created in place at the end (the result names them)")
 	f.IntVar(&vf.o.Producers, "producers", 3, "producers publishing at once")
 	f.IntVar(&vf.o.Rate, "rate", 50, "publishes per second per producer")
 	f.Uint32Var(&vf.o.Partitions, "partitions", 3, "partitions of the topics verify creates")
@@ -93,7 +111,7 @@ delete pod ferry-1"). Each disruption is recorded in the history.`,
 		if err := vf.resolve(); err != nil {
 			return err
 		}
-		return runVerify(cmd.Context(), vf, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		return run(cmd, vf)
 	}
 	return cmd
 }
@@ -113,16 +131,26 @@ func (vf *verifyFlags) resolve() error {
 	case vf.nemesisCommand != "":
 		vf.o.Nemesis = &vfy.Command{Run: vf.nemesisCommand}
 	case vf.nemesis == "none":
-	case vf.nemesis == "kill" || vf.nemesis == "pause":
+	default:
+		faults, err := vfy.ParseFaults(vf.nemesis)
+		if err != nil {
+			return fmt.Errorf("--nemesis %q: %w (want none, kill, pause or kill,pause)", vf.nemesis, err)
+		}
 		if len(vf.pids) == 0 {
 			return fmt.Errorf("--nemesis %s needs --pids (process ids or pid files of the brokers)", vf.nemesis)
 		}
-		vf.o.Nemesis = &vfy.Signals{Targets: vf.pids, Pause: vf.nemesis == "pause", PauseFor: vf.pauseFor}
-	default:
-		return fmt.Errorf("--nemesis %q: want none, kill or pause", vf.nemesis)
+		if slices.Contains(faults, vfy.Pause) && vf.pauseFor <= 0 {
+			return fmt.Errorf("--pause-for %v must be positive", vf.pauseFor)
+		}
+		vf.o.Nemesis = &vfy.Signals{Targets: vf.pids, Faults: faults, PauseFor: vf.pauseFor}
 	}
 	return nil
 }
+
+// maxElectionTimeout is the longest election timeout of ferry serve's
+// cluster nodes (cluster.DefaultOptions: 10 ticks of 100ms, randomized up
+// to twice that).
+const maxElectionTimeout = 2 * time.Second
 
 // runVerify runs and checks, prints the result, writes the report and
 // history if asked, and fails when a promise was broken.
@@ -130,6 +158,10 @@ func runVerify(ctx context.Context, vf *verifyFlags, out, errw io.Writer) error 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	vf.o.Log = slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if sig, ok := vf.o.Nemesis.(*vfy.Signals); ok && slices.Contains(sig.Faults, vfy.Pause) && sig.PauseFor <= maxElectionTimeout {
+		vf.o.Log.Warn("verify: --pause-for is within ferry serve's election timeout: a cluster may elect no new leaders while a node is stopped",
+			"pause_for", sig.PauseFor, "election_timeout", "1s-2s")
+	}
 	res, events, err := vfy.Run(ctx, vf.o)
 	if vf.history != "" && len(events) > 0 {
 		if herr := writeHistory(vf.history, events); herr != nil {

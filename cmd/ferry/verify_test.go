@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	vfy "github.com/ferrymq/ferry/verify"
@@ -80,6 +83,57 @@ func requireNoTopics(t *testing.T, admin ferryv1.AdminServiceClient) {
 	}
 	for _, tp := range resp.GetTopics() {
 		t.Errorf("verify left topic %s behind", tp.GetName())
+	}
+}
+
+// TestVerifyFlags: --nemesis takes none, kill, pause or both, and the
+// signal nemeses need --pids and a positive --pause-for; what is accepted
+// becomes the run's nemesis.
+func TestVerifyFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		faults []vfy.Fault // nil: no Signals nemesis
+		pause  time.Duration
+		err    string
+	}{
+		{args: nil},
+		{args: []string{"--nemesis", "kill", "--pids", "1,2"}, faults: []vfy.Fault{vfy.Kill}, pause: vfy.DefaultPauseFor},
+		{args: []string{"--nemesis", "pause", "--pids", "1", "--pause-for", "4s"}, faults: []vfy.Fault{vfy.Pause}, pause: 4 * time.Second},
+		{args: []string{"--nemesis", "kill,pause", "--pids", "/run/a.pid,/run/b.pid", "--pause-for", "3s"},
+			faults: []vfy.Fault{vfy.Kill, vfy.Pause}, pause: 3 * time.Second},
+		{args: []string{"--nemesis", "pause,kill", "--pids", "1"}, faults: []vfy.Fault{vfy.Pause, vfy.Kill}, pause: vfy.DefaultPauseFor},
+		{args: []string{"--nemesis", "kill", "--pids", "1", "--pause-for", "0s"}, faults: []vfy.Fault{vfy.Kill}},
+		{args: []string{"--nemesis", "kill,pause"}, err: "--nemesis kill,pause needs --pids"},
+		{args: []string{"--nemesis", "kill,pause", "--pids", "1", "--pause-for", "0s"}, err: "--pause-for 0s must be positive"},
+		{args: []string{"--nemesis", "pause", "--pids", "1", "--pause-for", "-1s"}, err: "--pause-for -1s must be positive"},
+		{args: []string{"--nemesis", "kill,kill", "--pids", "1"}, err: "fault kill given twice"},
+		{args: []string{"--nemesis", "kill,stop", "--pids", "1"}, err: `want none, kill, pause or kill,pause`},
+		{args: []string{"--nemesis", "chaos", "--pids", "1"}, err: `--nemesis "chaos"`},
+		{args: []string{"--nemesis", "kill", "--nemesis-command", "true", "--pids", "1"}, err: "not both"},
+	} {
+		var got *verifyFlags
+		cmd := verifyCommand(func(_ *cobra.Command, vf *verifyFlags) error { got = vf; return nil })
+		cmd.SetArgs(tc.args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		err := cmd.Execute()
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%v: err %v, want one containing %q", tc.args, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+			continue
+		}
+		sig, _ := got.o.Nemesis.(*vfy.Signals)
+		switch {
+		case tc.faults == nil && got.o.Nemesis != nil:
+			t.Errorf("%v: nemesis %#v, want none", tc.args, got.o.Nemesis)
+		case tc.faults != nil && (sig == nil || !slices.Equal(sig.Faults, tc.faults) || sig.PauseFor != tc.pause):
+			t.Errorf("%v: nemesis %#v, want faults %v, pause %v", tc.args, got.o.Nemesis, tc.faults, tc.pause)
+		}
 	}
 }
 
@@ -191,10 +245,26 @@ func TestVerifyCatchesBrokenBuilds(t *testing.T) {
 	}
 }
 
-// TestVerifyClusterNemesis: against a three-node cluster whose nodes
-// verify's nemesis SIGKILLs (the test restarts each on its data dir, as
-// systemd would, and keeps its pid file current), verify finds nothing.
-func TestVerifyClusterNemesis(t *testing.T) {
+// TestClusterChaos is issue 18's process-level chaos run: ferry verify
+// against a three-node cluster — an effectively-once Commit pipeline, at-
+// least-once subscriptions and the rest of its workload — while its
+// kill,pause nemesis SIGKILLs a node (the test restarts it on its data dir,
+// as systemd would, and keeps its pid file current) and SIGSTOPs one for
+// 3s, past the nodes' election timeout (1-2s), then continues it: one of
+// each in every two disruptions, 1.5s apart (a pause's 3s aside), so the
+// run's 10s hold three or four, the first two one of each. The whole
+// history must hold (never delivered after a confirmed ack, no attempt at
+// two consumers, no stale attempt's ack confirmed, one output per input,
+// no acknowledged publish lost, …), and at the end every node holds the
+// same partitions of both topics verify used (kept for it with --keep).
+//
+// With the epoch check of storage/fence.go dropped for writes it failed 2
+// runs of 12 (attempts delivered twice, by two owners); the deterministic
+// stall case is TestClusterStalledOwnerIsFenced.
+func TestClusterChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a cluster of real brokers")
+	}
 	c := newTestCluster(t, 3, false)
 	dir := t.TempDir()
 	var pidFiles []string
@@ -212,15 +282,33 @@ func TestVerifyClusterNemesis(t *testing.T) {
 	stop := make(chan struct{})
 	var restarts sync.WaitGroup
 	restarts.Go(func() { restartKilled(t, c, stop, writePids) })
-	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "8s", "--rate", "40", "--nemesis", "kill",
-		"--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "3s")
+	res, code := runVerifyCLI(t, "--server", c.grpcAddrs(), "--duration", "10s", "--rate", "40",
+		"--nemesis", "kill,pause", "--pids", strings.Join(pidFiles, ","), "--nemesis-interval", "1500ms", "--pause-for", "3s", "--keep",
+		"--history", filepath.Join(c.logDir, "verify-history.jsonl")) // kept with the node logs if the test fails
 	close(stop)
 	restarts.Wait()
 	requireClean(t, res, code)
-	if res.Counts[vfy.Disruption] == 0 {
-		t.Fatal("the nemesis disrupted nothing")
+	t.Logf("disruptions: %v", res.Disruptions)
+	if res.Disruptions[vfy.Kill] == 0 || res.Disruptions[vfy.Pause] == 0 {
+		t.Fatalf("disruptions %v, want a kill and a pause at least", res.Disruptions)
 	}
-	requireNoTopics(t, c.nodes[0].admin())
+	c.restartExited(t) // killed at the very end: back, and following
+	admin := c.nodes[0].admin()
+	for _, topic := range []string{res.Setup.Topic, res.Setup.OutputTopic} {
+		logs := waitConverged(t, c.nodes, topic, 30*time.Second)
+		n := 0
+		for _, l := range logs {
+			n += len(l)
+		}
+		t.Logf("%s: %d messages in %d partitions, the same on every node", topic, n, len(logs))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := admin.DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: topic, Force: true})
+		cancel()
+		if err != nil {
+			t.Fatalf("delete %s: %v", topic, err)
+		}
+	}
+	requireNoTopics(t, admin)
 }
 
 // restartKilled restarts every node that exits, on its data dir, until
