@@ -182,11 +182,18 @@ func TestTLSRotation(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var published, failed atomic.Int64
-	var firstErr atomic.Value
+	var errMu sync.Mutex
+	var firstErr error
 	fail := func(err error) {
 		failed.Add(1)
-		firstErr.CompareAndSwap(nil, err)
+		errMu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		errMu.Unlock()
 	}
+	stopped := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(stopped) // before the server's shutdown, if the test stops early
 	wg.Go(func() {
 		p := kept.NewProducer("orders", client.ProducerOptions{})
 		for {
@@ -263,10 +270,9 @@ func TestTLSRotation(t *testing.T) {
 
 	before := published.Load()
 	eventuallyB(t, "publishes go on", func() bool { return published.Load() > before+20 })
-	close(stop)
-	wg.Wait()
+	stopped()
 	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d of %d calls failed during rotation; first: %v", n, published.Load(), firstErr.Load())
+		t.Fatalf("%d of %d calls failed during rotation; first: %v", n, published.Load(), firstErr)
 	}
 }
 
