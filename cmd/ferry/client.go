@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -108,9 +110,23 @@ func rpcError(err error) error {
 		return nil
 	}
 	if st, ok := status.FromError(err); ok {
-		return fmt.Errorf("%s: %s", st.Code(), st.Message())
+		return fmt.Errorf("%s: %s%s", st.Code(), st.Message(), tlsHint(st))
 	}
 	return err
+}
+
+// tlsHint says what a connection refused at the handshake may lack.
+func tlsHint(st *status.Status) string {
+	if st.Code() != codes.Unavailable {
+		return ""
+	}
+	switch m := st.Message(); {
+	case strings.Contains(m, "tls:") || strings.Contains(m, "certificate") || strings.Contains(m, "broken pipe"):
+		return " (TLS refused: check --tls-ca, and --tls-cert/--tls-key if the server requires a client certificate)"
+	case strings.Contains(m, "server preface"):
+		return " (is it a TLS port? give --tls-ca)"
+	}
+	return ""
 }
 
 // printJSON writes v as one line of JSON.
