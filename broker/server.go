@@ -238,7 +238,9 @@ func Open(opts Options) (*Server, error) {
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// Refused handshakes (plaintext to the TLS port) at DEBUG: anyone
+		// who reaches the port could flood the log otherwise.
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 		if s.tls != nil {
 			s.httpLis = tls.NewListener(httpLis, s.tls.HTTPConfig())
 		}

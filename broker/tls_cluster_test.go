@@ -81,6 +81,30 @@ func fetchAs(ctx context.Context, conn *grpc.ClientConn, group, from, to uint64)
 	return err
 }
 
+// snapshotAs sends a snapshot header for group as node from and returns how
+// the stream ended.
+func snapshotAs(ctx context.Context, conn *grpc.ClientConn, group, from, to uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := clusterv1.NewRaftTransportServiceClient(conn).SendSnapshot(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := proto.Marshal(&raftpb.Message{Type: raftpb.MsgSnap.Enum(), From: new(from), To: new(to), Term: new(uint64(50000)),
+		Snapshot: &raftpb.Snapshot{Metadata: &raftpb.SnapshotMetadata{Index: new(uint64(1 << 40)), Term: new(uint64(50000))}}})
+	if err != nil {
+		return err
+	}
+	hdr := &clusterv1.SendSnapshotRequest{Frame: &clusterv1.SendSnapshotRequest_Header{Header: &clusterv1.SnapshotHeader{
+		FromNode: from, ToNode: to, GroupId: group, Message: b}}}
+	if err := st.Send(hdr); err != nil {
+		_, err = st.CloseAndRecv()
+		return err
+	}
+	_, err = st.CloseAndRecv()
+	return err
+}
+
 // maxTerm is the highest term of any group on any node, as node ts sees
 // the cluster, and the groups' ids.
 func maxTerm(t testing.TB, ts *testServer) (uint64, []uint64) {
@@ -110,8 +134,9 @@ func maxTerm(t testing.TB, ts *testServer) (uint64, []uint64) {
 }
 
 // TestClusterTLSForgedPeer: with TLS on, the attacks on the
-// node-to-node port — heartbeats at term 50,000 "from node 3" and
-// FetchPartition as "node 3", and the public API there — are refused
+// node-to-node port — heartbeats at term 50,000 "from node 3",
+// FetchPartition as "node 3", a snapshot "from node 3", and the public API
+// there — are refused
 // whoever tries: a plaintext client, a certificate of another CA naming
 // node 3, a certificate of the cluster's CA for node 4 (not a member) or
 // for no node, and node 1's own certificate speaking for node 3. Nothing
@@ -158,6 +183,9 @@ func TestClusterTLSForgedPeer(t *testing.T) {
 		}
 		if err := fetchAs(ctx, conn, part, 3, 2); status.Code(err) != a.want {
 			t.Errorf("%s: FetchPartition as node 3 = %v, want %v", a.name, err, a.want)
+		}
+		if err := snapshotAs(ctx, conn, part, 3, 2); status.Code(err) != a.want {
+			t.Errorf("%s: snapshot from node 3 = %v, want %v", a.name, err, a.want)
 		}
 	}
 	// Node 1's certificate speaks for node 1 (an empty batch, a beat, is
