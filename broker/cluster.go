@@ -12,13 +12,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/tlsfiles"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -64,6 +64,7 @@ const forwardedKey = "ferry-forwarded-by"
 type node struct {
 	*cluster.Node
 	peers map[uint64]string
+	tls   *tlsfiles.Files // nil without TLS
 
 	connsMu sync.Mutex // guards conns
 	conns   map[uint64]*grpc.ClientConn
@@ -72,7 +73,7 @@ type node struct {
 // newNode returns the node over st, serving register's services on the
 // node-to-node port too, with srvOpts, and the hosts' metrics on reg; its
 // Start starts it.
-func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Logger, reg prometheus.Registerer, register func(*grpc.Server), srvOpts []grpc.ServerOption) (*node, error) {
+func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Logger, reg prometheus.Registerer, register func(*grpc.Server), srvOpts []grpc.ServerOption, files *tlsfiles.Files) (*node, error) {
 	co := cluster.DefaultOptions(o.NodeID, o.Peers, st)
 	if o.Addr != "" {
 		co.Addr = o.Addr
@@ -80,6 +81,7 @@ func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Log
 	co.Clock, co.Logger, co.Registerer = clk, lg, reg
 	co.Register = register
 	co.ServerOptions = srvOpts
+	co.TLS = files
 	if o.Tune != nil {
 		o.Tune(&co)
 	}
@@ -87,7 +89,7 @@ func newNode(o *ClusterOptions, st *storage.Store, clk clock.Clock, lg *slog.Log
 	if err != nil {
 		return nil, err
 	}
-	return &node{Node: cn, peers: maps.Clone(o.Peers), conns: make(map[uint64]*grpc.ClientConn)}, nil
+	return &node{Node: cn, peers: maps.Clone(o.Peers), tls: files, conns: make(map[uint64]*grpc.ClientConn)}, nil
 }
 
 // route decides where a call on subscription sub of topic is served: nil
@@ -128,7 +130,11 @@ func (n *node) conn(id uint64) (*grpc.ClientConn, error) {
 	}
 	// passthrough, as for the Raft peers (cluster/peer.go): every
 	// connection attempt resolves the name anew.
-	c, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds, err := cluster.DialCredentials(n.tls, id)
+	if err != nil {
+		return nil, err
+	}
+	c, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgBytes)))
 	if err != nil {
 		return nil, err

@@ -31,6 +31,9 @@ type Options struct {
 	// Cluster, if set, runs the broker as one node of a cluster
 	// (docs/cluster.md); nil is a single node.
 	Cluster *ClusterOptions
+	// TLS, if set, serves every port over TLS (docs/security.md); nil is
+	// plaintext.
+	TLS *TLSOptions
 	// Clock is the time source of the broker and its store. Default the wall
 	// clock.
 	Clock clock.Clock
@@ -98,6 +101,16 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("option Cluster.NodeID is 0; node ids start at 1: %w", storage.ErrInvalidConfig)
 		case c.Peers[c.NodeID] == "":
 			return fmt.Errorf("option Cluster.Peers has no address for this node, %d: %w", c.NodeID, storage.ErrInvalidConfig)
+		}
+	}
+	if t := o.TLS; t != nil {
+		switch {
+		case t.CertFile == "" || t.KeyFile == "":
+			return fmt.Errorf("option TLS needs both CertFile and KeyFile: %w", storage.ErrInvalidConfig)
+		case o.Cluster != nil && t.PeerCAFile == "" && t.ClientCAFile == "":
+			return fmt.Errorf("option TLS: a cluster node needs PeerCAFile (or ClientCAFile) to authenticate its peers: %w", storage.ErrInvalidConfig)
+		case t.ReloadInterval < 0:
+			return fmt.Errorf("option TLS.ReloadInterval %v is negative: %w", t.ReloadInterval, storage.ErrInvalidConfig)
 		}
 	}
 	return nil

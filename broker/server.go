@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/tlsfiles"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -58,6 +60,7 @@ type Server struct {
 
 	grpcLis net.Listener
 	httpLis net.Listener
+	tls     *tlsfiles.Files // nil without TLS
 	ready   atomic.Bool
 
 	draining     chan struct{} // closed when Shutdown begins: streams finish up
@@ -120,10 +123,18 @@ func Open(opts Options) (*Server, error) {
 	// refuses what does not decode the same way.
 	peerOpts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newRequestCodec()),
-		grpc.ChainUnaryInterceptor(refuseUndecodable(badInput)),
-		grpc.ChainStreamInterceptor(refuseUndecodableStream(badInput)),
+		grpc.ChainUnaryInterceptor(peerOnlyUnary, refuseUndecodable(badInput)),
+		grpc.ChainStreamInterceptor(peerOnlyStream, refuseUndecodableStream(badInput)),
 	}
-	s.grpc = grpc.NewServer(
+	if s.tls, err = loadTLS(opts.TLS, opts.Clock, opts, reg); err != nil {
+		grpcLis.Close()
+		if httpLis != nil {
+			httpLis.Close()
+		}
+		_ = st.Close(context.Background())
+		return nil, err
+	}
+	s.grpc = grpc.NewServer(append(tlsServerOption(s.tls),
 		grpc.ForceServerCodecV2(newRequestCodec()),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), logInternal(s.log)),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), logInternalStream(s.log)),
@@ -137,8 +148,9 @@ func Open(opts Options) (*Server, error) {
 		grpc.InitialWindowSize(streamWindowBytes),
 		grpc.InitialConnWindowSize(connWindowBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 	closeAll := func() {
+		s.tls.Stop()
 		grpcLis.Close()
 		if httpLis != nil {
 			httpLis.Close()
@@ -151,7 +163,7 @@ func Open(opts Options) (*Server, error) {
 	// below, on the engine, whose log is the node's.
 	var register func(*grpc.Server)
 	if opts.Cluster != nil {
-		if s.node, err = newNode(opts.Cluster, st, opts.Clock, s.log, reg, func(g *grpc.Server) { register(g) }, peerOpts); err != nil {
+		if s.node, err = newNode(opts.Cluster, st, opts.Clock, s.log, reg, func(g *grpc.Server) { register(g) }, peerOpts, s.tls); err != nil {
 			closeAll()
 			return nil, fmt.Errorf("cluster node %d: %w", opts.Cluster.NodeID, err)
 		}
@@ -226,7 +238,12 @@ func Open(opts Options) (*Server, error) {
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// Refused handshakes (plaintext to the TLS port) at DEBUG: anyone
+		// who reaches the port could flood the log otherwise.
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+		if s.tls != nil {
+			s.httpLis = tls.NewListener(httpLis, s.tls.HTTPConfig())
+		}
 	}
 	s.ready.Store(true)
 	return s, nil
@@ -334,6 +351,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				s.log.Warn("shutdown: cluster node", "err", err)
 			}
 		}
+		s.tls.Stop()
 		s.shutdownErr = s.store.Close(ctx)
 	})
 	return s.shutdownErr

@@ -81,7 +81,11 @@ func startServerIn(tb testing.TB, dir string, modify ...func(*Options)) *testSer
 			tb.Errorf("Serve did not return after Shutdown")
 		}
 	})
-	ts.conn = dial(tb, srv.GRPCAddr().String())
+	if opts.TLS != nil {
+		ts.conn = dialTLS(tb, srv.GRPCAddr().String(), testClientTLS(tb, opts.TLS))
+	} else {
+		ts.conn = dial(tb, srv.GRPCAddr().String())
+	}
 	ts.pub = ferryv1.NewPublisherServiceClient(ts.conn)
 	ts.admin = ferryv1.NewAdminServiceClient(ts.conn)
 	return ts

@@ -47,6 +47,8 @@ func statusOf(err error) error {
 	var oor *storage.OffsetOutOfRangeError
 	var full *storage.DiskFullError
 	switch {
+	case errors.Is(err, errPeerOnly):
+		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.As(err, &invalid):
 		return status.Error(codes.InvalidArgument, invalid.msg)
 	case errors.As(err, &exhausted):

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"time"
 
@@ -91,7 +92,14 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		r := manual.NewBuilderWithScheme("ferry-nodes")
 		var st resolver.State
 		for _, a := range strings.Split(addr, ",") {
-			st.Addresses = append(st.Addresses, resolver.Address{Addr: strings.TrimSpace(a)})
+			a = strings.TrimSpace(a)
+			// With TLS, each node's certificate is checked against the
+			// host it is dialed by, not the target's made-up authority.
+			host, _, err := net.SplitHostPort(a)
+			if err != nil {
+				host = a
+			}
+			st.Addresses = append(st.Addresses, resolver.Address{Addr: a, ServerName: host})
 		}
 		r.InitialState(st)
 		target = r.Scheme() + ":///nodes"

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/tlsfiles"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -96,6 +97,13 @@ type Options struct {
 	// up to ReconnectMax while the peer stays unreachable. Defaults 50ms
 	// and 2s.
 	ReconnectMin, ReconnectMax time.Duration
+
+	// TLS, if set, makes the node-to-node port mutually authenticated
+	// (docs/security.md): both ends present certificates chaining to
+	// its peer CAs and naming their node (ferry://node/<id>); a caller
+	// whose certificate names no member, or a frame whose from_node is
+	// not the caller's node, is refused. Default nil: plaintext.
+	TLS *tlsfiles.Files
 }
 
 // DefaultOptions returns the defaults for node id with the given peers and
@@ -174,6 +182,7 @@ func (o *Options) transportOptions() TransportOptions {
 		ReconnectMax:       o.ReconnectMax,
 		Register:           o.Register,
 		ServerOptions:      o.ServerOptions,
+		TLS:                o.TLS,
 	}
 }
 
@@ -193,6 +202,7 @@ type TransportOptions struct {
 	ReconnectMin, ReconnectMax time.Duration
 	Register                   func(*grpc.Server)
 	ServerOptions              []grpc.ServerOption
+	TLS                        *tlsfiles.Files
 }
 
 // DefaultTransportOptions returns the defaults for node id with the given

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -56,8 +55,12 @@ func newPeer(t *Transport, id uint64, addr string) (*peer, error) {
 	// (in the dialer), so a peer that comes back at another address (a
 	// Kubernetes pod restarted) is found at once; gRPC's DNS resolver
 	// would re-resolve at most every 30 s.
+	creds, err := t.dialCreds(id)
+	if err != nil {
+		return nil, err
+	}
 	conn, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(t.opts.MaxFrameBytes)),
 		// gRPC redials a lost connection on its own (wall-clock) backoff;
 		// keep it as short as ours so a healed link is used soon.

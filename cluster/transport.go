@@ -93,11 +93,17 @@ func NewTransport(opts TransportOptions, h Handler) (*Transport, error) {
 		ctx:    ctx,
 		cancel: cancel,
 	}
-	t.srv = grpc.NewServer(append([]grpc.ServerOption{
+	secure, err := t.serverOptions()
+	if err != nil {
+		cancel()
+		lis.Close()
+		return nil, err
+	}
+	t.srv = grpc.NewServer(append(append(secure,
 		grpc.MaxRecvMsgSize(opts.MaxFrameBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 5 * time.Second, Timeout: 5 * time.Second}),
-	}, opts.ServerOptions...)...)
+	), opts.ServerOptions...)...)
 	clusterv1.RegisterRaftTransportServiceServer(t.srv, &transportServer{t: t})
 	if opts.Register != nil {
 		opts.Register(t.srv)
@@ -232,6 +238,9 @@ func (s *transportServer) Send(stream grpc.ClientStreamingServer[clusterv1.SendR
 		if err != nil {
 			return err
 		}
+		if err := callerIs(stream.Context(), req.GetFromNode()); err != nil {
+			return s.t.refuse(err)
+		}
 		msgs, err := decodeBatch(s.t.opts.NodeID, req)
 		if err != nil {
 			return s.t.refuse(err)
@@ -255,6 +264,11 @@ func (s *transportServer) SendSnapshot(stream grpc.ClientStreamingServer[cluster
 		}
 		if err != nil {
 			return err
+		}
+		if h := req.GetHeader(); h != nil {
+			if err := callerIs(stream.Context(), h.GetFromNode()); err != nil {
+				return s.t.refuse(err)
+			}
 		}
 		if err := a.add(req); err != nil {
 			return s.t.refuse(err)
@@ -281,6 +295,9 @@ type partitionExporter interface {
 
 // FetchPartition streams a partition to a peer restoring its snapshot.
 func (s *transportServer) FetchPartition(req *clusterv1.FetchPartitionRequest, stream grpc.ServerStreamingServer[clusterv1.FetchPartitionResponse]) error {
+	if err := callerIs(stream.Context(), req.GetFromNode()); err != nil {
+		return s.t.refuse(err)
+	}
 	if err := checkFetchRequest(s.t.opts.NodeID, req); err != nil {
 		return s.t.refuse(err)
 	}
@@ -339,6 +356,10 @@ func grpcError(err error) error {
 		return status.Errorf(codes.FailedPrecondition, "%v: check the peer map of the sending node", err)
 	case errors.Is(err, errWrongPartition):
 		return status.Errorf(codes.FailedPrecondition, "%v: the nodes disagree on the topic's id; check the metadata group", err)
+	case errors.Is(err, errNotMember):
+		return status.Errorf(codes.Unauthenticated, "%v", err)
+	case errors.Is(err, errImpersonation):
+		return status.Errorf(codes.PermissionDenied, "%v", err)
 	case errors.Is(err, ErrInvalidFrame):
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	}

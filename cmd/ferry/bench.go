@@ -28,6 +28,7 @@ import (
 // benchOptions is one workload.
 type benchOptions struct {
 	server     string
+	tls        tlsFlags
 	duration   time.Duration
 	warmup     time.Duration
 	size       int
@@ -72,6 +73,7 @@ measured after --warmup. If the broker stops answering for --broker-timeout
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.server, "server", "", "broker address (env FERRY_SERVER); empty: start one in-process")
+	o.tls.add(f)
 	f.DurationVar(&o.duration, "duration", o.duration, "how long to measure, after the warm-up")
 	f.DurationVar(&o.warmup, "warmup", o.warmup, "how long to run before measuring")
 	f.IntVar(&o.size, "message-size", o.size, "payload bytes per message (at least 8: it carries the send time)")
@@ -224,14 +226,19 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		defer stop()
 		addr = srv
 	}
+	creds, err := o.tls.creds()
+	if err != nil {
+		return nil, err
+	}
+	dopts := []client.Option{client.WithLogger(slog.New(slog.DiscardHandler)), client.WithTLS(creds)}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := client.Dial(dctx, addr, client.WithLogger(slog.New(slog.DiscardHandler)))
+	c, err := client.Dial(dctx, addr, dopts...)
 	cancel()
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	pool, err := dialPool(ctx, addr, o.topics*(o.producers+o.subscriptions*o.consumers))
+	pool, err := dialPool(ctx, addr, o.topics*(o.producers+o.subscriptions*o.consumers), dopts)
 	if err != nil {
 		return nil, err
 	}
@@ -499,11 +506,11 @@ const streamsPerConn = 128
 // admin calls and the broker watch: a watch on a connection whose reader,
 // the bench, is behind with deliveries would take the bench's backlog for
 // a broker gone.
-func dialPool(ctx context.Context, addr string, streams int) ([]*client.Client, error) {
+func dialPool(ctx context.Context, addr string, streams int, dopts []client.Option) ([]*client.Client, error) {
 	var pool []*client.Client
 	for len(pool) < max(1, min(64, (streams+streamsPerConn-1)/streamsPerConn)) {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		pc, err := client.Dial(dctx, addr, client.WithLogger(slog.New(slog.DiscardHandler)))
+		pc, err := client.Dial(dctx, addr, dopts...)
 		cancel()
 		if err != nil {
 			for _, pc := range pool {

@@ -26,6 +26,7 @@ func newServeCommand() *cobra.Command {
 		configPath  string
 		printConfig bool
 		cf          clusterFlags
+		tf          broker.TLSOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -53,6 +54,9 @@ requests, finishes the writes under way and closes the store.`,
 			if o.Cluster, err = cf.options(os.Hostname); err != nil {
 				return err
 			}
+			if o.TLS, err = serveTLS(tf); err != nil {
+				return err
+			}
 			source := ""
 			if o.MemoryLimit, source, err = resolveMemoryLimit(memLimit, "/"); err != nil {
 				return err
@@ -76,6 +80,11 @@ requests, finishes the writes under way and closes the store.`,
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logFormat, "text or json")
 	cf.add(f)
+	f.StringVar(&tf.CertFile, "tls-cert", "", "serve every port over TLS with this PEM certificate (chain); in a cluster it must name the node (URI ferry://node/<id>), see docs/security.md")
+	f.StringVar(&tf.KeyFile, "tls-key", "", "the private key (PEM) of --tls-cert")
+	f.StringVar(&tf.ClientCAFile, "tls-client-ca", "", "require client certificates on the gRPC port, signed by a CA of this PEM file")
+	f.StringVar(&tf.PeerCAFile, "tls-peer-ca", "", "CAs (PEM) that node certificates must chain to on the node-to-node port (default --tls-client-ca)")
+	f.DurationVar(&tf.ReloadInterval, "tls-reload-interval", 5*time.Second, "how often the --tls-* files are checked for changes and reloaded")
 	addConfigFlags(cmd, &configPath, &printConfig)
 	return cmd
 }
@@ -136,6 +145,21 @@ func shutdown(srv *broker.Server, served <-chan error, o broker.Options) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return <-served
+}
+
+// serveTLS is the broker's TLS options from the --tls-* flags: nil when
+// neither --tls-cert nor --tls-key is given.
+func serveTLS(tf broker.TLSOptions) (*broker.TLSOptions, error) {
+	if tf.CertFile == "" && tf.KeyFile == "" {
+		if tf.ClientCAFile != "" || tf.PeerCAFile != "" {
+			return nil, fmt.Errorf("--tls-client-ca and --tls-peer-ca need --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	if tf.CertFile == "" || tf.KeyFile == "" {
+		return nil, fmt.Errorf("--tls-cert and --tls-key go together")
+	}
+	return &tf, nil
 }
 
 // diskReserveFlag is --disk-reserve: a size or a percentage.
