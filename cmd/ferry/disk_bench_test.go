@@ -163,7 +163,7 @@ func diskLoad(tb testing.TB, addr string, pids []int, d time.Duration, size, pro
 		run.perPub = append(run.perPub, float64(after-before[i])/float64(acked*int64(size)))
 		cpuAfter += cpuTime(tb, pid)
 	}
-	run.cpuPer = float64((cpuAfter-cpuBefore).Microseconds()) / float64(acked)
+	run.cpuPer = float64((cpuAfter - cpuBefore).Microseconds()) / float64(acked)
 	tb.Logf("%d processes: %d messages acknowledged in %v (%.0f/s); disk bytes per payload byte %.2f",
 		len(pids), acked, elapsed.Round(time.Millisecond), run.perSec, run.perPub)
 	return run
