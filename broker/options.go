@@ -14,9 +14,14 @@ type Options struct {
 	// GRPCAddr is the gRPC listen address. Default ":7420"; port 0 picks a
 	// free port (see Server.GRPCAddr).
 	GRPCAddr string
-	// HTTPAddr is the HTTP listen address for /healthz and /readyz. Default
-	// ":7421". Empty disables HTTP.
+	// HTTPAddr is the HTTP listen address for /healthz, /readyz and
+	// /metrics. Default ":7421". Empty disables HTTP.
 	HTTPAddr string
+	// Pprof serves Go's profiles under /debug/pprof/ on the HTTP port.
+	// Default false: a profile names the command line and the goroutines'
+	// stacks, and a CPU profile or trace costs the broker CPU, so it is
+	// for an operator who asks for it (docs/security.md).
+	Pprof bool
 	// Storage configures the store; its Clock and Logger are set from
 	// this Options' Clock and Logger.
 	Storage storage.Options

@@ -703,3 +703,26 @@ func (rawCodec) Unmarshal(data []byte, v any) error {
 }
 
 func (rawCodec) Name() string { return "proto" }
+
+// TestPprofOnlyWhenAsked: the HTTP port serves no profile unless Pprof is
+// set (--pprof) — the command line, every goroutine's stack and a CPU
+// profile on demand are not for whoever reaches the port — and serves
+// them when it is; health and metrics answer either way.
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	paths := []string{"/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=2", "/debug/pprof/symbol"}
+	for _, on := range []bool{false, true} {
+		ts := startServer(t, func(o *Options) { o.Pprof = on })
+		base := "http://" + ts.srv.HTTPAddr().String()
+		for _, p := range paths {
+			code, _ := httpGet(t, base+p)
+			if want := map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[on]; code != want {
+				t.Errorf("pprof %v: GET %s answered %d, want %d", on, p, code, want)
+			}
+		}
+		for _, p := range []string{"/healthz", "/metrics"} {
+			if code, _ := httpGet(t, base+p); code != http.StatusOK {
+				t.Errorf("pprof %v: GET %s answered %d", on, p, code)
+			}
+		}
+	}
+}

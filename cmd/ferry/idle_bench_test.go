@@ -60,7 +60,7 @@ const idleWindow = 10 * time.Second
 
 func benchIdleCluster(b *testing.B, parts int) {
 	c := newTestClusterWith(b, 3, clusterSetup{prepare: func(nd *clusterNode) {
-		nd.args = append(nd.args, "--fsync", "never") // setup speed only: nothing is written at rest
+		nd.args = append(nd.args, "--fsync", "never", "--pprof") // setup speed only: nothing is written at rest
 	}})
 	start := time.Now()
 	topics := parts / 100

@@ -40,7 +40,7 @@ func BenchmarkSubscriptionMemory(b *testing.B) {
 	var extra []string
 	pprofAddr := os.Getenv("FERRY_BENCH_PPROF")
 	if pprofAddr != "" {
-		extra = []string{"--http-addr", pprofAddr}
+		extra = []string{"--http-addr", pprofAddr, "--pprof"}
 	}
 	for b.Loop() {
 		p := startFerry(b, dir, extra...)

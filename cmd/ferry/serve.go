@@ -68,7 +68,8 @@ requests, finishes the writes under way and closes the store.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.GRPCAddr, "grpc-addr", o.GRPCAddr, "gRPC listen address")
-	f.StringVar(&o.HTTPAddr, "http-addr", o.HTTPAddr, "HTTP listen address for /healthz and /readyz (empty: off)")
+	f.StringVar(&o.HTTPAddr, "http-addr", o.HTTPAddr, "HTTP listen address for /healthz, /readyz and /metrics (empty: off)")
+	f.BoolVar(&o.Pprof, "pprof", o.Pprof, "serve Go's profiles under /debug/pprof/ on --http-addr (they show the command line and every goroutine's stack)")
 	f.StringVar(&o.Storage.Dir, "data-dir", o.Storage.Dir, "data directory")
 	f.StringVar(&fsync, "fsync", fsync, "when to fsync appends: always (before every ack, grouped) or never (leave it to the OS)")
 	f.DurationVar(&o.Storage.RetentionInterval, "retention-interval", o.Storage.RetentionInterval, "how often retention and dedup expiry run")
