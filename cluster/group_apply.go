@@ -30,10 +30,14 @@ package cluster
 // once everything handed to it is applied, and the next push starts one
 // again, so a group at rest holds one goroutine, its loop, not two.
 //
-// The applier holds at most maxApplyBacklog bytes of entries: beyond it
-// the loop takes no proposals and drops appends that carry entries (the
-// leader sends them again), as a full disk does (diskgate.go); heartbeats
-// still go both ways.
+// The applier holds at most maxApplyBacklog bytes of entries, and the
+// appliers of all a node's groups together at most maxNodeApplyBacklog:
+// beyond either the loop takes no proposals and drops appends that carry
+// entries (the leader sends them again), as a full disk does
+// (diskgate.go); heartbeats still go both ways. The node's bound is four
+// groups' worth, so one group whose apply is stuck cannot stop the others
+// on its own, and ten thousand partitions cannot hold ten thousand
+// groups' worth between them.
 
 import (
 	"errors"
@@ -49,6 +53,11 @@ import (
 // maxApplyBacklog bounds the bytes of entries handed to the applier and
 // not applied yet (a variable for tests: a group takes it when it opens).
 var maxApplyBacklog = 4 * maxCommittedPerReady
+
+// maxNodeApplyBacklog bounds the bytes of entries every group's applier
+// of a node holds together (a variable for tests: a host takes it when it
+// opens).
+var maxNodeApplyBacklog = 4 * maxApplyBacklog
 
 // applyBatch is committed entries for the applier.
 type applyBatch struct {
@@ -127,6 +136,7 @@ func (a *applier) push(b applyBatch) {
 	a.mu.Lock()
 	a.queue = append(a.queue, b)
 	a.bytes += b.bytes
+	a.g.h.applyBacklog.Add(int64(b.bytes))
 	a.parked = false
 	restart := !a.running && !a.closing
 	if restart {
@@ -197,6 +207,7 @@ func (a *applier) close() []*proposal {
 	for _, b := range a.queue {
 		props = append(props, b.props...)
 	}
+	a.g.h.applyBacklog.Add(-int64(a.bytes))
 	a.queue, a.bytes = nil, 0
 	return props
 }
@@ -263,6 +274,7 @@ func (a *applier) run() {
 		applied, err := a.apply(b)
 		a.mu.Lock()
 		a.bytes -= b.bytes
+		a.g.h.applyBacklog.Add(-int64(b.bytes))
 		if err != nil {
 			a.err = err
 		}
@@ -397,10 +409,11 @@ func (g *Group) waitApplied() error {
 }
 
 // applyFull reports whether the applier holds maxApplyBacklog bytes or
-// more: the loop then takes no proposals, and drops m if it carries
-// entries.
+// more, or the node's appliers maxNodeApplyBacklog: the loop then takes
+// no proposals, and drops m if it carries entries.
 func (g *Group) applyFull(m *raftpb.Message) bool {
-	return g.ap.backlog() >= g.ap.limit && (m == nil || carriesData(m))
+	full := g.ap.backlog() >= g.ap.limit || g.h.applyBacklog.Load() >= g.h.applyLimit
+	return full && (m == nil || carriesData(m))
 }
 
 // applyConfChange applies a configuration change entry to the RawNode.

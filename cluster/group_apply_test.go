@@ -344,3 +344,81 @@ func backlogCluster(t *testing.T) (*testCluster, uint64) {
 	c.propose(1, "warm")
 	return c, leader
 }
+
+// TestApplyBacklogNodeBound: the appliers of all a node's groups hold at
+// most maxNodeApplyBacklog bytes together. With a follower's applies of
+// two groups stuck, the first group fills its own bound; the second then
+// takes entries only until the node's bound is reached — under its own —
+// and from then on none, for three election timeouts, while its leader
+// commits without it; released, both catch up and the node's count goes
+// back to zero.
+func TestApplyBacklogNodeBound(t *testing.T) {
+	b, nb := maxApplyBacklog, maxNodeApplyBacklog
+	t.Cleanup(func() { maxApplyBacklog, maxNodeApplyBacklog = b, nb })
+	maxApplyBacklog, maxNodeApplyBacklog = 4<<10, 6<<10 // taken when the hosts open
+	c := newTestCluster(t, 3, nil)
+	c.addGroup(1)
+	c.addGroup(2)
+	l1, l2 := c.waitLeader(1, c.ids...), c.waitLeader(2, c.ids...)
+	var f uint64 // a follower of both groups
+	for _, id := range c.ids {
+		if id != l1 && id != l2 {
+			f = id
+		}
+	}
+	c.propose(1, "warm")
+	c.propose(2, "warm")
+	propose := func(group uint64, lg *Group, data string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		if _, err := lg.Propose(ctx, []byte(data)); err != nil {
+			t.Fatalf("group %d: propose %.10q: %v", group, data, err)
+		}
+	}
+	lg1, lg2 := c.group(l1, 1), c.group(l2, 2)
+	fg1, fg2 := c.group(f, 1), c.group(f, 2)
+	entered1, release1 := blockApply(t, c.nodes[f].sms[1])
+	entered2, release2 := blockApply(t, c.nodes[f].sms[2])
+	propose(1, lg1, "block")
+	propose(2, lg2, "block")
+	waitClosed(t, entered1, "the follower's Apply of group 1 blocks")
+	waitClosed(t, entered2, "the follower's Apply of group 2 blocks")
+	pad := make([]byte, 1<<10)
+	for n := 1; n <= 8; n++ {
+		propose(1, lg1, fmt.Sprintf("%03d-%s", n, pad))
+	}
+	eventually(t, waitLong, "group 1's applier on the follower is handed its bound", func() bool {
+		return fg1.ap.backlog() >= maxApplyBacklog
+	})
+	host := c.nodes[f].host
+	for n := 1; n <= 8; n++ {
+		propose(2, lg2, fmt.Sprintf("%03d-%s", n, pad))
+	}
+	eventually(t, waitLong, "the follower's appliers are handed the node's bound", func() bool {
+		return host.applyBacklog.Load() >= int64(maxNodeApplyBacklog)
+	})
+	if got := fg2.ap.backlog(); got >= maxApplyBacklog {
+		t.Fatalf("group 2's applier holds %d bytes, its own bound %d: the node's bound did not stop it first", got, maxApplyBacklog)
+	}
+	last, term := fg2.Status().LastIndex, lg2.Status().Term
+	for n := 9; n <= 16; n++ {
+		propose(2, lg2, fmt.Sprintf("%03d-%s", n, pad))
+	}
+	wait := time.Duration(3*2*host.opts.ElectionTicks) * testTick
+	start := c.clk.Now()
+	eventually(t, waitLong, "three election timeouts pass", func() bool {
+		if st := fg2.Status(); st.LastIndex != last || st.Term != term {
+			t.Fatalf("follower's group 2: last index %d in term %d over the node's bound; want %d in term %d", st.LastIndex, st.Term, last, term)
+		}
+		return c.clk.Now().Sub(start) >= wait
+	})
+	if lst := lg2.Status(); lst.Commit < last+8 {
+		t.Fatalf("group 2's leader: commit %d, want at least %d", lst.Commit, last+8)
+	}
+	release1()
+	release2()
+	c.checkConverged(1)
+	c.checkConverged(2)
+	eventually(t, waitLong, "the node's applier count back to zero", func() bool { return host.applyBacklog.Load() == 0 })
+}

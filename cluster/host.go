@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -44,6 +45,11 @@ type Host struct {
 
 	gate diskGate  // refuses appends on a nearly full disk (diskgate.go)
 	live *liveness // the peers' nodes, for quiesced groups (liveness.go)
+
+	// applyBacklog is the bytes of entries every group's applier holds,
+	// bounded by applyLimit (group_apply.go).
+	applyBacklog atomic.Int64
+	applyLimit   int64
 }
 
 var _ Handler = (*Host)(nil)
@@ -63,6 +69,8 @@ func OpenHost(opts Options) (*Host, error) {
 		awake:  make(map[*Group]struct{}),
 		gate:   diskGate{disk: opts.Store.Disk},
 		live:   newLiveness(&opts),
+
+		applyLimit: int64(maxNodeApplyBacklog),
 	}
 	tr, err := NewTransport(opts.transportOptions(), h)
 	if err != nil {
