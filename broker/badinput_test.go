@@ -301,14 +301,18 @@ func TestBadInput(t *testing.T) {
 }
 
 // TestClusterPeerPortBadInput: the node-to-node port, which serves the
-// API for forwarded requests, answers a request that does not decode as
-// the client port does: INVALID_ARGUMENT, not INTERNAL.
+// calls nodes forward to each other, answers one that does not decode as
+// the client port does: INVALID_ARGUMENT, not INTERNAL; and the rest of
+// the API, Publish among it, is refused there (PERMISSION_DENIED) before
+// it is decoded, storing nothing.
 func TestClusterPeerPortBadInput(t *testing.T) {
 	c := startTestCluster(t, 1)
 	c[1].createTopic(t, "t", nil)
 	peer := &testServer{conn: dial(t, c[1].srv.opts.Cluster.Peers[1])}
 	rawPublish := &ferryv1.PublishRequest{Topic: "t", Messages: []*ferryv1.PublishMessage{{Id: placeholder, Payload: []byte("x")}}}
-	wantStatus(t, peer.rawCall(t, "/ferry.v1.PublisherService/Publish", rawPublish), codes.InvalidArgument, "UTF-8")
+	wantStatus(t, peer.rawCall(t, "/ferry.v1.PublisherService/Publish", rawPublish), codes.PermissionDenied, "only calls between nodes")
+	rawCreate := &ferryv1.CreateSubscriptionRequest{Topic: "t", Name: placeholder}
+	wantStatus(t, peer.rawCall(t, "/ferry.v1.AdminService/CreateSubscription", rawCreate), codes.InvalidArgument, "UTF-8")
 	wantStatus(t, peer.rawStream(t, "/ferry.v1.SubscriberService/Subscribe", subInit("t", placeholder, 1)), codes.InvalidArgument, "UTF-8")
 	c[1].wantEmpty(t, "t")
 }
