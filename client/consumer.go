@@ -287,17 +287,31 @@ func (s *consumer) handle(ctx context.Context, m *Message) {
 // returns an error only for what reconnecting cannot fix.
 func (s *consumer) receiveLoop(ctx, streamCtx context.Context, stop <-chan struct{}) error {
 	bo := backoff{min: s.o.reconnectMin, max: s.o.reconnectMax}
+	var asked time.Duration // the broker's RetryInfo delay, if it gave one
 	for attempt := 0; ctx.Err() == nil; attempt++ {
-		if attempt > 0 && !sleep(ctx, bo.next()) {
+		wait := asked
+		if wait == 0 {
+			wait = bo.next()
+		}
+		if attempt > 0 && !sleep(ctx, wait) {
 			break
 		}
+		asked = 0
 		err := s.attach(streamCtx, &bo, stop)
 		switch {
 		case ctx.Err() != nil:
 		case err == nil, retryable(err):
 			s.c.log.Warn("ferry consumer: stream ended; reconnecting", "topic", s.topic, "subscription", s.sub, "err", err)
 		default:
-			return fmt.Errorf("client: subscribe %s/%s: %w", s.topic, s.sub, err)
+			d, ok := retryDelay(err)
+			if !ok {
+				return fmt.Errorf("client: subscribe %s/%s: %w", s.topic, s.sub, err)
+			}
+			// Refused for a limit (RESOURCE_EXHAUSTED with a RetryInfo:
+			// too many streams open, say): wait as asked, then attach
+			// again.
+			asked = d
+			s.c.log.Info("ferry consumer: the broker asked to retry later", "topic", s.topic, "subscription", s.sub, "retry_in", d.String(), "err", err)
 		}
 	}
 	return nil
