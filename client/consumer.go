@@ -326,6 +326,13 @@ func (s *consumer) attach(ctx context.Context, bo *backoff, stop <-chan struct{}
 	}
 	init := &ferryv1.SubscribeInit{Topic: s.topic, Subscription: s.sub, Credit: int32(s.o.credit), CreateNone: s.o.createNone}
 	if err := stream.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Init{Init: init}}); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The broker ended the stream first (refused it at a limit,
+			// say): Recv says why.
+			if _, rerr := stream.Recv(); rerr != nil && !errors.Is(rerr, io.EOF) {
+				return rerr
+			}
+		}
 		return err
 	}
 	s.mu.Lock()
