@@ -20,8 +20,9 @@ import (
 // applied by interceptors on the public port only: a call another node
 // forwards was counted by the node its client called.
 //
-//   - Publish and each PublishStream request take their messages and
-//     bytes from the principal's buckets before anything is queued. Over a
+//   - Publish, each PublishStream request and the outputs of a Commit take
+//     their messages and bytes from the principal's buckets before
+//     anything is queued. Over a
 //     limit, a Publish is refused; a PublishStream ends, once the requests
 //     before the refused one are answered, with the refusal — the path of a
 //     memory refusal: the SDK waits out the RetryInfo and sends the refused
@@ -84,6 +85,16 @@ func (q *quotas) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	switch r := req.(type) {
 	case *ferryv1.PublishRequest:
 		if err := q.publish(principalOf(ctx), r.GetMessages()); err != nil {
+			return nil, err
+		}
+	case *ferryv1.CommitRequest:
+		// Its outputs are publishes: refused, the commit acks nothing
+		// either.
+		var outs []*ferryv1.PublishMessage
+		for _, p := range r.GetPublishes() {
+			outs = append(outs, p.GetMessages()...)
+		}
+		if err := q.publish(principalOf(ctx), outs); err != nil {
 			return nil, err
 		}
 	case *ferryv1.CreateSubscriptionRequest:

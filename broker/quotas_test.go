@@ -326,3 +326,29 @@ func TestLimitsOffByDefault(t *testing.T) {
 		t.Fatalf("%v refusals with no limit set", n)
 	}
 }
+
+// A Commit's outputs are publishes: over the rate, the commit is refused
+// whole and stores nothing.
+func TestCommitOutputsLimited(t *testing.T) {
+	ts := startServer(t, withLimits(limits.Options{PublishMessages: 10}))
+	ts.createTopic(t, "in", nil)
+	ts.createTopic(t, "out", nil)
+	ts.createSub(t, "in", "proc", subConfig(effOnce, shared))
+	sub := ferryv1.NewSubscriberServiceClient(dialFrom(t, ts.srv.GRPCAddr().String(), "127.0.0.2"))
+	ctx := testContext(t)
+	commit := func(prefix string) error {
+		_, err := sub.Commit(ctx, &ferryv1.CommitRequest{Topic: "in", Subscription: "proc",
+			Publishes: []*ferryv1.CommitPublish{{Topic: "out", Messages: batchOf(prefix, 10)}}})
+		return err
+	}
+	if err := commit("a"); err != nil {
+		t.Fatal(err)
+	}
+	d := retryInfo(t, commit("b"), "messages/s")
+	if d <= 0 || d > time.Second {
+		t.Fatalf("RetryInfo %v, want within (0, 1s]", d)
+	}
+	if h := ts.heads(t, "out"); h[0] != 10 {
+		t.Fatalf("head %d, want 10: the refused commit stored its outputs", h[0])
+	}
+}

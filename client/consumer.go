@@ -617,7 +617,8 @@ func derefU32(p *uint32) uint32 {
 }
 
 // commit sends a Commit, retrying with the same ids while the broker is
-// unavailable. A refusal (FAILED_PRECONDITION) means the delivery was
+// unavailable, and after the delay it asks for when it refuses the commit
+// for a limit (RESOURCE_EXHAUSTED with a RetryInfo). A refusal (FAILED_PRECONDITION) means the delivery was
 // redelivered since or is already committed: either way nothing is left to
 // do here.
 func (c *Client) commit(ctx context.Context, req *ferryv1.CommitRequest) {
@@ -627,6 +628,14 @@ func (c *Client) commit(ctx context.Context, req *ferryv1.CommitRequest) {
 			_, err := c.sub.Commit(ctx, req)
 			return err
 		})
+		if d, ok := retryDelay(err); ok {
+			// Refused for a limit (its outputs over the publish rate):
+			// nothing was acked or stored; send it again when asked.
+			if !sleep(ctx, d) {
+				return
+			}
+			continue
+		}
 		if err == nil || !retryable(err) {
 			if err != nil {
 				c.log.Warn("ferry process: commit refused; the input is redelivered or already committed",

@@ -196,3 +196,52 @@ func TestCreateSubscriptionWaitsForQuota(t *testing.T) {
 		t.Fatalf("CreateSubscription after a place was freed: %v", err)
 	}
 }
+
+// Process over its principal's publish rate is slowed, not broken: each
+// refused commit waits the RetryInfo and goes again, and every input's
+// output is stored once, well before any ack timeout redelivers.
+func TestProcessSlowedByPublishLimit(t *testing.T) {
+	const rate, n = 50, 100
+	b := startLimitedBroker(t, limits.Options{PublishMessages: rate})
+	c := dial(t, b.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	for _, topic := range []string{"in", "out"} {
+		if _, err := c.CreateTopic(ctx, topic, client.TopicConfig{Partitions: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := client.SubscriptionConfig{Guarantee: client.EffectivelyOnce, Type: client.Shared, AckTimeout: time.Minute}
+	if _, err := c.CreateSubscription(ctx, "in", "proc", cfg); err != nil {
+		t.Fatal(err)
+	}
+	var msgs []*client.Message
+	for i := range n {
+		msgs = append(msgs, &client.Message{ID: fmt.Sprint(i), Payload: []byte("x")})
+	}
+	publishAll(t, c, "in", msgs...)
+	before := b.refusals(t, limits.PublishMessages)
+	pctx, stop := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- c.Process(pctx, "in", "proc", func(_ context.Context, in *client.Message) ([]*client.Message, error) {
+			return []*client.Message{{Topic: "out", Payload: in.Payload}}, nil
+		})
+	}()
+	conn := rawConn(t, b.addr)
+	admin := ferryv1.NewAdminServiceClient(conn)
+	waitFor(t, 20*time.Second, "every output stored", func() bool {
+		resp, err := admin.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: "out"})
+		return err == nil && resp.GetPartitions()[0].GetHeadOffset() >= n
+	})
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if got := len(readAll(t, conn, "out", 1)); got != n {
+		t.Fatalf("%d outputs stored, want %d", got, n)
+	}
+	if b.refusals(t, limits.PublishMessages) == before {
+		t.Fatal("no commit was refused")
+	}
+}
