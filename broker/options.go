@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/limits"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -54,6 +55,10 @@ type Options struct {
 	// arrival until they are durable, over all streams; more wait. Default
 	// 0: MemoryLimit/8 (16 to 256 MiB), or 64 MiB without a limit.
 	MaxPublishBytesInFlight int64
+	// Limits are the rate limits and quotas per principal (quotas.go,
+	// docs/security.md): publish messages/s and bytes/s, open streams,
+	// subscriptions created. Default: all 0, unlimited.
+	Limits limits.Options
 }
 
 // MinMemoryLimit is the smallest Options.MemoryLimit accepted.
@@ -99,6 +104,9 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option MemoryLimit %d must be 0 (none) or at least %d (128 MiB): %w", o.MemoryLimit, MinMemoryLimit, storage.ErrInvalidConfig)
 	case o.MaxPublishBytesInFlight < 0:
 		return fmt.Errorf("option MaxPublishBytesInFlight %d is negative: %w", o.MaxPublishBytesInFlight, storage.ErrInvalidConfig)
+	}
+	if err := o.Limits.Validate(); err != nil {
+		return fmt.Errorf("option Limits: %w: %w", err, storage.ErrInvalidConfig)
 	}
 	if c := o.Cluster; c != nil {
 		switch {

@@ -134,7 +134,17 @@ func Open(opts Options) (*Server, error) {
 		_ = st.Close(context.Background())
 		return nil, err
 	}
-	s.grpc = grpc.NewServer(append(tlsServerOption(s.tls),
+	quotas, err := newQuotas(opts.Limits, opts.Clock, st, opts.Cluster != nil, reg)
+	if err != nil {
+		s.tls.Stop()
+		grpcLis.Close()
+		if httpLis != nil {
+			httpLis.Close()
+		}
+		_ = st.Close(context.Background())
+		return nil, err
+	}
+	s.grpc = grpc.NewServer(append(append(tlsServerOption(s.tls),
 		grpc.ForceServerCodecV2(newRequestCodec()),
 		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), logInternal(s.log)),
 		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), logInternalStream(s.log)),
@@ -148,7 +158,7 @@ func Open(opts Options) (*Server, error) {
 		grpc.InitialWindowSize(streamWindowBytes),
 		grpc.InitialConnWindowSize(connWindowBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)...)
+	), quotas.interceptors()...)...) // the limits last: after the metrics and the decoding checks
 	closeAll := func() {
 		s.tls.Stop()
 		grpcLis.Close()

@@ -255,10 +255,13 @@ func subscriptionFromProto(s *ferryv1.Subscription, st *ferryv1.SubscriptionStat
 }
 
 // CreateSubscription creates a subscription; an identical create is a
-// no-op.
+// no-op. Refused for a limit (RESOURCE_EXHAUSTED with a RetryInfo: the
+// caller's subscriptions quota, say), it waits the delay the broker asked
+// for and tries again, for as long as the waits fit in the call timeout;
+// then it returns the refusal.
 func (c *Client) CreateSubscription(ctx context.Context, topic, name string, cfg SubscriptionConfig) (Subscription, error) {
 	var resp *ferryv1.CreateSubscriptionResponse
-	err := c.call(ctx, func(ctx context.Context) (err error) {
+	err := c.callWaiting(ctx, func(ctx context.Context) (err error) {
 		resp, err = c.admin.CreateSubscription(ctx, &ferryv1.CreateSubscriptionRequest{Topic: topic, Name: name, Config: cfg.proto()})
 		return err
 	})

@@ -141,6 +141,21 @@ func (c *Client) call(ctx context.Context, f func(ctx context.Context) error) er
 	return f(ctx)
 }
 
+// callWaiting is call, again after each RESOURCE_EXHAUSTED with a
+// RetryInfo (the call changed nothing) once its delay has passed, while
+// the time spent fits in the call timeout.
+func (c *Client) callWaiting(ctx context.Context, f func(ctx context.Context) error) error {
+	start := time.Now()
+	for {
+		err := c.call(ctx, f)
+		d, ok := retryDelay(err)
+		if !ok || time.Since(start)+d > c.opts.callTimeout || !sleep(ctx, d) {
+			return err
+		}
+		c.log.Debug("ferry client: the broker asked to retry later", "retry_in", d.String(), "err", err)
+	}
+}
+
 // retryable reports whether an error is worth trying again on the same or
 // a new stream: the broker is shutting down, restarting or unreachable.
 func retryable(err error) bool {

@@ -287,17 +287,31 @@ func (s *consumer) handle(ctx context.Context, m *Message) {
 // returns an error only for what reconnecting cannot fix.
 func (s *consumer) receiveLoop(ctx, streamCtx context.Context, stop <-chan struct{}) error {
 	bo := backoff{min: s.o.reconnectMin, max: s.o.reconnectMax}
+	var asked time.Duration // the broker's RetryInfo delay, if it gave one
 	for attempt := 0; ctx.Err() == nil; attempt++ {
-		if attempt > 0 && !sleep(ctx, bo.next()) {
+		wait := asked
+		if wait == 0 {
+			wait = bo.next()
+		}
+		if attempt > 0 && !sleep(ctx, wait) {
 			break
 		}
+		asked = 0
 		err := s.attach(streamCtx, &bo, stop)
 		switch {
 		case ctx.Err() != nil:
 		case err == nil, retryable(err):
 			s.c.log.Warn("ferry consumer: stream ended; reconnecting", "topic", s.topic, "subscription", s.sub, "err", err)
 		default:
-			return fmt.Errorf("client: subscribe %s/%s: %w", s.topic, s.sub, err)
+			d, ok := retryDelay(err)
+			if !ok {
+				return fmt.Errorf("client: subscribe %s/%s: %w", s.topic, s.sub, err)
+			}
+			// Refused for a limit (RESOURCE_EXHAUSTED with a RetryInfo:
+			// too many streams open, say): wait as asked, then attach
+			// again.
+			asked = d
+			s.c.log.Info("ferry consumer: the broker asked to retry later", "topic", s.topic, "subscription", s.sub, "retry_in", d.String(), "err", err)
 		}
 	}
 	return nil
@@ -312,6 +326,13 @@ func (s *consumer) attach(ctx context.Context, bo *backoff, stop <-chan struct{}
 	}
 	init := &ferryv1.SubscribeInit{Topic: s.topic, Subscription: s.sub, Credit: int32(s.o.credit), CreateNone: s.o.createNone}
 	if err := stream.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Init{Init: init}}); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The broker ended the stream first (refused it at a limit,
+			// say): Recv says why.
+			if _, rerr := stream.Recv(); rerr != nil && !errors.Is(rerr, io.EOF) {
+				return rerr
+			}
+		}
 		return err
 	}
 	s.mu.Lock()
@@ -596,7 +617,8 @@ func derefU32(p *uint32) uint32 {
 }
 
 // commit sends a Commit, retrying with the same ids while the broker is
-// unavailable. A refusal (FAILED_PRECONDITION) means the delivery was
+// unavailable, and after the delay it asks for when it refuses the commit
+// for a limit (RESOURCE_EXHAUSTED with a RetryInfo). A refusal (FAILED_PRECONDITION) means the delivery was
 // redelivered since or is already committed: either way nothing is left to
 // do here.
 func (c *Client) commit(ctx context.Context, req *ferryv1.CommitRequest) {
@@ -606,6 +628,14 @@ func (c *Client) commit(ctx context.Context, req *ferryv1.CommitRequest) {
 			_, err := c.sub.Commit(ctx, req)
 			return err
 		})
+		if d, ok := retryDelay(err); ok {
+			// Refused for a limit (its outputs over the publish rate):
+			// nothing was acked or stored; send it again when asked.
+			if !sleep(ctx, d) {
+				return
+			}
+			continue
+		}
 		if err == nil || !retryable(err) {
 			if err != nil {
 				c.log.Warn("ferry process: commit refused; the input is redelivered or already committed",

@@ -81,6 +81,7 @@ requests, finishes the writes under way and closes the store.`,
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", logFormat, "text or json")
 	cf.add(f)
+	addLimitFlags(f, &o.Limits)
 	f.StringVar(&tf.CertFile, "tls-cert", "", "serve every port over TLS with this PEM certificate (chain); in a cluster it must name the node (URI ferry://node/<id>), see docs/security.md")
 	f.StringVar(&tf.KeyFile, "tls-key", "", "the private key (PEM) of --tls-cert")
 	f.StringVar(&tf.ClientCAFile, "tls-client-ca", "", "require client certificates on the gRPC port, signed by a CA of this PEM file")
