@@ -1,0 +1,321 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+
+	"github.com/ferrymq/ferry/auth"
+	"github.com/ferrymq/ferry/cluster"
+	"github.com/ferrymq/ferry/internal/clock"
+	"github.com/ferrymq/ferry/internal/echo"
+)
+
+// AuthOptions turn authentication and authorization on (ferry serve
+// --auth-tokens, --auth-policy; docs/security.md). Once on, every call of
+// the public port but health needs an identity, and every call the
+// permission its rpcTable entry names; the rest is denied.
+type AuthOptions struct {
+	// TokensFile is the token file (auth.ParseTokens): bearer tokens are
+	// identities. Default none; then client certificates
+	// (TLSOptions.ClientCAFile) must be.
+	TokensFile string
+	// PolicyFile is the policy file (auth.ParsePolicy). Required.
+	PolicyFile string
+	// ReloadInterval is how often both files are checked for changes.
+	// Default (0) 5s.
+	ReloadInterval time.Duration
+}
+
+// Metadata keys of a forwarded call: the caller's principal and groups,
+// which the receiving node believes only from a member node over mutual
+// TLS (peerGuard).
+const (
+	principalKey = "ferry-principal"
+	groupsKey    = "ferry-groups"
+)
+
+// guard is the broker's side of auth: the interceptors of the public
+// port and the node-to-node port. A nil *guard (auth off) lets
+// everything through.
+type guard struct {
+	g        *auth.Guard
+	log      *slog.Logger
+	refusals *prometheus.CounterVec
+}
+
+// Reasons of ferry_auth_refusals_total and of the audit log.
+const (
+	reasonUnauthenticated = "unauthenticated"
+	reasonDenied          = "permission_denied"
+	reasonUnknownMethod   = "unknown_method"
+	reasonUntrustedFwd    = "untrusted_forward"
+)
+
+// openGuard loads the auth files and starts watching them; nil, nil when
+// o.Auth is nil.
+func openGuard(o Options, clk clock.Clock, reg prometheus.Registerer) (*guard, error) {
+	if o.Auth == nil {
+		return nil, nil
+	}
+	g, err := auth.Open(auth.Options{
+		TokensFile: o.Auth.TokensFile, PolicyFile: o.Auth.PolicyFile,
+		ClientCertificates: o.TLS != nil && o.TLS.ClientCAFile != "",
+		Interval:           o.Auth.ReloadInterval, Clock: clk, Logger: o.Logger, Registerer: reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	gd := &guard{g: g, log: o.Logger, refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_auth_refusals_total",
+		Help: "Calls refused by authentication or authorization, by reason and method.",
+	}, []string{"reason", "method"})}
+	if err := reg.Register(gd.refusals); err != nil {
+		return nil, fmt.Errorf("auth metrics: %w", err)
+	}
+	g.Start()
+	return gd, nil
+}
+
+func (gd *guard) stop() {
+	if gd != nil {
+		gd.g.Stop()
+	}
+}
+
+// shortMethod is a method's label: its name, or "other" for a method
+// not in the table (bounded either way).
+func shortMethod(full string) string {
+	if _, ok := rpcTable[full]; !ok {
+		return "other"
+	}
+	return full[strings.LastIndexByte(full, '/')+1:]
+}
+
+// refuse counts and audits a refusal and returns its status.
+func (gd *guard) refuse(ctx context.Context, reason, method string, id auth.Identity, err error) error {
+	gd.refusals.WithLabelValues(reason, shortMethod(method)).Inc()
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		addr = p.Addr.String()
+	}
+	gd.log.LogAttrs(ctx, slog.LevelInfo, "audit: call refused",
+		slog.String("principal", id.Principal), slog.String("auth_method", id.Method),
+		slog.String("peer", addr), slog.String("method", method),
+		slog.String("result", reason), slog.String("reason", err.Error()))
+	return toStatus(err)
+}
+
+// credentialsOf reads a call's credentials: its bearer token and its
+// verified client certificate.
+func credentialsOf(ctx context.Context) (auth.Credentials, error) {
+	var c auth.Credentials
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if vs := md.Get("authorization"); len(vs) > 0 {
+			scheme, tok, _ := strings.Cut(vs[0], " ")
+			if !strings.EqualFold(scheme, "bearer") || tok == "" {
+				return c, fmt.Errorf("the authorization header is not \"Bearer <token>\": %w", auth.ErrUnauthenticated)
+			}
+			c.Bearer = tok
+		}
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.VerifiedChains) > 0 && len(info.State.VerifiedChains[0]) > 0 {
+			c.Certificate = info.State.VerifiedChains[0][0]
+		}
+	}
+	return c, nil
+}
+
+// authenticate finds the call's entry and proves its caller's identity;
+// ctx comes back carrying it.
+func (gd *guard) authenticate(ctx context.Context, method string) (context.Context, rpcAccess, auth.Identity, error) {
+	acc, ok := rpcTable[method]
+	if !ok {
+		err := fmt.Errorf("%s is not open to clients: %w", echo.Quote(method), auth.ErrDenied)
+		return ctx, acc, auth.Identity{}, gd.refuse(ctx, reasonUnknownMethod, method, auth.Identity{}, err)
+	}
+	if acc.open {
+		return ctx, acc, auth.Identity{}, nil
+	}
+	c, err := credentialsOf(ctx)
+	var id auth.Identity
+	if err == nil {
+		id, err = gd.g.Authenticate(ctx, c)
+	}
+	if err != nil {
+		return ctx, acc, id, gd.refuse(ctx, reasonUnauthenticated, method, id, err)
+	}
+	return auth.NewContext(ctx, id), acc, id, nil
+}
+
+// authorize checks the needs of req under pol.
+func (gd *guard) authorize(ctx context.Context, pol *auth.Policy, method string, acc rpcAccess, id auth.Identity, req any) error {
+	if acc.needs == nil {
+		if acc.list != "" && !pol.GrantsAny(id, acc.list) {
+			err := &auth.DeniedError{Principal: id.Principal, Permission: acc.list, Resource: auth.Resource{Topic: "*"}}
+			return gd.refuse(ctx, reasonDenied, method, id, err)
+		}
+		return nil
+	}
+	for _, n := range acc.needs(req) {
+		if err := pol.Authorize(id, n.perm, n.res); err != nil {
+			return gd.refuse(ctx, reasonDenied, method, id, err)
+		}
+	}
+	return nil
+}
+
+// unary is the public port's unary interceptor.
+func (gd *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if gd == nil {
+		return h(ctx, req)
+	}
+	ctx, acc, id, err := gd.authenticate(ctx, info.FullMethod)
+	if err != nil || acc.open {
+		if err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}
+	pol := gd.g.Policy()
+	if err := gd.authorize(ctx, pol, info.FullMethod, acc, id, req); err != nil {
+		return nil, err
+	}
+	resp, err := h(ctx, req)
+	if err == nil && acc.filter != nil {
+		acc.filter(resp, func(r auth.Resource) bool { return pol.Allowed(id, acc.list, r) })
+	}
+	return resp, err
+}
+
+// stream is the public port's stream interceptor: it authenticates the
+// stream before the handler runs and checks its frames as they come.
+func (gd *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if gd == nil {
+		return h(srv, ss)
+	}
+	ctx, acc, id, err := gd.authenticate(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	if acc.open {
+		return h(srv, ss)
+	}
+	return h(srv, &guardedStream{ServerStream: ss, ctx: ctx, gd: gd, acc: acc, id: id, method: info.FullMethod})
+}
+
+// guardedStream checks a stream's first frame or, for everyFrame, each
+// one; a refused frame ends the stream before the handler sees it. A
+// frame needing what the last one needed, under the same policy, is not
+// checked again.
+type guardedStream struct {
+	grpc.ServerStream
+	ctx    context.Context
+	gd     *guard
+	acc    rpcAccess
+	id     auth.Identity
+	method string
+
+	checked bool
+	lastPol *auth.Policy
+	last    need
+}
+
+func (s *guardedStream) Context() context.Context { return s.ctx }
+
+func (s *guardedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if s.acc.needs == nil || (s.checked && !s.acc.everyFrame) {
+		return nil
+	}
+	pol := s.gd.g.Policy()
+	ns := s.acc.needs(m)
+	if s.checked && len(ns) == 1 && ns[0] == s.last && pol == s.lastPol {
+		return nil
+	}
+	if err := s.gd.authorize(s.ctx, pol, s.method, s.acc, s.id, m); err != nil {
+		return err
+	}
+	s.checked = true
+	if len(ns) == 1 {
+		s.lastPol, s.last = pol, ns[0]
+	}
+	return nil
+}
+
+// forwardIdentity adds the caller's identity, if any, to the outgoing
+// metadata of a call forwarded to another node.
+func forwardIdentity(ctx context.Context) context.Context {
+	id, ok := auth.FromContext(ctx)
+	if !ok {
+		return ctx
+	}
+	kv := []string{principalKey, id.Principal}
+	for _, g := range id.Groups {
+		kv = append(kv, groupsKey, g)
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
+}
+
+// peerIdentity is the identity a forwarded call carries, believed only
+// from a member node authenticated by mutual TLS (cluster.CallerNode):
+// the node that forwarded it authorized it already, by the same rules,
+// and it is not checked again here.
+func (gd *guard) peerIdentity(ctx context.Context, method string) (context.Context, error) {
+	if strings.HasPrefix(method, raftService) {
+		return ctx, nil
+	}
+	node, member := cluster.CallerNode(ctx)
+	if !member {
+		err := fmt.Errorf("a forwarded call is accepted only from a member node over mutual TLS: %w", auth.ErrUnauthenticated)
+		return ctx, gd.refuse(ctx, reasonUntrustedFwd, method, auth.Identity{}, err)
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	ps := md.Get(principalKey)
+	if len(ps) != 1 || ps[0] == "" {
+		err := fmt.Errorf("node %d forwarded a call without its caller's principal (does it run with auth on?): %w", node, auth.ErrUnauthenticated)
+		return ctx, gd.refuse(ctx, reasonUntrustedFwd, method, auth.Identity{}, err)
+	}
+	return auth.NewContext(ctx, auth.Identity{Principal: ps[0], Groups: md.Get(groupsKey), Method: "forwarded"}), nil
+}
+
+func (gd *guard) peerUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if gd == nil {
+		return h(ctx, req)
+	}
+	ctx, err := gd.peerIdentity(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+func (gd *guard) peerStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if gd == nil {
+		return h(srv, ss)
+	}
+	ctx, err := gd.peerIdentity(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return h(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+}
+
+// ctxStream is a server stream with another context.
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *ctxStream) Context() context.Context { return s.ctx }
