@@ -1,0 +1,490 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	"github.com/ferrymq/ferry/auth"
+	"github.com/ferrymq/ferry/client"
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+)
+
+// The tokens of the auth tests: admin may do everything; kitchen
+// consumes orders through its subscription and publishes to kitchen.*;
+// nobody is known but granted nothing.
+var testTokens = map[string]string{"admin": "admin-token", "kitchen": "kitchen-token", "nobody": "nobody-token"}
+
+const testAuthPolicy = `
+rules:
+  - principals: [admin, client]
+    permissions: [publish, subscribe, read, admin, cluster]
+    topics: ["*"]
+  - principals: [kitchen]
+    permissions: [subscribe, read]
+    topics: [orders]
+    subscriptions: [kitchen]
+  - principals: [kitchen]
+    permissions: [publish, read]
+    topics: ["kitchen.*"]
+`
+
+// syncBuffer is a log destination tests read while the broker writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// withAuth writes the test token and policy files into dir and turns
+// auth on with them; the broker's log (INFO and up) goes to logs too, if
+// given.
+func withAuth(t testing.TB, dir string, logs *syncBuffer) func(*Options) {
+	var b strings.Builder
+	b.WriteString("tokens:\n")
+	names := make([]string, 0, len(testTokens))
+	for name := range testTokens {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(&b, "  - name: %s\n    sha256: %s\n", name, auth.HashToken(testTokens[name]))
+	}
+	tokens, policy := filepath.Join(dir, "tokens.yaml"), filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(tokens, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(policy, []byte(testAuthPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func(o *Options) {
+		o.Auth = &AuthOptions{TokensFile: tokens, PolicyFile: policy, ReloadInterval: 20 * time.Millisecond}
+		if logs != nil {
+			o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		}
+	}
+}
+
+// dialToken connects without TLS, sending tok (if any) with every call.
+func dialToken(tb testing.TB, addr, tok string) *grpc.ClientConn {
+	tb.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if tok != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(client.TokenCredentials(func(context.Context) (string, error) { return tok, nil }, true)))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// authCall is one call of the public API, on the test's topic orders and
+// subscription kitchen; what it would change if it went through is in
+// authState.
+type authCall struct {
+	method string
+	// denied names the permission and resource a refusal must name.
+	denied string
+	call   func(ctx context.Context, conn *grpc.ClientConn) error
+}
+
+func authCalls() []authCall {
+	msg := []*ferryv1.PublishMessage{{Payload: []byte("intruder")}}
+	pub := func(c *grpc.ClientConn) ferryv1.PublisherServiceClient { return ferryv1.NewPublisherServiceClient(c) }
+	sub := func(c *grpc.ClientConn) ferryv1.SubscriberServiceClient { return ferryv1.NewSubscriberServiceClient(c) }
+	adm := func(c *grpc.ClientConn) ferryv1.AdminServiceClient { return ferryv1.NewAdminServiceClient(c) }
+	kitchen := `subscription "kitchen" of topic "orders"`
+	return []authCall{
+		{"Publish", `publish permission on topic "orders"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := pub(c).Publish(ctx, &ferryv1.PublishRequest{Topic: "orders", Messages: msg})
+			return err
+		}},
+		{"PublishStream", `publish permission on topic "orders"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			s, err := pub(c).PublishStream(ctx)
+			if err != nil {
+				return err
+			}
+			// A stream refused at once fails Send with EOF: Recv says why.
+			if err := s.Send(&ferryv1.PublishStreamRequest{Sequence: 1, Topic: "orders", Messages: msg}); err != nil && err != io.EOF {
+				return err
+			}
+			r, err := s.Recv()
+			if err == nil && r.GetError() != nil {
+				return status.Error(codes.Code(r.GetError().GetCode()), r.GetError().GetMessage())
+			}
+			return err
+		}},
+		{"Subscribe", "subscribe permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			s, err := sub(c).Subscribe(ctx)
+			if err != nil {
+				return err
+			}
+			if err := s.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Init{Init: &ferryv1.SubscribeInit{Topic: "orders", Subscription: "kitchen", Credit: 10}}}); err != nil && err != io.EOF {
+				return err
+			}
+			_, err = s.Recv()
+			return err
+		}},
+		{"Ack", "subscribe permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := sub(c).Ack(ctx, &ferryv1.AckRequest{Topic: "orders", Subscription: "kitchen", DeliveryIds: []string{"x"}})
+			return err
+		}},
+		{"Nack", "subscribe permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := sub(c).Nack(ctx, &ferryv1.NackRequest{Topic: "orders", Subscription: "kitchen", DeliveryIds: []string{"x"}})
+			return err
+		}},
+		{"ModifyAckDeadline", "subscribe permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := sub(c).ModifyAckDeadline(ctx, &ferryv1.ModifyAckDeadlineRequest{Topic: "orders", Subscription: "kitchen", DeliveryIds: []string{"x"}})
+			return err
+		}},
+		{"Commit", "subscribe permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := sub(c).Commit(ctx, &ferryv1.CommitRequest{Topic: "orders", Subscription: "kitchen",
+				Publishes: []*ferryv1.CommitPublish{{Topic: "orders", Messages: []*ferryv1.PublishMessage{{Id: "c1", Payload: []byte("x")}}}}})
+			return err
+		}},
+		{"Seek", "subscribe permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := sub(c).Seek(ctx, &ferryv1.SeekRequest{Topic: "orders", Subscription: "kitchen", Position: &ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_LATEST}})
+			return err
+		}},
+		{"CreateTopic", `admin permission on topic "new"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: "new", Config: &ferryv1.TopicConfig{Partitions: 1}})
+			return err
+		}},
+		{"GetTopic", `read permission on topic "orders"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).GetTopic(ctx, &ferryv1.GetTopicRequest{Name: "orders"})
+			return err
+		}},
+		{"ListTopics", `read permission on topic "*"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+			return err
+		}},
+		{"UpdateTopic", `admin permission on topic "orders"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).UpdateTopic(ctx, &ferryv1.UpdateTopicRequest{Name: "orders", Config: &ferryv1.TopicConfig{RetentionMaxMessages: 7},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"retention_max_messages"}}})
+			return err
+		}},
+		{"ReadMessages", `read permission on topic "orders"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).ReadMessages(ctx, &ferryv1.ReadMessagesRequest{Topic: "orders", MaxMessages: 10})
+			return err
+		}},
+		{"CreateSubscription", `admin permission on subscription "new" of topic "orders"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).CreateSubscription(ctx, &ferryv1.CreateSubscriptionRequest{Topic: "orders", Name: "new", Config: &ferryv1.SubscriptionConfig{
+				Guarantee: ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_LEAST_ONCE, Type: ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_SHARED}})
+			return err
+		}},
+		{"GetSubscription", "read permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).GetSubscription(ctx, &ferryv1.GetSubscriptionRequest{Topic: "orders", Name: "kitchen"})
+			return err
+		}},
+		{"ListSubscriptions", `read permission on topic "orders"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).ListSubscriptions(ctx, &ferryv1.ListSubscriptionsRequest{Topic: "orders"})
+			return err
+		}},
+		{"UpdateSubscription", "admin permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).UpdateSubscription(ctx, &ferryv1.UpdateSubscriptionRequest{Topic: "orders", Name: "kitchen",
+				Config: &ferryv1.SubscriptionConfig{MaxDeliveries: 3}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"max_deliveries"}}})
+			return err
+		}},
+		{"GetClusterStatus", "cluster permission on the cluster", func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).GetClusterStatus(ctx, &ferryv1.GetClusterStatusRequest{})
+			return err
+		}},
+		{"DeleteSubscription", "admin permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).DeleteSubscription(ctx, &ferryv1.DeleteSubscriptionRequest{Topic: "orders", Name: "kitchen"})
+			return err
+		}},
+		{"DeleteTopic", `admin permission on topic "orders"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: "orders", Force: true})
+			return err
+		}},
+	}
+}
+
+// authState is what the calls could change: topics and their configs,
+// partitions' heads, subscriptions' configs and positions.
+func authState(t testing.TB, ctx context.Context, adm ferryv1.AdminServiceClient) string {
+	t.Helper()
+	lt, err := adm.ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+	if err != nil {
+		t.Fatalf("ListTopics: %v", err)
+	}
+	var b strings.Builder
+	for _, tp := range lt.GetTopics() {
+		fmt.Fprintf(&b, "topic %s %s\n", tp.GetName(), prototext.Format(tp.GetConfig()))
+		gt, err := adm.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: tp.GetName()})
+		if err != nil {
+			t.Fatalf("GetTopic: %v", err)
+		}
+		for _, p := range gt.GetPartitions() {
+			fmt.Fprintf(&b, "  partition %d head %d count %d\n", p.GetPartition(), p.GetHeadOffset(), p.GetMessageCount())
+		}
+		ls, err := adm.ListSubscriptions(ctx, &ferryv1.ListSubscriptionsRequest{Topic: tp.GetName()})
+		if err != nil {
+			t.Fatalf("ListSubscriptions: %v", err)
+		}
+		for i, s := range ls.GetSubscriptions() {
+			st := ls.GetStats()[i]
+			fmt.Fprintf(&b, "  subscription %s %s backlog %d in_flight %d delivered %d acked %d nacked %d\n", s.GetName(),
+				prototext.Format(s.GetConfig()), st.GetBacklog(), st.GetInFlight(), st.GetDelivered(), st.GetAcked(), st.GetNacked())
+		}
+	}
+	return b.String()
+}
+
+// TestAuthTableCoversEveryRPC: every method the public port serves has
+// an rpcTable entry, and every entry is a method it serves; the calls of
+// TestAuthEveryRPC cover every method of the API.
+func TestAuthTableCoversEveryRPC(t *testing.T) {
+	ts := startServer(t)
+	served := map[string]bool{}
+	for svc, info := range ts.srv.grpc.GetServiceInfo() {
+		for _, m := range info.Methods {
+			full := "/" + svc + "/" + m.Name
+			served[full] = true
+			if _, ok := rpcTable[full]; !ok {
+				t.Errorf("%s has no rpcTable entry (auth_rpcs.go): say what permission it needs", full)
+			}
+		}
+	}
+	tested := map[string]bool{}
+	for _, c := range authCalls() {
+		tested[c.method] = true
+	}
+	for full, acc := range rpcTable {
+		if !served[full] {
+			t.Errorf("rpcTable names %s, which the public port does not serve", full)
+		}
+		if strings.HasPrefix(full, "/ferry.v1.") && !tested[full[strings.LastIndexByte(full, '/')+1:]] {
+			t.Errorf("%s is not among TestAuthEveryRPC's calls", full)
+		}
+		if strings.HasPrefix(full, "/ferry.v1.") && (acc.open || (acc.needs == nil && acc.list == "")) {
+			t.Errorf("%s needs no permission", full)
+		}
+	}
+}
+
+// TestAuthEveryRPC: with auth on, every RPC of the API is refused with
+// UNAUTHENTICATED without credentials and with a wrong token, and with
+// PERMISSION_DENIED (naming the permission and the resource) for a
+// principal the policy grants nothing, and for one whose grants are
+// elsewhere; none of them changes anything. Health stays open; each
+// refusal is counted and audited. The admin then makes every call.
+func TestAuthEveryRPC(t *testing.T) {
+	var logs syncBuffer
+	ts := startServer(t, withAuth(t, t.TempDir(), &logs))
+	addr := ts.srv.GRPCAddr().String()
+	ctx := testContext(t)
+	admin := dialToken(t, addr, testTokens["admin"])
+	adm := ferryv1.NewAdminServiceClient(admin)
+	if _, err := adm.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: "orders", Config: &ferryv1.TopicConfig{Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: "kitchen.ready", Config: &ferryv1.TopicConfig{Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.CreateSubscription(ctx, &ferryv1.CreateSubscriptionRequest{Topic: "orders", Name: "kitchen", Config: &ferryv1.SubscriptionConfig{
+		Guarantee: ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_LEAST_ONCE, Type: ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_SHARED,
+		Start: &ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_EARLIEST}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ferryv1.NewPublisherServiceClient(admin).Publish(ctx, &ferryv1.PublishRequest{Topic: "orders", Messages: []*ferryv1.PublishMessage{{Payload: []byte("order 1")}}}); err != nil {
+		t.Fatal(err)
+	}
+	before := authState(t, ctx, adm)
+
+	// A token in the header of another scheme, and metadata claiming a
+	// forwarded principal (the public port never believes it).
+	basic := dialToken(t, addr, "")
+	forged := dialToken(t, addr, testTokens["nobody"])
+	callers := []struct {
+		name string
+		conn *grpc.ClientConn
+		md   metadata.MD
+		want codes.Code
+	}{
+		{"no credentials", dialToken(t, addr, ""), nil, codes.Unauthenticated},
+		{"a wrong token", dialToken(t, addr, "admin-tokem"), nil, codes.Unauthenticated},
+		{"a basic header", basic, metadata.Pairs("authorization", "Basic YWRtaW46YWRtaW4="), codes.Unauthenticated},
+		{"a principal granted nothing", dialToken(t, addr, testTokens["nobody"]), nil, codes.PermissionDenied},
+		{"nobody claiming to be forwarded as admin", forged, metadata.Pairs(principalKey, "admin", forwardedKey, "2"), codes.PermissionDenied},
+	}
+	for _, cl := range callers {
+		for _, c := range authCalls() {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if cl.md != nil {
+				cctx = metadata.NewOutgoingContext(cctx, cl.md)
+			}
+			err := c.call(cctx, cl.conn)
+			cancel()
+			if status.Code(err) != cl.want {
+				t.Errorf("%s: %s = %v, want %v", cl.name, c.method, err, cl.want)
+				continue
+			}
+			if cl.want == codes.PermissionDenied && !strings.Contains(status.Convert(err).Message(), c.denied) {
+				t.Errorf("%s: %s refused with %q, want it to name the %s", cl.name, c.method, status.Convert(err).Message(), c.denied)
+			}
+		}
+	}
+	// kitchen may consume orders through its subscription and publish to
+	// kitchen.*, and nothing else.
+	kitchen := dialToken(t, addr, testTokens["kitchen"])
+	for _, c := range authCalls() {
+		switch c.method {
+		case "Subscribe", "Ack", "Nack", "ModifyAckDeadline", "Seek":
+			// Subscribe would get order 1 and Seek move the cursor: run
+			// below, once the state is compared.
+			continue
+		}
+		err := c.call(ctx, kitchen)
+		switch c.method {
+		case "GetSubscription":
+			if err != nil {
+				t.Errorf("kitchen: %s = %v, want it served", c.method, err)
+			}
+		case "Commit": // kitchen consumes orders, but may not publish there
+			wantStatus(t, err, codes.PermissionDenied, `publish permission on topic "orders"`)
+		case "ListTopics":
+		default:
+			wantStatus(t, err, codes.PermissionDenied, c.denied)
+		}
+	}
+	if after := authState(t, ctx, adm); after != before {
+		t.Errorf("refused calls changed the state:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	lt, err := ferryv1.NewAdminServiceClient(kitchen).ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+	if err != nil || len(lt.GetTopics()) != 1 || lt.GetTopics()[0].GetName() != "kitchen.ready" {
+		t.Errorf("kitchen's ListTopics = %v, %v; want kitchen.ready only", lt, err)
+	}
+	if _, err := ferryv1.NewPublisherServiceClient(kitchen).Publish(ctx, &ferryv1.PublishRequest{Topic: "kitchen.ready", Messages: []*ferryv1.PublishMessage{{Payload: []byte("pizza 1")}}}); err != nil {
+		t.Errorf("kitchen publishes to kitchen.ready: %v", err)
+	}
+	// A stream checks every frame: kitchen's publish stream takes
+	// kitchen.ready, then is ended at orders.
+	ps, err := ferryv1.NewPublisherServiceClient(kitchen).PublishStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq, topic := range []string{"kitchen.ready", "orders"} {
+		if err := ps.Send(&ferryv1.PublishStreamRequest{Sequence: uint64(seq), Topic: topic, Messages: []*ferryv1.PublishMessage{{Payload: []byte("x")}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := ps.Recv(); err != nil || r.GetError() != nil {
+		t.Errorf("kitchen's stream to kitchen.ready = %v, %v", r, err)
+	}
+	if _, err := ps.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("kitchen's stream to orders = %v, want PERMISSION_DENIED", err)
+	}
+	// kitchen consumes order 1.
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := ferryv1.NewSubscriberServiceClient(kitchen).Subscribe(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Init{Init: &ferryv1.SubscribeInit{Topic: "orders", Subscription: "kitchen", Credit: 10}}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Recv(); err != nil || len(r.GetDeliveries().GetDeliveries()) != 1 {
+		t.Errorf("kitchen's Subscribe = %v, %v; want order 1", r, err)
+	}
+	cancel()
+	if _, err := ferryv1.NewSubscriberServiceClient(kitchen).Seek(ctx, &ferryv1.SeekRequest{Topic: "orders", Subscription: "kitchen",
+		Position: &ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_EARLIEST}}); err != nil {
+		t.Errorf("kitchen seeks its subscription: %v", err)
+	}
+
+	// Health needs no credentials; reflection needs some.
+	anon := dialToken(t, addr, "")
+	if st, err := checkHealth(ctx, anon, ""); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health without credentials = %v, %v", st, err)
+	}
+	if code, _ := httpGet(t, "http://"+ts.srv.HTTPAddr().String()+"/readyz"); code != 200 {
+		t.Errorf("/readyz = %d", code)
+	}
+
+	// Refusals are counted by reason and audited: who, what, result.
+	reg := ts.srv.Registry()
+	if n := labeledCounter(t, reg, "ferry_auth_refusals_total", "reason", "unauthenticated", "method", "DeleteTopic"); n != 3 {
+		t.Errorf("unauthenticated DeleteTopic refusals = %v, want 3", n)
+	}
+	if n := labeledCounter(t, reg, "ferry_auth_refusals_total", "reason", "permission_denied", "method", "Publish"); n != 3 {
+		t.Errorf("denied Publish refusals = %v, want 3", n) // nobody twice, kitchen once
+	}
+	for _, line := range []string{`principal=nobody auth_method=token`, `method=/ferry.v1.AdminService/DeleteTopic result=permission_denied`, `result=unauthenticated reason="the bearer token is not recognised`} {
+		if !strings.Contains(logs.String(), line) {
+			t.Errorf("no audit line with %s", line)
+		}
+	}
+
+	// The admin may make every call.
+	for _, c := range authCalls() {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := c.call(cctx, admin)
+		cancel()
+		if code := status.Code(err); code == codes.Unauthenticated || code == codes.PermissionDenied {
+			t.Errorf("admin: %s = %v", c.method, err)
+		}
+	}
+}
+
+// labeledCounter is the value of counter name with the given label
+// pairs on reg (0 if absent).
+func labeledCounter(t testing.TB, reg prometheus.Gatherer, name string, kv ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(kv); i += 2 {
+				if labels[kv[i]] != kv[i+1] {
+					continue metric
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
+}
