@@ -198,7 +198,8 @@ func (gd *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 }
 
 // stream is the public port's stream interceptor: it authenticates the
-// stream before the handler runs and checks its frames as they come.
+// stream before the handler runs, and checks its first frame or, for a
+// perFrame stream, hands the handler a check of each frame (checkFrame).
 func (gd *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	if gd == nil {
 		return h(srv, ss)
@@ -207,49 +208,78 @@ func (gd *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	if err != nil {
 		return err
 	}
-	if acc.open {
-		return h(srv, ss)
+	if acc.open || acc.needs == nil {
+		return h(srv, &ctxStream{ServerStream: ss, ctx: ctx})
 	}
-	return h(srv, &guardedStream{ServerStream: ss, ctx: ctx, gd: gd, acc: acc, id: id, method: info.FullMethod})
+	if acc.perFrame {
+		fc := &frameChecker{gd: gd, acc: acc, id: id, method: info.FullMethod}
+		fc.ctx = context.WithValue(ctx, frameCheckKey{}, fc)
+		return h(srv, &ctxStream{ServerStream: ss, ctx: fc.ctx})
+	}
+	return h(srv, &firstFrameStream{ServerStream: ss, ctx: ctx, gd: gd, acc: acc, id: id, method: info.FullMethod})
 }
 
-// guardedStream checks a stream's first frame or, for everyFrame, each
-// one; a refused frame ends the stream before the handler sees it. A
-// frame needing what the last one needed, under the same policy, is not
-// checked again.
-type guardedStream struct {
+// firstFrameStream checks a stream's first frame: refused, it ends the
+// stream before the handler sees it.
+type firstFrameStream struct {
 	grpc.ServerStream
+	ctx     context.Context
+	gd      *guard
+	acc     rpcAccess
+	id      auth.Identity
+	method  string
+	checked bool
+}
+
+func (s *firstFrameStream) Context() context.Context { return s.ctx }
+
+func (s *firstFrameStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil || s.checked {
+		return err
+	}
+	if err := s.gd.authorize(s.ctx, s.gd.g.Policy(), s.method, s.acc, s.id, m); err != nil {
+		return err
+	}
+	s.checked = true
+	return nil
+}
+
+// frameCheckKey is the context key of a perFrame stream's frameChecker.
+type frameCheckKey struct{}
+
+// frameChecker checks the frames of one perFrame stream. A frame needing
+// what the last one allowed needed, under the same policy, is not
+// checked again. Used by the stream's one receiving goroutine.
+type frameChecker struct {
 	ctx    context.Context
 	gd     *guard
 	acc    rpcAccess
 	id     auth.Identity
 	method string
 
-	checked bool
 	lastPol *auth.Policy
 	last    need
 }
 
-func (s *guardedStream) Context() context.Context { return s.ctx }
-
-func (s *guardedStream) RecvMsg(m any) error {
-	if err := s.ServerStream.RecvMsg(m); err != nil {
-		return err
-	}
-	if s.acc.needs == nil || (s.checked && !s.acc.everyFrame) {
+// checkFrame is nil if the caller of the stream ctx belongs to may send
+// frame m (auth off: always), else the status refusing it. A handler
+// that answers frame by frame (PublishStream) calls it for each, and
+// answers a refused frame with the refusal; the stream goes on.
+func checkFrame(ctx context.Context, m any) error {
+	fc, ok := ctx.Value(frameCheckKey{}).(*frameChecker)
+	if !ok {
 		return nil
 	}
-	pol := s.gd.g.Policy()
-	ns := s.acc.needs(m)
-	if s.checked && len(ns) == 1 && ns[0] == s.last && pol == s.lastPol {
+	pol := fc.gd.g.Policy()
+	ns := fc.acc.needs(m)
+	if len(ns) == 1 && ns[0] == fc.last && pol == fc.lastPol {
 		return nil
 	}
-	if err := s.gd.authorize(s.ctx, pol, s.method, s.acc, s.id, m); err != nil {
+	if err := fc.gd.authorize(fc.ctx, pol, fc.method, fc.acc, fc.id, m); err != nil {
 		return err
 	}
-	s.checked = true
 	if len(ns) == 1 {
-		s.lastPol, s.last = pol, ns[0]
+		fc.lastPol, fc.last = pol, ns[0]
 	}
 	return nil
 }

@@ -19,8 +19,10 @@ type rpcAccess struct {
 	// needs lists the permissions a request (of a stream: a frame) needs;
 	// an RPC with needs nil only needs its caller authenticated.
 	needs func(req any) []need
-	// everyFrame: a stream's every frame is checked, not only its first.
-	everyFrame bool
+	// perFrame: each frame of the stream is checked by its handler
+	// (checkFrame), which answers a refused frame and goes on; else only
+	// the first frame is checked, and a refusal ends the stream.
+	perFrame bool
 	// list: the call needs the permission on at least something, and its
 	// answer is filtered (filter) to what the caller holds it on.
 	list   auth.Permission
@@ -44,7 +46,7 @@ var rpcTable = map[string]rpcAccess{
 	publisherSvc + "Publish": {needs: func(r any) []need {
 		return one(auth.Publish, topicRes(r.(*ferryv1.PublishRequest).GetTopic()))
 	}},
-	publisherSvc + "PublishStream": {everyFrame: true, needs: func(r any) []need {
+	publisherSvc + "PublishStream": {perFrame: true, needs: func(r any) []need {
 		return one(auth.Publish, topicRes(r.(*ferryv1.PublishStreamRequest).GetTopic()))
 	}},
 
