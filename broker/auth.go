@@ -81,6 +81,9 @@ func openGuard(o Options, clk clock.Clock, reg prometheus.Registerer) (*guard, e
 	if err := reg.Register(gd.refusals); err != nil {
 		return nil, fmt.Errorf("auth metrics: %w", err)
 	}
+	if o.TLS == nil && o.Auth.TokensFile != "" {
+		o.Logger.Warn("auth: bearer tokens are accepted over plaintext: anyone who reads the traffic can replay them; serve with --tls-cert and --tls-key")
+	}
 	g.Start()
 	return gd, nil
 }

@@ -142,6 +142,9 @@ func (cf *clientFlags) dial() (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	if perRPC != nil {
+		if perRPC.RequireTransportSecurity() && creds.Info().SecurityProtocol != "tls" {
+			return nil, fmt.Errorf("a token is sent over TLS only: give --tls-ca (or, for loopback tests, --token-over-plaintext)")
+		}
 		dopts = append(dopts, grpc.WithPerRPCCredentials(perRPC))
 	}
 	conn, err := grpc.NewClient(cf.server, dopts...)
