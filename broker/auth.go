@@ -183,10 +183,10 @@ func (gd *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		return h(ctx, req)
 	}
 	ctx, acc, id, err := gd.authenticate(ctx, info.FullMethod)
-	if err != nil || acc.open {
-		if err != nil {
-			return nil, err
-		}
+	switch {
+	case err != nil:
+		return nil, err
+	case acc.open:
 		return h(ctx, req)
 	}
 	pol := gd.g.Policy()
