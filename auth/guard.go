@@ -51,6 +51,8 @@ type Guard struct {
 	timer   clock.Timer
 	stopped bool
 
+	gen atomic.Uint64 // reloads that took, of either file
+
 	reloads, failures *prometheus.CounterVec
 }
 
@@ -151,10 +153,16 @@ func (g *Guard) report(changed bool, name string, err error) {
 		g.failures.WithLabelValues(name).Inc()
 		g.opts.Logger.Warn("auth reload failed; keeping the previous file", "file", name, "err", err)
 	case changed:
+		g.gen.Add(1)
 		g.reloads.WithLabelValues(name).Inc()
 		g.opts.Logger.Info("auth file reloaded", "file", name)
 	}
 }
+
+// Generation counts the reloads that took, of either file: a caller that
+// proved an identity or a permission under one generation proves it again
+// once it changed (an open stream whose token or grant was revoked).
+func (g *Guard) Generation() uint64 { return g.gen.Load() }
 
 // Policy is the policy in force. It changes (a new pointer) at each
 // reload: callers that cache a decision keep the pointer it was made

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -140,24 +142,29 @@ func credentialsOf(ctx context.Context) (auth.Credentials, error) {
 
 // authenticate finds the call's entry and proves its caller's identity;
 // ctx comes back carrying it.
-func (gd *guard) authenticate(ctx context.Context, method string) (context.Context, rpcAccess, auth.Identity, error) {
+func (gd *guard) authenticate(ctx context.Context, method string) (context.Context, *session, error) {
+	s := &session{gd: gd, method: method}
 	acc, ok := rpcTable[method]
+	s.acc = acc
 	if !ok {
 		err := fmt.Errorf("%s is not open to clients: %w", echo.Quote(method), auth.ErrDenied)
-		return ctx, acc, auth.Identity{}, gd.refuse(ctx, reasonUnknownMethod, method, auth.Identity{}, err)
+		return ctx, s, gd.refuse(ctx, reasonUnknownMethod, method, auth.Identity{}, err)
 	}
 	if acc.open {
-		return ctx, acc, auth.Identity{}, nil
+		return ctx, s, nil
 	}
+	s.gen.Store(gd.g.Generation()) // before the files are read: a reload meanwhile is seen
 	c, err := credentialsOf(ctx)
 	var id auth.Identity
 	if err == nil {
 		id, err = gd.g.Authenticate(ctx, c)
 	}
 	if err != nil {
-		return ctx, acc, id, gd.refuse(ctx, reasonUnauthenticated, method, id, err)
+		return ctx, s, gd.refuse(ctx, reasonUnauthenticated, method, id, err)
 	}
-	return auth.NewContext(ctx, id), acc, id, nil
+	s.creds, s.id = c, id
+	s.ctx = auth.NewContext(ctx, id)
+	return s.ctx, s, nil
 }
 
 // authorize checks the needs of req under pol.
@@ -182,14 +189,14 @@ func (gd *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	if gd == nil {
 		return h(ctx, req)
 	}
-	ctx, acc, id, err := gd.authenticate(ctx, info.FullMethod)
+	ctx, s, err := gd.authenticate(ctx, info.FullMethod)
 	switch {
 	case err != nil:
 		return nil, err
-	case acc.open:
+	case s.acc.open:
 		return h(ctx, req)
 	}
-	pol := gd.g.Policy()
+	acc, id, pol := s.acc, s.id, gd.g.Policy()
 	if err := gd.authorize(ctx, pol, info.FullMethod, acc, id, req); err != nil {
 		return nil, err
 	}
@@ -207,60 +214,130 @@ func (gd *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	if gd == nil {
 		return h(srv, ss)
 	}
-	ctx, acc, id, err := gd.authenticate(ss.Context(), info.FullMethod)
-	if err != nil {
+	ctx, s, err := gd.authenticate(ss.Context(), info.FullMethod)
+	switch {
+	case err != nil:
 		return err
-	}
-	if acc.open || acc.needs == nil {
+	case s.acc.open:
+		return h(srv, ss)
+	case s.acc.needs == nil:
 		return h(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+	case s.acc.perFrame:
+		fc := &frameChecker{session: s}
+		return h(srv, &ctxStream{ServerStream: ss, ctx: context.WithValue(ctx, frameCheckKey{}, fc)})
 	}
-	if acc.perFrame {
-		fc := &frameChecker{gd: gd, acc: acc, id: id, method: info.FullMethod}
-		fc.ctx = context.WithValue(ctx, frameCheckKey{}, fc)
-		return h(srv, &ctxStream{ServerStream: ss, ctx: fc.ctx})
+	return h(srv, &firstFrameStream{ServerStream: ss, session: s})
+}
+
+// session is an open stream's standing: the credentials it was opened
+// with and the identity they proved, and what its first frame was
+// allowed. Once either auth file changed (auth.Guard.Generation), they
+// are proven again at the stream's next frame, either way: a token or a
+// grant revoked ends the streams that relied on it.
+type session struct {
+	gd     *guard
+	ctx    context.Context
+	creds  auth.Credentials
+	acc    rpcAccess
+	method string
+	gen    atomic.Uint64 // the guard's generation id and needs were last proven under
+
+	mu      sync.Mutex // guards id, needs, refused
+	id      auth.Identity
+	needs   []need
+	refused error // sticky: a stream refused once stays refused
+}
+
+// identity is the caller's identity, as last proven.
+func (s *session) identity() auth.Identity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.id
+}
+
+// allow records what the stream's first frame was allowed.
+func (s *session) allow(ns []need) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.needs = ns
+}
+
+// current is nil while the stream's caller still proves its identity and
+// holds what the stream was allowed; else the status refusing it.
+func (s *session) current() error {
+	gen := s.gd.g.Generation()
+	if s.gen.Load() == gen {
+		return nil
 	}
-	return h(srv, &firstFrameStream{ServerStream: ss, ctx: ctx, gd: gd, acc: acc, id: id, method: info.FullMethod})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refused != nil || s.gen.Load() == gen {
+		return s.refused
+	}
+	id, err := s.gd.g.Authenticate(s.ctx, s.creds)
+	if err == nil && id.Principal != s.id.Principal {
+		err = fmt.Errorf("the stream's credentials now prove principal %s, not %s: %w", echo.Quote(id.Principal), echo.Quote(s.id.Principal), auth.ErrUnauthenticated)
+	}
+	if err != nil {
+		s.refused = s.gd.refuse(s.ctx, reasonUnauthenticated, s.method, s.id, err)
+		return s.refused
+	}
+	pol := s.gd.g.Policy()
+	for _, n := range s.needs {
+		if err := pol.Authorize(id, n.perm, n.res); err != nil {
+			s.refused = s.gd.refuse(s.ctx, reasonDenied, s.method, id, err)
+			return s.refused
+		}
+	}
+	s.id = id
+	s.gen.Store(gen)
+	return nil
 }
 
 // firstFrameStream checks a stream's first frame: refused, it ends the
-// stream before the handler sees it.
+// stream before the handler sees it. Later frames, and what the handler
+// sends, are held to the session (current).
 type firstFrameStream struct {
 	grpc.ServerStream
-	ctx     context.Context
-	gd      *guard
-	acc     rpcAccess
-	id      auth.Identity
-	method  string
-	checked bool
+	*session
+	checked atomic.Bool
 }
 
 func (s *firstFrameStream) Context() context.Context { return s.ctx }
 
 func (s *firstFrameStream) RecvMsg(m any) error {
-	if err := s.ServerStream.RecvMsg(m); err != nil || s.checked {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	if err := s.gd.authorize(s.ctx, s.gd.g.Policy(), s.method, s.acc, s.id, m); err != nil {
+	if s.checked.Load() {
+		return s.current()
+	}
+	if err := s.gd.authorize(s.ctx, s.gd.g.Policy(), s.method, s.acc, s.identity(), m); err != nil {
 		return err
 	}
-	s.checked = true
-	return nil
+	s.allow(s.acc.needs(m))
+	s.checked.Store(true)
+	return s.current() // a reload while the frame was checked
+}
+
+func (s *firstFrameStream) SendMsg(m any) error {
+	if s.checked.Load() {
+		if err := s.current(); err != nil {
+			return err
+		}
+	}
+	return s.ServerStream.SendMsg(m)
 }
 
 // frameCheckKey is the context key of a perFrame stream's frameChecker.
 type frameCheckKey struct{}
 
 // frameChecker checks the frames of one perFrame stream. A frame needing
-// what the last one allowed needed, under the same policy, is not
-// checked again. Used by the stream's one receiving goroutine.
+// what the last one allowed needed, with neither auth file changed since,
+// is not checked again. Used by the stream's one receiving goroutine.
 type frameChecker struct {
-	ctx    context.Context
-	gd     *guard
-	acc    rpcAccess
-	id     auth.Identity
-	method string
-
-	lastPol *auth.Policy
+	*session
+	lastGen uint64 // the generation last was allowed under, + 1 (0: none)
 	last    need
 }
 
@@ -273,16 +350,19 @@ func checkFrame(ctx context.Context, m any) error {
 	if !ok {
 		return nil
 	}
-	pol := fc.gd.g.Policy()
+	if err := fc.current(); err != nil {
+		return err
+	}
+	gen := fc.gen.Load() + 1
 	ns := fc.acc.needs(m)
-	if len(ns) == 1 && ns[0] == fc.last && pol == fc.lastPol {
+	if len(ns) == 1 && ns[0] == fc.last && gen == fc.lastGen {
 		return nil
 	}
-	if err := fc.gd.authorize(fc.ctx, pol, fc.method, fc.acc, fc.id, m); err != nil {
+	if err := fc.gd.authorize(fc.ctx, fc.gd.g.Policy(), fc.method, fc.acc, fc.identity(), m); err != nil {
 		return err
 	}
 	if len(ns) == 1 {
-		fc.lastPol, fc.last = pol, ns[0]
+		fc.lastGen, fc.last = gen, ns[0]
 	}
 	return nil
 }

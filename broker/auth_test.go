@@ -624,3 +624,98 @@ func TestAuthSDKToken(t *testing.T) {
 		t.Errorf("CreateTopic with a token over plaintext, allowed: %v", err)
 	}
 }
+
+// TestAuthRevokesOpenStreams: a grant or a token revoked while a stream
+// is open ends what relied on it: the consumer's Subscribe stream ends
+// with PERMISSION_DENIED at its next delivery, a publish stream's next
+// frame is refused, and once the token is gone, UNAUTHENTICATED.
+func TestAuthRevokesOpenStreams(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, withAuth(t, dir, nil))
+	addr := ts.srv.GRPCAddr().String()
+	ctx := testContext(t)
+	admin := dialToken(t, addr, testTokens["admin"])
+	adm := ferryv1.NewAdminServiceClient(admin)
+	for _, name := range []string{"orders", "kitchen.ready"} {
+		if _, err := adm.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: name, Config: &ferryv1.TopicConfig{Partitions: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := adm.CreateSubscription(ctx, &ferryv1.CreateSubscriptionRequest{Topic: "orders", Name: "kitchen", Config: subConfig(atLeast, shared)}); err != nil {
+		t.Fatal(err)
+	}
+	pubOrder := func(id string) {
+		t.Helper()
+		if _, err := ferryv1.NewPublisherServiceClient(admin).Publish(ctx, &ferryv1.PublishRequest{Topic: "orders", Messages: []*ferryv1.PublishMessage{{Id: id, Payload: []byte(id)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pubOrder("order-1")
+	kitchen := dialToken(t, addr, testTokens["kitchen"])
+	sub, err := ferryv1.NewSubscriberServiceClient(kitchen).Subscribe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Init{Init: &ferryv1.SubscribeInit{Topic: "orders", Subscription: "kitchen", Credit: 10}}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := sub.Recv(); err != nil || len(r.GetDeliveries().GetDeliveries()) != 1 {
+		t.Fatalf("kitchen's first delivery = %v, %v", r, err)
+	}
+	ps, err := ferryv1.NewPublisherServiceClient(kitchen).PublishStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(0)
+	publishFrame := func() codes.Code {
+		t.Helper()
+		seq++
+		if err := ps.Send(&ferryv1.PublishStreamRequest{Sequence: seq, Topic: "kitchen.ready", Messages: []*ferryv1.PublishMessage{{Payload: []byte("pizza")}}}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := ps.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return codes.Code(r.GetError().GetCode())
+	}
+	if code := publishFrame(); code != codes.OK {
+		t.Fatalf("kitchen's first frame = %v", code)
+	}
+	write := func(name, body string) {
+		tmp := filepath.Join(dir, name+".tmp")
+		if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reloads := func(file string) float64 {
+		return labeledCounter(t, ts.srv.Registry(), "ferry_auth_reloads_total", "file", file)
+	}
+
+	// The grants are revoked: kitchen's next delivery ends its stream,
+	// its next frame is refused.
+	write("policy.yaml", "rules:\n  - principals: [admin]\n    permissions: [publish, subscribe, read, admin, cluster]\n    topics: [\"*\"]\n")
+	eventuallyB(t, "the policy is reloaded", func() bool { return reloads("policy") == 1 })
+	pubOrder("order-2")
+	if r, err := sub.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("kitchen's stream after its grant was revoked = %v, %v; want PERMISSION_DENIED", r, err)
+	}
+	if code := publishFrame(); code != codes.PermissionDenied {
+		t.Errorf("kitchen's frame after its grant was revoked = %v, want PERMISSION_DENIED", code)
+	}
+
+	// Granted again, then the token revoked.
+	write("policy.yaml", testAuthPolicy)
+	eventuallyB(t, "the policy is reloaded again", func() bool { return reloads("policy") == 2 })
+	if code := publishFrame(); code != codes.OK {
+		t.Errorf("kitchen's frame when granted again = %v", code)
+	}
+	write("tokens.yaml", "tokens:\n  - name: admin\n    sha256: "+auth.HashToken(testTokens["admin"])+"\n")
+	eventuallyB(t, "the tokens are reloaded", func() bool { return reloads("tokens") == 1 })
+	if code := publishFrame(); code != codes.Unauthenticated {
+		t.Errorf("kitchen's frame after its token was revoked = %v, want UNAUTHENTICATED", code)
+	}
+}
