@@ -114,7 +114,7 @@ func (n *node) route(ctx context.Context, topic, sub string) (*grpc.ClientConn, 
 	if err != nil {
 		return nil, ctx, err
 	}
-	return conn, metadata.AppendToOutgoingContext(ctx, forwardedKey, fmt.Sprint(n.ID())), nil
+	return conn, metadata.AppendToOutgoingContext(forwardIdentity(ctx), forwardedKey, fmt.Sprint(n.ID())), nil
 }
 
 // conn returns the connection to node id's node-to-node port.

@@ -44,7 +44,7 @@ func (n *node) peerStatus(ctx context.Context, ns *ferryv1.NodeStatus) {
 		ns.Error = err.Error()
 		return
 	}
-	cctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	cctx, cancel := context.WithTimeout(forwardIdentity(ctx), statusTimeout)
 	defer cancel()
 	r, err := ferryv1.NewAdminServiceClient(conn).GetClusterStatus(cctx, &ferryv1.GetClusterStatusRequest{Local: true})
 	switch {

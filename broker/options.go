@@ -40,6 +40,9 @@ type Options struct {
 	// TLS, if set, serves every port over TLS (docs/security.md); nil is
 	// plaintext.
 	TLS *TLSOptions
+	// Auth, if set, turns authentication and authorization on
+	// (docs/security.md); nil lets every caller do everything.
+	Auth *AuthOptions
 	// Clock is the time source of the broker and its store. Default the wall
 	// clock.
 	Clock clock.Clock
@@ -124,6 +127,18 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("option TLS: a cluster node needs PeerCAFile (or ClientCAFile) to authenticate its peers: %w", storage.ErrInvalidConfig)
 		case t.ReloadInterval < 0:
 			return fmt.Errorf("option TLS.ReloadInterval %v is negative: %w", t.ReloadInterval, storage.ErrInvalidConfig)
+		}
+	}
+	if a := o.Auth; a != nil {
+		switch {
+		case a.PolicyFile == "":
+			return fmt.Errorf("option Auth needs a PolicyFile: %w", storage.ErrInvalidConfig)
+		case a.TokensFile == "" && (o.TLS == nil || o.TLS.ClientCAFile == ""):
+			return fmt.Errorf("option Auth needs TokensFile or client certificates (TLS.ClientCAFile) to authenticate callers: %w", storage.ErrInvalidConfig)
+		case o.Cluster != nil && o.TLS == nil:
+			return fmt.Errorf("option Auth in a cluster needs TLS: nodes trust each other's forwarded callers only over mutual TLS: %w", storage.ErrInvalidConfig)
+		case a.ReloadInterval < 0:
+			return fmt.Errorf("option Auth.ReloadInterval %v is negative: %w", a.ReloadInterval, storage.ErrInvalidConfig)
 		}
 	}
 	return nil

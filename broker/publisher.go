@@ -89,7 +89,9 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 				return
 			}
 			f := inflight{seq: req.GetSequence()}
-			f.batch, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
+			if f.err = checkFrame(ctx, req); f.err == nil { // auth.go: refused, answered with the refusal
+				f.batch, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
+			}
 			if f.err != nil && ctx.Err() != nil {
 				// The stream is over and this batch may be stored in part:
 				// take nothing after it, which the client sends again, in

@@ -61,6 +61,7 @@ type Server struct {
 	grpcLis net.Listener
 	httpLis net.Listener
 	tls     *tlsfiles.Files // nil without TLS
+	guard   *guard          // nil without auth
 	ready   atomic.Bool
 
 	draining     chan struct{} // closed when Shutdown begins: streams finish up
@@ -119,14 +120,11 @@ func Open(opts Options) (*Server, error) {
 	}
 	s.registry = reg
 	badInput := newRateLog(s.log, opts.Clock, badInputLogInterval)
-	// The node-to-node port serves the API too (forwarded requests): it
-	// refuses what does not decode the same way.
-	peerOpts := []grpc.ServerOption{
-		grpc.ForceServerCodecV2(newRequestCodec()),
-		grpc.ChainUnaryInterceptor(peerOnlyUnary, refuseUndecodable(badInput)),
-		grpc.ChainStreamInterceptor(peerOnlyStream, refuseUndecodableStream(badInput)),
+	if s.tls, err = loadTLS(opts.TLS, opts.Clock, opts, reg); err == nil {
+		s.guard, err = openGuard(opts, opts.Clock, reg)
 	}
-	if s.tls, err = loadTLS(opts.TLS, opts.Clock, opts, reg); err != nil {
+	if err != nil {
+		s.tls.Stop()
 		grpcLis.Close()
 		if httpLis != nil {
 			httpLis.Close()
@@ -137,6 +135,7 @@ func Open(opts Options) (*Server, error) {
 	quotas, err := newQuotas(opts.Limits, opts.Clock, st, opts.Cluster != nil, reg)
 	if err != nil {
 		s.tls.Stop()
+		s.guard.stop()
 		grpcLis.Close()
 		if httpLis != nil {
 			httpLis.Close()
@@ -144,10 +143,20 @@ func Open(opts Options) (*Server, error) {
 		_ = st.Close(context.Background())
 		return nil, err
 	}
+	// The node-to-node port serves the API too (forwarded requests): it
+	// refuses what does not decode the same way, and believes a forwarded
+	// caller's identity only from a member node.
+	peerOpts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.ChainUnaryInterceptor(peerOnlyUnary, refuseUndecodable(badInput), s.guard.peerUnary),
+		grpc.ChainStreamInterceptor(peerOnlyStream, refuseUndecodableStream(badInput), s.guard.peerStream),
+	}
 	s.grpc = grpc.NewServer(append(append(tlsServerOption(s.tls),
 		grpc.ForceServerCodecV2(newRequestCodec()),
-		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), logInternal(s.log)),
-		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), logInternalStream(s.log)),
+		// s.guard (auth.go), when auth is on, authenticates the caller,
+		// then checks the permission the call needs.
+		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), s.guard.unary, logInternal(s.log)),
+		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), s.guard.stream, logInternalStream(s.log)),
 		grpc.ChainStreamInterceptor(brokenStreams...), // none but in a ferry_broken_* test build
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		// A fixed window per stream (gRPC's default grows it with the
@@ -158,9 +167,10 @@ func Open(opts Options) (*Server, error) {
 		grpc.InitialWindowSize(streamWindowBytes),
 		grpc.InitialConnWindowSize(connWindowBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	), quotas.interceptors()...)...) // the limits last: after the metrics and the decoding checks
+	), quotas.interceptors()...)...) // the limits last: after the metrics, the decoding checks and auth
 	closeAll := func() {
 		s.tls.Stop()
+		s.guard.stop()
 		grpcLis.Close()
 		if httpLis != nil {
 			httpLis.Close()
@@ -365,6 +375,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}
 		s.tls.Stop()
+		s.guard.stop()
 		s.shutdownErr = s.store.Close(ctx)
 	})
 	return s.shutdownErr

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/ferrymq/ferry/auth"
 	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/internal/echo"
@@ -47,6 +48,10 @@ func statusOf(err error) error {
 	var oor *storage.OffsetOutOfRangeError
 	var full *storage.DiskFullError
 	switch {
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return status.Error(codes.Unauthenticated, describe(err, auth.ErrUnauthenticated))
+	case errors.Is(err, auth.ErrDenied):
+		return status.Error(codes.PermissionDenied, describe(err, auth.ErrDenied)+"; ask for it in the broker's policy (--auth-policy)")
 	case errors.Is(err, errPeerOnly):
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.As(err, &invalid):

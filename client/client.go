@@ -43,6 +43,9 @@ type options struct {
 	callTimeout time.Duration
 	logger      *slog.Logger
 	keepalive   *keepalive.ClientParameters
+	// token, if set, gives the bearer token of each call (WithToken).
+	token              func(context.Context) (string, error)
+	tokenOverPlaintext bool
 }
 
 // Option configures Dial.
@@ -86,6 +89,9 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	}
 	if o.keepalive != nil {
 		dopts = append(dopts, grpc.WithKeepaliveParams(*o.keepalive))
+	}
+	if o.token != nil {
+		dopts = append(dopts, grpc.WithPerRPCCredentials(TokenCredentials(o.token, o.tokenOverPlaintext)))
 	}
 	target := addr
 	if strings.Contains(addr, ",") {

@@ -285,7 +285,7 @@ func (p *Producer) run() {
 				close(ack)
 				continue
 			case <-s.broken:
-				s.reconnect()
+				s.reopen()
 				continue
 			case <-p.ctx.Done():
 				return
@@ -429,6 +429,22 @@ func (s *sender) send(b *batch) {
 	}
 }
 
+// reopen opens a new stream for the unanswered batches, if any; else it
+// drops the broken one, and the next batch opens one (a stream refused
+// for its credentials is not reopened in a loop).
+func (s *sender) reopen() {
+	p := s.p
+	p.mu.Lock()
+	n := len(p.pending)
+	p.mu.Unlock()
+	if n > 0 {
+		s.reconnect()
+		return
+	}
+	s.cancelStream()
+	s.stream, s.cancelStream, s.broken = nil, nil, nil
+}
+
 // reconnect opens a new stream, with backoff, and sends every unanswered
 // batch on it. It returns when that is done or the producer stops.
 func (s *sender) reconnect() {
@@ -504,6 +520,12 @@ func (p *Producer) receive(stream ferryv1.PublisherService_PublishStreamClient, 
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
+			if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied {
+				// Sending again would be refused again: the batches
+				// sent fail with the refusal.
+				p.failPending(err)
+				return
+			}
 			if d, ok := retryDelay(err); ok {
 				p.mu.Lock()
 				p.retryIn = d
@@ -543,6 +565,19 @@ func (p *Producer) receive(stream ferryv1.PublisherService_PublishStreamClient, 
 		select {
 		case p.answered <- struct{}{}:
 		default:
+		}
+	}
+}
+
+// failPending fails every sent, unanswered batch with err.
+func (p *Producer) failPending(err error) {
+	p.mu.Lock()
+	pending := p.pending
+	p.pending = nil
+	p.mu.Unlock()
+	for _, b := range pending {
+		for _, f := range b.futures {
+			f.fail(err, p.bytes)
 		}
 	}
 }

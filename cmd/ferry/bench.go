@@ -29,6 +29,7 @@ import (
 type benchOptions struct {
 	server     string
 	tls        tlsFlags
+	token      tokenFlags
 	duration   time.Duration
 	warmup     time.Duration
 	size       int
@@ -74,6 +75,7 @@ measured after --warmup. If the broker stops answering for --broker-timeout
 	f := cmd.Flags()
 	f.StringVar(&o.server, "server", "", "broker address (env FERRY_SERVER); empty: start one in-process")
 	o.tls.add(f)
+	o.token.add(f)
 	f.DurationVar(&o.duration, "duration", o.duration, "how long to measure, after the warm-up")
 	f.DurationVar(&o.warmup, "warmup", o.warmup, "how long to run before measuring")
 	f.IntVar(&o.size, "message-size", o.size, "payload bytes per message (at least 8: it carries the send time)")
@@ -231,6 +233,11 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 		return nil, err
 	}
 	dopts := []client.Option{client.WithLogger(slog.New(slog.DiscardHandler)), client.WithTLS(creds)}
+	topts, err := o.token.options()
+	if err != nil {
+		return nil, err
+	}
+	dopts = append(dopts, topts...)
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := client.Dial(dctx, addr, dopts...)
 	cancel()

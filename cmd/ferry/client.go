@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ type clientFlags struct {
 	output  string
 	timeout time.Duration
 	tls     tlsFlags
+	token   tokenFlags
 }
 
 // tlsFlags are --tls-ca, --tls-cert and --tls-key (docs/security.md).
@@ -50,12 +52,67 @@ func (t *tlsFlags) creds() (credentials.TransportCredentials, error) {
 	return client.TLSFromFiles(t.ca, t.cert, t.key)
 }
 
+// tokenFlags are --token, --token-file and --token-over-plaintext
+// (docs/security.md).
+type tokenFlags struct {
+	token, file string
+	plaintext   bool
+}
+
+func (t *tokenFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&t.token, "token", "", "bearer token for a broker with --auth-tokens (env FERRY_TOKEN); sent over TLS only")
+	fs.StringVar(&t.file, "token-file", "", "file holding the bearer token (env FERRY_TOKEN_FILE), read once; surrounding whitespace is ignored")
+	fs.BoolVar(&t.plaintext, "token-over-plaintext", false, "send the token even without TLS (tests and loopback only: anyone reading the traffic can replay it)")
+}
+
+// value is the token of --token or --token-file; "" for neither.
+func (t *tokenFlags) value() (string, error) {
+	switch {
+	case t.token != "" && t.file != "":
+		return "", fmt.Errorf("--token and --token-file: give one")
+	case t.file == "":
+		return t.token, nil
+	}
+	b, err := os.ReadFile(t.file)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--token-file %s is empty", t.file)
+	}
+	return tok, nil
+}
+
+// creds are the per-RPC credentials of the token flags; nil for no token.
+func (t *tokenFlags) creds() (credentials.PerRPCCredentials, error) {
+	tok, err := t.value()
+	if err != nil || tok == "" {
+		return nil, err
+	}
+	return client.TokenCredentials(func(context.Context) (string, error) { return tok, nil }, t.plaintext), nil
+}
+
+// options are the SDK's options for the token flags.
+func (t *tokenFlags) options() ([]client.Option, error) {
+	tok, err := t.value()
+	if err != nil || tok == "" {
+		return nil, err
+	}
+	opts := []client.Option{client.WithToken(tok)}
+	if t.plaintext {
+		opts = append(opts, client.WithTokenOverPlaintext())
+	}
+	return opts, nil
+}
+
 // addClientFlags adds --server, --timeout and, if withOutput, -o.
 func addClientFlags(cmd *cobra.Command, withOutput bool) *clientFlags {
 	cf := &clientFlags{server: "localhost:7420", output: "text", timeout: 30 * time.Second}
 	cmd.Flags().StringVar(&cf.server, "server", cf.server, "broker address (env FERRY_SERVER)")
 	cmd.Flags().DurationVar(&cf.timeout, "rpc-timeout", cf.timeout, "deadline for each unary call")
 	cf.tls.add(cmd.Flags())
+	cf.token.add(cmd.Flags())
 	if withOutput {
 		cmd.Flags().StringVarP(&cf.output, "output", "o", cf.output, "text or json (one object per line)")
 	}
@@ -77,9 +134,20 @@ func (cf *clientFlags) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(cf.server, grpc.WithTransportCredentials(creds),
+	dopts := []grpc.DialOption{grpc.WithTransportCredentials(creds),
 		// A read returns at least one message, and a message may be 4 MiB.
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvBytes))}
+	perRPC, err := cf.token.creds()
+	if err != nil {
+		return nil, err
+	}
+	if perRPC != nil {
+		if perRPC.RequireTransportSecurity() && creds.Info().SecurityProtocol != "tls" {
+			return nil, fmt.Errorf("a token is sent over TLS only: give --tls-ca (or, for loopback tests, --token-over-plaintext)")
+		}
+		dopts = append(dopts, grpc.WithPerRPCCredentials(perRPC))
+	}
+	conn, err := grpc.NewClient(cf.server, dopts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", cf.server, err)
 	}
