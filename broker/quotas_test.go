@@ -369,3 +369,37 @@ func TestCommitOutputsLimited(t *testing.T) {
 		t.Fatalf("head %d, want 10: the refused commit stored its outputs", h[0])
 	}
 }
+
+// TestPublishLimitPerAuthenticatedPrincipal: with auth on, a limit counts
+// against the authenticated principal, not the address: two principals
+// calling from the same address have a bucket each, so one over its limit
+// leaves the other's publishes going.
+func TestPublishLimitPerAuthenticatedPrincipal(t *testing.T) {
+	const rate = 50
+	ts := startServer(t, withAuth(t, t.TempDir(), nil), withLimits(limits.Options{PublishMessages: rate}))
+	addr := ts.srv.GRPCAddr().String()
+	ctx := testContext(t)
+	admin := dialToken(t, addr, testTokens["admin"])
+	if _, err := ferryv1.NewAdminServiceClient(admin).CreateTopic(ctx, &ferryv1.CreateTopicRequest{
+		Name: "kitchen.orders", Config: &ferryv1.TopicConfig{Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	kitchen := ferryv1.NewPublisherServiceClient(dialToken(t, addr, testTokens["kitchen"]))
+	adminPub := ferryv1.NewPublisherServiceClient(admin)
+	if _, err := kitchen.Publish(ctx, &ferryv1.PublishRequest{Topic: "kitchen.orders", Messages: batchOf("k-a", rate)}); err != nil {
+		t.Fatalf("kitchen's bucket's worth: %v", err)
+	}
+	_, err := kitchen.Publish(ctx, &ferryv1.PublishRequest{Topic: "kitchen.orders", Messages: batchOf("k-b", rate)})
+	retryInfo(t, err, "kitchen", "messages/s")
+	// admin calls from the same address: its bucket is full.
+	if _, err := adminPub.Publish(ctx, &ferryv1.PublishRequest{Topic: "kitchen.orders", Messages: batchOf("a-a", rate)}); err != nil {
+		t.Fatalf("another principal from the same address: %v", err)
+	}
+	resp, err := ferryv1.NewAdminServiceClient(admin).GetTopic(ctx, &ferryv1.GetTopicRequest{Name: "kitchen.orders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := resp.GetPartitions()[0].GetHeadOffset(); h != 2*rate {
+		t.Fatalf("head %d, want %d: the refused batch stored, or the other principal's refused", h, 2*rate)
+	}
+}
