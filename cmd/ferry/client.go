@@ -183,13 +183,18 @@ func rpcError(err error) error {
 	return err
 }
 
-// tlsHint says what a connection refused at the handshake may lack.
+// tlsHint says what a connection refused at the handshake may lack. A
+// TLS 1.3 server that wants a client certificate refuses after the
+// client's side of the handshake is done, so the client learns it from
+// its next read or write: the alert ("tls: certificate required"), or,
+// when the server closed first, a broken pipe or a reset connection.
 func tlsHint(st *status.Status) string {
 	if st.Code() != codes.Unavailable {
 		return ""
 	}
 	switch m := st.Message(); {
-	case strings.Contains(m, "tls:") || strings.Contains(m, "certificate") || strings.Contains(m, "broken pipe"):
+	case strings.Contains(m, "tls:") || strings.Contains(m, "certificate") ||
+		strings.Contains(m, "broken pipe") || strings.Contains(m, "connection reset by peer"):
 		return " (TLS refused: check --tls-ca, and --tls-cert/--tls-key if the server requires a client certificate)"
 	case strings.Contains(m, "server preface"):
 		return " (is it a TLS port? give --tls-ca)"
