@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferrymq/ferry/auth"
 	"github.com/ferrymq/ferry/client"
 	"github.com/ferrymq/ferry/internal/clock"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -341,5 +342,30 @@ func TestAdminAuditLine(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `msg="audit: call refused" principal=kitchen`) {
 		t.Errorf("no refusal line for kitchen's DeleteTopic:\n%s", logs.String())
+	}
+}
+
+// TestListClientsNeedsAdminOnEveryTopic: an admin of some topics may not
+// list the clients (they show every principal's connections); an admin
+// of every topic may.
+func TestListClientsNeedsAdminOnEveryTopic(t *testing.T) {
+	pol, err := auth.ParsePolicy([]byte(`
+rules:
+  - principals: [ops]
+    permissions: [admin]
+    topics: ["*"]
+  - principals: [team]
+    permissions: [admin]
+    topics: ["orders.*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := rpcTable[adminSvc+"ListClients"].needs(&ferryv1.ListClientsRequest{})
+	for principal, want := range map[string]bool{"ops": true, "team": false} {
+		err := pol.Authorize(auth.Identity{Principal: principal}, ns[0].perm, ns[0].res)
+		if (err == nil) != want {
+			t.Errorf("%s may list the clients: %v, want %v", principal, err == nil, want)
+		}
 	}
 }
