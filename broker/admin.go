@@ -29,6 +29,8 @@ type admin struct {
 	engine *consumer.Engine
 	clk    clock.Clock
 	log    *slog.Logger
+	// clients are the public port's connections (ListClients).
+	clients *clients
 }
 
 // replicas is how many copies of each partition there are: one per node.
@@ -56,6 +58,11 @@ func (a *admin) GetClusterStatus(ctx context.Context, req *ferryv1.GetClusterSta
 		return nil, status.Error(codes.FailedPrecondition, "this broker is a single node, not a cluster; ferry serve --node-id and --peers start one")
 	}
 	return a.node.status(ctx, req.GetLocal()), nil
+}
+
+// ListClients lists the clients connected to this node's public port.
+func (a *admin) ListClients(context.Context, *ferryv1.ListClientsRequest) (*ferryv1.ListClientsResponse, error) {
+	return a.clients.list(), nil
 }
 
 // topicAdmin makes topic changes: *storage.Store on a single node,

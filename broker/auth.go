@@ -164,6 +164,7 @@ func (gd *guard) authenticate(ctx context.Context, method string) (context.Conte
 	}
 	s.creds, s.id = c, id
 	s.ctx = auth.NewContext(ctx, id)
+	learn(s.ctx) // the per-client statistics count a refusal below against id (clients.go)
 	return s.ctx, s, nil
 }
 

@@ -129,6 +129,11 @@ var rpcTable = map[string]rpcAccess{
 	adminSvc + "GetClusterStatus": {needs: func(any) []need {
 		return one(auth.Cluster, auth.Resource{})
 	}},
+	// ListClients shows every principal's connections: admin on every
+	// topic, not on some.
+	adminSvc + "ListClients": {needs: func(any) []need {
+		return one(auth.Admin, topicRes("*"))
+	}},
 
 	// Health stays open: probes carry no credentials.
 	"/grpc.health.v1.Health/Check": {open: true},

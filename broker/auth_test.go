@@ -221,6 +221,10 @@ func authCalls() []authCall {
 			_, err := adm(c).GetClusterStatus(ctx, &ferryv1.GetClusterStatusRequest{})
 			return err
 		}},
+		{"ListClients", `admin permission on topic "*"`, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adm(c).ListClients(ctx, &ferryv1.ListClientsRequest{})
+			return err
+		}},
 		{"DeleteSubscription", "admin permission on " + kitchen, func(ctx context.Context, c *grpc.ClientConn) error {
 			_, err := adm(c).DeleteSubscription(ctx, &ferryv1.DeleteSubscriptionRequest{Topic: "orders", Name: "kitchen"})
 			return err

@@ -62,6 +62,16 @@ type Options struct {
 	// docs/security.md): publish messages/s and bytes/s, open streams,
 	// subscriptions created. Default: all 0, unlimited.
 	Limits limits.Options
+	// ClientSeries is how many principals get their own principal label
+	// in the ferry_client_* metrics (clients.go, docs/security.md); the
+	// rest are summed under principal="_other". A labelled principal idle
+	// for 10 minutes gives its label up to the next new one. Default (0)
+	// 100.
+	ClientSeries int
+	// MaxTrackedClients caps the connections the public port tracks for
+	// ListClients (ferry clients); more are served but not listed, and
+	// counted (ListClientsResponse.untracked). Default (0) 10,000.
+	MaxTrackedClients int
 }
 
 // MinMemoryLimit is the smallest Options.MemoryLimit accepted.
@@ -107,6 +117,10 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option MemoryLimit %d must be 0 (none) or at least %d (128 MiB): %w", o.MemoryLimit, MinMemoryLimit, storage.ErrInvalidConfig)
 	case o.MaxPublishBytesInFlight < 0:
 		return fmt.Errorf("option MaxPublishBytesInFlight %d is negative: %w", o.MaxPublishBytesInFlight, storage.ErrInvalidConfig)
+	case o.ClientSeries < 0:
+		return fmt.Errorf("option ClientSeries %d is negative: %w", o.ClientSeries, storage.ErrInvalidConfig)
+	case o.MaxTrackedClients < 0:
+		return fmt.Errorf("option MaxTrackedClients %d is negative: %w", o.MaxTrackedClients, storage.ErrInvalidConfig)
 	}
 	if err := o.Limits.Validate(); err != nil {
 		return fmt.Errorf("option Limits: %w: %w", err, storage.ErrInvalidConfig)

@@ -62,6 +62,7 @@ type Server struct {
 	httpLis net.Listener
 	tls     *tlsfiles.Files // nil without TLS
 	guard   *guard          // nil without auth
+	clients *clients        // the public port's connections and per-principal metrics
 	ready   atomic.Bool
 
 	draining     chan struct{} // closed when Shutdown begins: streams finish up
@@ -151,12 +152,15 @@ func Open(opts Options) (*Server, error) {
 		grpc.ChainUnaryInterceptor(peerOnlyUnary, refuseUndecodable(badInput), s.guard.peerUnary),
 		grpc.ChainStreamInterceptor(peerOnlyStream, refuseUndecodableStream(badInput), s.guard.peerStream),
 	}
+	s.clients = newClients(opts, reg)
 	s.grpc = grpc.NewServer(append(append(tlsServerOption(s.tls),
 		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.StatsHandler(s.clients), // connections, for ListClients (clients.go)
 		// s.guard (auth.go), when auth is on, authenticates the caller,
-		// then checks the permission the call needs.
-		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), refuseUndecodable(badInput), s.guard.unary, logInternal(s.log)),
-		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), refuseUndecodableStream(badInput), s.guard.stream, logInternalStream(s.log)),
+		// then checks the permission the call needs; s.clients counts
+		// each call by principal around it, and audits admin actions.
+		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), s.clients.unary, refuseUndecodable(badInput), s.guard.unary, s.clients.innerUnary, logInternal(s.log)),
+		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), s.clients.stream, refuseUndecodableStream(badInput), s.guard.stream, s.clients.innerStream, logInternalStream(s.log)),
 		grpc.ChainStreamInterceptor(brokenStreams...), // none but in a ferry_broken_* test build
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
 		// A fixed window per stream (gRPC's default grows it with the
@@ -197,7 +201,7 @@ func Open(opts Options) (*Server, error) {
 	pub := newPublisher(st, m, opts.Clock, s.log, s.draining, mem)
 	pub.node = s.node
 	sub := &subscriber{engine: s.engine, metrics: m, pub: pub, draining: s.draining, node: s.node}
-	adm := &admin{store: st, topics: topics, engine: s.engine, clk: opts.Clock, log: s.log, node: s.node}
+	adm := &admin{store: st, topics: topics, engine: s.engine, clk: opts.Clock, log: s.log, node: s.node, clients: s.clients}
 	register = func(g *grpc.Server) {
 		ferryv1.RegisterPublisherServiceServer(g, pub)
 		ferryv1.RegisterSubscriberServiceServer(g, sub)

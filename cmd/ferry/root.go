@@ -30,6 +30,7 @@ func newRootCommand() *cobra.Command {
 		newBenchCommand(),
 		newVerifyCommand(),
 		newClusterCommand(),
+		newClientsCommand(),
 		newVersionCommand(),
 	)
 	return root

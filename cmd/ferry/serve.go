@@ -86,6 +86,11 @@ requests, finishes the writes under way and closes the store.`,
 	f.StringVar(&logFormat, "log-format", logFormat, "text or json")
 	cf.add(f)
 	addLimitFlags(f, &o.Limits)
+	o.ClientSeries, o.MaxTrackedClients = 100, 10_000
+	f.IntVar(&o.ClientSeries, "client-series", o.ClientSeries,
+		"principals with their own principal label in the ferry_client_* metrics; the rest are summed under \"_other\" (a label idle 10m is given to the next new principal)")
+	f.IntVar(&o.MaxTrackedClients, "max-tracked-clients", o.MaxTrackedClients,
+		"connections tracked for ferry clients; more are served but only counted")
 	f.StringVar(&tf.CertFile, "tls-cert", "", "serve every port over TLS with this PEM certificate (chain); in a cluster it must name the node (URI ferry://node/<id>), see docs/security.md")
 	f.StringVar(&tf.KeyFile, "tls-key", "", "the private key (PEM) of --tls-cert")
 	f.StringVar(&tf.ClientCAFile, "tls-client-ca", "", "require client certificates on the gRPC port, signed by a CA of this PEM file")

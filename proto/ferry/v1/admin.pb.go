@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1702,11 +1703,234 @@ func (x *FollowerStatus) GetActive() bool {
 	return false
 }
 
+// ListClientsRequest asks the answering node for its connected clients.
+type ListClientsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClientsRequest) Reset() {
+	*x = ListClientsRequest{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClientsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClientsRequest) ProtoMessage() {}
+
+func (x *ListClientsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClientsRequest.ProtoReflect.Descriptor instead.
+func (*ListClientsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+// ListClientsResponse lists the node's connected clients.
+type ListClientsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per connection the node tracks, oldest first.
+	Clients []*ClientInfo `protobuf:"bytes,1,rep,name=clients,proto3" json:"clients,omitempty"`
+	// Connections open but not tracked, because the node already tracked
+	// its maximum (ferry serve --max-tracked-clients).
+	Untracked     uint64 `protobuf:"varint,2,opt,name=untracked,proto3" json:"untracked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClientsResponse) Reset() {
+	*x = ListClientsResponse{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClientsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClientsResponse) ProtoMessage() {}
+
+func (x *ListClientsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClientsResponse.ProtoReflect.Descriptor instead.
+func (*ListClientsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListClientsResponse) GetClients() []*ClientInfo {
+	if x != nil {
+		return x.Clients
+	}
+	return nil
+}
+
+func (x *ListClientsResponse) GetUntracked() uint64 {
+	if x != nil {
+		return x.Untracked
+	}
+	return 0
+}
+
+// ClientInfo is one client connection.
+type ClientInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who its last call counted against: the authenticated principal, or
+	// with auth off its IP address; empty before its first call.
+	Principal string `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
+	// The remote address, host:port.
+	RemoteAddr string `protobuf:"bytes,2,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	// When the connection was accepted.
+	ConnectedTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=connected_time,json=connectedTime,proto3" json:"connected_time,omitempty"`
+	// PublishStream streams open on the connection.
+	PublishStreams uint32 `protobuf:"varint,4,opt,name=publish_streams,json=publishStreams,proto3" json:"publish_streams,omitempty"`
+	// Subscribe streams open on the connection.
+	SubscribeStreams uint32 `protobuf:"varint,5,opt,name=subscribe_streams,json=subscribeStreams,proto3" json:"subscribe_streams,omitempty"`
+	// Messages received in publish requests (unary and stream, and a
+	// Commit's outputs) per second, over the last complete 10-second window.
+	MessagesInPerSecond float64 `protobuf:"fixed64,6,opt,name=messages_in_per_second,json=messagesInPerSecond,proto3" json:"messages_in_per_second,omitempty"`
+	// Messages delivered to its Subscribe streams per second, over the last
+	// complete 10-second window.
+	MessagesOutPerSecond float64 `protobuf:"fixed64,7,opt,name=messages_out_per_second,json=messagesOutPerSecond,proto3" json:"messages_out_per_second,omitempty"`
+	// Messages received in publish requests since the connection opened.
+	MessagesIn uint64 `protobuf:"varint,8,opt,name=messages_in,json=messagesIn,proto3" json:"messages_in,omitempty"`
+	// Messages delivered since the connection opened.
+	MessagesOut uint64 `protobuf:"varint,9,opt,name=messages_out,json=messagesOut,proto3" json:"messages_out,omitempty"`
+	// Calls (unary and streams) started on the connection.
+	Calls         uint64 `protobuf:"varint,10,opt,name=calls,proto3" json:"calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientInfo) Reset() {
+	*x = ClientInfo{}
+	mi := &file_ferry_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientInfo) ProtoMessage() {}
+
+func (x *ClientInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientInfo.ProtoReflect.Descriptor instead.
+func (*ClientInfo) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ClientInfo) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *ClientInfo) GetRemoteAddr() string {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return ""
+}
+
+func (x *ClientInfo) GetConnectedTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConnectedTime
+	}
+	return nil
+}
+
+func (x *ClientInfo) GetPublishStreams() uint32 {
+	if x != nil {
+		return x.PublishStreams
+	}
+	return 0
+}
+
+func (x *ClientInfo) GetSubscribeStreams() uint32 {
+	if x != nil {
+		return x.SubscribeStreams
+	}
+	return 0
+}
+
+func (x *ClientInfo) GetMessagesInPerSecond() float64 {
+	if x != nil {
+		return x.MessagesInPerSecond
+	}
+	return 0
+}
+
+func (x *ClientInfo) GetMessagesOutPerSecond() float64 {
+	if x != nil {
+		return x.MessagesOutPerSecond
+	}
+	return 0
+}
+
+func (x *ClientInfo) GetMessagesIn() uint64 {
+	if x != nil {
+		return x.MessagesIn
+	}
+	return 0
+}
+
+func (x *ClientInfo) GetMessagesOut() uint64 {
+	if x != nil {
+		return x.MessagesOut
+	}
+	return 0
+}
+
+func (x *ClientInfo) GetCalls() uint64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
 var File_ferry_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/admin.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x1bferry/v1/subscription.proto\x1a\x14ferry/v1/topic.proto\x1a google/protobuf/field_mask.proto\"W\n" +
+	"\x14ferry/v1/admin.proto\x12\bferry.v1\x1a\x16ferry/v1/message.proto\x1a\x1bferry/v1/subscription.proto\x1a\x14ferry/v1/topic.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n" +
 	"\x12CreateTopicRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x06config\x18\x02 \x01(\v2\x15.ferry.v1.TopicConfigR\x06config\"<\n" +
@@ -1816,7 +2040,26 @@ const file_ferry_v1_admin_proto_rawDesc = "" +
 	"matchIndex\x12\x10\n" +
 	"\x03lag\x18\x03 \x01(\x04R\x03lag\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x16\n" +
-	"\x06active\x18\x05 \x01(\bR\x06active2\x81\b\n" +
+	"\x06active\x18\x05 \x01(\bR\x06active\"\x14\n" +
+	"\x12ListClientsRequest\"c\n" +
+	"\x13ListClientsResponse\x12.\n" +
+	"\aclients\x18\x01 \x03(\v2\x14.ferry.v1.ClientInfoR\aclients\x12\x1c\n" +
+	"\tuntracked\x18\x02 \x01(\x04R\tuntracked\"\xaa\x03\n" +
+	"\n" +
+	"ClientInfo\x12\x1c\n" +
+	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12\x1f\n" +
+	"\vremote_addr\x18\x02 \x01(\tR\n" +
+	"remoteAddr\x12A\n" +
+	"\x0econnected_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\rconnectedTime\x12'\n" +
+	"\x0fpublish_streams\x18\x04 \x01(\rR\x0epublishStreams\x12+\n" +
+	"\x11subscribe_streams\x18\x05 \x01(\rR\x10subscribeStreams\x123\n" +
+	"\x16messages_in_per_second\x18\x06 \x01(\x01R\x13messagesInPerSecond\x125\n" +
+	"\x17messages_out_per_second\x18\a \x01(\x01R\x14messagesOutPerSecond\x12\x1f\n" +
+	"\vmessages_in\x18\b \x01(\x04R\n" +
+	"messagesIn\x12!\n" +
+	"\fmessages_out\x18\t \x01(\x04R\vmessagesOut\x12\x14\n" +
+	"\x05calls\x18\n" +
+	" \x01(\x04R\x05calls2\xcd\b\n" +
 	"\fAdminService\x12J\n" +
 	"\vCreateTopic\x12\x1c.ferry.v1.CreateTopicRequest\x1a\x1d.ferry.v1.CreateTopicResponse\x12A\n" +
 	"\bGetTopic\x12\x19.ferry.v1.GetTopicRequest\x1a\x1a.ferry.v1.GetTopicResponse\x12G\n" +
@@ -1830,7 +2073,8 @@ const file_ferry_v1_admin_proto_rawDesc = "" +
 	"\x11ListSubscriptions\x12\".ferry.v1.ListSubscriptionsRequest\x1a#.ferry.v1.ListSubscriptionsResponse\x12_\n" +
 	"\x12UpdateSubscription\x12#.ferry.v1.UpdateSubscriptionRequest\x1a$.ferry.v1.UpdateSubscriptionResponse\x12_\n" +
 	"\x12DeleteSubscription\x12#.ferry.v1.DeleteSubscriptionRequest\x1a$.ferry.v1.DeleteSubscriptionResponse\x12Y\n" +
-	"\x10GetClusterStatus\x12!.ferry.v1.GetClusterStatusRequest\x1a\".ferry.v1.GetClusterStatusResponseB1Z/github.com/ferrymq/ferry/proto/ferry/v1;ferryv1b\x06proto3"
+	"\x10GetClusterStatus\x12!.ferry.v1.GetClusterStatusRequest\x1a\".ferry.v1.GetClusterStatusResponse\x12J\n" +
+	"\vListClients\x12\x1c.ferry.v1.ListClientsRequest\x1a\x1d.ferry.v1.ListClientsResponseB1Z/github.com/ferrymq/ferry/proto/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_admin_proto_rawDescOnce sync.Once
@@ -1844,7 +2088,7 @@ func file_ferry_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_admin_proto_rawDescData
 }
 
-var file_ferry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_ferry_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_ferry_v1_admin_proto_goTypes = []any{
 	(*CreateTopicRequest)(nil),         // 0: ferry.v1.CreateTopicRequest
 	(*CreateTopicResponse)(nil),        // 1: ferry.v1.CreateTopicResponse
@@ -1874,67 +2118,75 @@ var file_ferry_v1_admin_proto_goTypes = []any{
 	(*NodeStatus)(nil),                 // 25: ferry.v1.NodeStatus
 	(*GroupStatus)(nil),                // 26: ferry.v1.GroupStatus
 	(*FollowerStatus)(nil),             // 27: ferry.v1.FollowerStatus
-	(*TopicConfig)(nil),                // 28: ferry.v1.TopicConfig
-	(*Topic)(nil),                      // 29: ferry.v1.Topic
-	(*PartitionStats)(nil),             // 30: ferry.v1.PartitionStats
-	(*fieldmaskpb.FieldMask)(nil),      // 31: google.protobuf.FieldMask
-	(*Message)(nil),                    // 32: ferry.v1.Message
-	(*SubscriptionConfig)(nil),         // 33: ferry.v1.SubscriptionConfig
-	(*Subscription)(nil),               // 34: ferry.v1.Subscription
-	(*SubscriptionStats)(nil),          // 35: ferry.v1.SubscriptionStats
+	(*ListClientsRequest)(nil),         // 28: ferry.v1.ListClientsRequest
+	(*ListClientsResponse)(nil),        // 29: ferry.v1.ListClientsResponse
+	(*ClientInfo)(nil),                 // 30: ferry.v1.ClientInfo
+	(*TopicConfig)(nil),                // 31: ferry.v1.TopicConfig
+	(*Topic)(nil),                      // 32: ferry.v1.Topic
+	(*PartitionStats)(nil),             // 33: ferry.v1.PartitionStats
+	(*fieldmaskpb.FieldMask)(nil),      // 34: google.protobuf.FieldMask
+	(*Message)(nil),                    // 35: ferry.v1.Message
+	(*SubscriptionConfig)(nil),         // 36: ferry.v1.SubscriptionConfig
+	(*Subscription)(nil),               // 37: ferry.v1.Subscription
+	(*SubscriptionStats)(nil),          // 38: ferry.v1.SubscriptionStats
+	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
 }
 var file_ferry_v1_admin_proto_depIdxs = []int32{
-	28, // 0: ferry.v1.CreateTopicRequest.config:type_name -> ferry.v1.TopicConfig
-	29, // 1: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.Topic
-	29, // 2: ferry.v1.GetTopicResponse.topic:type_name -> ferry.v1.Topic
-	30, // 3: ferry.v1.GetTopicResponse.partitions:type_name -> ferry.v1.PartitionStats
+	31, // 0: ferry.v1.CreateTopicRequest.config:type_name -> ferry.v1.TopicConfig
+	32, // 1: ferry.v1.CreateTopicResponse.topic:type_name -> ferry.v1.Topic
+	32, // 2: ferry.v1.GetTopicResponse.topic:type_name -> ferry.v1.Topic
+	33, // 3: ferry.v1.GetTopicResponse.partitions:type_name -> ferry.v1.PartitionStats
 	4,  // 4: ferry.v1.GetTopicResponse.storage:type_name -> ferry.v1.StorageStatus
-	29, // 5: ferry.v1.ListTopicsResponse.topics:type_name -> ferry.v1.Topic
-	28, // 6: ferry.v1.UpdateTopicRequest.config:type_name -> ferry.v1.TopicConfig
-	31, // 7: ferry.v1.UpdateTopicRequest.update_mask:type_name -> google.protobuf.FieldMask
-	29, // 8: ferry.v1.UpdateTopicResponse.topic:type_name -> ferry.v1.Topic
-	32, // 9: ferry.v1.ReadMessagesResponse.messages:type_name -> ferry.v1.Message
-	33, // 10: ferry.v1.CreateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
-	34, // 11: ferry.v1.CreateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
-	34, // 12: ferry.v1.GetSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
-	35, // 13: ferry.v1.GetSubscriptionResponse.stats:type_name -> ferry.v1.SubscriptionStats
-	34, // 14: ferry.v1.ListSubscriptionsResponse.subscriptions:type_name -> ferry.v1.Subscription
-	35, // 15: ferry.v1.ListSubscriptionsResponse.stats:type_name -> ferry.v1.SubscriptionStats
-	33, // 16: ferry.v1.UpdateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
-	31, // 17: ferry.v1.UpdateSubscriptionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	34, // 18: ferry.v1.UpdateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	32, // 5: ferry.v1.ListTopicsResponse.topics:type_name -> ferry.v1.Topic
+	31, // 6: ferry.v1.UpdateTopicRequest.config:type_name -> ferry.v1.TopicConfig
+	34, // 7: ferry.v1.UpdateTopicRequest.update_mask:type_name -> google.protobuf.FieldMask
+	32, // 8: ferry.v1.UpdateTopicResponse.topic:type_name -> ferry.v1.Topic
+	35, // 9: ferry.v1.ReadMessagesResponse.messages:type_name -> ferry.v1.Message
+	36, // 10: ferry.v1.CreateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
+	37, // 11: ferry.v1.CreateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	37, // 12: ferry.v1.GetSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
+	38, // 13: ferry.v1.GetSubscriptionResponse.stats:type_name -> ferry.v1.SubscriptionStats
+	37, // 14: ferry.v1.ListSubscriptionsResponse.subscriptions:type_name -> ferry.v1.Subscription
+	38, // 15: ferry.v1.ListSubscriptionsResponse.stats:type_name -> ferry.v1.SubscriptionStats
+	36, // 16: ferry.v1.UpdateSubscriptionRequest.config:type_name -> ferry.v1.SubscriptionConfig
+	34, // 17: ferry.v1.UpdateSubscriptionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	37, // 18: ferry.v1.UpdateSubscriptionResponse.subscription:type_name -> ferry.v1.Subscription
 	25, // 19: ferry.v1.GetClusterStatusResponse.nodes:type_name -> ferry.v1.NodeStatus
 	26, // 20: ferry.v1.NodeStatus.groups:type_name -> ferry.v1.GroupStatus
 	27, // 21: ferry.v1.GroupStatus.followers:type_name -> ferry.v1.FollowerStatus
-	0,  // 22: ferry.v1.AdminService.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
-	2,  // 23: ferry.v1.AdminService.GetTopic:input_type -> ferry.v1.GetTopicRequest
-	5,  // 24: ferry.v1.AdminService.ListTopics:input_type -> ferry.v1.ListTopicsRequest
-	7,  // 25: ferry.v1.AdminService.UpdateTopic:input_type -> ferry.v1.UpdateTopicRequest
-	9,  // 26: ferry.v1.AdminService.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
-	11, // 27: ferry.v1.AdminService.ReadMessages:input_type -> ferry.v1.ReadMessagesRequest
-	13, // 28: ferry.v1.AdminService.CreateSubscription:input_type -> ferry.v1.CreateSubscriptionRequest
-	15, // 29: ferry.v1.AdminService.GetSubscription:input_type -> ferry.v1.GetSubscriptionRequest
-	17, // 30: ferry.v1.AdminService.ListSubscriptions:input_type -> ferry.v1.ListSubscriptionsRequest
-	19, // 31: ferry.v1.AdminService.UpdateSubscription:input_type -> ferry.v1.UpdateSubscriptionRequest
-	21, // 32: ferry.v1.AdminService.DeleteSubscription:input_type -> ferry.v1.DeleteSubscriptionRequest
-	23, // 33: ferry.v1.AdminService.GetClusterStatus:input_type -> ferry.v1.GetClusterStatusRequest
-	1,  // 34: ferry.v1.AdminService.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
-	3,  // 35: ferry.v1.AdminService.GetTopic:output_type -> ferry.v1.GetTopicResponse
-	6,  // 36: ferry.v1.AdminService.ListTopics:output_type -> ferry.v1.ListTopicsResponse
-	8,  // 37: ferry.v1.AdminService.UpdateTopic:output_type -> ferry.v1.UpdateTopicResponse
-	10, // 38: ferry.v1.AdminService.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
-	12, // 39: ferry.v1.AdminService.ReadMessages:output_type -> ferry.v1.ReadMessagesResponse
-	14, // 40: ferry.v1.AdminService.CreateSubscription:output_type -> ferry.v1.CreateSubscriptionResponse
-	16, // 41: ferry.v1.AdminService.GetSubscription:output_type -> ferry.v1.GetSubscriptionResponse
-	18, // 42: ferry.v1.AdminService.ListSubscriptions:output_type -> ferry.v1.ListSubscriptionsResponse
-	20, // 43: ferry.v1.AdminService.UpdateSubscription:output_type -> ferry.v1.UpdateSubscriptionResponse
-	22, // 44: ferry.v1.AdminService.DeleteSubscription:output_type -> ferry.v1.DeleteSubscriptionResponse
-	24, // 45: ferry.v1.AdminService.GetClusterStatus:output_type -> ferry.v1.GetClusterStatusResponse
-	34, // [34:46] is the sub-list for method output_type
-	22, // [22:34] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	30, // 22: ferry.v1.ListClientsResponse.clients:type_name -> ferry.v1.ClientInfo
+	39, // 23: ferry.v1.ClientInfo.connected_time:type_name -> google.protobuf.Timestamp
+	0,  // 24: ferry.v1.AdminService.CreateTopic:input_type -> ferry.v1.CreateTopicRequest
+	2,  // 25: ferry.v1.AdminService.GetTopic:input_type -> ferry.v1.GetTopicRequest
+	5,  // 26: ferry.v1.AdminService.ListTopics:input_type -> ferry.v1.ListTopicsRequest
+	7,  // 27: ferry.v1.AdminService.UpdateTopic:input_type -> ferry.v1.UpdateTopicRequest
+	9,  // 28: ferry.v1.AdminService.DeleteTopic:input_type -> ferry.v1.DeleteTopicRequest
+	11, // 29: ferry.v1.AdminService.ReadMessages:input_type -> ferry.v1.ReadMessagesRequest
+	13, // 30: ferry.v1.AdminService.CreateSubscription:input_type -> ferry.v1.CreateSubscriptionRequest
+	15, // 31: ferry.v1.AdminService.GetSubscription:input_type -> ferry.v1.GetSubscriptionRequest
+	17, // 32: ferry.v1.AdminService.ListSubscriptions:input_type -> ferry.v1.ListSubscriptionsRequest
+	19, // 33: ferry.v1.AdminService.UpdateSubscription:input_type -> ferry.v1.UpdateSubscriptionRequest
+	21, // 34: ferry.v1.AdminService.DeleteSubscription:input_type -> ferry.v1.DeleteSubscriptionRequest
+	23, // 35: ferry.v1.AdminService.GetClusterStatus:input_type -> ferry.v1.GetClusterStatusRequest
+	28, // 36: ferry.v1.AdminService.ListClients:input_type -> ferry.v1.ListClientsRequest
+	1,  // 37: ferry.v1.AdminService.CreateTopic:output_type -> ferry.v1.CreateTopicResponse
+	3,  // 38: ferry.v1.AdminService.GetTopic:output_type -> ferry.v1.GetTopicResponse
+	6,  // 39: ferry.v1.AdminService.ListTopics:output_type -> ferry.v1.ListTopicsResponse
+	8,  // 40: ferry.v1.AdminService.UpdateTopic:output_type -> ferry.v1.UpdateTopicResponse
+	10, // 41: ferry.v1.AdminService.DeleteTopic:output_type -> ferry.v1.DeleteTopicResponse
+	12, // 42: ferry.v1.AdminService.ReadMessages:output_type -> ferry.v1.ReadMessagesResponse
+	14, // 43: ferry.v1.AdminService.CreateSubscription:output_type -> ferry.v1.CreateSubscriptionResponse
+	16, // 44: ferry.v1.AdminService.GetSubscription:output_type -> ferry.v1.GetSubscriptionResponse
+	18, // 45: ferry.v1.AdminService.ListSubscriptions:output_type -> ferry.v1.ListSubscriptionsResponse
+	20, // 46: ferry.v1.AdminService.UpdateSubscription:output_type -> ferry.v1.UpdateSubscriptionResponse
+	22, // 47: ferry.v1.AdminService.DeleteSubscription:output_type -> ferry.v1.DeleteSubscriptionResponse
+	24, // 48: ferry.v1.AdminService.GetClusterStatus:output_type -> ferry.v1.GetClusterStatusResponse
+	29, // 49: ferry.v1.AdminService.ListClients:output_type -> ferry.v1.ListClientsResponse
+	37, // [37:50] is the sub-list for method output_type
+	24, // [24:37] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_admin_proto_init() }
@@ -1951,7 +2203,7 @@ func file_ferry_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_admin_proto_rawDesc), len(file_ferry_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

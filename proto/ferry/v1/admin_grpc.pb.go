@@ -31,6 +31,7 @@ const (
 	AdminService_UpdateSubscription_FullMethodName = "/ferry.v1.AdminService/UpdateSubscription"
 	AdminService_DeleteSubscription_FullMethodName = "/ferry.v1.AdminService/DeleteSubscription"
 	AdminService_GetClusterStatus_FullMethodName   = "/ferry.v1.AdminService/GetClusterStatus"
+	AdminService_ListClients_FullMethodName        = "/ferry.v1.AdminService/ListClients"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -72,6 +73,10 @@ type AdminServiceClient interface {
 	// leader how far its followers lag. A single node answers
 	// FAILED_PRECONDITION.
 	GetClusterStatus(ctx context.Context, in *GetClusterStatusRequest, opts ...grpc.CallOption) (*GetClusterStatusResponse, error)
+	// ListClients lists the clients connected to the node answering (not the
+	// cluster's other nodes): who, from where, since when, their open streams
+	// and recent rates. Needs the admin permission on every topic.
+	ListClients(ctx context.Context, in *ListClientsRequest, opts ...grpc.CallOption) (*ListClientsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -202,6 +207,16 @@ func (c *adminServiceClient) GetClusterStatus(ctx context.Context, in *GetCluste
 	return out, nil
 }
 
+func (c *adminServiceClient) ListClients(ctx context.Context, in *ListClientsRequest, opts ...grpc.CallOption) (*ListClientsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListClientsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListClients_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -241,6 +256,10 @@ type AdminServiceServer interface {
 	// leader how far its followers lag. A single node answers
 	// FAILED_PRECONDITION.
 	GetClusterStatus(context.Context, *GetClusterStatusRequest) (*GetClusterStatusResponse, error)
+	// ListClients lists the clients connected to the node answering (not the
+	// cluster's other nodes): who, from where, since when, their open streams
+	// and recent rates. Needs the admin permission on every topic.
+	ListClients(context.Context, *ListClientsRequest) (*ListClientsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -286,6 +305,9 @@ func (UnimplementedAdminServiceServer) DeleteSubscription(context.Context, *Dele
 }
 func (UnimplementedAdminServiceServer) GetClusterStatus(context.Context, *GetClusterStatusRequest) (*GetClusterStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetClusterStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) ListClients(context.Context, *ListClientsRequest) (*ListClientsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListClients not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -524,6 +546,24 @@ func _AdminService_GetClusterStatus_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListClients_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListClientsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListClients(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListClients_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListClients(ctx, req.(*ListClientsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -578,6 +618,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetClusterStatus",
 			Handler:    _AdminService_GetClusterStatus_Handler,
+		},
+		{
+			MethodName: "ListClients",
+			Handler:    _AdminService_ListClients_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
