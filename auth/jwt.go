@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/ferrymq/ferry/internal/clock"
 	"github.com/ferrymq/ferry/internal/echo"
@@ -110,6 +112,23 @@ type JWTVerifier struct {
 	// identity turns verified claims into an identity (Kubernetes adds
 	// its own checks).
 	identity func(jwt.MapClaims) (Identity, error)
+	clk      clock.Clock
+	// verified remembers the JWTs that verified (by SHA-256), so a client
+	// sending the same JWT with each call pays for the signature once.
+	verified *lru.Cache[[sha256.Size]byte, verifiedJWT]
+}
+
+// verifiedCacheSize bounds the JWTs remembered as verified.
+const verifiedCacheSize = 1024
+
+// verifiedJWT is a JWT that verified under keys: it stands while keys is
+// the key set in force (a reload of the set makes it verify again) and
+// until its exp (plus the leeway). Its nbf and iat, having passed, stay
+// passed.
+type verifiedJWT struct {
+	id   Identity
+	keys *KeySet
+	exp  time.Time
 }
 
 // newJWTVerifier checks o and loads its key set.
@@ -136,6 +155,10 @@ func newJWTVerifier(o JWTOptions, name string, clk clock.Clock, report func(bool
 	}
 	v.parser = jwt.NewParser(opts...)
 	v.identity = v.claimsIdentity
+	v.clk = clk
+	if v.verified, err = lru.New[[sha256.Size]byte, verifiedJWT](verifiedCacheSize); err != nil {
+		return nil, err
+	}
 	return v, nil
 }
 
@@ -153,21 +176,50 @@ func (v *JWTVerifier) Authenticate(ctx context.Context, c Credentials) (Identity
 	if !looksLikeJWT(c.Bearer) {
 		return Identity{}, ErrNotApplicable
 	}
-	peek := jwt.MapClaims{}
-	tok, _, err := jwt.NewParser().ParseUnverified(c.Bearer, peek)
+	sum := sha256.Sum256([]byte(c.Bearer))
+	if e, ok := v.verified.Get(sum); ok && e.keys == v.keys.cur.Load() && !v.clk.Now().After(e.exp) {
+		return e.id, nil
+	}
+	keys := v.keys.cur.Load() // before the verification: a reload meanwhile is not remembered
+	id, exp, err := v.verify(ctx, c.Bearer)
+	if err == nil {
+		v.verified.Add(sum, verifiedJWT{id: id, keys: keys, exp: exp.Add(v.o.Leeway)})
+	}
+	return id, err
+}
+
+// verify checks a JWT and returns the identity it proves and its exp.
+func (v *JWTVerifier) verify(ctx context.Context, bearer string) (Identity, time.Time, error) {
+	id, claims, err := v.verifyClaims(ctx, bearer)
 	if err != nil {
-		return Identity{}, fmt.Errorf("the bearer token is not a well-formed JWT: %w", ErrUnauthenticated)
+		return Identity{}, time.Time{}, err
+	}
+	exp, err := claims.GetExpirationTime()
+	if err != nil || exp == nil {
+		return Identity{}, time.Time{}, fmt.Errorf("the JWT lacks a required claim (exp): %w", ErrUnauthenticated)
+	}
+	return id, exp.Time, nil
+}
+
+func (v *JWTVerifier) verifyClaims(ctx context.Context, bearer string) (Identity, jwt.MapClaims, error) {
+	peek := jwt.MapClaims{}
+	tok, _, err := jwt.NewParser().ParseUnverified(bearer, peek)
+	if err != nil {
+		return Identity{}, nil, fmt.Errorf("the bearer token is not a well-formed JWT: %w", ErrUnauthenticated)
 	}
 	if iss, _ := peek["iss"].(string); v.o.Issuer != "" && iss != v.o.Issuer {
-		return Identity{}, fmt.Errorf("the JWT's issuer %s is not %s: %w", echo.Quote(iss), echo.Quote(v.o.Issuer), ErrNotApplicable)
+		return Identity{}, nil, fmt.Errorf("the JWT's issuer %s is not %s: %w", echo.Quote(iss), echo.Quote(v.o.Issuer), ErrNotApplicable)
 	}
 	alg, _ := tok.Header["alg"].(string)
 	if !slices.Contains(v.o.Algorithms, alg) {
-		return Identity{}, fmt.Errorf("the JWT's algorithm %s is not accepted (%s): %w", echo.Quote(alg), strings.Join(v.o.Algorithms, ", "), ErrUnauthenticated)
+		return Identity{}, nil, fmt.Errorf("the JWT's algorithm %s is not accepted (%s): %w", echo.Quote(alg), strings.Join(v.o.Algorithms, ", "), ErrUnauthenticated)
 	}
 	claims := jwt.MapClaims{}
-	_, err = v.parser.ParseWithClaims(c.Bearer, claims, func(t *jwt.Token) (any, error) {
-		kid, _ := t.Header["kid"].(string)
+	_, err = v.parser.ParseWithClaims(bearer, claims, func(t *jwt.Token) (any, error) {
+		kid, ok := t.Header["kid"].(string)
+		if _, present := t.Header["kid"]; present && !ok {
+			return nil, &keyError{errors.New("its kid is not a string")}
+		}
 		k, err := v.keys.key(ctx, kid, alg)
 		if err != nil {
 			return nil, &keyError{err}
@@ -175,12 +227,13 @@ func (v *JWTVerifier) Authenticate(ctx context.Context, c Credentials) (Identity
 		return k, nil
 	})
 	if err != nil {
-		return Identity{}, fmt.Errorf("%s: %w", v.refusal(err), ErrUnauthenticated)
+		return Identity{}, nil, fmt.Errorf("%s: %w", v.refusal(err), ErrUnauthenticated)
 	}
 	if err := v.checkAudience(claims); err != nil {
-		return Identity{}, err
+		return Identity{}, nil, err
 	}
-	return v.identity(claims)
+	id, err := v.identity(claims)
+	return id, claims, err
 }
 
 // keyError carries the key set's answer through the JWT library.

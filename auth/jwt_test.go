@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -197,6 +198,12 @@ func TestJWTVerify(t *testing.T) {
 		{"other claims, same signature", tampered, "signature does not verify"},
 		{"malformed", "a.b.c", "not a well-formed JWT"},
 		{"empty sub", rsa1.sign(t, with("sub", "")), "not a usable principal"},
+		{"kid a number", func() string {
+			tok := jwt.NewWithClaims(rsa1.alg, claimsAt(now, "kitchen"))
+			tok.Header["kid"] = 7
+			s, _ := tok.SignedString(rsa1.key)
+			return s
+		}(), "kid is not a string"},
 		{"huge kid", signer{strings.Repeat("k", 2000), rsa1.alg, rsa1.key}.sign(t, claimsAt(now, "kitchen")), "unknown key id"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -428,5 +435,74 @@ func TestJWTOptionsRefused(t *testing.T) {
 	}
 	if _, err := newKubernetesVerifier(KubernetesOptions{Audience: "ferry", APIServer: "https://127.0.0.1:1", CAFile: "/nonexistent"}, clk, nil); err == nil {
 		t.Error("a Kubernetes verifier without its CA file started")
+	}
+}
+
+// go test -run '^$' -bench JWTAuthenticate ./auth
+func BenchmarkJWTAuthenticate(b *testing.B) {
+	rsa1, _, ec := testSigners(b)
+	path := filepath.Join(b.TempDir(), "jwks.json")
+	writeJWKS(b, path, jwksOf(b, rsa1, ec), t0)
+	clk := clock.NewFake(t0)
+	v := fileVerifier(b, JWTOptions{JWKS: path, Issuer: "https://idp.test", Audiences: []string{"ferry"}}, clk, &reports{})
+	for _, s := range []signer{rsa1, ec} {
+		tok := s.sign(b, claimsAt(t0, "kitchen"))
+		for _, remembered := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/remembered=%v", s.alg.Alg(), remembered), func(b *testing.B) {
+				for b.Loop() {
+					if !remembered {
+						v.verified.Purge()
+					}
+					if _, err := v.Authenticate(context.Background(), Credentials{Bearer: tok}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+	set, err := ParseTokens(tokenFileOf(entry("kitchen", "k")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("static token", func(b *testing.B) {
+		for b.Loop() {
+			_, _ = set.Authenticate(context.Background(), Credentials{Bearer: "k"})
+		}
+	})
+}
+
+// TestJWTRemembered: a JWT that verified is remembered (the signature is
+// not checked again) only until its exp and while the key set is the same.
+func TestJWTRemembered(t *testing.T) {
+	rsa1, rsa2, _ := testSigners(t)
+	path := filepath.Join(t.TempDir(), "jwks.json")
+	writeJWKS(t, path, jwksOf(t, rsa1), t0)
+	clk := clock.NewFake(t0)
+	v := fileVerifier(t, JWTOptions{JWKS: path}, clk, &reports{})
+	tok := Credentials{Bearer: rsa1.sign(t, claimsAt(t0, "kitchen"))}
+	for range 2 {
+		if _, err := v.Authenticate(context.Background(), tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v.verified.Len() != 1 {
+		t.Fatalf("%d JWTs remembered, want 1", v.verified.Len())
+	}
+	clk.Advance(time.Hour + 29*time.Second) // exp, within the leeway
+	if _, err := v.Authenticate(context.Background(), tok); err != nil {
+		t.Fatalf("within the leeway: %v", err)
+	}
+	clk.Advance(2 * time.Second)
+	if _, err := v.Authenticate(context.Background(), tok); !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("a remembered JWT past its exp: %v", err)
+	}
+	tok = Credentials{Bearer: rsa1.sign(t, claimsAt(clk.Now(), "kitchen"))}
+	if _, err := v.Authenticate(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	writeJWKS(t, path, jwksOf(t, rsa2), t0.Add(time.Second))
+	v.keys.check()
+	if _, err := v.Authenticate(context.Background(), tok); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("a remembered JWT of a dropped key: %v", err)
 	}
 }
