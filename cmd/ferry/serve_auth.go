@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -13,8 +14,9 @@ import (
 // authFlags are ferry serve's --auth-* flags.
 type authFlags struct {
 	broker.AuthOptions
-	jwt auth.JWTOptions
-	k8s auth.KubernetesOptions
+	jwt                   auth.JWTOptions
+	k8s                   auth.KubernetesOptions
+	audiences, algorithms string // comma-separated (a plain string prints and reads back in a config file)
 }
 
 func (af *authFlags) add(f *pflag.FlagSet) {
@@ -26,10 +28,10 @@ func (af *authFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&af.jwt.CAFile, "auth-jwks-ca", "", "CAs (PEM) the --auth-jwks URL's certificate must chain to (default the system's)")
 	f.DurationVar(&af.jwt.RefreshInterval, "auth-jwks-refresh", 5*time.Minute, "how often an --auth-jwks URL is fetched again")
 	f.StringVar(&af.jwt.Issuer, "auth-jwt-issuer", "", "the iss a JWT must carry (default any)")
-	f.StringSliceVar(&af.jwt.Audiences, "auth-jwt-audience", nil, "audiences accepted: a JWT's aud must hold one (default any; comma-separated or repeated)")
+	f.StringVar(&af.audiences, "auth-jwt-audience", "", "audiences accepted, comma-separated: a JWT's aud must hold one (default any)")
 	f.StringVar(&af.jwt.PrincipalClaim, "auth-jwt-principal-claim", "sub", "the JWT claim naming the principal")
 	f.StringVar(&af.jwt.GroupsClaim, "auth-jwt-groups-claim", "groups", "the JWT claim listing the principal's groups")
-	f.StringSliceVar(&af.jwt.Algorithms, "auth-jwt-algorithms", nil, "signature algorithms accepted (default RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384,ES512,EdDSA; never none or HS*)")
+	f.StringVar(&af.algorithms, "auth-jwt-algorithms", "", "signature algorithms accepted, comma-separated (default RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384,ES512,EdDSA; never none or HS*)")
 	f.DurationVar(&af.jwt.Leeway, "auth-jwt-leeway", 30*time.Second, "clock skew allowed on a JWT's exp, nbf and iat (also for --auth-k8s-audience)")
 
 	f.StringVar(&af.k8s.Audience, "auth-k8s-audience", "", "Kubernetes service-account tokens projected with this audience are identities (system:serviceaccount:NS:NAME), verified against the cluster's service account issuer keys; needs --auth-policy")
@@ -45,6 +47,7 @@ func (af *authFlags) options() (*broker.AuthOptions, error) {
 	o := af.AuthOptions
 	if af.jwt.JWKS != "" {
 		jo := af.jwt
+		jo.Audiences, jo.Algorithms = commaList(af.audiences), commaList(af.algorithms)
 		o.JWT = &jo
 	}
 	if af.k8s.Audience != "" {
@@ -59,4 +62,15 @@ func (af *authFlags) options() (*broker.AuthOptions, error) {
 		return nil, fmt.Errorf("--auth-tokens, --auth-jwks and --auth-k8s-audience need --auth-policy: authentication without a policy would deny every call")
 	}
 	return &o, nil
+}
+
+// commaList is s's comma-separated items, trimmed; nil for none.
+func commaList(s string) []string {
+	var out []string
+	for _, it := range strings.Split(s, ",") {
+		if it = strings.TrimSpace(it); it != "" {
+			out = append(out, it)
+		}
+	}
+	return out
 }
