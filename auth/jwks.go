@@ -205,10 +205,12 @@ func (s *jwksSource) load(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	sum := sha256.Sum256(b)
-	changed := sum != s.sum
+	if sum == s.sum {
+		return false, nil // the same set: the JWTs verified under it stand
+	}
 	s.sum = sum
 	s.cur.Store(ks)
-	return changed, nil
+	return true, nil
 }
 
 func (s *jwksSource) read(ctx context.Context) ([]byte, stamp, error) {
@@ -223,6 +225,9 @@ func (s *jwksSource) read(ctx context.Context) ([]byte, stamp, error) {
 			return nil, stamp{}, fmt.Errorf("%s file: %w: %w", s.name, ErrInvalidJWKS, err)
 		}
 		b, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+		if err != nil {
+			err = fmt.Errorf("%s file: %w: %w", s.name, ErrInvalidJWKS, err)
+		}
 		return b, stamp{size: fi.Size(), mod: fi.ModTime()}, err
 	}
 	b, err := s.fetch(ctx, s.where)

@@ -500,6 +500,12 @@ func TestJWTRemembered(t *testing.T) {
 	if _, err := v.Authenticate(context.Background(), tok); err != nil {
 		t.Fatal(err)
 	}
+	// The same set written again is no change: what verified stands.
+	before := v.keys.cur.Load()
+	writeJWKS(t, path, jwksOf(t, rsa1), t0.Add(500*time.Millisecond))
+	if changed, _, err := v.keys.check(); changed || err != nil || v.keys.cur.Load() != before {
+		t.Fatalf("the same set again: check = %v, %v; set replaced: %v", changed, err, v.keys.cur.Load() != before)
+	}
 	writeJWKS(t, path, jwksOf(t, rsa2), t0.Add(time.Second))
 	v.keys.check()
 	if _, err := v.Authenticate(context.Background(), tok); !errors.Is(err, ErrUnauthenticated) {
