@@ -211,3 +211,53 @@ func writeAtomically(t testing.TB, path string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestAuthJWTKeyDropEndsStream: a PublishStream opened with a JWT of a
+// key the JWKS then drops is refused UNAUTHENTICATED at its next frame,
+// once the set is reloaded (fails when a key set change does not make
+// open streams prove their credentials again).
+func TestAuthJWTKeyDropEndsStream(t *testing.T) {
+	dir := t.TempDir()
+	key1, key2 := newJWTKey(t, "key-1"), newJWTKey(t, "key-2")
+	jwksFile, policy := filepath.Join(dir, "jwks.json"), filepath.Join(dir, "policy.yaml")
+	writeAtomically(t, jwksFile, jwks(t, key1, key2))
+	writeAtomically(t, policy, []byte(jwtAuthPolicy))
+	ts := startServer(t, func(o *Options) {
+		o.Auth = &AuthOptions{PolicyFile: policy, ReloadInterval: 20 * time.Millisecond,
+			JWT: &auth.JWTOptions{JWKS: jwksFile, Issuer: idpIssuer, Audiences: []string{"ferry"}}}
+	})
+	addr := ts.srv.GRPCAddr().String()
+	ctx := testContext(t)
+	conn := dialToken(t, addr, key1.sign(t, idpClaims("alice", "ops")))
+	if _, err := ferryv1.NewAdminServiceClient(conn).CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: "orders", Config: &ferryv1.TopicConfig{Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := ferryv1.NewPublisherServiceClient(conn).PublishStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(0)
+	frame := func() codes.Code {
+		t.Helper()
+		seq++
+		if err := ps.Send(&ferryv1.PublishStreamRequest{Sequence: seq, Topic: "orders", Messages: []*ferryv1.PublishMessage{{Payload: []byte("pizza")}}}); err != nil {
+			_, err = ps.Recv()
+			return status.Code(err)
+		}
+		r, err := ps.Recv()
+		if err != nil {
+			return status.Code(err)
+		}
+		return codes.Code(r.GetError().GetCode())
+	}
+	if code := frame(); code != codes.OK {
+		t.Fatalf("the first frame = %v", code)
+	}
+	writeAtomically(t, jwksFile, jwks(t, key2))
+	eventuallyB(t, "the JWKS is reloaded", func() bool {
+		return labeledCounter(t, ts.srv.Registry(), "ferry_auth_reloads_total", "file", "jwks") == 1
+	})
+	if code := frame(); code != codes.Unauthenticated {
+		t.Fatalf("a frame after the stream's key was dropped = %v, want UNAUTHENTICATED", code)
+	}
+}
