@@ -20,3 +20,9 @@ var ErrNotApplicable = errors.New("auth: credential not for this authenticator")
 // reason, when a token or policy file does not parse or breaks a rule of
 // its format.
 var ErrInvalidFile = errors.New("auth: invalid file")
+
+// ErrInvalidJWKS is returned, wrapped with the source and the reason, when
+// a JWK set (ferry serve --auth-jwks, --auth-k8s-audience) does not load:
+// unreadable, unreachable, not a JWK set, or without a usable key; and
+// when the options of a JWT verifier are wrong.
+var ErrInvalidJWKS = errors.New("auth: invalid key set")

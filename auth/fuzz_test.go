@@ -2,7 +2,13 @@ package auth
 
 import (
 	"context"
+	"errors"
+	"path/filepath"
 	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ferrymq/ferry/internal/clock"
 )
 
 // go test -run '^$' -fuzz FuzzParseTokens ./auth
@@ -48,6 +54,53 @@ func FuzzParsePolicy(f *testing.F) {
 				}
 				pol.Allowed(Identity{Principal: "a", Groups: []string{"g"}}, p, r)
 			}
+		}
+	})
+}
+
+// go test -run '^$' -fuzz FuzzJWT ./auth
+func FuzzJWT(f *testing.F) {
+	rsa1, rsa2, ec := testSigners(f)
+	path := filepath.Join(f.TempDir(), "jwks.json")
+	writeJWKS(f, path, jwksOf(f, rsa1, ec), t0)
+	clk := clock.NewFake(t0)
+	v := fileVerifier(f, JWTOptions{JWKS: path, Issuer: "https://idp.test", Audiences: []string{"ferry"}}, clk, &reports{})
+	f.Add(rsa1.sign(f, claimsAt(t0, "kitchen")))
+	f.Add(ec.sign(f, claimsAt(t0, "kitchen")))
+	f.Add(rsa2.sign(f, claimsAt(t0, "kitchen")))
+	f.Add(rsa1.sign(f, jwt.MapClaims{"iss": "https://idp.test", "exp": []int{1}, "aud": 7, "groups": map[string]int{"a": 1}}))
+	f.Add("eyJhbGciOiJub25lIn0.e30.")
+	f.Add("a.b.c")
+	f.Add("..")
+	f.Fuzz(func(t *testing.T, tok string) {
+		id, err := Chain{v}.Authenticate(context.Background(), Credentials{Bearer: tok})
+		switch {
+		case err == nil:
+			if checkName("principal", id.Principal) != nil || id.Method != "jwt" {
+				t.Fatalf("granted %+v", id)
+			}
+		case !errors.Is(err, ErrUnauthenticated):
+			t.Fatalf("refused with %v, not ErrUnauthenticated", err)
+		case len(err.Error()) > 600:
+			t.Fatalf("a refusal of %d bytes: %.200s", len(err.Error()), err)
+		}
+	})
+}
+
+// go test -run '^$' -fuzz FuzzParseJWKS ./auth
+func FuzzParseJWKS(f *testing.F) {
+	rsa1, _, ec := testSigners(f)
+	f.Add(jwksOf(f, rsa1, ec))
+	f.Add([]byte(`{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}`))
+	f.Add([]byte(`{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := ParseJWKS(b)
+		if err != nil {
+			return
+		}
+		for _, k := range s.keys {
+			_, _ = s.find(k.kid, "RS256")
+			_, _ = s.find("", "ES256")
 		}
 	})
 }

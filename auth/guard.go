@@ -27,6 +27,12 @@ type Options struct {
 	// (Certificates): set it when the public port requires them. Default
 	// false.
 	ClientCertificates bool
+	// JWT, if set, makes JWTs signed by its key set identities. Default
+	// none.
+	JWT *JWTOptions
+	// Kubernetes, if set, makes Kubernetes service-account tokens
+	// identities. Default none.
+	Kubernetes *KubernetesOptions
 	// Interval is how often the files are checked for changes (size and
 	// modification time). Default 5s.
 	Interval time.Duration
@@ -35,7 +41,8 @@ type Options struct {
 	// Logger receives reloads and failed reloads. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets ferry_auth_reloads_total and
-	// ferry_auth_reload_failures_total, by file (tokens, policy).
+	// ferry_auth_reload_failures_total, by file (tokens, policy, jwks,
+	// kubernetes: the key sets).
 	Registerer prometheus.Registerer
 }
 
@@ -46,6 +53,7 @@ type Guard struct {
 	opts   Options
 	tokens *watched[TokenSet] // nil without a token file
 	policy *watched[Policy]
+	jwts   []*JWTVerifier // Kubernetes first: its issuer is always set
 
 	mu      sync.Mutex // guards timer, stopped
 	timer   clock.Timer
@@ -62,8 +70,8 @@ func Open(o Options) (*Guard, error) {
 	if o.PolicyFile == "" {
 		return nil, fmt.Errorf("a policy file is needed: %w", ErrInvalidFile)
 	}
-	if o.TokensFile == "" && !o.ClientCertificates {
-		return nil, fmt.Errorf("no way to authenticate: give a token file or require client certificates: %w", ErrInvalidFile)
+	if o.TokensFile == "" && !o.ClientCertificates && o.JWT == nil && o.Kubernetes == nil {
+		return nil, fmt.Errorf("no way to authenticate: give a token file, a JWKS, a Kubernetes audience, or require client certificates: %w", ErrInvalidFile)
 	}
 	if o.Interval <= 0 {
 		o.Interval = 5 * time.Second
@@ -90,7 +98,10 @@ func Open(o Options) (*Guard, error) {
 			return nil, err
 		}
 	}
-	for _, f := range []string{"policy", "tokens"} {
+	if err := g.openJWTs(); err != nil {
+		return nil, err
+	}
+	for _, f := range []string{"policy", "tokens", "jwks", "kubernetes"} {
 		g.reloads.WithLabelValues(f)
 		g.failures.WithLabelValues(f)
 	}
@@ -145,6 +156,36 @@ func (g *Guard) Check() {
 	if g.tokens != nil {
 		g.report(g.tokens.check())
 	}
+	for _, v := range g.jwts {
+		g.report(v.keys.check())
+	}
+}
+
+// openJWTs builds the JWT verifiers and loads their key sets.
+func (g *Guard) openJWTs() error {
+	if o := g.opts.Kubernetes; o != nil {
+		v, err := newKubernetesVerifier(*o, g.opts.Clock, g.report)
+		if err != nil {
+			return err
+		}
+		g.jwts = append(g.jwts, v)
+	}
+	if o := g.opts.JWT; o != nil {
+		v, err := newJWTVerifier(*o, "jwks", g.opts.Clock, g.report)
+		if err != nil {
+			return err
+		}
+		if len(v.o.Audiences) == 0 {
+			g.opts.Logger.Warn("auth: JWTs are accepted for any audience: one its issuer minted for another service works here too; set an audience")
+		}
+		g.jwts = append(g.jwts, v)
+	}
+	for _, v := range g.jwts {
+		if err := v.open(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (g *Guard) report(changed bool, name string, err error) {
@@ -170,12 +211,16 @@ func (g *Guard) Generation() uint64 { return g.gen.Load() }
 func (g *Guard) Policy() *Policy { return g.policy.cur.Load() }
 
 // Authenticate returns the identity c proves: a bearer token of the token
-// file, else (with ClientCertificates) the client certificate. The error
+// file, else a JWT (Kubernetes, then JWT), else (with ClientCertificates)
+// the client certificate. The error
 // wraps ErrUnauthenticated.
 func (g *Guard) Authenticate(ctx context.Context, c Credentials) (Identity, error) {
-	ch := make(Chain, 0, 2)
+	ch := make(Chain, 0, 2+len(g.jwts))
 	if g.tokens != nil {
 		ch = append(ch, g.tokens.cur.Load())
+	}
+	for _, v := range g.jwts {
+		ch = append(ch, v)
 	}
 	if g.opts.ClientCertificates {
 		ch = append(ch, Certificates{})

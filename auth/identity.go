@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Identity is who a call comes from.
@@ -54,15 +55,19 @@ func (ch Chain) Authenticate(ctx context.Context, c Credentials) (Identity, erro
 	if len(c.Bearer) > maxBearerBytes {
 		return Identity{}, fmt.Errorf("the bearer token is %d bytes, over the limit of %d: %w", len(c.Bearer), maxBearerBytes, ErrUnauthenticated)
 	}
+	why := "revoked, mistyped, or for another broker"
 	for _, a := range ch {
 		id, err := a.Authenticate(ctx, c)
 		if err == nil || !isNotApplicable(err) {
 			return id, err
 		}
+		if err != ErrNotApplicable { // wrapped with a reason (a JWT of another issuer)
+			why = strings.TrimSuffix(err.Error(), ": "+ErrNotApplicable.Error())
+		}
 	}
 	switch {
 	case c.Bearer != "":
-		return Identity{}, fmt.Errorf("the bearer token is not recognised (revoked, mistyped, or for another broker): %w", ErrUnauthenticated)
+		return Identity{}, fmt.Errorf("the bearer token is not recognised (%s): %w", why, ErrUnauthenticated)
 	case c.Certificate != nil:
 		return Identity{}, fmt.Errorf("the client certificate proves no identity here and no bearer token was sent: %w", ErrUnauthenticated)
 	}

@@ -32,9 +32,20 @@ type AuthOptions struct {
 	TokensFile string
 	// PolicyFile is the policy file (auth.ParsePolicy). Required.
 	PolicyFile string
-	// ReloadInterval is how often both files are checked for changes.
-	// Default (0) 5s.
+	// JWT, if set, makes JWTs signed by the keys of its JWKS identities
+	// (--auth-jwks). Default none.
+	JWT *auth.JWTOptions
+	// Kubernetes, if set, makes Kubernetes service-account tokens with its
+	// audience identities (--auth-k8s-audience). Default none.
+	Kubernetes *auth.KubernetesOptions
+	// ReloadInterval is how often the files (and a JWKS file) are checked
+	// for changes, and whether a JWKS URL is due. Default (0) 5s.
 	ReloadInterval time.Duration
+}
+
+// bearers reports whether a bearer token can prove an identity.
+func (a *AuthOptions) bearers() bool {
+	return a.TokensFile != "" || a.JWT != nil || a.Kubernetes != nil
 }
 
 // Metadata keys of a forwarded call: the caller's principal and groups,
@@ -69,7 +80,7 @@ func openGuard(o Options, clk clock.Clock, reg prometheus.Registerer) (*guard, e
 		return nil, nil
 	}
 	g, err := auth.Open(auth.Options{
-		TokensFile: o.Auth.TokensFile, PolicyFile: o.Auth.PolicyFile,
+		TokensFile: o.Auth.TokensFile, PolicyFile: o.Auth.PolicyFile, JWT: o.Auth.JWT, Kubernetes: o.Auth.Kubernetes,
 		ClientCertificates: o.TLS != nil && o.TLS.ClientCAFile != "",
 		Interval:           o.Auth.ReloadInterval, Clock: clk, Logger: o.Logger, Registerer: reg,
 	})
@@ -83,7 +94,7 @@ func openGuard(o Options, clk clock.Clock, reg prometheus.Registerer) (*guard, e
 	if err := reg.Register(gd.refusals); err != nil {
 		return nil, fmt.Errorf("auth metrics: %w", err)
 	}
-	if o.TLS == nil && o.Auth.TokensFile != "" {
+	if o.TLS == nil && o.Auth.bearers() {
 		o.Logger.Warn("auth: bearer tokens are accepted over plaintext: anyone who reads the traffic can replay them; serve with --tls-cert and --tls-key")
 	}
 	g.Start()

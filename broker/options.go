@@ -147,8 +147,8 @@ func (o *Options) Validate() error {
 		switch {
 		case a.PolicyFile == "":
 			return fmt.Errorf("option Auth needs a PolicyFile: %w", storage.ErrInvalidConfig)
-		case a.TokensFile == "" && (o.TLS == nil || o.TLS.ClientCAFile == ""):
-			return fmt.Errorf("option Auth needs TokensFile or client certificates (TLS.ClientCAFile) to authenticate callers: %w", storage.ErrInvalidConfig)
+		case !a.bearers() && (o.TLS == nil || o.TLS.ClientCAFile == ""):
+			return fmt.Errorf("option Auth needs TokensFile, JWT, Kubernetes or client certificates (TLS.ClientCAFile) to authenticate callers: %w", storage.ErrInvalidConfig)
 		case o.Cluster != nil && o.TLS == nil:
 			return fmt.Errorf("option Auth in a cluster needs TLS: nodes trust each other's forwarded callers only over mutual TLS: %w", storage.ErrInvalidConfig)
 		case a.ReloadInterval < 0:

@@ -27,7 +27,7 @@ func newServeCommand() *cobra.Command {
 		printConfig bool
 		cf          clusterFlags
 		tf          broker.TLSOptions
-		af          broker.AuthOptions
+		af          authFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -58,7 +58,7 @@ requests, finishes the writes under way and closes the store.`,
 			if o.TLS, err = serveTLS(tf); err != nil {
 				return err
 			}
-			if o.Auth, err = serveAuth(af); err != nil {
+			if o.Auth, err = af.options(); err != nil {
 				return err
 			}
 			source := ""
@@ -96,23 +96,9 @@ requests, finishes the writes under way and closes the store.`,
 	f.StringVar(&tf.ClientCAFile, "tls-client-ca", "", "require client certificates on the gRPC port, signed by a CA of this PEM file")
 	f.StringVar(&tf.PeerCAFile, "tls-peer-ca", "", "CAs (PEM) that node certificates must chain to on the node-to-node port (default --tls-client-ca)")
 	f.DurationVar(&tf.ReloadInterval, "tls-reload-interval", 5*time.Second, "how often the --tls-* files are checked for changes and reloaded")
-	f.StringVar(&af.TokensFile, "auth-tokens", "", "YAML file of bearer tokens (tokens: [{name: PRINCIPAL, sha256: HEX}]), reloaded on change; needs --auth-policy (docs/security.md)")
-	f.StringVar(&af.PolicyFile, "auth-policy", "", "YAML policy (rules: [{principals, groups, permissions, topics, subscriptions}]), reloaded on change: turns authorization on, denying what it does not grant; needs --auth-tokens or --tls-client-ca")
-	f.DurationVar(&af.ReloadInterval, "auth-reload-interval", 5*time.Second, "how often the --auth-* files are checked for changes and reloaded")
+	af.add(f)
 	addConfigFlags(cmd, &configPath, &printConfig)
 	return cmd
-}
-
-// serveAuth is the broker's auth options from the --auth-* flags: nil when
-// neither file is given.
-func serveAuth(af broker.AuthOptions) (*broker.AuthOptions, error) {
-	switch {
-	case af.TokensFile == "" && af.PolicyFile == "":
-		return nil, nil
-	case af.PolicyFile == "":
-		return nil, fmt.Errorf("--auth-tokens needs --auth-policy: authentication without a policy would deny every call")
-	}
-	return &af, nil
 }
 
 func serve(ctx context.Context, o broker.Options) error {
