@@ -55,9 +55,7 @@ type Guard struct {
 	policy *watched[Policy]
 	jwts   []*JWTVerifier // Kubernetes first: its issuer is always set
 
-	mu      sync.Mutex // guards timer, stopped
-	timer   clock.Timer
-	stopped bool
+	poll *clock.Poll // Check every Interval, from Start
 
 	gen atomic.Uint64 // reloads that took, of either file
 
@@ -89,6 +87,7 @@ func Open(o Options) (*Guard, error) {
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_auth_reload_failures_total", Help: "Changed token and policy files that did not load (the previous one is kept), by file."}, []string{"file"}),
 	}
+	g.poll = clock.NewPoll(o.Clock, o.Interval, func() { g.Check() })
 	var err error
 	if g.policy, err = load("policy", o.PolicyFile, ParsePolicy); err != nil {
 		return nil, err
@@ -116,35 +115,14 @@ func Open(o Options) (*Guard, error) {
 }
 
 // Start checks the files every Interval until Stop.
-func (g *Guard) Start() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.stopped || g.timer != nil {
-		return
-	}
-	g.timer = g.opts.Clock.AfterFunc(g.opts.Interval, g.tick)
-}
-
-func (g *Guard) tick() {
-	g.Check()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.stopped {
-		g.timer = g.opts.Clock.AfterFunc(g.opts.Interval, g.tick)
-	}
-}
+func (g *Guard) Start() { g.poll.Start() }
 
 // Stop ends the checks. Idempotent; nothing on a nil Guard.
 func (g *Guard) Stop() {
 	if g == nil {
 		return
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.stopped = true
-	if g.timer != nil {
-		g.timer.Stop()
-	}
+	g.poll.Stop()
 }
 
 // Check loads each file again if it changed since it was last read. A

@@ -69,10 +69,9 @@ type Files struct {
 	opts Options
 	cur  atomic.Pointer[material]
 
-	mu      sync.Mutex // guards stamps, timer, stopped
-	stamps  map[string]stamp
-	timer   clock.Timer
-	stopped bool
+	mu     sync.Mutex // guards stamps
+	stamps map[string]stamp
+	poll   *clock.Poll // Check every Interval, from Start
 
 	reloads, failures prometheus.Counter
 }
@@ -96,6 +95,7 @@ func Load(o Options) (*Files, error) {
 		reloads:  prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_tls_reloads_total", Help: "Certificate file sets reloaded after a change."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_tls_reload_failures_total", Help: "Changed certificate file sets that did not load (the previous set is kept)."}),
 	}
+	f.poll = clock.NewPoll(o.Clock, o.Interval, func() { f.Check() })
 	st, err := f.stampAll()
 	if err != nil {
 		return nil, err
@@ -121,35 +121,14 @@ func Load(o Options) (*Files, error) {
 }
 
 // Start checks the files every Interval until Stop.
-func (f *Files) Start() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.stopped || f.timer != nil {
-		return
-	}
-	f.timer = f.opts.Clock.AfterFunc(f.opts.Interval, f.tick)
-}
-
-func (f *Files) tick() {
-	f.Check()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if !f.stopped {
-		f.timer = f.opts.Clock.AfterFunc(f.opts.Interval, f.tick)
-	}
-}
+func (f *Files) Start() { f.poll.Start() }
 
 // Stop ends the checks. Idempotent; nothing on a nil Files.
 func (f *Files) Stop() {
 	if f == nil {
 		return
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.stopped = true
-	if f.timer != nil {
-		f.timer.Stop()
-	}
+	f.poll.Stop()
 }
 
 // Check loads the files again if one changed since the last load: true if
