@@ -120,21 +120,8 @@ func Open(opts Options) (*Server, error) {
 		draining: make(chan struct{}),
 	}
 	s.registry = reg
-	badInput := newRateLog(s.log, opts.Clock, badInputLogInterval)
-	if s.tls, err = loadTLS(opts.TLS, opts.Clock, opts, reg); err == nil {
-		s.guard, err = openGuard(opts, opts.Clock, reg)
-	}
-	if err != nil {
-		s.tls.Stop()
-		grpcLis.Close()
-		if httpLis != nil {
-			httpLis.Close()
-		}
-		_ = st.Close(context.Background())
-		return nil, err
-	}
-	quotas, err := newQuotas(opts.Limits, opts.Clock, st, opts.Cluster != nil, reg)
-	if err != nil {
+	// closeAll undoes Open so far, on an error: every step nil-safe.
+	closeAll := func() {
 		s.tls.Stop()
 		s.guard.stop()
 		grpcLis.Close()
@@ -142,6 +129,18 @@ func Open(opts Options) (*Server, error) {
 			httpLis.Close()
 		}
 		_ = st.Close(context.Background())
+	}
+	badInput := newRateLog(s.log, opts.Clock, badInputLogInterval)
+	if s.tls, err = loadTLS(opts.TLS, opts.Clock, opts, reg); err == nil {
+		s.guard, err = openGuard(opts, opts.Clock, reg)
+	}
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	quotas, err := newQuotas(opts.Limits, opts.Clock, st, opts.Cluster != nil, reg)
+	if err != nil {
+		closeAll()
 		return nil, err
 	}
 	// The node-to-node port serves the API too (forwarded requests): it
@@ -172,15 +171,6 @@ func Open(opts Options) (*Server, error) {
 		grpc.InitialConnWindowSize(connWindowBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	), quotas.interceptors()...)...) // the limits last: after the metrics, the decoding checks and auth
-	closeAll := func() {
-		s.tls.Stop()
-		s.guard.stop()
-		grpcLis.Close()
-		if httpLis != nil {
-			httpLis.Close()
-		}
-		_ = st.Close(context.Background())
-	}
 	var log consumer.Log = st
 	var topics topicAdmin = st
 	// The node-to-node port serves the services too; they are built
