@@ -55,7 +55,7 @@ func runBilling(args []string) error {
 		g.Go(func() error { return serveHTTP(ctx, *evidenceAddr, mux) })
 	}
 	g.Go(func() error {
-		c, err := connect(ctx, sf.server, lg)
+		c, err := connect(ctx, sf, lg)
 		if err != nil {
 			return err
 		}

@@ -77,7 +77,7 @@ func (b *board) follow(ctx context.Context, c *client.Client) error {
 	}
 	for _, f := range feeds {
 		g.Go(func() error {
-			return c.Subscribe(ctx, f.topic, "board", func(ctx context.Context, m *client.Message) error {
+			return c.Subscribe(ctx, f.topic, boardSubscription, func(ctx context.Context, m *client.Message) error {
 				cd, err := f.apply(m.Payload)
 				if err != nil {
 					return err

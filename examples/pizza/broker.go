@@ -22,6 +22,10 @@ func runBroker(args []string) error {
 	dir := fs.String("data-dir", "ferry-data", "data directory")
 	addr := fs.String("grpc-addr", "127.0.0.1:7420", "gRPC listen address")
 	supervised := fs.Bool("supervised", false, "started by the supervisor: stop gracefully when standard input closes")
+	certFile := fs.String("tls-cert", "", "TLS certificate (PEM); with --tls-key, serve TLS")
+	keyFile := fs.String("tls-key", "", "TLS key (PEM)")
+	tokensFile := fs.String("auth-tokens", "", "token file (docs/security.md); with --auth-policy, turn auth on")
+	policyFile := fs.String("auth-policy", "", "policy file (docs/security.md)")
 	_ = fs.Parse(args)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -39,6 +43,12 @@ func runBroker(args []string) error {
 	o.Logger = lg
 	o.Storage.MemTableBytes = storage.MinMemTableBytes
 	o.Storage.BlockCacheBytes = 16 << 20
+	if *certFile != "" || *keyFile != "" {
+		o.TLS = &broker.TLSOptions{CertFile: *certFile, KeyFile: *keyFile}
+	}
+	if *tokensFile != "" || *policyFile != "" {
+		o.Auth = &broker.AuthOptions{TokensFile: *tokensFile, PolicyFile: *policyFile}
+	}
 	srv, err := broker.Open(o)
 	if err != nil {
 		return err

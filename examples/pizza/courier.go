@@ -39,7 +39,7 @@ func runCourier(args []string) error {
 		return err
 	}
 	defer deliveries.Close()
-	c, err := connect(ctx, sf.server, lg)
+	c, err := connect(ctx, sf, lg)
 	if err != nil {
 		return err
 	}

@@ -42,7 +42,7 @@ func runKitchen(args []string) error {
 		return err
 	}
 	defer attempts.Close()
-	c, err := connect(ctx, sf.server, lg)
+	c, err := connect(ctx, sf, lg)
 	if err != nil {
 		return err
 	}

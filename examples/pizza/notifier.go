@@ -45,7 +45,7 @@ func runNotifier(args []string) error {
 		return err
 	}
 	defer outbox.Close()
-	c, err := connect(ctx, sf.server, lg)
+	c, err := connect(ctx, sf, lg)
 	if err != nil {
 		return err
 	}

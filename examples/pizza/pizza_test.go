@@ -81,6 +81,14 @@ func TestPizzaUnderChaos(t *testing.T) {
 		}
 	}
 
+	// It ran secured: the broker with the identities the supervisor made
+	// (TestLeastPrivilege checks what they allow).
+	for _, f := range []string{"ca.crt", "broker.crt", "tokens.yaml", "policy.yaml", "kitchen-2.token"} {
+		if _, err := os.Stat(filepath.Join(dir, identityDir, f)); err != nil {
+			t.Errorf("the demo ran without its identities: %v", err)
+		}
+	}
+
 	// The evidence, read back independently of the broker.
 	ev := evidenceOnDisk(t, dir, 2)
 	if len(ev.Orders) != orders {

@@ -10,8 +10,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrymq/ferry/client"
 )
@@ -21,12 +26,16 @@ type serviceFlags struct {
 	server     string
 	dir        string
 	supervised bool
+	tlsCA      string
+	tokenFile  string
 }
 
 func (f *serviceFlags) register(fs *flag.FlagSet, name string) {
 	fs.StringVar(&f.server, "server", envOr("FERRY_SERVER", "localhost:7420"), "broker address (env FERRY_SERVER)")
 	fs.StringVar(&f.dir, "dir", name, "state directory: the service's own durable records")
 	fs.BoolVar(&f.supervised, "supervised", false, "started by the supervisor: stop gracefully when standard input closes")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "CA of the broker's certificate: dial with TLS (empty: plaintext)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding this service's bearer token (else env FERRY_TOKEN; neither: no token)")
 }
 
 // start makes the state directory and returns the service's context and
@@ -50,12 +59,72 @@ func (f *serviceFlags) start(name string) (context.Context, context.CancelFunc, 
 
 // connect dials the broker, waiting for it as long as ctx lasts: a
 // service may start while chaos has the broker down.
-func connect(ctx context.Context, server string, lg *slog.Logger) (*client.Client, error) {
-	c, err := client.Dial(ctx, server, client.WithCallTimeout(5*time.Second), client.WithLogger(lg))
+func connect(ctx context.Context, f serviceFlags, lg *slog.Logger) (*client.Client, error) {
+	sec, err := loadSecurity(f.tlsCA, f.tokenFile)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", server, err)
+		return nil, err
+	}
+	c, err := client.Dial(ctx, f.server, append(sec.dialOptions(), client.WithCallTimeout(5*time.Second), client.WithLogger(lg))...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", f.server, err)
 	}
 	return c, nil
+}
+
+// security is how a process proves itself to the broker: the broker's CA
+// and its own token. Zero is plaintext without a token (--insecure).
+type security struct {
+	creds credentials.TransportCredentials // nil: plaintext
+	token string                           // "": none
+}
+
+// loadSecurity reads the CA file and the token (from tokenFile, else
+// FERRY_TOKEN); empty names are none.
+func loadSecurity(caFile, tokenFile string) (security, error) {
+	var s security
+	if caFile != "" {
+		creds, err := client.TLSFromFiles(caFile, "", "")
+		if err != nil {
+			return s, err
+		}
+		s.creds = creds
+	}
+	s.token = os.Getenv("FERRY_TOKEN")
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return s, fmt.Errorf("token: %w", err)
+		}
+		s.token = strings.TrimSpace(string(b))
+	}
+	return s, nil
+}
+
+// dialOptions are the client options that present s.
+func (s security) dialOptions() []client.Option {
+	var opts []client.Option
+	if s.creds != nil {
+		opts = append(opts, client.WithTLS(s.creds))
+	}
+	if s.token != "" {
+		opts = append(opts, client.WithToken(s.token))
+	}
+	return opts
+}
+
+// grpcOptions are the same for a raw gRPC connection.
+func (s security) grpcOptions() []grpc.DialOption {
+	creds := s.creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if s.token != "" {
+		tok := s.token
+		opts = append(opts, grpc.WithPerRPCCredentials(client.TokenCredentials(
+			func(context.Context) (string, error) { return tok, nil }, false)))
+	}
+	return opts
 }
 
 // subscribeOptions are the consumer options every service uses: quick

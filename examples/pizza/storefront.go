@@ -48,7 +48,7 @@ func runStorefront(args []string) error {
 		return err
 	}
 	defer accepted.Close()
-	c, err := connect(ctx, sf.server, lg)
+	c, err := connect(ctx, sf, lg)
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrymq/ferry/client"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -48,6 +47,7 @@ type supervisorOptions struct {
 	cookTime      time.Duration
 	driveTime     time.Duration
 	sendTime      time.Duration
+	insecure      bool
 }
 
 func parseSupervisorFlags(args []string) (supervisorOptions, error) {
@@ -73,6 +73,7 @@ func parseSupervisorFlags(args []string) (supervisorOptions, error) {
 	fs.DurationVar(&o.cookTime, "cook-time", 500*time.Millisecond, "how long a kitchen takes to cook a pizza")
 	fs.DurationVar(&o.driveTime, "drive-time", 300*time.Millisecond, "how long the courier takes to deliver one")
 	fs.DurationVar(&o.sendTime, "send-time", 200*time.Millisecond, "how long the SMS gateway takes to answer the notifier")
+	fs.BoolVar(&o.insecure, "insecure", false, "run the broker plaintext and without auth, for debugging (default: TLS, a token per process and a least-privilege policy; see README.md)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -87,6 +88,8 @@ func parseSupervisorFlags(args []string) (supervisorOptions, error) {
 		return o, fmt.Errorf("--orders %d: want 0 or more", o.orders)
 	case o.rate <= 0:
 		return o, fmt.Errorf("--rate %v: want more than 0", o.rate)
+	case o.server != "" && !o.insecure:
+		return o, errors.New("--server needs --insecure: the demo makes its identities for the broker it starts (README.md)")
 	}
 	if o.seed == 0 {
 		o.seed = uint64(time.Now().UnixNano())
@@ -106,6 +109,7 @@ type supervisor struct {
 	read  brokerReader
 	conn  *grpc.ClientConn // of read
 	start time.Time
+	ids   *identities // nil with --insecure
 
 	broker   *proc   // nil with --server
 	services []*proc // in start order
@@ -183,7 +187,17 @@ func runSupervisor(args []string) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		s.broker = s.newProc("broker", "broker", "--data-dir", filepath.Join(dir, brokerDir), "--grpc-addr", addr)
+		args := []string{"broker", "--data-dir", filepath.Join(dir, brokerDir), "--grpc-addr", addr}
+		if !o.insecure {
+			host, _, _ := net.SplitHostPort(addr)
+			ids, err := makeIdentities(filepath.Join(dir, identityDir), host, o.kitchens)
+			if err != nil {
+				return false, fmt.Errorf("identities: %w", err)
+			}
+			s.ids = &ids
+			args = append(args, ids.brokerArgs()...)
+		}
+		s.broker = s.newProc("broker", args...)
 		go s.broker.run()
 		s.o.server = addr
 	}
@@ -219,7 +233,14 @@ func (s *supervisor) newProc(name string, args ...string) *proc {
 func (s *supervisor) connect(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	c, err := client.Dial(dctx, s.o.server, client.WithCallTimeout(5*time.Second), client.WithLogger(s.lg))
+	var sec security
+	if s.ids != nil {
+		var err error
+		if sec, err = loadSecurity(s.ids.caFile(), s.ids.tokenFile(supervisorPrincipal)); err != nil {
+			return err
+		}
+	}
+	c, err := client.Dial(dctx, s.o.server, append(sec.dialOptions(), client.WithCallTimeout(5*time.Second), client.WithLogger(s.lg))...)
 	if err != nil && s.broker != nil {
 		return fmt.Errorf("%w (the broker's log: %s)", err, s.broker.logPath)
 	}
@@ -227,7 +248,7 @@ func (s *supervisor) connect(ctx context.Context) error {
 		return err
 	}
 	s.c = c
-	conn, err := grpc.NewClient(s.o.server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(s.o.server, sec.grpcOptions()...)
 	if err != nil {
 		return err
 	}
@@ -254,13 +275,18 @@ func (s *supervisor) startServices() error {
 	if err != nil {
 		return err
 	}
+	// Each service's principal is its process's name.
 	state := func(name string) []string {
-		return []string{"--server", s.o.server, "--dir", filepath.Join(s.dir, name)}
+		args := []string{"--server", s.o.server, "--dir", filepath.Join(s.dir, name)}
+		if s.ids != nil {
+			args = append(args, s.ids.serviceArgs(name)...)
+		}
+		return args
 	}
 	s.services = append(s.services, s.newProc("storefront", append([]string{"storefront", "--http-addr", httpAddr,
 		"--control-url", "http://" + ln.Addr().String()}, state(storefrontDir)...)...))
 	for i := 1; i <= s.o.kitchens; i++ {
-		name := kitchenDirPrefix + strconv.Itoa(i)
+		name := kitchenName(i)
 		s.services = append(s.services, s.newProc(name, append([]string{"kitchen", "--name", name,
 			"--cook-time", s.o.cookTime.String()}, state(name)...)...))
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/ferrymq/ferry/client"
@@ -41,6 +42,24 @@ var topics = []struct {
 	{topicReady, client.TopicConfig{Partitions: 3, DedupWindow: dedupWindow}},
 	{topicDelivered, client.TopicConfig{Partitions: 1, DedupWindow: dedupWindow}},
 }
+
+// boardSubscription names the board's NONE subscriptions, one on each
+// topic.
+const boardSubscription = "board"
+
+// publishes maps each service to the topics it publishes to (the kitchen
+// through Process's Commit). The policy grants each only these
+// (identity.go); the durable subscriptions each consumes are those named
+// after it, below.
+var publishes = map[string][]string{
+	"storefront": {topicOrders},
+	"kitchen":    {topicReady},
+	"courier":    {topicDelivered},
+}
+
+// kitchenName is the i-th kitchen's name: its process, state directory and
+// principal.
+func kitchenName(i int) string { return kitchenDirPrefix + strconv.Itoa(i) }
 
 // subscriptionSpec is one durable subscription a service reads through.
 type subscriptionSpec struct {
