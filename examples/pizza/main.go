@@ -21,6 +21,10 @@
 //	pizza courier     delivers pizzas.ready, at-least-once
 //	pizza notifier    texts customers about orders and pizzas.ready, at-most-once
 //
+// The broker runs with TLS and token auth: the supervisor makes a CA, the
+// broker's certificate, a token per process and a least-privilege policy
+// at each start (identity.go); --insecure runs everything plaintext.
+//
 // Each service keeps a durable record of its side effects in its state
 // directory; the checker (Check) reads those records and the topics back
 // and judges each guarantee. See README.md.
