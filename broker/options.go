@@ -23,6 +23,12 @@ type Options struct {
 	// stacks, and a CPU profile or trace costs the broker CPU, so it is
 	// for an operator who asks for it (docs/security.md).
 	Pprof bool
+	// MetricsAuth puts /metrics behind the cluster permission (a bearer
+	// token whose principal the policy grants it), as GetClusterStatus
+	// is. Default false: Prometheus scrapes without credentials. Needs
+	// Auth. With Auth on, Pprof's profiles need the admin permission on
+	// every topic either way.
+	MetricsAuth bool
 	// Storage configures the store; its Clock and Logger are set from
 	// this Options' Clock and Logger.
 	Storage storage.Options
@@ -121,6 +127,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("option ClientSeries %d is negative: %w", o.ClientSeries, storage.ErrInvalidConfig)
 	case o.MaxTrackedClients < 0:
 		return fmt.Errorf("option MaxTrackedClients %d is negative: %w", o.MaxTrackedClients, storage.ErrInvalidConfig)
+	case o.MetricsAuth && o.Auth == nil:
+		return fmt.Errorf("option MetricsAuth needs Auth (--auth-policy): %w", storage.ErrInvalidConfig)
 	}
 	if err := o.Limits.Validate(); err != nil {
 		return fmt.Errorf("option Limits: %w: %w", err, storage.ErrInvalidConfig)

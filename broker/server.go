@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/ferrymq/ferry/cluster"
+	"github.com/ferrymq/ferry/auth"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/internal/clock"
 	"github.com/ferrymq/ferry/internal/tlsfiles"
@@ -245,15 +246,19 @@ func Open(opts Options) (*Server, error) {
 			}
 			_, _ = w.Write([]byte("ready\n"))
 		})
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}))
+		var metrics http.Handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})
+		if opts.MetricsAuth {
+			metrics = s.guard.httpGuarded("/metrics", auth.Cluster, auth.Resource{}, metrics)
+		}
+		mux.Handle("GET /metrics", metrics)
 		if opts.Pprof {
-			// Profiles for operators who asked for them (--pprof):
+			// Profiles for operators who asked for them (--pprof), behind
+			// the admin permission with auth on (http_auth.go):
 			// go tool pprof http://HOST:7421/debug/pprof/heap
-			mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-			mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-			mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-			mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-			mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+			for path, h := range map[string]http.HandlerFunc{"/debug/pprof/": pprof.Index, "/debug/pprof/cmdline": pprof.Cmdline,
+				"/debug/pprof/profile": pprof.Profile, "/debug/pprof/symbol": pprof.Symbol, "/debug/pprof/trace": pprof.Trace} {
+				mux.Handle("GET "+path, s.guard.httpGuarded(path, auth.Admin, auth.Resource{Topic: "*"}, h))
+			}
 		}
 		// Refused handshakes (plaintext to the TLS port) at DEBUG: anyone
 		// who reaches the port could flood the log otherwise.

@@ -726,3 +726,53 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPGuardedPaths: with auth on, the profiles (--pprof) answer only a
+// bearer token granted admin on every topic, and /metrics with
+// MetricsAuth only one granted the cluster permission: 401 without a
+// token or with an unknown one, 403 for a principal the policy does not
+// grant it; health stays open, and without MetricsAuth /metrics too.
+func TestHTTPGuardedPaths(t *testing.T) {
+	get := func(url, tok string) int {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, metricsAuth := range []bool{true, false} {
+		ts := startServer(t, withAuth(t, t.TempDir(), nil), func(o *Options) { o.Pprof, o.MetricsAuth = true, metricsAuth })
+		base := "http://" + ts.srv.HTTPAddr().String()
+		guardedMetrics := map[bool]int{true: http.StatusUnauthorized, false: http.StatusOK}[metricsAuth]
+		deniedMetrics := map[bool]int{true: http.StatusForbidden, false: http.StatusOK}[metricsAuth]
+		for _, c := range []struct {
+			path, tok string
+			want      int
+		}{
+			{"/healthz", "", http.StatusOK},
+			{"/debug/pprof/", "", http.StatusUnauthorized},
+			{"/debug/pprof/cmdline", "wrong-token", http.StatusUnauthorized},
+			{"/debug/pprof/cmdline", testTokens["kitchen"], http.StatusForbidden},
+			{"/debug/pprof/cmdline", testTokens["admin"], http.StatusOK},
+			{"/metrics", "", guardedMetrics},
+			{"/metrics", testTokens["nobody"], deniedMetrics},
+			{"/metrics", testTokens["admin"], http.StatusOK},
+		} {
+			if got := get(base+c.path, c.tok); got != c.want {
+				t.Errorf("metrics auth %v: GET %s with token %q answered %d, want %d", metricsAuth, c.path, c.tok, got, c.want)
+			}
+		}
+	}
+	if _, err := Open(func() Options { o := DefaultOptions(t.TempDir()); o.MetricsAuth = true; return o }()); err == nil {
+		t.Error("MetricsAuth without Auth opened")
+	}
+}
