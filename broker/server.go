@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
-	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/auth"
+	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/internal/clock"
 	"github.com/ferrymq/ferry/internal/tlsfiles"
