@@ -136,9 +136,9 @@ func credentialsOf(ctx context.Context) (auth.Credentials, error) {
 	var c auth.Credentials
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if vs := md.Get("authorization"); len(vs) > 0 {
-			scheme, tok, _ := strings.Cut(vs[0], " ")
-			if !strings.EqualFold(scheme, "bearer") || tok == "" {
-				return c, fmt.Errorf("the authorization header is not \"Bearer <token>\": %w", auth.ErrUnauthenticated)
+			tok, err := bearerOf(vs[0])
+			if err != nil {
+				return c, err
 			}
 			c.Bearer = tok
 		}
@@ -149,6 +149,16 @@ func credentialsOf(ctx context.Context) (auth.Credentials, error) {
 		}
 	}
 	return c, nil
+}
+
+// bearerOf is the token of an authorization header's value, which must
+// be "Bearer <token>" (gRPC metadata or HTTP).
+func bearerOf(v string) (string, error) {
+	scheme, tok, _ := strings.Cut(v, " ")
+	if !strings.EqualFold(scheme, "bearer") || tok == "" {
+		return "", fmt.Errorf("the authorization header is not \"Bearer <token>\": %w", auth.ErrUnauthenticated)
+	}
+	return tok, nil
 }
 
 // authenticate finds the call's entry and proves its caller's identity;

@@ -1,10 +1,8 @@
 package broker
 
 import (
-	"fmt"
 	"net"
 	"net/http"
-	"strings"
 
 	"google.golang.org/grpc/peer"
 
@@ -36,11 +34,7 @@ func (gd *guard) httpGuarded(path string, perm auth.Permission, res auth.Resourc
 		var c auth.Credentials
 		var err error
 		if v := r.Header.Get("Authorization"); v != "" {
-			scheme, tok, _ := strings.Cut(v, " ")
-			if !strings.EqualFold(scheme, "bearer") || tok == "" {
-				err = fmt.Errorf("the authorization header is not \"Bearer <token>\": %w", auth.ErrUnauthenticated)
-			}
-			c.Bearer = tok
+			c.Bearer, err = bearerOf(v)
 		}
 		var id auth.Identity
 		if err == nil {
