@@ -192,12 +192,14 @@ func tlsHint(st *status.Status) string {
 	if st.Code() != codes.Unavailable {
 		return ""
 	}
+	const refused = " (TLS refused: check --tls-ca, and --tls-cert/--tls-key if the server requires a client certificate)"
 	switch m := st.Message(); {
-	case strings.Contains(m, "tls:") || strings.Contains(m, "certificate") ||
-		strings.Contains(m, "broken pipe") || strings.Contains(m, "connection reset by peer"):
-		return " (TLS refused: check --tls-ca, and --tls-cert/--tls-key if the server requires a client certificate)"
-	case strings.Contains(m, "server preface"):
+	case strings.Contains(m, "tls:") || strings.Contains(m, "certificate"):
+		return refused
+	case strings.Contains(m, "server preface"): // a TLS port may reset a plaintext client too
 		return " (is it a TLS port? give --tls-ca)"
+	case strings.Contains(m, "broken pipe") || strings.Contains(m, "connection reset by peer"):
+		return refused
 	}
 	return ""
 }
