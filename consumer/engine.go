@@ -373,11 +373,22 @@ func (e *Engine) info(ctx context.Context, topic, name string, heads []uint64) (
 	if err != nil {
 		return Info{}, err
 	}
+	return l.info(ctx, heads)
+}
+
+// info asks the running loop for its subscription's config and stats. A
+// NONE subscription whose loop has ended (its last consumer left, or the
+// engine closed) no longer exists: a listing that found it a moment
+// before gets ErrSubscriptionNotFound, not the consumers' "reconnect".
+func (l *loop) info(ctx context.Context, heads []uint64) (Info, error) {
 	var info Info
-	err = l.call(ctx, func(now time.Time, done func()) {
-		info = Info{Topic: topic, Name: name, Options: l.sub.opts, CreateTime: l.created, Stats: l.sub.statsNow(heads)}
+	err := l.call(ctx, func(now time.Time, done func()) {
+		info = Info{Topic: l.key.topic, Name: l.key.name, Options: l.sub.opts, CreateTime: l.created, Stats: l.sub.statsNow(heads)}
 		done()
 	})
+	if err != nil && l.ephemeral && errors.Is(err, ErrDetached) {
+		return Info{}, fmt.Errorf("subscription %q on topic %q: %w", l.key.name, l.key.topic, ErrSubscriptionNotFound)
+	}
 	return info, err
 }
 

@@ -196,3 +196,39 @@ func TestEngineLoopEndsWithItsTopic(t *testing.T) {
 		t.Fatalf("the engine still runs %d loops", n)
 	}
 }
+
+// TestEngineEndedNoneIsNotFound: a listing that saw a NONE subscription a
+// moment before its last consumer left, and asks its ended loop for
+// stats, is told the subscription is gone (ErrSubscriptionNotFound, which
+// a listing skips), not ErrDetached, which the broker answers UNAVAILABLE
+// "reconnect". CI run 43 caught ListSubscriptions failing that way.
+func TestEngineEndedNoneIsNotFound(t *testing.T) {
+	clk := clock.NewFake(t0)
+	e, st := testEngine(t, clk)
+	ctx := context.Background()
+	if _, err := st.CreateTopic(ctx, "t", storage.TopicConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateSubscription(ctx, "t", "tail", DefaultOptions(None)); err != nil {
+		t.Fatal(err)
+	}
+	l := e.ephemeral("t", "tail")
+	if l == nil {
+		t.Fatal("the none subscription has no loop")
+	}
+	if info, err := l.info(ctx, []uint64{0}); err != nil || info.Name != "tail" {
+		t.Fatalf("info of the running loop = %+v, %v", info, err)
+	}
+	c, err := e.Attach(ctx, "t", "tail", AttachOptions{Credit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	<-l.done // the last consumer left: the loop ended
+	if _, err := l.info(ctx, []uint64{0}); !errors.Is(err, ErrSubscriptionNotFound) {
+		t.Fatalf("info of the ended loop: %v, want ErrSubscriptionNotFound", err)
+	}
+	if _, err := e.Subscription(ctx, "t", "tail"); !errors.Is(err, ErrSubscriptionNotFound) {
+		t.Fatalf("Subscription after the loop ended: %v, want ErrSubscriptionNotFound", err)
+	}
+}
