@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/client"
 	"github.com/ferrymq/ferry/internal/limits"
@@ -125,26 +128,37 @@ func TestConsumerWaitsForStreamLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishAll(t, c, "orders", &client.Message{ID: "m1", Payload: []byte("x")})
-	// Another stream of the same principal takes its one place.
+	// Another stream of the same principal takes its one place. The
+	// producer's stream above is closed, but the broker frees its place
+	// when its handler returns, a moment later (CI run 44 saw the holding
+	// stream refused): open it until it is taken.
 	hold, release := context.WithCancel(ctx)
 	pub := ferryv1.NewPublisherServiceClient(rawConn(t, b.addr))
-	stream, err := pub.PublishStream(hold)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&ferryv1.PublishStreamRequest{Sequence: 1, Topic: "orders", Messages: []*ferryv1.PublishMessage{{Id: "m1", Payload: []byte("x")}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stream.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	waitFor(t, waitLimit, "the holding stream taken", func() bool {
+		stream, err := pub.PublishStream(hold)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = stream.Send(&ferryv1.PublishStreamRequest{Sequence: 1, Topic: "orders", Messages: []*ferryv1.PublishMessage{{Id: "m1", Payload: []byte("x")}}})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if err == io.EOF || status.Code(err) == codes.ResourceExhausted {
+			return false // refused: Send sees EOF, Recv the status
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return true
+	})
+	refused := b.refusals(t, limits.Streams)
 	got := make(chan string, 10)
 	subCtx, stop := context.WithCancel(ctx)
 	errc := subscribe(t, subCtx, c, "orders", "kitchen", func(_ context.Context, m *client.Message) error {
 		got <- m.ID
 		return nil
 	})
-	waitFor(t, waitLimit, "the consumer's stream refused", func() bool { return b.refusals(t, limits.Streams) > 0 })
+	waitFor(t, waitLimit, "the consumer's stream refused", func() bool { return b.refusals(t, limits.Streams) > refused })
 	select {
 	case err := <-errc:
 		t.Fatalf("Subscribe returned %v while refused for the stream limit; want it to wait", err)
