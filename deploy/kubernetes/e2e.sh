@@ -8,18 +8,27 @@
 #      image localhost/ferry:dev, user 65532
 #   2. kubectl apply -k --dry-run=server: the base and every overlay; the
 #      ServiceMonitor component is rendered (its CRD is not installed here)
-#   3. applies overlays/local: 3/3 Ready, the Raft cluster formed (checked
-#      through a pod IP), metrics served where the annotations say
-#   4. publishes with acks while kubectl rollout restart runs, with an
+#   3. makes the certificates (certs.sh) and applies overlays/local with
+#      accounts and policy rules for the test: 3/3 Ready, the Raft cluster
+#      formed, metrics served over HTTPS where the annotations say, and
+#      plaintext refused
+#   4. service-account auth from pods: a pod whose account the policy
+#      grants publishes; a pod of another account is refused
+#      PERMISSION_DENIED, one without a token UNAUTHENTICATED, and one
+#      dialing the node-to-node port without a node certificate is refused;
+#      the topic holds the granted pod's message only
+#   5. publishes with acks while kubectl rollout restart runs, with an
 #      effectively-once pipeline consuming: nothing acknowledged lost, no
 #      publish slower than the failover bound, one output per input
-#   5. the same while ferry-0 is force-deleted: it comes back on its volume
+#   6. the same while ferry-0 is force-deleted: it comes back on its volume
 #      and catches up
-#   6. kubectl drain of the node: the PodDisruptionBudget stops it after
+#   7. kubectl drain of the node: the PodDisruptionBudget stops it after
 #      one pod
 # The host reaches the pods over the pod bridge and resolves their names
 # through the cluster's DNS (10.88.0.1), so a pod that comes back with a new
-# address is found again.
+# address is found again. Everything runs as the base sets it up: TLS on
+# every port, mutual between nodes, and service-account tokens checked
+# against a policy; the host's checks use a token of the account e2e-load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -128,34 +137,92 @@ printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresour
 kubectl kustomize "$mon" >"$WORK/servicemonitor.yaml"
 grep -q '^kind: ServiceMonitor$' "$WORK/servicemonitor.yaml" || fail "the servicemonitor component renders no ServiceMonitor"
 echo "ok: components/servicemonitor renders (not applied: no Prometheus Operator CRDs here)"
+printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [%s/base]\ncomponents: [%s/components/cert-manager]\n' "$rel" "$rel" >"$mon/kustomization.yaml"
+kubectl kustomize "$mon" >"$WORK/cert-manager.yaml"
+certs=$(grep -c '^kind: Certificate$' "$WORK/cert-manager.yaml" || true)
+[ "$certs" = 4 ] || fail "components/cert-manager renders $certs Certificates, want 4 (the CA and one per pod)"
+echo "ok: components/cert-manager renders (not applied: no cert-manager CRDs here)"
+
+# ---- certificates, the test's accounts and policy
+step "certificates (certs.sh), the test's accounts and policy"
+deploy/kubernetes/certs.sh -n "$NS" -o "$WORK/certs" >/dev/null
+CA=$WORK/certs/ca.crt
+e2e=$WORK/e2e-overlay
+mkdir -p "$e2e"
+rel=$(realpath --relative-to="$e2e" deploy/kubernetes)
+# The base's rule for ferry's own account, and the test's: e2e-load (the
+# host's checks) may do everything, e2e-client may publish to k8s-auth,
+# e2e-intruder nothing.
+cat >"$e2e/policy.yaml" <<EOF
+rules:
+  - principals: ["system:serviceaccount:$NS:ferry", "system:serviceaccount:$NS:e2e-load"]
+    permissions: [publish, subscribe, read, admin, cluster]
+    topics: ["*"]
+  - principals: ["system:serviceaccount:$NS:e2e-client"]
+    permissions: [publish]
+    topics: [k8s-auth]
+EOF
+cat >"$e2e/accounts.yaml" <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: e2e-load}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: e2e-client}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: e2e-intruder}
+EOF
+cat >"$e2e/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: $NS
+resources: [$rel/overlays/local, accounts.yaml]
+configMapGenerator:
+  - name: ferry-policy
+    behavior: replace
+    files: [policy.yaml]
+    options: {disableNameSuffixHash: true}
+EOF
 
 # ---- the cluster forms
-step "applying overlays/local; waiting for 3/3 Ready"
-kubectl apply -k deploy/kubernetes/overlays/local
+step "applying overlays/local (with the test's accounts and policy); waiting for 3/3 Ready"
+kubectl apply -k "$e2e"
+k create token e2e-load --audience ferry --duration 1h >"$WORK/load.token"
+TOKEN=$WORK/load.token
 k rollout status statefulset/ferry --timeout=300s
 ready=$(k get statefulset ferry -o jsonpath='{.status.readyReplicas}')
 [ "$ready" = 3 ] || fail "$ready of 3 pods ready"
 k get pods -o wide
 echo "3/3 Ready after $(( $(date +%s) - T0 ))s"
 
-step "the Raft cluster, through a pod IP"
+step "the Raft cluster, over TLS with a service-account token"
+POD0=ferry-0.ferry-headless.$NS.svc.cluster.local
+check() { "$WORK/clustercheck" "$1" -dns "$CLUSTER_DNS" -tls-ca "$CA" -token-file "$TOKEN" "${@:2}"; }
+check status -server "$POD0:7420" -nodes 3 -timeout 60s
 IP0=$(k get pod ferry-0 -o jsonpath='{.status.podIP}')
-# Into a file, then shown: "| head" closed the pipe early and the status
-# command died of SIGPIPE (exit 141) under pipefail.
-"$WORK/ferry" cluster status --server "$IP0:7420" >"$WORK/status"
-head -8 "$WORK/status"
-"$WORK/clustercheck" status -server "$IP0:7420" -nodes 3 -timeout 60s
-curl -sf "http://$IP0:7421/metrics" >"$WORK/metrics" || fail "no /metrics on :7421"
+curl -sf --cacert "$CA" --resolve "$POD0:7421:$IP0" "https://$POD0:7421/metrics" >"$WORK/metrics" || fail "no /metrics over HTTPS on :7421"
 grep -q '^ferry_raft_leader' "$WORK/metrics" || fail "no ferry_raft_leader on :7421/metrics"
-echo "ok: /metrics on the annotated port 7421 serves ferry_raft_* metrics"
+echo "ok: /metrics over HTTPS on the annotated port 7421 serves ferry_raft_* metrics"
+if curl -sf "http://$IP0:7421/metrics" >/dev/null 2>&1; then fail "plaintext HTTP on :7421 answered"; fi
+if "$WORK/ferry" topic list --server "$IP0:7420" >"$WORK/plain.out" 2>&1; then fail "plaintext gRPC on :7420 answered"; fi
+echo "ok: plaintext HTTP and gRPC are refused"
 k exec ferry-0 -- /ferry version >"$WORK/pod-version" || fail "kubectl exec ferry-0 -- /ferry version"
 grep -q "^commit: $COMMIT\$" "$WORK/pod-version" || fail "the pod does not run the image just built"
 echo "ok: kubectl exec ferry-0 -- /ferry version: the image just built"
 k exec ferry-0 -- /ferry cluster status >"$WORK/exec-status" || fail "kubectl exec ferry-0 -- /ferry cluster status (the README's)"
+# Into a file, then shown: "| head" closed the pipe early and the status
+# command died of SIGPIPE (exit 141) under pipefail.
+head -8 "$WORK/exec-status"
 echo "ok: kubectl exec ferry-0 -- /ferry cluster status answers ($(grep -c ' ok ' "$WORK/exec-status") nodes ok)"
 
+step "service-account auth from pods"
+. deploy/kubernetes/e2e_auth.sh
+
 SERVERS=ferry-0.ferry-headless.$NS.svc.cluster.local:7420,ferry-1.ferry-headless.$NS.svc.cluster.local:7420,ferry-2.ferry-headless.$NS.svc.cluster.local:7420
-load() { "$WORK/clustercheck" load -dns "$CLUSTER_DNS" -servers "$SERVERS" "$@"; }
+load() { check load -servers "$SERVERS" "$@"; }
 
 # ---- rolling restart
 step "publishing while kubectl rollout restart statefulset/ferry runs"
@@ -211,7 +278,6 @@ k get pods -o wide
 echo "ok: the drain evicted one pod and was refused the others"
 kubectl uncordon "$node"
 k rollout status statefulset/ferry --timeout=300s
-IP0=$(k get pod ferry-0 -o jsonpath='{.status.podIP}')
-"$WORK/clustercheck" status -server "$IP0:7420" -nodes 3 -timeout 120s
+check status -server "$POD0:7420" -nodes 3 -timeout 120s
 
 step "passed"

@@ -53,7 +53,9 @@ func runLoad(ctx context.Context, lg *slog.Logger, args []string) error {
 	if len(cfg.servers) == 0 {
 		return fmt.Errorf("load: -servers is required")
 	}
-	useDNS(cfg.dns)
+	if err := cfg.setup(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
 	return load(ctx, lg, cfg)
@@ -67,8 +69,8 @@ func load(ctx context.Context, lg *slog.Logger, cfg loadConfig) error {
 	defer cancel()
 	// Keepalive: a node that vanishes without closing its connections is
 	// noticed within 15 s (the broker allows a ping every 10 s).
-	c, err := client.Dial(dctx, joinList(cfg.servers), client.WithLogger(quiet), client.WithCallTimeout(10*time.Second),
-		client.WithKeepalive(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}))
+	c, err := client.Dial(dctx, joinList(cfg.servers), append(clientOptions(), client.WithLogger(quiet), client.WithCallTimeout(10*time.Second),
+		client.WithKeepalive(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}))...)
 	if err != nil {
 		return err
 	}

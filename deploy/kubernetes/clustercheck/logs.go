@@ -8,7 +8,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -23,8 +22,8 @@ type partitionLogs [][]*ferryv1.Message
 // first catches up with its partition's leader, so a node that is behind
 // answers once it is not. UNAVAILABLE is tried again until ctx ends.
 func readAll(ctx context.Context, addr, topic string, partitions uint32) (partitionLogs, error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	conn, err := grpc.NewClient("passthrough:///"+addr, append(grpcOptions(),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))...)
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,12 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrymq/ferry/client"
 )
 
 func main() {
@@ -91,13 +97,69 @@ func useDNS(addr string) {
 
 // commonFlags are the flags of both commands.
 type commonFlags struct {
-	dns     string
-	timeout time.Duration
+	dns       string
+	timeout   time.Duration
+	tlsCA     string
+	tokenFile string
 }
 
 func (c *commonFlags) add(fs *flag.FlagSet, timeout time.Duration) {
 	fs.StringVar(&c.dns, "dns", "", "DNS server (host:port) for every name, such as the cluster's; empty: the system's")
 	fs.DurationVar(&c.timeout, "timeout", timeout, "give up after this long")
+	fs.StringVar(&c.tlsCA, "tls-ca", "", "connect over TLS, trusting this CA (PEM); empty: plaintext")
+	fs.StringVar(&c.tokenFile, "token-file", "", "send the bearer token in this file (read once) with every call")
+}
+
+// dialing is how every connection of this process is made: the
+// credentials of -tls-ca and -token-file, set once by setup.
+var dialing struct {
+	creds credentials.TransportCredentials
+	token string
+}
+
+// setup applies -dns, -tls-ca and -token-file to every connection this
+// process makes.
+func (c *commonFlags) setup() error {
+	useDNS(c.dns)
+	dialing.creds = insecure.NewCredentials()
+	if c.tlsCA != "" {
+		creds, err := client.TLSFromFiles(c.tlsCA, "", "")
+		if err != nil {
+			return err
+		}
+		dialing.creds = creds
+	}
+	if c.tokenFile != "" {
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return err
+		}
+		dialing.token = strings.TrimSpace(string(b))
+	}
+	return nil
+}
+
+// grpcOptions are the dial options of a raw gRPC connection.
+func grpcOptions() []grpc.DialOption {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(dialing.creds)}
+	if dialing.token != "" {
+		tok := dialing.token
+		opts = append(opts, grpc.WithPerRPCCredentials(client.TokenCredentials(
+			func(context.Context) (string, error) { return tok, nil }, false)))
+	}
+	return opts
+}
+
+// clientOptions are the SDK's options for the same.
+func clientOptions() []client.Option {
+	var opts []client.Option
+	if dialing.creds.Info().SecurityProtocol == "tls" {
+		opts = append(opts, client.WithTLS(dialing.creds))
+	}
+	if dialing.token != "" {
+		opts = append(opts, client.WithToken(dialing.token))
+	}
+	return opts
 }
 
 // splitList splits a comma-separated list, dropping empty items.

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
@@ -26,7 +25,9 @@ func runStatus(ctx context.Context, lg *slog.Logger, args []string) error {
 	if *server == "" {
 		return fmt.Errorf("status: -server is required")
 	}
-	useDNS(cf.dns)
+	if err := cf.setup(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
 	groups, err := waitHealthy(ctx, lg, *server, *nodes, *caughtUp)
@@ -42,7 +43,7 @@ func runStatus(ctx context.Context, lg *slog.Logger, args []string) error {
 // finds none, and returns the number of groups; when ctx ends first, the
 // last problems are the error.
 func waitHealthy(ctx context.Context, lg *slog.Logger, server string, nodes int, caughtUp bool) (groups int, err error) {
-	conn, err := grpc.NewClient(server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(server, grpcOptions()...)
 	if err != nil {
 		return 0, fmt.Errorf("connect to %s: %w", server, err)
 	}
