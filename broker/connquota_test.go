@@ -1,9 +1,11 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -63,7 +65,9 @@ func TestConnectionLimit(t *testing.T) {
 	// Closed, a connection frees its slot: the refused one gets it.
 	_ = first.Close()
 	eventuallyB(t, "a closed connection frees its slot", func() bool {
-		err := publish(third, "n2")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := third.Publish(ctx, &ferryv1.PublishRequest{Topic: "orders", Messages: batchOf("n2", 1)})
 		if err != nil && status.Code(err) != codes.ResourceExhausted {
 			t.Fatal(err)
 		}
