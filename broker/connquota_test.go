@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -215,5 +216,47 @@ func TestConnectionAndTopicLimitsOff(t *testing.T) {
 	o.Limits.Connections = -1
 	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "Connections -1 is negative") {
 		t.Fatalf("Validate with Connections -1: %v", err)
+	}
+}
+
+// Publishers racing into a topic overshoot its quota by at most the
+// batches in flight when it filled: each was checked while the topic was
+// under it.
+func TestTopicBytesQuotaOvershoot(t *testing.T) {
+	const (
+		quota      = 1 << 20
+		publishers = 8
+		batch      = 50 // messages of 1000 bytes: ~50 KB a batch
+	)
+	ts := startServer(t, withLimits(limits.Options{TopicBytes: quota}))
+	ts.createTopic(t, "t", &ferryv1.TopicConfig{Partitions: 4})
+	ctx := testContext(t)
+	var g errgroup.Group
+	for p := range publishers {
+		pub := ferryv1.NewPublisherServiceClient(dialFrom(t, ts.srv.GRPCAddr().String(), "127.0.0.1"))
+		g.Go(func() error {
+			for i := 0; ; i++ {
+				msgs := make([]*ferryv1.PublishMessage, batch)
+				for j := range msgs {
+					msgs[j] = &ferryv1.PublishMessage{Id: fmt.Sprintf("%d-%d-%d", p, i, j), Payload: make([]byte, 1000)}
+				}
+				_, err := pub.Publish(ctx, &ferryv1.PublishRequest{Topic: "t", Messages: msgs})
+				if status.Code(err) == codes.ResourceExhausted {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	stored := topicBytes(t, ts, "t")
+	over := int64(stored) - quota
+	t.Logf("%d bytes stored for a quota of %d: %d over, %.1f batches of %d publishers", stored, quota, over, float64(over)/(batch*1000), publishers)
+	if stored < quota || over > publishers*batch*1100 {
+		t.Fatalf("%d bytes stored for a quota of %d, want within [quota, quota + %d batches]", stored, quota, publishers)
 	}
 }
