@@ -65,8 +65,9 @@ type Options struct {
 	// 0: MemoryLimit/8 (16 to 256 MiB), or 64 MiB without a limit.
 	MaxPublishBytesInFlight int64
 	// Limits are the rate limits and quotas per principal (quotas.go,
-	// docs/security.md): publish messages/s and bytes/s, open streams,
-	// subscriptions created. Default: all 0, unlimited.
+	// connquota.go, docs/security.md): publish messages/s and bytes/s,
+	// open streams, connections held, subscriptions created; and the
+	// quota of bytes on disk per topic. Default: all 0, unlimited.
 	Limits limits.Options
 	// ClientSeries is how many principals get their own principal label
 	// in the ferry_client_* metrics (clients.go, docs/security.md); the

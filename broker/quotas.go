@@ -31,16 +31,24 @@ import (
 //     open streams while they run.
 //   - CreateSubscription of a subscription that does not exist counts
 //     against the principal's subscriptions (limits.AddSubscription).
+//   - Every call counts its connection against its principal, from the
+//     principal's first call on it until it closes (connquota.go).
+//   - A publish (Publish, a PublishStream request, a Commit's outputs) to
+//     a topic holding Limits.TopicBytes or more is refused before the
+//     principal's buckets are charged (topicFull).
 //
 // Every refusal is RESOURCE_EXHAUSTED with a RetryInfo (exhaustedf): for a
 // rate, the time until the bucket holds the request; for a count, a fixed
-// delay (limits.StreamRetry, limits.SubscriptionRetry).
+// delay (limits.StreamRetry, limits.SubscriptionRetry,
+// limits.ConnectionRetry); for a full topic, the retention interval (the
+// soonest retention may delete some of it).
 type quotas struct {
-	lim     *limits.Limits
-	store   *storage.Store
-	clk     clock.Clock
-	grace   time.Duration // how long a new subscription counts though the store does not show it yet
-	refused *prometheus.CounterVec
+	lim        *limits.Limits
+	store      *storage.Store
+	clk        clock.Clock
+	grace      time.Duration // how long a new subscription counts though the store does not show it yet
+	topicRetry time.Duration // the RetryInfo of a full topic: the retention interval
+	refused    *prometheus.CounterVec
 }
 
 // subscriptionGrace is, in a cluster, how long a subscription just
@@ -48,19 +56,20 @@ type quotas struct {
 // owner stored it, and this node applies it a moment later.
 const subscriptionGrace = 30 * time.Second
 
-func newQuotas(o limits.Options, clk clock.Clock, st *storage.Store, clustered bool, reg prometheus.Registerer) (*quotas, error) {
-	o.Clock = clk
+func newQuotas(opts Options, st *storage.Store, reg prometheus.Registerer) (*quotas, error) {
+	o := opts.Limits
+	o.Clock = opts.Clock
 	lim, err := limits.New(o)
 	if err != nil {
 		return nil, err
 	}
-	q := &quotas{lim: lim, store: st, clk: clk,
+	q := &quotas{lim: lim, store: st, clk: opts.Clock, topicRetry: opts.Storage.RetentionInterval,
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_limits_refusals_total",
-			Help: "Calls refused (RESOURCE_EXHAUSTED) for a per-principal limit, by limit: publish_messages, publish_bytes, streams, subscriptions, subscription_owners.",
+			Help: "Calls refused (RESOURCE_EXHAUSTED) for a limit, by limit: publish_messages, publish_bytes, streams, subscriptions, subscription_owners, connections, connection_principals, topic_bytes.",
 		}, []string{"limit"}),
 	}
-	if clustered {
+	if opts.Cluster != nil {
 		q.grace = subscriptionGrace
 	}
 	for _, k := range limits.Kinds {
@@ -78,13 +87,21 @@ func (q *quotas) interceptors() []grpc.ServerOption {
 	if !q.lim.Options().Enabled() {
 		return nil
 	}
-	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(q.unary), grpc.ChainStreamInterceptor(q.stream)}
+	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(q.unary), grpc.ChainStreamInterceptor(q.stream)}
+	if q.lim.Options().Connections > 0 {
+		opts = append(opts, grpc.StatsHandler(connQuota{q}))
+	}
+	return opts
 }
 
 func (q *quotas) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	principal := principalOf(ctx)
+	if err := q.hold(ctx, info.FullMethod, principal); err != nil {
+		return nil, err
+	}
 	switch r := req.(type) {
 	case *ferryv1.PublishRequest:
-		if err := q.publish(principalOf(ctx), r.GetMessages()); err != nil {
+		if err := q.publish(principal, r.GetTopic(), r.GetMessages()); err != nil {
 			return nil, err
 		}
 	case *ferryv1.CommitRequest:
@@ -92,9 +109,12 @@ func (q *quotas) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		// either.
 		var outs []*ferryv1.PublishMessage
 		for _, p := range r.GetPublishes() {
+			if err := q.topicFull(principal, p.GetTopic()); err != nil {
+				return nil, err
+			}
 			outs = append(outs, p.GetMessages()...)
 		}
-		if err := q.publish(principalOf(ctx), outs); err != nil {
+		if err := q.publish(principal, "", outs); err != nil {
 			return nil, err
 		}
 	case *ferryv1.CreateSubscriptionRequest:
@@ -108,6 +128,9 @@ func (q *quotas) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 		return h(srv, ss) // health and reflection
 	}
 	principal := principalOf(ss.Context())
+	if err := q.hold(ss.Context(), info.FullMethod, principal); err != nil {
+		return err
+	}
 	closeStream, err := q.lim.OpenStream(principal)
 	if err != nil {
 		return q.refuse(principal, err)
@@ -130,13 +153,20 @@ func (s *limitedStream) RecvMsg(m any) error {
 		return err
 	}
 	if r, ok := m.(*ferryv1.PublishStreamRequest); ok {
-		return s.q.publish(s.principal, r.GetMessages())
+		return s.q.publish(s.principal, r.GetTopic(), r.GetMessages())
 	}
 	return nil
 }
 
-// publish takes a batch from principal's buckets, or answers the refusal.
-func (q *quotas) publish(principal string, msgs []*ferryv1.PublishMessage) error {
+// publish takes a batch to topic ("": checked already) from principal's
+// buckets, or answers the refusal: the topic's first, so a refused batch
+// costs its principal nothing.
+func (q *quotas) publish(principal, topic string, msgs []*ferryv1.PublishMessage) error {
+	if topic != "" {
+		if err := q.topicFull(principal, topic); err != nil {
+			return err
+		}
+	}
 	var n int
 	for _, m := range msgs {
 		n += len(m.GetPayload()) + len(m.GetKey()) + len(m.GetId())
@@ -145,6 +175,29 @@ func (q *quotas) publish(principal string, msgs []*ferryv1.PublishMessage) error
 		}
 	}
 	if err := q.lim.Publish(principal, len(msgs), n); err != nil {
+		return q.refuse(principal, err)
+	}
+	return nil
+}
+
+// topicFull refuses a publish to topic if it holds Limits.TopicBytes or
+// more: the record bytes of its partitions on this node's store, the
+// count retention by bytes reads (storage.PartitionInfo.Bytes), as of each
+// partition's last sync. A topic this node does not know passes, for the
+// handler to answer.
+func (q *quotas) topicFull(principal, topic string) error {
+	if q.lim.Options().TopicBytes == 0 {
+		return nil
+	}
+	parts, err := q.store.Partitions(topic)
+	if err != nil {
+		return nil
+	}
+	var stored uint64
+	for _, p := range parts {
+		stored += p.Bytes
+	}
+	if err := q.lim.TopicBytes(topic, stored, q.topicRetry); err != nil {
 		return q.refuse(principal, err)
 	}
 	return nil
@@ -201,6 +254,13 @@ func (q *quotas) refuse(principal string, err error) error {
 		out = exhaustedf(e.Retry, "%s has %v streams open, its limit (ferry serve --limit-streams); close one, or retry in %v", who, e.Limit, e.Retry)
 	case limits.Subscriptions:
 		out = exhaustedf(e.Retry, "%s has created %v subscriptions through this node, its limit (ferry serve --limit-subscriptions); delete one first", who, e.Limit)
+	case limits.Connections:
+		out = exhaustedf(e.Retry, "%s holds %v connections, its limit (ferry serve --limit-connections); this connection's calls are refused until one closes; retry in %v", who, e.Limit, e.Retry)
+	case limits.ConnectionOwners:
+		out = exhaustedf(e.Retry, "the broker counts the connections of at most %v principals (ferry serve --limit-principals), and they all hold some; retry in %v", e.Limit, e.Retry)
+	case limits.TopicBytes:
+		out = exhaustedf(e.Retry, "topic %s holds its quota of %s or more on disk (ferry serve --limit-topic-bytes); nothing of this batch was stored; reads, consumes and acks go on; publishes are taken again once retention or a delete brings it under; retry in %v",
+			echo.Quote(e.Topic), storage.FormatBytes(uint64(e.Limit)), e.Retry)
 	default:
 		out = exhaustedf(e.Retry, "the broker counts the subscriptions of at most %v principals, and they all have some; retry in %v", e.Limit, e.Retry)
 	}

@@ -139,7 +139,7 @@ func Open(opts Options) (*Server, error) {
 		closeAll()
 		return nil, err
 	}
-	quotas, err := newQuotas(opts.Limits, opts.Clock, st, opts.Cluster != nil, reg)
+	quotas, err := newQuotas(opts, st, reg)
 	if err != nil {
 		closeAll()
 		return nil, err

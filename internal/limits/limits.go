@@ -1,7 +1,8 @@
 // Package limits keeps the broker's per-principal rate limits and quotas:
 // publish messages and bytes per second (token buckets of
-// golang.org/x/time/rate), concurrent streams, and the subscriptions a
-// principal created. A principal is a string the broker names (the
+// golang.org/x/time/rate), concurrent streams and connections, and the
+// subscriptions a principal created; and the per-topic quota of bytes on
+// disk, which the broker measures (TopicBytes only compares). A principal is a string the broker names (the
 // authenticated identity, or the peer's IP address without auth); this
 // package only counts.
 //
@@ -13,6 +14,9 @@
 //     what it would have after being idle for Options.Burst;
 //   - stream counts are kept only for principals with a stream open, so
 //     they are bounded by the streams the server holds;
+//   - connection counts are kept only for principals with a connection
+//     counted, and for at most Options.MaxPrincipals of them (see
+//     OpenConnection);
 //   - subscription owners are kept for at most Options.MaxPrincipals
 //     principals, each with at most Options.Subscriptions live ones
 //     (see AddSubscription).
@@ -44,11 +48,16 @@ const (
 	Streams         Kind = "streams"
 	Subscriptions   Kind = "subscriptions"
 	// Owners is the cap on principals whose subscriptions are tracked.
-	Owners Kind = "subscription_owners"
+	Owners      Kind = "subscription_owners"
+	Connections Kind = "connections"
+	// ConnectionOwners is the cap on principals whose connections are
+	// counted.
+	ConnectionOwners Kind = "connection_principals"
+	TopicBytes       Kind = "topic_bytes"
 )
 
 // Kinds lists every Kind, for metrics.
-var Kinds = []Kind{PublishMessages, PublishBytes, Streams, Subscriptions, Owners}
+var Kinds = []Kind{PublishMessages, PublishBytes, Streams, Subscriptions, Owners, Connections, ConnectionOwners, TopicBytes}
 
 // Retry delays of the count limits, which no bucket refills: a stream or a
 // subscription is freed when its principal (or an operator) closes or
@@ -57,6 +66,7 @@ var Kinds = []Kind{PublishMessages, PublishBytes, Streams, Subscriptions, Owners
 const (
 	StreamRetry       = time.Second
 	SubscriptionRetry = 5 * time.Second
+	ConnectionRetry   = time.Second
 )
 
 // ErrInvalidOptions is returned by New for options out of range.
@@ -81,8 +91,16 @@ type Options struct {
 	// Subscriptions is the most live subscriptions a principal may have
 	// created through this node. Default 0: unlimited.
 	Subscriptions int
-	// MaxPrincipals bounds the principals whose buckets, and whose
-	// subscriptions, are remembered. Default 10,000.
+	// Connections is the most connections a principal may hold: a
+	// connection counts against each principal that made a call on it,
+	// from its first call until it closes. Default 0: unlimited.
+	Connections int
+	// TopicBytes is the most bytes a topic may hold for a publish to it to
+	// be taken, as the broker measures them (per topic, not per
+	// principal). Default 0: unlimited.
+	TopicBytes uint64
+	// MaxPrincipals bounds the principals whose buckets, subscriptions
+	// and connection counts are remembered. Default 10,000.
 	MaxPrincipals int
 	// Clock is the time source of the buckets. Default the wall clock.
 	Clock clock.Clock
@@ -90,7 +108,8 @@ type Options struct {
 
 // Enabled reports whether any limit is set.
 func (o Options) Enabled() bool {
-	return o.PublishMessages > 0 || o.PublishBytes > 0 || o.Streams > 0 || o.Subscriptions > 0
+	return o.PublishMessages > 0 || o.PublishBytes > 0 || o.Streams > 0 || o.Subscriptions > 0 ||
+		o.Connections > 0 || o.TopicBytes > 0
 }
 
 // Validate names the first field out of range.
@@ -106,6 +125,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("option Streams %d is negative: %w", o.Streams, ErrInvalidOptions)
 	case o.Subscriptions < 0:
 		return fmt.Errorf("option Subscriptions %d is negative: %w", o.Subscriptions, ErrInvalidOptions)
+	case o.Connections < 0:
+		return fmt.Errorf("option Connections %d is negative: %w", o.Connections, ErrInvalidOptions)
 	case o.MaxPrincipals < 0:
 		return fmt.Errorf("option MaxPrincipals %d is negative: %w", o.MaxPrincipals, ErrInvalidOptions)
 	}
@@ -118,9 +139,13 @@ type Exceeded struct {
 	Kind  Kind
 	Limit float64 // the limit's value, in its unit
 	Retry time.Duration
+	Topic string // TopicBytes: the topic over its quota
 }
 
 func (e *Exceeded) Error() string {
+	if e.Topic != "" {
+		return fmt.Sprintf("topic %q is over the %s limit of %v; retry in %v", e.Topic, e.Kind, e.Limit, e.Retry)
+	}
 	return fmt.Sprintf("over the %s limit of %v; retry in %v", e.Kind, e.Limit, e.Retry)
 }
 
@@ -128,9 +153,10 @@ func (e *Exceeded) Error() string {
 type Limits struct {
 	o Options
 
-	mu      sync.Mutex // guards buckets, streams, owners
+	mu      sync.Mutex // guards buckets, streams, conns, owners, pending
 	buckets *simplelru.LRU[string, *buckets]
 	streams map[string]int // open streams; only principals with one
+	conns   map[string]int // counted connections; only principals with one
 	owners  map[string]map[SubscriptionRef]struct{}
 	pending map[string]int // subscription creations under way
 }
@@ -156,7 +182,7 @@ func New(o Options) (*Limits, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Limits{o: o, buckets: lru, streams: make(map[string]int),
+	return &Limits{o: o, buckets: lru, streams: make(map[string]int), conns: make(map[string]int),
 		owners: make(map[string]map[SubscriptionRef]struct{}), pending: make(map[string]int)}, nil
 }
 
@@ -263,6 +289,54 @@ func (l *Limits) OpenStream(principal string) (closeStream func(), err error) {
 			}
 		})
 	}, nil
+}
+
+// OpenConnection counts one more connection of principal's, or refuses it
+// with an *Exceeded: over Options.Connections (Kind Connections), or, for a
+// principal with none counted, when Options.MaxPrincipals principals have
+// some (Kind ConnectionOwners). The caller calls the returned function
+// once when the connection closes.
+func (l *Limits) OpenConnection(principal string) (closeConn func(), err error) {
+	if l.o.Connections <= 0 {
+		return func() {}, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, known := l.conns[principal]
+	switch {
+	case n >= l.o.Connections:
+		return nil, &Exceeded{Kind: Connections, Limit: float64(l.o.Connections), Retry: ConnectionRetry}
+	case !known && len(l.conns) >= l.o.MaxPrincipals:
+		return nil, &Exceeded{Kind: ConnectionOwners, Limit: float64(l.o.MaxPrincipals), Retry: ConnectionRetry}
+	}
+	l.conns[principal]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if l.conns[principal]--; l.conns[principal] <= 0 {
+				delete(l.conns, principal)
+			}
+		})
+	}, nil
+}
+
+// OpenConnections is how many connections principal holds, as counted.
+func (l *Limits) OpenConnections(principal string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conns[principal]
+}
+
+// TopicBytes refuses a publish to topic, which holds stored bytes, with an
+// *Exceeded (Kind TopicBytes, Retry retry) when it is at or over
+// Options.TopicBytes.
+func (l *Limits) TopicBytes(topic string, stored uint64, retry time.Duration) error {
+	if l.o.TopicBytes == 0 || stored < l.o.TopicBytes {
+		return nil
+	}
+	return &Exceeded{Kind: TopicBytes, Limit: float64(l.o.TopicBytes), Retry: retry, Topic: topic}
 }
 
 // OpenStreams is how many streams principal has open, as counted.

@@ -204,12 +204,60 @@ func TestSubscriptions(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	for _, o := range []Options{{PublishMessages: -1}, {PublishBytes: -1}, {Burst: -time.Second}, {Streams: -1}, {Subscriptions: -1}, {MaxPrincipals: -1}} {
+	for _, o := range []Options{{PublishMessages: -1}, {PublishBytes: -1}, {Burst: -time.Second}, {Streams: -1}, {Subscriptions: -1}, {Connections: -1}, {MaxPrincipals: -1}} {
 		if _, err := New(o); !errors.Is(err, ErrInvalidOptions) {
 			t.Errorf("%+v: got %v", o, err)
 		}
 	}
 	if (Options{}).Enabled() {
 		t.Error("zero options enabled")
+	}
+}
+
+// Connections: each principal up to its limit, a release frees one (once,
+// however often called), and the principals counted stay within
+// MaxPrincipals.
+func TestConnections(t *testing.T) {
+	l, _ := newLimits(t, Options{Connections: 2, MaxPrincipals: 2})
+	a1, err := l.OpenConnection("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.OpenConnection("a"); err != nil {
+		t.Fatal(err)
+	}
+	if e := exceeded(t, fnErr(l.OpenConnection("a")), Connections); e.Retry != ConnectionRetry || e.Limit != 2 {
+		t.Fatalf("refusal %+v", e)
+	}
+	b1, err := l.OpenConnection("b")
+	if err != nil {
+		t.Fatalf("another principal: %v", err)
+	}
+	exceeded(t, fnErr(l.OpenConnection("c")), ConnectionOwners)
+	a1()
+	a1()
+	if n := l.OpenConnections("a"); n != 1 {
+		t.Fatalf("a holds %d after one release called twice, want 1", n)
+	}
+	b1()
+	if _, err := l.OpenConnection("c"); err != nil {
+		t.Fatalf("a third principal once b holds none: %v", err)
+	}
+}
+
+func fnErr(_ func(), err error) error { return err }
+
+// TopicBytes refuses at and over the quota, never with it off.
+func TestTopicBytes(t *testing.T) {
+	l, _ := newLimits(t, Options{TopicBytes: 100})
+	if err := l.TopicBytes("t", 99, time.Second); err != nil {
+		t.Fatalf("under the quota: %v", err)
+	}
+	if e := exceeded(t, l.TopicBytes("t", 100, time.Second), TopicBytes); e.Topic != "t" || e.Retry != time.Second {
+		t.Fatalf("refusal %+v", e)
+	}
+	off, _ := newLimits(t, Options{})
+	if err := off.TopicBytes("t", 1<<40, time.Second); err != nil {
+		t.Fatalf("quota off: %v", err)
 	}
 }
