@@ -28,4 +28,7 @@ USER 65532:65532
 EXPOSE 7420 7421 7422
 VOLUME /var/lib/ferry
 ENTRYPOINT ["/ferry"]
-CMD ["serve", "--data-dir", "/var/lib/ferry"]
+# ferry serve listens on loopback unless told otherwise; in a container
+# that is the container's own, so the image listens on every interface
+# (and ferry serve logs a WARN for each port without TLS or auth).
+CMD ["serve", "--data-dir", "/var/lib/ferry", "--grpc-addr", ":7420", "--http-addr", ":7421", "--peer-addr", ":7422"]

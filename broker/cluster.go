@@ -46,7 +46,10 @@ import (
 type ClusterOptions struct {
 	// NodeID is this node's id, 1 or more; the same across restarts.
 	NodeID uint64
-	// Addr is the node-to-node listen address. Default ":7422".
+	// Addr is the node-to-node listen address. Default (empty)
+	// cluster.DefaultOptions': "localhost:7422", loopback only; the other
+	// nodes reach this one only where it listens on their network
+	// (":7422").
 	Addr string
 	// Peers maps every node's id to its node-to-node address (host:port),
 	// this node's included. Every node must be given the same map.

@@ -12,11 +12,15 @@ import (
 
 // Options configures a Server. Start from DefaultOptions.
 type Options struct {
-	// GRPCAddr is the gRPC listen address. Default ":7420"; port 0 picks a
-	// free port (see Server.GRPCAddr).
+	// GRPCAddr is the gRPC listen address. Default "localhost:7420":
+	// loopback only, as etcd's client port; serving other machines is
+	// asked for (":7420"), and Open logs a WARN for a port beyond
+	// loopback without TLS or auth (exposure.go). Port 0 picks a free
+	// port (see Server.GRPCAddr).
 	GRPCAddr string
 	// HTTPAddr is the HTTP listen address for /healthz, /readyz and
-	// /metrics. Default ":7421". Empty disables HTTP.
+	// /metrics. Default "localhost:7421", loopback only (as GRPCAddr).
+	// Empty disables HTTP.
 	HTTPAddr string
 	// Pprof serves Go's profiles under /debug/pprof/ on the HTTP port.
 	// Default false: a profile names the command line and the goroutines'
@@ -98,8 +102,8 @@ func (o *Options) publishBytesInFlight() int64 {
 // DefaultOptions returns the defaults, with data in dir.
 func DefaultOptions(dir string) Options {
 	return Options{
-		GRPCAddr:        ":7420",
-		HTTPAddr:        ":7421",
+		GRPCAddr:        "localhost:7420",
+		HTTPAddr:        "localhost:7421",
 		Storage:         storage.DefaultOptions(dir),
 		ShutdownTimeout: 5 * time.Second,
 		Clock:           clock.Real(),

@@ -267,6 +267,7 @@ func Open(opts Options) (*Server, error) {
 			s.httpLis = tls.NewListener(httpLis, s.tls.HTTPConfig())
 		}
 	}
+	s.warnExposures()
 	s.ready.Store(true)
 	return s, nil
 }

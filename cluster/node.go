@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"maps"
+	"net"
 	"slices"
 	"sync"
 
@@ -130,6 +131,14 @@ func NewNode(opts Options) (*Node, error) {
 
 // ID returns this node's id.
 func (n *Node) ID() uint64 { return n.id }
+
+// Addr is the address the node-to-node port listens on; nil before Start.
+func (n *Node) Addr() net.Addr {
+	if n.host == nil {
+		return nil
+	}
+	return n.host.Addr()
+}
 
 // Voters returns every node's id, in order; the caller may keep it.
 func (n *Node) Voters() []uint64 { return slices.Clone(n.voters) }

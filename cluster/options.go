@@ -18,8 +18,9 @@ import (
 type Options struct {
 	// NodeID is this node's id in every group it runs; never 0. Required.
 	NodeID uint64
-	// Addr is the node-to-node listen address. Default ":7422". Unused
-	// when Listener is set.
+	// Addr is the node-to-node listen address. Default "localhost:7422":
+	// loopback only, so a node reachable by other machines is one whose
+	// operator said so (":7422"). Unused when Listener is set.
 	Addr string
 	// Listener, if set, is where the node-to-node server listens instead
 	// of Addr. The Host closes it.
@@ -111,7 +112,7 @@ type Options struct {
 func DefaultOptions(id uint64, peers map[uint64]string, st *storage.Store) Options {
 	return Options{
 		NodeID:              id,
-		Addr:                ":7422",
+		Addr:                "localhost:7422",
 		Peers:               peers,
 		Store:               st,
 		Clock:               clock.Real(),

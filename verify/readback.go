@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrymq/ferry/client"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
@@ -51,8 +50,7 @@ func (r *run) readBack(ctx context.Context) error {
 func (r *run) readConn(ctx context.Context) (*grpc.ClientConn, error) {
 	var errs []error
 	for _, addr := range strings.Split(r.o.Server, ",") {
-		conn, err := grpc.NewClient(strings.TrimSpace(addr), grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+		conn, err := grpc.NewClient(strings.TrimSpace(addr), r.o.dialOptions(grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))...)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -10,7 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrymq/ferry/client"
 )
@@ -51,6 +54,45 @@ type Options struct {
 	Seed uint64
 	// Log is where progress goes. Default: discarded.
 	Log *slog.Logger
+	// TLS are the transport credentials of every connection to the
+	// servers (client.TLSFromFiles). Default nil: plaintext.
+	TLS credentials.TransportCredentials
+	// Token, if set, is sent as the bearer token of every call, for a
+	// broker with auth on (docs/security.md); over TLS only, unless
+	// TokenOverPlaintext. The principal needs publish, subscribe, read and
+	// admin on the topics named Prefix* and their subscriptions.
+	Token              string
+	TokenOverPlaintext bool
+}
+
+// clientOptions are the SDK options of the run's connections: its
+// credentials, and opts.
+func (o *Options) clientOptions(opts ...client.Option) []client.Option {
+	if o.TLS != nil {
+		opts = append(opts, client.WithTLS(o.TLS))
+	}
+	if o.Token != "" {
+		opts = append(opts, client.WithToken(o.Token))
+		if o.TokenOverPlaintext {
+			opts = append(opts, client.WithTokenOverPlaintext())
+		}
+	}
+	return opts
+}
+
+// dialOptions are clientOptions for a gRPC connection of the run's own
+// (the read-back's).
+func (o *Options) dialOptions(opts ...grpc.DialOption) []grpc.DialOption {
+	var creds credentials.TransportCredentials = insecure.NewCredentials()
+	if o.TLS != nil {
+		creds = o.TLS
+	}
+	opts = append(opts, grpc.WithTransportCredentials(creds))
+	if o.Token != "" {
+		tok := o.Token
+		opts = append(opts, grpc.WithPerRPCCredentials(client.TokenCredentials(func(context.Context) (string, error) { return tok, nil }, o.TokenOverPlaintext)))
+	}
+	return opts
 }
 
 func (o *Options) withDefaults() error {
@@ -109,7 +151,7 @@ func Run(ctx context.Context, o Options) (Result, []Event, error) {
 		return Result{}, nil, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	c, err := client.Dial(dctx, o.Server, client.WithCallTimeout(5*time.Second), client.WithLogger(slog.New(slog.DiscardHandler)))
+	c, err := client.Dial(dctx, o.Server, o.clientOptions(client.WithCallTimeout(5*time.Second), client.WithLogger(slog.New(slog.DiscardHandler)))...)
 	cancel()
 	if err != nil {
 		return Result{}, nil, err

@@ -113,9 +113,9 @@ type clusterFlags struct {
 }
 
 func (cf *clusterFlags) add(f *pflag.FlagSet) {
-	cf.peerAddr, cf.size = ":7422", 3
+	cf.peerAddr, cf.size = "localhost:7422", 3
 	f.Uint64Var(&cf.nodeID, "node-id", 0, "this node's id in the cluster, 1 or more (with --peers-dns, 0 takes it from the hostname's ordinal: ferry-0 is 1)")
-	f.StringVar(&cf.peerAddr, "peer-addr", cf.peerAddr, "node-to-node listen address, in a cluster")
+	f.StringVar(&cf.peerAddr, "peer-addr", cf.peerAddr, "node-to-node listen address, in a cluster; loopback by default: give :7422 for nodes on other machines")
 	f.StringVar(&cf.peers, "peers", "", "the cluster's nodes as id=host:port,... (node-to-node addresses, this node's included); empty: a single node")
 	f.StringVar(&cf.peersDNS, "peers-dns", "", "a Kubernetes headless service NAME: the nodes are <statefulset>-<i>.NAME on --peer-addr's port, with ids i+1")
 	f.IntVar(&cf.size, "cluster-size", cf.size, "with --peers-dns, how many nodes there are (the StatefulSet's replicas)")

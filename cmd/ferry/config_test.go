@@ -24,9 +24,9 @@ func TestConfigPrecedence(t *testing.T) {
 		want map[string]string
 	}{
 		{"defaults", nil, nil,
-			map[string]string{"grpc-addr": ":7420", "fsync": "always", "log-level": "info", "shutdown-timeout": "10s", "disk-reserve": "5%"}},
+			map[string]string{"grpc-addr": "localhost:7420", "fsync": "always", "log-level": "info", "shutdown-timeout": "10s", "disk-reserve": "5%"}},
 		{"file over defaults", nil, []string{"--config", file},
-			map[string]string{"grpc-addr": ":9001", "fsync": "never", "log-level": "warn", "shutdown-timeout": "3s", "http-addr": ":7421", "disk-reserve": "2GiB"}},
+			map[string]string{"grpc-addr": ":9001", "fsync": "never", "log-level": "warn", "shutdown-timeout": "3s", "http-addr": "localhost:7421", "disk-reserve": "2GiB"}},
 		{"env over file", map[string]string{"FERRY_FSYNC": "always", "FERRY_GRPC_ADDR": ":9002", "FERRY_DISK_RESERVE": "10%"}, []string{"--config", file},
 			map[string]string{"grpc-addr": ":9002", "fsync": "always", "log-level": "warn", "disk-reserve": "10%"}},
 		{"flag over env and file", map[string]string{"FERRY_GRPC_ADDR": ":9002"}, []string{"--config", file, "--grpc-addr", ":9003", "--log-level", "debug"},

@@ -34,7 +34,14 @@ func newServeCommand() *cobra.Command {
 		Short: "Run the broker",
 		Long: `Run the broker: gRPC on --grpc-addr, /healthz and /readyz on --http-addr,
 data in --data-dir. SIGTERM or SIGINT stops it gracefully: it stops taking
-requests, finishes the writes under way and closes the store.`,
+requests, finishes the writes under way and closes the store.
+
+Every port listens on loopback (localhost) unless told otherwise: gRPC on
+localhost:7420, HTTP on localhost:7421, node-to-node on localhost:7422. To
+serve other machines, say so (--grpc-addr :7420, --http-addr :7421,
+--peer-addr :7422); a port that listens beyond loopback without TLS, or
+with auth off, is logged at start as a WARN naming what it exposes
+(docs/security.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if configPath != "" {
@@ -71,8 +78,8 @@ requests, finishes the writes under way and closes the store.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.GRPCAddr, "grpc-addr", o.GRPCAddr, "gRPC listen address")
-	f.StringVar(&o.HTTPAddr, "http-addr", o.HTTPAddr, "HTTP listen address for /healthz, /readyz and /metrics (empty: off)")
+	f.StringVar(&o.GRPCAddr, "grpc-addr", o.GRPCAddr, "gRPC listen address; loopback by default (:7420 for every interface)")
+	f.StringVar(&o.HTTPAddr, "http-addr", o.HTTPAddr, "HTTP listen address for /healthz, /readyz and /metrics (empty: off); loopback by default (:7421 for every interface)")
 	f.BoolVar(&o.Pprof, "pprof", o.Pprof, "serve Go's profiles under /debug/pprof/ on --http-addr (they show the command line and every goroutine's stack; with auth on, for the admin permission on every topic)")
 	f.BoolVar(&o.MetricsAuth, "metrics-auth", o.MetricsAuth, "with auth on, serve /metrics only to a bearer token granted the cluster permission")
 	f.StringVar(&o.Storage.Dir, "data-dir", o.Storage.Dir, "data directory")

@@ -9,11 +9,13 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	vfy "github.com/ferrymq/ferry/verify"
 )
 
@@ -28,6 +30,8 @@ type verifyFlags struct {
 	pids            []string
 	nemesisInterval time.Duration
 	pauseFor        time.Duration
+	tls             tlsFlags   // as every client command's (client.go)
+	token           tokenFlags // as every client command's (client.go)
 	o               vfy.Options
 }
 
@@ -81,11 +85,19 @@ and second, the third and fourth, …), in random order. --nemesis-command
 runs a shell command instead (e.g. "kubectl delete pod ferry-1"). Each
 disruption is recorded in the history and counted by kind in the result.
 
+Against a broker with TLS or auth on, give the flags every client command
+takes: --tls-ca (and --tls-cert/--tls-key if it asks for a client
+certificate), --token, FERRY_TOKEN or --token-file. The principal needs
+publish, subscribe, read and admin on the topics named verify-* and their
+subscriptions (docs/verify.md); before creating anything verify checks that a
+server answers, and says why not.
+
 --keep leaves the topics and subscriptions in place (to inspect them, or
 compare the nodes' copies of the partitions); they are named in the
 result.`,
 		Example: `  ferry verify --server localhost:7420
   ferry verify --server n1:7420,n2:7420,n3:7420 --duration 1m --nemesis kill,pause --pids /run/ferry-1.pid,/run/ferry-2.pid,/run/ferry-3.pid
+  FERRY_TOKEN=$(cat verifier.token) ferry verify --server ferry:7420 --tls-ca ca.crt --duration 30s
   ferry verify --server ferry:7420 --nemesis-command 'kubectl delete pod -l app=ferry --wait=false' -o json --report verify.html`,
 		Args: cobra.NoArgs,
 	}
@@ -107,6 +119,8 @@ result.`,
 	f.DurationVar(&vf.o.AckTimeout, "ack-timeout", 2*time.Second, "ack timeout of the subscriptions verify creates")
 	f.DurationVar(&vf.o.DrainTimeout, "drain-timeout", time.Minute, "how long consumers may take to drain once producers stop")
 	f.Uint64Var(&vf.o.Seed, "seed", 0, "seed of the consumers' random choices (0: random; the run logs it)")
+	vf.tls.add(f)
+	vf.token.add(f)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := vf.resolve(); err != nil {
 			return err
@@ -125,6 +139,14 @@ func (vf *verifyFlags) resolve() error {
 		return errors.New("--duration, --nemesis-interval, --producers, --rate and --partitions must be positive")
 	}
 	vf.o.Server, vf.o.NemesisInterval = vf.server, vf.nemesisInterval
+	var err error
+	if vf.o.TLS, err = vf.tls.creds(); err != nil {
+		return err
+	}
+	if vf.o.Token, err = vf.token.value(); err != nil {
+		return err
+	}
+	vf.o.TokenOverPlaintext = vf.token.plaintext
 	switch {
 	case vf.nemesisCommand != "" && vf.nemesis != "none":
 		return errors.New("give --nemesis or --nemesis-command, not both")
@@ -162,6 +184,9 @@ func runVerify(ctx context.Context, vf *verifyFlags, out, errw io.Writer) error 
 		vf.o.Log.Warn("verify: --pause-for is within ferry serve's election timeout: a cluster may elect no new leaders while a node is stopped",
 			"pause_for", sig.PauseFor, "election_timeout", "1s-2s")
 	}
+	if err := vf.reach(ctx); err != nil {
+		return err
+	}
 	res, events, err := vfy.Run(ctx, vf.o)
 	if vf.history != "" && len(events) > 0 {
 		if herr := writeHistory(vf.history, events); herr != nil {
@@ -188,6 +213,27 @@ func runVerify(ctx context.Context, vf *verifyFlags, out, errw io.Writer) error 
 		return fmt.Errorf("verify: %d violations", len(res.Violations))
 	}
 	return nil
+}
+
+// reach checks, before verify creates anything, that a server answers
+// with the credentials of the flags, through the connection every client
+// command makes (clientFlags.dial): a refusal — a TLS handshake, a token
+// missing or unknown, a permission lacking — is told at once in the
+// server's words, where the SDK's Dial would wait out its deadline.
+func (vf *verifyFlags) reach(ctx context.Context) error {
+	var errs []error
+	for _, addr := range strings.Split(vf.server, ",") {
+		cf := clientFlags{server: strings.TrimSpace(addr), output: "text", timeout: 10 * time.Second, tls: vf.tls, token: vf.token}
+		err := cf.withAdmin(ctx, func(ctx context.Context, a ferryv1.AdminServiceClient) error {
+			_, err := a.ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+			return err
+		})
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", cf.server, err))
+	}
+	return fmt.Errorf("verify: checking the servers before the run: %w", errors.Join(errs...))
 }
 
 // writeHistory writes events as JSON lines.
