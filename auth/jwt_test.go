@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -411,6 +412,46 @@ func TestKubernetesVerifier(t *testing.T) {
 	// A JWT of another issuer is not the Kubernetes verifier's to decide.
 	if _, err := v.Authenticate(context.Background(), Credentials{Bearer: rsa1.sign(t, claimsAt(clk.Now(), "kitchen"))}); !errors.Is(err, ErrNotApplicable) {
 		t.Errorf("a JWT of another issuer: %v, want ErrNotApplicable", err)
+	}
+}
+
+// TestKubernetesVerifierInCluster: with nothing but the audience given, a
+// pod's verifier finds the API server from KUBERNETES_SERVICE_HOST and
+// _PORT, trusts the pod's CA and reads the keys with the pod's token, both
+// from the service account directory. A real pod showed the token's path
+// lost (every fetch failed "open : no such file") while a test giving
+// every path passed.
+func TestKubernetesVerifierInCluster(t *testing.T) {
+	rsa1, _, _ := testSigners(t)
+	is := newIssuer(t, jwksOf(t, rsa1))
+	dir := t.TempDir()
+	ca, err := os.ReadFile(is.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"ca.crt": ca, "token": []byte("pod-token\n")} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := serviceAccountDir
+	serviceAccountDir = dir + "/"
+	t.Cleanup(func() { serviceAccountDir = old })
+	u, err := url.Parse(is.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KUBERNETES_SERVICE_HOST", u.Hostname())
+	t.Setenv("KUBERNETES_SERVICE_PORT", u.Port())
+	v, err := newKubernetesVerifier(KubernetesOptions{Audience: "ferry"}, clock.NewFake(t0), (&reports{}).report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.open(); err != nil {
+		t.Fatalf("reading the keys in a pod: %v", err)
+	}
+	if _, bearer := is.count(); bearer != "Bearer pod-token" {
+		t.Errorf("the JWKS was fetched with authorization %q, want the pod's token", bearer)
 	}
 }
 

@@ -16,11 +16,12 @@ import (
 	"github.com/ferrymq/ferry/internal/echo"
 )
 
-// Where a pod finds its cluster (the in-cluster configuration).
-const (
-	serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount/"
-	saPrefix          = "system:serviceaccount:"
-)
+// saPrefix starts the sub of a service-account token.
+const saPrefix = "system:serviceaccount:"
+
+// serviceAccountDir is where a pod finds its token and the cluster's CA
+// (the in-cluster configuration); tests point it elsewhere.
+var serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount/"
 
 // KubernetesOptions make Kubernetes projected service-account tokens
 // identities (ferry serve --auth-k8s-audience): tokens the kubelet mints
@@ -55,17 +56,16 @@ type KubernetesOptions struct {
 	Leeway, RefreshInterval, MinRefreshInterval time.Duration
 }
 
-// jwtOptions resolves o's in-cluster defaults (discovering the issuer
-// from the API server when it is not given) into the JWTOptions of its
-// verifier.
-func (o KubernetesOptions) jwtOptions(clk clock.Clock) (JWTOptions, error) {
+// inCluster is o with the in-cluster defaults of what it leaves empty:
+// the API server, its CA and the pod's token.
+func (o KubernetesOptions) inCluster() (KubernetesOptions, error) {
 	if o.Audience == "" {
-		return JWTOptions{}, errors.New("an Audience is required")
+		return o, errors.New("an Audience is required")
 	}
 	if o.APIServer == "" && (o.JWKS == "" || o.Issuer == "") {
 		host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
 		if host == "" || port == "" {
-			return JWTOptions{}, errors.New("not in a Kubernetes pod (KUBERNETES_SERVICE_HOST and _PORT unset): give the API server")
+			return o, errors.New("not in a Kubernetes pod (KUBERNETES_SERVICE_HOST and _PORT unset): give the API server")
 		}
 		o.APIServer = "https://" + net.JoinHostPort(host, port)
 	}
@@ -75,6 +75,13 @@ func (o KubernetesOptions) jwtOptions(clk clock.Clock) (JWTOptions, error) {
 	if o.TokenFile == "" {
 		o.TokenFile = serviceAccountDir + "token"
 	}
+	return o, nil
+}
+
+// jwtOptions turns o, with its defaults resolved (inCluster), into the
+// JWTOptions of its verifier, discovering the issuer from the API server
+// when it is not given.
+func (o KubernetesOptions) jwtOptions(clk clock.Clock) (JWTOptions, error) {
 	jo := JWTOptions{
 		JWKS: o.JWKS, Issuer: o.Issuer, Audiences: []string{o.Audience}, PrincipalClaim: "sub",
 		Leeway: o.Leeway, RefreshInterval: o.RefreshInterval, MinRefreshInterval: o.MinRefreshInterval,
@@ -128,7 +135,14 @@ func tokenReader(path string) func() (string, error) {
 }
 
 // newKubernetesVerifier is the JWT verifier of service-account tokens.
+// The key set is read with the pod's token (o.TokenFile or its default):
+// with o unresolved, a pod's default token path was lost and every fetch
+// failed ("open : no such file"), which only a real pod showed.
 func newKubernetesVerifier(o KubernetesOptions, clk clock.Clock, report func(bool, string, error)) (*JWTVerifier, error) {
+	o, err := o.inCluster()
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
 	jo, err := o.jwtOptions(clk)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes: %w", err)
