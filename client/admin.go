@@ -14,7 +14,7 @@ import (
 // Guarantee is a subscription's delivery guarantee.
 type Guarantee = ferryv1.DeliveryGuarantee
 
-// The guarantees (DESIGN §2).
+// The guarantees (docs/design.md, "Guarantees").
 const (
 	None            = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_NONE
 	AtMostOnce      = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_MOST_ONCE
@@ -58,13 +58,30 @@ func AtTime(t time.Time) Position {
 }
 
 // TopicConfig is a topic's config; zero fields take the broker's defaults.
+// A Topic read back from the broker carries the effective values, so a
+// zero there means "no limit" where a field says so.
 type TopicConfig struct {
-	Partitions           uint32
-	RetentionMaxAge      time.Duration
-	RetentionMaxBytes    uint64
+	// Partitions is the number of partitions, 1 to 1024. Default (0) 1.
+	// Fixed at creation: UpdateTopic cannot change it.
+	Partitions uint32
+	// RetentionMaxAge deletes messages older than this, at most 100 years.
+	// Default (0): no age limit.
+	RetentionMaxAge time.Duration
+	// RetentionMaxBytes deletes a partition's oldest messages while it
+	// holds more than this many bytes of messages (per partition, in
+	// bytes). Default (0): no byte limit.
+	RetentionMaxBytes uint64
+	// RetentionMaxMessages deletes a partition's oldest messages while it
+	// holds more than this many (per partition, a count). Default (0): no
+	// count limit.
 	RetentionMaxMessages uint64
-	DedupWindow          time.Duration
-	MaxMessageBytes      uint32
+	// DedupWindow is how long a published message id is remembered per
+	// partition: a repeat within it is answered as a duplicate and not
+	// stored again. At most 7 days. Default (0) 2 minutes.
+	DedupWindow time.Duration
+	// MaxMessageBytes is the largest payload accepted, in bytes, at most
+	// 4 MiB. Default (0) 1 MiB.
+	MaxMessageBytes uint32
 }
 
 // Topic is a topic as stored, with its partitions' offsets when read with
@@ -78,11 +95,17 @@ type Topic struct {
 
 // PartitionStats is one partition's offsets and size.
 type PartitionStats struct {
-	Partition   uint32
+	// Partition is the partition's number, from 0.
+	Partition uint32
+	// FirstOffset is the offset of the oldest retained message; equal to
+	// HeadOffset when the partition is empty.
 	FirstOffset uint64
-	HeadOffset  uint64
-	Messages    uint64
-	Bytes       uint64
+	// HeadOffset is the offset the next published message will get.
+	HeadOffset uint64
+	// Messages is how many messages are retained: HeadOffset - FirstOffset.
+	Messages uint64
+	// Bytes is the encoded size of the retained messages, in bytes.
+	Bytes uint64
 }
 
 func (tc TopicConfig) proto() *ferryv1.TopicConfig {
@@ -177,17 +200,40 @@ func (c *Client) deleteTopic(ctx context.Context, name string, force bool) error
 
 // SubscriptionConfig is how a subscription delivers. Guarantee and Type
 // are required; zero durations take the broker's defaults (ack timeout 30s,
-// backoff 1s to 60s); a zero Start is latest.
+// backoff 1s to 60s); a zero Start is latest. docs/design.md says what
+// each guarantee promises.
 type SubscriptionConfig struct {
-	Guarantee       Guarantee
-	Type            SubscriptionType
-	Start           Position
-	AckTimeout      time.Duration
-	BackoffMin      time.Duration
-	BackoffMax      time.Duration
-	MaxDeliveries   uint32
+	// Guarantee is the delivery guarantee: None, AtMostOnce, AtLeastOnce
+	// or EffectivelyOnce. Required: no default.
+	Guarantee Guarantee
+	// Type is how messages spread over the subscription's consumers:
+	// Shared, KeyShared, Exclusive or Failover. Required: no default.
+	Type SubscriptionType
+	// Start is where a new subscription starts: Earliest, Latest, AtOffset
+	// or AtTime. Default (zero Position) Latest; a None subscription
+	// always starts at Latest.
+	Start Position
+	// AckTimeout is how long a delivery may stay unacked before it is due
+	// again, 1s to 12h. Default (0) 30s.
+	AckTimeout time.Duration
+	// BackoffMin is the delay before redelivering a message nacked once;
+	// it doubles with each further attempt. 10ms to 12h. Default (0) 1s.
+	BackoffMin time.Duration
+	// BackoffMax caps the nack backoff, BackoffMin to 12h. Default (0) 60s.
+	BackoffMax time.Duration
+	// MaxDeliveries is how many attempts a message gets before it is
+	// dead-lettered (a count); needs DeadLetterTopic. Default (0): no limit.
+	MaxDeliveries uint32
+	// DeadLetterTopic receives messages that ran out of attempts, with
+	// headers ferry-dead-letter-{topic,partition,offset,subscription,attempts}.
+	// It must exist and differ from the subscription's topic. Default
+	// (empty): none.
 	DeadLetterTopic string
-	DedupHorizon    time.Duration
+	// DedupHorizon, for EffectivelyOnce only, is how long the ids of acked
+	// messages are remembered, so a later message with one of them is
+	// skipped; 1s to 100 years. Default (0): the topic's RetentionMaxAge
+	// (for ever if it has none). Must be 0 for the other guarantees.
+	DedupHorizon time.Duration
 }
 
 func optDuration(d time.Duration) *durationpb.Duration {
