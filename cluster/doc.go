@@ -1,7 +1,7 @@
 // Package cluster replicates ferry's state with Raft (go.etcd.io/raft/v3):
 // a multi-Raft host that runs many Raft groups on one node over one
 // node-to-node transport. It is the foundation the metadata group and the
-// per-partition groups of DESIGN §5 are built on; what a group replicates
+// per-partition groups of docs/design.md §8 are built on; what a group replicates
 // is its StateMachine's business.
 //
 // # Model
