@@ -1,6 +1,6 @@
 // Package consumer is ferry's delivery engine: it decides which message goes
 // to which consumer of a subscription, tracks what is outstanding, and keeps
-// each subscription's promise (DESIGN §2). It knows nothing of gRPC and reads
+// each subscription's promise (docs/design.md §2). It knows nothing of gRPC and reads
 // time from an injected clock.
 //
 // # Model
