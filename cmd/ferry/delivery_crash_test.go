@@ -22,7 +22,7 @@ import (
 
 // The tests in this file drive a real `ferry serve`, SIGKILL it at seeded
 // random moments while a subscription is being consumed, restart it on the
-// same data dir and check the delivery guarantees of DESIGN §2 across all
+// same data dir and check the delivery guarantees of docs/design.md §2 across all
 // cycles. Knobs, shared with crash_test.go:
 //
 //	FERRY_CRASH_CYCLES      kill cycles per test (default 3 here)

@@ -24,7 +24,7 @@ const (
 )
 
 // DeliveryGuarantee is what a subscription promises about delivery
-// (DESIGN §2).
+// (docs/design.md §2).
 type DeliveryGuarantee int32
 
 const (
