@@ -391,13 +391,21 @@ func TestApplyBacklogNodeBound(t *testing.T) {
 	eventually(t, waitLong, "group 1's applier on the follower is handed its bound", func() bool {
 		return fg1.ap.backlog() >= maxApplyBacklog
 	})
+	// Group 2's entries one at a time, each handed to the follower's
+	// applier before the next is proposed, until the node's bound is
+	// reached. The bound is checked when an append arrives: entries a
+	// follower has already appended are handed whatever it says, and a
+	// follower slowed by load appends several before handing any (CI run
+	// 45 saw seven handed at once, past group 2's own bound).
 	host := c.nodes[f].host
-	for n := 1; n <= 8; n++ {
+	for n := 1; host.applyBacklog.Load() < int64(maxNodeApplyBacklog); n++ {
+		if n > 8 {
+			t.Fatalf("8 entries of group 2 handed and the node's appliers hold %d bytes, under its bound %d", host.applyBacklog.Load(), maxNodeApplyBacklog)
+		}
+		before := fg2.ap.backlog()
 		propose(2, lg2, fmt.Sprintf("%03d-%s", n, pad))
+		eventually(t, waitLong, "group 2's entry handed to the follower's applier", func() bool { return fg2.ap.backlog() > before })
 	}
-	eventually(t, waitLong, "the follower's appliers are handed the node's bound", func() bool {
-		return host.applyBacklog.Load() >= int64(maxNodeApplyBacklog)
-	})
 	if got := fg2.ap.backlog(); got >= maxApplyBacklog {
 		t.Fatalf("group 2's applier holds %d bytes, its own bound %d: the node's bound did not stop it first", got, maxApplyBacklog)
 	}
