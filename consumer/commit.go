@@ -50,7 +50,7 @@ type commitRecord struct {
 // id must name the current attempt; else nothing happens and reply gets
 // the first refusal. A retry is answered by the outcome of what it
 // retries (see above).
-func (s *subscription) commit(ids []DeliveryID, appends []storage.AppendBatch, now time.Time,
+func (s *machine) commit(ids []DeliveryID, appends []storage.AppendBatch, now time.Time,
 	reply func(res [][]storage.AppendResult, err error)) {
 	if s.opts.Guarantee != AtLeastOnce && s.opts.Guarantee != EffectivelyOnce {
 		s.reply(func() { reply(nil, fmt.Errorf("commit: %w", ErrNotSupported)) })
@@ -150,7 +150,7 @@ func duplicates(res [][]storage.AppendResult) [][]storage.AppendResult {
 
 // landedCommit is the record of the landed commit that acked exactly ids
 // with outputs summing to sum, if one is remembered.
-func (s *subscription) landedCommit(ids []DeliveryID, sum uint64) *commitRecord {
+func (s *machine) landedCommit(ids []DeliveryID, sum uint64) *commitRecord {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -168,7 +168,7 @@ func (s *subscription) landedCommit(ids []DeliveryID, sum uint64) *commitRecord 
 
 // inFlightCommit is the commit in flight that acks exactly ids with
 // outputs summing to sum, if any: a retry of it waits for its outcome.
-func (s *subscription) inFlightCommit(ids []DeliveryID, sum uint64) *writeJob {
+func (s *machine) inFlightCommit(ids []DeliveryID, sum uint64) *writeJob {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -186,7 +186,7 @@ func (s *subscription) inFlightCommit(ids []DeliveryID, sum uint64) *writeJob {
 
 // commitDone settles a finished commit: its ids are remembered if it
 // landed, and the retries that joined it get its answer.
-func (s *subscription) commitDone(job *writeJob, err error) {
+func (s *machine) commitDone(job *writeJob, err error) {
 	var rec *commitRecord
 	if err == nil {
 		rec = &commitRecord{ids: len(job.ids), sum: job.sum, res: job.res}
@@ -210,7 +210,7 @@ func (s *subscription) commitDone(job *writeJob, err error) {
 // unknown, and a retry of it with the same attempt must find the delivery
 // current. A delivery the commit found not outstanding (due, awaiting
 // redelivery) is due again after writeRetry.
-func (s *subscription) restoreLease(p *partition, job *writeJob, off uint64) {
+func (s *machine) restoreLease(p *partition, job *writeJob, off uint64) {
 	for _, cl := range job.leases {
 		if cl.part != p.n || cl.lease.Offset != off {
 			continue

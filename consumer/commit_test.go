@@ -87,9 +87,9 @@ func TestCommitRetryJoinsOneInFlight(t *testing.T) {
 func TestCommittedIDsAreBounded(t *testing.T) {
 	const bound, n = 100, 150
 	mem := newCommitMemory(bound)
-	subs := []*subscription{
-		newSubscription("t", "a", 1, DefaultOptions(EffectivelyOnce), []*partitionState{newPartitionState(0)}, nil, nil),
-		newSubscription("t", "b", 2, DefaultOptions(EffectivelyOnce), []*partitionState{newPartitionState(0)}, nil, nil),
+	subs := []*machine{
+		newMachine("t", "a", 1, DefaultOptions(EffectivelyOnce), []*cursorRecord{newCursorRecord(0)}, nil, nil),
+		newMachine("t", "b", 2, DefaultOptions(EffectivelyOnce), []*cursorRecord{newCursorRecord(0)}, nil, nil),
 	}
 	for _, s := range subs {
 		s.commits = mem
@@ -102,7 +102,7 @@ func TestCommittedIDsAreBounded(t *testing.T) {
 			}
 		}
 	}
-	retry := func(s *subscription, off uint64) ([][]storage.AppendResult, error) {
+	retry := func(s *machine, off uint64) ([][]storage.AppendResult, error) {
 		var res [][]storage.AppendResult
 		var err error
 		s.commit([]DeliveryID{{Offset: off, Attempt: 1}}, nil, t0, func(r [][]storage.AppendResult, e error) { res, err = r, e })

@@ -159,7 +159,7 @@ func (e *Engine) CreateSubscription(ctx context.Context, topic, name string, o O
 	config := encodeConfig(o, newSealKey())
 	cursors := make([][]byte, len(offs))
 	for i, off := range offs {
-		cursors[i] = newPartitionState(off).appendBinary(nil, false)
+		cursors[i] = newCursorRecord(off).appendBinary(nil, false)
 	}
 	sub, err := e.opts.Log.CreateSubscription(ctx, topic, name, config, cursors)
 	if errors.Is(err, storage.ErrSubscriptionExists) {
@@ -234,9 +234,9 @@ func (e *Engine) createEphemeral(topic, name string, o Options) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	states := make([]*partitionState, len(heads))
+	states := make([]*cursorRecord, len(heads))
 	for i, head := range heads {
-		states[i] = newPartitionState(head)
+		states[i] = newCursorRecord(head)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -286,9 +286,9 @@ func (e *Engine) loopFor(topic, name string) (*loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	states := make([]*partitionState, len(raw))
+	states := make([]*cursorRecord, len(raw))
 	for i, b := range raw {
-		if states[i], err = decodePartitionState(b); err != nil {
+		if states[i], err = decodeCursorRecord(b); err != nil {
 			return nil, fmt.Errorf("subscription %q partition %d: %w", name, i, err)
 		}
 	}
@@ -320,12 +320,12 @@ func (e *Engine) cursors(topic, name string, sid uint32) (uint64, [][]byte, erro
 }
 
 // startLoop starts a subscription's loop. e.mu is held.
-func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*partitionState, heads []uint64, horizon time.Duration, key []byte) *loop {
+func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*cursorRecord, heads []uint64, horizon time.Duration, key []byte) *loop {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &loop{
 		e:         e,
 		key:       subKey{topic, name},
-		sub:       newSubscription(topic, name, sid, o, states, heads, e.opts.Route),
+		sub:       newMachine(topic, name, sid, o, states, heads, e.opts.Route),
 		seal:      newIDSeal(key, topic, name),
 		events:    make(chan func(time.Time), 256),
 		ctx:       ctx,
@@ -424,7 +424,7 @@ func (e *Engine) idleInfo(topic, name string, heads []uint64) (info Info, ok boo
 	}
 	info = Info{Topic: topic, Name: name, Options: o, CreateTime: sub.CreateTime}
 	for i, b := range raw {
-		st, err := decodePartitionState(b)
+		st, err := decodeCursorRecord(b)
 		if err != nil {
 			return Info{}, true, fmt.Errorf("subscription %q partition %d: %w", name, i, err)
 		}

@@ -14,7 +14,7 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
-// harness drives one subscription's core (subscription) synchronously over
+// harness drives one subscription's core (machine) synchronously over
 // a real store, the way the Engine's loop does, without goroutines: after
 // every event it drains the core's output until nothing is left — reads
 // with store.Read (a read that finds nothing stays pending until the next
@@ -33,7 +33,7 @@ type harness struct {
 	st    *storage.Store
 	topic string
 	name  string
-	sub   *subscription
+	sub   *machine
 	opts  Options
 
 	pending []fetch         // reads that found nothing yet
@@ -147,12 +147,12 @@ func (h *harness) createSub(topic, name string, o Options) error {
 			return err
 		}
 		heads := make([]uint64, len(parts))
-		states := make([]*partitionState, len(parts))
+		states := make([]*cursorRecord, len(parts))
 		for i, p := range parts {
 			heads[i] = p.Head
-			states[i] = newPartitionState(p.Head)
+			states[i] = newCursorRecord(p.Head)
 		}
-		h.sub = newSubscription(topic, name, 0, o, states, heads, testRoute(h.st))
+		h.sub = newMachine(topic, name, 0, o, states, heads, testRoute(h.st))
 		return nil
 	}
 	if _, err := h.engine().CreateSubscription(context.Background(), topic, name, o); err != nil {
@@ -177,9 +177,9 @@ func (h *harness) load() {
 	if err != nil {
 		h.tb.Fatal(err)
 	}
-	states := make([]*partitionState, len(raw))
+	states := make([]*cursorRecord, len(raw))
 	for i, b := range raw {
-		if states[i], err = decodePartitionState(b); err != nil {
+		if states[i], err = decodeCursorRecord(b); err != nil {
 			h.tb.Fatalf("partition %d: %v", i, err)
 		}
 	}
@@ -192,7 +192,7 @@ func (h *harness) load() {
 		horizon = t.Config.RetentionMaxAge
 	}
 	h.opts = o
-	h.sub = newSubscription(h.topic, h.name, sub.ID, o, states, nil, testRoute(h.st))
+	h.sub = newMachine(h.topic, h.name, sub.ID, o, states, nil, testRoute(h.st))
 	h.sub.horizon = horizon
 }
 

@@ -25,8 +25,8 @@ const fetchRetry = time.Second
 type loop struct {
 	e         *Engine
 	key       subKey
-	sub       *subscription // owned by the run goroutine
-	seal      *IDSeal       // the wire form of its delivery ids
+	sub       *machine // owned by the run goroutine
+	seal      *IDSeal  // the wire form of its delivery ids
 	consumers map[uint64]*Consumer
 	created   time.Time
 	ephemeral bool // NONE: not stored, gone with its last consumer

@@ -31,14 +31,14 @@ const (
 	HeaderDeadLetterAttempts     = "ferry-dead-letter-attempts"
 )
 
-// subscription is the delivery engine of one subscription: a deterministic
+// machine is the delivery engine of one subscription: a deterministic
 // state machine, like etcd-raft's RawNode. Its methods take events (a
 // consumer attached, credit, acks, fetched messages, a write done, a tick,
 // with the time) and queue effects in out (deliveries to send, reads and
-// writes to do, replies to run); the Engine's loop (engine.go) does the I/O
+// writes to do, replies to run); the Engine's loop (loop.go) does the I/O
 // and feeds the results back. It reads no clock, starts no goroutine and is
 // not safe for concurrent use.
-type subscription struct {
+type machine struct {
 	topic string
 	name  string
 	sid   uint32
@@ -77,7 +77,7 @@ type subscription struct {
 // partition is a subscription's delivery state in one partition.
 type partition struct {
 	n        uint32
-	st       *partitionState // what is stored: cursor, epoch, attempts
+	st       *cursorRecord // what is stored: cursor, epoch, attempts
 	inflight *Inflight
 	msgs     map[uint64]*storage.Message // outstanding or awaiting redelivery
 	retry    []uint64                    // offsets awaiting redelivery, increasing
@@ -221,9 +221,9 @@ type Stats struct {
 	Dropped uint64
 }
 
-func newSubscription(topic, name string, sid uint32, opts Options, states []*partitionState, heads []uint64,
-	route func(string, *storage.Message) (uint32, error)) *subscription {
-	s := &subscription{topic: topic, name: name, sid: sid, opts: opts, route: route, pins: make(map[uint64]*pin),
+func newMachine(topic, name string, sid uint32, opts Options, states []*cursorRecord, heads []uint64,
+	route func(string, *storage.Message) (uint32, error)) *machine {
+	s := &machine{topic: topic, name: name, sid: sid, opts: opts, route: route, pins: make(map[uint64]*pin),
 		byID: make(map[uint64]*consumerState), queueBytes: DefaultQueueBytes,
 		committing: make(map[DeliveryID]*writeJob), commits: newCommitMemory(0), num: subNumbers.Add(1)}
 	for i, st := range states {
@@ -243,19 +243,19 @@ func newSubscription(topic, name string, sid uint32, opts Options, states []*par
 // recording it is durable: AT_MOST_ONCE moves its cursor first, and the
 // attempts of EFFECTIVELY_ONCE and dead-lettering subscriptions are
 // recorded before the delivery they count.
-func (s *subscription) durableSends() bool {
+func (s *machine) durableSends() bool {
 	return s.opts.Guarantee == AtMostOnce || s.persistAttempts()
 }
 
 // persistAttempts reports whether attempts are part of the stored state.
-func (s *subscription) persistAttempts() bool {
+func (s *machine) persistAttempts() bool {
 	return s.opts.Guarantee == EffectivelyOnce || s.opts.MaxDeliveries > 0
 }
 
-func (s *subscription) consumer(id uint64) *consumerState { return s.byID[id] }
+func (s *machine) consumer(id uint64) *consumerState { return s.byID[id] }
 
 // attach adds consumer id with credit.
-func (s *subscription) attach(id uint64, credit int, now time.Time) error {
+func (s *machine) attach(id uint64, credit int, now time.Time) error {
 	if err := checkCredit(credit); err != nil {
 		return err
 	}
@@ -270,7 +270,7 @@ func (s *subscription) attach(id uint64, credit int, now time.Time) error {
 }
 
 // setCredit changes a consumer's credit.
-func (s *subscription) setCredit(id uint64, credit int, now time.Time) error {
+func (s *machine) setCredit(id uint64, credit int, now time.Time) error {
 	if err := checkCredit(credit); err != nil {
 		return err
 	}
@@ -289,7 +289,7 @@ func (s *subscription) setCredit(id uint64, credit int, now time.Time) error {
 // It costs the consumer's own deliveries and, per partition, O(1) besides
 // (the list of consumers aside, a copy of pointers): a consumer that held
 // nothing frees nothing, so nothing is dispatched.
-func (s *subscription) detach(id uint64, now time.Time) {
+func (s *machine) detach(id uint64, now time.Time) {
 	c := s.byID[id]
 	if c == nil {
 		return
@@ -322,7 +322,7 @@ func (s *subscription) detach(id uint64, now time.Time) {
 }
 
 // step delivers what can be delivered, then queues fetches and writes.
-func (s *subscription) step(now time.Time) {
+func (s *machine) step(now time.Time) {
 	s.now = now
 	s.dispatch(now)
 	s.issueWrites()
@@ -339,7 +339,7 @@ func keyHash(key []byte) uint64 {
 
 // pick chooses the consumer for m, or nil if the one it must go to has no
 // room (hasRoom: credit and queue).
-func (s *subscription) pick(m *storage.Message) *consumerState {
+func (s *machine) pick(m *storage.Message) *consumerState {
 	ok := s.hasRoom
 	switch s.opts.Type {
 	case Exclusive, Failover:
@@ -376,7 +376,7 @@ func (s *subscription) pick(m *storage.Message) *consumerState {
 // rendezvous is the consumer with the highest score for key hash h: when
 // consumers come and go only the keys of those that left, or a fair share
 // for one that joined, move.
-func (s *subscription) rendezvous(h uint64) *consumerState {
+func (s *machine) rendezvous(h uint64) *consumerState {
 	var best *consumerState
 	var bestScore uint64
 	for _, c := range s.consumers {
@@ -393,7 +393,7 @@ func (s *subscription) rendezvous(h uint64) *consumerState {
 
 // dispatch hands out due redeliveries, then fetched messages, while
 // consumers have credit.
-func (s *subscription) dispatch(now time.Time) {
+func (s *machine) dispatch(now time.Time) {
 	if len(s.consumers) == 0 {
 		return
 	}
@@ -419,7 +419,7 @@ func (s *subscription) dispatch(now time.Time) {
 
 // hold reports whether a message that could not be placed stops the pass:
 // only KEY_SHARED looks past it, to other keys.
-func (s *subscription) hold(m *storage.Message, blocked map[uint64]bool) bool {
+func (s *machine) hold(m *storage.Message, blocked map[uint64]bool) bool {
 	if s.opts.Type == KeyShared && len(m.Key) > 0 {
 		blocked[keyHash(m.Key)] = true
 		return false
@@ -427,11 +427,11 @@ func (s *subscription) hold(m *storage.Message, blocked map[uint64]bool) bool {
 	return true
 }
 
-func (s *subscription) isBlocked(m *storage.Message, blocked map[uint64]bool) bool {
+func (s *machine) isBlocked(m *storage.Message, blocked map[uint64]bool) bool {
 	return len(blocked) > 0 && len(m.Key) > 0 && blocked[keyHash(m.Key)]
 }
 
-func (s *subscription) dispatchRetries(p *partition, now time.Time, blocked map[uint64]bool, stalled *bool) {
+func (s *machine) dispatchRetries(p *partition, now time.Time, blocked map[uint64]bool, stalled *bool) {
 	kept := p.retry[:0]
 	for i, off := range p.retry {
 		a := p.st.attempts[off]
@@ -471,7 +471,7 @@ func (s *subscription) dispatchRetries(p *partition, now time.Time, blocked map[
 	p.retry = kept
 }
 
-func (s *subscription) dispatchBuffer(p *partition, now time.Time, blocked map[uint64]bool) {
+func (s *machine) dispatchBuffer(p *partition, now time.Time, blocked map[uint64]bool) {
 	kept := p.buf[:0]
 	for i := range p.buf {
 		m := &p.buf[i]
@@ -509,7 +509,7 @@ func (s *subscription) dispatchBuffer(p *partition, now time.Time, blocked map[u
 }
 
 // deliver makes one delivery of m to c.
-func (s *subscription) deliver(p *partition, c *consumerState, m *storage.Message, now time.Time) {
+func (s *machine) deliver(p *partition, c *consumerState, m *storage.Message, now time.Time) {
 	off := m.Offset
 	d := Delivery{Consumer: c.id, ID: DeliveryID{Partition: p.n, Offset: off, Attempt: 1, Epoch: p.st.epoch}, Message: *m}
 	s.stats.Delivered++
@@ -553,7 +553,7 @@ func (s *subscription) deliver(p *partition, c *consumerState, m *storage.Messag
 
 // pinKey is the KEY_SHARED key hash of the message at off, if it has a
 // key and the subscription is KEY_SHARED.
-func (s *subscription) pinKey(p *partition, off uint64) (uint64, bool) {
+func (s *machine) pinKey(p *partition, off uint64) (uint64, bool) {
 	if s.opts.Type != KeyShared {
 		return 0, false
 	}
@@ -566,7 +566,7 @@ func (s *subscription) pinKey(p *partition, off uint64) (uint64, bool) {
 
 // pinTo holds off's key at consumer (0 for none: an EFFECTIVELY_ONCE
 // delivery whose consumer left, still outstanding until its deadline).
-func (s *subscription) pinTo(p *partition, off uint64, consumer uint64) {
+func (s *machine) pinTo(p *partition, off uint64, consumer uint64) {
 	h, ok := s.pinKey(p, off)
 	if !ok {
 		return
@@ -581,7 +581,7 @@ func (s *subscription) pinTo(p *partition, off uint64, consumer uint64) {
 }
 
 // unpin releases off's key once its last outstanding delivery is done.
-func (s *subscription) unpin(p *partition, off uint64) {
+func (s *machine) unpin(p *partition, off uint64) {
 	h, ok := s.pinKey(p, off)
 	if !ok {
 		return
@@ -594,7 +594,7 @@ func (s *subscription) unpin(p *partition, off uint64) {
 }
 
 // toRetry queues off for redelivery no earlier than notBefore.
-func (s *subscription) toRetry(p *partition, off uint64, notBefore time.Time) {
+func (s *machine) toRetry(p *partition, off uint64, notBefore time.Time) {
 	if !notBefore.IsZero() {
 		p.retryLater = true
 	}
@@ -612,7 +612,7 @@ func (s *subscription) toRetry(p *partition, off uint64, notBefore time.Time) {
 
 // release ends off's outstanding delivery, if any, freeing its consumer's
 // credit.
-func (s *subscription) release(p *partition, off uint64) {
+func (s *machine) release(p *partition, off uint64) {
 	if l, ok := p.inflight.Remove(off); ok {
 		s.released(p, l)
 	}
@@ -620,7 +620,7 @@ func (s *subscription) release(p *partition, off uint64) {
 
 // released frees what lease l held, once it is out of p.inflight: its key
 // and its consumer's credit.
-func (s *subscription) released(p *partition, l Lease) {
+func (s *machine) released(p *partition, l Lease) {
 	s.unpin(p, l.Offset)
 	if c := s.consumer(l.Consumer); c != nil {
 		c.out--
@@ -628,7 +628,7 @@ func (s *subscription) released(p *partition, l Lease) {
 }
 
 // forget drops what is held for an acked off.
-func (s *subscription) forget(p *partition, off uint64) {
+func (s *machine) forget(p *partition, off uint64) {
 	s.release(p, off)
 	delete(p.st.attempts, off)
 	delete(p.msgs, off)
@@ -638,11 +638,11 @@ func (s *subscription) forget(p *partition, off uint64) {
 	}
 }
 
-func (s *subscription) reply(fn func()) { s.out.replies = append(s.out.replies, fn) }
+func (s *machine) reply(fn func()) { s.out.replies = append(s.out.replies, fn) }
 
 // tick makes what is due due: outstanding deliveries past their deadline
 // are redelivered (AT_MOST_ONCE only frees the credit).
-func (s *subscription) tick(now time.Time) {
+func (s *machine) tick(now time.Time) {
 	for _, p := range s.parts {
 		for _, l := range p.inflight.Due(now) {
 			s.released(p, l)
@@ -660,7 +660,7 @@ func (s *subscription) tick(now time.Time) {
 // already due at the last step is left out: it waits for credit or for
 // its key, which only an event brings, and counting it would hide the
 // later deadlines behind a time already past.
-func (s *subscription) nextDeadline() (time.Time, bool) {
+func (s *machine) nextDeadline() (time.Time, bool) {
 	var next time.Time
 	found := false
 	earlier := func(t time.Time) {
@@ -699,7 +699,7 @@ const writeRetry = time.Second
 // seek moves every partition's cursor to offs: earlier offsets count as
 // acked, later ones as not. Outstanding deliveries are dropped and fenced
 // off by a new epoch. reply runs once the new cursors are durable.
-func (s *subscription) seek(offs []uint64, now time.Time, reply func(error)) {
+func (s *machine) seek(offs []uint64, now time.Time, reply func(error)) {
 	touched := map[*partition]bool{}
 	for i, p := range s.parts {
 		p.inflight = NewInflight()
@@ -729,7 +729,7 @@ func (s *subscription) seek(offs []uint64, now time.Time, reply func(error)) {
 }
 
 // statsNow returns the stats with the gauges filled in from heads.
-func (s *subscription) statsNow(heads []uint64) Stats {
+func (s *machine) statsNow(heads []uint64) Stats {
 	st := s.stats
 	st.Consumers = len(s.consumers)
 	for i, p := range s.parts {
