@@ -88,11 +88,11 @@ func (s *machine) check(id DeliveryID, ack bool) (*partition, error) {
 	return p, nil
 }
 
-// ack acks deliveries. Each gets a result (nil or why it was refused). For
-// EFFECTIVELY_ONCE, reply runs once the acks are durable (with the write's
-// error, if it failed); otherwise at once. Acks under AT_MOST_ONCE only
-// free credit; NONE takes none.
-func (s *machine) ack(ids []DeliveryID, now time.Time, reply func(results []error, err error)) {
+// ack acks deliveries. Each gets a result (nil or why it was refused) in
+// the reply to call. For EFFECTIVELY_ONCE the reply goes out once the acks
+// are durable (with the write's error, if it failed); otherwise at once.
+// Acks under AT_MOST_ONCE only free credit; NONE takes none.
+func (s *machine) ack(call callID, ids []DeliveryID, now time.Time) {
 	results := make([]error, len(ids))
 	touched := map[*partition]bool{}
 	for i, id := range ids {
@@ -124,9 +124,9 @@ func (s *machine) ack(ids []DeliveryID, now time.Time, reply func(results []erro
 		s.stats.Acked++
 	}
 	if s.opts.Guarantee != EffectivelyOnce || len(touched) == 0 {
-		s.reply(func() { reply(results, nil) })
+		s.answer(reply{call: call, results: results})
 	} else {
-		s.afterWrites(touched, func(err error) { reply(results, err) })
+		s.afterWrites(touched, reply{call: call, results: results})
 	}
 	s.step(now)
 }
@@ -146,23 +146,14 @@ func (s *machine) unstored(id DeliveryID, err error) *partition {
 	return nil
 }
 
-// afterWrites runs fn once what every partition in parts holds now is
+// afterWrites answers r once what every partition in parts holds now is
 // stored, with the first error: by the partition's next write if it has
 // changes no write carries yet (dirty), else by its last write in flight
 // (each write carries the whole state). A partition of parts is dirty or
 // has a write in flight.
-func (s *machine) afterWrites(parts map[*partition]bool, fn func(error)) {
-	left := len(parts)
-	var first error
+func (s *machine) afterWrites(parts map[*partition]bool, r reply) {
+	w := &waiter{reply: r, left: len(parts)}
 	for p := range parts {
-		w := func(err error) {
-			if first == nil {
-				first = err
-			}
-			if left--; left == 0 {
-				s.reply(func() { fn(first) })
-			}
-		}
 		if !p.dirty && len(p.writes) > 0 {
 			last := p.writes[len(p.writes)-1]
 			last.waiters = append(last.waiters, w)
@@ -246,11 +237,6 @@ func (s *machine) deadLetter(p *partition, off uint64, m *storage.Message, attem
 	}
 	if s.opts.Guarantee == EffectivelyOnce && m.ID != "" {
 		job.ackedIDs = []string{m.ID}
-	}
-	job.done = func(_ [][]storage.AppendResult, err error) {
-		if err == nil {
-			s.stats.DeadLettered++
-		}
 	}
 	s.queue(job)
 }

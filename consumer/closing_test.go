@@ -73,7 +73,9 @@ func closingScenario(t *testing.T, g Guarantee) {
 	acked := make(chan error, 1)
 	// AckAsync's ack, posted as it posts it (its id lookup, which waits for
 	// the loop, matters only after a restart).
-	a.l.post(func(now time.Time) { a.l.sub.ack(ids(last), now, func(_ []error, err error) { acked <- err }) })
+	a.l.post(func(now time.Time) {
+		a.l.sub.ack(a.l.expect(func(r reply) { acked <- r.err }), ids(last), now)
+	})
 	a.Close()
 	close(hold)
 	if err := <-acked; err != nil {

@@ -12,8 +12,8 @@
 // extends, a commit, a seek, messages fetched, a write done, a tick of the
 // clock — is a method call with the time, and its effects are queued in the
 // machine's output: deliveries to hand to consumers, fetches and writes to
-// do, replies to run. The loop does the I/O in other goroutines and feeds
-// the results back as events. Scenario and property tests drive the machine
+// do, replies (plain data, by call id) to give callers. The loop does the
+// I/O in other goroutines and feeds the results back as events. Scenario and property tests drive the machine
 // directly against a real store.
 //
 // Per partition the machine keeps a cursorRecord (cursor_record.go) — the Cursor

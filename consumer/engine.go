@@ -737,19 +737,14 @@ func (e *Engine) Commit(ctx context.Context, topic, name string, ids []DeliveryI
 	if err != nil {
 		return nil, err
 	}
-	var res [][]storage.AppendResult
-	var cerr error
-	err = l.call(ctx, func(now time.Time, done func()) {
+	r, err := l.await(ctx, func(now time.Time, call callID) {
 		l.sub.noteIDs(found)
-		l.sub.commit(ids, appends, now, func(r [][]storage.AppendResult, werr error) {
-			res, cerr = r, werr
-			done()
-		})
+		l.sub.commit(call, ids, appends, now)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return res, cerr
+	return r.res, r.err
 }
 
 // Seek moves a subscription's cursors to pos in every partition and returns
@@ -763,16 +758,11 @@ func (e *Engine) Seek(ctx context.Context, topic, name string, pos StartPosition
 	if err != nil {
 		return err
 	}
-	var serr error
-	if err := l.call(ctx, func(now time.Time, done func()) {
-		l.sub.seek(offs, now, func(werr error) {
-			serr = werr
-			done()
-		})
-	}); err != nil {
+	r, err := l.await(ctx, func(now time.Time, call callID) { l.sub.seek(call, offs, now) })
+	if err != nil {
 		return err
 	}
-	return serr
+	return r.err
 }
 
 func sortInfos(infos []Info) {

@@ -18,7 +18,7 @@ import (
 // a real store, the way the Engine's loop does, without goroutines: after
 // every event it drains the core's output until nothing is left — reads
 // with store.Read (a read that finds nothing stays pending until the next
-// publish), writes with store.Write fed back through written, replies run
+// publish), writes with store.Write fed back through written, replies resolved
 // — and records every delivery. Time is a fake clock; advance ticks the
 // core at each deadline on the way, as the loop's timer would.
 //
@@ -45,9 +45,13 @@ type harness struct {
 	notes   []string        // lines to report for the current command
 	sent    []Delivery      // deliveries since takeSent
 	writes  []storage.Write // every write the core issued, in order
-	// acksWaiting report acks whose reply has not run yet; each says
+	// acksWaiting report acks whose reply has not come yet; each says
 	// whether it has reported.
 	acksWaiting []func() bool
+	// waiting are the calls (ack, commit, seek) awaiting the core's reply,
+	// by call id, as the loop keeps them.
+	waiting  map[callID]func(reply)
+	lastCall callID
 
 	credit map[uint64]int // attached consumers' credit
 	// stuck consumers' streams take nothing: their deliveries stay queued
@@ -208,7 +212,7 @@ func (h *harness) restart(reopen bool) {
 	if n := len(h.held); n > 0 {
 		h.notes = append(h.notes, fmt.Sprintf("%d held writes lost", n))
 	}
-	h.acksWaiting = nil
+	h.acksWaiting, h.waiting = nil, nil
 	h.sub, h.pending, h.held, h.hold, h.failing, h.losing = nil, nil, nil, false, 0, 0
 	h.fired = time.Time{}
 	h.credit = map[uint64]int{}
@@ -240,7 +244,7 @@ func (h *harness) drain() {
 		// Replies first: an ack's reply and the deliveries its freed
 		// credit allowed come out of the same write.
 		for _, r := range out.replies {
-			r()
+			h.resolve(r)
 		}
 		for _, d := range out.sends {
 			h.onSend(d)
@@ -301,6 +305,27 @@ func (h *harness) drain() {
 }
 
 var errInjected = errors.New("injected write failure")
+
+// expect names a new call whose reply goes to fn, as loop.expect.
+func (h *harness) expect(fn func(reply)) callID {
+	if h.waiting == nil {
+		h.waiting = map[callID]func(reply){}
+	}
+	h.lastCall++
+	h.waiting[h.lastCall] = fn
+	return h.lastCall
+}
+
+// resolve hands reply r to its caller, as loop.resolve; a reply to no
+// waiting call fails the test.
+func (h *harness) resolve(r reply) {
+	fn := h.waiting[r.call]
+	if fn == nil {
+		h.tb.Fatalf("harness: a reply to call %d, which waits for none", r.call)
+	}
+	delete(h.waiting, r.call)
+	fn(r)
+}
 
 // take plays the consumers' streams: each takes what was sent to it at
 // once, as a reading stream does, unless it is stuck.
@@ -495,20 +520,21 @@ func (h *harness) ack(ids []DeliveryID) *ackResult {
 	h.tb.Helper()
 	r := &ackResult{}
 	h.loadIDs(ids)
-	h.sub.ack(ids, h.now(), func(results []error, err error) {
-		r.done, r.results, r.err = true, results, err
+	call := h.expect(func(rp reply) {
+		r.done, r.results, r.err = true, rp.results, rp.err
 		for i, id := range ids {
-			if results[i] != nil {
+			if rp.results[i] != nil {
 				continue
 			}
 			k := pOff{id.Partition, id.Offset}
 			h.done(k)
 			h.model.acked[k] = true
-			if err == nil && h.opts.Guarantee == EffectivelyOnce {
+			if rp.err == nil && h.opts.Guarantee == EffectivelyOnce {
 				h.model.confirmed[k] = true
 			}
 		}
 	})
+	h.sub.ack(call, ids, h.now())
 	h.settle()
 	return r
 }
@@ -587,9 +613,9 @@ func (h *harness) commit(ids []DeliveryID, appends []storage.AppendBatch) *commi
 	}
 	r := &commitResult{}
 	h.loadIDs(ids)
-	h.sub.commit(ids, appends, h.now(), func(res [][]storage.AppendResult, err error) {
-		r.done, r.res, r.err = true, res, err
-		if err != nil {
+	call := h.expect(func(rp reply) {
+		r.done, r.res, r.err = true, rp.res, rp.err
+		if rp.err != nil {
 			return
 		}
 		for _, id := range ids {
@@ -600,6 +626,7 @@ func (h *harness) commit(ids []DeliveryID, appends []storage.AppendBatch) *commi
 			}
 		}
 	})
+	h.sub.commit(call, ids, appends, h.now())
 	if valid {
 		for _, id := range ids {
 			h.done(pOff{id.Partition, id.Offset})
@@ -616,7 +643,7 @@ func (h *harness) seek(pos StartPosition) error {
 		return err
 	}
 	var serr error
-	h.sub.seek(offs, h.now(), func(err error) { serr = err })
+	h.sub.seek(h.expect(func(r reply) { serr = r.err }), offs, h.now())
 	for c := range h.model.outstanding {
 		h.model.outstanding[c] = map[pOff]time.Time{}
 	}

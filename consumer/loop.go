@@ -40,6 +40,11 @@ type loop struct {
 	stopMu  sync.Mutex // guards stopErr
 	stopErr error
 
+	// waiting are the callers of the machine's calls awaiting its reply,
+	// by call id (run goroutine only).
+	waiting  map[callID]func(reply)
+	lastCall callID
+
 	timer   clock.Timer
 	timerAt time.Time
 	dropped uint64 // sub.stats.Dropped already added to the engine's count
@@ -161,6 +166,38 @@ func (l *loop) call(ctx context.Context, fn func(now time.Time, done func())) er
 	}
 }
 
+// expect names a new call whose reply goes to fn, on the loop. The
+// machine answers every call it is handed, so fn runs once.
+func (l *loop) expect(fn func(reply)) callID {
+	if l.waiting == nil {
+		l.waiting = make(map[callID]func(reply))
+	}
+	l.lastCall++
+	l.waiting[l.lastCall] = fn
+	return l.lastCall
+}
+
+// resolve hands reply r to its caller.
+func (l *loop) resolve(r reply) {
+	if fn := l.waiting[r.call]; fn != nil {
+		delete(l.waiting, r.call)
+		fn(r)
+	}
+}
+
+// await hands a call to the machine with start, on the loop, and waits for
+// its reply (or for ctx to end or the loop to stop).
+func (l *loop) await(ctx context.Context, start func(now time.Time, call callID)) (reply, error) {
+	var r reply
+	err := l.call(ctx, func(now time.Time, done func()) {
+		start(now, l.expect(func(got reply) {
+			r = got
+			done()
+		}))
+	})
+	return r, err
+}
+
 // flush does what the subscription asked for, until it asks for nothing
 // more.
 func (l *loop) flush(now time.Time) {
@@ -187,7 +224,7 @@ func (l *loop) flush(now time.Time) {
 			l.startWrite(job)
 		}
 		for _, r := range out.replies {
-			r()
+			l.resolve(r)
 		}
 	}
 	l.armTimer()
@@ -372,19 +409,14 @@ func (l *loop) ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
 	if err != nil {
 		return nil, err
 	}
-	var results []error
-	var werr error
-	err = l.call(ctx, func(now time.Time, done func()) {
+	r, err := l.await(ctx, func(now time.Time, call callID) {
 		l.sub.noteIDs(found)
-		l.sub.ack(ids, now, func(r []error, err error) {
-			results, werr = r, err
-			done()
-		})
+		l.sub.ack(call, ids, now)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return results, werr
+	return r.results, r.err
 }
 
 func (l *loop) nack(ctx context.Context, ids []DeliveryID) ([]error, error) {
@@ -592,7 +624,7 @@ func (c *Consumer) AckAsync(ctx context.Context, ids []DeliveryID, done func(res
 	}
 	if !l.post(func(now time.Time) {
 		l.sub.noteIDs(found)
-		l.sub.ack(ids, now, done)
+		l.sub.ack(l.expect(func(r reply) { done(r.results, r.err) }), ids, now)
 	}) {
 		done(nil, l.err())
 	}

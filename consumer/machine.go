@@ -35,7 +35,7 @@ const (
 // state machine, like etcd-raft's RawNode. Its methods take events (a
 // consumer attached, credit, acks, fetched messages, a write done, a tick,
 // with the time) and queue effects in out (deliveries to send, reads and
-// writes to do, replies to run); the Engine's loop (loop.go) does the I/O
+// writes to do, replies to give); the Engine's loop (loop.go) does the I/O
 // and feeds the results back. It reads no clock, starts no goroutine and is
 // not safe for concurrent use.
 type machine struct {
@@ -100,8 +100,8 @@ type partition struct {
 	retryWriteAt time.Time
 	dirty        bool       // the stored state is behind st
 	sends        []Delivery // to send once the next write is durable
-	waiters      []func(error)
-	ackedIDs     []string // EFFECTIVELY_ONCE: ids acked since the last write
+	waiters      []*waiter  // replies waiting for the next write
+	ackedIDs     []string   // EFFECTIVELY_ONCE: ids acked since the last write
 	// rereads: offsets awaiting redelivery whose payload is being read
 	// again (reread), and the generation that fences reads from before a
 	// seek.
@@ -152,8 +152,8 @@ type writeJob struct {
 	ids        []DeliveryID
 	sum        uint64 // sumAppends of w.Appends
 	leases     []commitLease
-	joined     []func(res [][]storage.AppendResult, err error)
-	deadLetter bool // a dead letter's write, not a commit's
+	joined     []callID // retries of the commit, answered with its outcome
+	deadLetter bool     // a dead letter's write, not a commit's
 	// ackedIDs are the ids of the messages it acks, for the acked-id
 	// horizon (EFFECTIVELY_ONCE).
 	ackedIDs []string
@@ -161,8 +161,10 @@ type writeJob struct {
 	// sends and waiters of the partitions, taken when the write is issued:
 	// they wait for it to be durable.
 	sends   []Delivery
-	waiters []func(error)
-	done    func(res [][]storage.AppendResult, err error)
+	waiters []*waiter
+	// call is the commit's caller, answered with its outcome (0: none, a
+	// dead letter or a plain state write).
+	call callID
 
 	finished  bool // written has its outcome
 	completed bool // complete has applied it
@@ -193,14 +195,37 @@ type reread struct {
 	seq      uint64
 }
 
-// output is what the subscription asks its loop to do. The loop takes it
+// callID names a caller waiting for the machine's answer to an ack, a
+// commit or a seek: the loop picks it (from 1; 0 is no caller) when it
+// hands the call to the machine, and gives the caller the reply that
+// carries it.
+type callID uint64
+
+// reply is the machine's answer to a call, plain data the loop resolves:
+// an ack's results, a commit's append results, and the error of the write
+// the answer waited for (or why a commit was refused).
+type reply struct {
+	call    callID
+	results []error                  // an ack's: per id, nil if it was taken
+	res     [][]storage.AppendResult // a commit's
+	err     error
+}
+
+// waiter is a reply that waits for the writes of one or more partitions:
+// it goes out once left reaches 0, with the first write's error.
+type waiter struct {
+	reply
+	left int
+}
+
+// output is what the machine asks its loop to do. The loop takes it
 // after every event.
 type output struct {
 	sends   []Delivery
 	rereads []reread
 	fetches []fetch
 	writes  []*writeJob
-	replies []func()
+	replies []reply
 }
 
 // Stats are a subscription's counters and gauges.
@@ -638,7 +663,12 @@ func (s *machine) forget(p *partition, off uint64) {
 	}
 }
 
-func (s *machine) reply(fn func()) { s.out.replies = append(s.out.replies, fn) }
+// answer queues r for the loop to hand to its caller.
+func (s *machine) answer(r reply) {
+	if r.call != 0 {
+		s.out.replies = append(s.out.replies, r)
+	}
+}
 
 // tick makes what is due due: outstanding deliveries past their deadline
 // are redelivered (AT_MOST_ONCE only frees the credit).
@@ -698,8 +728,8 @@ const writeRetry = time.Second
 
 // seek moves every partition's cursor to offs: earlier offsets count as
 // acked, later ones as not. Outstanding deliveries are dropped and fenced
-// off by a new epoch. reply runs once the new cursors are durable.
-func (s *machine) seek(offs []uint64, now time.Time, reply func(error)) {
+// off by a new epoch. call is answered once the new cursors are durable.
+func (s *machine) seek(call callID, offs []uint64, now time.Time) {
 	touched := map[*partition]bool{}
 	for i, p := range s.parts {
 		p.inflight = NewInflight()
@@ -721,9 +751,9 @@ func (s *machine) seek(offs []uint64, now time.Time, reply func(error)) {
 		c.out = 0
 	}
 	if s.opts.Guarantee == None {
-		s.reply(func() { reply(nil) })
+		s.answer(reply{call: call})
 	} else {
-		s.afterWrites(touched, reply)
+		s.afterWrites(touched, reply{call: call})
 	}
 	s.step(now)
 }

@@ -176,13 +176,24 @@ func (s *machine) complete(job *writeJob) {
 		s.dropSends(job.sends)
 	}
 	for _, w := range job.waiters {
-		w(err)
+		s.landed(w, err)
+	}
+	if job.deadLetter && err == nil {
+		s.stats.DeadLettered++
 	}
 	if !job.deadLetter && job.ids != nil {
 		s.commitDone(job, err)
 	}
-	if job.done != nil {
-		job.done(job.res, err)
+	s.answer(reply{call: job.call, res: job.res, err: err})
+}
+
+// landed counts one write w waited for, with its error; the last answers.
+func (s *machine) landed(w *waiter, err error) {
+	if w.err == nil {
+		w.err = err
+	}
+	if w.left--; w.left == 0 {
+		s.answer(w.reply)
 	}
 }
 
