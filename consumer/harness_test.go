@@ -251,17 +251,14 @@ func (h *harness) drain() {
 		}
 		h.take(out.sends)
 		for _, r := range out.rereads {
-			msgs, err := h.st.Read(context.Background(), h.topic, r.part, r.from, int(r.to-r.from), fetchBytes)
+			msgs, err := readAgain(context.Background(), h.st, h.topic, r)
 			h.sub.reread(r, msgs, err, h.now())
 			progress = true
 		}
 		for _, f := range out.fetches {
-			if f.latest { // from the head at the time it is issued, as loop.read
-				parts, err := h.st.Partitions(h.topic)
-				if err != nil {
-					h.tb.Fatal(err)
-				}
-				f.from = max(f.from, parts[f.part].Head)
+			f, err := atHead(h.st, h.topic, f) // the head when it is issued, as loop.read
+			if err != nil {
+				h.tb.Fatal(err)
 			}
 			h.pending = append(h.pending, f)
 		}
@@ -372,30 +369,15 @@ func (h *harness) unstick(id uint64) []Delivery {
 }
 
 // read is loop.read without the wait: nothing at the head is nothing.
+// Any error but retention's fails the test.
 func (h *harness) read(f fetch) ([]storage.Message, []bool, error) {
 	h.tb.Helper()
-	msgs, err := h.st.Read(context.Background(), h.topic, f.part, f.from, f.max, fetchBytes)
+	msgs, acked, err := readFetch(context.Background(), h.st, h.topic, h.sub.sid, f, false)
 	var oor *storage.OffsetOutOfRangeError
 	if err != nil && !errors.As(err, &oor) {
 		h.tb.Fatalf("read partition %d from %d: %v", f.part, f.from, err)
 	}
-	if err != nil || !f.ackedIDs {
-		return msgs, nil, err
-	}
-	ids := make([]string, len(msgs))
-	hasIDs := false
-	for i := range msgs {
-		ids[i] = msgs[i].ID
-		hasIDs = hasIDs || ids[i] != ""
-	}
-	if !hasIDs {
-		return msgs, nil, nil
-	}
-	acked, err := h.st.AckedIDs(h.topic, h.sub.sid, ids)
-	if err != nil {
-		h.tb.Fatalf("acked ids: %v", err)
-	}
-	return msgs, acked, nil
+	return msgs, acked, err
 }
 
 // settle drains, then runs a tick for a deadline already due, once per
@@ -543,14 +525,7 @@ func (h *harness) ack(ids []DeliveryID) *ackResult {
 // deliveries not in memory and hands them to the subscription.
 func (h *harness) loadIDs(ids []DeliveryID) {
 	h.tb.Helper()
-	found := map[DeliveryID]string{}
-	for _, id := range h.sub.unloaded(ids) {
-		msgs, err := h.st.Read(context.Background(), h.topic, id.Partition, id.Offset, 1, 1<<30)
-		if err == nil && len(msgs) == 1 && msgs[0].Offset == id.Offset {
-			found[id] = msgs[0].ID
-		}
-	}
-	h.sub.noteIDs(found)
+	h.sub.noteIDs(readIDs(context.Background(), h.st, h.topic, h.sub.unloaded(ids)))
 }
 
 // done drops an offset from the model's outstanding deliveries.

@@ -268,7 +268,7 @@ func (l *loop) startReread(r reread) {
 	l.io.Add(1)
 	go func() {
 		defer l.io.Done()
-		msgs, err := l.e.opts.Log.Read(l.ctx, l.key.topic, r.part, r.from, int(r.to-r.from), fetchBytes)
+		msgs, err := readAgain(l.ctx, l.e.opts.Log, l.key.topic, r)
 		if l.backOff(r.part, err) {
 			l.post(func(now time.Time) { l.sub.reread(r, msgs, err, now) })
 		}
@@ -294,38 +294,13 @@ func (l *loop) backOff(part uint32, err error) bool {
 	return clock.Sleep(l.e.opts.Clock, fetchRetry, l.ctx.Done())
 }
 
-// read reads a partition from f.from, waiting for the head to pass it.
+// read does fetch f, waiting for the head to pass f.from.
 func (l *loop) read(f fetch) ([]storage.Message, []bool, error) {
-	lg, topic := l.e.opts.Log, l.key.topic
-	if f.latest {
-		parts, err := lg.Partitions(topic)
-		if err != nil {
-			return nil, nil, err
-		}
-		if int(f.part) < len(parts) {
-			f.from = max(f.from, parts[f.part].Head)
-		}
+	f, err := atHead(l.e.opts.Log, l.key.topic, f)
+	if err != nil {
+		return nil, nil, err
 	}
-	msgs, err := lg.Read(l.ctx, topic, f.part, f.from, f.max, fetchBytes)
-	if err == nil && len(msgs) == 0 {
-		if _, err = lg.WaitHead(l.ctx, topic, f.part, f.from); err == nil {
-			msgs, err = lg.Read(l.ctx, topic, f.part, f.from, f.max, fetchBytes)
-		}
-	}
-	if err != nil || !f.ackedIDs {
-		return msgs, nil, err
-	}
-	ids := make([]string, len(msgs))
-	hasIDs := false
-	for i := range msgs {
-		ids[i] = msgs[i].ID
-		hasIDs = hasIDs || ids[i] != ""
-	}
-	if !hasIDs {
-		return msgs, nil, nil
-	}
-	acked, err := lg.AckedIDs(topic, l.sub.sid, ids)
-	return msgs, acked, err
+	return readFetch(l.ctx, l.e.opts.Log, l.key.topic, l.sub.sid, f, true)
 }
 
 // startWrite submits a write here, in the order the subscription issued
@@ -394,14 +369,7 @@ func (l *loop) loadIDs(ctx context.Context, ids []DeliveryID) (map[DeliveryID]st
 	}); err != nil || len(missing) == 0 {
 		return nil, err
 	}
-	found := make(map[DeliveryID]string, len(missing))
-	for _, id := range missing {
-		msgs, err := l.e.opts.Log.Read(ctx, l.key.topic, id.Partition, id.Offset, 1, 1<<30)
-		if err == nil && len(msgs) == 1 && msgs[0].Offset == id.Offset {
-			found[id] = msgs[0].ID
-		}
-	}
-	return found, nil
+	return readIDs(ctx, l.e.opts.Log, l.key.topic, missing), nil
 }
 
 func (l *loop) ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
