@@ -12,6 +12,15 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// Headers of a dead-lettered message, naming where it came from.
+const (
+	HeaderDeadLetterTopic        = "ferry-dead-letter-topic"
+	HeaderDeadLetterPartition    = "ferry-dead-letter-partition"
+	HeaderDeadLetterOffset       = "ferry-dead-letter-offset"
+	HeaderDeadLetterSubscription = "ferry-dead-letter-subscription"
+	HeaderDeadLetterAttempts     = "ferry-dead-letter-attempts"
+)
+
 // messageID is the id of the message at off, if it is known: in memory,
 // or read by the loop (noteIDs).
 func (s *machine) messageID(p *partition, off uint64) string {

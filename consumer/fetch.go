@@ -12,6 +12,41 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// Fetch sizes. A partition's buffer of messages not yet delivered is
+// refilled once it holds less than half its target: the consumers' free
+// credit, at least fetchMin and at most fetchMax messages — so a
+// subscription whose consumers hold their whole window keeps only a few
+// messages in memory besides those they hold. One fetch reads at most
+// fetchBytes.
+const (
+	fetchMin   = 32
+	fetchMax   = 512
+	fetchBytes = 4 << 20
+)
+
+// fetch asks the loop to read a partition from an offset (waiting for the
+// head to pass it) and hand the messages to fetched.
+type fetch struct {
+	part uint32
+	from uint64
+	max  int // most messages to read
+	seq  uint64
+	// latest: read from the partition's head, not from; the messages in
+	// between are skipped (NONE consumers that fell behind).
+	latest bool
+	// ackedIDs: look up which messages' ids the subscription acked
+	// (EFFECTIVELY_ONCE's dedup horizon).
+	ackedIDs bool
+}
+
+// reread asks the loop to read a partition's messages in [from, to) again,
+// for redeliveries, and hand them to reread.
+type reread struct {
+	part     uint32
+	from, to uint64
+	seq      uint64
+}
+
 // wantReread notes that off needs its payload read again.
 func (s *machine) wantReread(p *partition, off uint64) {
 	if i, found := slices.BinarySearch(p.rereadWant, off); !found {

@@ -11,6 +11,46 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// writeJob is one storage.Write the loop does for the subscription. A
+// partition has at most one write in flight, so writes of a partition land
+// in the order they were made and each carries the whole state.
+type writeJob struct {
+	id    uint64
+	parts []uint32
+	epoch map[uint32]uint32 // each partition's epoch when the job was made
+	acks  map[uint32][]uint64
+	// ids, leases and joined are a commit's: the ids it acks, the
+	// outstanding deliveries it took, and retries waiting for its outcome.
+	ids        []DeliveryID
+	sum        uint64 // sumAppends of w.Appends
+	leases     []commitLease
+	joined     []callID // retries of the commit, answered with its outcome
+	deadLetter bool     // a dead letter's write, not a commit's
+	// ackedIDs are the ids of the messages it acks, for the acked-id
+	// horizon (EFFECTIVELY_ONCE).
+	ackedIDs []string
+	w        storage.Write
+	// sends and waiters of the partitions, taken when the write is issued:
+	// they wait for it to be durable.
+	sends   []Delivery
+	waiters []*waiter
+	// call is the commit's caller, answered with its outcome (0: none, a
+	// dead letter or a plain state write).
+	call callID
+
+	finished  bool // written has its outcome
+	completed bool // complete has applied it
+	res       [][]storage.AppendResult
+	err       error
+}
+
+// maxPipelined is the most state writes of a partition in flight at once.
+const maxPipelined = 4
+
+// writeRetry is how long a partition waits to write again after a write
+// failed, and a message whose commit or dead letter failed to be due again.
+const writeRetry = time.Second
+
 // queue adds a job that acks offsets; it is issued once its partitions
 // have no write in flight.
 func (s *machine) queue(job *writeJob) {
