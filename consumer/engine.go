@@ -327,7 +327,7 @@ func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*
 		key:       subKey{topic, name},
 		sub:       newMachine(topic, name, sid, o, states, heads, e.opts.Route),
 		seal:      newIDSeal(key, topic, name),
-		events:    make(chan func(time.Time), 256),
+		events:    make(chan event, 256),
 		ctx:       ctx,
 		cancel:    cancel,
 		consumers: make(map[uint64]*Consumer),
@@ -381,11 +381,8 @@ func (e *Engine) info(ctx context.Context, topic, name string, heads []uint64) (
 // engine closed) no longer exists: a listing that found it a moment
 // before gets ErrSubscriptionNotFound, not the consumers' "reconnect".
 func (l *loop) info(ctx context.Context, heads []uint64) (Info, error) {
-	var info Info
-	err := l.call(ctx, func(now time.Time, done func()) {
-		info = Info{Topic: l.key.topic, Name: l.key.name, Options: l.sub.opts, CreateTime: l.created, Stats: l.sub.statsNow(heads)}
-		done()
-	})
+	done := make(chan Info, 1)
+	info, err := ask(ctx, l, infoEvent{heads: heads, done: done}, done)
 	if err != nil && l.ephemeral && errors.Is(err, ErrDetached) {
 		return Info{}, fmt.Errorf("subscription %q on topic %q: %w", l.key.name, l.key.topic, ErrSubscriptionNotFound)
 	}
@@ -666,14 +663,9 @@ func (e *Engine) Attach(ctx context.Context, topic, name string, ao AttachOption
 	id := e.nextID
 	e.mu.Unlock()
 	c := &Consumer{id: id, l: l, signal: make(chan struct{}, 1)}
-	var aerr error
-	if err := l.call(ctx, func(now time.Time, done func()) {
-		defer done()
-		if aerr = l.sub.attach(id, ao.Credit, now); aerr == nil {
-			l.consumers[id] = c
-			l.sub.watchClosing(id, &c.closing)
-		}
-	}); err != nil {
+	done := make(chan error, 1)
+	aerr, err := ask(ctx, l, attachEvent{c: c, credit: ao.Credit, done: done}, done)
+	if err != nil {
 		// ctx ended first, but the loop may still take the attach: undo it
 		// after, or the consumer stays attached with no one to close it.
 		c.Close()
@@ -737,10 +729,8 @@ func (e *Engine) Commit(ctx context.Context, topic, name string, ids []DeliveryI
 	if err != nil {
 		return nil, err
 	}
-	r, err := l.await(ctx, func(now time.Time, call callID) {
-		l.sub.noteIDs(found)
-		l.sub.commit(call, ids, appends, now)
-	})
+	done := make(chan reply, 1)
+	r, err := ask(ctx, l, commitEvent{ids: ids, appends: appends, found: found, done: done}, done)
 	if err != nil {
 		return nil, err
 	}
@@ -758,7 +748,8 @@ func (e *Engine) Seek(ctx context.Context, topic, name string, pos StartPosition
 	if err != nil {
 		return err
 	}
-	r, err := l.await(ctx, func(now time.Time, call callID) { l.sub.seek(call, offs, now) })
+	done := make(chan reply, 1)
+	r, err := ask(ctx, l, seekEvent{offs: offs, done: done}, done)
 	if err != nil {
 		return err
 	}

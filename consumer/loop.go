@@ -31,7 +31,7 @@ type loop struct {
 	created   time.Time
 	ephemeral bool // NONE: not stored, gone with its last consumer
 
-	events chan func(now time.Time)
+	events chan event
 	ctx    context.Context // ends when the loop stops
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run has returned
@@ -42,7 +42,7 @@ type loop struct {
 
 	// waiting are the callers of the machine's calls awaiting its reply,
 	// by call id (run goroutine only).
-	waiting  map[callID]func(reply)
+	waiting  map[callID]callWaiter
 	lastCall callID
 
 	timer   clock.Timer
@@ -57,12 +57,12 @@ func (l *loop) run() {
 	defer close(l.done)
 	for {
 		select {
-		case fn := <-l.events:
+		case ev := <-l.events:
 			if l.ctx.Err() != nil {
 				continue // stopped (fenced off, say): nothing more runs, nothing more goes out
 			}
 			now := l.e.opts.Clock.Now()
-			fn(now)
+			l.handle(ev, now)
 			l.flush(now)
 			if d := l.sub.stats.Dropped; d != l.dropped {
 				l.e.dropped.Add(d - l.dropped)
@@ -99,14 +99,7 @@ func (l *loop) stop(err error) {
 	}
 	l.stopMu.Unlock()
 	settled := make(chan struct{})
-	if l.post(func(now time.Time) {
-		for id, c := range l.consumers {
-			delete(l.consumers, id)
-			l.sub.detach(id, now)
-			c.detached(l.err())
-		}
-		l.settled = settled
-	}) {
+	if l.post(stopEvent{settled: settled}) {
 		grace := make(chan struct{})
 		t := l.e.opts.Clock.AfterFunc(stopGrace, func() { close(grace) })
 		select {
@@ -131,71 +124,14 @@ func (l *loop) err() error {
 	return l.stopErr
 }
 
-// post queues fn to run on the loop. It reports false if the loop has
-// stopped.
-func (l *loop) post(fn func(now time.Time)) bool {
+// post queues ev for the loop. It reports false if the loop has stopped.
+func (l *loop) post(ev event) bool {
 	select {
-	case l.events <- fn:
+	case l.events <- ev:
 		return true
 	case <-l.done:
 		return false
 	}
-}
-
-// call runs fn on the loop and waits until fn (or a reply it queued) calls
-// done, ctx ends or the loop stops.
-func (l *loop) call(ctx context.Context, fn func(now time.Time, done func())) error {
-	ch := make(chan struct{})
-	var once sync.Once
-	done := func() { once.Do(func() { close(ch) }) }
-	if !l.post(func(now time.Time) { fn(now, done) }) {
-		return l.err()
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-l.done:
-		select {
-		case <-ch:
-			return nil
-		default:
-			return l.err()
-		}
-	}
-}
-
-// expect names a new call whose reply goes to fn, on the loop. The
-// machine answers every call it is handed, so fn runs once.
-func (l *loop) expect(fn func(reply)) callID {
-	if l.waiting == nil {
-		l.waiting = make(map[callID]func(reply))
-	}
-	l.lastCall++
-	l.waiting[l.lastCall] = fn
-	return l.lastCall
-}
-
-// resolve hands reply r to its caller.
-func (l *loop) resolve(r reply) {
-	if fn := l.waiting[r.call]; fn != nil {
-		delete(l.waiting, r.call)
-		fn(r)
-	}
-}
-
-// await hands a call to the machine with start, on the loop, and waits for
-// its reply (or for ctx to end or the loop to stop).
-func (l *loop) await(ctx context.Context, start func(now time.Time, call callID)) (reply, error) {
-	var r reply
-	err := l.call(ctx, func(now time.Time, done func()) {
-		start(now, l.expect(func(got reply) {
-			r = got
-			done()
-		}))
-	})
-	return r, err
 }
 
 // flush does what the subscription asked for, until it asks for nothing
@@ -248,7 +184,7 @@ func (l *loop) armTimer() {
 	}
 	l.timerAt = at
 	l.timer = l.e.opts.Clock.AfterFunc(max(at.Sub(l.e.opts.Clock.Now()), 0), func() {
-		l.post(func(now time.Time) { l.sub.tick(now) })
+		l.post(tickEvent{})
 	})
 }
 
@@ -258,7 +194,7 @@ func (l *loop) startFetch(f fetch) {
 		defer l.io.Done()
 		msgs, acked, err := l.read(f)
 		if l.backOff(f.part, err) {
-			l.post(func(now time.Time) { l.sub.fetched(f, msgs, acked, err, now) })
+			l.post(fetchedEvent{f: f, msgs: msgs, acked: acked, err: err})
 		}
 	}()
 }
@@ -270,7 +206,7 @@ func (l *loop) startReread(r reread) {
 		defer l.io.Done()
 		msgs, err := readAgain(l.ctx, l.e.opts.Log, l.key.topic, r)
 		if l.backOff(r.part, err) {
-			l.post(func(now time.Time) { l.sub.reread(r, msgs, err, now) })
+			l.post(rereadEvent{r: r, msgs: msgs, err: err})
 		}
 	}()
 }
@@ -325,7 +261,7 @@ func (l *loop) startWrite(job *writeJob) {
 			l.writeFailed(err)
 		}
 		l.checkFenced(err)
-		l.post(func(now time.Time) { l.sub.written(job, res, err, now) })
+		l.post(writtenEvent{job: job, res: res, err: err})
 	}()
 }
 
@@ -362,11 +298,9 @@ func (l *loop) loadIDs(ctx context.Context, ids []DeliveryID) (map[DeliveryID]st
 	if l.sub.opts.Guarantee != EffectivelyOnce {
 		return nil, nil
 	}
-	var missing []DeliveryID
-	if err := l.call(ctx, func(now time.Time, done func()) {
-		missing = l.sub.unloaded(ids)
-		done()
-	}); err != nil || len(missing) == 0 {
+	done := make(chan []DeliveryID, 1)
+	missing, err := ask(ctx, l, unloadedEvent{ids: ids, done: done}, done)
+	if err != nil || len(missing) == 0 {
 		return nil, err
 	}
 	return readIDs(ctx, l.e.opts.Log, l.key.topic, missing), nil
@@ -377,10 +311,8 @@ func (l *loop) ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := l.await(ctx, func(now time.Time, call callID) {
-		l.sub.noteIDs(found)
-		l.sub.ack(call, ids, now)
-	})
+	done := make(chan reply, 1)
+	r, err := ask(ctx, l, ackEvent{ids: ids, found: found, done: done}, done)
 	if err != nil {
 		return nil, err
 	}
@@ -388,36 +320,18 @@ func (l *loop) ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
 }
 
 func (l *loop) nack(ctx context.Context, ids []DeliveryID) ([]error, error) {
-	var results []error
-	err := l.call(ctx, func(now time.Time, done func()) {
-		results = l.sub.nack(ids, now)
-		done()
-	})
-	return results, err
+	done := make(chan []error, 1)
+	return ask(ctx, l, nackEvent{ids: ids, done: done}, done)
 }
 
 func (l *loop) extend(ctx context.Context, ids []DeliveryID, d time.Duration) ([]error, error) {
-	var results []error
-	err := l.call(ctx, func(now time.Time, done func()) {
-		results = l.sub.extend(ids, d, now)
-		done()
-	})
-	return results, err
+	done := make(chan []error, 1)
+	return ask(ctx, l, extendEvent{ids: ids, d: d, done: done}, done)
 }
 
 // detach removes consumer c. A NONE subscription goes with its last one.
 func (l *loop) detach(c *Consumer) {
-	l.post(func(now time.Time) {
-		if l.consumers[c.id] == nil {
-			return
-		}
-		delete(l.consumers, c.id)
-		l.sub.detach(c.id, now)
-		c.detached(fmt.Errorf("consumer closed: %w", ErrDetached))
-		if l.ephemeral && len(l.consumers) == 0 {
-			l.end(fmt.Errorf("none subscription %q ended with its last consumer: %w", l.key.name, ErrDetached))
-		}
-	})
+	l.post(detachEvent{c: c})
 }
 
 // end stops the loop from within, for good: it leaves the engine, so the
@@ -539,7 +453,7 @@ func (c *Consumer) Take(maxBytes int) ([]Delivery, error) {
 	if n == 0 {
 		return nil, err
 	}
-	c.l.post(func(now time.Time) { c.l.sub.taken(c.id, n, bytes, now) })
+	c.l.post(takenEvent{consumer: c.id, n: n, bytes: bytes})
 	return ds, nil
 }
 
@@ -562,11 +476,9 @@ func (c *Consumer) Receive(ctx context.Context) ([]Delivery, error) {
 
 // SetCredit changes how many unacked deliveries the consumer may hold.
 func (c *Consumer) SetCredit(ctx context.Context, credit int) error {
-	var serr error
-	if err := c.l.call(ctx, func(now time.Time, done func()) {
-		serr = c.l.sub.setCredit(c.id, credit, now)
-		done()
-	}); err != nil {
+	done := make(chan error, 1)
+	serr, err := ask(ctx, c.l, creditEvent{consumer: c.id, credit: credit, done: done}, done)
+	if err != nil {
 		return err
 	}
 	return serr
@@ -590,10 +502,7 @@ func (c *Consumer) AckAsync(ctx context.Context, ids []DeliveryID, done func(res
 		done(nil, err)
 		return
 	}
-	if !l.post(func(now time.Time) {
-		l.sub.noteIDs(found)
-		l.sub.ack(l.expect(func(r reply) { done(r.results, r.err) }), ids, now)
-	}) {
+	if !l.post(ackEvent{ids: ids, found: found, async: done}) {
 		done(nil, l.err())
 	}
 }
