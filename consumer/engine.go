@@ -725,12 +725,8 @@ func (e *Engine) Commit(ctx context.Context, topic, name string, ids []DeliveryI
 	if err != nil {
 		return nil, err
 	}
-	found, err := l.loadIDs(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
 	done := make(chan reply, 1)
-	r, err := ask(ctx, l, commitEvent{ids: ids, appends: appends, found: found, done: done}, done)
+	r, err := ask(ctx, l, commitEvent{ids: ids, appends: appends, done: done}, done)
 	if err != nil {
 		return nil, err
 	}

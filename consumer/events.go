@@ -61,8 +61,8 @@ type (
 	// ackEvent's answer goes to done, or, for AckAsync, to async on the
 	// loop.
 	ackEvent struct {
-		ids   []DeliveryID
-		found map[DeliveryID]string // message ids read for unloaded ids
+		ids []DeliveryID
+		idLookup
 		done  chan reply
 		async func(results []error, err error)
 	}
@@ -78,16 +78,12 @@ type (
 	commitEvent struct {
 		ids     []DeliveryID
 		appends []storage.AppendBatch
-		found   map[DeliveryID]string
-		done    chan reply
+		idLookup
+		done chan reply
 	}
 	seekEvent struct {
 		offs []uint64
 		done chan reply
-	}
-	unloadedEvent struct {
-		ids  []DeliveryID
-		done chan []DeliveryID
 	}
 	infoEvent struct {
 		heads []uint64
@@ -98,22 +94,58 @@ type (
 	stopEvent struct{ settled chan struct{} }
 )
 
-func (tickEvent) isEvent()     {}
-func (fetchedEvent) isEvent()  {}
-func (rereadEvent) isEvent()   {}
-func (writtenEvent) isEvent()  {}
-func (attachEvent) isEvent()   {}
-func (creditEvent) isEvent()   {}
-func (takenEvent) isEvent()    {}
-func (detachEvent) isEvent()   {}
-func (ackEvent) isEvent()      {}
-func (nackEvent) isEvent()     {}
-func (extendEvent) isEvent()   {}
-func (commitEvent) isEvent()   {}
-func (seekEvent) isEvent()     {}
-func (unloadedEvent) isEvent() {}
-func (infoEvent) isEvent()     {}
-func (stopEvent) isEvent()     {}
+func (tickEvent) isEvent()    {}
+func (fetchedEvent) isEvent() {}
+func (rereadEvent) isEvent()  {}
+func (writtenEvent) isEvent() {}
+func (attachEvent) isEvent()  {}
+func (creditEvent) isEvent()  {}
+func (takenEvent) isEvent()   {}
+func (detachEvent) isEvent()  {}
+func (ackEvent) isEvent()     {}
+func (nackEvent) isEvent()    {}
+func (extendEvent) isEvent()  {}
+func (commitEvent) isEvent()  {}
+func (seekEvent) isEvent()    {}
+func (infoEvent) isEvent()    {}
+func (stopEvent) isEvent()    {}
+
+// idLookup is what an ack or commit carries once the loop has read the
+// message ids of its deliveries not in memory (lookUp).
+type idLookup struct {
+	found map[DeliveryID]string
+	read  bool
+}
+
+// withIDs is an event that waits for its message ids to be read (lookUp).
+type withIDs interface {
+	event
+	withIDs(found map[DeliveryID]string) event
+}
+
+func (e ackEvent) withIDs(found map[DeliveryID]string) event {
+	e.found, e.read = found, true
+	return e
+}
+
+func (e commitEvent) withIDs(found map[DeliveryID]string) event {
+	e.found, e.read = found, true
+	return e
+}
+
+// needIDs reports whether ev must wait for lookUp first: it names
+// deliveries whose message ids are not in memory and were not read yet.
+func (l *loop) needIDs(ev withIDs, ids []DeliveryID, lk idLookup) bool {
+	if lk.read {
+		return false
+	}
+	missing := l.sub.unloaded(ids)
+	if len(missing) == 0 {
+		return false
+	}
+	l.lookUp(missing, ev)
+	return true
+}
 
 // handle runs one event on the machine.
 func (l *loop) handle(ev event, now time.Time) {
@@ -141,6 +173,9 @@ func (l *loop) handle(ev event, now time.Time) {
 	case detachEvent:
 		l.detached(ev.c, now)
 	case ackEvent:
+		if l.needIDs(ev, ev.ids, ev.idLookup) {
+			return
+		}
 		s.noteIDs(ev.found)
 		s.ack(l.expect(ev.done, ev.async), ev.ids, now)
 	case nackEvent:
@@ -148,12 +183,13 @@ func (l *loop) handle(ev event, now time.Time) {
 	case extendEvent:
 		ev.done <- s.extend(ev.ids, ev.d, now)
 	case commitEvent:
+		if l.needIDs(ev, ev.ids, ev.idLookup) {
+			return
+		}
 		s.noteIDs(ev.found)
 		s.commit(l.expect(ev.done, nil), ev.ids, ev.appends, now)
 	case seekEvent:
 		s.seek(l.expect(ev.done, nil), ev.offs, now)
-	case unloadedEvent:
-		ev.done <- s.unloaded(ev.ids)
 	case infoEvent:
 		ev.done <- Info{Topic: l.key.topic, Name: l.key.name, Options: s.opts, CreateTime: l.created, Stats: s.statsNow(ev.heads)}
 	case stopEvent:

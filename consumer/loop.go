@@ -290,29 +290,22 @@ func (l *loop) writeFailed(err error) {
 	l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
 }
 
-// loadIDs reads the message ids of deliveries the subscription no longer
-// holds in memory (EFFECTIVELY_ONCE, after a restart), so an ack or commit
-// of them reaches the acked-id horizon. It runs on the caller's goroutine;
-// the ids are handed over with the ack.
-func (l *loop) loadIDs(ctx context.Context, ids []DeliveryID) (map[DeliveryID]string, error) {
-	if l.sub.opts.Guarantee != EffectivelyOnce {
-		return nil, nil
-	}
-	done := make(chan []DeliveryID, 1)
-	missing, err := ask(ctx, l, unloadedEvent{ids: ids, done: done}, done)
-	if err != nil || len(missing) == 0 {
-		return nil, err
-	}
-	return readIDs(ctx, l.e.opts.Log, l.key.topic, missing), nil
+// lookUp reads the message ids of deliveries the machine no longer holds
+// in memory (EFFECTIVELY_ONCE, after a restart: unloaded), in another
+// goroutine, and posts ev — the ack or commit that named them — again with
+// them, so it reaches the acked-id horizon. An ack of deliveries in memory
+// (the common case) takes the loop once; one of unloaded ones twice.
+func (l *loop) lookUp(missing []DeliveryID, ev withIDs) {
+	l.io.Add(1)
+	go func() {
+		defer l.io.Done()
+		l.post(ev.withIDs(readIDs(l.ctx, l.e.opts.Log, l.key.topic, missing)))
+	}()
 }
 
 func (l *loop) ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
-	found, err := l.loadIDs(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
 	done := make(chan reply, 1)
-	r, err := ask(ctx, l, ackEvent{ids: ids, found: found, done: done}, done)
+	r, err := ask(ctx, l, ackEvent{ids: ids, done: done}, done)
 	if err != nil {
 		return nil, err
 	}
@@ -492,17 +485,16 @@ func (c *Consumer) Ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
 // AckAsync acks deliveries as Ack does, without waiting for the outcome:
 // done runs once with it, on the subscription's loop, so it must not
 // block. done may not run at all if the subscription stops first (the
-// consumer is then detached). AckAsync itself waits only for the loop to
-// take the acks (and, after a restart under EFFECTIVELY_ONCE, to read
-// ids), so a caller that bounds its acks awaiting done bounds them all.
+// consumer is then detached), or with ctx's error if ctx has ended.
+// AckAsync itself waits only for the loop's queue to take the acks, so a
+// caller that bounds its acks awaiting done bounds them all.
 func (c *Consumer) AckAsync(ctx context.Context, ids []DeliveryID, done func(results []error, err error)) {
 	l := c.l
-	found, err := l.loadIDs(ctx, ids)
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		done(nil, err)
 		return
 	}
-	if !l.post(ackEvent{ids: ids, found: found, async: done}) {
+	if !l.post(ackEvent{ids: ids, async: done}) {
 		done(nil, l.err())
 	}
 }
