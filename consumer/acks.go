@@ -12,9 +12,18 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// Headers of a dead-lettered message, naming where it came from.
+const (
+	HeaderDeadLetterTopic        = "ferry-dead-letter-topic"
+	HeaderDeadLetterPartition    = "ferry-dead-letter-partition"
+	HeaderDeadLetterOffset       = "ferry-dead-letter-offset"
+	HeaderDeadLetterSubscription = "ferry-dead-letter-subscription"
+	HeaderDeadLetterAttempts     = "ferry-dead-letter-attempts"
+)
+
 // messageID is the id of the message at off, if it is known: in memory,
 // or read by the loop (noteIDs).
-func (s *subscription) messageID(p *partition, off uint64) string {
+func (s *machine) messageID(p *partition, off uint64) string {
 	if m := p.msgs[off]; m != nil {
 		return m.ID
 	}
@@ -25,7 +34,7 @@ func (s *subscription) messageID(p *partition, off uint64) string {
 // could take but whose message is not in memory (delivered before a
 // restart, not fetched again): the loop reads their message ids and hands
 // them to noteIDs first, so that the acked-id horizon gets them.
-func (s *subscription) unloaded(ids []DeliveryID) []DeliveryID {
+func (s *machine) unloaded(ids []DeliveryID) []DeliveryID {
 	if s.opts.Guarantee != EffectivelyOnce {
 		return nil
 	}
@@ -39,7 +48,7 @@ func (s *subscription) unloaded(ids []DeliveryID) []DeliveryID {
 }
 
 // noteIDs records message ids the loop read for unloaded deliveries.
-func (s *subscription) noteIDs(found map[DeliveryID]string) {
+func (s *machine) noteIDs(found map[DeliveryID]string) {
 	for id, mid := range found {
 		p := s.parts[id.Partition]
 		if _, ok := p.st.attempts[id.Offset]; !ok || mid == "" {
@@ -55,7 +64,7 @@ func (s *subscription) noteIDs(found map[DeliveryID]string) {
 // check finds the partition of an ack, nack, extend or commit and says
 // whether id names the current attempt of an outstanding delivery.
 // AT_LEAST_ONCE takes an ack of an older attempt: the message was processed.
-func (s *subscription) check(id DeliveryID, ack bool) (*partition, error) {
+func (s *machine) check(id DeliveryID, ack bool) (*partition, error) {
 	if id.Partition >= uint32(len(s.parts)) {
 		return nil, fmt.Errorf("delivery %s: no partition %d: %w", id, id.Partition, ErrUnknownDelivery)
 	}
@@ -88,11 +97,11 @@ func (s *subscription) check(id DeliveryID, ack bool) (*partition, error) {
 	return p, nil
 }
 
-// ack acks deliveries. Each gets a result (nil or why it was refused). For
-// EFFECTIVELY_ONCE, reply runs once the acks are durable (with the write's
-// error, if it failed); otherwise at once. Acks under AT_MOST_ONCE only
-// free credit; NONE takes none.
-func (s *subscription) ack(ids []DeliveryID, now time.Time, reply func(results []error, err error)) {
+// ack acks deliveries. Each gets a result (nil or why it was refused) in
+// the reply to call. For EFFECTIVELY_ONCE the reply goes out once the acks
+// are durable (with the write's error, if it failed); otherwise at once.
+// Acks under AT_MOST_ONCE only free credit; NONE takes none.
+func (s *machine) ack(call callID, ids []DeliveryID, now time.Time) {
 	results := make([]error, len(ids))
 	touched := map[*partition]bool{}
 	for i, id := range ids {
@@ -124,9 +133,9 @@ func (s *subscription) ack(ids []DeliveryID, now time.Time, reply func(results [
 		s.stats.Acked++
 	}
 	if s.opts.Guarantee != EffectivelyOnce || len(touched) == 0 {
-		s.reply(func() { reply(results, nil) })
+		s.answer(reply{call: call, results: results})
 	} else {
-		s.afterWrites(touched, func(err error) { reply(results, err) })
+		s.afterWrites(touched, reply{call: call, results: results})
 	}
 	s.step(now)
 }
@@ -136,7 +145,7 @@ func (s *subscription) ack(ids []DeliveryID, now time.Time, reply func(results [
 // answered with a failed write (outcome unknown) stands in memory and is
 // written again; its retry is answered "already acked" only once that is
 // true on disk, or with the error of the write that failed again.
-func (s *subscription) unstored(id DeliveryID, err error) *partition {
+func (s *machine) unstored(id DeliveryID, err error) *partition {
 	if s.opts.Guarantee != EffectivelyOnce || !errors.Is(err, ErrAlreadyAcked) {
 		return nil
 	}
@@ -146,23 +155,14 @@ func (s *subscription) unstored(id DeliveryID, err error) *partition {
 	return nil
 }
 
-// afterWrites runs fn once what every partition in parts holds now is
+// afterWrites answers r once what every partition in parts holds now is
 // stored, with the first error: by the partition's next write if it has
 // changes no write carries yet (dirty), else by its last write in flight
 // (each write carries the whole state). A partition of parts is dirty or
 // has a write in flight.
-func (s *subscription) afterWrites(parts map[*partition]bool, fn func(error)) {
-	left := len(parts)
-	var first error
+func (s *machine) afterWrites(parts map[*partition]bool, r reply) {
+	w := &waiter{reply: r, left: len(parts)}
 	for p := range parts {
-		w := func(err error) {
-			if first == nil {
-				first = err
-			}
-			if left--; left == 0 {
-				s.reply(func() { fn(first) })
-			}
-		}
 		if !p.dirty && len(p.writes) > 0 {
 			last := p.writes[len(p.writes)-1]
 			last.waiters = append(last.waiters, w)
@@ -173,7 +173,7 @@ func (s *subscription) afterWrites(parts map[*partition]bool, fn func(error)) {
 }
 
 // nack makes deliveries due again after the backoff for their attempt.
-func (s *subscription) nack(ids []DeliveryID, now time.Time) []error {
+func (s *machine) nack(ids []DeliveryID, now time.Time) []error {
 	results := make([]error, len(ids))
 	for i, id := range ids {
 		if s.opts.Guarantee == None || s.opts.Guarantee == AtMostOnce {
@@ -195,7 +195,7 @@ func (s *subscription) nack(ids []DeliveryID, now time.Time) []error {
 }
 
 // extend moves the deadline of outstanding deliveries to now+d.
-func (s *subscription) extend(ids []DeliveryID, d time.Duration, now time.Time) []error {
+func (s *machine) extend(ids []DeliveryID, d time.Duration, now time.Time) []error {
 	results := make([]error, len(ids))
 	for i, id := range ids {
 		if s.opts.Guarantee == None {
@@ -221,7 +221,7 @@ func (s *subscription) extend(ids []DeliveryID, d time.Duration, now time.Time) 
 }
 
 // deadLetter sends off to the dead-letter topic and acks it, atomically.
-func (s *subscription) deadLetter(p *partition, off uint64, m *storage.Message, attempts uint32) {
+func (s *machine) deadLetter(p *partition, off uint64, m *storage.Message, attempts uint32) {
 	dl := storage.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Headers: make(map[string]string, len(m.Headers)+5)}
 	for k, v := range m.Headers {
 		dl.Headers[k] = v
@@ -246,11 +246,6 @@ func (s *subscription) deadLetter(p *partition, off uint64, m *storage.Message, 
 	}
 	if s.opts.Guarantee == EffectivelyOnce && m.ID != "" {
 		job.ackedIDs = []string{m.ID}
-	}
-	job.done = func(_ [][]storage.AppendResult, err error) {
-		if err == nil {
-			s.stats.DeadLettered++
-		}
 	}
 	s.queue(job)
 }

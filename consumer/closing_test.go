@@ -64,18 +64,20 @@ func closingScenario(t *testing.T, g Guarantee) {
 	// then let the loop go: it takes the acks (A's credit frees, messages
 	// wait) before the detach.
 	last := receiveN(t, a, 20) // A's credit is full: nothing is on its way to A
-	held, hold := make(chan struct{}), make(chan struct{})
-	a.l.post(func(time.Time) { close(held); <-hold })
-	<-held
+	// An info request whose answer no one takes yet holds the loop: it
+	// waits in the send (unbuffered), and whatever is posted after waits
+	// behind it.
+	hold := make(chan Info)
+	a.l.post(infoEvent{done: hold})
 	for _, d := range last {
 		done[d.Message.ID] = true
 	}
 	acked := make(chan error, 1)
 	// AckAsync's ack, posted as it posts it (its id lookup, which waits for
 	// the loop, matters only after a restart).
-	a.l.post(func(now time.Time) { a.l.sub.ack(ids(last), now, func(_ []error, err error) { acked <- err }) })
+	a.l.post(ackEvent{ids: ids(last), async: func(_ []error, err error) { acked <- err }})
 	a.Close()
-	close(hold)
+	<-hold
 	if err := <-acked; err != nil {
 		t.Fatal(err)
 	}

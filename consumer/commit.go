@@ -47,23 +47,21 @@ type commitRecord struct {
 }
 
 // commit acks deliveries and appends messages in one atomic write. Every
-// id must name the current attempt; else nothing happens and reply gets
-// the first refusal. A retry is answered by the outcome of what it
-// retries (see above).
-func (s *subscription) commit(ids []DeliveryID, appends []storage.AppendBatch, now time.Time,
-	reply func(res [][]storage.AppendResult, err error)) {
+// id must name the current attempt; else nothing happens and the reply to
+// call has the first refusal. A retry is answered by the outcome of what
+// it retries (see above).
+func (s *machine) commit(call callID, ids []DeliveryID, appends []storage.AppendBatch, now time.Time) {
 	if s.opts.Guarantee != AtLeastOnce && s.opts.Guarantee != EffectivelyOnce {
-		s.reply(func() { reply(nil, fmt.Errorf("commit: %w", ErrNotSupported)) })
+		s.answer(reply{call: call, err: fmt.Errorf("commit: %w", ErrNotSupported)})
 		return
 	}
 	sum := sumAppends(appends)
 	if job := s.inFlightCommit(ids, sum); job != nil {
-		job.joined = append(job.joined, reply)
+		job.joined = append(job.joined, call)
 		return
 	}
 	if rec := s.landedCommit(ids, sum); rec != nil {
-		res := duplicates(rec.res)
-		s.reply(func() { reply(res, nil) })
+		s.answer(reply{call: call, res: duplicates(rec.res)})
 		return
 	}
 	acks := map[uint32][]uint64{}
@@ -74,15 +72,13 @@ func (s *subscription) commit(ids []DeliveryID, appends []storage.AppendBatch, n
 				err = fmt.Errorf("delivery %s named twice: %w", id, ErrUnknownDelivery)
 			}
 			s.stats.StaleAcks++
-			s.reply(func() { reply(nil, err) })
+			s.answer(reply{call: call, err: err})
 			return
 		}
 		seen[id] = true
 		acks[id.Partition] = append(acks[id.Partition], id.Offset)
 	}
-	job := &writeJob{acks: acks, ids: slices.Clone(ids), sum: sum, w: storage.Write{Appends: appends}, done: func(res [][]storage.AppendResult, err error) {
-		s.reply(func() { reply(res, err) })
-	}}
+	job := &writeJob{acks: acks, ids: slices.Clone(ids), sum: sum, w: storage.Write{Appends: appends}, call: call}
 	if s.opts.Guarantee == EffectivelyOnce {
 		for _, id := range ids {
 			if mid := s.messageID(s.parts[id.Partition], id.Offset); mid != "" {
@@ -150,7 +146,7 @@ func duplicates(res [][]storage.AppendResult) [][]storage.AppendResult {
 
 // landedCommit is the record of the landed commit that acked exactly ids
 // with outputs summing to sum, if one is remembered.
-func (s *subscription) landedCommit(ids []DeliveryID, sum uint64) *commitRecord {
+func (s *machine) landedCommit(ids []DeliveryID, sum uint64) *commitRecord {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -168,7 +164,7 @@ func (s *subscription) landedCommit(ids []DeliveryID, sum uint64) *commitRecord 
 
 // inFlightCommit is the commit in flight that acks exactly ids with
 // outputs summing to sum, if any: a retry of it waits for its outcome.
-func (s *subscription) inFlightCommit(ids []DeliveryID, sum uint64) *writeJob {
+func (s *machine) inFlightCommit(ids []DeliveryID, sum uint64) *writeJob {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -186,7 +182,7 @@ func (s *subscription) inFlightCommit(ids []DeliveryID, sum uint64) *writeJob {
 
 // commitDone settles a finished commit: its ids are remembered if it
 // landed, and the retries that joined it get its answer.
-func (s *subscription) commitDone(job *writeJob, err error) {
+func (s *machine) commitDone(job *writeJob, err error) {
 	var rec *commitRecord
 	if err == nil {
 		rec = &commitRecord{ids: len(job.ids), sum: job.sum, res: job.res}
@@ -199,9 +195,8 @@ func (s *subscription) commitDone(job *writeJob, err error) {
 			s.commits.add(s.num, id, rec)
 		}
 	}
-	for _, r := range job.joined {
-		res := job.res
-		s.reply(func() { r(res, err) })
+	for _, call := range job.joined {
+		s.answer(reply{call: call, res: job.res, err: err})
 	}
 }
 
@@ -210,7 +205,7 @@ func (s *subscription) commitDone(job *writeJob, err error) {
 // unknown, and a retry of it with the same attempt must find the delivery
 // current. A delivery the commit found not outstanding (due, awaiting
 // redelivery) is due again after writeRetry.
-func (s *subscription) restoreLease(p *partition, job *writeJob, off uint64) {
+func (s *machine) restoreLease(p *partition, job *writeJob, off uint64) {
 	for _, cl := range job.leases {
 		if cl.part != p.n || cl.lease.Offset != off {
 			continue

@@ -87,9 +87,9 @@ func TestCommitRetryJoinsOneInFlight(t *testing.T) {
 func TestCommittedIDsAreBounded(t *testing.T) {
 	const bound, n = 100, 150
 	mem := newCommitMemory(bound)
-	subs := []*subscription{
-		newSubscription("t", "a", 1, DefaultOptions(EffectivelyOnce), []*partitionState{newPartitionState(0)}, nil, nil),
-		newSubscription("t", "b", 2, DefaultOptions(EffectivelyOnce), []*partitionState{newPartitionState(0)}, nil, nil),
+	subs := []*machine{
+		newMachine("t", "a", 1, DefaultOptions(EffectivelyOnce), []*cursorRecord{newCursorRecord(0)}, nil, nil),
+		newMachine("t", "b", 2, DefaultOptions(EffectivelyOnce), []*cursorRecord{newCursorRecord(0)}, nil, nil),
 	}
 	for _, s := range subs {
 		s.commits = mem
@@ -102,18 +102,17 @@ func TestCommittedIDsAreBounded(t *testing.T) {
 			}
 		}
 	}
-	retry := func(s *subscription, off uint64) ([][]storage.AppendResult, error) {
-		var res [][]storage.AppendResult
-		var err error
-		s.commit([]DeliveryID{{Offset: off, Attempt: 1}}, nil, t0, func(r [][]storage.AppendResult, e error) { res, err = r, e })
-		for _, r := range s.out.replies {
-			r()
-		}
+	retry := func(s *machine, off uint64) ([][]storage.AppendResult, error) {
+		s.commit(1, []DeliveryID{{Offset: off, Attempt: 1}}, nil, t0)
+		replies := s.out.replies
 		if len(s.out.writes) != 0 {
 			t.Fatalf("a retry of %s/%d wrote", s.name, off)
 		}
+		if len(replies) != 1 || replies[0].call != 1 {
+			t.Fatalf("a retry of %s/%d: replies %+v, want one to call 1", s.name, off, replies)
+		}
 		s.out = output{}
-		return res, err
+		return replies[0].res, replies[0].err
 	}
 	if res, err := retry(subs[1], n-1); err != nil || len(res) != 1 || !res[0][0].Duplicate || res[0][0].Offset != n-1 {
 		t.Fatalf("a retry of b's latest commit: %+v, %v; want its result as a duplicate", res, err)

@@ -7,20 +7,22 @@
 //
 // An Engine runs one loop per subscription in use, started on demand. A
 // loop (loop.go) is a thin goroutine around a deterministic state machine,
-// subscription (subscription.go), in the manner of etcd-raft's RawNode:
-// every event — a consumer attached or detached, credit, acks, nacks,
-// extends, a commit, a seek, messages fetched, a write done, a tick of the
-// clock — is a method call with the time, and its effects are queued in the
-// machine's output: deliveries to hand to consumers, fetches and writes to
-// do, replies to run. The loop does the I/O in other goroutines and feeds
-// the results back as events. Scenario and property tests drive the machine
-// directly against a real store.
+// machine (machine.go), in the manner of etcd-raft's RawNode: every event
+// — a consumer attached or detached, credit, acks, nacks, extends, a
+// commit, a seek, messages fetched, a write done, a tick of the clock — is
+// a method call with the time, and its effects are queued in the machine's
+// output: deliveries to hand to consumers, fetches and writes to do,
+// replies (plain data, by call id) to give callers. The loop does the I/O
+// in other goroutines and feeds the results back as events: its inputs
+// are typed events (events.go) it switches on, and its reads are in
+// reader.go, shared with the tests' harness. Scenario and property tests
+// drive the machine directly against a real store.
 //
-// Per partition the machine keeps a partitionState (state.go) — the Cursor
-// (an ack floor plus the offsets acked above it), an epoch bumped by every
-// seek, and the attempts of messages delivered and not acked — plus in
-// memory the Inflight deadline heap, the messages awaiting redelivery and a
-// buffer of fetched messages. The partitionState is what is stored: every
+// Per partition the machine keeps a cursorRecord (cursor_record.go) — the
+// Cursor (an ack floor plus the offsets acked above it), an epoch bumped
+// by every seek, and the attempts of messages delivered and not acked —
+// plus in memory the Inflight deadline heap, the messages awaiting redelivery and a
+// buffer of fetched messages. The cursorRecord is what is stored: every
 // write carries the whole state of a partition, written through the Log
 // (storage.Store.Submit) in the partition writer's group commit, so it is
 // exactly as durable as the messages. Writes of a partition are submitted

@@ -204,7 +204,7 @@ func (e *Engine) CreateSubscription(ctx context.Context, topic, name string, o O
 	config := encodeConfig(o, newSealKey())
 	cursors := make([][]byte, len(offs))
 	for i, off := range offs {
-		cursors[i] = newPartitionState(off).appendBinary(nil, false)
+		cursors[i] = newCursorRecord(off).appendBinary(nil, false)
 	}
 	sub, err := e.opts.Log.CreateSubscription(ctx, topic, name, config, cursors)
 	if errors.Is(err, storage.ErrSubscriptionExists) {
@@ -279,9 +279,9 @@ func (e *Engine) createEphemeral(topic, name string, o Options) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	states := make([]*partitionState, len(heads))
+	states := make([]*cursorRecord, len(heads))
 	for i, head := range heads {
-		states[i] = newPartitionState(head)
+		states[i] = newCursorRecord(head)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -331,9 +331,9 @@ func (e *Engine) loopFor(topic, name string) (*loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	states := make([]*partitionState, len(raw))
+	states := make([]*cursorRecord, len(raw))
 	for i, b := range raw {
-		if states[i], err = decodePartitionState(b); err != nil {
+		if states[i], err = decodeCursorRecord(b); err != nil {
 			return nil, fmt.Errorf("subscription %q partition %d: %w", name, i, err)
 		}
 	}
@@ -365,14 +365,14 @@ func (e *Engine) cursors(topic, name string, sid uint32) (uint64, [][]byte, erro
 }
 
 // startLoop starts a subscription's loop. e.mu is held.
-func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*partitionState, heads []uint64, horizon time.Duration, key []byte) *loop {
+func (e *Engine) startLoop(topic, name string, sid uint32, o Options, states []*cursorRecord, heads []uint64, horizon time.Duration, key []byte) *loop {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &loop{
 		e:         e,
 		key:       subKey{topic, name},
-		sub:       newSubscription(topic, name, sid, o, states, heads, e.opts.Route),
+		sub:       newMachine(topic, name, sid, o, states, heads, e.opts.Route),
 		seal:      newIDSeal(key, topic, name),
-		events:    make(chan func(time.Time), 256),
+		events:    make(chan event, 256),
 		ctx:       ctx,
 		cancel:    cancel,
 		consumers: make(map[uint64]*Consumer),
@@ -426,11 +426,8 @@ func (e *Engine) info(ctx context.Context, topic, name string, heads []uint64) (
 // engine closed) no longer exists: a listing that found it a moment
 // before gets ErrSubscriptionNotFound, not the consumers' "reconnect".
 func (l *loop) info(ctx context.Context, heads []uint64) (Info, error) {
-	var info Info
-	err := l.call(ctx, func(now time.Time, done func()) {
-		info = Info{Topic: l.key.topic, Name: l.key.name, Options: l.sub.opts, CreateTime: l.created, Stats: l.sub.statsNow(heads)}
-		done()
-	})
+	done := make(chan Info, 1)
+	info, err := ask(ctx, l, infoEvent{heads: heads, done: done}, done)
 	if err != nil && l.ephemeral && errors.Is(err, ErrDetached) {
 		return Info{}, fmt.Errorf("subscription %q on topic %q: %w", l.key.name, l.key.topic, ErrSubscriptionNotFound)
 	}
@@ -469,7 +466,7 @@ func (e *Engine) idleInfo(topic, name string, heads []uint64) (info Info, ok boo
 	}
 	info = Info{Topic: topic, Name: name, Options: o, CreateTime: sub.CreateTime}
 	for i, b := range raw {
-		st, err := decodePartitionState(b)
+		st, err := decodeCursorRecord(b)
 		if err != nil {
 			return Info{}, true, fmt.Errorf("subscription %q partition %d: %w", name, i, err)
 		}
@@ -711,14 +708,9 @@ func (e *Engine) Attach(ctx context.Context, topic, name string, ao AttachOption
 	id := e.nextID
 	e.mu.Unlock()
 	c := &Consumer{id: id, l: l, signal: make(chan struct{}, 1)}
-	var aerr error
-	if err := l.call(ctx, func(now time.Time, done func()) {
-		defer done()
-		if aerr = l.sub.attach(id, ao.Credit, now); aerr == nil {
-			l.consumers[id] = c
-			l.sub.watchClosing(id, &c.closing)
-		}
-	}); err != nil {
+	done := make(chan error, 1)
+	aerr, err := ask(ctx, l, attachEvent{c: c, credit: ao.Credit, done: done}, done)
+	if err != nil {
 		// ctx ended first, but the loop may still take the attach: undo it
 		// after, or the consumer stays attached with no one to close it.
 		c.Close()
@@ -778,23 +770,12 @@ func (e *Engine) Commit(ctx context.Context, topic, name string, ids []DeliveryI
 	if err != nil {
 		return nil, err
 	}
-	found, err := l.loadIDs(ctx, ids)
+	done := make(chan reply, 1)
+	r, err := ask(ctx, l, commitEvent{ids: ids, appends: appends, done: done}, done)
 	if err != nil {
 		return nil, err
 	}
-	var res [][]storage.AppendResult
-	var cerr error
-	err = l.call(ctx, func(now time.Time, done func()) {
-		l.sub.noteIDs(found)
-		l.sub.commit(ids, appends, now, func(r [][]storage.AppendResult, werr error) {
-			res, cerr = r, werr
-			done()
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return res, cerr
+	return r.res, r.err
 }
 
 // Seek moves a subscription's cursors to pos in every partition and returns
@@ -808,16 +789,12 @@ func (e *Engine) Seek(ctx context.Context, topic, name string, pos StartPosition
 	if err != nil {
 		return err
 	}
-	var serr error
-	if err := l.call(ctx, func(now time.Time, done func()) {
-		l.sub.seek(offs, now, func(werr error) {
-			serr = werr
-			done()
-		})
-	}); err != nil {
+	done := make(chan reply, 1)
+	r, err := ask(ctx, l, seekEvent{offs: offs, done: done}, done)
+	if err != nil {
 		return err
 	}
-	return serr
+	return r.err
 }
 
 func sortInfos(infos []Info) {

@@ -154,7 +154,7 @@ func TestEngineCloseStoresLastAcks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := decodePartitionState(raw[0])
+	ps, err := decodeCursorRecord(raw[0])
 	if err != nil {
 		t.Fatal(err)
 	}

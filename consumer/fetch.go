@@ -12,8 +12,43 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// Fetch sizes. A partition's buffer of messages not yet delivered is
+// refilled once it holds less than half its target: the consumers' free
+// credit, at least fetchMin and at most fetchMax messages — so a
+// subscription whose consumers hold their whole window keeps only a few
+// messages in memory besides those they hold. One fetch reads at most
+// fetchBytes.
+const (
+	fetchMin   = 32
+	fetchMax   = 512
+	fetchBytes = 4 << 20
+)
+
+// fetch asks the loop to read a partition from an offset (waiting for the
+// head to pass it) and hand the messages to fetched.
+type fetch struct {
+	part uint32
+	from uint64
+	max  int // most messages to read
+	seq  uint64
+	// latest: read from the partition's head, not from; the messages in
+	// between are skipped (NONE consumers that fell behind).
+	latest bool
+	// ackedIDs: look up which messages' ids the subscription acked
+	// (EFFECTIVELY_ONCE's dedup horizon).
+	ackedIDs bool
+}
+
+// reread asks the loop to read a partition's messages in [from, to) again,
+// for redeliveries, and hand them to reread.
+type reread struct {
+	part     uint32
+	from, to uint64
+	seq      uint64
+}
+
 // wantReread notes that off needs its payload read again.
-func (s *subscription) wantReread(p *partition, off uint64) {
+func (s *machine) wantReread(p *partition, off uint64) {
 	if i, found := slices.BinarySearch(p.rereadWant, off); !found {
 		p.rereadWant = slices.Insert(p.rereadWant, i, off)
 	}
@@ -22,7 +57,7 @@ func (s *subscription) wantReread(p *partition, off uint64) {
 // queueRereads asks for the payloads redeliveries wait for: one read per
 // partition at a time, of the lowest offsets wanted, spanning at most
 // fetchMax offsets.
-func (s *subscription) queueRereads() {
+func (s *machine) queueRereads() {
 	for _, p := range s.parts {
 		if p.rereading || len(p.rereadWant) == 0 {
 			continue
@@ -42,7 +77,7 @@ func (s *subscription) queueRereads() {
 
 // reread takes messages read again for redeliveries. A message retention
 // removed meanwhile is skipped (skipTo) when the fetch finds it gone.
-func (s *subscription) reread(r reread, msgs []storage.Message, err error, now time.Time) {
+func (s *machine) reread(r reread, msgs []storage.Message, err error, now time.Time) {
 	p := s.parts[r.part]
 	if r.seq != p.rereadSeq {
 		return
@@ -71,7 +106,7 @@ func (s *subscription) reread(r reread, msgs []storage.Message, err error, now t
 
 // queueFetches asks for more messages where a partition's buffer runs low
 // and someone could take them.
-func (s *subscription) queueFetches() {
+func (s *machine) queueFetches() {
 	if len(s.consumers) == 0 {
 		return
 	}
@@ -100,7 +135,7 @@ func (s *subscription) queueFetches() {
 // EFFECTIVELY_ONCE which of their ids the subscription already acked
 // (those are acked again, not delivered). An *OffsetOutOfRangeError below
 // the first retained offset skips what retention removed.
-func (s *subscription) fetched(f fetch, msgs []storage.Message, ackedID []bool, err error, now time.Time) {
+func (s *machine) fetched(f fetch, msgs []storage.Message, ackedID []bool, err error, now time.Time) {
 	p := s.parts[f.part]
 	if f.seq != p.fetchSeq {
 		return // from before a seek
@@ -143,7 +178,7 @@ func (s *subscription) fetched(f fetch, msgs []storage.Message, ackedID []bool, 
 }
 
 // skipTo counts every offset below first as acked: retention removed them.
-func (s *subscription) skipTo(p *partition, first uint64) {
+func (s *machine) skipTo(p *partition, first uint64) {
 	if p.st.cursor.Floor() >= first {
 		return
 	}

@@ -63,7 +63,7 @@ func deliverySize(d *Delivery) int {
 // and of those at most (1+pendingQueues)×QueueBytes with their payload.
 //
 // A closing consumer (its stream ended, its detach not yet run) has none.
-func (s *subscription) hasRoom(c *consumerState) bool {
+func (s *machine) hasRoom(c *consumerState) bool {
 	if c.closing != nil && c.closing.Load() {
 		return false
 	}
@@ -80,7 +80,7 @@ func (s *subscription) hasRoom(c *consumerState) bool {
 // A delivery that waits for a write first (durableSends) is counted once
 // the write is done: until then credit bounds it, and counting it would
 // shrink the batches a group commit takes.
-func (s *subscription) send(d Delivery) {
+func (s *machine) send(d Delivery) {
 	if c := s.consumer(d.Consumer); c != nil {
 		c.queued++
 		c.queuedBytes += deliverySize(&d)
@@ -89,7 +89,7 @@ func (s *subscription) send(d Delivery) {
 }
 
 // watchClosing gives consumer id its Consumer's closing flag (hasRoom).
-func (s *subscription) watchClosing(id uint64, closing *atomic.Bool) {
+func (s *machine) watchClosing(id uint64, closing *atomic.Bool) {
 	if c := s.consumer(id); c != nil {
 		c.closing = closing
 	}
@@ -101,7 +101,7 @@ func (s *subscription) watchClosing(id uint64, closing *atomic.Bool) {
 // again at once, for another consumer, instead of at its ack deadline;
 // AT_MOST_ONCE moved its cursor past it before it went out, and NONE keeps
 // nothing, so there it is gone, as at a detach.
-func (s *subscription) unsent(d Delivery, now time.Time) {
+func (s *machine) unsent(d Delivery, now time.Time) {
 	if c := s.consumer(d.Consumer); c != nil {
 		c.queued = max(c.queued-1, 0)
 		c.queuedBytes = max(c.queuedBytes-deliverySize(&d), 0)
@@ -128,7 +128,7 @@ func (s *subscription) unsent(d Delivery, now time.Time) {
 
 // taken says the stream of consumer id took n deliveries of bytes (as
 // deliverySize counts them) from its queue.
-func (s *subscription) taken(id uint64, n, bytes int, now time.Time) {
+func (s *machine) taken(id uint64, n, bytes int, now time.Time) {
 	if c := s.consumer(id); c != nil {
 		c.queued = max(c.queued-n, 0)
 		c.queuedBytes = max(c.queuedBytes-bytes, 0)
@@ -137,7 +137,7 @@ func (s *subscription) taken(id uint64, n, bytes int, now time.Time) {
 }
 
 // anyRoom reports whether some consumer could take a delivery.
-func (s *subscription) anyRoom() bool {
+func (s *machine) anyRoom() bool {
 	for _, c := range s.consumers {
 		if s.hasRoom(c) {
 			return true
@@ -149,7 +149,7 @@ func (s *subscription) anyRoom() bool {
 // skipLagging drops what a NONE subscription's partition buffered once its
 // oldest message is more than noneMaxLag old: its consumers fell behind,
 // and are skipped forward to the head instead of being fed the backlog.
-func (s *subscription) skipLagging(p *partition, now time.Time) {
+func (s *machine) skipLagging(p *partition, now time.Time) {
 	if s.opts.Guarantee != None || len(p.buf) == 0 || now.Sub(p.buf[0].PublishTime) <= noneMaxLag {
 		return
 	}

@@ -9,7 +9,7 @@ import (
 // FuzzDecodePartitionState: stored state never panics the decoder, and
 // what it accepts encodes back to the same bytes.
 func FuzzDecodePartitionState(f *testing.F) {
-	st := newPartitionState(7)
+	st := newCursorRecord(7)
 	st.epoch = 2
 	st.cursor.Ack(9)
 	st.attempts[8] = attempt{n: 3, notBefore: time.UnixMilli(1_800_000_000_000).UTC()}
@@ -18,7 +18,7 @@ func FuzzDecodePartitionState(f *testing.F) {
 	f.Add(st.appendBinary(nil, false))
 	f.Add([]byte{stateVersion})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		s, err := decodePartitionState(b)
+		s, err := decodeCursorRecord(b)
 		if err != nil {
 			return
 		}

@@ -14,11 +14,11 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
-// harness drives one subscription's core (subscription) synchronously over
+// harness drives one subscription's core (machine) synchronously over
 // a real store, the way the Engine's loop does, without goroutines: after
 // every event it drains the core's output until nothing is left — reads
 // with store.Read (a read that finds nothing stays pending until the next
-// publish), writes with store.Write fed back through written, replies run
+// publish), writes with store.Write fed back through written, replies resolved
 // — and records every delivery. Time is a fake clock; advance ticks the
 // core at each deadline on the way, as the loop's timer would.
 //
@@ -33,7 +33,7 @@ type harness struct {
 	st    *storage.Store
 	topic string
 	name  string
-	sub   *subscription
+	sub   *machine
 	opts  Options
 
 	pending []fetch         // reads that found nothing yet
@@ -45,9 +45,13 @@ type harness struct {
 	notes   []string        // lines to report for the current command
 	sent    []Delivery      // deliveries since takeSent
 	writes  []storage.Write // every write the core issued, in order
-	// acksWaiting report acks whose reply has not run yet; each says
+	// acksWaiting report acks whose reply has not come yet; each says
 	// whether it has reported.
 	acksWaiting []func() bool
+	// waiting are the calls (ack, commit, seek) awaiting the core's reply,
+	// by call id, as the loop keeps them.
+	waiting  map[callID]func(reply)
+	lastCall callID
 
 	credit map[uint64]int // attached consumers' credit
 	// stuck consumers' streams take nothing: their deliveries stay queued
@@ -147,12 +151,12 @@ func (h *harness) createSub(topic, name string, o Options) error {
 			return err
 		}
 		heads := make([]uint64, len(parts))
-		states := make([]*partitionState, len(parts))
+		states := make([]*cursorRecord, len(parts))
 		for i, p := range parts {
 			heads[i] = p.Head
-			states[i] = newPartitionState(p.Head)
+			states[i] = newCursorRecord(p.Head)
 		}
-		h.sub = newSubscription(topic, name, 0, o, states, heads, testRoute(h.st))
+		h.sub = newMachine(topic, name, 0, o, states, heads, testRoute(h.st))
 		return nil
 	}
 	if _, err := h.engine().CreateSubscription(context.Background(), topic, name, o); err != nil {
@@ -177,9 +181,9 @@ func (h *harness) load() {
 	if err != nil {
 		h.tb.Fatal(err)
 	}
-	states := make([]*partitionState, len(raw))
+	states := make([]*cursorRecord, len(raw))
 	for i, b := range raw {
-		if states[i], err = decodePartitionState(b); err != nil {
+		if states[i], err = decodeCursorRecord(b); err != nil {
 			h.tb.Fatalf("partition %d: %v", i, err)
 		}
 	}
@@ -192,7 +196,7 @@ func (h *harness) load() {
 		horizon = t.Config.RetentionMaxAge
 	}
 	h.opts = o
-	h.sub = newSubscription(h.topic, h.name, sub.ID, o, states, nil, testRoute(h.st))
+	h.sub = newMachine(h.topic, h.name, sub.ID, o, states, nil, testRoute(h.st))
 	h.sub.horizon = horizon
 }
 
@@ -208,7 +212,7 @@ func (h *harness) restart(reopen bool) {
 	if n := len(h.held); n > 0 {
 		h.notes = append(h.notes, fmt.Sprintf("%d held writes lost", n))
 	}
-	h.acksWaiting = nil
+	h.acksWaiting, h.waiting = nil, nil
 	h.sub, h.pending, h.held, h.hold, h.failing, h.losing = nil, nil, nil, false, 0, 0
 	h.fired = time.Time{}
 	h.credit = map[uint64]int{}
@@ -240,24 +244,21 @@ func (h *harness) drain() {
 		// Replies first: an ack's reply and the deliveries its freed
 		// credit allowed come out of the same write.
 		for _, r := range out.replies {
-			r()
+			h.resolve(r)
 		}
 		for _, d := range out.sends {
 			h.onSend(d)
 		}
 		h.take(out.sends)
 		for _, r := range out.rereads {
-			msgs, err := h.st.Read(context.Background(), h.topic, r.part, r.from, int(r.to-r.from), fetchBytes)
+			msgs, err := readAgain(context.Background(), h.st, h.topic, r)
 			h.sub.reread(r, msgs, err, h.now())
 			progress = true
 		}
 		for _, f := range out.fetches {
-			if f.latest { // from the head at the time it is issued, as loop.read
-				parts, err := h.st.Partitions(h.topic)
-				if err != nil {
-					h.tb.Fatal(err)
-				}
-				f.from = max(f.from, parts[f.part].Head)
+			f, err := atHead(h.st, h.topic, f) // the head when it is issued, as loop.read
+			if err != nil {
+				h.tb.Fatal(err)
 			}
 			h.pending = append(h.pending, f)
 		}
@@ -301,6 +302,27 @@ func (h *harness) drain() {
 }
 
 var errInjected = errors.New("injected write failure")
+
+// expect names a new call whose reply goes to fn, as loop.expect.
+func (h *harness) expect(fn func(reply)) callID {
+	if h.waiting == nil {
+		h.waiting = map[callID]func(reply){}
+	}
+	h.lastCall++
+	h.waiting[h.lastCall] = fn
+	return h.lastCall
+}
+
+// resolve hands reply r to its caller, as loop.resolve; a reply to no
+// waiting call fails the test.
+func (h *harness) resolve(r reply) {
+	fn := h.waiting[r.call]
+	if fn == nil {
+		h.tb.Fatalf("harness: a reply to call %d, which waits for none", r.call)
+	}
+	delete(h.waiting, r.call)
+	fn(r)
+}
 
 // take plays the consumers' streams: each takes what was sent to it at
 // once, as a reading stream does, unless it is stuck.
@@ -347,30 +369,15 @@ func (h *harness) unstick(id uint64) []Delivery {
 }
 
 // read is loop.read without the wait: nothing at the head is nothing.
+// Any error but retention's fails the test.
 func (h *harness) read(f fetch) ([]storage.Message, []bool, error) {
 	h.tb.Helper()
-	msgs, err := h.st.Read(context.Background(), h.topic, f.part, f.from, f.max, fetchBytes)
+	msgs, acked, err := readFetch(context.Background(), h.st, h.topic, h.sub.sid, f, false)
 	var oor *storage.OffsetOutOfRangeError
 	if err != nil && !errors.As(err, &oor) {
 		h.tb.Fatalf("read partition %d from %d: %v", f.part, f.from, err)
 	}
-	if err != nil || !f.ackedIDs {
-		return msgs, nil, err
-	}
-	ids := make([]string, len(msgs))
-	hasIDs := false
-	for i := range msgs {
-		ids[i] = msgs[i].ID
-		hasIDs = hasIDs || ids[i] != ""
-	}
-	if !hasIDs {
-		return msgs, nil, nil
-	}
-	acked, err := h.st.AckedIDs(h.topic, h.sub.sid, ids)
-	if err != nil {
-		h.tb.Fatalf("acked ids: %v", err)
-	}
-	return msgs, acked, nil
+	return msgs, acked, err
 }
 
 // settle drains, then runs a tick for a deadline already due, once per
@@ -495,20 +502,21 @@ func (h *harness) ack(ids []DeliveryID) *ackResult {
 	h.tb.Helper()
 	r := &ackResult{}
 	h.loadIDs(ids)
-	h.sub.ack(ids, h.now(), func(results []error, err error) {
-		r.done, r.results, r.err = true, results, err
+	call := h.expect(func(rp reply) {
+		r.done, r.results, r.err = true, rp.results, rp.err
 		for i, id := range ids {
-			if results[i] != nil {
+			if rp.results[i] != nil {
 				continue
 			}
 			k := pOff{id.Partition, id.Offset}
 			h.done(k)
 			h.model.acked[k] = true
-			if err == nil && h.opts.Guarantee == EffectivelyOnce {
+			if rp.err == nil && h.opts.Guarantee == EffectivelyOnce {
 				h.model.confirmed[k] = true
 			}
 		}
 	})
+	h.sub.ack(call, ids, h.now())
 	h.settle()
 	return r
 }
@@ -517,14 +525,7 @@ func (h *harness) ack(ids []DeliveryID) *ackResult {
 // deliveries not in memory and hands them to the subscription.
 func (h *harness) loadIDs(ids []DeliveryID) {
 	h.tb.Helper()
-	found := map[DeliveryID]string{}
-	for _, id := range h.sub.unloaded(ids) {
-		msgs, err := h.st.Read(context.Background(), h.topic, id.Partition, id.Offset, 1, 1<<30)
-		if err == nil && len(msgs) == 1 && msgs[0].Offset == id.Offset {
-			found[id] = msgs[0].ID
-		}
-	}
-	h.sub.noteIDs(found)
+	h.sub.noteIDs(readIDs(context.Background(), h.st, h.topic, h.sub.unloaded(ids)))
 }
 
 // done drops an offset from the model's outstanding deliveries.
@@ -587,9 +588,9 @@ func (h *harness) commit(ids []DeliveryID, appends []storage.AppendBatch) *commi
 	}
 	r := &commitResult{}
 	h.loadIDs(ids)
-	h.sub.commit(ids, appends, h.now(), func(res [][]storage.AppendResult, err error) {
-		r.done, r.res, r.err = true, res, err
-		if err != nil {
+	call := h.expect(func(rp reply) {
+		r.done, r.res, r.err = true, rp.res, rp.err
+		if rp.err != nil {
 			return
 		}
 		for _, id := range ids {
@@ -600,6 +601,7 @@ func (h *harness) commit(ids []DeliveryID, appends []storage.AppendBatch) *commi
 			}
 		}
 	})
+	h.sub.commit(call, ids, appends, h.now())
 	if valid {
 		for _, id := range ids {
 			h.done(pOff{id.Partition, id.Offset})
@@ -616,7 +618,7 @@ func (h *harness) seek(pos StartPosition) error {
 		return err
 	}
 	var serr error
-	h.sub.seek(offs, h.now(), func(err error) { serr = err })
+	h.sub.seek(h.expect(func(r reply) { serr = r.err }), offs, h.now())
 	for c := range h.model.outstanding {
 		h.model.outstanding[c] = map[pOff]time.Time{}
 	}

@@ -71,7 +71,7 @@ func TestLegacySubscriptionGetsAKey(t *testing.T) {
 	o := DefaultOptions(AtLeastOnce)
 	bare, _ := o.MarshalBinary()
 	ctx := context.Background()
-	sub, err := h.st.CreateSubscription(ctx, "t", "old", bare, [][]byte{newPartitionState(0).appendBinary(nil, false)})
+	sub, err := h.st.CreateSubscription(ctx, "t", "old", bare, [][]byte{newCursorRecord(0).appendBinary(nil, false)})
 	if err != nil {
 		t.Fatal(err)
 	}

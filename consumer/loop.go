@@ -25,13 +25,13 @@ const fetchRetry = time.Second
 type loop struct {
 	e         *Engine
 	key       subKey
-	sub       *subscription // owned by the run goroutine
-	seal      *IDSeal       // the wire form of its delivery ids
+	sub       *machine // owned by the run goroutine
+	seal      *IDSeal  // the wire form of its delivery ids
 	consumers map[uint64]*Consumer
 	created   time.Time
 	ephemeral bool // NONE: not stored, gone with its last consumer
 
-	events chan func(now time.Time)
+	events chan event
 	ctx    context.Context // ends when the loop stops
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run has returned
@@ -39,6 +39,11 @@ type loop struct {
 
 	stopMu  sync.Mutex // guards stopErr
 	stopErr error
+
+	// waiting are the callers of the machine's calls awaiting its reply,
+	// by call id (run goroutine only).
+	waiting  map[callID]callWaiter
+	lastCall callID
 
 	timer   clock.Timer
 	timerAt time.Time
@@ -52,12 +57,12 @@ func (l *loop) run() {
 	defer close(l.done)
 	for {
 		select {
-		case fn := <-l.events:
+		case ev := <-l.events:
 			if l.ctx.Err() != nil {
 				continue // stopped (fenced off, say): nothing more runs, nothing more goes out
 			}
 			now := l.e.opts.Clock.Now()
-			fn(now)
+			l.handle(ev, now)
 			l.flush(now)
 			if d := l.sub.stats.Dropped; d != l.dropped {
 				l.e.dropped.Add(d - l.dropped)
@@ -94,14 +99,7 @@ func (l *loop) stop(err error) {
 	}
 	l.stopMu.Unlock()
 	settled := make(chan struct{})
-	if l.post(func(now time.Time) {
-		for id, c := range l.consumers {
-			delete(l.consumers, id)
-			l.sub.detach(id, now)
-			c.detached(l.err())
-		}
-		l.settled = settled
-	}) {
+	if l.post(stopEvent{settled: settled}) {
 		grace := make(chan struct{})
 		t := l.e.opts.Clock.AfterFunc(stopGrace, func() { close(grace) })
 		select {
@@ -126,38 +124,13 @@ func (l *loop) err() error {
 	return l.stopErr
 }
 
-// post queues fn to run on the loop. It reports false if the loop has
-// stopped.
-func (l *loop) post(fn func(now time.Time)) bool {
+// post queues ev for the loop. It reports false if the loop has stopped.
+func (l *loop) post(ev event) bool {
 	select {
-	case l.events <- fn:
+	case l.events <- ev:
 		return true
 	case <-l.done:
 		return false
-	}
-}
-
-// call runs fn on the loop and waits until fn (or a reply it queued) calls
-// done, ctx ends or the loop stops.
-func (l *loop) call(ctx context.Context, fn func(now time.Time, done func())) error {
-	ch := make(chan struct{})
-	var once sync.Once
-	done := func() { once.Do(func() { close(ch) }) }
-	if !l.post(func(now time.Time) { fn(now, done) }) {
-		return l.err()
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-l.done:
-		select {
-		case <-ch:
-			return nil
-		default:
-			return l.err()
-		}
 	}
 }
 
@@ -187,7 +160,7 @@ func (l *loop) flush(now time.Time) {
 			l.startWrite(job)
 		}
 		for _, r := range out.replies {
-			r()
+			l.resolve(r)
 		}
 	}
 	l.armTimer()
@@ -211,7 +184,7 @@ func (l *loop) armTimer() {
 	}
 	l.timerAt = at
 	l.timer = l.e.opts.Clock.AfterFunc(max(at.Sub(l.e.opts.Clock.Now()), 0), func() {
-		l.post(func(now time.Time) { l.sub.tick(now) })
+		l.post(tickEvent{})
 	})
 }
 
@@ -221,7 +194,7 @@ func (l *loop) startFetch(f fetch) {
 		defer l.io.Done()
 		msgs, acked, err := l.read(f)
 		if l.backOff(f.part, err) {
-			l.post(func(now time.Time) { l.sub.fetched(f, msgs, acked, err, now) })
+			l.post(fetchedEvent{f: f, msgs: msgs, acked: acked, err: err})
 		}
 	}()
 }
@@ -231,9 +204,9 @@ func (l *loop) startReread(r reread) {
 	l.io.Add(1)
 	go func() {
 		defer l.io.Done()
-		msgs, err := l.e.opts.Log.Read(l.ctx, l.key.topic, r.part, r.from, int(r.to-r.from), fetchBytes)
+		msgs, err := readAgain(l.ctx, l.e.opts.Log, l.key.topic, r)
 		if l.backOff(r.part, err) {
-			l.post(func(now time.Time) { l.sub.reread(r, msgs, err, now) })
+			l.post(rereadEvent{r: r, msgs: msgs, err: err})
 		}
 	}()
 }
@@ -257,38 +230,13 @@ func (l *loop) backOff(part uint32, err error) bool {
 	return clock.Sleep(l.e.opts.Clock, fetchRetry, l.ctx.Done())
 }
 
-// read reads a partition from f.from, waiting for the head to pass it.
+// read does fetch f, waiting for the head to pass f.from.
 func (l *loop) read(f fetch) ([]storage.Message, []bool, error) {
-	lg, topic := l.e.opts.Log, l.key.topic
-	if f.latest {
-		parts, err := lg.Partitions(topic)
-		if err != nil {
-			return nil, nil, err
-		}
-		if int(f.part) < len(parts) {
-			f.from = max(f.from, parts[f.part].Head)
-		}
+	f, err := atHead(l.e.opts.Log, l.key.topic, f)
+	if err != nil {
+		return nil, nil, err
 	}
-	msgs, err := lg.Read(l.ctx, topic, f.part, f.from, f.max, fetchBytes)
-	if err == nil && len(msgs) == 0 {
-		if _, err = lg.WaitHead(l.ctx, topic, f.part, f.from); err == nil {
-			msgs, err = lg.Read(l.ctx, topic, f.part, f.from, f.max, fetchBytes)
-		}
-	}
-	if err != nil || !f.ackedIDs {
-		return msgs, nil, err
-	}
-	ids := make([]string, len(msgs))
-	hasIDs := false
-	for i := range msgs {
-		ids[i] = msgs[i].ID
-		hasIDs = hasIDs || ids[i] != ""
-	}
-	if !hasIDs {
-		return msgs, nil, nil
-	}
-	acked, err := lg.AckedIDs(topic, l.sub.sid, ids)
-	return msgs, acked, err
+	return readFetch(l.ctx, l.e.opts.Log, l.key.topic, l.sub.sid, f, true)
 }
 
 // startWrite submits a write here, in the order the subscription issued
@@ -313,7 +261,7 @@ func (l *loop) startWrite(job *writeJob) {
 			l.writeFailed(err)
 		}
 		l.checkFenced(err)
-		l.post(func(now time.Time) { l.sub.written(job, res, err, now) })
+		l.post(writtenEvent{job: job, res: res, err: err})
 	}()
 }
 
@@ -342,82 +290,41 @@ func (l *loop) writeFailed(err error) {
 	l.e.log.Error("subscription write failed", "topic", l.key.topic, "subscription", l.key.name, "err", err)
 }
 
-// loadIDs reads the message ids of deliveries the subscription no longer
-// holds in memory (EFFECTIVELY_ONCE, after a restart), so an ack or commit
-// of them reaches the acked-id horizon. It runs on the caller's goroutine;
-// the ids are handed over with the ack.
-func (l *loop) loadIDs(ctx context.Context, ids []DeliveryID) (map[DeliveryID]string, error) {
-	if l.sub.opts.Guarantee != EffectivelyOnce {
-		return nil, nil
-	}
-	var missing []DeliveryID
-	if err := l.call(ctx, func(now time.Time, done func()) {
-		missing = l.sub.unloaded(ids)
-		done()
-	}); err != nil || len(missing) == 0 {
-		return nil, err
-	}
-	found := make(map[DeliveryID]string, len(missing))
-	for _, id := range missing {
-		msgs, err := l.e.opts.Log.Read(ctx, l.key.topic, id.Partition, id.Offset, 1, 1<<30)
-		if err == nil && len(msgs) == 1 && msgs[0].Offset == id.Offset {
-			found[id] = msgs[0].ID
-		}
-	}
-	return found, nil
+// lookUp reads the message ids of deliveries the machine no longer holds
+// in memory (EFFECTIVELY_ONCE, after a restart: unloaded), in another
+// goroutine, and posts ev — the ack or commit that named them — again with
+// them, so it reaches the acked-id horizon. An ack of deliveries in memory
+// (the common case) takes the loop once; one of unloaded ones twice.
+func (l *loop) lookUp(missing []DeliveryID, ev withIDs) {
+	l.io.Add(1)
+	go func() {
+		defer l.io.Done()
+		l.post(ev.withIDs(readIDs(l.ctx, l.e.opts.Log, l.key.topic, missing)))
+	}()
 }
 
 func (l *loop) ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
-	found, err := l.loadIDs(ctx, ids)
+	done := make(chan reply, 1)
+	r, err := ask(ctx, l, ackEvent{ids: ids, done: done}, done)
 	if err != nil {
 		return nil, err
 	}
-	var results []error
-	var werr error
-	err = l.call(ctx, func(now time.Time, done func()) {
-		l.sub.noteIDs(found)
-		l.sub.ack(ids, now, func(r []error, err error) {
-			results, werr = r, err
-			done()
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return results, werr
+	return r.results, r.err
 }
 
 func (l *loop) nack(ctx context.Context, ids []DeliveryID) ([]error, error) {
-	var results []error
-	err := l.call(ctx, func(now time.Time, done func()) {
-		results = l.sub.nack(ids, now)
-		done()
-	})
-	return results, err
+	done := make(chan []error, 1)
+	return ask(ctx, l, nackEvent{ids: ids, done: done}, done)
 }
 
 func (l *loop) extend(ctx context.Context, ids []DeliveryID, d time.Duration) ([]error, error) {
-	var results []error
-	err := l.call(ctx, func(now time.Time, done func()) {
-		results = l.sub.extend(ids, d, now)
-		done()
-	})
-	return results, err
+	done := make(chan []error, 1)
+	return ask(ctx, l, extendEvent{ids: ids, d: d, done: done}, done)
 }
 
 // detach removes consumer c. A NONE subscription goes with its last one.
 func (l *loop) detach(c *Consumer) {
-	l.post(func(now time.Time) {
-		if l.consumers[c.id] == nil {
-			return
-		}
-		delete(l.consumers, c.id)
-		l.sub.detach(c.id, now)
-		c.detached(fmt.Errorf("consumer closed: %w", ErrDetached))
-		if l.ephemeral && len(l.consumers) == 0 {
-			l.end(fmt.Errorf("none subscription %q ended with its last consumer: %w", l.key.name, ErrDetached))
-		}
-	})
+	l.post(detachEvent{c: c})
 }
 
 // end stops the loop from within, for good: it leaves the engine, so the
@@ -539,7 +446,7 @@ func (c *Consumer) Take(maxBytes int) ([]Delivery, error) {
 	if n == 0 {
 		return nil, err
 	}
-	c.l.post(func(now time.Time) { c.l.sub.taken(c.id, n, bytes, now) })
+	c.l.post(takenEvent{consumer: c.id, n: n, bytes: bytes})
 	return ds, nil
 }
 
@@ -562,11 +469,9 @@ func (c *Consumer) Receive(ctx context.Context) ([]Delivery, error) {
 
 // SetCredit changes how many unacked deliveries the consumer may hold.
 func (c *Consumer) SetCredit(ctx context.Context, credit int) error {
-	var serr error
-	if err := c.l.call(ctx, func(now time.Time, done func()) {
-		serr = c.l.sub.setCredit(c.id, credit, now)
-		done()
-	}); err != nil {
+	done := make(chan error, 1)
+	serr, err := ask(ctx, c.l, creditEvent{consumer: c.id, credit: credit, done: done}, done)
+	if err != nil {
 		return err
 	}
 	return serr
@@ -580,20 +485,16 @@ func (c *Consumer) Ack(ctx context.Context, ids []DeliveryID) ([]error, error) {
 // AckAsync acks deliveries as Ack does, without waiting for the outcome:
 // done runs once with it, on the subscription's loop, so it must not
 // block. done may not run at all if the subscription stops first (the
-// consumer is then detached). AckAsync itself waits only for the loop to
-// take the acks (and, after a restart under EFFECTIVELY_ONCE, to read
-// ids), so a caller that bounds its acks awaiting done bounds them all.
+// consumer is then detached), or with ctx's error if ctx has ended.
+// AckAsync itself waits only for the loop's queue to take the acks, so a
+// caller that bounds its acks awaiting done bounds them all.
 func (c *Consumer) AckAsync(ctx context.Context, ids []DeliveryID, done func(results []error, err error)) {
 	l := c.l
-	found, err := l.loadIDs(ctx, ids)
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		done(nil, err)
 		return
 	}
-	if !l.post(func(now time.Time) {
-		l.sub.noteIDs(found)
-		l.sub.ack(ids, now, done)
-	}) {
+	if !l.post(ackEvent{ids: ids, async: done}) {
 		done(nil, l.err())
 	}
 }

@@ -22,7 +22,7 @@ func keepRest(retry, kept []uint64, i int) []uint64 {
 
 // toRetryAll queues offs (increasing) for redelivery at once, merging
 // them into p.retry in one pass rather than one insertion each.
-func (s *subscription) toRetryAll(p *partition, offs []uint64) {
+func (s *machine) toRetryAll(p *partition, offs []uint64) {
 	if len(offs) == 0 {
 		return
 	}

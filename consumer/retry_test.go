@@ -14,8 +14,8 @@ import (
 func TestToRetryAllMerges(t *testing.T) {
 	rng := rand.New(rand.NewPCG(16, 4))
 	for round := range 500 {
-		s := &subscription{}
-		p := &partition{st: newPartitionState(0), msgs: map[uint64]*storage.Message{}, inflight: NewInflight()}
+		s := &machine{}
+		p := &partition{st: newCursorRecord(0), msgs: map[uint64]*storage.Message{}, inflight: NewInflight()}
 		want := map[uint64]bool{}
 		for range rng.IntN(20) {
 			off := rng.Uint64N(50)

@@ -11,9 +11,49 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
+// writeJob is one storage.Write the loop does for the subscription. A
+// partition has at most one write in flight, so writes of a partition land
+// in the order they were made and each carries the whole state.
+type writeJob struct {
+	id    uint64
+	parts []uint32
+	epoch map[uint32]uint32 // each partition's epoch when the job was made
+	acks  map[uint32][]uint64
+	// ids, leases and joined are a commit's: the ids it acks, the
+	// outstanding deliveries it took, and retries waiting for its outcome.
+	ids        []DeliveryID
+	sum        uint64 // sumAppends of w.Appends
+	leases     []commitLease
+	joined     []callID // retries of the commit, answered with its outcome
+	deadLetter bool     // a dead letter's write, not a commit's
+	// ackedIDs are the ids of the messages it acks, for the acked-id
+	// horizon (EFFECTIVELY_ONCE).
+	ackedIDs []string
+	w        storage.Write
+	// sends and waiters of the partitions, taken when the write is issued:
+	// they wait for it to be durable.
+	sends   []Delivery
+	waiters []*waiter
+	// call is the commit's caller, answered with its outcome (0: none, a
+	// dead letter or a plain state write).
+	call callID
+
+	finished  bool // written has its outcome
+	completed bool // complete has applied it
+	res       [][]storage.AppendResult
+	err       error
+}
+
+// maxPipelined is the most state writes of a partition in flight at once.
+const maxPipelined = 4
+
+// writeRetry is how long a partition waits to write again after a write
+// failed, and a message whose commit or dead letter failed to be due again.
+const writeRetry = time.Second
+
 // queue adds a job that acks offsets; it is issued once its partitions
 // have no write in flight.
-func (s *subscription) queue(job *writeJob) {
+func (s *machine) queue(job *writeJob) {
 	for part := range job.acks {
 		job.parts = append(job.parts, part)
 	}
@@ -23,7 +63,7 @@ func (s *subscription) queue(job *writeJob) {
 
 // issueWrites issues queued jobs whose partitions are free, in order, then
 // a plain state write for every other partition behind its store.
-func (s *subscription) issueWrites() {
+func (s *machine) issueWrites() {
 	var taken map[uint32]bool // partitions a queued job waits for; none most of the time
 	if len(s.queued) > 0 {
 		taken = make(map[uint32]bool)
@@ -54,7 +94,7 @@ func (s *subscription) issueWrites() {
 
 // issue snapshots the state of job's partitions — with job's acks applied,
 // for a commit or dead letter — into its write and hands it to the loop.
-func (s *subscription) issue(job *writeJob) {
+func (s *machine) issue(job *writeJob) {
 	s.nextJob++
 	job.id = s.nextJob
 	job.epoch = make(map[uint32]uint32, len(job.parts))
@@ -85,7 +125,7 @@ func (s *subscription) issue(job *writeJob) {
 // when deliveries or replies wait for them (acks alone are written behind,
 // one at a time). A commit or dead letter is alone in flight: a state
 // write issued meanwhile would not hold its acks yet, and would drop them.
-func (s *subscription) mayPipeline(p *partition) bool {
+func (s *machine) mayPipeline(p *partition) bool {
 	switch {
 	case s.now.Before(p.retryWriteAt):
 		return false
@@ -99,7 +139,7 @@ func (s *subscription) mayPipeline(p *partition) bool {
 
 // settled reports whether everything the subscription holds is stored, or
 // its last write failed: nothing is in flight or queued.
-func (s *subscription) settled() bool {
+func (s *machine) settled() bool {
 	if len(s.queued) > 0 {
 		return false
 	}
@@ -114,7 +154,7 @@ func (s *subscription) settled() bool {
 // written takes the outcome of a write issued by issue. Outcomes are
 // applied in issue order per partition: one that arrives early waits for
 // those before it.
-func (s *subscription) written(job *writeJob, res [][]storage.AppendResult, err error, now time.Time) {
+func (s *machine) written(job *writeJob, res [][]storage.AppendResult, err error, now time.Time) {
 	job.finished, job.res, job.err = true, res, err
 	if len(job.parts) == 0 {
 		s.complete(job) // a commit that only publishes holds no partition
@@ -131,7 +171,7 @@ func (s *subscription) written(job *writeJob, res [][]storage.AppendResult, err 
 }
 
 // complete applies a finished write: its acks, sends, waiters and reply.
-func (s *subscription) complete(job *writeJob) {
+func (s *machine) complete(job *writeJob) {
 	if job.completed {
 		return // a multi-partition job, completed from another partition
 	}
@@ -176,20 +216,31 @@ func (s *subscription) complete(job *writeJob) {
 		s.dropSends(job.sends)
 	}
 	for _, w := range job.waiters {
-		w(err)
+		s.landed(w, err)
+	}
+	if job.deadLetter && err == nil {
+		s.stats.DeadLettered++
 	}
 	if !job.deadLetter && job.ids != nil {
 		s.commitDone(job, err)
 	}
-	if job.done != nil {
-		job.done(job.res, err)
+	s.answer(reply{call: job.call, res: job.res, err: err})
+}
+
+// landed counts one write w waited for, with its error; the last answers.
+func (s *machine) landed(w *waiter, err error) {
+	if w.err == nil {
+		w.err = err
+	}
+	if w.left--; w.left == 0 {
+		s.answer(w.reply)
 	}
 }
 
 // dropSends handles deliveries whose write failed: they never went out, so
 // their credit is freed; under EFFECTIVELY_ONCE they are due again at once
 // (AT_MOST_ONCE loses them, as it may).
-func (s *subscription) dropSends(sends []Delivery) {
+func (s *machine) dropSends(sends []Delivery) {
 	for i := range sends {
 		d := &sends[i]
 		p := s.parts[d.ID.Partition]

@@ -8,12 +8,12 @@ import (
 	"time"
 )
 
-// partitionState is what a subscription stores per partition, through the
+// cursorRecord is what a subscription stores per partition, through the
 // partition's writer (storage.Write): its cursor, the epoch that fences
 // deliveries made before a seek, and — when the guarantee needs attempts to
 // survive a restart (EFFECTIVELY_ONCE, or any dead-lettering subscription)
 // — the attempts of every message delivered and not yet acked.
-type partitionState struct {
+type cursorRecord struct {
 	epoch    uint32
 	cursor   *Cursor
 	attempts map[uint64]attempt // offset → attempts so far; offsets not acked
@@ -28,18 +28,18 @@ type attempt struct {
 }
 
 // backlog is how many messages below head the cursor has not acked.
-func (s *partitionState) backlog(head uint64) uint64 {
+func (s *cursorRecord) backlog(head uint64) uint64 {
 	if head <= s.cursor.Floor() {
 		return 0
 	}
 	return head - s.cursor.Floor() - uint64(s.cursor.Gaps())
 }
 
-func newPartitionState(floor uint64) *partitionState {
-	return &partitionState{cursor: NewCursor(floor), attempts: make(map[uint64]attempt)}
+func newCursorRecord(floor uint64) *cursorRecord {
+	return &cursorRecord{cursor: NewCursor(floor), attempts: make(map[uint64]attempt)}
 }
 
-// stateVersion is the first byte of an encoded partitionState.
+// stateVersion is the first byte of an encoded cursorRecord.
 const stateVersion = 1
 
 // appendBinary appends the state's encoding; attempts are written only if
@@ -50,7 +50,7 @@ const stateVersion = 1
 //
 // Offsets increase; each is written as its step from the previous one (from
 // the floor for the first). Not before is in unix milliseconds, 0 for none.
-func (s *partitionState) appendBinary(b []byte, withAttempts bool) []byte {
+func (s *cursorRecord) appendBinary(b []byte, withAttempts bool) []byte {
 	b = append(b, stateVersion)
 	b = binary.AppendUvarint(b, uint64(s.epoch))
 	c, _ := s.cursor.AppendBinary(nil)
@@ -76,8 +76,8 @@ func (s *partitionState) appendBinary(b []byte, withAttempts bool) []byte {
 	return b
 }
 
-// decodePartitionState decodes what appendBinary made.
-func decodePartitionState(b []byte) (*partitionState, error) {
+// decodeCursorRecord decodes what appendBinary made.
+func decodeCursorRecord(b []byte) (*cursorRecord, error) {
 	if len(b) == 0 || b[0] != stateVersion {
 		return nil, fmt.Errorf("partition state: version: %w", ErrCorrupt)
 	}
@@ -104,7 +104,7 @@ func decodePartitionState(b []byte) (*partitionState, error) {
 	if epoch > 1<<32-1 || clen > uint64(len(b)) {
 		return nil, fmt.Errorf("partition state: epoch %d, cursor of %d bytes: %w", epoch, clen, ErrCorrupt)
 	}
-	s := &partitionState{epoch: uint32(epoch), cursor: NewCursor(0)}
+	s := &cursorRecord{epoch: uint32(epoch), cursor: NewCursor(0)}
 	if err := s.cursor.UnmarshalBinary(b[:clen]); err != nil {
 		return nil, err
 	}
@@ -149,8 +149,8 @@ func decodePartitionState(b []byte) (*partitionState, error) {
 
 // withAcks returns a copy of s with offs acked, for a write that acks them
 // only if it succeeds (Commit, dead letters).
-func (s *partitionState) withAcks(offs []uint64) *partitionState {
-	c := &partitionState{epoch: s.epoch, cursor: s.cursor.Clone(), attempts: maps.Clone(s.attempts)}
+func (s *cursorRecord) withAcks(offs []uint64) *cursorRecord {
+	c := &cursorRecord{epoch: s.epoch, cursor: s.cursor.Clone(), attempts: maps.Clone(s.attempts)}
 	for _, off := range offs {
 		c.cursor.Ack(off)
 		delete(c.attempts, off)
