@@ -169,49 +169,11 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 		return nil, err
 	}
 	snapIndex := snap.GetMetadata().GetIndex()
-	smApplied := sm.Applied()
-	_, fromPeers := sm.(peerRestorer)
-	var restoreOpen *raftpb.Snapshot
-	if smApplied < snapIndex {
-		if fromPeers && len(snap.GetData()) > 0 {
-			// Its state is on the peers (a restore cut short by a crash):
-			// run fetches it before anything else, so that AddGroup does
-			// not wait for the peers.
-			restoreOpen = snap
-		} else if err := sm.Restore(snap); err != nil {
-			return nil, fmt.Errorf("group %d: restore the state machine from the snapshot at %d: %w", id, snapIndex, err)
-		}
-		smApplied = snapIndex
+	smApplied, restoreOpen, err := catchUp(id, sm, snap, last)
+	if err != nil {
+		return nil, err
 	}
-	// The saved commit index may lag what was applied (see save), but the
-	// log must hold every entry the state machine has — unless the state
-	// came from a peer, which may have applied more than the snapshot that
-	// asked for it (committed entries all the same).
-	if smApplied > max(last, snapIndex) && !fromPeers {
-		return nil, fmt.Errorf("group %d: the state machine applied up to %d, beyond the log's last index %d: %w",
-			id, smApplied, max(last, snapIndex), storage.ErrCorrupt)
-	}
-	// Applied is the snapshot's index, not the state machine's: Raft then
-	// hands back every committed entry after the snapshot, so the
-	// configuration changes among them are applied to the RawNode again
-	// (it starts from the snapshot's ConfState); run skips the normal ones
-	// the state machine has.
-	rn, err := raft.NewRawNode(&raft.Config{
-		ID:                        h.opts.NodeID,
-		ElectionTick:              h.opts.ElectionTicks,
-		HeartbeatTick:             h.opts.HeartbeatTicks,
-		Storage:                   rlog,
-		Applied:                   snapIndex,
-		MaxSizePerMsg:             maxSizePerMsg,
-		MaxCommittedSizePerReady:  maxCommittedPerReady,
-		MaxUncommittedEntriesSize: maxUncommittedBytes,
-		MaxInflightMsgs:           maxInflightMsgs,
-		CheckQuorum:               true,                     // a leader cut off from the majority steps down
-		PreVote:                   true,                     // a node back from a partition does not depose a working leader
-		DisableProposalForwarding: !h.opts.ForwardProposals, // if so, Propose answers NotLeaderError instead
-		StepDownOnRemoval:         true,
-		Logger:                    raftLogger{log: lg},
-	})
+	rn, err := raft.NewRawNode(h.raftConfig(rlog, snapIndex, lg))
 	if err != nil {
 		return nil, fmt.Errorf("group %d: %w", id, err)
 	}
@@ -257,6 +219,59 @@ func openGroup(h *Host, id uint64, voters []uint64, sm StateMachine) (*Group, er
 	lg.Debug("raft group opened", "bootstrap", bootstrap, "snapshot_index", snapIndex,
 		"state_machine_applied", smApplied, "commit", hs.GetCommit(), "last_index", last)
 	return g, nil
+}
+
+// catchUp brings sm up to the log's snapshot snap if it is behind it, and
+// returns what sm has applied then; restoreOpen is snap when sm restores
+// from the peers and run must fetch it first. last is the log's last index.
+func catchUp(id uint64, sm StateMachine, snap *raftpb.Snapshot, last uint64) (smApplied uint64, restoreOpen *raftpb.Snapshot, err error) {
+	snapIndex := snap.GetMetadata().GetIndex()
+	smApplied = sm.Applied()
+	_, fromPeers := sm.(peerRestorer)
+	if smApplied < snapIndex {
+		if fromPeers && len(snap.GetData()) > 0 {
+			// Its state is on the peers (a restore cut short by a crash):
+			// run fetches it before anything else, so that AddGroup does
+			// not wait for the peers.
+			restoreOpen = snap
+		} else if err := sm.Restore(snap); err != nil {
+			return 0, nil, fmt.Errorf("group %d: restore the state machine from the snapshot at %d: %w", id, snapIndex, err)
+		}
+		smApplied = snapIndex
+	}
+	// The saved commit index may lag what was applied (see save), but the
+	// log must hold every entry the state machine has — unless the state
+	// came from a peer, which may have applied more than the snapshot that
+	// asked for it (committed entries all the same).
+	if smApplied > max(last, snapIndex) && !fromPeers {
+		return 0, nil, fmt.Errorf("group %d: the state machine applied up to %d, beyond the log's last index %d: %w",
+			id, smApplied, max(last, snapIndex), storage.ErrCorrupt)
+	}
+	return smApplied, restoreOpen, nil
+}
+
+// raftConfig is the RawNode's configuration for a group on rlog. Applied
+// is the snapshot's index, not the state machine's: Raft then hands back
+// every committed entry after the snapshot, so the configuration changes
+// among them are applied to the RawNode again (it starts from the
+// snapshot's ConfState); run skips the normal ones the state machine has.
+func (h *Host) raftConfig(rlog *storage.RaftLog, applied uint64, lg *slog.Logger) *raft.Config {
+	return &raft.Config{
+		ID:                        h.opts.NodeID,
+		ElectionTick:              h.opts.ElectionTicks,
+		HeartbeatTick:             h.opts.HeartbeatTicks,
+		Storage:                   rlog,
+		Applied:                   applied,
+		MaxSizePerMsg:             maxSizePerMsg,
+		MaxCommittedSizePerReady:  maxCommittedPerReady,
+		MaxUncommittedEntriesSize: maxUncommittedBytes,
+		MaxInflightMsgs:           maxInflightMsgs,
+		CheckQuorum:               true,                     // a leader cut off from the majority steps down
+		PreVote:                   true,                     // a node back from a partition does not depose a working leader
+		DisableProposalForwarding: !h.opts.ForwardProposals, // if so, Propose answers NotLeaderError instead
+		StepDownOnRemoval:         true,
+		Logger:                    raftLogger{log: lg},
+	}
 }
 
 // ID returns the group's id.
