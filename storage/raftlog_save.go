@@ -15,16 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// enqueueSync asks the syncer for an fsync (under the fsync policy) that
-// covers everything committed so far; it shares the fsync with whatever
-// partitions and groups are syncing too. The caller must keep Close from
-// closing the syncer meanwhile.
-func enqueueSync(sy *syncer) *request {
-	r := &request{done: make(chan struct{})}
-	sy.enqueue(syncGroup{wrote: true, reqs: []*request{r}})
-	return r
-}
-
 // wait blocks until r is answered and returns its error.
 func (r *request) wait() error {
 	<-r.done
