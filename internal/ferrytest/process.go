@@ -88,7 +88,10 @@ func Start(tb testing.TB, s Serve) (*Process, error) {
 		p.GRPCAddr, p.HTTPAddr = addrs[0], addrs[1]
 		return p, nil
 	case <-p.exited:
-		return nil, fmt.Errorf("ferry serve exited before serving: %v\n%s", p.exitErr, p.Log())
+		if log := p.Log(); log != "" {
+			return nil, fmt.Errorf("ferry serve exited before serving: %v\n%s", p.exitErr, log)
+		}
+		return nil, fmt.Errorf("ferry serve exited before serving: %v", p.exitErr)
 	case <-time.After(s.Timeout):
 		p.Kill()
 		return nil, fmt.Errorf("ferry serve did not start within %v", s.Timeout)
