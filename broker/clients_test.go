@@ -19,6 +19,8 @@ import (
 	"github.com/ferrymq/ferry/client"
 	"github.com/ferrymq/ferry/internal/clock"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // dialTokenFrom connects from the local IP address local, sending tok
@@ -57,17 +59,7 @@ func (l *lockedString) get() string  { l.mu.Lock(); defer l.mu.Unlock(); return 
 // waitFor polls cond until it holds or 10s pass.
 func waitFor(tb testing.TB, what string, cond func() (bool, string)) {
 	tb.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s; last: %s", what, state)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	ferrytest.EventuallyState(tb, 10*time.Second, 10*time.Millisecond, what, cond)
 }
 
 // TestListClients: with auth on, two principals publishing and consuming

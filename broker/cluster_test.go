@@ -16,6 +16,8 @@ import (
 
 	"github.com/ferrymq/ferry/cluster"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // These tests run three brokers in one process as a cluster on loopback:
@@ -155,13 +157,7 @@ func logOf(t testing.TB, ts *testServer, topic string, parts uint32) []string {
 
 func eventuallyB(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	ferrytest.Eventually(t, 20*time.Second, 20*time.Millisecond, what, cond)
 }
 
 // TestClusterStatusAndMetrics: GetClusterStatus through any node shows the

@@ -55,15 +55,10 @@ func (p *publisher) Publish(ctx context.Context, req *ferryv1.PublishRequest) (*
 // in after that may be stored unanswered, and its retry with the same ids
 // is answered as a duplicate.
 func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamServer) error {
-	type inflight struct {
-		seq   uint64
-		batch *pendingBatch
-		err   error
-	}
 	ctx := stream.Context()
 	// A bounded queue: once this many batches await fsync, stop reading and
 	// let gRPC flow control push back on the client.
-	queue := make(chan inflight, 256)
+	queue := make(chan streamRequest, 256)
 	recvErr := make(chan error, 1)
 	// Batches not answered when the handler returns still hold their
 	// memory until stored or failed: hand them back once the receiver,
@@ -75,51 +70,9 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 			}
 		}()
 	}()
-	// The receiver ends with the stream: at EOF, on an error, or when this
-	// handler returns and gRPC cancels ctx.
-	go func() {
-		defer close(queue)
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					err = nil
-				}
-				recvErr <- err
-				return
-			}
-			f := inflight{seq: req.GetSequence()}
-			if f.err = checkFrame(ctx, req); f.err == nil { // auth.go: refused, answered with the refusal
-				f.batch, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
-			}
-			if f.err != nil && ctx.Err() != nil {
-				// The stream is over and this batch may be stored in part:
-				// take nothing after it, which the client sends again, in
-				// order, after this one.
-				recvErr <- ctx.Err()
-				return
-			}
-			var refusal *memoryRefusal
-			refused := errors.As(f.err, &refusal)
-			select {
-			case queue <- f:
-			case <-ctx.Done():
-				f.batch.abandon()
-				recvErr <- ctx.Err()
-				return
-			}
-			if refused {
-				// Over the memory limit: take nothing after this batch,
-				// so that the client's retry keeps its order. The stream
-				// ends with the refusal once the batches before it are
-				// answered.
-				recvErr <- nil
-				return
-			}
-		}
-	}()
+	go p.receiveStream(ctx, stream, queue, recvErr)
 	for {
-		var f inflight
+		var f streamRequest
 		select {
 		case next, ok := <-queue:
 			if !ok {
@@ -132,37 +85,101 @@ func (p *publisher) PublishStream(stream ferryv1.PublisherService_PublishStreamS
 			}
 			continue
 		}
-		var refusal *memoryRefusal
-		if errors.As(f.err, &refusal) {
-			// The stream's status carries the RetryInfo; the SDK waits it
-			// out and sends this batch and those after it again.
-			return toStatus(f.err)
-		}
-		resp := &ferryv1.PublishStreamResponse{Sequence: f.seq}
-		err := f.err
-		if err == nil {
-			resp.Results, err = f.batch.wait(ctx)
-		}
-		if err != nil {
-			st := status.Convert(toStatus(err))
-			if hasRetryInfo(st) {
-				// Refused for a limit the broker expects to clear (its disk
-				// reserve, here or on the partition's leader): end the
-				// stream with the status, as for memory. The SDK waits out
-				// the RetryInfo and sends this batch and those after it
-				// again, in order, with the same ids; any of those stored
-				// meanwhile answer as duplicates.
-				return st.Err()
-			}
-			resp.Error = &ferryv1.PublishError{Code: uint32(st.Code()), Message: st.Message()}
-			if st.Code() == codes.Internal {
-				p.log.Error("internal error answered", "method", "PublishStream", "err", err)
-			}
+		resp, end := p.answerStream(ctx, f)
+		if end != nil {
+			return end
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
 	}
+}
+
+// streamRequest is one PublishStream request, queued in arrival order: its
+// batch, or why it was not enqueued.
+type streamRequest struct {
+	seq   uint64
+	batch *pendingBatch
+	err   error
+}
+
+// receiveStream queues each request of stream as it arrives and sends why
+// it stopped to recvErr (nil at EOF). It ends with the stream: at EOF, on
+// an error, or when the handler returns and gRPC cancels ctx.
+func (p *publisher) receiveStream(ctx context.Context, stream ferryv1.PublisherService_PublishStreamServer, queue chan<- streamRequest, recvErr chan<- error) {
+	defer close(queue)
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			recvErr <- err
+			return
+		}
+		f := streamRequest{seq: req.GetSequence()}
+		if f.err = checkFrame(ctx, req); f.err == nil { // auth.go: refused, answered with the refusal
+			f.batch, f.err = p.enqueue(ctx, req.GetTopic(), req.GetMessages())
+		}
+		if f.err != nil && ctx.Err() != nil {
+			// The stream is over and this batch may be stored in part:
+			// take nothing after it, which the client sends again, in
+			// order, after this one.
+			recvErr <- ctx.Err()
+			return
+		}
+		var refusal *memoryRefusal
+		refused := errors.As(f.err, &refusal)
+		select {
+		case queue <- f:
+		case <-ctx.Done():
+			f.batch.abandon()
+			recvErr <- ctx.Err()
+			return
+		}
+		if refused {
+			// Over the memory limit: take nothing after this batch,
+			// so that the client's retry keeps its order. The stream
+			// ends with the refusal once the batches before it are
+			// answered.
+			recvErr <- nil
+			return
+		}
+	}
+}
+
+// answerStream waits for f's batch and returns its response, or the
+// status that ends the stream (end) when f was refused for a limit the
+// client waits out.
+func (p *publisher) answerStream(ctx context.Context, f streamRequest) (resp *ferryv1.PublishStreamResponse, end error) {
+	var refusal *memoryRefusal
+	if errors.As(f.err, &refusal) {
+		// The stream's status carries the RetryInfo; the SDK waits it
+		// out and sends this batch and those after it again.
+		return nil, toStatus(f.err)
+	}
+	resp = &ferryv1.PublishStreamResponse{Sequence: f.seq}
+	err := f.err
+	if err == nil {
+		resp.Results, err = f.batch.wait(ctx)
+	}
+	if err != nil {
+		st := status.Convert(toStatus(err))
+		if hasRetryInfo(st) {
+			// Refused for a limit the broker expects to clear (its disk
+			// reserve, here or on the partition's leader): end the
+			// stream with the status, as for memory. The SDK waits out
+			// the RetryInfo and sends this batch and those after it
+			// again, in order, with the same ids; any of those stored
+			// meanwhile answer as duplicates.
+			return nil, st.Err()
+		}
+		resp.Error = &ferryv1.PublishError{Code: uint32(st.Code()), Message: st.Message()}
+		if st.Code() == codes.Internal {
+			p.log.Error("internal error answered", "method", "PublishStream", "err", err)
+		}
+	}
+	return resp, nil
 }
 
 // share is the part of a batch routed to one partition.

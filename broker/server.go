@@ -80,27 +80,10 @@ func Open(opts Options) (*Server, error) {
 	}
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg)
-	sopts := opts.Storage.SizeFor(opts.MemoryLimit)
-	sopts.Clock = opts.Clock
-	sopts.Logger = opts.Logger
-	sopts.Metrics = storage.NewMetrics(reg)
-	if opts.Cluster != nil {
-		sopts.Replicated = true
-		// A group becomes one Raft entry, which must stay under the
-		// entry limit (cluster.Options.MaxEntryBytes, 8 MiB) even when a
-		// full batch (MaxBatchBytes) lands on top of a gathered group.
-		sopts.MaxGroupBytes = min(sopts.MaxGroupBytes, maxReplicatedGroupBytes)
-	}
-	grpcLis, err := net.Listen("tcp", opts.GRPCAddr)
+	sopts := storageOptions(opts, reg)
+	grpcLis, httpLis, err := listen(opts)
 	if err != nil {
-		return nil, fmt.Errorf("listen grpc: %w", err)
-	}
-	var httpLis net.Listener
-	if opts.HTTPAddr != "" {
-		if httpLis, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
-			grpcLis.Close()
-			return nil, fmt.Errorf("listen http: %w", err)
-		}
+		return nil, err
 	}
 	st, err := storage.Open(sopts)
 	if err != nil {
@@ -144,41 +127,15 @@ func Open(opts Options) (*Server, error) {
 		closeAll()
 		return nil, err
 	}
-	// The node-to-node port serves the API too (forwarded requests): it
-	// refuses what does not decode the same way, and believes a forwarded
-	// caller's identity only from a member node.
-	peerOpts := []grpc.ServerOption{
-		grpc.ForceServerCodecV2(newRequestCodec()),
-		grpc.ChainUnaryInterceptor(peerOnlyUnary, refuseUndecodable(badInput), s.guard.peerUnary),
-		grpc.ChainStreamInterceptor(peerOnlyStream, refuseUndecodableStream(badInput), s.guard.peerStream),
-	}
 	s.clients = newClients(opts, reg)
-	s.grpc = grpc.NewServer(append(append(tlsServerOption(s.tls),
-		grpc.ForceServerCodecV2(newRequestCodec()),
-		grpc.StatsHandler(s.clients), // connections, for ListClients (clients.go)
-		// s.guard (auth.go), when auth is on, authenticates the caller,
-		// then checks the permission the call needs; s.clients counts
-		// each call by principal around it, and audits admin actions.
-		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), s.clients.unary, refuseUndecodable(badInput), s.guard.unary, s.clients.innerUnary, logInternal(s.log)),
-		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), s.clients.stream, refuseUndecodableStream(badInput), s.guard.stream, s.clients.innerStream, logInternalStream(s.log)),
-		grpc.ChainStreamInterceptor(brokenStreams...), // none but in a ferry_broken_* test build
-		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
-		// A fixed window per stream (gRPC's default grows it with the
-		// bandwidth-delay product, up to 16 MiB): what a client sends on a
-		// stream the broker has stopped reading — an effectively-once
-		// stream with its confirmations unread — waits at the client,
-		// beyond this much.
-		grpc.InitialWindowSize(streamWindowBytes),
-		grpc.InitialConnWindowSize(connWindowBytes),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	), quotas.interceptors()...)...) // the limits last: after the metrics, the decoding checks and auth
+	s.grpc = s.newGRPCServer(m, badInput, quotas)
 	var log consumer.Log = st
 	var topics topicAdmin = st
 	// The node-to-node port serves the services too; they are built
 	// below, on the engine, whose log is the node's.
 	var register func(*grpc.Server)
 	if opts.Cluster != nil {
-		if s.node, err = newNode(opts.Cluster, st, opts.Clock, s.log, reg, func(g *grpc.Server) { register(g) }, peerOpts, s.tls); err != nil {
+		if s.node, err = newNode(opts.Cluster, st, opts.Clock, s.log, reg, func(g *grpc.Server) { register(g) }, s.peerServerOptions(badInput), s.tls); err != nil {
 			closeAll()
 			return nil, fmt.Errorf("cluster node %d: %w", opts.Cluster.NodeID, err)
 		}
@@ -205,10 +162,91 @@ func Open(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("start cluster node %d: %w", opts.Cluster.NodeID, err)
 		}
 	}
+	s.registerServices(m, reg)
+	if httpLis != nil {
+		s.serveHTTP(httpLis, reg)
+	}
+	s.warnExposures()
+	s.ready.Store(true)
+	return s, nil
+}
+
+// storageOptions is opts.Storage sized for opts.MemoryLimit, with the
+// broker's clock, logger and metrics, and for a cluster replicated.
+func storageOptions(opts Options, reg prometheus.Registerer) storage.Options {
+	sopts := opts.Storage.SizeFor(opts.MemoryLimit)
+	sopts.Clock = opts.Clock
+	sopts.Logger = opts.Logger
+	sopts.Metrics = storage.NewMetrics(reg)
+	if opts.Cluster != nil {
+		sopts.Replicated = true
+		// A group becomes one Raft entry, which must stay under the
+		// entry limit (cluster.Options.MaxEntryBytes, 8 MiB) even when a
+		// full batch (MaxBatchBytes) lands on top of a gathered group.
+		sopts.MaxGroupBytes = min(sopts.MaxGroupBytes, maxReplicatedGroupBytes)
+	}
+	return sopts
+}
+
+// listen binds the gRPC port and, unless opts.HTTPAddr is empty, the HTTP
+// one (httpLis nil then).
+func listen(opts Options) (grpcLis, httpLis net.Listener, err error) {
+	grpcLis, err = net.Listen("tcp", opts.GRPCAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen grpc: %w", err)
+	}
+	if opts.HTTPAddr != "" {
+		if httpLis, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+			grpcLis.Close()
+			return nil, nil, fmt.Errorf("listen http: %w", err)
+		}
+	}
+	return grpcLis, httpLis, nil
+}
+
+// newGRPCServer is the public port's server: TLS, the request codec, and
+// the interceptors in order — metrics, connection stats, decoding checks,
+// auth, audit, then the quotas.
+func (s *Server) newGRPCServer(m *metrics, badInput *rateLog, quotas *quotas) *grpc.Server {
+	return grpc.NewServer(append(append(tlsServerOption(s.tls),
+		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.StatsHandler(s.clients), // connections, for ListClients (clients.go)
+		// s.guard (auth.go), when auth is on, authenticates the caller,
+		// then checks the permission the call needs; s.clients counts
+		// each call by principal around it, and audits admin actions.
+		grpc.ChainUnaryInterceptor(m.grpc.UnaryServerInterceptor(), s.clients.unary, refuseUndecodable(badInput), s.guard.unary, s.clients.innerUnary, logInternal(s.log)),
+		grpc.ChainStreamInterceptor(m.grpc.StreamServerInterceptor(), s.clients.stream, refuseUndecodableStream(badInput), s.guard.stream, s.clients.innerStream, logInternalStream(s.log)),
+		grpc.ChainStreamInterceptor(brokenStreams...), // none but in a ferry_broken_* test build
+		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
+		// A fixed window per stream (gRPC's default grows it with the
+		// bandwidth-delay product, up to 16 MiB): what a client sends on a
+		// stream the broker has stopped reading — an effectively-once
+		// stream with its confirmations unread — waits at the client,
+		// beyond this much.
+		grpc.InitialWindowSize(streamWindowBytes),
+		grpc.InitialConnWindowSize(connWindowBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	), quotas.interceptors()...)...) // the limits last: after the metrics, the decoding checks and auth
+}
+
+// peerServerOptions are the node-to-node port's: it serves the API too
+// (forwarded requests), refuses what does not decode the same way, and
+// believes a forwarded caller's identity only from a member node.
+func (s *Server) peerServerOptions(badInput *rateLog) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newRequestCodec()),
+		grpc.ChainUnaryInterceptor(peerOnlyUnary, refuseUndecodable(badInput), s.guard.peerUnary),
+		grpc.ChainStreamInterceptor(peerOnlyStream, refuseUndecodableStream(badInput), s.guard.peerStream),
+	}
+}
+
+// registerServices registers health and reflection on the public port,
+// and the broker's collectors and health statuses.
+func (s *Server) registerServices(m *metrics, reg *prometheus.Registry) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	m.grpc.InitializeMetrics(s.grpc)
-	reg.MustRegister(newStoreCollector(st, opts.Storage.Dir), newSubscriptionCollector(st, s.engine, opts.Clock))
+	reg.MustRegister(newStoreCollector(s.store, s.opts.Storage.Dir), newSubscriptionCollector(s.store, s.engine, s.opts.Clock))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "ferry_subscribe_dropped_messages_total",
 		Help: "Messages NONE subscriptions skipped because their consumers fell behind (skipped forward to the head).",
@@ -220,56 +258,56 @@ func Open(opts Options) (*Server, error) {
 	for _, svc := range []string{ferryv1.PublisherService_ServiceDesc.ServiceName, ferryv1.SubscriberService_ServiceDesc.ServiceName, ferryv1.AdminService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
-	if httpLis != nil {
-		mux := http.NewServeMux()
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-			_, _ = w.Write([]byte("ok\n"))
-		})
-		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-			if !s.ready.Load() {
-				http.Error(w, "not ready", http.StatusServiceUnavailable)
-				return
-			}
-			if s.node != nil && !s.node.Ready() {
-				http.Error(w, "not ready: a raft group has no leader yet", http.StatusServiceUnavailable)
-				return
-			}
-			// A broker short of disk is still ready: it serves reads,
-			// acks and deletes; the detail says what it refuses.
-			if d := s.store.Disk(); d.Low {
-				detail := "ready\nstorage " + d.String() + "\n"
-				if s.node != nil && s.node.RefusingAppends() {
-					detail += "raft appends refused: this node takes no entries until disk space is back, and leaders do not count it towards a quorum\n"
-				}
-				_, _ = w.Write([]byte(detail))
-				return
-			}
-			_, _ = w.Write([]byte("ready\n"))
-		})
-		var metrics http.Handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})
-		if opts.MetricsAuth {
-			metrics = s.guard.httpGuarded("/metrics", auth.Cluster, auth.Resource{}, metrics)
+}
+
+// serveHTTP builds the HTTP server on httpLis: /healthz, /readyz, /metrics
+// and, with Options.Pprof, the profiles.
+func (s *Server) serveHTTP(httpLis net.Listener, reg *prometheus.Registry) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
 		}
-		mux.Handle("GET /metrics", metrics)
-		if opts.Pprof {
-			// Profiles for operators who asked for them (--pprof), behind
-			// the admin permission with auth on (http_auth.go):
-			// go tool pprof http://HOST:7421/debug/pprof/heap
-			for path, h := range map[string]http.HandlerFunc{"/debug/pprof/": pprof.Index, "/debug/pprof/cmdline": pprof.Cmdline,
-				"/debug/pprof/profile": pprof.Profile, "/debug/pprof/symbol": pprof.Symbol, "/debug/pprof/trace": pprof.Trace} {
-				mux.Handle("GET "+path, s.guard.httpGuarded(path, auth.Admin, auth.Resource{Topic: "*"}, h))
-			}
+		if s.node != nil && !s.node.Ready() {
+			http.Error(w, "not ready: a raft group has no leader yet", http.StatusServiceUnavailable)
+			return
 		}
-		// Refused handshakes (plaintext to the TLS port) at DEBUG: anyone
-		// who reaches the port could flood the log otherwise.
-		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-		if s.tls != nil {
-			s.httpLis = tls.NewListener(httpLis, s.tls.HTTPConfig())
+		// A broker short of disk is still ready: it serves reads,
+		// acks and deletes; the detail says what it refuses.
+		if d := s.store.Disk(); d.Low {
+			detail := "ready\nstorage " + d.String() + "\n"
+			if s.node != nil && s.node.RefusingAppends() {
+				detail += "raft appends refused: this node takes no entries until disk space is back, and leaders do not count it towards a quorum\n"
+			}
+			_, _ = w.Write([]byte(detail))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	var metrics http.Handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})
+	if s.opts.MetricsAuth {
+		metrics = s.guard.httpGuarded("/metrics", auth.Cluster, auth.Resource{}, metrics)
+	}
+	mux.Handle("GET /metrics", metrics)
+	if s.opts.Pprof {
+		// Profiles for operators who asked for them (--pprof), behind
+		// the admin permission with auth on (http_auth.go):
+		// go tool pprof http://HOST:7421/debug/pprof/heap
+		for path, h := range map[string]http.HandlerFunc{"/debug/pprof/": pprof.Index, "/debug/pprof/cmdline": pprof.Cmdline,
+			"/debug/pprof/profile": pprof.Profile, "/debug/pprof/symbol": pprof.Symbol, "/debug/pprof/trace": pprof.Trace} {
+			mux.Handle("GET "+path, s.guard.httpGuarded(path, auth.Admin, auth.Resource{Topic: "*"}, h))
 		}
 	}
-	s.warnExposures()
-	s.ready.Store(true)
-	return s, nil
+	// Refused handshakes (plaintext to the TLS port) at DEBUG: anyone
+	// who reaches the port could flood the log otherwise.
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	if s.tls != nil {
+		s.httpLis = tls.NewListener(httpLis, s.tls.HTTPConfig())
+	}
 }
 
 // GRPCAddr is the address the gRPC server listens on.

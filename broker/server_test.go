@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -26,6 +25,8 @@ import (
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // testServer is a broker serving on loopback and a client connected to it.
@@ -52,7 +53,7 @@ func startServerIn(tb testing.TB, dir string, modify ...func(*Options)) *testSer
 	opts := DefaultOptions(dir)
 	opts.GRPCAddr = "127.0.0.1:0"
 	opts.HTTPAddr = "127.0.0.1:0"
-	opts.Logger = slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	opts.Logger = slog.New(slog.NewTextHandler(ferrytest.Writer{TB: tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	// Small, but Badger refuses a memtable under ~6.7 MiB now that values
 	// up to 1 MiB stay inline (its batch limit is 15% of a memtable).
 	opts.Storage.MemTableBytes = storage.MinMemTableBytes
@@ -119,13 +120,6 @@ func (ts *testServer) shutdown(tb testing.TB) {
 	case <-ctx.Done():
 		tb.Fatalf("Serve did not return after Shutdown")
 	}
-}
-
-type testWriter struct{ tb testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.tb.Log(string(bytes.TrimRight(p, "\n")))
-	return len(p), nil
 }
 
 // testContext is a context that ends well before the test's own timeout.

@@ -304,7 +304,7 @@ func TestSubscribeReconnectsAcrossBrokerRestarts(t *testing.T) {
 			}
 			p := cur.Load()
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			<-p.exited
+			<-p.Exited()
 			restarts <- "SIGTERM"
 		}
 		if k > n/2 {

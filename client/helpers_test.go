@@ -1,10 +1,7 @@
 package client_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,17 +9,15 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/client"
+	"github.com/ferrymq/ferry/internal/ferrytest"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 	"github.com/ferrymq/ferry/storage"
 )
@@ -34,20 +29,7 @@ import (
 
 const waitLimit = 30 * time.Second // limit on any condition wait
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildPath string
-	buildErr  error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(ferrytest.Main(m)) }
 
 // ferryBinary builds cmd/ferry once per test binary.
 func ferryBinary(tb testing.TB) string {
@@ -55,21 +37,7 @@ func ferryBinary(tb testing.TB) string {
 	if testing.Short() {
 		tb.Skip("builds and kills a real broker")
 	}
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "ferry-client-bin-")
-		if buildErr != nil {
-			return
-		}
-		buildPath = filepath.Join(buildDir, "ferry")
-		out, err := exec.Command("go", "build", "-o", buildPath, "github.com/ferrymq/ferry/cmd/ferry").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		tb.Fatal(buildErr)
-	}
-	return buildPath
+	return ferrytest.Ferry(tb)
 }
 
 // freeAddr returns a loopback address with a port that was free a moment
@@ -94,12 +62,9 @@ func freeAddr(tb testing.TB) string {
 
 // ferryProc is a running `ferry serve`.
 type ferryProc struct {
-	cmd     *exec.Cmd
-	addr    string
-	exited  chan struct{}
-	exitErr error
-	logMu   sync.Mutex
-	log     bytes.Buffer
+	*ferrytest.Process
+	cmd  *exec.Cmd
+	addr string
 }
 
 // startFerry runs `ferry serve` on dir listening on addr and waits until it
@@ -109,14 +74,13 @@ func startFerry(tb testing.TB, dir, addr string) *ferryProc {
 	bin := ferryBinary(tb)
 	deadline := time.Now().Add(waitLimit)
 	for {
-		p, err := tryStartFerry(bin, dir, addr)
+		fp, err := ferrytest.Start(tb, ferrytest.Serve{Bin: bin, Dir: dir, GRPCAddr: addr, Timeout: waitLimit})
 		if err == nil {
+			p := &ferryProc{Process: fp, cmd: fp.Cmd, addr: fp.GRPCAddr}
 			tb.Cleanup(func() {
-				p.kill()
+				p.Kill()
 				if tb.Failed() {
-					p.logMu.Lock()
-					tb.Logf("ferry serve on %s logged:\n%s", addr, p.log.String())
-					p.logMu.Unlock()
+					tb.Logf("ferry serve on %s logged:\n%s", addr, p.Log())
 				}
 			})
 			return p
@@ -130,65 +94,8 @@ func startFerry(tb testing.TB, dir, addr string) *ferryProc {
 	}
 }
 
-func tryStartFerry(bin, dir, addr string) (*ferryProc, error) {
-	cmd := exec.Command(bin, "serve", "--data-dir", dir, "--grpc-addr", addr, "--http-addr", "", "--log-format", "json")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &ferryProc{cmd: cmd, exited: make(chan struct{})}
-	serving := make(chan string, 1)
-	scanned := make(chan struct{})
-	go func() {
-		defer close(scanned)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			var line struct {
-				Msg      string `json:"msg"`
-				GRPCAddr string `json:"grpc_addr"`
-			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "ferry serving" {
-				serving <- line.GRPCAddr
-			}
-			p.logMu.Lock()
-			p.log.Write(sc.Bytes())
-			p.log.WriteByte('\n')
-			p.logMu.Unlock()
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	go func() {
-		<-scanned // Wait closes the pipe: read it all first
-		p.exitErr = cmd.Wait()
-		close(p.exited)
-	}()
-	select {
-	case p.addr = <-serving:
-		return p, nil
-	case <-p.exited:
-		p.logMu.Lock()
-		defer p.logMu.Unlock()
-		return nil, fmt.Errorf("exited before serving: %v\n%s", p.exitErr, p.log.String())
-	case <-time.After(waitLimit):
-		p.kill()
-		return nil, fmt.Errorf("not serving within %v", waitLimit)
-	}
-}
-
 // kill sends SIGKILL and waits until the process is gone.
-func (p *ferryProc) kill() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.exited
-}
+func (p *ferryProc) kill() { p.Kill() }
 
 // openBroker serves an in-process broker on addr with its data in dir. It
 // is shut down at the end of the test (again, if already shut down).
@@ -219,12 +126,7 @@ func openBroker(tb testing.TB, dir, addr string) *testBroker {
 // (reading a topic's log, acting as a second consumer).
 func rawConn(tb testing.TB, addr string) *grpc.ClientConn {
 	tb.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { conn.Close() })
-	return conn
+	return ferrytest.Dial(tb, addr)
 }
 
 // readAll reads every stored message of a topic, partition by partition,
@@ -255,13 +157,7 @@ func readAll(tb testing.TB, conn *grpc.ClientConn, topic string, partitions uint
 // waitFor polls cond until it holds, failing the test after limit.
 func waitFor(tb testing.TB, limit time.Duration, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("waited %v for %s", limit, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	ferrytest.Eventually(tb, limit, 10*time.Millisecond, what, cond)
 }
 
 // subStats returns a subscription's stats, or ok=false while the broker

@@ -57,7 +57,7 @@ func TestProducerRetriesAcrossBrokerRestarts(t *testing.T) {
 			case n / 2: // a graceful stop: UNAVAILABLE answers
 				cur = <-restarted
 				_ = cur.cmd.Process.Signal(syscall.SIGTERM)
-				<-cur.exited
+				<-cur.Exited()
 				stopped <- "SIGTERM"
 			case 3 * n / 4: // the connection breaks, the broker stays up
 				cur = <-restarted

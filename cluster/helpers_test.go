@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/storage"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // Helpers of every test in the package.
@@ -16,13 +17,6 @@ import (
 // waitLong bounds every wait for a node or the cluster to do something:
 // many election timeouts, and still well under the test's own timeout.
 const waitLong = 20 * time.Second
-
-type testWriter struct{ tb testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.tb.Log(string(bytes.TrimRight(p, "\n")))
-	return len(p), nil
-}
 
 // testLogger logs to the test at warn level; FERRY_CLUSTER_LOG=debug (or
 // info) shows more.
@@ -34,7 +28,7 @@ func testLogger(tb testing.TB) *slog.Logger {
 	case "info":
 		level = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: level}))
+	return ferrytest.Logger(tb, level)
 }
 
 // newStoreForTest opens a store in a temp dir, closed at cleanup.
@@ -54,11 +48,5 @@ func newStoreForTest(tb testing.TB) *storage.Store {
 // eventually polls cond until it holds or d passes.
 func eventually(tb testing.TB, d time.Duration, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("not after %v: %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	ferrytest.Eventually(tb, d, 2*time.Millisecond, what, cond)
 }

@@ -21,6 +21,8 @@ import (
 
 	"github.com/ferrymq/ferry/internal/clock"
 	"github.com/ferrymq/ferry/storage"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // The SIGKILL test's nodes snapshot every killSnapshotEntries entries,
@@ -170,7 +172,7 @@ func startChild(t *testing.T, c *testCluster, lead bool) *child {
 		"FERRY_CLUSTER_CHILD_DIR="+c.nodes[1].dir,
 		"FERRY_CLUSTER_CHILD_PEERS="+strings.Join(peers, ","),
 		fmt.Sprintf("FERRY_CLUSTER_CHILD_LEAD=%t", lead))
-	cmd.Stderr = testWriter{t}
+	cmd.Stderr = ferrytest.Writer{TB: t}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -15,16 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// enqueueSync asks the syncer for an fsync (under the fsync policy) that
-// covers everything committed so far; it shares the fsync with whatever
-// partitions and groups are syncing too. The caller must keep Close from
-// closing the syncer meanwhile.
-func enqueueSync(sy *syncer) *request {
-	r := &request{done: make(chan struct{})}
-	sy.enqueue(syncGroup{wrote: true, reqs: []*request{r}})
-	return r
-}
-
 // wait blocks until r is answered and returns its error.
 func (r *request) wait() error {
 	<-r.done
@@ -128,21 +118,11 @@ func (l *RaftLog) save(hs *raftpb.HardState, entries []*raftpb.Entry, snap *raft
 		}
 	}
 
-	var newHS *raftpb.HardState
-	if !raft.IsEmptyHardState(hs) {
-		if hs.GetCommit() > b.last {
-			return nil, fmt.Errorf("hard state commits %d beyond the last index %d: %w", hs.GetCommit(), b.last, ErrInvalidRaftRequest)
-		}
-		newHS = proto.Clone(hs).(*raftpb.HardState)
-		v, err := proto.Marshal(newHS)
-		if err != nil {
-			return nil, fmt.Errorf("encode hard state: %w", err)
-		}
-		if err := txn.Set(raftKey(l.group, raftKeyHardState), v); err != nil {
-			return nil, tooLarge(err)
-		}
-		wrote = true
+	newHS, err := l.setHardState(txn, hs, b.last)
+	if err != nil {
+		return nil, err
 	}
+	wrote = wrote || newHS != nil
 	if !wrote {
 		return nil, nil
 	}
@@ -154,11 +134,7 @@ func (l *RaftLog) save(hs *raftpb.HardState, entries []*raftpb.Entry, snap *raft
 	if err := l.commit(txn); err != nil {
 		return nil, tooLarge(err)
 	}
-	var appended int
-	for _, n := range sizes {
-		appended += n
-	}
-	l.sync.guard.grew(appended)
+	l.sync.guard.grew(totalBytes(sizes))
 
 	old := l.b
 	l.b, l.lastTerm, l.snap = b, lastTerm, meta
@@ -178,6 +154,44 @@ func (l *RaftLog) save(hs *raftpb.HardState, entries []*raftpb.Entry, snap *raft
 	// is a marker, and until the import it asks for replaces the
 	// partition, reads resolve the references (refs.go). The import
 	// deletes them (dropReplaced), or the group's next load.
+	if err := l.deleteOutside(old, b); err != nil {
+		return nil, errors.Join(err, r.wait())
+	}
+	return r, nil
+}
+
+// totalBytes is the sum of sizes.
+func totalBytes(sizes []int) int {
+	n := 0
+	for _, size := range sizes {
+		n += size
+	}
+	return n
+}
+
+// setHardState writes hs in txn unless it is empty, and returns the copy
+// to keep (nil if empty). last is the log's last index once txn commits.
+func (l *RaftLog) setHardState(txn *badger.Txn, hs *raftpb.HardState, last uint64) (*raftpb.HardState, error) {
+	if raft.IsEmptyHardState(hs) {
+		return nil, nil
+	}
+	if hs.GetCommit() > last {
+		return nil, fmt.Errorf("hard state commits %d beyond the last index %d: %w", hs.GetCommit(), last, ErrInvalidRaftRequest)
+	}
+	newHS := proto.Clone(hs).(*raftpb.HardState)
+	v, err := proto.Marshal(newHS)
+	if err != nil {
+		return nil, fmt.Errorf("encode hard state: %w", err)
+	}
+	if err := txn.Set(raftKey(l.group, raftKeyHardState), v); err != nil {
+		return nil, tooLarge(err)
+	}
+	return newHS, nil
+}
+
+// deleteOutside deletes the entries of the old log outside the new bounds
+// b, but those a partition's messages still reference (l.retain).
+func (l *RaftLog) deleteOutside(old, b raftBounds) error {
 	replaced := min(old.last, b.prev)
 	if l.retain != nil {
 		if pin := l.retain(); pin != 0 {
@@ -185,12 +199,12 @@ func (l *RaftLog) save(hs *raftpb.HardState, entries []*raftpb.Entry, snap *raft
 		}
 	}
 	if err := l.deleteEntries(old.prev+1, replaced); err != nil {
-		return nil, fmt.Errorf("delete entries replaced by the snapshot: %w", errors.Join(err, r.wait()))
+		return fmt.Errorf("delete entries replaced by the snapshot: %w", err)
 	}
 	if err := l.deleteEntries(max(b.last, old.prev)+1, old.last); err != nil {
-		return nil, fmt.Errorf("delete truncated entries: %w", errors.Join(err, r.wait()))
+		return fmt.Errorf("delete truncated entries: %w", err)
 	}
-	return r, nil
+	return nil
 }
 
 // checkRaftEntries checks that entries are consecutive with terms that

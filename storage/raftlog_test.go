@@ -22,6 +22,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrymq/ferry/internal/clock"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // ent is the entry at index of term with data (nil if none given).
@@ -893,7 +895,7 @@ func newTestNode(t *testing.T, l *RaftLog, applied uint64) *testNode {
 		Applied:         applied,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: 256,
-		Logger:          &raft.DefaultLogger{Logger: log.New(testWriter{t}, "raft ", 0)},
+		Logger:          &raft.DefaultLogger{Logger: log.New(ferrytest.Writer{TB: t}, "raft ", 0)},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -943,7 +945,7 @@ func TestRaftLogSurvivesKill(t *testing.T) {
 			for cycle := range 3 {
 				cmd := exec.Command(os.Args[0], "-test.run=^TestRaftLogKillChild$", "-test.v")
 				cmd.Env = append(os.Environ(), "FERRY_RAFTLOG_CHILD_DIR="+dir, "FERRY_RAFTLOG_CHILD_FSYNC="+fsync.String())
-				cmd.Stderr = testWriter{t}
+				cmd.Stderr = ferrytest.Writer{TB: t}
 				out, err := cmd.StdoutPipe()
 				if err != nil {
 					t.Fatal(err)

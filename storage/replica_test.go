@@ -12,6 +12,8 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/ferrymq/ferry/internal/clock"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // raftProposer is a partition's Raft group of one node, on the partition's
@@ -75,7 +77,7 @@ func startRaftProposerWith(t *testing.T, s *Store, topic string, part uint32, l 
 		ID: 1, ElectionTick: 10, HeartbeatTick: 1, Storage: l,
 		Applied:       max(rep.Applied(), first-1), // the bootstrap snapshot counts as applied
 		MaxSizePerMsg: 1 << 20, MaxInflightMsgs: 256,
-		Logger: &raft.DefaultLogger{Logger: log.New(testWriter{t}, "raft ", 0)},
+		Logger: &raft.DefaultLogger{Logger: log.New(ferrytest.Writer{TB: t}, "raft ", 0)},
 	})
 	if err != nil {
 		t.Fatal(err)

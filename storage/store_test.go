@@ -13,6 +13,8 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/ferrymq/ferry/internal/clock"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -23,17 +25,10 @@ func testOptions(tb testing.TB, clk clock.Clock) Options {
 	tb.Helper()
 	opts := DefaultOptions(tb.TempDir())
 	opts.Clock = clk
-	opts.Logger = slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	opts.Logger = slog.New(slog.NewTextHandler(ferrytest.Writer{TB: tb}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	opts.MemTableBytes = MinMemTableBytes
 	opts.BlockCacheBytes = 4 << 20
 	return opts
-}
-
-type testWriter struct{ tb testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.tb.Log(string(bytes.TrimRight(p, "\n")))
-	return len(p), nil
 }
 
 func openStore(tb testing.TB, opts Options) *Store {

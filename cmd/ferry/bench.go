@@ -215,6 +215,10 @@ func (r *recorder) takeWindow() (n int64, p50, p99 float64) {
 	return n, p50, p99
 }
 
+// runBench runs the benchmark o describes, writing progress lines to
+// progress, and returns its result.
+//
+// long function: being split with the CLI's move onto the SDK
 func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchResult, error) {
 	addr := o.server
 	if addr == "" {

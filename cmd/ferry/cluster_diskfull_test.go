@@ -86,7 +86,7 @@ func TestClusterNodeDiskFull(t *testing.T) {
 
 	select {
 	case <-victim.process().exited:
-		t.Fatalf("node %d died on its full disk: %v (log %s)", victim.id, victim.process().exitErr, victim.logPath)
+		t.Fatalf("node %d died on its full disk: %v (log %s)", victim.id, victim.process().exitErr(), victim.logPath)
 	default:
 	}
 	hs, err := heads(context.Background(), victim, topic)

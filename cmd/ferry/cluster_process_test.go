@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,6 +19,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // testCluster is a cluster of real `ferry serve` processes on loopback.
@@ -166,57 +164,22 @@ func (c *testCluster) startNode(nd *clusterNode) error {
 		return err
 	}
 	fmt.Fprintf(logf, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
-	args := append([]string{"serve", "--data-dir", nd.dir, "--log-format", "json",
-		"--grpc-addr", nd.grpcAddr, "--http-addr", "127.0.0.1:0", "--shutdown-timeout", "10s",
+	args := append([]string{"--http-addr", "127.0.0.1:0", "--shutdown-timeout", "10s",
 		"--node-id", fmt.Sprint(nd.id), "--peers", nd.peers, "--peer-addr", nd.peerAddr}, nd.args...)
-	cmd := exec.Command(buildFerryTags(c.tb, c.setup.tags), args...)
-	if len(c.setup.env) > 0 {
-		cmd.Env = append(os.Environ(), c.setup.env...)
-	}
-	stderr, err := cmd.StderrPipe()
+	fp, err := ferrytest.Start(c.tb, ferrytest.Serve{
+		Bin: buildFerryTags(c.tb, c.setup.tags), Env: c.setup.env, Dir: nd.dir, GRPCAddr: nd.grpcAddr, Args: args,
+		Log: func(line []byte) { logf.Write(append(line, '\n')) },
+		OnExit: func(err error) {
+			fmt.Fprintf(logf, "=== exit %s: %v\n", time.Now().Format(time.RFC3339Nano), err)
+			logf.Close()
+		},
+	})
 	if err != nil {
-		logf.Close()
-		return err
+		return fmt.Errorf("node %d: %w (log %s)", nd.id, err, nd.logPath)
 	}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return err
-	}
-	p := &process{cmd: cmd, grpcAddr: nd.grpcAddr, exited: make(chan struct{})}
-	serving := make(chan string, 1)
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			logf.Write(append(sc.Bytes(), '\n'))
-			var line struct {
-				Msg      string `json:"msg"`
-				HTTPAddr string `json:"http_addr"`
-			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "ferry serving" {
-				serving <- line.HTTPAddr
-			}
-		}
-		_, _ = io.Copy(logf, stderr)
-	}()
-	go func() {
-		<-copied // Wait closes the pipe: read it all first
-		p.exitErr = cmd.Wait()
-		fmt.Fprintf(logf, "=== exit %s: %v\n", time.Now().Format(time.RFC3339Nano), p.exitErr)
-		logf.Close()
-		close(p.exited)
-	}()
+	p := newProcess(fp)
+	p.grpcAddr = nd.grpcAddr
 	c.tb.Cleanup(func() { p.kill(c.tb) })
-	select {
-	case p.httpAddr = <-serving:
-	case <-p.exited:
-		return fmt.Errorf("node %d exited before serving: %v (log %s)", nd.id, p.exitErr, nd.logPath)
-	case <-time.After(30 * time.Second):
-		p.kill(c.tb)
-		return fmt.Errorf("node %d did not serve within 30s (log %s)", nd.id, nd.logPath)
-	}
 	nd.mu.Lock()
 	nd.proc = p
 	nd.mu.Unlock()
@@ -422,13 +385,7 @@ func (c *testCluster) following(nd *clusterNode) string {
 // waitFor polls cond every 50ms until it holds, or fails tb after limit.
 func waitFor(tb testing.TB, limit time.Duration, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("no %s within %v", what, limit)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	ferrytest.Eventually(tb, limit, 50*time.Millisecond, what, cond)
 }
 
 // readLog reads all of topic's partition part as nd has it, page by page

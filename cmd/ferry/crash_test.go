@@ -384,7 +384,7 @@ func TestShutdownReadinessFirst(t *testing.T) {
 		select {
 		case <-p.exited:
 			took = time.Since(start)
-			stopErr = p.exitErr
+			stopErr = p.exitErr()
 		case <-time.After(10 * time.Second):
 			p.kill(t)
 			t.Fatal("no exit within 10s of SIGTERM")

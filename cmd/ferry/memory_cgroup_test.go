@@ -121,7 +121,7 @@ func TestMemoryLimitInCgroup(t *testing.T) {
 
 	select {
 	case <-p.exited:
-		t.Fatalf("ferry serve died under load: %v (OOM kills in the cgroup: %d)", p.exitErr, cg.oomKills())
+		t.Fatalf("ferry serve died under load: %v (OOM kills in the cgroup: %d)", p.exitErr(), cg.oomKills())
 	default:
 	}
 	died()

@@ -57,7 +57,7 @@ func TestServeManyPartitionsInCgroup(t *testing.T) {
 	}
 	select {
 	case <-p.exited:
-		t.Fatalf("ferry serve exited: %v", p.exitErr)
+		t.Fatalf("ferry serve exited: %v", p.exitErr())
 	default:
 	}
 	t.Logf("after a publish to each topic: cgroup peak %d MiB", cg.peak()>>20)

@@ -121,19 +121,7 @@ func Check(ev *Evidence, now time.Time, final bool, grace time.Duration) Report 
 		}
 	}
 
-	store := ServiceReport{Name: "storefront", Guarantee: "idempotent publish", Handled: len(ids), Duplicates: ev.DoubleSubmits}
-	var storeV violations
-	for _, id := range ids {
-		if n := ev.Orders[id].Copies; n > 1 {
-			storeV.add("order %s stored %d times", id, n)
-		}
-	}
-	for _, id := range slices.Sorted(maps.Keys(ev.Accepted)) {
-		if _, ok := ev.Orders[id]; !ok {
-			store.Losses++
-			storeV.add("order %s was accepted but is not in %s", id, topicOrders)
-		}
-	}
+	store, storeV := checkStorefront(ev, ids)
 
 	kitchen := ServiceReport{Name: "kitchen", Guarantee: "effectively-once"}
 	var kitchenV violations
@@ -192,14 +180,7 @@ func Check(ev *Evidence, now time.Time, final bool, grace time.Duration) Report 
 	r.Orders.Cooked = kitchen.Handled
 	r.Orders.Charged = billing.Handled
 	r.Orders.Delivered = courier.Handled
-	for _, id := range ids {
-		if ev.Texts[textConfirmed][id] > 0 {
-			r.Orders.Confirmed++
-		}
-		if ev.Texts[textOnTheWay][id] > 0 {
-			r.Orders.OnTheWay++
-		}
-	}
+	r.Orders.Confirmed, r.Orders.OnTheWay = countTexts(ev, ids)
 	r.Held = true
 	for _, s := range []struct {
 		r *ServiceReport
@@ -211,6 +192,39 @@ func Check(ev *Evidence, now time.Time, final bool, grace time.Duration) Report 
 		r.Services = append(r.Services, *s.r)
 	}
 	return r
+}
+
+// checkStorefront judges the storefront (idempotent publish): no order id
+// stored twice, and every accepted order stored. ids are the stored
+// orders' ids, sorted.
+func checkStorefront(ev *Evidence, ids []string) (ServiceReport, violations) {
+	store := ServiceReport{Name: "storefront", Guarantee: "idempotent publish", Handled: len(ids), Duplicates: ev.DoubleSubmits}
+	var storeV violations
+	for _, id := range ids {
+		if n := ev.Orders[id].Copies; n > 1 {
+			storeV.add("order %s stored %d times", id, n)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(ev.Accepted)) {
+		if _, ok := ev.Orders[id]; !ok {
+			store.Losses++
+			storeV.add("order %s was accepted but is not in %s", id, topicOrders)
+		}
+	}
+	return store, storeV
+}
+
+// countTexts counts the orders of ids whose customer got each text.
+func countTexts(ev *Evidence, ids []string) (confirmed, onTheWay int) {
+	for _, id := range ids {
+		if ev.Texts[textConfirmed][id] > 0 {
+			confirmed++
+		}
+		if ev.Texts[textOnTheWay][id] > 0 {
+			onTheWay++
+		}
+	}
+	return confirmed, onTheWay
 }
 
 // service returns the report of the named service, or nil.

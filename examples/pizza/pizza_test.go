@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/storage"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // TestPizzaUnderChaos runs the demo as `go run` would: it places 300
@@ -199,15 +201,14 @@ func (r storeReader) read(ctx context.Context, topic string, partition uint32, f
 	return out, msgs[len(msgs)-1].Offset + 1, nil
 }
 
-// buildDemo builds the demo into a temporary directory and returns the
-// binary's path.
+// TestMain removes the demo binary the tests built.
+func TestMain(m *testing.M) { os.Exit(ferrytest.Main(m)) }
+
+// buildDemo builds the demo once per test binary and returns the binary's
+// path.
 func buildDemo(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "pizza")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return ferrytest.Build(t, ".", "")
 }
 
 // dumpLogs logs the tail of each process's log.

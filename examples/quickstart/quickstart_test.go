@@ -7,6 +7,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/broker"
+	"github.com/ferrymq/ferry/internal/ferrytest"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -22,19 +24,15 @@ import (
 // first and checks that the second prints every message published, once.
 // A second consumer run then finds nothing left: each message was acked.
 func TestQuickstart(t *testing.T) {
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+string(filepath.Separator), "./producer", "./consumer")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	producer, consumer := ferrytest.Build(t, "./producer", ""), ferrytest.Build(t, "./consumer", "")
 	addr := startBroker(t)
 
 	const count = 25
-	published := lines(t, run(t, filepath.Join(bin, "producer"), "--server", addr, "--count", "25"), "published")
+	published := lines(t, run(t, producer, "--server", addr, "--count", "25"), "published")
 	if len(published) != count {
 		t.Fatalf("the producer printed %d messages, want %d", len(published), count)
 	}
-	received := lines(t, run(t, filepath.Join(bin, "consumer"), "--server", addr, "--count", "25", "--timeout", "10s"), "received")
+	received := lines(t, run(t, consumer, "--server", addr, "--count", "25", "--timeout", "10s"), "received")
 	slices.Sort(published)
 	slices.Sort(received)
 	if !slices.Equal(published, received) {
@@ -42,13 +40,16 @@ func TestQuickstart(t *testing.T) {
 	}
 
 	// Everything was acked: a consumer now waits in vain, and says so.
-	cmd := exec.Command(filepath.Join(bin, "consumer"), "--count", "1", "--timeout", "500ms")
+	cmd := exec.Command(consumer, "--count", "1", "--timeout", "500ms")
 	cmd.Env = append(cmd.Environ(), "FERRY_SERVER="+addr) // the flag's default
 	out, err := cmd.CombinedOutput()
 	if err == nil || !bytes.Contains(out, []byte("received 0 of 1")) {
 		t.Fatalf("a consumer of an empty subscription: err %v, output:\n%s", err, out)
 	}
 }
+
+// TestMain removes the programs the test built.
+func TestMain(m *testing.M) { os.Exit(ferrytest.Main(m)) }
 
 // line is what both programs print about a message: its id, partition,
 // offset and payload.

@@ -64,29 +64,13 @@ func runLoad(ctx context.Context, lg *slog.Logger, args []string) error {
 func load(ctx context.Context, lg *slog.Logger, cfg loadConfig) error {
 	out := cfg.topic + "-out"
 	sub := cfg.topic + "-pipeline"
-	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	dctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	// Keepalive: a node that vanishes without closing its connections is
-	// noticed within 15 s (the broker allows a ping every 10 s).
-	c, err := client.Dial(dctx, joinList(cfg.servers), append(clientOptions(), client.WithLogger(quiet), client.WithCallTimeout(10*time.Second),
-		client.WithKeepalive(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}))...)
+	c, err := dialCluster(ctx, cfg.servers)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	tc := client.TopicConfig{Partitions: cfg.partitions, DedupWindow: time.Hour}
-	for _, t := range []string{cfg.topic, out} {
-		if err := retry(ctx, time.Minute, func(ctx context.Context) error { _, err := c.CreateTopic(ctx, t, tc); return err }); err != nil {
-			return fmt.Errorf("create topic %s: %w", t, err)
-		}
-	}
-	sc := client.SubscriptionConfig{Guarantee: client.EffectivelyOnce, Type: client.Shared, Start: client.Earliest(), AckTimeout: 10 * time.Second}
-	if err := retry(ctx, time.Minute, func(ctx context.Context) error {
-		_, err := c.CreateSubscription(ctx, cfg.topic, sub, sc)
+	if err := createPipeline(ctx, c, cfg, out, sub); err != nil {
 		return err
-	}); err != nil {
-		return fmt.Errorf("create subscription %s: %w", sub, err)
 	}
 
 	pl := &pipeline{delivered: map[string]int{}}
@@ -113,22 +97,7 @@ func load(ctx context.Context, lg *slog.Logger, cfg loadConfig) error {
 	if !sleepCtx(ctx, cfg.warmup) {
 		return ctx.Err()
 	}
-	var (
-		disruptErr  error
-		disruptTook time.Duration
-		duringAcks  int
-	)
-	if cfg.disrupt != "" {
-		before := pub.count()
-		lg.Info("disruption starts", "cmd", cfg.disrupt, "acked_so_far", before)
-		t0 := time.Now()
-		cmd := exec.CommandContext(ctx, "bash", "-c", cfg.disrupt)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		disruptErr = cmd.Run()
-		disruptTook = time.Since(t0)
-		duringAcks = pub.count() - before
-		lg.Info("disruption finished", "took", disruptTook.Round(time.Millisecond), "err", disruptErr, "acked_meanwhile", duringAcks)
-	}
+	disruptTook, duringAcks, disruptErr := disrupt(ctx, lg, cfg.disrupt, pub)
 	sleepCtx(ctx, cfg.after)
 	close(pub.stopping)
 	wg.Wait()
@@ -142,45 +111,15 @@ func load(ctx context.Context, lg *slog.Logger, cfg loadConfig) error {
 	if cfg.disrupt != "" && duringAcks == 0 {
 		bad("no publish was acknowledged during the disruption: the load did not run through it")
 	}
-	ps := pub.summary()
-	lg.Info("publishes", "acked", ps.acked, "failed", ps.failed, "took", loadTook.Round(time.Millisecond),
-		"latency_p50", ps.p50, "latency_p99", ps.p99, "latency_max", ps.max, "slowest_at", ps.maxAt.Sub(start).Round(time.Millisecond))
-	if ps.acked == 0 {
-		bad("no publish was acknowledged")
-	}
-	for _, f := range ps.failures {
-		bad("publish failed: %s", f)
-	}
-	if ps.max > cfg.maxLatency {
-		bad("slowest publish took %v from first try to ack (at +%v), over -max-latency %v",
-			ps.max, ps.maxAt.Sub(start).Round(time.Millisecond), cfg.maxLatency)
-	}
+	ps := checkPublishes(lg, pub, start, loadTook, cfg.maxLatency, bad)
 
 	// Every node's logs: all acknowledged messages, where they were
 	// acknowledged, the same on every node.
 	sctx, cancelSettle := context.WithTimeout(ctx, cfg.settle)
 	defer cancelSettle()
-	logs := make([]partitionLogs, len(cfg.servers))
-	for i, addr := range cfg.servers {
-		logs[i], err = readAll(sctx, addr, cfg.topic, cfg.partitions)
-		if err != nil {
-			return fmt.Errorf("read %s from %s: %w", cfg.topic, addr, err)
-		}
-	}
-	stored := 0
-	for i, l := range logs {
-		if p := l.missing(pub.acked); len(p) > 0 {
-			bad("node %s: %d acknowledged messages missing or misplaced, such as %s", cfg.servers[i], len(p), p[0])
-		}
-		if d := l.duplicates(); len(d) > 0 {
-			bad("node %s: %d ids stored twice, such as %s", cfg.servers[i], len(d), d[0])
-		}
-		if i > 0 {
-			if d := l.diff(logs[0]); d != "" {
-				bad("node %s and node %s differ: %s", cfg.servers[i], cfg.servers[0], d)
-			}
-		}
-		stored = l.count()
+	logs, stored, err := checkLogs(sctx, cfg, pub.acked, bad)
+	if err != nil {
+		return err
 	}
 	lg.Info("logs read from every node", "stored", stored, "acked", ps.acked, "unknown_outcome", stored-ps.acked)
 
@@ -201,31 +140,7 @@ func load(ctx context.Context, lg *slog.Logger, cfg loadConfig) error {
 	if err := <-pdone; err != nil && !errors.Is(err, context.Canceled) {
 		bad("pipeline: %v", err)
 	}
-	var lost, twice, extra []string
-	for id := range inputs {
-		switch n := outputs[id]; {
-		case n == 0:
-			lost = append(lost, id)
-		case n > 1:
-			twice = append(twice, id)
-		}
-	}
-	for id := range outputs {
-		if !inputs[id] {
-			extra = append(extra, id)
-		}
-	}
-	if len(lost) > 0 {
-		slices.Sort(lost)
-		bad("pipeline: %d inputs without an output after %v, such as %s", len(lost), cfg.settle, lost[0])
-	}
-	if len(twice) > 0 {
-		slices.Sort(twice)
-		bad("pipeline: %d inputs with more than one output, such as %s", len(twice), twice[0])
-	}
-	if len(extra) > 0 {
-		bad("pipeline: %d outputs for no stored input, such as %s", len(extra), extra[0])
-	}
+	checkOutputs(inputs, outputs, cfg.settle, bad)
 	deliveries, redelivered := pl.counts()
 	lg.Info("pipeline", "inputs", len(inputs), "outputs", len(outputs), "deliveries", deliveries, "inputs_redelivered", redelivered)
 
@@ -245,6 +160,134 @@ func load(ctx context.Context, lg *slog.Logger, cfg loadConfig) error {
 		cfg.topic, ps.acked, stored-ps.acked, len(cfg.servers), ps.max.Round(time.Millisecond), ps.p99,
 		disruptTook.Round(time.Millisecond), len(inputs), redelivered)
 	return nil
+}
+
+// dialCluster connects to every node of servers. Keepalive: a node that
+// vanishes without closing its connections is noticed within 15 s (the
+// broker allows a ping every 10 s).
+func dialCluster(ctx context.Context, servers []string) (*client.Client, error) {
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return client.Dial(dctx, joinList(servers), append(clientOptions(), client.WithLogger(quiet), client.WithCallTimeout(10*time.Second),
+		client.WithKeepalive(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}))...)
+}
+
+// createPipeline creates the input topic, the output topic out and the
+// pipeline's subscription sub, if missing.
+func createPipeline(ctx context.Context, c *client.Client, cfg loadConfig, out, sub string) error {
+	tc := client.TopicConfig{Partitions: cfg.partitions, DedupWindow: time.Hour}
+	for _, t := range []string{cfg.topic, out} {
+		if err := retry(ctx, time.Minute, func(ctx context.Context) error { _, err := c.CreateTopic(ctx, t, tc); return err }); err != nil {
+			return fmt.Errorf("create topic %s: %w", t, err)
+		}
+	}
+	sc := client.SubscriptionConfig{Guarantee: client.EffectivelyOnce, Type: client.Shared, Start: client.Earliest(), AckTimeout: 10 * time.Second}
+	if err := retry(ctx, time.Minute, func(ctx context.Context) error {
+		_, err := c.CreateSubscription(ctx, cfg.topic, sub, sc)
+		return err
+	}); err != nil {
+		return fmt.Errorf("create subscription %s: %w", sub, err)
+	}
+	return nil
+}
+
+// disrupt runs the shell command cmdline (nothing if empty) under pub's
+// load, and returns how long it took, the publishes acknowledged
+// meanwhile and its error.
+func disrupt(ctx context.Context, lg *slog.Logger, cmdline string, pub *publisher) (took time.Duration, duringAcks int, err error) {
+	if cmdline == "" {
+		return 0, 0, nil
+	}
+	before := pub.count()
+	lg.Info("disruption starts", "cmd", cmdline, "acked_so_far", before)
+	t0 := time.Now()
+	cmd := exec.CommandContext(ctx, "bash", "-c", cmdline)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	err = cmd.Run()
+	took = time.Since(t0)
+	duringAcks = pub.count() - before
+	lg.Info("disruption finished", "took", took.Round(time.Millisecond), "err", err, "acked_meanwhile", duringAcks)
+	return took, duringAcks, err
+}
+
+// checkPublishes logs pub's summary and reports to bad no publish
+// acknowledged, each failed one, and the slowest over maxLatency; the load
+// started at start and took loadTook.
+func checkPublishes(lg *slog.Logger, pub *publisher, start time.Time, loadTook, maxLatency time.Duration, bad func(string, ...any)) publishSummary {
+	ps := pub.summary()
+	lg.Info("publishes", "acked", ps.acked, "failed", ps.failed, "took", loadTook.Round(time.Millisecond),
+		"latency_p50", ps.p50, "latency_p99", ps.p99, "latency_max", ps.max, "slowest_at", ps.maxAt.Sub(start).Round(time.Millisecond))
+	if ps.acked == 0 {
+		bad("no publish was acknowledged")
+	}
+	for _, f := range ps.failures {
+		bad("publish failed: %s", f)
+	}
+	if ps.max > maxLatency {
+		bad("slowest publish took %v from first try to ack (at +%v), over -max-latency %v",
+			ps.max, ps.maxAt.Sub(start).Round(time.Millisecond), maxLatency)
+	}
+	return ps
+}
+
+// checkLogs reads the input topic from every node and reports to bad each
+// acknowledged message missing or misplaced, each id stored twice and
+// each node whose log differs from the first's. stored is the messages
+// stored (as the last node has them).
+func checkLogs(ctx context.Context, cfg loadConfig, acked map[string]ack, bad func(string, ...any)) (logs []partitionLogs, stored int, err error) {
+	logs = make([]partitionLogs, len(cfg.servers))
+	for i, addr := range cfg.servers {
+		logs[i], err = readAll(ctx, addr, cfg.topic, cfg.partitions)
+		if err != nil {
+			return nil, 0, fmt.Errorf("read %s from %s: %w", cfg.topic, addr, err)
+		}
+	}
+	for i, l := range logs {
+		if p := l.missing(acked); len(p) > 0 {
+			bad("node %s: %d acknowledged messages missing or misplaced, such as %s", cfg.servers[i], len(p), p[0])
+		}
+		if d := l.duplicates(); len(d) > 0 {
+			bad("node %s: %d ids stored twice, such as %s", cfg.servers[i], len(d), d[0])
+		}
+		if i > 0 {
+			if d := l.diff(logs[0]); d != "" {
+				bad("node %s and node %s differ: %s", cfg.servers[i], cfg.servers[0], d)
+			}
+		}
+		stored = l.count()
+	}
+	return logs, stored, nil
+}
+
+// checkOutputs reports to bad each stored input without an output after
+// settle, with more than one, and each output for no stored input.
+func checkOutputs(inputs map[string]bool, outputs map[string]int, settle time.Duration, bad func(string, ...any)) {
+	var lost, twice, extra []string
+	for id := range inputs {
+		switch n := outputs[id]; {
+		case n == 0:
+			lost = append(lost, id)
+		case n > 1:
+			twice = append(twice, id)
+		}
+	}
+	for id := range outputs {
+		if !inputs[id] {
+			extra = append(extra, id)
+		}
+	}
+	if len(lost) > 0 {
+		slices.Sort(lost)
+		bad("pipeline: %d inputs without an output after %v, such as %s", len(lost), settle, lost[0])
+	}
+	if len(twice) > 0 {
+		slices.Sort(twice)
+		bad("pipeline: %d inputs with more than one output, such as %s", len(twice), twice[0])
+	}
+	if len(extra) > 0 {
+		bad("pipeline: %d outputs for no stored input, such as %s", len(extra), extra[0])
+	}
 }
 
 // retry runs f until it succeeds, fails with a code other than
