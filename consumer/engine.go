@@ -116,7 +116,7 @@ type EngineOptions struct {
 	// and not yet taken by its stream, in bytes of payload, key and id
 	// plus a fixed overhead per delivery: a consumer whose queue is full
 	// gets nothing more until its stream takes some (one delivery always
-	// fits). Default DefaultQueueBytes (256 KiB).
+	// fits). Default DefaultQueueBytes (64 KiB).
 	QueueBytes int
 	// RememberedCommits bounds how many delivery ids of landed commits
 	// the engine remembers, over all subscriptions, to answer a retry of

@@ -11,7 +11,7 @@ import (
 	"github.com/ferrymq/ferry/storage"
 )
 
-// Guarantee is what a subscription promises about delivery (DESIGN §2).
+// Guarantee is what a subscription promises about delivery (docs/design.md §2).
 type Guarantee int
 
 const (

@@ -368,11 +368,11 @@ func (h *harness) pendingAck(ids []DeliveryID, r *ackResult) {
 	})
 }
 
-// TestEffectivelyOnceAckBeforeRefetch shows a gap in DESIGN §2 rule 4:
-// after a restart, an ack of a pre-restart attempt that arrives before the
-// message is read again is taken without its id (the core does not hold
-// the message), so a later message with that id is delivered, not skipped.
-// Skipped until the core records the id (see the test report).
+// TestEffectivelyOnceAckBeforeRefetch: docs/design.md §2 rule 4 after a
+// restart — an ack of a pre-restart attempt that arrives before the
+// message is read again (the machine does not hold it) still records the
+// message's id (the loop reads the ids first), so a later message with
+// that id is skipped.
 func TestEffectivelyOnceAckBeforeRefetch(t *testing.T) {
 	h := newHarness(t)
 	h.effectivelyOnce("t", 2, 10)
