@@ -6,8 +6,9 @@ import (
 	"time"
 )
 
-// Bounds of what one consumer may cost the broker (STYLE.md §5: everything
-// kept per client has a bound and a behaviour at it).
+// Bounds of what one consumer may cost the broker (CONTRIBUTING.md's
+// conventions: everything kept per client has a bound and a behaviour at
+// it).
 const (
 	// MaxCredit is the most credit a consumer may grant: the most unacked
 	// deliveries it may hold. A larger credit is refused with
