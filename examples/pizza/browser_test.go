@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // TestPizzaInBrowser drives the storefront page in headless Chromium as a
@@ -450,7 +452,7 @@ func (b *browser) screenshot() {
 	if env := os.Getenv("FERRY_PIZZA_SCREENSHOT"); env != "" {
 		path = env
 		if !filepath.IsAbs(path) {
-			path = filepath.Join(repoRoot(b.t), path)
+			path = filepath.Join(ferrytest.ModuleRoot(b.t), path)
 		}
 	}
 	png := run(b, "a screenshot", chromedp.FullScreenshot(100))
@@ -516,23 +518,4 @@ func (c *consoleLog) exceptions() []string {
 		}
 	}
 	return out
-}
-
-// repoRoot returns the repository's root: the directory of go.mod.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := filepath.Abs(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
 }

@@ -13,6 +13,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/ferrymq/ferry/internal/ferrytest"
 )
 
 // generated matches the header Go's convention gives generated files.
@@ -22,7 +24,7 @@ var generated = regexp.MustCompile(`(?m)^// Code generated .* DO NOT EDIT\.$`)
 // for each file over MaxFileLines and each function over MaxFuncLines
 // without a named exception.
 func TestLimits(t *testing.T) {
-	root := moduleRoot(t)
+	root := ferrytest.ModuleRoot(t)
 	var files int
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -130,22 +132,4 @@ func excepted(doc *ast.CommentGroup) bool {
 		}
 	}
 	return false
-}
-
-// moduleRoot is the directory of the go.mod above this package.
-func moduleRoot(t *testing.T) string {
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test")
-		}
-		dir = parent
-	}
 }

@@ -77,3 +77,23 @@ func Main(m *testing.M) int {
 	}
 	return code
 }
+
+// ModuleRoot is the directory of the go.mod above the test's working
+// directory: the repository's root.
+func ModuleRoot(tb testing.TB) string {
+	tb.Helper()
+	dir, err := filepath.Abs(".")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			tb.Fatal("no go.mod above the test's directory")
+		}
+		dir = parent
+	}
+}
