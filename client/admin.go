@@ -6,56 +6,9 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
-
-// Guarantee is a subscription's delivery guarantee.
-type Guarantee = ferryv1.DeliveryGuarantee
-
-// The guarantees (DESIGN §2).
-const (
-	None            = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_NONE
-	AtMostOnce      = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_MOST_ONCE
-	AtLeastOnce     = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_LEAST_ONCE
-	EffectivelyOnce = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_EFFECTIVELY_ONCE
-)
-
-// SubscriptionType is how a subscription's messages spread over consumers.
-type SubscriptionType = ferryv1.SubscriptionType
-
-// The subscription types.
-const (
-	Shared    = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_SHARED
-	KeyShared = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_KEY_SHARED
-	Exclusive = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_EXCLUSIVE
-	Failover  = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_FAILOVER
-)
-
-// Position is where a subscription starts or seeks to: Earliest, Latest,
-// AtOffset or AtTime.
-type Position struct{ p *ferryv1.Position }
-
-// Earliest is the oldest retained message of each partition.
-func Earliest() Position {
-	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_EARLIEST}}
-}
-
-// Latest is the head of each partition: what is published from now on.
-func Latest() Position {
-	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_LATEST}}
-}
-
-// AtOffset is offset off in every partition.
-func AtOffset(off uint64) Position {
-	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_OFFSET, Offset: off}}
-}
-
-// AtTime is the first message of each partition published at or after t.
-func AtTime(t time.Time) Position {
-	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_TIME, Time: timestamppb.New(t)}}
-}
 
 // TopicConfig is a topic's config; zero fields take the broker's defaults.
 type TopicConfig struct {
@@ -199,8 +152,8 @@ func optDuration(d time.Duration) *durationpb.Duration {
 
 func (sc SubscriptionConfig) proto() *ferryv1.SubscriptionConfig {
 	return &ferryv1.SubscriptionConfig{
-		Guarantee:       sc.Guarantee,
-		Type:            sc.Type,
+		Guarantee:       ferryv1.DeliveryGuarantee(sc.Guarantee),
+		Type:            ferryv1.SubscriptionType(sc.Type),
 		Start:           sc.Start.p,
 		AckTimeout:      optDuration(sc.AckTimeout),
 		BackoffMin:      optDuration(sc.BackoffMin),
@@ -242,7 +195,7 @@ func subscriptionFromProto(s *ferryv1.Subscription, st *ferryv1.SubscriptionStat
 	return Subscription{
 		Topic: s.GetTopic(), Name: s.GetName(), CreateTime: s.GetCreateTime().AsTime(),
 		Config: SubscriptionConfig{
-			Guarantee: c.GetGuarantee(), Type: c.GetType(), Start: Position{c.GetStart()},
+			Guarantee: Guarantee(c.GetGuarantee()), Type: SubscriptionType(c.GetType()), Start: Position{c.GetStart()},
 			AckTimeout: c.GetAckTimeout().AsDuration(), BackoffMin: c.GetBackoffMin().AsDuration(), BackoffMax: c.GetBackoffMax().AsDuration(),
 			MaxDeliveries: c.GetMaxDeliveries(), DeadLetterTopic: c.GetDeadLetterTopic(), DedupHorizon: c.GetDedupHorizon().AsDuration(),
 		},
