@@ -18,15 +18,41 @@ type TopicConfig struct {
 	RetentionMaxMessages uint64
 	DedupWindow          time.Duration
 	MaxMessageBytes      uint32
+	// ReplicationFactor is the copies of each partition in a cluster; 0:
+	// one per node (this version keeps one on every node).
+	ReplicationFactor uint32
 }
 
-// Topic is a topic as stored, with its partitions' offsets when read with
-// GetTopic.
+// Topic is a topic as stored, with its partitions' offsets and the
+// answering broker's disk when read with GetTopic.
 type Topic struct {
 	Name       string
 	Config     TopicConfig
 	CreateTime time.Time
 	Partitions []PartitionStats
+	// Storage is the answering broker's disk (GetTopic only; else nil).
+	Storage *StorageStatus
+}
+
+// StorageStatus is a broker's data disk and what it refuses because of
+// it (ferry serve --disk-reserve).
+type StorageStatus struct {
+	// DiskFreeBytes is the bytes free on the data directory's filesystem,
+	// as last read (at most a second ago); DiskCapacityBytes its size.
+	DiskFreeBytes, DiskCapacityBytes uint64
+	// DiskReserveBytes is the disk reserve, in bytes: below it, publishes
+	// are refused.
+	DiskReserveBytes uint64
+	// PublishingRefused: publishes, Commit's outputs and dead letters are
+	// refused (RESOURCE_EXHAUSTED): free space is below the reserve, or
+	// ReadOnly.
+	PublishingRefused bool
+	// ReadOnly: every write but topic and subscription deletes and
+	// retention is refused: free space is below half the reserve, or a
+	// disk error made the broker read-only.
+	ReadOnly bool
+	// Detail is the state in words, with the cause of ReadOnly if any.
+	Detail string
 }
 
 // PartitionStats is one partition's offsets and size.
@@ -46,6 +72,7 @@ func (tc TopicConfig) proto() *ferryv1.TopicConfig {
 		RetentionMaxMessages: tc.RetentionMaxMessages,
 		DedupWindow:          durationpb.New(tc.DedupWindow),
 		MaxMessageBytes:      tc.MaxMessageBytes,
+		ReplicationFactor:    tc.ReplicationFactor,
 	}
 }
 
@@ -58,6 +85,7 @@ func topicFromProto(t *ferryv1.Topic, parts []*ferryv1.PartitionStats) Topic {
 		RetentionMaxMessages: c.GetRetentionMaxMessages(),
 		DedupWindow:          c.GetDedupWindow().AsDuration(),
 		MaxMessageBytes:      c.GetMaxMessageBytes(),
+		ReplicationFactor:    c.GetReplicationFactor(),
 	}}
 	for _, p := range parts {
 		out.Partitions = append(out.Partitions, PartitionStats{p.GetPartition(), p.GetFirstOffset(), p.GetHeadOffset(), p.GetMessageCount(), p.GetBytes()})
@@ -82,7 +110,12 @@ func (c *Client) GetTopic(ctx context.Context, name string) (Topic, error) {
 		resp, err = c.admin.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: name})
 		return err
 	})
-	return topicFromProto(resp.GetTopic(), resp.GetPartitions()), err
+	t := topicFromProto(resp.GetTopic(), resp.GetPartitions())
+	if st := resp.GetStorage(); st != nil {
+		t.Storage = &StorageStatus{st.GetDiskFreeBytes(), st.GetDiskCapacityBytes(), st.GetDiskReserveBytes(),
+			st.GetPublishingRefused(), st.GetReadOnly(), st.GetDetail()}
+	}
+	return t, err
 }
 
 // ListTopics returns every topic, ordered by name.
@@ -127,6 +160,13 @@ func (c *Client) deleteTopic(ctx context.Context, name string, force bool) error
 		return err
 	})
 }
+
+// The broker's defaults for a subscription's zero durations.
+const (
+	DefaultAckTimeout = 30 * time.Second
+	DefaultBackoffMin = time.Second
+	DefaultBackoffMax = time.Minute
+)
 
 // SubscriptionConfig is how a subscription delivers. Guarantee and Type
 // are required; zero durations take the broker's defaults (ack timeout 30s,
