@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/client"
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
 // maxRecvBytes is the largest answer the CLI accepts: a 4 MiB message with
@@ -200,17 +199,6 @@ func (cf *clientFlags) call(ctx context.Context, f func(ctx context.Context) err
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
 	return rpcError(f(ctx))
-}
-
-// withAdmin connects to the server and runs f, one admin call, under the
-// --rpc-timeout deadline.
-func (cf *clientFlags) withAdmin(ctx context.Context, f func(context.Context, ferryv1.AdminServiceClient) error) error {
-	conn, err := cf.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return cf.call(ctx, func(ctx context.Context) error { return f(ctx, ferryv1.NewAdminServiceClient(conn)) })
 }
 
 // rpcError turns a gRPC status into the server's own words.
