@@ -6,56 +6,9 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
-
-// Guarantee is a subscription's delivery guarantee.
-type Guarantee = ferryv1.DeliveryGuarantee
-
-// The guarantees (docs/design.md, "Guarantees").
-const (
-	None            = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_NONE
-	AtMostOnce      = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_MOST_ONCE
-	AtLeastOnce     = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_AT_LEAST_ONCE
-	EffectivelyOnce = ferryv1.DeliveryGuarantee_DELIVERY_GUARANTEE_EFFECTIVELY_ONCE
-)
-
-// SubscriptionType is how a subscription's messages spread over consumers.
-type SubscriptionType = ferryv1.SubscriptionType
-
-// The subscription types.
-const (
-	Shared    = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_SHARED
-	KeyShared = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_KEY_SHARED
-	Exclusive = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_EXCLUSIVE
-	Failover  = ferryv1.SubscriptionType_SUBSCRIPTION_TYPE_FAILOVER
-)
-
-// Position is where a subscription starts or seeks to: Earliest, Latest,
-// AtOffset or AtTime.
-type Position struct{ p *ferryv1.Position }
-
-// Earliest is the oldest retained message of each partition.
-func Earliest() Position {
-	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_EARLIEST}}
-}
-
-// Latest is the head of each partition: what is published from now on.
-func Latest() Position {
-	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_LATEST}}
-}
-
-// AtOffset is offset off in every partition.
-func AtOffset(off uint64) Position {
-	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_OFFSET, Offset: off}}
-}
-
-// AtTime is the first message of each partition published at or after t.
-func AtTime(t time.Time) Position {
-	return Position{&ferryv1.Position{Kind: ferryv1.PositionKind_POSITION_KIND_TIME, Time: timestamppb.New(t)}}
-}
 
 // TopicConfig is a topic's config; zero fields take the broker's defaults.
 // A Topic read back from the broker carries the effective values, so a
@@ -82,15 +35,41 @@ type TopicConfig struct {
 	// MaxMessageBytes is the largest payload accepted, in bytes, at most
 	// 4 MiB. Default (0) 1 MiB.
 	MaxMessageBytes uint32
+	// ReplicationFactor is the copies of each partition in a cluster; 0:
+	// one per node (this version keeps one on every node).
+	ReplicationFactor uint32
 }
 
-// Topic is a topic as stored, with its partitions' offsets when read with
-// GetTopic.
+// Topic is a topic as stored, with its partitions' offsets and the
+// answering broker's disk when read with GetTopic.
 type Topic struct {
 	Name       string
 	Config     TopicConfig
 	CreateTime time.Time
 	Partitions []PartitionStats
+	// Storage is the answering broker's disk (GetTopic only; else nil).
+	Storage *StorageStatus
+}
+
+// StorageStatus is a broker's data disk and what it refuses because of
+// it (ferry serve --disk-reserve).
+type StorageStatus struct {
+	// DiskFreeBytes is the bytes free on the data directory's filesystem,
+	// as last read (at most a second ago); DiskCapacityBytes its size.
+	DiskFreeBytes, DiskCapacityBytes uint64
+	// DiskReserveBytes is the disk reserve, in bytes: below it, publishes
+	// are refused.
+	DiskReserveBytes uint64
+	// PublishingRefused: publishes, Commit's outputs and dead letters are
+	// refused (RESOURCE_EXHAUSTED): free space is below the reserve, or
+	// ReadOnly.
+	PublishingRefused bool
+	// ReadOnly: every write but topic and subscription deletes and
+	// retention is refused: free space is below half the reserve, or a
+	// disk error made the broker read-only.
+	ReadOnly bool
+	// Detail is the state in words, with the cause of ReadOnly if any.
+	Detail string
 }
 
 // PartitionStats is one partition's offsets and size.
@@ -116,6 +95,7 @@ func (tc TopicConfig) proto() *ferryv1.TopicConfig {
 		RetentionMaxMessages: tc.RetentionMaxMessages,
 		DedupWindow:          durationpb.New(tc.DedupWindow),
 		MaxMessageBytes:      tc.MaxMessageBytes,
+		ReplicationFactor:    tc.ReplicationFactor,
 	}
 }
 
@@ -128,6 +108,7 @@ func topicFromProto(t *ferryv1.Topic, parts []*ferryv1.PartitionStats) Topic {
 		RetentionMaxMessages: c.GetRetentionMaxMessages(),
 		DedupWindow:          c.GetDedupWindow().AsDuration(),
 		MaxMessageBytes:      c.GetMaxMessageBytes(),
+		ReplicationFactor:    c.GetReplicationFactor(),
 	}}
 	for _, p := range parts {
 		out.Partitions = append(out.Partitions, PartitionStats{p.GetPartition(), p.GetFirstOffset(), p.GetHeadOffset(), p.GetMessageCount(), p.GetBytes()})
@@ -152,7 +133,12 @@ func (c *Client) GetTopic(ctx context.Context, name string) (Topic, error) {
 		resp, err = c.admin.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: name})
 		return err
 	})
-	return topicFromProto(resp.GetTopic(), resp.GetPartitions()), err
+	t := topicFromProto(resp.GetTopic(), resp.GetPartitions())
+	if st := resp.GetStorage(); st != nil {
+		t.Storage = &StorageStatus{st.GetDiskFreeBytes(), st.GetDiskCapacityBytes(), st.GetDiskReserveBytes(),
+			st.GetPublishingRefused(), st.GetReadOnly(), st.GetDetail()}
+	}
+	return t, err
 }
 
 // ListTopics returns every topic, ordered by name.
@@ -197,6 +183,13 @@ func (c *Client) deleteTopic(ctx context.Context, name string, force bool) error
 		return err
 	})
 }
+
+// The broker's defaults for a subscription's zero durations.
+const (
+	DefaultAckTimeout = 30 * time.Second
+	DefaultBackoffMin = time.Second
+	DefaultBackoffMax = time.Minute
+)
 
 // SubscriptionConfig is how a subscription delivers. Guarantee and Type
 // are required; zero durations take the broker's defaults (ack timeout 30s,
@@ -245,8 +238,8 @@ func optDuration(d time.Duration) *durationpb.Duration {
 
 func (sc SubscriptionConfig) proto() *ferryv1.SubscriptionConfig {
 	return &ferryv1.SubscriptionConfig{
-		Guarantee:       sc.Guarantee,
-		Type:            sc.Type,
+		Guarantee:       ferryv1.DeliveryGuarantee(sc.Guarantee),
+		Type:            ferryv1.SubscriptionType(sc.Type),
 		Start:           sc.Start.p,
 		AckTimeout:      optDuration(sc.AckTimeout),
 		BackoffMin:      optDuration(sc.BackoffMin),
@@ -288,7 +281,7 @@ func subscriptionFromProto(s *ferryv1.Subscription, st *ferryv1.SubscriptionStat
 	return Subscription{
 		Topic: s.GetTopic(), Name: s.GetName(), CreateTime: s.GetCreateTime().AsTime(),
 		Config: SubscriptionConfig{
-			Guarantee: c.GetGuarantee(), Type: c.GetType(), Start: Position{c.GetStart()},
+			Guarantee: Guarantee(c.GetGuarantee()), Type: SubscriptionType(c.GetType()), Start: Position{c.GetStart()},
 			AckTimeout: c.GetAckTimeout().AsDuration(), BackoffMin: c.GetBackoffMin().AsDuration(), BackoffMax: c.GetBackoffMax().AsDuration(),
 			MaxDeliveries: c.GetMaxDeliveries(), DeadLetterTopic: c.GetDeadLetterTopic(), DedupHorizon: c.GetDedupHorizon().AsDuration(),
 		},

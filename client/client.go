@@ -46,6 +46,7 @@ type options struct {
 	// token, if set, gives the bearer token of each call (WithToken).
 	token              func(context.Context) (string, error)
 	tokenOverPlaintext bool
+	lazy               bool
 }
 
 // Option configures Dial.
@@ -71,6 +72,16 @@ func WithLogger(l *slog.Logger) Option {
 // WithKeepalive sets gRPC keepalive pings. Default: gRPC's (none).
 func WithKeepalive(kp keepalive.ClientParameters) Option {
 	return func(o *options) { o.keepalive = &kp }
+}
+
+// WithLazyConnect makes Dial return at once, without waiting for the
+// connection: the first call connects, and a call made while the broker
+// cannot be reached fails at once with UNAVAILABLE and the transport's
+// reason (a refused connection, a TLS handshake error). Default: Dial
+// waits until the connection is ready. One-shot tools (the ferry CLI)
+// use it to report why a broker is unreachable.
+func WithLazyConnect() Option {
+	return func(o *options) { o.lazy = true }
 }
 
 // Dial connects to the broker at addr (host:port) and waits until the
@@ -116,7 +127,7 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("client: dial %s: %w", addr, err)
 	}
 	conn.Connect()
-	for {
+	for !o.lazy {
 		s := conn.GetState()
 		if s == connectivity.Ready {
 			break

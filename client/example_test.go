@@ -297,7 +297,7 @@ func ExampleClient_CreateSubscription() {
 		sub.Config.AckTimeout, sub.Config.MaxDeliveries, sub.Config.DeadLetterTopic)
 	fmt.Printf("backlog %d\n", sub.Stats.Backlog)
 	// Output:
-	// DELIVERY_GUARANTEE_EFFECTIVELY_ONCE SUBSCRIPTION_TYPE_KEY_SHARED
+	// effectively-once key-shared
 	// ack timeout 10s, max deliveries 5, dead letters to orders.dead
 	// backlog 5
 }

@@ -21,7 +21,6 @@ import (
 
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/client"
-	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/storage"
 )
 
@@ -128,7 +127,7 @@ func (o *benchOptions) validate() error {
 	case o.output != "text" && o.output != "json":
 		return fmt.Errorf("--output %q: want text or json", o.output)
 	}
-	if _, err := consumer.ParseGuarantee(o.guarantee); err != nil {
+	if _, err := client.ParseGuarantee(o.guarantee); err != nil {
 		return fmt.Errorf("--guarantee: %w", err)
 	}
 	if _, err := storage.ParseFsyncPolicy(o.fsync); err != nil {
@@ -215,50 +214,113 @@ func (r *recorder) takeWindow() (n int64, p50, p99 float64) {
 	return n, p50, p99
 }
 
-// runBench runs the benchmark o describes, writing progress lines to
-// progress, and returns its result.
-//
-// long function: being split with the CLI's move onto the SDK
+// runBench runs one workload: connect (starting a broker in process if no
+// server is given), create the topics, start the producers and consumers,
+// measure for the duration after the warm-up, stop, and sum up.
 func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchResult, error) {
-	addr := o.server
+	addr, c, pool, closeAll, err := benchConnect(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
+	topics, err := createBenchTopics(ctx, c, o)
+	if err != nil {
+		return nil, err
+	}
+	r := &benchRun{o: o, pub: newRecorder(), e2e: newRecorder(), backlogBuilt: make(chan struct{})}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	watchCtx, stopWatch := context.WithCancel(ctx) // outlives runCtx: producers' last answers
+	defer stopWatch()
+	r.gone = watchBroker(watchCtx, c, addr, topics[0], o.brokerTimeout)
+	defer func() {
+		if r.brokerGone {
+			return // nothing to clean up there
+		}
+		for _, t := range topics {
+			dctx, cancel := context.WithTimeout(context.Background(), o.brokerTimeout)
+			_ = c.ForceDeleteTopic(dctx, t)
+			cancel()
+		}
+	}()
+	wg := r.start(runCtx, pool, topics)
+	bar := progressbar.NewOptions64(int64((o.warmup + o.duration).Milliseconds()), // a backlog to build makes it longer
+		progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("bench"),
+		progressbar.OptionSetVisibility(isTerminal(progress)), progressbar.OptionClearOnFinish(),
+		progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionThrottle(200*time.Millisecond))
+	series, measuredAt, err := r.measure(ctx, bar)
+	if err != nil {
+		return nil, err
+	}
+	elapsed := time.Since(measuredAt).Seconds()
+	stopRun()
+	if err := r.wait(wg); err != nil {
+		return nil, err
+	}
+	_ = bar.Finish()
+	return r.result(addr, elapsed, series)
+}
+
+// benchConnect returns the broker's address, a client for admin calls and
+// the pool the producers and consumers spread over; closeAll closes them
+// and stops the broker it started, if any.
+func benchConnect(ctx context.Context, o benchOptions) (addr string, c *client.Client, pool []*client.Client, closeAll func(), err error) {
+	var closers []func()
+	closeAll = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeAll()
+		}
+	}()
+	addr = o.server
 	if addr == "" {
 		addr = os.Getenv("FERRY_SERVER")
 	}
 	if addr == "" {
 		srv, stop, err := startEmbedded(o.fsync)
 		if err != nil {
-			return nil, err
+			return "", nil, nil, nil, err
 		}
-		defer stop()
+		closers = append(closers, stop)
 		addr = srv
 	}
 	creds, err := o.tls.creds()
 	if err != nil {
-		return nil, err
+		return "", nil, nil, nil, err
 	}
 	dopts := []client.Option{client.WithLogger(slog.New(slog.DiscardHandler)), client.WithTLS(creds)}
 	topts, err := o.token.options()
 	if err != nil {
-		return nil, err
+		return "", nil, nil, nil, err
 	}
 	dopts = append(dopts, topts...)
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := client.Dial(dctx, addr, dopts...)
+	c, err = client.Dial(dctx, addr, dopts...)
 	cancel()
 	if err != nil {
-		return nil, err
+		return "", nil, nil, nil, err
 	}
-	defer c.Close()
-	pool, err := dialPool(ctx, addr, o.topics*(o.producers+o.subscriptions*o.consumers), dopts)
+	closers = append(closers, func() { c.Close() })
+	pool, err = dialPool(ctx, addr, o.topics*(o.producers+o.subscriptions*o.consumers), dopts)
 	if err != nil {
-		return nil, err
+		return "", nil, nil, nil, err
 	}
-	defer func() {
+	closers = append(closers, func() {
 		for _, pc := range pool {
 			pc.Close()
 		}
-	}()
-	g, _ := consumer.ParseGuarantee(o.guarantee)
+	})
+	return addr, c, pool, closeAll, nil
+}
+
+// createBenchTopics creates the run's topics, named after the time, each
+// with its subscriptions if there are consumers.
+func createBenchTopics(ctx context.Context, c *client.Client, o benchOptions) ([]string, error) {
+	g, _ := client.ParseGuarantee(o.guarantee)
 	run := time.Now().UnixNano()
 	topics := make([]string, o.topics)
 	for i := range topics {
@@ -271,40 +333,37 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 				break
 			}
 			_, err := c.CreateSubscription(ctx, topics[i], fmt.Sprintf("bench-%d", sub), client.SubscriptionConfig{
-				Guarantee: client.Guarantee(g), Type: client.Shared, Start: client.Earliest()})
+				Guarantee: g, Type: client.Shared, Start: client.Earliest()})
 			if err != nil {
 				return nil, fmt.Errorf("create subscription: %w", err)
 			}
 		}
 	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	defer stopRun()
-	watchCtx, stopWatch := context.WithCancel(ctx) // outlives runCtx: producers' last answers
-	defer stopWatch()
-	gone := watchBroker(watchCtx, c, addr, topics[0], o.brokerTimeout)
-	brokerGone := false
-	defer func() {
-		if brokerGone {
-			return // nothing to clean up there
-		}
-		for _, t := range topics {
-			dctx, cancel := context.WithTimeout(context.Background(), o.brokerTimeout)
-			_ = c.ForceDeleteTopic(dctx, t)
-			cancel()
-		}
-	}()
+	return topics, nil
+}
 
-	pub, e2e := newRecorder(), newRecorder()
+// benchRun is the state one run's steps share.
+type benchRun struct {
+	o            benchOptions
+	pub, e2e     *recorder
+	sentBytes    atomic.Int64
+	backlogBuilt chan struct{} // closed once the backlog is published: consumers start
+	gone         <-chan error  // watchBroker's
+	brokerGone   bool
+}
+
+// start starts the consumers and producers of every topic, spread over
+// the pool's connections, until ctx ends.
+func (r *benchRun) start(ctx context.Context, pool []*client.Client, topics []string) *sync.WaitGroup {
+	o := r.o
 	var limiter *rate.Limiter
 	if o.rate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(o.rate), max(o.rate/100, 1))
 	}
-	var wg sync.WaitGroup
-	var sentBytes atomic.Int64
-	backlogBuilt := make(chan struct{}) // consumers start once the backlog is published
 	if o.backlogBytes == 0 {
-		close(backlogBuilt)
+		close(r.backlogBuilt)
 	}
+	var wg sync.WaitGroup
 	consumers := o.topics * o.subscriptions * o.consumers
 	stream := 0 // spreads the streams over the pool's connections
 	for _, t := range topics {
@@ -315,13 +374,13 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 			go func() {
 				defer wg.Done()
 				select {
-				case <-backlogBuilt:
-				case <-runCtx.Done():
+				case <-r.backlogBuilt:
+				case <-ctx.Done():
 					return
 				}
-				_ = c.Subscribe(runCtx, t, fmt.Sprintf("bench-%d", sub%o.subscriptions), func(ctx context.Context, m *client.Message) error {
+				_ = c.Subscribe(ctx, t, fmt.Sprintf("bench-%d", sub%o.subscriptions), func(ctx context.Context, m *client.Message) error {
 					if len(m.Payload) >= 8 {
-						e2e.record(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(m.Payload)))))
+						r.e2e.record(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(m.Payload)))))
 					}
 					return nil
 				}, client.WithConcurrency(clientShare(64, consumers, 1, 16)), client.WithCredit(clientShare(4000, consumers, 50, 1000)),
@@ -334,16 +393,19 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 			stream++
 			go func() {
 				defer wg.Done()
-				produce(runCtx, c, t, w, o, limiter, pub, &sentBytes)
+				produce(ctx, c, t, w, o, limiter, r.pub, &r.sentBytes)
 			}()
 		}
 	}
+	return &wg
+}
 
+// measure ticks the progress bar until the warm-up (and the backlog) is
+// done and then for the duration, taking a point of the series every
+// second; it returns the series and when measuring began.
+func (r *benchRun) measure(ctx context.Context, bar *progressbar.ProgressBar) ([]benchPoint, time.Time, error) {
+	o := r.o
 	start := time.Now()
-	bar := progressbar.NewOptions64(int64((o.warmup + o.duration).Milliseconds()), // a backlog to build makes it longer
-		progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("bench"),
-		progressbar.OptionSetVisibility(isTerminal(progress)), progressbar.OptionClearOnFinish(),
-		progressbar.OptionShowElapsedTimeOnFinish(), progressbar.OptionThrottle(200*time.Millisecond))
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var measuredAt, windowAt time.Time
@@ -351,27 +413,27 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
-		case err := <-gone:
-			brokerGone = true
-			return nil, err
+			return nil, measuredAt, ctx.Err()
+		case err := <-r.gone:
+			r.brokerGone = true
+			return nil, measuredAt, err
 		case now := <-tick.C:
 			_ = bar.Set64(now.Sub(start).Milliseconds())
-			if o.backlogBytes > 0 && sentBytes.Load() >= o.backlogBytes {
+			if o.backlogBytes > 0 && r.sentBytes.Load() >= o.backlogBytes {
 				select {
-				case <-backlogBuilt:
+				case <-r.backlogBuilt:
 				default:
-					close(backlogBuilt)
+					close(r.backlogBuilt)
 				}
 			}
-			building := o.backlogBytes > 0 && sentBytes.Load() < o.backlogBytes
+			building := o.backlogBytes > 0 && r.sentBytes.Load() < o.backlogBytes
 			if measuredAt.IsZero() && now.Sub(start) >= o.warmup && !building {
 				measuredAt, windowAt = now, now
-				pub.measured.Store(true)
-				e2e.measured.Store(true)
+				r.pub.measured.Store(true)
+				r.e2e.measured.Store(true)
 			}
 			if !measuredAt.IsZero() && now.Sub(windowAt) >= time.Second {
-				series = append(series, window(now.Sub(measuredAt), now.Sub(windowAt), pub, e2e))
+				series = append(series, window(now.Sub(measuredAt), now.Sub(windowAt), r.pub, r.e2e))
 				windowAt = now
 			}
 			if !measuredAt.IsZero() && now.Sub(measuredAt) >= o.duration {
@@ -379,10 +441,14 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 			}
 		}
 	}
-	pub.measured.Store(false)
-	e2e.measured.Store(false)
-	elapsed := time.Since(measuredAt).Seconds()
-	stopRun()
+	r.pub.measured.Store(false)
+	r.e2e.measured.Store(false)
+	return series, measuredAt, nil
+}
+
+// wait waits for the producers and consumers to stop, or for the broker
+// to be found gone (producers wait for answers that will not come).
+func (r *benchRun) wait(wg *sync.WaitGroup) error {
 	stopped := make(chan struct{})
 	go func() {
 		wg.Wait()
@@ -390,16 +456,20 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 	}()
 	select {
 	case <-stopped:
-	case err := <-gone: // producers wait for answers that will not come
-		brokerGone = true
-		return nil, err
+		return nil
+	case err := <-r.gone:
+		r.brokerGone = true
+		return err
 	}
-	_ = bar.Finish()
+}
 
+// result sums the run up, and writes the --report.
+func (r *benchRun) result(addr string, elapsed float64, series []benchPoint) (*benchResult, error) {
+	o := r.o
 	res := &benchResult{
 		Server: addr, Seconds: elapsed, MessageSize: o.size, Producers: o.producers, Consumers: o.consumers,
 		Topics: o.topics, Partitions: o.partitions, TargetRate: o.rate,
-		Published: pub.count.Load(), PublishErrors: pub.errors.Load(), PublishLatencyMs: percentilesOf(pub.hist),
+		Published: r.pub.count.Load(), PublishErrors: r.pub.errors.Load(), PublishLatencyMs: percentilesOf(r.pub.hist),
 		Series: series,
 	}
 	if o.server == "" && os.Getenv("FERRY_SERVER") == "" {
@@ -409,12 +479,12 @@ func runBench(ctx context.Context, o benchOptions, progress io.Writer) (*benchRe
 	res.PublishMBPerSec = res.PublishedPerSec * float64(o.size) / (1 << 20)
 	if o.consumers > 0 {
 		res.Guarantee = o.guarantee
-		res.Consumed = e2e.count.Load()
+		res.Consumed = r.e2e.count.Load()
 		res.ConsumedPerSec = float64(res.Consumed) / elapsed
-		res.EndToEndMs = percentilesOf(e2e.hist)
+		res.EndToEndMs = percentilesOf(r.e2e.hist)
 	}
 	if o.report != "" {
-		if err := writeReport(o.report, res, pub.hist, e2e.hist); err != nil {
+		if err := writeReport(o.report, res, r.pub.hist, r.e2e.hist); err != nil {
 			return nil, fmt.Errorf("--report: %w", err)
 		}
 	}

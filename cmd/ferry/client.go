@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -18,7 +19,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrymq/ferry/client"
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
 // maxRecvBytes is the largest answer the CLI accepts: a 4 MiB message with
@@ -154,22 +154,51 @@ func (cf *clientFlags) dial() (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
+// connect returns an SDK client for the flags. It does not wait for the
+// connection: a call to a broker it cannot reach fails with the reason
+// (rpcError adds what a TLS refusal may lack). Each unary call runs under
+// the --rpc-timeout deadline.
+func (cf *clientFlags) connect() (*client.Client, error) {
+	if err := cf.validate(); err != nil {
+		return nil, err
+	}
+	creds, err := cf.tls.creds()
+	if err != nil {
+		return nil, err
+	}
+	opts, err := cf.token.options()
+	if err != nil {
+		return nil, err
+	}
+	if len(opts) > 0 && !cf.token.plaintext && creds.Info().SecurityProtocol != "tls" {
+		return nil, fmt.Errorf("a token is sent over TLS only: give --tls-ca (or, for loopback tests, --token-over-plaintext)")
+	}
+	opts = append(opts, client.WithTLS(creds), client.WithCallTimeout(cf.timeout), client.WithLazyConnect(),
+		client.WithLogger(slog.New(slog.DiscardHandler)))
+	c, err := client.Dial(context.Background(), cf.server, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", cf.server, err)
+	}
+	return c, nil
+}
+
+// withClient connects to the server and runs f, whose calls each run
+// under the --rpc-timeout deadline; a gRPC error comes back in the
+// server's words.
+func (cf *clientFlags) withClient(ctx context.Context, f func(context.Context, *client.Client) error) error {
+	c, err := cf.connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return rpcError(f(ctx, c))
+}
+
 // call runs one unary call under the --rpc-timeout deadline.
 func (cf *clientFlags) call(ctx context.Context, f func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
 	return rpcError(f(ctx))
-}
-
-// withAdmin connects to the server and runs f, one admin call, under the
-// --rpc-timeout deadline.
-func (cf *clientFlags) withAdmin(ctx context.Context, f func(context.Context, ferryv1.AdminServiceClient) error) error {
-	conn, err := cf.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return cf.call(ctx, func(ctx context.Context) error { return f(ctx, ferryv1.NewAdminServiceClient(conn)) })
 }
 
 // rpcError turns a gRPC status into the server's own words.

@@ -11,10 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ferrymq/ferry/broker"
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/client"
 )
 
 func newClusterCommand() *cobra.Command {
@@ -36,71 +35,121 @@ and on the leader how many entries each follower lacks.`,
 	}
 	cf := addClientFlags(cmd, true)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		var resp *ferryv1.GetClusterStatusResponse
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.GetClusterStatus(ctx, &ferryv1.GetClusterStatusRequest{})
+		var nodes []client.NodeStatus
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) (err error) {
+			nodes, err = c.ClusterStatus(ctx)
 			return err
 		})
 		if err != nil {
 			return err
 		}
 		if cf.output == "json" {
-			b, err := protojson.Marshal(resp)
-			if err != nil {
-				return err
-			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b)
-			return err
+			return printJSON(cmd.OutOrStdout(), clusterStatusToJSON(nodes))
 		}
-		return printClusterStatus(cmd.OutOrStdout(), resp)
+		return printClusterStatus(cmd.OutOrStdout(), nodes)
 	}
 	return cmd
 }
 
 // printClusterStatus prints the nodes, then one line per group and node.
-func printClusterStatus(w io.Writer, resp *ferryv1.GetClusterStatusResponse) error {
+func printClusterStatus(w io.Writer, nodes []client.NodeStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tPEER ADDR\tHEALTH\tGROUPS\tLEADS")
-	for _, n := range resp.GetNodes() {
+	for _, n := range nodes {
 		health, leads := "ok", 0
-		if n.GetError() != "" {
-			health = "unreachable: " + n.GetError()
+		if n.Error != "" {
+			health = "unreachable: " + n.Error
 		}
-		for _, g := range n.GetGroups() {
-			if g.GetRole() == "leader" {
+		for _, g := range n.Groups {
+			if g.Role == "leader" {
 				leads++
 			}
-			if g.GetError() != "" {
+			if g.Error != "" {
 				health = "group failed"
 			}
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\n", n.GetNodeId(), n.GetPeerAddr(), health, len(n.GetGroups()), leads)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\n", n.NodeID, n.PeerAddr, health, len(n.Groups), leads)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "GROUP\tNAME\tNODE\tROLE\tLEADER\tTERM\tCOMMIT\tAPPLIED\tLAST\tFOLLOWERS (node:lag)")
-	for _, n := range resp.GetNodes() {
-		for _, g := range n.GetGroups() {
+	for _, n := range nodes {
+		for _, g := range n.Groups {
 			name := "metadata"
-			if g.GetTopic() != "" {
-				name = g.GetTopic() + "/" + strconv.FormatUint(uint64(g.GetPartition()), 10)
+			if g.Topic != "" {
+				name = g.Topic + "/" + strconv.FormatUint(uint64(g.Partition), 10)
 			}
 			var fl []string
-			for _, f := range g.GetFollowers() {
-				s := fmt.Sprintf("%d:%d", f.GetNodeId(), f.GetLag())
-				if !f.GetActive() {
+			for _, f := range g.Followers {
+				s := fmt.Sprintf("%d:%d", f.NodeID, f.Lag)
+				if !f.Active {
 					s += "(inactive)"
 				}
 				fl = append(fl, s)
 			}
-			role := g.GetRole()
-			if g.GetError() != "" {
-				role = "failed: " + g.GetError()
+			role := g.Role
+			if g.Error != "" {
+				role = "failed: " + g.Error
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", g.GetGroupId(), name, n.GetNodeId(), role,
-				g.GetLeader(), g.GetTerm(), g.GetCommitIndex(), g.GetAppliedIndex(), g.GetLastIndex(), strings.Join(fl, " "))
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", g.GroupID, name, n.NodeID, role,
+				g.Leader, g.Term, g.CommitIndex, g.AppliedIndex, g.LastIndex, strings.Join(fl, " "))
 		}
 	}
 	return tw.Flush()
+}
+
+// The -o json form of cluster status keeps the admin API's JSON mapping
+// (protojson): lowerCamelCase names, 64-bit integers as strings, zero
+// values left out.
+type (
+	clusterStatusJSON struct {
+		Nodes []nodeStatusJSON `json:"nodes,omitempty"`
+	}
+	nodeStatusJSON struct {
+		NodeID   uint64            `json:"nodeId,omitempty,string"`
+		PeerAddr string            `json:"peerAddr,omitempty"`
+		Error    string            `json:"error,omitempty"`
+		Groups   []groupStatusJSON `json:"groups,omitempty"`
+	}
+	groupStatusJSON struct {
+		GroupID       uint64               `json:"groupId,omitempty,string"`
+		Topic         string               `json:"topic,omitempty"`
+		Partition     uint32               `json:"partition,omitempty"`
+		Role          string               `json:"role,omitempty"`
+		Leader        uint64               `json:"leader,omitempty,string"`
+		Term          uint64               `json:"term,omitempty,string"`
+		CommitIndex   uint64               `json:"commitIndex,omitempty,string"`
+		AppliedIndex  uint64               `json:"appliedIndex,omitempty,string"`
+		FirstIndex    uint64               `json:"firstIndex,omitempty,string"`
+		LastIndex     uint64               `json:"lastIndex,omitempty,string"`
+		SnapshotIndex uint64               `json:"snapshotIndex,omitempty,string"`
+		Followers     []followerStatusJSON `json:"followers,omitempty"`
+		Error         string               `json:"error,omitempty"`
+	}
+	followerStatusJSON struct {
+		NodeID     uint64 `json:"nodeId,omitempty,string"`
+		MatchIndex uint64 `json:"matchIndex,omitempty,string"`
+		Lag        uint64 `json:"lag,omitempty,string"`
+		State      string `json:"state,omitempty"`
+		Active     bool   `json:"active,omitempty"`
+	}
+)
+
+func clusterStatusToJSON(nodes []client.NodeStatus) clusterStatusJSON {
+	var out clusterStatusJSON
+	for _, n := range nodes {
+		nj := nodeStatusJSON{NodeID: n.NodeID, PeerAddr: n.PeerAddr, Error: n.Error}
+		for _, g := range n.Groups {
+			gj := groupStatusJSON{GroupID: g.GroupID, Topic: g.Topic, Partition: g.Partition, Role: g.Role, Leader: g.Leader, Term: g.Term,
+				CommitIndex: g.CommitIndex, AppliedIndex: g.AppliedIndex, FirstIndex: g.FirstIndex, LastIndex: g.LastIndex,
+				SnapshotIndex: g.SnapshotIndex, Error: g.Error}
+			for _, f := range g.Followers {
+				gj.Followers = append(gj.Followers, followerStatusJSON(f))
+			}
+			nj.Groups = append(nj.Groups, gj)
+		}
+		out.Nodes = append(out.Nodes, nj)
+	}
+	return out
 }
 
 // clusterFlags are ferry serve's cluster flags.

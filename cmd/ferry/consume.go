@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 
-	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/client"
 	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
@@ -64,11 +64,11 @@ with nothing delivered.`,
 			client: ferryv1.NewSubscriberServiceClient(conn),
 		}
 		if withNone {
-			c.guarantee = consumer.None
+			c.guarantee = client.None
 		} else {
 			err := cf.call(cmd.Context(), func(ctx context.Context) error {
 				resp, err := ferryv1.NewAdminServiceClient(conn).GetSubscription(ctx, &ferryv1.GetSubscriptionRequest{Topic: args[0], Name: args[1]})
-				c.guarantee = consumer.Guarantee(resp.GetSubscription().GetConfig().GetGuarantee())
+				c.guarantee = client.Guarantee(resp.GetSubscription().GetConfig().GetGuarantee())
 				return err
 			})
 			if err != nil {
@@ -91,7 +91,7 @@ type consumeRun struct {
 	credit     int
 	cf         *clientFlags
 	client     ferryv1.SubscriberServiceClient
-	guarantee  consumer.Guarantee
+	guarantee  client.Guarantee
 
 	total   int
 	seq     uint64
@@ -226,16 +226,16 @@ func (c *consumeRun) handle(stream ferryv1.SubscriberService_SubscribeClient, ds
 	}
 	ids := deliveryIDs(ds)
 	switch {
-	case len(ids) == 0 || c.guarantee == consumer.None:
+	case len(ids) == 0 || c.guarantee == client.None:
 	case c.mode == "ack":
 		c.seq++
-		if c.guarantee == consumer.EffectivelyOnce {
+		if c.guarantee == client.EffectivelyOnce {
 			c.pending[c.seq] = true
 		}
 		if err := stream.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Ack{Ack: &ferryv1.SubscribeAck{Sequence: c.seq, DeliveryIds: ids}}}); err != nil {
 			return false, rpcError(err)
 		}
-	case c.mode == "nack" && c.guarantee != consumer.AtMostOnce:
+	case c.mode == "nack" && c.guarantee != client.AtMostOnce:
 		if err := stream.Send(&ferryv1.SubscribeRequest{Frame: &ferryv1.SubscribeRequest_Nack{Nack: &ferryv1.SubscribeNack{DeliveryIds: ids}}}); err != nil {
 			return false, rpcError(err)
 		}
@@ -273,7 +273,7 @@ func (c *consumeRun) awaitConfirmations(frames <-chan *ferryv1.SubscribeResponse
 // ackFinal acks the last deliveries with a unary call. At-most-once needs no
 // ack; under effectively-once the answer is the confirmation.
 func (c *consumeRun) ackFinal(ids []string) error {
-	if len(ids) == 0 || c.guarantee == consumer.None || c.guarantee == consumer.AtMostOnce {
+	if len(ids) == 0 || c.guarantee == client.None || c.guarantee == client.AtMostOnce {
 		return nil
 	}
 	return c.cf.call(context.Background(), func(ctx context.Context) error {
@@ -283,7 +283,7 @@ func (c *consumeRun) ackFinal(ids []string) error {
 			if err != nil {
 				return err
 			}
-			if c.guarantee == consumer.EffectivelyOnce {
+			if c.guarantee == client.EffectivelyOnce {
 				c.confirmed(&ferryv1.AckConfirmation{Results: resp.GetResults()})
 			}
 		case "nack":
@@ -310,7 +310,7 @@ type deliveryJSON struct {
 }
 
 func printDelivery(w io.Writer, output string, d *ferryv1.Delivery) error {
-	j := deliveryJSON{messageJSON: messageToJSON(d.GetMessage()), Attempt: d.GetAttempt(), DeliveryID: d.GetDeliveryId()}
+	j := deliveryJSON{messageJSON: messageToJSON(deliveredMessage(d.GetMessage())), Attempt: d.GetAttempt(), DeliveryID: d.GetDeliveryId()}
 	if output == "json" {
 		return printJSON(w, j)
 	}
@@ -318,3 +318,11 @@ func printDelivery(w io.Writer, output string, d *ferryv1.Delivery) error {
 		j.Partition, j.Offset, j.Attempt, j.ID, j.Key, j.Payload, j.DeliveryID)
 	return err
 }
+
+// deliveredMessage is a delivery's message as the SDK's Message.
+func deliveredMessage(m *ferryv1.Message) *client.Message {
+	return &client.Message{ID: m.GetId(), Key: m.GetKey(), Payload: m.GetPayload(), Headers: m.GetHeaders(),
+		Partition: ptr(m.GetPartition()), Offset: m.GetOffset(), PublishTime: m.GetPublishTime().AsTime()}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/client"
 )
 
 func newReadCommand() *cobra.Command {
@@ -32,38 +32,30 @@ base64, with payload_base64 or key_base64 set.`,
 	cmd.Flags().Uint64Var(&from, "from", 0, "first offset to read")
 	cmd.Flags().Uint64Var(&max, "max", 0, "read at most this many messages (0: up to the head)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		conn, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		client := ferryv1.NewAdminServiceClient(conn)
-		next, read := from, uint64(0)
-		for max == 0 || read < max {
-			want := uint32(1000)
-			if max > 0 {
-				want = uint32(min(max-read, 1000))
-			}
-			var resp *ferryv1.ReadMessagesResponse
-			err := cf.call(cmd.Context(), func(ctx context.Context) (err error) {
-				resp, err = client.ReadMessages(ctx, &ferryv1.ReadMessagesRequest{Topic: args[0], Partition: partition, FromOffset: next, MaxMessages: want})
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			for _, m := range resp.Messages {
-				if err := printMessage(cmd.OutOrStdout(), cf.output, m); err != nil {
+		return cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) error {
+			next, read := from, uint64(0)
+			for max == 0 || read < max {
+				want := uint32(1000)
+				if max > 0 {
+					want = uint32(min(max-read, 1000))
+				}
+				r, err := c.ReadMessages(ctx, args[0], partition, next, want)
+				if err != nil {
 					return err
 				}
+				for _, m := range r.Messages {
+					if err := printMessage(cmd.OutOrStdout(), cf.output, m); err != nil {
+						return err
+					}
+				}
+				read += uint64(len(r.Messages))
+				next = r.NextOffset
+				if len(r.Messages) == 0 || next >= r.HeadOffset {
+					break
+				}
 			}
-			read += uint64(len(resp.Messages))
-			next = resp.NextOffset
-			if len(resp.Messages) == 0 || next >= resp.HeadOffset {
-				break
-			}
-		}
-		return nil
+			return nil
+		})
 	}
 	return cmd
 }
@@ -88,14 +80,17 @@ func textOrBase64(b []byte) (string, bool) {
 	return base64.StdEncoding.EncodeToString(b), true
 }
 
-func messageToJSON(m *ferryv1.Message) messageJSON {
-	j := messageJSON{Partition: m.GetPartition(), Offset: m.GetOffset(), ID: m.GetId(), Headers: m.GetHeaders(), PublishTime: m.GetPublishTime().AsTime()}
-	j.Key, j.KeyBase64 = textOrBase64(m.GetKey())
-	j.Payload, j.PayloadBase64 = textOrBase64(m.GetPayload())
+func messageToJSON(m *client.Message) messageJSON {
+	j := messageJSON{Offset: m.Offset, ID: m.ID, Headers: m.Headers, PublishTime: m.PublishTime}
+	if m.Partition != nil {
+		j.Partition = *m.Partition
+	}
+	j.Key, j.KeyBase64 = textOrBase64(m.Key)
+	j.Payload, j.PayloadBase64 = textOrBase64(m.Payload)
 	return j
 }
 
-func printMessage(w io.Writer, output string, m *ferryv1.Message) error {
+func printMessage(w io.Writer, output string, m *client.Message) error {
 	j := messageToJSON(m)
 	if output == "json" {
 		return printJSON(w, j)

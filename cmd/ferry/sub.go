@@ -7,11 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/ferrymq/ferry/broker"
-	"github.com/ferrymq/ferry/consumer"
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/client"
 )
 
 func newSubCommand() *cobra.Command {
@@ -28,7 +25,6 @@ func newSubCreateCommand() *cobra.Command {
 		maxDeliveries          uint32
 		dlq                    string
 	)
-	d := consumer.DefaultOptions(consumer.AtLeastOnce)
 	cmd := &cobra.Command{
 		Use:   "create TOPIC SUB",
 		Short: "Create a subscription (an identical create is a no-op)",
@@ -45,47 +41,40 @@ func newSubCreateCommand() *cobra.Command {
 	f.StringVar(&guarantee, "guarantee", "", "none, at-most-once, at-least-once or effectively-once (required)")
 	f.StringVar(&typ, "type", "shared", "shared, key-shared, exclusive or failover")
 	f.StringVar(&start, "start", "latest", "earliest, latest, offset:N or time:RFC3339")
-	f.DurationVar(&ackTimeout, "ack-timeout", d.AckTimeout, "how long a delivery may stay unacked before it is redelivered")
-	f.DurationVar(&bmin, "backoff-min", d.BackoffMin, "redelivery delay after a first nack; doubles with each attempt")
-	f.DurationVar(&bmax, "backoff-max", d.BackoffMax, "cap on the redelivery delay")
+	f.DurationVar(&ackTimeout, "ack-timeout", client.DefaultAckTimeout, "how long a delivery may stay unacked before it is redelivered")
+	f.DurationVar(&bmin, "backoff-min", client.DefaultBackoffMin, "redelivery delay after a first nack; doubles with each attempt")
+	f.DurationVar(&bmax, "backoff-max", client.DefaultBackoffMax, "cap on the redelivery delay")
 	f.Uint32Var(&maxDeliveries, "max-deliveries", 0, "attempts before a message is dead-lettered (0: no limit; needs --dead-letter-topic)")
 	f.StringVar(&dlq, "dead-letter-topic", "", "topic for messages that ran out of attempts")
 	f.DurationVar(&horizon, "dedup-horizon", 0, "effectively-once: how long acked ids are remembered (0: the topic's retention)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		g, err := consumer.ParseGuarantee(guarantee)
+		g, err := client.ParseGuarantee(guarantee)
 		if err != nil {
 			return fmt.Errorf("--guarantee: %w", err)
 		}
-		t, err := consumer.ParseType(typ)
+		t, err := client.ParseSubscriptionType(typ)
 		if err != nil {
 			return fmt.Errorf("--type: %w", err)
 		}
-		pos, err := consumer.ParseStartPosition(start)
+		pos, err := client.ParsePosition(start)
 		if err != nil {
 			return fmt.Errorf("--start: %w", err)
 		}
-		cfg := &ferryv1.SubscriptionConfig{
-			Guarantee:       ferryv1.DeliveryGuarantee(g),
-			Type:            ferryv1.SubscriptionType(t),
-			Start:           broker.PositionToProto(pos),
-			AckTimeout:      durationpb.New(ackTimeout),
-			BackoffMin:      durationpb.New(bmin),
-			BackoffMax:      durationpb.New(bmax),
-			MaxDeliveries:   maxDeliveries,
-			DeadLetterTopic: dlq,
+		if ackTimeout == 0 || bmin == 0 || bmax == 0 {
+			// The SDK sends a zero duration as "the broker's default".
+			return fmt.Errorf("--ack-timeout, --backoff-min and --backoff-max must not be 0")
 		}
-		if horizon > 0 {
-			cfg.DedupHorizon = durationpb.New(horizon)
-		}
-		var resp *ferryv1.CreateSubscriptionResponse
-		err = cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.CreateSubscription(ctx, &ferryv1.CreateSubscriptionRequest{Topic: args[0], Name: args[1], Config: cfg})
+		cfg := client.SubscriptionConfig{Guarantee: g, Type: t, Start: pos, AckTimeout: ackTimeout, BackoffMin: bmin, BackoffMax: bmax,
+			MaxDeliveries: maxDeliveries, DeadLetterTopic: dlq, DedupHorizon: max(horizon, 0)}
+		var sub client.Subscription
+		err = cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) (err error) {
+			sub, err = c.CreateSubscription(ctx, args[0], args[1], cfg)
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		return printSubscription(cmd.OutOrStdout(), cf.output, resp.Subscription, nil)
+		return printSubscription(cmd.OutOrStdout(), cf.output, sub, false)
 	}
 	return cmd
 }
@@ -94,20 +83,16 @@ func newSubListCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "list TOPIC", Short: "List a topic's subscriptions with their stats", Args: cobra.ExactArgs(1)}
 	cf := addClientFlags(cmd, true)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		var resp *ferryv1.ListSubscriptionsResponse
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.ListSubscriptions(ctx, &ferryv1.ListSubscriptionsRequest{Topic: args[0]})
+		var subs []client.Subscription
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) (err error) {
+			subs, err = c.ListSubscriptions(ctx, args[0])
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		for i, s := range resp.Subscriptions {
-			var st *ferryv1.SubscriptionStats
-			if i < len(resp.Stats) {
-				st = resp.Stats[i]
-			}
-			if err := printSubscription(cmd.OutOrStdout(), cf.output, s, st); err != nil {
+		for _, s := range subs {
+			if err := printSubscription(cmd.OutOrStdout(), cf.output, s, true); err != nil {
 				return err
 			}
 		}
@@ -120,15 +105,15 @@ func newSubGetCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "get TOPIC SUB", Short: "Show a subscription's config and stats", Args: cobra.ExactArgs(2)}
 	cf := addClientFlags(cmd, true)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		var resp *ferryv1.GetSubscriptionResponse
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.GetSubscription(ctx, &ferryv1.GetSubscriptionRequest{Topic: args[0], Name: args[1]})
+		var sub client.Subscription
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) (err error) {
+			sub, err = c.GetSubscription(ctx, args[0], args[1])
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		return printSubscription(cmd.OutOrStdout(), cf.output, resp.Subscription, resp.Stats)
+		return printSubscription(cmd.OutOrStdout(), cf.output, sub, true)
 	}
 	return cmd
 }
@@ -137,9 +122,8 @@ func newSubDeleteCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "delete TOPIC SUB", Short: "Delete a subscription, detaching its consumers", Args: cobra.ExactArgs(2)}
 	cf := addClientFlags(cmd, false)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) error {
-			_, err := c.DeleteSubscription(ctx, &ferryv1.DeleteSubscriptionRequest{Topic: args[0], Name: args[1]})
-			return err
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) error {
+			return c.DeleteSubscription(ctx, args[0], args[1])
 		})
 		if err != nil {
 			return err
@@ -162,18 +146,12 @@ those from it on as not acked. Deliveries outstanding can no longer be acked.`,
 	cf := addClientFlags(cmd, false)
 	cmd.Flags().StringVar(&to, "to", "", "earliest, latest, offset:N or time:RFC3339 (required)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		pos, err := consumer.ParseStartPosition(to)
+		pos, err := client.ParsePosition(to)
 		if err != nil {
 			return fmt.Errorf("--to: %w", err)
 		}
-		conn, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		err = cf.call(cmd.Context(), func(ctx context.Context) error {
-			_, err := ferryv1.NewSubscriberServiceClient(conn).Seek(ctx, &ferryv1.SeekRequest{Topic: args[0], Subscription: args[1], Position: broker.PositionToProto(pos)})
-			return err
+		err = cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) error {
+			return c.Seek(ctx, args[0], args[1], pos)
 		})
 		if err != nil {
 			return err
@@ -215,32 +193,34 @@ type statsJSON struct {
 	Skipped          uint64 `json:"skipped"`
 }
 
-func printSubscription(w io.Writer, output string, s *ferryv1.Subscription, st *ferryv1.SubscriptionStats) error {
-	c := s.GetConfig()
+// printSubscription prints a subscription, and its stats if withStats
+// (read with GetSubscription or ListSubscriptions).
+func printSubscription(w io.Writer, output string, s client.Subscription, withStats bool) error {
+	c := s.Config
 	j := subscriptionJSON{
-		Topic:           s.GetTopic(),
-		Name:            s.GetName(),
-		Guarantee:       consumer.Guarantee(c.GetGuarantee()).String(),
-		Type:            consumer.Type(c.GetType()).String(),
-		Start:           startString(c.GetStart()),
-		AckTimeout:      c.GetAckTimeout().AsDuration().String(),
-		BackoffMin:      c.GetBackoffMin().AsDuration().String(),
-		BackoffMax:      c.GetBackoffMax().AsDuration().String(),
-		MaxDeliveries:   c.GetMaxDeliveries(),
-		DeadLetterTopic: c.GetDeadLetterTopic(),
-		CreateTime:      s.GetCreateTime().AsTime(),
+		Topic:           s.Topic,
+		Name:            s.Name,
+		Guarantee:       c.Guarantee.String(),
+		Type:            c.Type.String(),
+		Start:           c.Start.String(),
+		AckTimeout:      c.AckTimeout.String(),
+		BackoffMin:      c.BackoffMin.String(),
+		BackoffMax:      c.BackoffMax.String(),
+		MaxDeliveries:   c.MaxDeliveries,
+		DeadLetterTopic: c.DeadLetterTopic,
+		CreateTime:      s.CreateTime,
 	}
-	if c.GetDedupHorizon() != nil {
-		j.DedupHorizon = c.GetDedupHorizon().AsDuration().String()
+	if c.DedupHorizon != 0 { // the broker sends none for 0, the topic's retention
+		j.DedupHorizon = c.DedupHorizon.String()
 	}
-	if st != nil {
+	if st := s.Stats; withStats {
 		j.Stats = &statsJSON{
-			Backlog: st.GetBacklog(), InFlight: st.GetInFlight(), Consumers: st.GetConsumers(),
-			Delivered: st.GetDelivered(), Redelivered: st.GetRedelivered(), Acked: st.GetAcked(), Nacked: st.GetNacked(),
-			DeadLettered: st.GetDeadLettered(), StaleAcks: st.GetStaleAcks(), Skipped: st.GetSkipped(),
+			Backlog: st.Backlog, InFlight: st.InFlight, Consumers: st.Consumers,
+			Delivered: st.Delivered, Redelivered: st.Redelivered, Acked: st.Acked, Nacked: st.Nacked,
+			DeadLettered: st.DeadLettered, StaleAcks: st.StaleAcks, Skipped: st.Skipped,
 		}
-		if st.GetOldestUnackedAge() != nil {
-			j.Stats.OldestUnackedAge = st.GetOldestUnackedAge().AsDuration().String()
+		if st.OldestUnackedAge != 0 { // the broker sends none while nothing is unacked
+			j.Stats.OldestUnackedAge = st.OldestUnackedAge.String()
 		}
 	}
 	if output == "json" {
@@ -257,16 +237,4 @@ func printSubscription(w io.Writer, output string, s *ferryv1.Subscription, st *
 			s.Backlog, s.InFlight, orNone(s.OldestUnackedAge), s.Consumers, s.Delivered, s.Redelivered, s.Acked, s.Nacked, s.DeadLettered)
 	}
 	return nil
-}
-
-func startString(p *ferryv1.Position) string {
-	switch p.GetKind() {
-	case ferryv1.PositionKind_POSITION_KIND_EARLIEST:
-		return "earliest"
-	case ferryv1.PositionKind_POSITION_KIND_OFFSET:
-		return fmt.Sprintf("offset:%d", p.GetOffset())
-	case ferryv1.PositionKind_POSITION_KIND_TIME:
-		return "time:" + p.GetTime().AsTime().Format(time.RFC3339Nano)
-	}
-	return "latest"
 }

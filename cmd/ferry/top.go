@@ -12,8 +12,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/spf13/cobra"
 
-	"github.com/ferrymq/ferry/consumer"
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/client"
 )
 
 func newTopCommand() *cobra.Command {
@@ -37,19 +36,14 @@ With --once it samples twice, --interval apart, prints one table and exits.`,
 		if interval <= 0 {
 			return fmt.Errorf("--interval %v: want a positive duration", interval)
 		}
-		conn, err := cf.dial()
+		c, err := cf.connect()
 		if err != nil {
 			return err
 		}
-		defer conn.Close()
-		admin := ferryv1.NewAdminServiceClient(conn)
+		defer c.Close()
 		sample := func(ctx context.Context) (snapshot, error) {
-			var s snapshot
-			err := cf.call(ctx, func(ctx context.Context) (err error) {
-				s, err = takeSnapshot(ctx, admin, time.Now())
-				return err
-			})
-			return s, err
+			s, err := takeSnapshot(ctx, c, time.Now())
+			return s, rpcError(err)
 		}
 		if once {
 			prev, err := sample(cmd.Context())
@@ -87,37 +81,34 @@ type topicSample struct {
 type subSample struct {
 	topic, name string
 	guarantee   string
-	stats       *ferryv1.SubscriptionStats
+	stats       client.SubscriptionStats
 }
 
-func takeSnapshot(ctx context.Context, admin ferryv1.AdminServiceClient, now time.Time) (snapshot, error) {
+// takeSnapshot reads every topic and subscription; each call runs under
+// the client's call timeout.
+func takeSnapshot(ctx context.Context, c *client.Client, now time.Time) (snapshot, error) {
 	s := snapshot{at: now}
-	topics, err := admin.ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+	topics, err := c.ListTopics(ctx)
 	if err != nil {
 		return s, err
 	}
-	for _, t := range topics.GetTopics() {
-		got, err := admin.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: t.GetName()})
+	for _, t := range topics {
+		got, err := c.GetTopic(ctx, t.Name)
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		ts := topicSample{name: t.GetName(), partitions: len(got.GetPartitions())}
-		for _, p := range got.GetPartitions() {
-			ts.messages += p.GetMessageCount()
-			ts.head += p.GetHeadOffset()
+		ts := topicSample{name: t.Name, partitions: len(got.Partitions)}
+		for _, p := range got.Partitions {
+			ts.messages += p.Messages
+			ts.head += p.HeadOffset
 		}
 		s.topics = append(s.topics, ts)
-		subs, err := admin.ListSubscriptions(ctx, &ferryv1.ListSubscriptionsRequest{Topic: t.GetName()})
+		subs, err := c.ListSubscriptions(ctx, t.Name)
 		if err != nil {
 			continue
 		}
-		for i, sub := range subs.GetSubscriptions() {
-			ss := subSample{topic: t.GetName(), name: sub.GetName(),
-				guarantee: consumer.Guarantee(sub.GetConfig().GetGuarantee()).String(), stats: &ferryv1.SubscriptionStats{}}
-			if i < len(subs.GetStats()) {
-				ss.stats = subs.GetStats()[i]
-			}
-			s.subs = append(s.subs, ss)
+		for _, sub := range subs {
+			s.subs = append(s.subs, subSample{topic: t.Name, name: sub.Name, guarantee: sub.Config.Guarantee.String(), stats: sub.Stats})
 		}
 	}
 	return s, nil
@@ -148,25 +139,22 @@ func render(w io.Writer, prev, cur snapshot) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\n", t.name, t.partitions, t.messages, perSecond(prevHead[t.name], t.head, d))
 	}
 	fmt.Fprintf(tw, "\nSUBSCRIPTION\tGUARANTEE\tBACKLOG\tIN FLIGHT\tOLDEST UNACKED\tDELIVER/S\tREDELIVER/S\tDEAD LETTERS\tCONSUMERS\n")
-	prevSub := map[string]*ferryv1.SubscriptionStats{}
+	prevSub := map[string]client.SubscriptionStats{}
 	for _, s := range prev.subs {
 		prevSub[s.topic+"/"+s.name] = s.stats
 	}
 	subs := append([]subSample(nil), cur.subs...)
 	sort.Slice(subs, func(i, j int) bool { return subs[i].topic+"/"+subs[i].name < subs[j].topic+"/"+subs[j].name })
 	for _, s := range subs {
-		p := prevSub[s.topic+"/"+s.name]
-		if p == nil {
-			p = &ferryv1.SubscriptionStats{}
-		}
+		p := prevSub[s.topic+"/"+s.name] // zero: new since prev
 		oldest := "-"
-		if s.stats.GetOldestUnackedAge() != nil {
-			oldest = s.stats.GetOldestUnackedAge().AsDuration().Round(time.Second).String()
+		if s.stats.OldestUnackedAge != 0 { // the broker sends none while nothing is unacked
+			oldest = s.stats.OldestUnackedAge.Round(time.Second).String()
 		}
 		fmt.Fprintf(tw, "%s/%s\t%s\t%d\t%d\t%s\t%.1f\t%.1f\t%d\t%d\n", s.topic, s.name, s.guarantee,
-			s.stats.GetBacklog(), s.stats.GetInFlight(), oldest,
-			perSecond(p.GetDelivered(), s.stats.GetDelivered(), d), perSecond(p.GetRedelivered(), s.stats.GetRedelivered(), d),
-			s.stats.GetDeadLettered(), s.stats.GetConsumers())
+			s.stats.Backlog, s.stats.InFlight, oldest,
+			perSecond(p.Delivered, s.stats.Delivered, d), perSecond(p.Redelivered, s.stats.Redelivered, d),
+			s.stats.DeadLettered, s.stats.Consumers)
 	}
 	return tw.Flush()
 }

@@ -6,24 +6,22 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/types/known/durationpb"
-
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/client"
 )
 
 func TestTopRender(t *testing.T) {
 	t0 := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
 	prev := snapshot{at: t0,
 		topics: []topicSample{{name: "orders", partitions: 2, messages: 100, head: 100}},
-		subs:   []subSample{{topic: "orders", name: "kitchen", guarantee: "at-least-once", stats: &ferryv1.SubscriptionStats{Delivered: 50, Redelivered: 2}}},
+		subs:   []subSample{{topic: "orders", name: "kitchen", guarantee: "at-least-once", stats: client.SubscriptionStats{Delivered: 50, Redelivered: 2}}},
 	}
 	cur := snapshot{at: t0.Add(2 * time.Second),
 		topics: []topicSample{{name: "orders", partitions: 2, messages: 300, head: 300}},
 		subs: []subSample{
-			{topic: "orders", name: "kitchen", guarantee: "at-least-once", stats: &ferryv1.SubscriptionStats{
+			{topic: "orders", name: "kitchen", guarantee: "at-least-once", stats: client.SubscriptionStats{
 				Backlog: 40, InFlight: 7, Delivered: 250, Redelivered: 6, DeadLettered: 1, Consumers: 3,
-				OldestUnackedAge: durationpb.New(90 * time.Second)}},
-			{topic: "orders", name: "board", guarantee: "none", stats: &ferryv1.SubscriptionStats{Delivered: 10}},
+				OldestUnackedAge: 90 * time.Second}},
+			{topic: "orders", name: "board", guarantee: "none", stats: client.SubscriptionStats{Delivered: 10}},
 		},
 	}
 	var b bytes.Buffer

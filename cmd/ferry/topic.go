@@ -9,10 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/client"
 )
 
 func newTopicCommand() *cobra.Command {
@@ -33,31 +31,31 @@ partition count cannot change.`,
 	cf := addClientFlags(cmd, true)
 	tf.add(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		mask := &fieldmaskpb.FieldMask{}
+		var fields []string
 		for flag, path := range topicConfigPaths {
 			if cmd.Flags().Changed(flag) {
-				mask.Paths = append(mask.Paths, path)
+				fields = append(fields, path)
 			}
 		}
-		if len(mask.Paths) == 0 {
+		if len(fields) == 0 {
 			return errors.New("nothing to change: give at least one of --retention-age, --retention-bytes, --retention-messages, --dedup-window, --max-message-bytes")
 		}
-		var resp *ferryv1.UpdateTopicResponse
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.UpdateTopic(ctx, &ferryv1.UpdateTopicRequest{Name: args[0], Config: tf.config(), UpdateMask: mask})
+		var t client.Topic
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) (err error) {
+			t, err = c.UpdateTopic(ctx, args[0], tf.config(), fields...)
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, nil, nil)
+		return printTopic(cmd.OutOrStdout(), cf.output, t)
 	}
 	return cmd
 }
 
 // topicConfigFlags are the config flags topic create and topic update share.
 type topicConfigFlags struct {
-	cfg        ferryv1.TopicConfig
+	cfg        client.TopicConfig
 	age, dedup time.Duration
 }
 
@@ -79,16 +77,12 @@ func (tf *topicConfigFlags) add(f *pflag.FlagSet) {
 	f.Uint32Var(&tf.cfg.MaxMessageBytes, "max-message-bytes", 0, "largest payload in bytes (0: server default, 1 MiB)")
 }
 
-// config is the config the flags describe; zero durations mean the default.
-func (tf *topicConfigFlags) config() *ferryv1.TopicConfig {
-	return &ferryv1.TopicConfig{
-		Partitions:           tf.cfg.Partitions,
-		RetentionMaxAge:      durationpb.New(tf.age),
-		RetentionMaxBytes:    tf.cfg.RetentionMaxBytes,
-		RetentionMaxMessages: tf.cfg.RetentionMaxMessages,
-		DedupWindow:          durationpb.New(tf.dedup),
-		MaxMessageBytes:      tf.cfg.MaxMessageBytes,
-	}
+// config is the config the flags describe; zero durations mean the
+// default. The replication factor is create's alone.
+func (tf *topicConfigFlags) config() client.TopicConfig {
+	cfg := tf.cfg
+	cfg.RetentionMaxAge, cfg.DedupWindow, cfg.ReplicationFactor = tf.age, tf.dedup, 0
+	return cfg
 }
 
 func newTopicCreateCommand() *cobra.Command {
@@ -103,17 +97,17 @@ func newTopicCreateCommand() *cobra.Command {
 	cmd.Flags().Uint32Var(&tf.cfg.ReplicationFactor, "replication-factor", 0, "copies of each partition (0: one per node; this version keeps one on every node)")
 	tf.add(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		var resp *ferryv1.CreateTopicResponse
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
+		var t client.Topic
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) (err error) {
 			cfg := tf.config()
 			cfg.ReplicationFactor = tf.cfg.ReplicationFactor
-			resp, err = c.CreateTopic(ctx, &ferryv1.CreateTopicRequest{Name: args[0], Config: cfg})
+			t, err = c.CreateTopic(ctx, args[0], cfg)
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, nil, nil)
+		return printTopic(cmd.OutOrStdout(), cf.output, t)
 	}
 	return cmd
 }
@@ -122,16 +116,16 @@ func newTopicListCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "list", Short: "List topics", Args: cobra.NoArgs}
 	cf := addClientFlags(cmd, true)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		var resp *ferryv1.ListTopicsResponse
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+		var topics []client.Topic
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) (err error) {
+			topics, err = c.ListTopics(ctx)
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		for _, t := range resp.Topics {
-			if err := printTopic(cmd.OutOrStdout(), cf.output, t, nil, nil); err != nil {
+		for _, t := range topics {
+			if err := printTopic(cmd.OutOrStdout(), cf.output, t); err != nil {
 				return err
 			}
 		}
@@ -144,15 +138,15 @@ func newTopicGetCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "get NAME", Short: "Show a topic's config and its partitions' offsets", Args: cobra.ExactArgs(1)}
 	cf := addClientFlags(cmd, true)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		var resp *ferryv1.GetTopicResponse
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) (err error) {
-			resp, err = c.GetTopic(ctx, &ferryv1.GetTopicRequest{Name: args[0]})
+		var t client.Topic
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) (err error) {
+			t, err = c.GetTopic(ctx, args[0])
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		return printTopic(cmd.OutOrStdout(), cf.output, resp.Topic, resp.Partitions, resp.Storage)
+		return printTopic(cmd.OutOrStdout(), cf.output, t)
 	}
 	return cmd
 }
@@ -163,9 +157,11 @@ func newTopicDeleteCommand() *cobra.Command {
 	cf := addClientFlags(cmd, false)
 	cmd.Flags().BoolVar(&force, "force", false, "delete the topic even if it has subscriptions, and them with it")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		err := cf.withAdmin(cmd.Context(), func(ctx context.Context, c ferryv1.AdminServiceClient) error {
-			_, err := c.DeleteTopic(ctx, &ferryv1.DeleteTopicRequest{Name: args[0], Force: force})
-			return err
+		err := cf.withClient(cmd.Context(), func(ctx context.Context, c *client.Client) error {
+			if force {
+				return c.ForceDeleteTopic(ctx, args[0])
+			}
+			return c.DeleteTopic(ctx, args[0])
 		})
 		if err != nil {
 			return err
@@ -189,7 +185,17 @@ type topicJSON struct {
 	CreateTime           time.Time       `json:"create_time"`
 	PartitionStats       []partitionJSON `json:"partition_stats,omitempty"`
 	// Storage is the answering broker's disk (ferry topic get only).
-	Storage *ferryv1.StorageStatus `json:"broker_storage,omitempty"`
+	Storage *storageJSON `json:"broker_storage,omitempty"`
+}
+
+// storageJSON is the -o json form of a broker's storage status.
+type storageJSON struct {
+	DiskFreeBytes     uint64 `json:"disk_free_bytes,omitempty"`
+	DiskCapacityBytes uint64 `json:"disk_capacity_bytes,omitempty"`
+	DiskReserveBytes  uint64 `json:"disk_reserve_bytes,omitempty"`
+	PublishingRefused bool   `json:"publishing_refused,omitempty"`
+	ReadOnly          bool   `json:"read_only,omitempty"`
+	Detail            string `json:"detail,omitempty"`
 }
 
 type partitionJSON struct {
@@ -201,26 +207,28 @@ type partitionJSON struct {
 }
 
 // printTopic prints a topic, its partitions' stats and the broker's
-// storage status if given (parts and st may be nil).
-func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.PartitionStats, st *ferryv1.StorageStatus) error {
-	c := t.GetConfig()
+// storage status if it has them (GetTopic's answer).
+func printTopic(w io.Writer, output string, t client.Topic) error {
+	c := t.Config
 	j := topicJSON{
-		Name:                 t.GetName(),
-		Partitions:           c.GetPartitions(),
-		ReplicationFactor:    c.GetReplicationFactor(),
-		RetentionMaxBytes:    c.GetRetentionMaxBytes(),
-		RetentionMaxMessages: c.GetRetentionMaxMessages(),
-		DedupWindow:          c.GetDedupWindow().AsDuration().String(),
-		MaxMessageBytes:      c.GetMaxMessageBytes(),
-		CreateTime:           t.GetCreateTime().AsTime(),
+		Name:                 t.Name,
+		Partitions:           c.Partitions,
+		ReplicationFactor:    c.ReplicationFactor,
+		RetentionMaxBytes:    c.RetentionMaxBytes,
+		RetentionMaxMessages: c.RetentionMaxMessages,
+		DedupWindow:          c.DedupWindow.String(),
+		MaxMessageBytes:      c.MaxMessageBytes,
+		CreateTime:           t.CreateTime,
 	}
-	if c.GetRetentionMaxAge() != nil {
-		j.RetentionMaxAge = c.GetRetentionMaxAge().AsDuration().String()
+	if c.RetentionMaxAge != 0 { // the broker sends none for 0, keep for ever
+		j.RetentionMaxAge = c.RetentionMaxAge.String()
 	}
-	for _, p := range parts {
-		j.PartitionStats = append(j.PartitionStats, partitionJSON{p.GetPartition(), p.GetFirstOffset(), p.GetHeadOffset(), p.GetMessageCount(), p.GetBytes()})
+	for _, p := range t.Partitions {
+		j.PartitionStats = append(j.PartitionStats, partitionJSON{p.Partition, p.FirstOffset, p.HeadOffset, p.Messages, p.Bytes})
 	}
-	j.Storage = st
+	if st := t.Storage; st != nil {
+		j.Storage = &storageJSON{st.DiskFreeBytes, st.DiskCapacityBytes, st.DiskReserveBytes, st.PublishingRefused, st.ReadOnly, st.Detail}
+	}
 	if output == "json" {
 		return printJSON(w, j)
 	}
@@ -234,9 +242,9 @@ func printTopic(w io.Writer, output string, t *ferryv1.Topic, parts []*ferryv1.P
 		fmt.Fprintf(w, "  partition=%d first_offset=%d head_offset=%d messages=%d bytes=%d\n",
 			p.Partition, p.FirstOffset, p.HeadOffset, p.MessageCount, p.Bytes)
 	}
-	if st.GetPublishingRefused() || st.GetReadOnly() {
+	if st := j.Storage; st != nil && (st.PublishingRefused || st.ReadOnly) {
 		// A broker short of disk says what it refuses.
-		fmt.Fprintf(w, "broker storage: %s\n", st.GetDetail())
+		fmt.Fprintf(w, "broker storage: %s\n", st.Detail)
 	}
 	return nil
 }

@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
+	"github.com/ferrymq/ferry/client"
 	vfy "github.com/ferrymq/ferry/verify"
 )
 
@@ -217,15 +217,16 @@ func runVerify(ctx context.Context, vf *verifyFlags, out, errw io.Writer) error 
 
 // reach checks, before verify creates anything, that a server answers
 // with the credentials of the flags, through the connection every client
-// command makes (clientFlags.dial): a refusal — a TLS handshake, a token
-// missing or unknown, a permission lacking — is told at once in the
-// server's words, where the SDK's Dial would wait out its deadline.
+// command makes (clientFlags.connect, lazily connected): a refusal — a TLS
+// handshake, a token missing or unknown, a permission lacking — is told at
+// once in the server's words, where a waiting Dial would wait out its
+// deadline.
 func (vf *verifyFlags) reach(ctx context.Context) error {
 	var errs []error
 	for _, addr := range strings.Split(vf.server, ",") {
 		cf := clientFlags{server: strings.TrimSpace(addr), output: "text", timeout: 10 * time.Second, tls: vf.tls, token: vf.token}
-		err := cf.withAdmin(ctx, func(ctx context.Context, a ferryv1.AdminServiceClient) error {
-			_, err := a.ListTopics(ctx, &ferryv1.ListTopicsRequest{})
+		err := cf.withClient(ctx, func(ctx context.Context, c *client.Client) error {
+			_, err := c.ListTopics(ctx)
 			return err
 		})
 		if err == nil {

@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/broker"
-	"github.com/ferrymq/ferry/storage"
 )
+
+// memTableBytes is the broker's smallest memtable (storage's
+// MinMemTableBytes): the demo runs several processes on one machine.
+const memTableBytes = 32 << 20
 
 // runBroker runs a ferry broker in this process, the way `ferry serve`
 // does, so that chaos can kill it with SIGKILL and start it again on the
@@ -41,7 +44,7 @@ func runBroker(args []string) error {
 	o.GRPCAddr = *addr
 	o.HTTPAddr = ""
 	o.Logger = lg
-	o.Storage.MemTableBytes = storage.MinMemTableBytes
+	o.Storage.MemTableBytes = memTableBytes
 	o.Storage.BlockCacheBytes = 16 << 20
 	if *certFile != "" || *keyFile != "" {
 		o.TLS = &broker.TLSOptions{CertFile: *certFile, KeyFile: *keyFile}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/client"
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
 // Evidence is what the demo left behind, read back for the checker: the
@@ -72,11 +71,9 @@ type topicReader interface {
 	read(ctx context.Context, topic string, partition uint32, from uint64) ([]auditMessage, uint64, error)
 }
 
-// brokerReader reads topics from a running broker. The SDK has no read
-// call, so reads go through the admin API's ReadMessages directly.
+// brokerReader reads topics from a running broker.
 type brokerReader struct {
-	c     *client.Client
-	admin ferryv1.AdminServiceClient
+	c *client.Client
 }
 
 func (r brokerReader) heads(ctx context.Context, topic string) ([]uint64, error) {
@@ -94,15 +91,15 @@ func (r brokerReader) heads(ctx context.Context, topic string) ([]uint64, error)
 func (r brokerReader) read(ctx context.Context, topic string, partition uint32, from uint64) ([]auditMessage, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	resp, err := r.admin.ReadMessages(ctx, &ferryv1.ReadMessagesRequest{Topic: topic, Partition: partition, FromOffset: from, MaxMessages: 1000})
+	rd, err := r.c.ReadMessages(ctx, topic, partition, from, 1000)
 	if err != nil {
 		return nil, 0, err
 	}
-	msgs := make([]auditMessage, len(resp.GetMessages()))
-	for i, m := range resp.GetMessages() {
-		msgs[i] = auditMessage{Key: string(m.GetKey()), PublishTime: m.GetPublishTime().AsTime()}
+	msgs := make([]auditMessage, len(rd.Messages))
+	for i, m := range rd.Messages {
+		msgs[i] = auditMessage{Key: string(m.Key), PublishTime: m.PublishTime}
 	}
-	return msgs, resp.GetNextOffset(), nil
+	return msgs, rd.NextOffset, nil
 }
 
 // scope is where the demo's evidence starts in each topic: the head

@@ -19,10 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/ferrymq/ferry/client"
-	ferryv1 "github.com/ferrymq/ferry/proto/ferry/v1"
 )
 
 // lateAfter is how old an order may get, while the demo runs, before the
@@ -107,7 +104,6 @@ type supervisor struct {
 	sc    scope
 	c     *client.Client
 	read  brokerReader
-	conn  *grpc.ClientConn // of read
 	start time.Time
 	ids   *identities // nil with --insecure
 
@@ -248,12 +244,7 @@ func (s *supervisor) connect(ctx context.Context) error {
 		return err
 	}
 	s.c = c
-	conn, err := grpc.NewClient(s.o.server, sec.grpcOptions()...)
-	if err != nil {
-		return err
-	}
-	s.conn = conn
-	s.read = brokerReader{c: c, admin: ferryv1.NewAdminServiceClient(conn)}
+	s.read = brokerReader{c: c}
 	if err := setup(dctx, c); err != nil {
 		return err
 	}
@@ -677,10 +668,6 @@ func (s *supervisor) stopAll() {
 	if s.c != nil {
 		s.c.Close()
 		s.c = nil
-	}
-	if s.conn != nil {
-		s.conn.Close()
-		s.conn = nil
 	}
 }
 
