@@ -101,6 +101,10 @@ func TestCLI(t *testing.T) {
 	if topic["partitions"] != 3.0 || topic["dedup_window"] != "5m0s" || topic["retention_max_messages"] != 1000.0 {
 		t.Fatalf("topic get = %v", topic)
 	}
+	// The text says which retention limits are unset, not "bytes=0".
+	if text := mustCLI(t, p, "", "topic", "get", "orders"); !strings.Contains(text, "retention=age=none bytes=none messages=1000 ") {
+		t.Fatalf("topic get = %q, want retention=age=none bytes=none messages=1000", text)
+	}
 	stats := topic["partition_stats"].([]any)
 	if head := stats[2].(map[string]any)["head_offset"].(float64); head < 250 {
 		t.Fatalf("partition 2 head %v, want at least 250", head)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -234,7 +235,7 @@ func printTopic(w io.Writer, output string, t client.Topic) error {
 	}
 	retention := "none"
 	if j.RetentionMaxAge != "" || j.RetentionMaxBytes != 0 || j.RetentionMaxMessages != 0 {
-		retention = fmt.Sprintf("age=%s bytes=%d messages=%d", orNone(j.RetentionMaxAge), j.RetentionMaxBytes, j.RetentionMaxMessages)
+		retention = fmt.Sprintf("age=%s bytes=%s messages=%s", orNone(j.RetentionMaxAge), countOrNone(j.RetentionMaxBytes), countOrNone(j.RetentionMaxMessages))
 	}
 	fmt.Fprintf(w, "%s\tpartitions=%d replication_factor=%d retention=%s dedup_window=%s max_message_bytes=%d\n",
 		j.Name, j.Partitions, j.ReplicationFactor, retention, j.DedupWindow, j.MaxMessageBytes)
@@ -249,9 +250,18 @@ func printTopic(w io.Writer, output string, t client.Topic) error {
 	return nil
 }
 
+// orNone and countOrNone print a limit that is not set (0) as none, not
+// as a limit of zero.
 func orNone(s string) string {
 	if s == "" {
 		return "none"
 	}
 	return s
+}
+
+func countOrNone(n uint64) string {
+	if n == 0 {
+		return "none"
+	}
+	return strconv.FormatUint(n, 10)
 }
