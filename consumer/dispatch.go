@@ -170,6 +170,10 @@ func (s *machine) dispatchBuffer(p *partition, now time.Time, blocked map[uint64
 			// or backoff allows.
 			mc := *m
 			p.msgs[m.Offset] = &mc
+			if s.opts.Type == KeyShared && a.notBefore.After(now) {
+				s.holdUnknown(p, m.Offset, a)
+				continue
+			}
 			if a.notBefore.After(now) || (s.opts.MaxDeliveries > 0 && a.n >= s.opts.MaxDeliveries) {
 				s.toRetry(p, m.Offset, a.notBefore)
 				continue
@@ -189,6 +193,18 @@ func (s *machine) dispatchBuffer(p *partition, now time.Time, blocked map[uint64
 	}
 	clear(p.buf[len(kept):])
 	p.buf = kept
+}
+
+// holdUnknown keeps a KEY_SHARED delivery made before a restart (or by
+// the subscription's previous owner) outstanding at its unknown holder
+// until its deadline, its key pinned there, as a detached consumer's
+// delivery is kept (machine.detach): the key's later messages wait until
+// it is acked or due again, instead of going to another consumer while it
+// may still be held. (A message nacked before the restart is held the
+// same way until its backoff ends: which of the two it was is not stored.)
+func (s *machine) holdUnknown(p *partition, off uint64, a attempt) {
+	p.inflight.Add(Lease{Offset: off, Attempt: a.n, Consumer: 0, Deadline: a.notBefore})
+	s.pinTo(p, off, 0)
 }
 
 // deliver makes one delivery of m to c.
