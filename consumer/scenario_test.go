@@ -474,18 +474,7 @@ func (h *harness) effectivelyOnce(topic string, parts uint32, credit int) {
 // paused with a delivery in flight, the new owner sent the key's next
 // message elsewhere.
 func TestKeySharedHoldsKeyAcrossRestart(t *testing.T) {
-	h := newHarness(t)
-	h.createTopic("t", storage.TopicConfig{Partitions: 1})
-	o := DefaultOptions(EffectivelyOnce)
-	o.Type = KeyShared
-	o.Start = StartPosition{Kind: StartEarliest}
-	if err := h.createSub("t", "s", o); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.attach(1, 10); err != nil {
-		t.Fatal(err)
-	}
-	h.publish("t", 0, []storage.Message{{ID: "a", Key: []byte("k"), Payload: []byte("a")}})
+	h, _ := keySharedDelivered(t)
 	if sent := h.takeSent(); len(sent) != 1 || sent[0].ID.Offset != 0 {
 		t.Fatalf("before the restart: sent %v, want a", sent)
 	}
@@ -510,18 +499,7 @@ func TestKeySharedHoldsKeyAcrossRestart(t *testing.T) {
 // before a restart is freed when that delivery's deadline passes; the
 // message is then redelivered first, before the key's next message.
 func TestKeySharedHeldKeyFreedAtDeadline(t *testing.T) {
-	h := newHarness(t)
-	h.createTopic("t", storage.TopicConfig{Partitions: 1})
-	o := DefaultOptions(EffectivelyOnce)
-	o.Type = KeyShared
-	o.Start = StartPosition{Kind: StartEarliest}
-	if err := h.createSub("t", "s", o); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.attach(1, 10); err != nil {
-		t.Fatal(err)
-	}
-	h.publish("t", 0, []storage.Message{{ID: "a", Key: []byte("k"), Payload: []byte("a")}})
+	h, o := keySharedDelivered(t)
 	h.takeSent()
 	h.restart(true)
 	if err := h.attach(2, 10); err != nil {
@@ -536,4 +514,23 @@ func TestKeySharedHeldKeyFreedAtDeadline(t *testing.T) {
 	if len(sent) == 0 || sent[0].ID.Offset != 0 || sent[0].ID.Attempt != 2 {
 		t.Fatalf("after a's deadline: sent %v, want a's second attempt first", sent)
 	}
+}
+
+// keySharedDelivered is an EFFECTIVELY_ONCE KEY_SHARED subscription with
+// consumer 1 attached and message a (key k) published to it.
+func keySharedDelivered(t *testing.T) (*harness, Options) {
+	t.Helper()
+	h := newHarness(t)
+	h.createTopic("t", storage.TopicConfig{Partitions: 1})
+	o := DefaultOptions(EffectivelyOnce)
+	o.Type = KeyShared
+	o.Start = StartPosition{Kind: StartEarliest}
+	if err := h.createSub("t", "s", o); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.attach(1, 10); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("t", 0, []storage.Message{{ID: "a", Key: []byte("k"), Payload: []byte("a")}})
+	return h, o
 }
